@@ -1,0 +1,468 @@
+//! Ethernet / VLAN / IPv4 / IPv6 / TCP header parsing, shared by the XDP
+//! program and the host.
+//!
+//! The parser never indexes a frame directly: every read goes through
+//! [`PacketBytes::load`], which returns `None` when the bytes are not all inside
+//! the frame. On the host that is a slice lookup; in the kernel it is the
+//! `data + offset + N <= data_end` comparison the verifier wants to see. Length
+//! fields taken from the packet (IHL, TCP data offset, IPv6 extension lengths)
+//! only ever move the cursor forward by a bounded amount, and the bytes they
+//! claim are checked again before anything behind them is read.
+
+/// Read access to a frame's bytes. The single bounds-checked read helper.
+pub trait PacketBytes {
+    /// The `N` bytes at `offset`, or `None` unless all of them are inside the frame.
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The number of bytes of the frame available to the parser.
+    fn frame_len(&self) -> usize;
+}
+
+impl PacketBytes for [u8] {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.get(offset..end)?);
+        Some(out)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len()
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const TCP_MIN_HLEN: usize = 20;
+/// Bytes of a TCP header that must be present for its flags to be read: ports,
+/// sequence and acknowledgement numbers, data offset, flags and window.
+pub const TCP_READABLE_LEN: usize = 16;
+/// How many VLAN tags (802.1Q or 802.1ad) the parser steps over. A frame with
+/// more is counted as `vlan_too_deep` and not parsed further.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// How many IPv6 extension headers the parser walks before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Upper bound on any header offset the parser computes: 2 VLAN tags, a
+/// 60-byte IPv4 header or a 40-byte IPv6 header with 6 extension headers of at
+/// most 2048 bytes each. Bounding offsets keeps the verifier's range tracking
+/// finite.
+pub const MAX_L4_OFFSET: usize =
+    ETH_HLEN + MAX_VLAN_TAGS * VLAN_HLEN + IPV6_HLEN + MAX_IPV6_EXT_HEADERS * 2048;
+
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const IPV6: u16 = 0x86DD;
+    /// 802.1Q customer VLAN tag.
+    pub const VLAN: u16 = 0x8100;
+    /// 802.1ad service VLAN tag (QinQ outer tag).
+    pub const QINQ: u16 = 0x88A8;
+}
+
+pub mod ip_proto {
+    pub const HOPOPTS: u8 = 0;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DSTOPTS: u8 = 60;
+}
+
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// The header in which a malformed frame went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Ethernet,
+    Vlan,
+    Ipv4,
+    Ipv6,
+    Ipv6Extension,
+    Tcp,
+}
+
+/// What was wrong with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The frame ends inside the header.
+    Truncated,
+    /// A length field is below the minimum or claims more than the packet holds.
+    BadLength,
+    /// The IP version field disagrees with the EtherType.
+    BadVersion,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment.
+    Whole,
+    /// Fragment offset 0: carries the transport header.
+    First,
+    /// Fragment offset > 0: carries no transport header.
+    Later,
+}
+
+/// The fixed part of a TCP header, plus where it sits and how much payload follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// Offset of the TCP header in the frame.
+    pub offset: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// Header length in bytes (data offset * 4), 20..=60.
+    pub header_len: u8,
+    /// Whether the whole header, options included, is inside the frame and the
+    /// IP datagram. An incomplete header is counted as malformed too.
+    pub header_complete: bool,
+    /// Payload bytes according to the IP length fields (not the captured
+    /// length); 0 when the header is incomplete.
+    pub payload_len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp(TcpSegment),
+    /// Another transport (or one the parser does not step through, such as AH or ESP).
+    Other {
+        protocol: u8,
+    },
+    /// A later fragment: no transport header in this packet.
+    LaterFragment,
+    /// The IPv6 extension-header chain is longer than [`MAX_IPV6_EXT_HEADERS`].
+    ChainTooLong,
+    /// The IP header, an extension header or the TCP header is malformed.
+    Malformed {
+        layer: Layer,
+        problem: Problem,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpPacket {
+    pub version: IpVersion,
+    /// Offset of the IP header in the frame.
+    pub offset: u16,
+    pub fragment: Fragment,
+    pub transport: Transport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    NonIp {
+        ethertype: u16,
+    },
+    VlanTooDeep,
+    /// The Ethernet header or a VLAN tag is cut short.
+    Malformed {
+        layer: Layer,
+    },
+    Ip(IpPacket),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// VLAN tags stepped over (at most [`MAX_VLAN_TAGS`]; one more when too deep).
+    pub vlan_tags: u8,
+    pub payload: Payload,
+}
+
+impl Parsed {
+    /// The TCP segment, if the frame carries a well-formed one.
+    #[inline(always)]
+    pub fn tcp(&self) -> Option<(&IpPacket, &TcpSegment)> {
+        match &self.payload {
+            Payload::Ip(ip) => match &ip.transport {
+                Transport::Tcp(segment) => Some((ip, segment)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
+}
+
+/// Parses the headers of one Ethernet frame.
+#[inline(always)]
+pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Parsed {
+    let Some(type_bytes) = pkt.load::<2>(12) else {
+        return Parsed {
+            vlan_tags: 0,
+            payload: Payload::Malformed {
+                layer: Layer::Ethernet,
+            },
+        };
+    };
+    let mut ethertype = be16(type_bytes);
+    let mut offset = ETH_HLEN;
+    let mut vlan_tags = 0u8;
+
+    // Step over at most MAX_VLAN_TAGS tags; the fixed bound keeps the loop
+    // verifiable and unrollable.
+    let mut tag = 0;
+    while tag < MAX_VLAN_TAGS {
+        if ethertype != ethertype::VLAN && ethertype != ethertype::QINQ {
+            break;
+        }
+        // A tag is TCI (2 bytes) then the inner EtherType (2 bytes).
+        let Some(inner) = pkt.load::<2>(offset + 2) else {
+            return Parsed {
+                vlan_tags,
+                payload: Payload::Malformed { layer: Layer::Vlan },
+            };
+        };
+        ethertype = be16(inner);
+        offset += VLAN_HLEN;
+        vlan_tags += 1;
+        tag += 1;
+    }
+    if ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
+        return Parsed {
+            vlan_tags: vlan_tags + 1,
+            payload: Payload::VlanTooDeep,
+        };
+    }
+
+    let payload = match ethertype {
+        ethertype::IPV4 => Payload::Ip(parse_ipv4(pkt, offset)),
+        ethertype::IPV6 => Payload::Ip(parse_ipv6(pkt, offset)),
+        other => Payload::NonIp { ethertype: other },
+    };
+    Parsed { vlan_tags, payload }
+}
+
+#[inline(always)]
+fn ip_packet(
+    version: IpVersion,
+    offset: usize,
+    fragment: Fragment,
+    transport: Transport,
+) -> IpPacket {
+    IpPacket {
+        version,
+        offset: offset as u16,
+        fragment,
+        transport,
+    }
+}
+
+#[inline(always)]
+fn malformed(layer: Layer, problem: Problem) -> Transport {
+    Transport::Malformed { layer, problem }
+}
+
+#[inline(always)]
+fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
+    let v4 = |fragment, transport| ip_packet(IpVersion::V4, offset, fragment, transport);
+    // Bytes 0..10: version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol.
+    let Some(head) = pkt.load::<10>(offset) else {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::Truncated));
+    };
+    if head[0] >> 4 != 4 {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::BadVersion));
+    }
+    let header_len = ((head[0] & 0x0f) as usize) * 4;
+    if header_len < IPV4_MIN_HLEN {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::BadLength));
+    }
+    // The whole header, options included, must be inside the frame.
+    if pkt.load::<1>(offset + header_len - 1).is_none() {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::Truncated));
+    }
+    let total_len = be16([head[2], head[3]]) as usize;
+    // Total length 0 is what TSO/GSO ("big TCP") packets carry; anything else
+    // shorter than the header is inconsistent.
+    if total_len != 0 && total_len < header_len {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::BadLength));
+    }
+    let ip_end = if total_len == 0 {
+        pkt.frame_len()
+    } else {
+        offset + total_len
+    };
+    let frag_field = be16([head[6], head[7]]);
+    let more_fragments = frag_field & 0x2000 != 0;
+    let fragment_offset = frag_field & 0x1fff;
+    let fragment = if fragment_offset != 0 {
+        Fragment::Later
+    } else if more_fragments {
+        Fragment::First
+    } else {
+        Fragment::Whole
+    };
+    if fragment == Fragment::Later {
+        return v4(fragment, Transport::LaterFragment);
+    }
+    let protocol = head[9];
+    let transport = if protocol == ip_proto::TCP {
+        parse_tcp(pkt, offset + header_len, ip_end)
+    } else {
+        Transport::Other { protocol }
+    };
+    v4(fragment, transport)
+}
+
+#[inline(always)]
+fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
+    let v6 = |fragment, transport| ip_packet(IpVersion::V6, offset, fragment, transport);
+    // Bytes 0..8: version/class/flow label, payload length, next header, hop limit.
+    let Some(head) = pkt.load::<8>(offset) else {
+        return v6(Fragment::Whole, malformed(Layer::Ipv6, Problem::Truncated));
+    };
+    if head[0] >> 4 != 6 {
+        return v6(Fragment::Whole, malformed(Layer::Ipv6, Problem::BadVersion));
+    }
+    // The addresses must be there too.
+    if pkt.load::<1>(offset + IPV6_HLEN - 1).is_none() {
+        return v6(Fragment::Whole, malformed(Layer::Ipv6, Problem::Truncated));
+    }
+    let payload_len = be16([head[4], head[5]]) as usize;
+    // Payload length 0 with a hop-by-hop header may be a jumbogram (RFC 2675):
+    // trust the frame. Without one the payload is empty, as tshark reads it;
+    // XDP runs before GRO, so it never sees big-TCP packets built without it.
+    let ip_end = if payload_len != 0 {
+        offset + IPV6_HLEN + payload_len
+    } else if head[6] == ip_proto::HOPOPTS {
+        pkt.frame_len()
+    } else {
+        offset + IPV6_HLEN
+    };
+
+    let mut next = head[6];
+    let mut cursor = offset + IPV6_HLEN;
+    let mut fragment = Fragment::Whole;
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT_HEADERS {
+        match next {
+            ip_proto::HOPOPTS | ip_proto::ROUTING | ip_proto::DSTOPTS => {
+                let Some(ext) = pkt.load::<2>(cursor) else {
+                    return v6(
+                        fragment,
+                        malformed(Layer::Ipv6Extension, Problem::Truncated),
+                    );
+                };
+                next = ext[0];
+                // Length in 8-octet units, not counting the first 8: at most 2048 bytes.
+                let ext_len = (ext[1] as usize + 1) * 8;
+                // The whole header must be in the frame before stepping over it.
+                if pkt.load::<1>(cursor + ext_len - 1).is_none() {
+                    return v6(
+                        fragment,
+                        malformed(Layer::Ipv6Extension, Problem::Truncated),
+                    );
+                }
+                cursor += ext_len;
+            }
+            ip_proto::FRAGMENT => {
+                // Fixed 8 bytes: next header, reserved, offset and flags, identification.
+                let Some(ext) = pkt.load::<8>(cursor) else {
+                    return v6(
+                        fragment,
+                        malformed(Layer::Ipv6Extension, Problem::Truncated),
+                    );
+                };
+                next = ext[0];
+                let frag_field = be16([ext[2], ext[3]]);
+                fragment = if frag_field & 0xfff8 != 0 {
+                    Fragment::Later
+                } else {
+                    Fragment::First
+                };
+                cursor += 8;
+                if fragment == Fragment::Later {
+                    return v6(fragment, Transport::LaterFragment);
+                }
+            }
+            _ => break,
+        }
+        walked += 1;
+    }
+    if walked == MAX_IPV6_EXT_HEADERS
+        && matches!(
+            next,
+            ip_proto::HOPOPTS | ip_proto::ROUTING | ip_proto::DSTOPTS | ip_proto::FRAGMENT
+        )
+    {
+        return v6(fragment, Transport::ChainTooLong);
+    }
+    // The extension headers' own lengths must fit in the packet.
+    if cursor > ip_end {
+        return v6(
+            fragment,
+            malformed(Layer::Ipv6Extension, Problem::BadLength),
+        );
+    }
+    let transport = if next == ip_proto::TCP {
+        parse_tcp(pkt, cursor, ip_end)
+    } else {
+        Transport::Other { protocol: next }
+    };
+    v6(fragment, transport)
+}
+
+/// Parses a TCP header at `offset`, inside an IP datagram ending at `ip_end`.
+///
+/// The segment counts as TCP once its first [`TCP_READABLE_LEN`] bytes are in
+/// both the frame and the datagram and its data offset is valid; that is the
+/// point at which tshark, the project's judge, reads the flags. Options cut
+/// short by the capture or the datagram leave the segment marked incomplete:
+/// counted as malformed as well, and its payload length not trusted.
+#[inline(always)]
+fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, ip_end: usize) -> Transport {
+    if offset > MAX_L4_OFFSET {
+        return malformed(Layer::Tcp, Problem::BadLength);
+    }
+    if offset + TCP_READABLE_LEN > ip_end {
+        return malformed(Layer::Tcp, Problem::BadLength);
+    }
+    // Ports, sequence and acknowledgement numbers, data offset, flags, window.
+    let Some(head) = pkt.load::<TCP_READABLE_LEN>(offset) else {
+        return malformed(Layer::Tcp, Problem::Truncated);
+    };
+    let header_len = (head[12] >> 4) as usize * 4;
+    if header_len < TCP_MIN_HLEN {
+        return malformed(Layer::Tcp, Problem::BadLength);
+    }
+    // The options the data offset announces must be in the frame and the datagram.
+    let header_end = offset + header_len;
+    let complete = header_end <= ip_end && pkt.load::<1>(header_end - 1).is_some();
+    Transport::Tcp(TcpSegment {
+        offset: offset as u16,
+        src_port: be16([head[0], head[1]]),
+        dst_port: be16([head[2], head[3]]),
+        seq: u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+        ack: u32::from_be_bytes([head[8], head[9], head[10], head[11]]),
+        flags: head[13],
+        header_len: header_len as u8,
+        header_complete: complete,
+        payload_len: if complete {
+            (ip_end - header_end) as u32
+        } else {
+            0
+        },
+    })
+}
