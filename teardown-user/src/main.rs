@@ -1,0 +1,152 @@
+//! teardown: watches every TCP connection end at XDP line rate.
+
+mod bench;
+mod capture;
+mod kernel;
+mod output;
+mod replay;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "teardown",
+    version,
+    about = "Counts TCP handshakes and teardowns at XDP, live or from captures"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to an interface and print live counters until Ctrl-C or SIGTERM.
+    Run {
+        /// Interface to watch, e.g. eth0.
+        #[arg(long, short)]
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: kernel::AttachMode,
+        /// Reporting interval: 1s, 500ms, 2m, or plain seconds.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// One JSON object per interval instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed every frame of pcap/pcapng files through the XDP program and print its counters.
+    Replay {
+        /// One JSON object per file, on its own line.
+        #[arg(long)]
+        json: bool,
+        /// Capture files (pcap or pcapng).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Measure the program's per-packet cost against an empty XDP program.
+    Bench {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        /// Alternating measurements per frame (the median is reported).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+}
+
+/// Parses "1s", "250ms", "2m" or "1.5" (seconds) into a positive duration of at most an hour.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 1s, 500ms or 2m"))?;
+    let seconds = value * unit_seconds;
+    if !(seconds.is_finite() && seconds >= 0.01 && seconds <= 3600.0) {
+        return Err(format!("{text:?} is out of range: use 10ms to 1h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            iface,
+            mode,
+            interval,
+            json,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(run::run(run::RunOptions {
+                    iface,
+                    mode,
+                    interval,
+                    json,
+                }))
+            })
+            .map(|()| true),
+        Command::Replay { json, files } => replay::run(&files, json),
+        Command::Bench {
+            repeat,
+            rounds,
+            json_out,
+        } => bench::run(bench::BenchOptions {
+            repeat,
+            rounds,
+            json_out,
+        })
+        .map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            // One line: the operation and every cause, joined.
+            eprintln!("teardown: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_parse_with_and_without_units() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_interval("1.5"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_intervals_are_refused() {
+        for bad in ["0", "-1s", "abc", "", "5h", "nan", "2ms"] {
+            assert!(parse_interval(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `teardown replay`: every frame of a capture through the real kernel program.
+
+use std::{collections::BTreeMap, fs::File, io::BufReader, path::Path};
+
+use anyhow::Context as _;
+use serde_json::{Map, Value, json};
+use teardown_common::{
+    counters::{Counter, Counters, classify},
+    names,
+    parse::{ETH_HLEN, parse},
+};
+
+use crate::{
+    capture::{CaptureReader, Conversion, link_type_name, to_ethernet},
+    kernel::Kernel,
+    output,
+};
+
+/// Frames are cut to this length before BPF_PROG_TEST_RUN: the kernel's linear
+/// XDP buffer for a test run is one page less headroom (256) and tailroom
+/// (320). The program reads headers only, and payload lengths come from the IP
+/// header, so nothing it counts depends on bytes past this point.
+const MAX_TEST_RUN_FRAME: usize = 4096 - 256 - 320;
+
+const XDP_PASS: u32 = 2;
+
+/// What one capture file gave.
+pub struct FileReport {
+    pub file: String,
+    /// Records in the file, of any link type.
+    pub frames: u64,
+    /// Records by link type name.
+    pub link_types: BTreeMap<&'static str, u64>,
+    /// Records of link types the monitor cannot see at XDP, not fed to it.
+    pub unsupported_frames: u64,
+    /// Frames too short for BPF_PROG_TEST_RUN (under 14 bytes), classified on
+    /// the host by the same shared parser.
+    pub runt_frames: u64,
+    /// Frames captured shorter than they were on the wire (snap length).
+    pub snapped_frames: u64,
+    /// Capture time of the first and last frame, nanoseconds since the epoch.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    /// Verdicts other than XDP_PASS (there should be none).
+    pub not_passed: u64,
+    pub counters: Counters,
+    /// Why reading stopped early, if it did.
+    pub warning: Option<String>,
+}
+
+impl FileReport {
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("file".into(), json!(self.file));
+        object.insert("frames".into(), json!(self.frames));
+        for counter in Counter::ALL {
+            object.insert(counter.key().into(), json!(self.counters.get(*counter)));
+        }
+        object.insert("link_types".into(), json!(self.link_types));
+        object.insert("unsupported_frames".into(), json!(self.unsupported_frames));
+        object.insert("runt_frames".into(), json!(self.runt_frames));
+        object.insert("snapped_frames".into(), json!(self.snapped_frames));
+        let seconds = |ns: Option<u64>| ns.map(|ns| ns as f64 / 1e9);
+        object.insert("first_ts".into(), json!(seconds(self.first_ns)));
+        object.insert("last_ts".into(), json!(seconds(self.last_ns)));
+        object.insert("not_passed".into(), json!(self.not_passed));
+        object.insert("warning".into(), json!(self.warning));
+        Value::Object(object)
+    }
+
+    pub fn human_line(&self) -> String {
+        let mut line = format!("{}: {} frames", self.file, self.frames);
+        for counter in [
+            Counter::Tcp,
+            Counter::Syn,
+            Counter::SynAck,
+            Counter::Fin,
+            Counter::Rst,
+            Counter::Malformed,
+        ] {
+            line.push_str(&format!(
+                "  {} {}",
+                counter.key(),
+                self.counters.get(counter)
+            ));
+        }
+        let links: Vec<String> = self
+            .link_types
+            .iter()
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect();
+        line.push_str(&format!("  [{}]", links.join(", ")));
+        if self.unsupported_frames > 0 {
+            line.push_str(&format!(
+                "  ({} frames of unsupported link types skipped)",
+                self.unsupported_frames
+            ));
+        }
+        if self.not_passed > 0 {
+            line.push_str(&format!(
+                "  ({} verdicts were not XDP_PASS!)",
+                self.not_passed
+            ));
+        }
+        line
+    }
+}
+
+/// Replays one file. An error means the file could not be read at all; damage
+/// partway through is reported in [`FileReport::warning`].
+pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileReport> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = CaptureReader::new(BufReader::new(file))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let before = kernel.counters()?;
+    let mut report = FileReport {
+        file: path.display().to_string(),
+        frames: 0,
+        link_types: BTreeMap::new(),
+        unsupported_frames: 0,
+        runt_frames: 0,
+        snapped_frames: 0,
+        first_ns: None,
+        last_ns: None,
+        not_passed: 0,
+        counters: Counters::default(),
+        warning: None,
+    };
+    let mut host_counted = Counters::default();
+    for record in reader {
+        let record = match record {
+            Ok(record) => record,
+            Err(err) => {
+                report.warning = Some(format!("{err}; {} frames read before it", report.frames));
+                break;
+            }
+        };
+        report.frames += 1;
+        report.first_ns.get_or_insert(record.timestamp_ns);
+        report.last_ns = Some(record.timestamp_ns);
+        if (record.data.len() as u64) < record.original_len as u64 {
+            report.snapped_frames += 1;
+        }
+        *report
+            .link_types
+            .entry(link_type_name(record.link_type))
+            .or_default() += 1;
+        let (conversion, frame) = to_ethernet(record.link_type, &record.data);
+        let Some(frame) = frame.filter(|_| conversion != Conversion::Unsupported) else {
+            report.unsupported_frames += 1;
+            continue;
+        };
+        if frame.len() < ETH_HLEN {
+            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+            report.runt_frames += 1;
+            host_counted.apply(classify(&parse(&frame[..])));
+            continue;
+        }
+        let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
+        let verdict = kernel
+            .test_run(names::XDP_PROGRAM, fed)
+            .with_context(|| format!("{}: frame {}", path.display(), report.frames))?;
+        if verdict != XDP_PASS {
+            report.not_passed += 1;
+        }
+    }
+    report.counters = kernel.counters()?.since(&before);
+    report.counters.add(&host_counted);
+    Ok(report)
+}
+
+/// `teardown replay`: returns whether every file could be read.
+pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
+    let mut kernel = Kernel::load()?;
+    let mut all_read = true;
+    let mut total = Counters::default();
+    let mut total_frames = 0;
+    for path in files {
+        match replay_file(&mut kernel, path) {
+            Ok(report) => {
+                if let Some(warning) = &report.warning {
+                    eprintln!("teardown: warning: {}: {warning}", report.file);
+                }
+                if json {
+                    output::print_json(&report.to_json());
+                } else {
+                    println!("{}", report.human_line());
+                }
+                total.add(&report.counters);
+                total_frames += report.frames;
+            }
+            Err(err) => {
+                all_read = false;
+                eprintln!("teardown: error: {err:#}");
+            }
+        }
+    }
+    if !json && files.len() > 1 {
+        println!("total: {total_frames} frames");
+        print!("{}", output::totals_table(&total));
+    }
+    Ok(all_read)
+}
