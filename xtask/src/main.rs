@@ -1,0 +1,294 @@
+//! `cargo xtask`: builds, runs, tests and benchmarks teardown, provisioning
+//! what is missing on the way.
+
+mod provision;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark teardown"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object and the release binary target/release/teardown.
+    Build,
+    /// Build, then run `teardown run` with the given arguments (as root).
+    Run {
+        /// Arguments for `teardown run`, e.g. --iface eth0 --json.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Unit, replay and live tests (needs root, ../shared and a few Debian packages).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Per-packet cost against an empty XDP program; writes target/bench/xdp.json.
+    Bench {
+        /// Extra arguments for `teardown bench`, e.g. --repeat 200000.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// cargo fmt --check and clippy -D warnings on the host crates and the eBPF crate.
+    Lint,
+}
+
+pub fn say(message: &str) {
+    eprintln!("xtask: {message}");
+}
+
+pub fn is_root() -> bool {
+    command_output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// Runs a command, echoing it; fails with its exit status.
+pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub fn command_output(command: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .with_context(|| format!("starting {shown}"))?;
+    if !output.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// PATH with the cached bpf-linker first.
+fn path_with(dir: &Path) -> anyhow::Result<OsString> {
+    let mut paths = vec![dir.to_path_buf()];
+    if let Some(existing) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&existing));
+    }
+    env::join_paths(paths).context("building PATH")
+}
+
+/// Everything the eBPF build needs, installed if missing.
+struct EbpfToolchain {
+    path: OsString,
+}
+
+fn ebpf_toolchain() -> anyhow::Result<EbpfToolchain> {
+    provision::nightly_version()?;
+    provision::ensure_rust_src()?;
+    let linker_dir = provision::ensure_bpf_linker()?;
+    Ok(EbpfToolchain {
+        path: path_with(&linker_dir)?,
+    })
+}
+
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+/// Compiles teardown-ebpf for the BPF target; returns the object's path.
+fn build_ebpf(toolchain: &EbpfToolchain) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("ebpf");
+    say("building the eBPF program (teardown-ebpf, bpfel-unknown-none, nightly)");
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args([
+                &format!("+{}", provision::NIGHTLY),
+                "build",
+                "--package",
+                "teardown-ebpf",
+            ])
+            .args([
+                "--release",
+                "--target",
+                EBPF_TARGET,
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .env("PATH", &toolchain.path)
+            // The outer cargo's toolchain must not leak into the nightly build.
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )
+    .context("building the eBPF program")?;
+    Ok(target_dir
+        .join(EBPF_TARGET)
+        .join("release")
+        .join("teardown"))
+}
+
+/// A host `cargo` command that embeds `object`.
+fn host_cargo(object: &Path) -> Command {
+    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(workspace_root())
+        .env("TEARDOWN_EBPF_OBJECT", object);
+    cargo
+}
+
+fn build_release() -> anyhow::Result<PathBuf> {
+    let toolchain = ebpf_toolchain()?;
+    let object = build_ebpf(&toolchain)?;
+    say("building target/release/teardown with the eBPF object embedded");
+    run_command(host_cargo(&object).args(["build", "--release", "--package", "teardown"]))
+        .context("building teardown")?;
+    Ok(workspace_root()
+        .join("target")
+        .join("release")
+        .join("teardown"))
+}
+
+/// Runs the teardown binary, through sudo when not root (XDP needs it).
+fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
+    let mut command = if is_root() {
+        Command::new(binary)
+    } else {
+        say("teardown needs root to load eBPF: running it through sudo");
+        let mut sudo = Command::new("sudo");
+        sudo.arg(binary);
+        sudo
+    };
+    command.args(args);
+    let status = command.status().context("starting teardown")?;
+    if !status.success() {
+        // teardown has already said why.
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// Debian packages the tests use as judges and tools.
+const TEST_PACKAGES: &[&str] = &["tshark", "iproute2", "python3"];
+
+fn test(args: &[OsString]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the tests load eBPF programs and create network namespaces: run them as root (sudo -E cargo xtask test)"
+        );
+    }
+    provision::ensure_packages(
+        TEST_PACKAGES,
+        "for the tests (tshark is the reference for flag counts)",
+    )?;
+    let toolchain = ebpf_toolchain()?;
+    let object = build_ebpf(&toolchain)?;
+    say("running unit, replay and live tests");
+    run_command(
+        host_cargo(&object)
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args),
+    )
+    .context("tests failed")
+}
+
+fn lint() -> anyhow::Result<()> {
+    let toolchain = ebpf_toolchain()?;
+    let object = build_ebpf(&toolchain)?;
+    let root = workspace_root();
+    say("cargo fmt --check");
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )
+    .context("formatting differs: run `cargo fmt --all`")?;
+    say("clippy on the host crates");
+    run_command(host_cargo(&object).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy (host crates)")?;
+    say("clippy on the eBPF crate, for its target");
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args([
+                &format!("+{}", provision::NIGHTLY),
+                "clippy",
+                "--package",
+                "teardown-ebpf",
+            ])
+            .args([
+                "--release",
+                "--target",
+                EBPF_TARGET,
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+            ])
+            .arg(root.join("target").join("ebpf"))
+            .args(["--", "-D", "warnings"])
+            .env("PATH", &toolchain.path)
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .context("clippy (eBPF crate)")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Build => build_release().map(|binary| say(&format!("built {}", binary.display()))),
+        Task::Run { args } => build_release().and_then(|binary| {
+            let mut full = vec![OsString::from("run")];
+            full.extend(args);
+            run_teardown(&binary, &full)
+        }),
+        Task::Test { args } => test(&args),
+        Task::Bench { args } => build_release().and_then(|binary| {
+            let mut full = vec![OsString::from("bench"), OsString::from("--json-out")];
+            full.push(workspace_root().join("target/bench/xdp.json").into());
+            full.extend(args);
+            run_teardown(&binary, &full)
+        }),
+        Task::Lint => lint(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

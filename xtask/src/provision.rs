@@ -1,0 +1,222 @@
+//! Installs what building and testing need, saying what it does at each step.
+//!
+//! On a fresh machine of this project's kind the nightly toolchain is present
+//! but lacks `rust-src`; bpf-linker must be built against the nightly's own
+//! LLVM (no matching LLVM comes from Debian); the tests need a few Debian
+//! packages. Each step checks first and only acts when something is missing.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{command_output, run_command, say};
+
+/// The toolchain that builds the eBPF crate (`-Z build-std`).
+pub const NIGHTLY: &str = "nightly";
+
+/// The bpf-linker release and the LLVM feature matching the nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// `rustc +nightly --version`, which names the LLVM the bitcode targets.
+pub fn nightly_version() -> anyhow::Result<String> {
+    let output = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--version"])
+        .output()
+        .context("running rustc +nightly --version (is rustup installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "no {NIGHTLY} Rust toolchain: install it with `rustup toolchain install {NIGHTLY} --component rust-src`"
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Adds `rust-src` to the nightly toolchain if it is missing.
+pub fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = command_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    if installed
+        .lines()
+        .any(|line| line.trim().starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    say("installing rust-src for the nightly toolchain (needed for -Z build-std=core)");
+    run_command(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .context("installing rust-src; by hand: rustup component add rust-src --toolchain nightly")
+}
+
+fn cache_root() -> PathBuf {
+    if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("teardown");
+    }
+    let home = env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("teardown")
+}
+
+/// A directory-name-safe form of the nightly version string.
+fn cache_key(version: &str) -> String {
+    version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The shared LLVM library shipped inside the nightly toolchain, and its major version.
+fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
+    let sysroot =
+        command_output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    // `libLLVM.so.<major>.<minor>-rust-...` is the library; `libLLVM-<major>-...so`
+    // beside it is a linker script.
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(rest) = name.strip_prefix("libLLVM.so.") {
+            let major = rest
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .with_context(|| format!("cannot read the LLVM version from {name}"))?;
+            return Ok((path, major));
+        }
+    }
+    bail!(
+        "the nightly toolchain at {} ships no libLLVM.so.*: cannot build bpf-linker against it",
+        lib.display()
+    )
+}
+
+/// Returns the directory holding a bpf-linker built for the nightly's LLVM,
+/// building it (about a minute) the first time for each nightly version.
+pub fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
+    let version = nightly_version()?;
+    let root = cache_root().join("bpf-linker").join(format!(
+        "{}-{}",
+        BPF_LINKER_VERSION,
+        cache_key(&version)
+    ));
+    let bin = root.join("bin");
+    let linker = bin.join("bpf-linker");
+    if linker.is_file()
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(bin);
+    }
+    let (library, major) = nightly_llvm()?;
+    say(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({version}) into {} (about a minute, once per nightly)",
+        root.display()
+    ));
+    // bpf-linker's build looks for LLVM_PREFIX/lib/libLLVM.so: give it one that
+    // points at the nightly's own library.
+    let prefix = root.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for name in [
+        "libLLVM.so".to_string(),
+        library
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string(),
+    ] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&library, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
+    }
+    let feature = format!("llvm-{major}");
+    let mut install = Command::new("cargo");
+    install
+        .args([
+            &format!("+{NIGHTLY}"),
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", &feature, "--root"])
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix);
+    run_command(&mut install).with_context(|| {
+        format!(
+            "building bpf-linker; by hand: LLVM_PREFIX={} cargo +nightly install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features {feature} --root {}",
+            prefix.display(),
+            root.display()
+        )
+    })?;
+    Ok(bin)
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs missing Debian packages with apt-get (as root), or says how to.
+pub fn ensure_packages(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !crate::is_root() {
+        bail!("missing Debian packages {why}: install them with `sudo apt-get install {list}`");
+    }
+    say(&format!("installing Debian packages {why}: {list}"));
+    run_command(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update; by hand: apt-get update")?;
+    // tshark asks whether non-root users may capture; answer no, unattended.
+    let mut preseed = Command::new("sh");
+    preseed.args([
+        "-c",
+        "echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections",
+    ]);
+    let _ = run_command(&mut preseed);
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing packages; by hand: apt-get install {list}"))
+}
