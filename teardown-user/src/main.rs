@@ -85,9 +85,43 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Help and version go out as clap writes them; a usage error becomes one line.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+    }
+    eprintln!(
+        "teardown: error: {} (see teardown --help)",
+        one_line(&err.to_string())
+    );
+    ExitCode::from(2)
+}
+
+/// clap's message up to its first blank line, joined into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let result = match cli.command {
         Command::Run {
             iface,
@@ -141,6 +175,15 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_interval("1.5"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn usage_errors_fold_into_one_line() {
+        let message = "error: the following required arguments were not provided:\n  --iface <IFACE>\n\nUsage: teardown run --iface <IFACE>\n";
+        assert_eq!(
+            super::one_line(message),
+            "the following required arguments were not provided: --iface <IFACE>"
+        );
     }
 
     #[test]

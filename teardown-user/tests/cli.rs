@@ -1,0 +1,168 @@
+//! Bad input: one line on stderr that says what to do, a non-zero exit, and no
+//! harm done to anything already running.
+
+mod support;
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use support::*;
+
+fn teardown(args: &[&str]) -> Output {
+    Command::new(teardown_bin())
+        .args(args)
+        .output()
+        .expect("starting teardown")
+}
+
+/// Asserts a failed run with exactly one line on stderr containing every `needle`.
+fn assert_one_line_error(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, got {}: {stderr}",
+        output.status
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line on stderr, got: {stderr:?}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unknown_interface() {
+    let output = teardown(&["run", "--iface", "nosuchif0"]);
+    assert_one_line_error(
+        &output,
+        &["no network interface named \"nosuchif0\"", "ip link"],
+    );
+}
+
+#[test]
+fn unreadable_and_non_capture_files_are_named_and_the_rest_still_replayed() {
+    let shared = shared_dir();
+    let good = shared.join("corpus/zeek/traces/opt.basic.pcap");
+    let not_capture =
+        std::env::temp_dir().join(format!("teardown-not-a-capture-{}", std::process::id()));
+    std::fs::write(&not_capture, b"this is not a capture file at all").expect("writing temp file");
+    let output = Command::new(teardown_bin())
+        .args(["replay", "--json", "/nonexistent/capture.pcap"])
+        .arg(&good)
+        .arg(&not_capture)
+        .output()
+        .expect("starting teardown");
+    let _ = std::fs::remove_file(&not_capture);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per unreadable file: {stderr:?}");
+    assert!(lines[0].contains("/nonexistent/capture.pcap") && lines[0].contains("No such file"));
+    assert!(
+        lines[1].contains(&not_capture.display().to_string())
+            && lines[1].contains("not a pcap or pcapng file")
+    );
+    // The good file between them was still replayed.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(records.len(), 1, "{stdout}");
+    assert_eq!(records[0]["file"], good.display().to_string());
+    assert_eq!(records[0]["frames"], 136);
+}
+
+#[test]
+fn bad_flag_values() {
+    for (args, needle) in [
+        (
+            &["run", "--iface", "lo", "--interval", "0"][..],
+            "--interval",
+        ),
+        (
+            &["run", "--iface", "lo", "--interval", "soon"][..],
+            "not a duration",
+        ),
+        (&["run", "--iface", "lo", "--mode", "turbo"][..], "--mode"),
+        (&["bench", "--repeat", "0"][..], "--repeat"),
+        (&["run"][..], "--iface"),
+        (&["replay"][..], "FILES"),
+    ] {
+        let output = teardown(args);
+        assert_one_line_error(&output, &[needle, "teardown --help"]);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn missing_privileges() {
+    let shared = shared_dir();
+    let capture = shared.join("corpus/zeek/traces/opt.basic.pcap");
+    // As nobody, with no capabilities: loading eBPF must be refused, politely.
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(teardown_bin())
+        .arg("replay")
+        .arg(&capture)
+        .output()
+        .expect("starting setpriv");
+    assert_one_line_error(&output, &["permission denied", "root"]);
+}
+
+#[test]
+fn interface_with_an_xdp_program_already_attached_is_left_alone() {
+    let lab = Lab::new();
+    let (first, _first_err) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
+    let before = lab.link_details(&lab.server_ns, &lab.server_if);
+    assert!(before.contains("prog/xdp"), "{before}");
+
+    for mode in ["auto", "native", "skb"] {
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server_ns,
+                teardown_bin(),
+                "run",
+                "--iface",
+            ])
+            .args([&lab.server_if, "--mode", mode])
+            .output()
+            .expect("starting teardown");
+        assert_one_line_error(
+            &output,
+            &["already has an XDP program attached", "left in place"],
+        );
+        // The first program is still attached, unchanged.
+        assert_eq!(
+            lab.link_details(&lab.server_ns, &lab.server_if),
+            before,
+            "mode {mode}"
+        );
+    }
+
+    // ...and still counting.
+    in_netns(&lab.client_ns, || {
+        let _ = std::net::TcpStream::connect_timeout(
+            &socket_addr(SERVER_V4, 9),
+            Duration::from_secs(2),
+        );
+    })
+    .join()
+    .expect("client thread");
+    std::thread::sleep(Duration::from_millis(300));
+    let totals = final_totals(&first.terminate());
+    assert_eq!(totals["syn"], 1, "{totals}");
+}

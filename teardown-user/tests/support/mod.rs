@@ -1,0 +1,267 @@
+//! Test support: the teardown binary, the shared corpus, network namespaces
+//! joined by a veth pair, and running code inside a namespace.
+//!
+//! Everything created here is removed by `Drop`, so a failing (panicking) test
+//! still deletes its namespaces, which also detaches any XDP program on them.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub fn teardown_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_teardown")
+}
+
+/// `../shared` beside the project (or TEARDOWN_SHARED_DIR).
+pub fn shared_dir() -> PathBuf {
+    let dir = std::env::var_os("TEARDOWN_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    assert!(
+        dir.join("corpus").is_dir(),
+        "the shared corpus is missing at {}: check out ../shared beside the project or set TEARDOWN_SHARED_DIR",
+        dir.display()
+    );
+    dir.canonicalize().expect("canonical shared dir")
+}
+
+pub fn run(command: &mut Command) -> Output {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot start {shown}: {err}"));
+    assert!(
+        output.status.success(),
+        "{shown} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// Two namespaces, client and server, joined by a veth pair, with IPv4 and
+/// IPv6 documentation addresses (192.0.2.0/24, 2001:db8::/64) that exist only
+/// inside them.
+pub struct Lab {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub client_if: String,
+    pub server_if: String,
+}
+
+pub const CLIENT_V4: &str = "192.0.2.1";
+pub const SERVER_V4: &str = "192.0.2.2";
+pub const CLIENT_V6: &str = "2001:db8::1";
+pub const SERVER_V6: &str = "2001:db8::2";
+
+impl Lab {
+    pub fn new() -> Lab {
+        // pid and a counter keep parallel tests and parallel runs apart;
+        // interface names must stay under 16 bytes.
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT_LAB.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab {
+            client_ns: format!("td-c-{id}"),
+            server_ns: format!("td-s-{id}"),
+            client_if: format!("tdc{id}"),
+            server_if: format!("tds{id}"),
+        };
+        ip(&["netns", "add", &lab.client_ns]);
+        ip(&["netns", "add", &lab.server_ns]);
+        ip(&[
+            "link",
+            "add",
+            &lab.client_if,
+            "netns",
+            &lab.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.server_if,
+            "netns",
+            &lab.server_ns,
+        ]);
+        for (ns, iface, v4, v6) in [
+            (&lab.client_ns, &lab.client_if, CLIENT_V4, CLIENT_V6),
+            (&lab.server_ns, &lab.server_if, SERVER_V4, SERVER_V6),
+        ] {
+            let in_ns = |args: &[&str]| {
+                let mut full = vec!["-n", ns.as_str()];
+                full.extend_from_slice(args);
+                ip(&full);
+            };
+            in_ns(&["addr", "add", &format!("{v4}/24"), "dev", iface]);
+            in_ns(&["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"]);
+            in_ns(&["link", "set", iface, "up"]);
+            in_ns(&["link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// `ip -d link show` of an interface, to see its XDP attachment.
+    pub fn link_details(&self, ns: &str, iface: &str) -> String {
+        let output = run(Command::new("ip").args(["-n", ns, "-d", "link", "show", iface]));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth end (and the peer with it) and
+        // detaches any XDP program. Errors are ignored: this also runs while a
+        // failed test unwinds.
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        ChildGuard { child: Some(child) }
+    }
+
+    /// Sends SIGTERM and collects the output.
+    pub fn terminate(mut self) -> Output {
+        let child = self.child.take().expect("child already taken");
+        // SAFETY: kill() on a pid we own and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait_with_output().expect("waiting for the child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `teardown run` inside `ns` on `iface` with JSON output and waits
+/// until it says it is watching. Returns the guard and its remaining stderr.
+pub fn start_teardown(
+    ns: &str,
+    iface: &str,
+    extra: &[&str],
+) -> (ChildGuard, BufReader<ChildStderr>) {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            teardown_bin(),
+            "run",
+            "--iface",
+            iface,
+            "--json",
+        ])
+        .args(["--interval", "100ms"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting teardown run");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let guard = ChildGuard::new(child);
+    let mut line = String::new();
+    let read = stderr
+        .read_line(&mut line)
+        .expect("reading teardown's stderr");
+    assert!(
+        read > 0 && line.contains("watching"),
+        "teardown did not start watching {iface}: {line:?}"
+    );
+    (guard, stderr)
+}
+
+/// Runs `work` on a thread that has entered network namespace `ns`; sockets it
+/// opens live in that namespace.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        work()
+    })
+}
+
+/// Makes the socket's close() send a RST (SO_LINGER with a zero timeout).
+pub fn set_linger_zero(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+pub fn socket_addr(host: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(host.parse::<IpAddr>().expect("address"), port)
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// The last JSON object teardown printed with `"event": "final"`.
+pub fn final_totals(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|value| value["event"] == "final")
+        .unwrap_or_else(|| {
+            panic!(
+                "no final totals in teardown's output; stdout: {stdout}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })["totals"]
+        .clone()
+}
