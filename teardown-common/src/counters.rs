@@ -1,13 +1,18 @@
-//! Packet counters kept by the XDP program in one per-CPU array slot.
+//! Packet counters.
 //!
-//! Every counter is declared once, here: its index in [`Counters::values`], the
-//! key user space prints and exports, and what it means. The kernel program and
-//! user space both index through [`Counter`], so the two sides cannot drift.
+//! The kernel keeps [`Tallies`] in one per-CPU array slot: a few frame-level
+//! tallies and a histogram of TCP segments by flag byte and whether they carry
+//! payload. Each frame costs a fixed handful of increments however many of the
+//! user-facing [`Counter`]s it touches; user space derives those (SYN, SYN-ACK,
+//! FIN, RST, pure ACK, ...) from the histogram. Both sides go through
+//! [`tally`] and [`Tallies::totals`], so they cannot drift.
+
+use crate::parse::{Fragment, IpVersion, Parsed, Payload, Transport, tcp_flags};
 
 /// Declares the [`Counter`] enum together with its stable key and help text.
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])+ $variant:ident => $key:literal, )+) => {
-        /// One packet counter. The discriminant is the index in [`Counters::values`].
+        /// One user-facing packet counter. The discriminant indexes [`Counters::values`].
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Counter {
@@ -40,9 +45,9 @@ counters! {
     Vlan => "vlan",
     /// Frames with more VLAN tags than the parser follows; not parsed further.
     VlanTooDeep => "vlan_too_deep",
-    /// IPv4 packets (including malformed ones whose version field is 4).
+    /// Frames with EtherType IPv4.
     Ipv4 => "ipv4",
-    /// IPv6 packets (including malformed ones whose version field is 6).
+    /// Frames with EtherType IPv6.
     Ipv6 => "ipv6",
     /// IP fragments, first and later ones; only first fragments carry a TCP header.
     Fragments => "fragments",
@@ -59,7 +64,7 @@ counters! {
     Fin => "fin",
     /// TCP segments with RST set.
     Rst => "rst",
-    /// TCP segments with only ACK among SYN/FIN/RST/ACK and no payload.
+    /// TCP segments with ACK as the only one of SYN/FIN/RST/ACK, and no payload.
     PureAck => "pure_ack",
     /// TCP segments carrying payload.
     Data => "data",
@@ -78,43 +83,14 @@ counters! {
     Malformed => "malformed",
 }
 
-/// Number of counters, i.e. the length of [`Counters::values`].
+/// Number of user-facing counters.
 pub const COUNTER_COUNT: usize = Counter::ALL.len();
 
-impl Counter {
-    /// Bit of this counter in a [`CounterSet`].
-    #[inline(always)]
-    pub const fn bit(self) -> u32 {
-        1 << (self as u32)
-    }
-}
-
-/// A set of counters to increment for one packet, one bit per [`Counter`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterSet(pub u32);
-
-impl CounterSet {
-    #[inline(always)]
-    pub const fn with(self, counter: Counter) -> Self {
-        CounterSet(self.0 | counter.bit())
-    }
-
-    #[inline(always)]
-    pub const fn contains(self, counter: Counter) -> bool {
-        self.0 & counter.bit() != 0
-    }
-}
-
-/// The value of the single slot of the per-CPU `COUNTERS` array.
-#[repr(C)]
+/// The user-facing counters, derived from [`Tallies`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
     pub values: [u64; COUNTER_COUNT],
 }
-
-const _: () = assert!(core::mem::size_of::<Counters>() == 8 * COUNTER_COUNT);
-// A CounterSet has one bit per counter.
-const _: () = assert!(COUNTER_COUNT <= 32);
 
 impl Default for Counters {
     fn default() -> Self {
@@ -125,122 +101,256 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Adds one to every counter in `set`.
-    #[inline(always)]
-    pub fn apply(&mut self, set: CounterSet) {
-        let mut index = 0;
-        while index < COUNTER_COUNT {
-            if set.0 & (1 << index) != 0 {
-                self.values[index] += 1;
-            }
-            index += 1;
-        }
-    }
-
     pub fn get(&self, counter: Counter) -> u64 {
         self.values[counter as usize]
     }
 
+    fn add_to(&mut self, counter: Counter, amount: u64) {
+        self.values[counter as usize] += amount;
+    }
+}
+
+/// Frame classes: every frame falls in exactly one, indexing [`Tallies::frames`].
+///
+/// `class = kind * 2 + has_vlan_tag`, where `kind` is one of the non-IP kinds
+/// below or, for IP, `IP_BASE + version * 10 + fragment * 5 + transport`.
+pub mod class {
+    pub const NON_IP: u8 = 0;
+    pub const VLAN_TOO_DEEP: u8 = 1;
+    /// Ethernet header or VLAN tag cut short.
+    pub const MALFORMED_LINK: u8 = 2;
+    /// First IP kind; IP kinds run to `IP_BASE + 19`.
+    pub const IP_BASE: u8 = 3;
+    /// IP transport outcomes.
+    pub const TCP_COMPLETE: u8 = 0;
+    /// TCP counted, but its options run past the frame or datagram.
+    pub const TCP_INCOMPLETE: u8 = 1;
+    pub const OTHER_TRANSPORT: u8 = 2;
+    pub const CHAIN_TOO_LONG: u8 = 3;
+    /// IP header, IPv6 extension or TCP header unusable.
+    pub const MALFORMED_NETWORK: u8 = 4;
+    /// Number of frame classes.
+    pub const COUNT: usize = 2 * (IP_BASE as usize + 20);
+
+    /// The parts of a frame class.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Decoded {
+        pub vlan: bool,
+        /// `None` for non-IP kinds (then `kind` says which).
+        pub ip: Option<(bool, bool, u8)>, // (is_v6, is_fragment, transport)
+        pub kind: u8,
+    }
+
+    pub const fn decode(class: usize) -> Decoded {
+        let kind = (class / 2) as u8;
+        let ip = if kind >= IP_BASE {
+            let rest = kind - IP_BASE;
+            Some((rest >= 10, rest % 10 >= 5, rest % 5))
+        } else {
+            None
+        };
+        Decoded {
+            vlan: class % 2 == 1,
+            ip,
+            kind,
+        }
+    }
+}
+
+/// Slots of [`Tallies::tcp`]: 256 flag bytes, without and with payload.
+pub const TCP_SLOTS: usize = 512;
+/// Marks a frame without a TCP segment in [`Tally::tcp_slot`].
+pub const NO_TCP_SLOT: u16 = u16::MAX;
+
+/// The value of the single slot of the per-CPU `TALLIES` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tallies {
+    /// Frames by class (see [`class`]).
+    pub frames: [u64; class::COUNT],
+    /// TCP segments by `flags | (has_payload << 8)`.
+    pub tcp: [u64; TCP_SLOTS],
+}
+
+const _: () = assert!(core::mem::size_of::<Tallies>() == 8 * (class::COUNT + TCP_SLOTS));
+
+impl Default for Tallies {
+    fn default() -> Self {
+        Tallies {
+            frames: [0; class::COUNT],
+            tcp: [0; TCP_SLOTS],
+        }
+    }
+}
+
+/// What one frame adds to [`Tallies`]: two increments, whatever the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tally {
+    /// Index into [`Tallies::frames`].
+    pub frame_class: u8,
+    /// Index into [`Tallies::tcp`], or [`NO_TCP_SLOT`].
+    pub tcp_slot: u16,
+}
+
+/// What one parsed frame adds to the tallies. Pure, so the kernel program and
+/// host-side accounting (frames too short for BPF_PROG_TEST_RUN) agree.
+#[inline(always)]
+pub fn tally(parsed: &Parsed) -> Tally {
+    let mut tcp_slot = NO_TCP_SLOT;
+    let kind = match &parsed.payload {
+        Payload::NonIp { .. } => class::NON_IP,
+        Payload::VlanTooDeep => class::VLAN_TOO_DEEP,
+        Payload::Malformed { .. } => class::MALFORMED_LINK,
+        Payload::Ip(ip) => {
+            let transport = match &ip.transport {
+                Transport::Tcp(segment) => {
+                    let has_payload = (segment.payload_len != 0) as u16;
+                    tcp_slot = segment.flags as u16 | (has_payload << 8);
+                    if segment.header_complete {
+                        class::TCP_COMPLETE
+                    } else {
+                        class::TCP_INCOMPLETE
+                    }
+                }
+                Transport::Other { .. } | Transport::LaterFragment => class::OTHER_TRANSPORT,
+                Transport::ChainTooLong => class::CHAIN_TOO_LONG,
+                Transport::Malformed { .. } => class::MALFORMED_NETWORK,
+            };
+            let version = (ip.version == IpVersion::V6) as u8;
+            let fragment = (ip.fragment != Fragment::Whole) as u8;
+            class::IP_BASE + version * 10 + fragment * 5 + transport
+        }
+    };
+    Tally {
+        frame_class: kind * 2 + (parsed.vlan_tags != 0) as u8,
+        tcp_slot,
+    }
+}
+
+impl Tallies {
+    /// Adds one frame's tally: two bounds-checked increments.
+    #[inline(always)]
+    pub fn record(&mut self, tally: &Tally) {
+        if let Some(value) = self.frames.get_mut(tally.frame_class as usize) {
+            *value += 1;
+        }
+        if let Some(value) = self.tcp.get_mut(tally.tcp_slot as usize) {
+            *value += 1;
+        }
+    }
+
     /// Element-wise sum, e.g. of the per-CPU copies.
-    pub fn add(&mut self, other: &Counters) {
-        for (mine, theirs) in self.values.iter_mut().zip(other.values.iter()) {
+    pub fn add(&mut self, other: &Tallies) {
+        for (mine, theirs) in self.frames.iter_mut().zip(other.frames.iter()) {
+            *mine = mine.wrapping_add(*theirs);
+        }
+        for (mine, theirs) in self.tcp.iter_mut().zip(other.tcp.iter()) {
             *mine = mine.wrapping_add(*theirs);
         }
     }
 
     /// Element-wise `self - earlier`, for deltas between two readings.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        let mut delta = Counters::default();
-        for ((out, now), before) in delta
-            .values
-            .iter_mut()
-            .zip(self.values.iter())
-            .zip(earlier.values.iter())
-        {
-            *out = now.wrapping_sub(*before);
+    pub fn since(&self, earlier: &Tallies) -> Tallies {
+        let mut delta = *self;
+        for (out, before) in delta.frames.iter_mut().zip(earlier.frames.iter()) {
+            *out = out.wrapping_sub(*before);
+        }
+        for (out, before) in delta.tcp.iter_mut().zip(earlier.tcp.iter()) {
+            *out = out.wrapping_sub(*before);
         }
         delta
     }
+
+    /// TCP segments with the given flag byte, without and with payload.
+    pub fn tcp_by_flags(&self, flags: u8) -> (u64, u64) {
+        (self.tcp[flags as usize], self.tcp[256 + flags as usize])
+    }
+
+    /// The user-facing counters.
+    pub fn totals(&self) -> Counters {
+        use tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
+        let mut c = Counters::default();
+        for (index, &frames) in self.frames.iter().enumerate() {
+            if frames == 0 {
+                continue;
+            }
+            let decoded = class::decode(index);
+            c.add_to(Counter::Packets, frames);
+            if decoded.vlan {
+                c.add_to(Counter::Vlan, frames);
+            }
+            match decoded.ip {
+                None => c.add_to(
+                    match decoded.kind {
+                        class::NON_IP => Counter::NonIp,
+                        class::VLAN_TOO_DEEP => Counter::VlanTooDeep,
+                        _ => Counter::Malformed,
+                    },
+                    frames,
+                ),
+                Some((is_v6, is_fragment, transport)) => {
+                    c.add_to(if is_v6 { Counter::Ipv6 } else { Counter::Ipv4 }, frames);
+                    if is_fragment {
+                        c.add_to(Counter::Fragments, frames);
+                    }
+                    match transport {
+                        class::TCP_INCOMPLETE | class::MALFORMED_NETWORK => {
+                            c.add_to(Counter::Malformed, frames)
+                        }
+                        class::OTHER_TRANSPORT => c.add_to(Counter::OtherTransport, frames),
+                        class::CHAIN_TOO_LONG => c.add_to(Counter::Ipv6ChainTooLong, frames),
+                        _ => {} // complete TCP: counted from the histogram below
+                    }
+                }
+            }
+        }
+        for flags in 0..=255u8 {
+            let (bare, with_payload) = self.tcp_by_flags(flags);
+            let both = bare + with_payload;
+            if both == 0 {
+                continue;
+            }
+            c.add_to(Counter::Tcp, both);
+            c.add_to(Counter::Data, with_payload);
+            let has = |flag: u8| flags & flag != 0;
+            if has(SYN) && !has(ACK) {
+                c.add_to(Counter::Syn, both);
+            }
+            if has(SYN) && has(ACK) {
+                c.add_to(Counter::SynAck, both);
+            }
+            if has(FIN) {
+                c.add_to(Counter::Fin, both);
+            }
+            if has(RST) {
+                c.add_to(Counter::Rst, both);
+            }
+            if flags & (SYN | FIN | RST | ACK) == ACK {
+                c.add_to(Counter::PureAck, bare);
+            }
+            for (flag, counter) in [
+                (PSH, Counter::Psh),
+                (URG, Counter::Urg),
+                (ECE, Counter::Ece),
+                (CWR, Counter::Cwr),
+            ] {
+                if has(flag) {
+                    c.add_to(counter, both);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// The counters one frame touches, for tests and host-side checks.
+pub fn counters_of(parsed: &Parsed) -> Counters {
+    let mut tallies = Tallies::default();
+    tallies.record(&tally(parsed));
+    tallies.totals()
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `Counters` is `repr(C)`, has no padding (asserted above) and every bit
-// pattern is a valid value.
-unsafe impl aya::Pod for Counters {}
-
-use crate::parse::{Fragment, IpVersion, Parsed, Payload, TcpSegment, Transport, tcp_flags};
-
-/// The counters one parsed frame increments. Pure, so the kernel program and
-/// host-side accounting (frames too short for BPF_PROG_TEST_RUN) agree.
-#[inline(always)]
-pub fn classify(parsed: &Parsed) -> CounterSet {
-    let mut set = CounterSet::default().with(Counter::Packets);
-    if parsed.vlan_tags != 0 {
-        set = set.with(Counter::Vlan);
-    }
-    match &parsed.payload {
-        Payload::NonIp { .. } => set.with(Counter::NonIp),
-        Payload::VlanTooDeep => set.with(Counter::VlanTooDeep),
-        Payload::Malformed { .. } => set.with(Counter::Malformed),
-        Payload::Ip(ip) => {
-            set = set.with(match ip.version {
-                IpVersion::V4 => Counter::Ipv4,
-                IpVersion::V6 => Counter::Ipv6,
-            });
-            if ip.fragment != Fragment::Whole {
-                set = set.with(Counter::Fragments);
-            }
-            match &ip.transport {
-                Transport::Tcp(segment) => CounterSet(set.0 | tcp_counters(segment).0),
-                Transport::Other { .. } | Transport::LaterFragment => {
-                    set.with(Counter::OtherTransport)
-                }
-                Transport::ChainTooLong => set.with(Counter::Ipv6ChainTooLong),
-                Transport::Malformed { .. } => set.with(Counter::Malformed),
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn tcp_counters(segment: &TcpSegment) -> CounterSet {
-    let flags = segment.flags;
-    let mut set = CounterSet::default().with(Counter::Tcp);
-    if !segment.header_complete {
-        set = set.with(Counter::Malformed);
-    }
-    let syn = flags & tcp_flags::SYN != 0;
-    let ack = flags & tcp_flags::ACK != 0;
-    if syn && !ack {
-        set = set.with(Counter::Syn);
-    }
-    if syn && ack {
-        set = set.with(Counter::SynAck);
-    }
-    if flags & tcp_flags::FIN != 0 {
-        set = set.with(Counter::Fin);
-    }
-    if flags & tcp_flags::RST != 0 {
-        set = set.with(Counter::Rst);
-    }
-    let control = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST | tcp_flags::ACK;
-    if flags & control == tcp_flags::ACK && segment.payload_len == 0 {
-        set = set.with(Counter::PureAck);
-    }
-    if segment.payload_len != 0 {
-        set = set.with(Counter::Data);
-    }
-    if flags & tcp_flags::PSH != 0 {
-        set = set.with(Counter::Psh);
-    }
-    if flags & tcp_flags::URG != 0 {
-        set = set.with(Counter::Urg);
-    }
-    if flags & tcp_flags::ECE != 0 {
-        set = set.with(Counter::Ece);
-    }
-    if flags & tcp_flags::CWR != 0 {
-        set = set.with(Counter::Cwr);
-    }
-    set
-}
+// SAFETY: `Tallies` is `repr(C)`, made only of u64 arrays (no padding, size
+// asserted above), and every bit pattern is a valid value.
+unsafe impl aya::Pod for Tallies {}

@@ -12,8 +12,8 @@ pub mod parse;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.
 pub mod names {
-    /// Per-CPU array with one [`crate::counters::Counters`] slot.
-    pub const COUNTERS_MAP: &str = "COUNTERS";
+    /// Per-CPU array with one [`crate::counters::Tallies`] slot.
+    pub const TALLIES_MAP: &str = "TALLIES";
     /// The XDP program that parses and counts.
     pub const XDP_PROGRAM: &str = "teardown";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.

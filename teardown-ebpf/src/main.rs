@@ -11,13 +11,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use teardown_common::{
-    counters::{Counters, classify},
+    counters::{Tallies, tally},
     parse::{MAX_L4_OFFSET, PacketBytes, parse},
 };
 
-/// One slot of per-packet counters per CPU: no atomics and no contention.
+/// One slot of tallies per CPU: no atomics and no contention.
 #[map]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+static TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
 
 /// The frame as the verifier sees it: `[start, end)` of packet memory.
 struct XdpFrame {
@@ -53,10 +53,10 @@ pub fn teardown(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let counted = classify(&parse(&frame));
-    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+    let counted = tally(&parse(&frame));
+    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
-        unsafe { (*counters).apply(counted) };
+        unsafe { (*tallies).record(&counted) };
     }
     xdp_action::XDP_PASS
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fs::File, io::BufReader, path::Path};
 use anyhow::Context as _;
 use serde_json::{Map, Value, json};
 use teardown_common::{
-    counters::{Counter, Counters, classify},
+    counters::{Counter, Counters, Tallies, tally},
     names,
     parse::{ETH_HLEN, parse},
 };
@@ -112,7 +112,7 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = CaptureReader::new(BufReader::new(file))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let before = kernel.counters()?;
+    let before = kernel.tallies()?;
     let mut report = FileReport {
         file: path.display().to_string(),
         frames: 0,
@@ -126,7 +126,7 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
         counters: Counters::default(),
         warning: None,
     };
-    let mut host_counted = Counters::default();
+    let mut host_counted = Tallies::default();
     for record in reader {
         let record = match record {
             Ok(record) => record,
@@ -153,7 +153,7 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
         if frame.len() < ETH_HLEN {
             // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
             report.runt_frames += 1;
-            host_counted.apply(classify(&parse(&frame[..])));
+            host_counted.record(&tally(&parse(&frame[..])));
             continue;
         }
         let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
@@ -164,8 +164,9 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
             report.not_passed += 1;
         }
     }
-    report.counters = kernel.counters()?.since(&before);
-    report.counters.add(&host_counted);
+    let mut tallies = kernel.tallies()?.since(&before);
+    tallies.add(&host_counted);
+    report.counters = tallies.totals();
     Ok(report)
 }
 
@@ -186,7 +187,9 @@ pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
                 } else {
                     println!("{}", report.human_line());
                 }
-                total.add(&report.counters);
+                for counter in Counter::ALL {
+                    total.values[*counter as usize] += report.counters.get(*counter);
+                }
                 total_frames += report.frames;
             }
             Err(err) => {

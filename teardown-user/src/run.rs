@@ -104,7 +104,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         "teardown: watching {} ({mode} XDP), every {:?}; Ctrl-C to stop",
         options.iface, options.interval
     );
-    let start = kernel.counters()?;
+    let start = kernel.tallies()?;
     let mut previous = start;
     let mut previous_at = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(options.interval);
@@ -118,15 +118,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        let now = kernel.counters()?;
+        let now = kernel.tallies()?;
         let now_at = tokio::time::Instant::now();
         let seconds = (now_at - previous_at).as_secs_f64().max(1e-9);
-        let delta = now.since(&previous);
-        let total = now.since(&start);
+        let delta = now.since(&previous).totals();
+        let total = now.since(&start).totals();
         if options.json {
             output::print_json(&stats_json(&options.iface, &delta, seconds, &total));
         } else {
-            if rows % HEADER_EVERY == 0 {
+            if rows.is_multiple_of(HEADER_EVERY) {
                 println!("{}", header());
             }
             println!("{}", row(&delta, seconds, &total));
@@ -135,7 +135,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         previous = now;
         previous_at = now_at;
     }
-    let total = kernel.counters()?.since(&start);
+    let total = kernel.tallies()?.since(&start).totals();
     // Dropping the kernel handle detaches the program before the summary.
     drop(kernel);
     eprintln!("teardown: detached from {}", options.iface);
