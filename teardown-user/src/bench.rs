@@ -54,7 +54,7 @@ fn cases() -> Vec<(&'static str, craft::Frame)> {
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
-    if samples.len() % 2 == 0 {
+    if samples.len().is_multiple_of(2) {
         (samples[mid - 1] + samples[mid]) / 2.0
     } else {
         samples[mid]
@@ -67,7 +67,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     let mut kernel = Kernel::load()?;
     println!(
-        "per-packet cost, BPF_PROG_TEST_RUN, {} runs x {} rounds, median; baseline = empty XDP_PASS program",
+        "per-packet cost: kernel-timed BPF_PROG_TEST_RUN, {} runs x {} rounds, median; baseline = empty XDP_PASS program",
         options.repeat, options.rounds
     );
     println!(
@@ -124,7 +124,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         let report = json!({
-            "method": "BPF_PROG_TEST_RUN, median of alternating rounds",
+            "method": "kernel-timed BPF_PROG_TEST_RUN (whole ns + 0.5), median of alternating rounds",
             "repeat": options.repeat,
             "rounds": options.rounds,
             "results": results,

@@ -202,7 +202,7 @@ impl<R: Read> CaptureReader<R> {
             });
         };
         let total = endian.u32(&head[0..4]) as usize;
-        if total < 28 || total % 4 != 0 || total > MAX_RECORD_LEN {
+        if total < 28 || !total.is_multiple_of(4) || total > MAX_RECORD_LEN {
             return Err(CaptureError::Corrupt {
                 what: "section header length",
                 offset: reader.offset - 8,
@@ -271,7 +271,7 @@ impl<R: Read> CaptureReader<R> {
             let mut length = [0u8; 4];
             self.reader.exact(&mut length, "block header")?;
             let total = endian.u32(&length) as usize;
-            if total < 12 || total % 4 != 0 || total > MAX_RECORD_LEN {
+            if total < 12 || !total.is_multiple_of(4) || total > MAX_RECORD_LEN {
                 return Err(CaptureError::Corrupt {
                     what: "block length",
                     offset: block_start,
@@ -572,7 +572,7 @@ mod tests {
 
     fn pcapng_block(block_type: u32, body: &[u8]) -> Vec<u8> {
         let mut padded = body.to_vec();
-        while padded.len() % 4 != 0 {
+        while !padded.len().is_multiple_of(4) {
             padded.push(0);
         }
         let total = (padded.len() + 12) as u32;

@@ -79,7 +79,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration: use e.g. 1s, 500ms or 2m"))?;
     let seconds = value * unit_seconds;
-    if !(seconds.is_finite() && seconds >= 0.01 && seconds <= 3600.0) {
+    if !(seconds.is_finite() && (0.01..=3600.0).contains(&seconds)) {
         return Err(format!("{text:?} is out of range: use 10ms to 1h"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -212,7 +212,13 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     say("running unit, replay and live tests");
     run_command(
         host_cargo(&object)
-            .args(["test", "--workspace", "--no-fail-fast"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "teardown-ebpf",
+                "--no-fail-fast",
+            ])
             .args(args),
     )
     .context("tests failed")
@@ -233,6 +239,8 @@ fn lint() -> anyhow::Result<()> {
     run_command(host_cargo(&object).args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "teardown-ebpf",
         "--all-targets",
         "--",
         "-D",
