@@ -195,7 +195,7 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
 }
 
 /// Debian packages the tests use as judges and tools.
-const TEST_PACKAGES: &[&str] = &["tshark", "iproute2", "python3"];
+const TEST_PACKAGES: &[&str] = &["tshark", "tcpdump", "iproute2", "python3"];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
     if !is_root() {
