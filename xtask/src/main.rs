@@ -117,41 +117,46 @@ fn ebpf_toolchain() -> anyhow::Result<EbpfToolchain> {
 
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
-/// Compiles teardown-ebpf for the BPF target; returns the object's path.
-fn build_ebpf(toolchain: &EbpfToolchain) -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("ebpf");
-    say("building the eBPF program (teardown-ebpf, bpfel-unknown-none, nightly)");
-    run_command(
-        Command::new("cargo")
+impl EbpfToolchain {
+    /// `cargo +nightly SUBCOMMAND` for teardown-ebpf on the BPF target, with
+    /// bpf-linker on PATH and its own target directory.
+    fn cargo(&self, subcommand: &str) -> Command {
+        let root = workspace_root();
+        let mut cargo = Command::new("cargo");
+        cargo
             .current_dir(&root)
+            .args([&format!("+{}", provision::NIGHTLY), subcommand])
             .args([
-                &format!("+{}", provision::NIGHTLY),
-                "build",
                 "--package",
                 "teardown-ebpf",
-            ])
-            .args([
                 "--release",
                 "--target",
                 EBPF_TARGET,
-                "-Z",
-                "build-std=core",
-                "--target-dir",
             ])
-            .arg(&target_dir)
-            .env("PATH", &toolchain.path)
-            // The outer cargo's toolchain must not leak into the nightly build.
-            .env_remove("RUSTC")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
-    )
-    .context("building the eBPF program")?;
-    Ok(target_dir
+            .args(["-Z", "build-std=core", "--target-dir"])
+            .arg(root.join("target").join("ebpf"))
+            .env("PATH", &self.path);
+        // The outer cargo's toolchain must not leak into the nightly build.
+        for key in [
+            "RUSTC",
+            "RUSTUP_TOOLCHAIN",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "CARGO_ENCODED_RUSTFLAGS",
+        ] {
+            cargo.env_remove(key);
+        }
+        cargo
+    }
+}
+
+/// Compiles teardown-ebpf for the BPF target; returns the object's path.
+fn build_ebpf(toolchain: &EbpfToolchain) -> anyhow::Result<PathBuf> {
+    say("building the eBPF program (teardown-ebpf, bpfel-unknown-none, nightly)");
+    run_command(&mut toolchain.cargo("build")).context("building the eBPF program")?;
+    Ok(workspace_root()
+        .join("target/ebpf")
         .join(EBPF_TARGET)
-        .join("release")
-        .join("teardown"))
+        .join("release/teardown"))
 }
 
 /// A host `cargo` command that embeds `object`.
@@ -210,7 +215,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;
     say("running unit, replay and live tests");
-    run_command(
+    let result = run_command(
         host_cargo(&object)
             .args([
                 "test",
@@ -221,7 +226,26 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
             ])
             .args(args),
     )
-    .context("tests failed")
+    .context("tests failed");
+    remove_leftover_namespaces();
+    result
+}
+
+/// Test namespaces are named `td-…` and deleted by the tests themselves, even
+/// when they fail; this catches a test process that was killed outright.
+fn remove_leftover_namespaces() {
+    let Ok(list) = command_output(Command::new("ip").args(["netns", "list"])) else {
+        return;
+    };
+    for name in list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+    {
+        if name.starts_with("td-") {
+            say(&format!("removing leftover test namespace {name}"));
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
 }
 
 fn lint() -> anyhow::Result<()> {
@@ -248,30 +272,8 @@ fn lint() -> anyhow::Result<()> {
     ]))
     .context("clippy (host crates)")?;
     say("clippy on the eBPF crate, for its target");
-    run_command(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args([
-                &format!("+{}", provision::NIGHTLY),
-                "clippy",
-                "--package",
-                "teardown-ebpf",
-            ])
-            .args([
-                "--release",
-                "--target",
-                EBPF_TARGET,
-                "-Z",
-                "build-std=core",
-                "--target-dir",
-            ])
-            .arg(root.join("target").join("ebpf"))
-            .args(["--", "-D", "warnings"])
-            .env("PATH", &toolchain.path)
-            .env_remove("RUSTC")
-            .env_remove("RUSTUP_TOOLCHAIN"),
-    )
-    .context("clippy (eBPF crate)")
+    run_command(toolchain.cargo("clippy").args(["--", "-D", "warnings"]))
+        .context("clippy (eBPF crate)")
 }
 
 fn main() -> ExitCode {
