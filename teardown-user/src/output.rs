@@ -18,7 +18,8 @@ pub fn print_json(value: &Value) {
 pub fn short_count(value: f64) -> String {
     let magnitude = value.abs();
     if magnitude < 1_000.0 {
-        if value.fract() == 0.0 {
+        // A decimal says something below 10/s (0.5 vs 1); above, it is noise.
+        if magnitude >= 10.0 || value.fract() == 0.0 {
             format!("{value:.0}")
         } else {
             format!("{value:.1}")
@@ -59,6 +60,7 @@ mod tests {
         assert_eq!(short_count(0.0), "0");
         assert_eq!(short_count(999.0), "999");
         assert_eq!(short_count(2.5), "2.5");
+        assert_eq!(short_count(17.96), "18");
         assert_eq!(short_count(12_345.0), "12.3k");
         assert_eq!(short_count(4_560_000.0), "4.56M");
         assert_eq!(short_count(7.1e9), "7.10G");
