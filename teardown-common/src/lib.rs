@@ -8,6 +8,7 @@ extern crate std;
 
 pub mod counters;
 pub mod craft;
+pub mod flow;
 pub mod parse;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.
