@@ -118,6 +118,60 @@ impl Spec<'static> {
     }
 }
 
+impl<'a> Spec<'a> {
+    /// The same segment in the other direction: addresses and ports swapped.
+    pub fn reversed(&self) -> Spec<'a> {
+        let mut back = *self;
+        back.network = match self.network {
+            Network::Ipv4 {
+                src,
+                dst,
+                options_len,
+                fragment_offset,
+                more_fragments,
+            } => Network::Ipv4 {
+                src: dst,
+                dst: src,
+                options_len,
+                fragment_offset,
+                more_fragments,
+            },
+            Network::Ipv6 {
+                src,
+                dst,
+                extensions,
+            } => Network::Ipv6 {
+                src: dst,
+                dst: src,
+                extensions,
+            },
+            Network::Arp => Network::Arp,
+        };
+        back.transport = match self.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                seq,
+                ack,
+                flags,
+                options_len,
+            } => Transport::Tcp {
+                src_port: dst_port,
+                dst_port: src_port,
+                seq,
+                ack,
+                flags,
+                options_len,
+            },
+            Transport::Udp { src_port, dst_port } => Transport::Udp {
+                src_port: dst_port,
+                dst_port: src_port,
+            },
+        };
+        back
+    }
+}
+
 struct Writer {
     frame: Frame,
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use teardown_common::{counters::Tallies, names};
 use thiserror::Error;
@@ -121,7 +121,7 @@ impl Kernel {
         };
         let mut last_error = None;
         for &(xdp_mode, label) in attempts {
-            match attach_once(program, iface, xdp_mode) {
+            match program.attach(iface, xdp_mode) {
                 Ok(_) => return Ok(label),
                 Err(err) => match os_error_of(&err) {
                     // Something is attached already, in this mode or the other.
@@ -208,8 +208,4 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp
         .with_context(|| format!("eBPF object has no program {name}"))?
         .try_into()
         .with_context(|| format!("program {name} is not an XDP program"))
-}
-
-fn attach_once(program: &mut Xdp, iface: &str, mode: XdpMode) -> Result<XdpLinkId, ProgramError> {
-    program.attach(iface, mode)
 }
