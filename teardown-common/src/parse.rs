@@ -130,6 +130,8 @@ pub struct TcpSegment {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    /// The raw (unscaled) receive window.
+    pub window: u16,
     /// Header length in bytes (data offset * 4), 20..=60.
     pub header_len: u8,
     /// Whether the whole header, options included, is inside the frame and the
@@ -457,6 +459,7 @@ fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, ip_end: usize) -> 
         seq: u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
         ack: u32::from_be_bytes([head[8], head[9], head[10], head[11]]),
         flags: head[13],
+        window: be16([head[14], head[15]]),
         header_len: header_len as u8,
         header_complete: complete,
         payload_len: if complete {
