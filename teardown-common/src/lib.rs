@@ -6,6 +6,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod conn;
 pub mod counters;
 pub mod craft;
 pub mod flow;

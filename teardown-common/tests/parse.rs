@@ -61,7 +61,10 @@ fn ipv4_tcp_fields_are_read_exactly() {
     assert_eq!(segment.offset, 34);
     assert_eq!((segment.src_port, segment.dst_port), (40000, 80));
     assert_eq!((segment.seq, segment.ack), (1000, 0));
-    assert_eq!(segment.window, 64240, "the crafter writes a 64240-byte window");
+    assert_eq!(
+        segment.window, 64240,
+        "the crafter writes a 64240-byte window"
+    );
     assert_eq!(segment.flags, SYN);
     assert_eq!(segment.header_len, 20);
     assert_eq!(segment.payload_len, 0);
