@@ -157,6 +157,9 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 72);
+const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
+const _: () =
+    assert!(core::mem::size_of::<Conn>().is_multiple_of(8) && core::mem::align_of::<Conn>() == 8);
 
 /// The flow-table value: one TCP connection.
 #[repr(C)]
@@ -325,8 +328,9 @@ pub fn flip_at_creation(segment: &Segment, likely_server: impl Fn(u16) -> bool) 
 /// What [`Conn::update`] tells the caller about a packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Update {
-    /// The packet closed one side for the first time: deadlines moved earlier.
-    pub closed: bool,
+    /// The packet closed a side or set a removal time: the record's deadline
+    /// moved earlier.
+    pub rescheduled: bool,
 }
 
 impl Conn {
@@ -334,7 +338,18 @@ impl Conn {
     /// travelling from endpoint `a` if `from_a`.
     #[inline(always)]
     pub fn init(&mut self, from_a: bool, segment: &Segment, flip: bool, now: u64) {
-        *self = Conn::zeroed();
+        // Zero in place, word by word: a `Conn::zeroed()` temporary would not
+        // fit the BPF stack, and a memset would become a call the BPF target
+        // cannot make. Volatile keeps LLVM from turning the loop into one.
+        const WORDS: usize = core::mem::size_of::<Conn>() / 8;
+        let words = self as *mut Conn as *mut u64;
+        let mut i = 0;
+        while i < WORDS {
+            // SAFETY: Conn is 8-aligned, a whole number of words, and all-zero
+            // bytes are a valid Conn (integers and byte arrays only).
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+            i += 1;
+        }
         self.orig_is_a = (from_a != flip) as u8;
         self.start_ns = now;
         self.last_ns = now;
@@ -392,6 +407,12 @@ impl Conn {
         }
     }
 
+    /// A handshake in progress: the originator's SYN has had no answer yet.
+    #[inline(always)]
+    pub fn half_open(&self) -> bool {
+        self.ep[ORIG].state == SYN_SENT && self.ep[RESP].state == INACTIVE
+    }
+
     /// Whether a packet from endpoint `a` (if `from_a`) comes from the originator.
     #[inline(always)]
     pub fn from_orig(&self, from_a: bool) -> bool {
@@ -406,12 +427,13 @@ impl Conn {
 
     #[inline(always)]
     fn push_history(&mut self, letter: u8) {
-        let len = self.history_len as usize;
-        if len < HISTORY_CAP {
-            self.history[len] = letter;
-            self.history_len += 1;
-        } else {
-            self.flags |= flag::HISTORY_TRUNCATED;
+        // `get_mut` rather than indexing: no panic path for the BPF target.
+        match self.history.get_mut(self.history_len as usize) {
+            Some(slot) => {
+                *slot = letter;
+                self.history_len += 1;
+            }
+            None => self.flags |= flag::HISTORY_TRUNCATED,
         }
     }
 
@@ -471,13 +493,31 @@ impl Conn {
         true
     }
 
+    /// Exchanges the two endpoints word by word, without a 72-byte temporary
+    /// on the (512-byte) BPF stack.
+    #[inline(always)]
+    fn swap_endpoints(&mut self) {
+        const WORDS: usize = core::mem::size_of::<Endpoint>() / 8;
+        let words = self.ep.as_mut_ptr() as *mut u64;
+        let mut i = 0;
+        while i < WORDS {
+            // SAFETY: `ep` is two 8-aligned Endpoints of WORDS u64 each.
+            unsafe {
+                let orig = words.add(i);
+                let resp = words.add(WORDS + i);
+                core::ptr::swap(orig, resp);
+            }
+            i += 1;
+        }
+    }
+
     /// Swaps the roles after the fact: the connection started with a SYN-ACK
     /// and its next segment showed who the client is. Behaves as if the flip
     /// had happened on the first packet: `^`, case-swapped history, and the
     /// SYN-ACK's sender established as responder.
     #[inline(always)]
     fn flip_late(&mut self) {
-        self.ep.swap(ORIG, RESP);
+        self.swap_endpoints();
         self.ep[RESP].state = ESTABLISHED;
         self.orig_is_a ^= 1;
         self.hist_seen = self.hist_seen.rotate_left(16);
@@ -488,11 +528,16 @@ impl Conn {
         let mut i = HISTORY_CAP - 1;
         while i > 0 {
             if i < shifted {
-                self.history[i] = swap_case(self.history[i - 1]);
+                let previous = self.history.get(i - 1).copied().unwrap_or(0);
+                if let Some(slot) = self.history.get_mut(i) {
+                    *slot = swap_case(previous);
+                }
             }
             i -= 1;
         }
-        self.history[0] = b'^';
+        if let Some(first) = self.history.first_mut() {
+            *first = b'^';
+        }
         if len >= HISTORY_CAP {
             self.flags |= flag::HISTORY_TRUNCATED;
         }
@@ -509,6 +554,8 @@ impl Conn {
         timeouts: &Timeouts,
     ) -> Update {
         let flags = segment.flags;
+        let delete_at_before = self.delete_at_ns;
+        let expire_chain_before = self.expire_chain_ns;
         if self.flags & flag::SYN_ACK_FIRST != 0 && self.packets > 0 {
             self.flags &= !flag::SYN_ACK_FIRST;
             if !has(flags, SYN) && !has(flags, RST) && (has(flags, ACK) || segment.len > 0) {
@@ -532,17 +579,17 @@ impl Conn {
         let seq_end = base_seq.wrapping_add(seg_len);
 
         self.init_endpoint(me, flags, base_seq, seq_end);
-        let rel_seq = base_seq.wrapping_sub(self.ep[me].start_seq);
+        let rel_seq = base_seq.wrapping_sub(self.ep[me & 1].start_seq);
         self.update_history(is_orig, me, flags, rel_seq, len);
 
         // Zero window ('W'), judged on the states before this packet.
         if segment.window == 0
             && !has(flags, RST)
-            && self.ep[peer].state != CLOSED
-            && self.ep[me].state != RESET
+            && self.ep[peer & 1].state != CLOSED
+            && self.ep[me & 1].state != RESET
         {
-            self.ep[me].zero_windows = self.ep[me].zero_windows.saturating_add(1);
-            if is_power_of_ten(self.ep[me].zero_windows) {
+            self.ep[me & 1].zero_windows = self.ep[me & 1].zero_windows.saturating_add(1);
+            if is_power_of_ten(self.ep[me & 1].zero_windows) {
                 self.add_history(is_orig, b'W');
             }
         }
@@ -551,24 +598,25 @@ impl Conn {
             self.last_ns = now;
         }
 
-        let first_fin_of_side = has(flags, FIN) && self.ep[me].fin_cnt == 0;
+        let first_fin_of_side = has(flags, FIN) && self.ep[me & 1].fin_cnt == 0;
         if has(flags, FIN) {
             if first_fin_of_side {
-                self.ep[me].first_fin_pkt = ordinal;
-                self.ep[me].fin_end_seq = seq_end;
+                self.ep[me & 1].first_fin_pkt = ordinal;
+                self.ep[me & 1].fin_end_seq = seq_end;
                 // Crossed FINs: the peer already sent its FIN and this one does
                 // not acknowledge it, so it was sent before the peer's arrived.
-                let peer_fin = self.ep[peer].fin_cnt > 0;
+                let peer_fin = self.ep[peer & 1].fin_cnt > 0;
                 if peer_fin
-                    && (!has(flags, ACK) || seq_delta(segment.ack, self.ep[peer].fin_end_seq) < 0)
+                    && (!has(flags, ACK)
+                        || seq_delta(segment.ack, self.ep[peer & 1].fin_end_seq) < 0)
                 {
                     self.flags |= flag::FINS_CROSSED;
                 }
             }
-            self.ep[me].fin_cnt = self.ep[me].fin_cnt.saturating_add(1);
+            self.ep[me & 1].fin_cnt = self.ep[me & 1].fin_cnt.saturating_add(1);
         }
-        if has(flags, RST) && self.ep[me].first_rst_pkt == 0 {
-            self.ep[me].first_rst_pkt = ordinal;
+        if has(flags, RST) && self.ep[me & 1].first_rst_pkt == 0 {
+            self.ep[me & 1].first_rst_pkt = ordinal;
             if self.rst_cause == rst_cause::NONE {
                 self.rst_cause = self.classify_reset(me, peer);
             }
@@ -578,10 +626,10 @@ impl Conn {
         }
 
         if has(flags, ACK) {
-            if self.ep[peer].state == INACTIVE {
+            if self.ep[peer & 1].state == INACTIVE {
                 // Zeek's init_peer: number the peer's bytes as if its SYN was seen.
                 let start = segment.ack.wrapping_sub(1);
-                let p = &mut self.ep[peer];
+                let p = &mut self.ep[peer & 1];
                 p.start_seq = start;
                 p.ack_seq = start;
                 p.last_seq = start;
@@ -601,22 +649,24 @@ impl Conn {
             (RESP, ORIG)
         };
 
-        let ep = &mut self.ep[me];
+        let ep = &mut self.ep[me & 1];
         ep.pkts += 1;
         ep.payload_bytes += len as u64;
 
-        let mut result = Update::default();
         if do_close {
-            result.closed = self.connection_closed(me, peer, timeouts);
+            self.connection_closed(me, peer, timeouts);
         }
-        result
+        Update {
+            rescheduled: self.delete_at_ns != delete_at_before
+                || self.expire_chain_ns != expire_chain_before,
+        }
     }
 
     /// Why this RST (the connection's first) was sent by `me`.
     #[inline(always)]
     fn classify_reset(&self, me: usize, peer: usize) -> u8 {
-        let sender = &self.ep[me];
-        let other = &self.ep[peer];
+        let sender = &self.ep[me & 1];
+        let other = &self.ep[peer & 1];
         let syn_seen = self.hist_seen & (hist::SYN | hist::SYN << 16) != 0;
         if sender.state == INACTIVE && (other.state == SYN_SENT || other.state == SYN_ACK_SENT) {
             rst_cause::REFUSED
@@ -632,7 +682,7 @@ impl Conn {
     /// Zeek's `init_endpoint`: sets up or re-bases `me`'s sequence numbers.
     #[inline(always)]
     fn init_endpoint(&mut self, me: usize, flags: u8, base_seq: u32, seq_end: u32) {
-        let ep = &mut self.ep[me];
+        let ep = &mut self.ep[me & 1];
         let syn = has(flags, SYN);
         let rebase = match ep.state {
             INACTIVE => {
@@ -677,23 +727,26 @@ impl Conn {
         } else if syn {
             let letter = if has(flags, ACK) { b'H' } else { b'S' };
             if self.check_history(is_orig, hist::SYN, letter)
-                && rel_seq != self.ep[me].hist_last_syn
+                && rel_seq != self.ep[me & 1].hist_last_syn
             {
                 self.add_history(is_orig, letter);
             }
-            self.ep[me].hist_last_syn = rel_seq;
+            self.ep[me & 1].hist_last_syn = rel_seq;
         } else if fin {
             let fin_at = rel_seq.wrapping_add(len);
-            if self.check_history(is_orig, hist::FIN, b'F') && fin_at != self.ep[me].hist_last_fin {
+            if self.check_history(is_orig, hist::FIN, b'F')
+                && fin_at != self.ep[me & 1].hist_last_fin
+            {
                 self.add_history(is_orig, b'F');
             }
-            self.ep[me].hist_last_fin = fin_at;
+            self.ep[me & 1].hist_last_fin = fin_at;
         } else if rst {
-            if self.check_history(is_orig, hist::RST, b'R') && rel_seq != self.ep[me].hist_last_rst
+            if self.check_history(is_orig, hist::RST, b'R')
+                && rel_seq != self.ep[me & 1].hist_last_rst
             {
                 self.add_history(is_orig, b'R');
             }
-            self.ep[me].hist_last_rst = rel_seq;
+            self.ep[me & 1].hist_last_rst = rel_seq;
         } else if len > 0 {
             self.check_history(is_orig, hist::DATA, b'D');
         } else if has(flags, ACK) {
@@ -704,7 +757,7 @@ impl Conn {
     /// Zeek's `update_ack_seq`: the peer's data acknowledged so far.
     #[inline(always)]
     fn update_ack_seq(&mut self, peer: usize, ack: u32) {
-        let ep = &mut self.ep[peer];
+        let ep = &mut self.ep[peer & 1];
         let delta = seq_delta(ack, ep.ack_seq);
         if ack == 0 && delta > TOO_LARGE_SEQ_DELTA {
             // More likely a broken ACK than a huge connection landing on 0.
@@ -722,7 +775,7 @@ impl Conn {
     /// counts a retransmission ('T').
     #[inline(always)]
     fn update_last_seq(&mut self, is_orig: bool, me: usize, seq_end: u32, flags: u8, len: u32) {
-        let ep = &mut self.ep[me];
+        let ep = &mut self.ep[me & 1];
         let delta = seq_delta(seq_end, ep.last_seq);
         let advance = if (has(flags, SYN) || has(flags, RST))
             && !(-TOO_LARGE_SEQ_DELTA..=TOO_LARGE_SEQ_DELTA).contains(&delta)
@@ -744,7 +797,7 @@ impl Conn {
             false
         };
         if advance {
-            let ep = &mut self.ep[me];
+            let ep = &mut self.ep[me & 1];
             if seq_end < ep.last_seq {
                 ep.seq_wraps += 1;
             }
@@ -754,7 +807,7 @@ impl Conn {
 
     #[inline(always)]
     fn set_state(&mut self, which: usize, new_state: u8) {
-        let ep = &mut self.ep[which];
+        let ep = &mut self.ep[which & 1];
         if ep.state != new_state {
             ep.prev_state = ep.state;
             ep.state = new_state;
@@ -780,7 +833,7 @@ impl Conn {
         let rst = has(flags, RST);
         let ack = has(flags, ACK);
         let mut do_close = false;
-        match self.ep[me].state {
+        match self.ep[me & 1].state {
             INACTIVE => {
                 if syn {
                     if is_orig {
@@ -788,12 +841,12 @@ impl Conn {
                         self.attempt_at_ns = now.saturating_add(timeouts.syn_ns);
                     } else {
                         if !ack
-                            && self.ep[peer].state == SYN_ACK_SENT
-                            && base_seq == self.ep[me].start_seq
+                            && self.ep[peer & 1].state == SYN_ACK_SENT
+                            && base_seq == self.ep[me & 1].start_seq
                         {
                             // The originator's SYN-ACK came first: the roles were
                             // reversed. Zeek flips and keeps going.
-                            self.ep.swap(ORIG, RESP);
+                            self.swap_endpoints();
                             self.orig_is_a ^= 1;
                             self.hist_seen = self.hist_seen.rotate_left(16);
                             self.flags |= flag::FLIPPED;
@@ -805,7 +858,7 @@ impl Conn {
                             self.set_state(me, ESTABLISHED);
                             return false;
                         }
-                        if self.ep[peer].state == SYN_SENT {
+                        if self.ep[peer & 1].state == SYN_SENT {
                             self.set_state(peer, ESTABLISHED);
                         }
                         self.set_state(me, ESTABLISHED);
@@ -819,11 +872,11 @@ impl Conn {
                     self.set_state(me, RESET);
                     do_close = true;
                 }
-                if self.ep[me].state == INACTIVE {
+                if self.ep[me & 1].state == INACTIVE {
                     let orig_state = self.ep[ORIG].state;
                     if !is_orig && len == 0 && orig_state == SYN_SENT {
                         // An early ACK from the responder: wait for its SYN-ACK.
-                    } else if ack && self.ep[peer].state == ESTABLISHED {
+                    } else if ack && self.ep[peer & 1].state == ESTABLISHED {
                         self.set_state(me, ESTABLISHED);
                     } else {
                         self.set_state(me, PARTIAL);
@@ -841,13 +894,17 @@ impl Conn {
                 }
             }
             ESTABLISHED | PARTIAL => {
-                if syn && self.ep[me].state == PARTIAL && self.ep[peer].state == INACTIVE && !ack {
+                if syn
+                    && self.ep[me & 1].state == PARTIAL
+                    && self.ep[peer & 1].state == INACTIVE
+                    && !ack
+                {
                     self.set_state(me, SYN_SENT);
                 }
                 if fin && !rst {
                     self.set_state(me, CLOSED);
                     do_close = true;
-                    if self.ep[peer].state == RESET && self.ep[peer].prev_state == CLOSED {
+                    if self.ep[peer & 1].state == RESET && self.ep[peer & 1].prev_state == CLOSED {
                         self.set_state(peer, CLOSED);
                     }
                 }
@@ -856,9 +913,9 @@ impl Conn {
                     do_close = true;
                 }
             }
-            CLOSED if rst && self.ep[peer].state != CLOSED => {
+            CLOSED if rst && self.ep[peer & 1].state != CLOSED => {
                 self.set_state(me, RESET);
-                do_close = self.ep[me].did_close == 0;
+                do_close = self.ep[me & 1].did_close == 0;
                 // Zeek's reset timer removes the connection after the delay.
                 if self.delete_at_ns == 0 {
                     self.delete_at_ns = now.saturating_add(timeouts.close_ns);
@@ -871,25 +928,23 @@ impl Conn {
     }
 
     /// Zeek's `ConnectionClosed`: marks `me` closed and schedules removal.
-    /// Returns whether a deadline moved.
     #[inline(always)]
-    fn connection_closed(&mut self, me: usize, peer: usize, timeouts: &Timeouts) -> bool {
-        if self.ep[me].did_close != 0 {
-            return false;
+    fn connection_closed(&mut self, me: usize, peer: usize, timeouts: &Timeouts) {
+        if self.ep[me & 1].did_close != 0 {
+            return;
         }
-        self.ep[me].did_close = 1;
-        let complete = self.ep[me].state == RESET
-            || self.ep[peer].did_close != 0
-            || self.ep[peer].state == INACTIVE;
+        self.ep[me & 1].did_close = 1;
+        let complete = self.ep[me & 1].state == RESET
+            || self.ep[peer & 1].did_close != 0
+            || self.ep[peer & 1].state == INACTIVE;
         if complete {
             if self.flags & flag::CLOSE_COMPLETE == 0 {
                 self.flags |= flag::CLOSE_COMPLETE;
                 self.delete_at_ns = self.last_ns.saturating_add(timeouts.close_ns);
             }
-        } else if self.ep[me].prev_state != INACTIVE && self.expire_chain_ns == 0 {
+        } else if self.ep[me & 1].prev_state != INACTIVE && self.expire_chain_ns == 0 {
             self.expire_chain_ns = self.last_ns.saturating_add(timeouts.session_timer_ns);
         }
-        true
     }
 
     /// When this record must be closed out, and why, if no packet arrives
@@ -951,8 +1006,8 @@ impl Conn {
 
     /// Zeek's `TCP_Endpoint::Size`: bytes by sequence space.
     pub fn size(&self, which: usize) -> u64 {
-        let ep = &self.ep[which];
-        let peer = &self.ep[1 - which];
+        let ep = &self.ep[which & 1];
+        let peer = &self.ep[(which & 1) ^ 1];
         let no_data_acked =
             ep.ack_seq == ep.start_seq || ep.ack_seq == ep.start_seq.wrapping_add(1);
         if ep.prev_state == SYN_SENT
@@ -1032,7 +1087,7 @@ impl Conn {
         let first_fin = first_of(orig.first_fin_pkt, resp.first_fin_pkt);
         let first_rst = first_of(orig.first_rst_pkt, resp.first_rst_pkt);
         let first_rst_pkt = match first_rst {
-            Some(side) => self.ep[side].first_rst_pkt,
+            Some(side) => self.ep[side & 1].first_rst_pkt,
             None => 0,
         };
         let both_fins_before_rst = orig.first_fin_pkt != 0
@@ -1041,7 +1096,7 @@ impl Conn {
                 || (orig.first_fin_pkt < first_rst_pkt && resp.first_fin_pkt < first_rst_pkt));
         let closed_by = match (first_fin, first_rst) {
             (Some(f), Some(r)) => {
-                if self.ep[f].first_fin_pkt < self.ep[r].first_rst_pkt {
+                if self.ep[f & 1].first_fin_pkt < self.ep[r & 1].first_rst_pkt {
                     Some(f)
                 } else {
                     Some(r)

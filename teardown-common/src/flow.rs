@@ -15,8 +15,10 @@ pub struct FlowKey {
     /// 4 or 6.
     pub family: u8,
     /// Explicit padding, always zero, so the key hashes the same in the kernel
-    /// and in user space.
-    pub _pad: [u8; 3],
+    /// and in user space. Two fields rather than `[u8; 3]`, which the BPF
+    /// backend would zero with a memset call.
+    pub _pad8: u8,
+    pub _pad16: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
@@ -41,20 +43,91 @@ pub fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
 /// Source and destination addresses of an IP packet, 16 bytes each.
 #[inline(always)]
 pub fn addresses<P: PacketBytes + ?Sized>(pkt: &P, ip: &IpPacket) -> Option<([u8; 16], [u8; 16])> {
-    let offset = ip.offset as usize;
-    match ip.version {
-        IpVersion::V4 => {
+    addresses_at(pkt, ip.offset as usize, ip.version == IpVersion::V6)
+}
+
+/// Source and destination addresses of the IP header at `offset`.
+#[inline(always)]
+pub fn addresses_at<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    offset: usize,
+    is_v6: bool,
+) -> Option<([u8; 16], [u8; 16])> {
+    match is_v6 {
+        false => {
             let pair = pkt.load::<8>(offset + 12)?;
             Some((
                 v4_mapped([pair[0], pair[1], pair[2], pair[3]]),
                 v4_mapped([pair[4], pair[5], pair[6], pair[7]]),
             ))
         }
-        IpVersion::V6 => Some((pkt.load::<16>(offset + 8)?, pkt.load::<16>(offset + 24)?)),
+        true => Some((pkt.load::<16>(offset + 8)?, pkt.load::<16>(offset + 24)?)),
     }
 }
 
+/// An address as two big-endian integers, for ordering.
+#[inline(always)]
+fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let mut high = 0u64;
+    let mut low = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        high = high << 8 | addr[i] as u64;
+        low = low << 8 | addr[i + 8] as u64;
+        i += 1;
+    }
+    (high, low)
+}
+
+/// An address held as four native-endian words of its bytes in memory
+/// order (what a BPF program gets from 4-byte loads), as a sortable integer pair.
+#[inline(always)]
+fn word_halves(words: &[u32; 4]) -> (u64, u64) {
+    let be = |word: u32| u32::from_be(word) as u64;
+    (
+        be(words[0]) << 32 | be(words[1]),
+        be(words[2]) << 32 | be(words[3]),
+    )
+}
+
 impl FlowKey {
+    /// [`FlowKey::from_endpoints`] for addresses held as words (see
+    /// [`word_halves`]): no byte shuffling, which matters on the BPF target,
+    /// where it costs dozens of instructions and stack spills.
+    #[inline(always)]
+    pub fn from_words(
+        src: [u32; 4],
+        src_port: u16,
+        dst: [u32; 4],
+        dst_port: u16,
+        family: u8,
+    ) -> (FlowKey, Direction) {
+        let (src_high, src_low) = word_halves(&src);
+        let (dst_high, dst_low) = word_halves(&dst);
+        let src_first = src_high < dst_high
+            || (src_high == dst_high
+                && (src_low < dst_low || (src_low == dst_low && src_port <= dst_port)));
+        // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+        let bytes = |words: [u32; 4]| unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
+        let (a, port_a, b, port_b, direction) = if src_first {
+            (src, src_port, dst, dst_port, Direction::AToB)
+        } else {
+            (dst, dst_port, src, src_port, Direction::BToA)
+        };
+        (
+            FlowKey {
+                addr_a: bytes(a),
+                addr_b: bytes(b),
+                port_a,
+                port_b,
+                family,
+                _pad8: 0,
+                _pad16: 0,
+            },
+            direction,
+        )
+    }
+
     /// The key of the connection a segment belongs to, and the segment's direction.
     #[inline(always)]
     pub fn of<P: PacketBytes + ?Sized>(
@@ -62,16 +135,30 @@ impl FlowKey {
         ip: &IpPacket,
         segment: &TcpSegment,
     ) -> Option<(FlowKey, Direction)> {
-        let (src, dst) = addresses(pkt, ip)?;
+        Self::at(
+            pkt,
+            ip.offset as usize,
+            ip.version == IpVersion::V6,
+            segment,
+        )
+    }
+
+    /// The same from the IP header's offset and version: plain arguments, for
+    /// callers (BPF functions) that cannot take the parser's enums.
+    #[inline(always)]
+    pub fn at<P: PacketBytes + ?Sized>(
+        pkt: &P,
+        ip_offset: usize,
+        is_v6: bool,
+        segment: &TcpSegment,
+    ) -> Option<(FlowKey, Direction)> {
+        let (src, dst) = addresses_at(pkt, ip_offset, is_v6)?;
         Some(Self::from_endpoints(
             src,
             segment.src_port,
             dst,
             segment.dst_port,
-            match ip.version {
-                IpVersion::V4 => 4,
-                IpVersion::V6 => 6,
-            },
+            if is_v6 { 6 } else { 4 },
         ))
     }
 
@@ -84,7 +171,14 @@ impl FlowKey {
         dst_port: u16,
         family: u8,
     ) -> (FlowKey, Direction) {
-        if (src, src_port) <= (dst, dst_port) {
+        // Compare as integers: comparing the byte arrays would call memcmp,
+        // which the BPF target cannot, and tuples of them cost stack.
+        let (src_high, src_low) = halves(&src);
+        let (dst_high, dst_low) = halves(&dst);
+        let src_first = src_high < dst_high
+            || (src_high == dst_high
+                && (src_low < dst_low || (src_low == dst_low && src_port <= dst_port)));
+        if src_first {
             (
                 FlowKey {
                     addr_a: src,
@@ -92,7 +186,8 @@ impl FlowKey {
                     port_a: src_port,
                     port_b: dst_port,
                     family,
-                    _pad: [0; 3],
+                    _pad8: 0,
+                    _pad16: 0,
                 },
                 Direction::AToB,
             )
@@ -104,7 +199,8 @@ impl FlowKey {
                     port_a: dst_port,
                     port_b: src_port,
                     family,
-                    _pad: [0; 3],
+                    _pad8: 0,
+                    _pad16: 0,
                 },
                 Direction::BToA,
             )
@@ -156,7 +252,31 @@ mod tests {
         assert_eq!(key.addr_a, v4_mapped(craft::CLIENT_V4));
         assert_eq!(key.addr_b, v4_mapped(craft::SERVER_V4));
         assert_eq!((key.port_a, key.port_b), (40000, 80));
-        assert_eq!(key._pad, [0; 3]);
+        assert_eq!((key._pad8, key._pad16), (0, 0));
+    }
+
+    #[test]
+    fn word_form_gives_the_same_key() {
+        let words = |addr: [u8; 16]| {
+            let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        };
+        let pairs = [
+            (v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2])),
+            (v4_mapped([10, 0, 0, 2]), v4_mapped([9, 255, 0, 1])),
+            (craft::CLIENT_V6, craft::SERVER_V6),
+            (craft::SERVER_V6, craft::CLIENT_V6),
+            (v4_mapped([1, 2, 3, 4]), v4_mapped([1, 2, 3, 4])),
+        ];
+        for (src, dst) in pairs {
+            for (sp, dp) in [(80, 5000), (5000, 80), (7, 7)] {
+                assert_eq!(
+                    FlowKey::from_words(words(src), sp, words(dst), dp, 6),
+                    FlowKey::from_endpoints(src, sp, dst, dp, 6),
+                    "{src:?}:{sp} -> {dst:?}:{dp}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     if options.repeat == 0 || options.rounds == 0 {
         bail!("--repeat and --rounds must be at least 1");
     }
-    let mut kernel = Kernel::load()?;
+    let mut kernel = Kernel::load(&crate::kernel::LoadOptions::default())?;
     println!(
         "per-packet cost: kernel-timed BPF_PROG_TEST_RUN, {} runs x {} rounds, median; baseline = empty XDP_PASS program",
         options.repeat, options.rounds

@@ -5,10 +5,16 @@ use std::io;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode},
 };
-use teardown_common::{counters::Tallies, names};
+use teardown_common::{
+    conn::{Conn, Timeouts, likely_server_port_set},
+    counters::Tallies,
+    events::{DEFAULT_MAX_FLOWS, FlowStats},
+    flow::FlowKey,
+    names,
+};
 use thiserror::Error;
 
 /// The eBPF object built from `teardown-ebpf`, embedded at build time.
@@ -47,6 +53,26 @@ pub struct Kernel {
     ebpf: Ebpf,
 }
 
+/// Settings fixed when the object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub timeouts: Timeouts,
+    /// Nanoseconds past a deadline before the kernel closes a record out on
+    /// the next packet instead of waiting for user space (0 for replays).
+    pub grace_ns: u64,
+    pub max_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            timeouts: Timeouts::ZEEK,
+            grace_ns: 0,
+            max_flows: DEFAULT_MAX_FLOWS,
+        }
+    }
+}
+
 fn io_error_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
     let mut current = Some(err);
     while let Some(err) = current {
@@ -62,13 +88,18 @@ fn os_error_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
     io_error_in(err).and_then(io::Error::raw_os_error)
 }
 
+/// EPERM/EACCES mean missing privileges only for an unprivileged caller: for
+/// root, EACCES from BPF_PROG_LOAD is the verifier rejecting the program,
+/// and its log is the useful part of the error.
 fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(os_error_of(err), Some(libc::EPERM) | Some(libc::EACCES))
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    !root && matches!(os_error_of(err), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 impl Kernel {
     /// Loads the embedded object and both XDP programs into the kernel.
-    pub fn load() -> anyhow::Result<Self> {
+    pub fn load(options: &LoadOptions) -> anyhow::Result<Self> {
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lifting it is
         // harmless on newer ones.
         let unlimited = libc::rlimit {
@@ -78,14 +109,23 @@ impl Kernel {
         // SAFETY: setrlimit reads the struct we pass and nothing else.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
-        let mut ebpf = match EbpfLoader::new().load(EBPF_OBJECT) {
+        let mut ebpf = match EbpfLoader::new()
+            .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
+            .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
+            .map_max_entries(names::FLOWS_MAP, options.max_flows)
+            .load(EBPF_OBJECT)
+        {
             Ok(ebpf) => ebpf,
             Err(err) if is_permission_error(&err) => {
                 return Err(SetupError::Permission("loading the eBPF object").into());
             }
             Err(err) => return Err(err).context("loading the eBPF object"),
         };
-        for name in [names::XDP_PROGRAM, names::XDP_BASELINE_PROGRAM] {
+        for name in [
+            names::XDP_PROGRAM,
+            names::XDP_BASELINE_PROGRAM,
+            names::XDP_REPLAY_PROGRAM,
+        ] {
             let program = xdp_program(&mut ebpf, name)?;
             match program.load() {
                 Ok(()) => {}
@@ -97,7 +137,96 @@ impl Kernel {
                 }
             }
         }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(names::TC_EGRESS_PROGRAM)
+            .context("eBPF object has no egress program")?
+            .try_into()
+            .context("the egress program is not a TC program")?;
+        match egress.load() {
+            Ok(()) => {}
+            Err(err) if is_permission_error(&err) => {
+                return Err(SetupError::Permission("loading the TC egress program").into());
+            }
+            Err(err) => return Err(err).context("loading the TC egress program"),
+        }
+        let mut ports: Array<&mut MapData, u64> = Array::try_from(
+            ebpf.map_mut(names::LIKELY_PORTS_MAP)
+                .context("eBPF object has no likely-ports map")?,
+        )
+        .context("opening the likely-ports map")?;
+        for (index, word) in likely_server_port_set().iter().enumerate() {
+            if *word != 0 {
+                ports
+                    .set(index as u32, *word, 0)
+                    .context("filling the likely-ports map")?;
+            }
+        }
         Ok(Kernel { ebpf })
+    }
+
+    /// Attaches the TC egress program to `iface` (TCX), so the host's own
+    /// segments reach the flow table. Lasts as long as this `Kernel`.
+    pub fn attach_egress(&mut self, iface: &str) -> anyhow::Result<()> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::TC_EGRESS_PROGRAM)
+            .context("eBPF object has no egress program")?
+            .try_into()
+            .context("the egress program is not a TC program")?;
+        match program.attach(iface, TcAttachType::Egress) {
+            Ok(_) => Ok(()),
+            Err(err) if is_permission_error(&err) => {
+                Err(SetupError::Permission("attaching the TC egress program").into())
+            }
+            Err(err) => Err(err).with_context(|| {
+                format!("attaching the TC egress program to {iface} (use --direction ingress to watch ingress only)")
+            }),
+        }
+    }
+
+    /// Takes the event ring buffer out of the object (once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS_MAP)
+            .context("eBPF object has no event ring buffer")?;
+        RingBuf::try_from(map).context("opening the event ring buffer")
+    }
+
+    /// The flow table.
+    pub fn flows(&mut self) -> anyhow::Result<HashMap<&mut MapData, FlowKey, Conn>> {
+        let map = self
+            .ebpf
+            .map_mut(names::FLOWS_MAP)
+            .context("eBPF object has no flow table")?;
+        HashMap::try_from(map).context("opening the flow table")
+    }
+
+    /// The flow-table statistics summed over all CPUs.
+    pub fn flow_stats(&self) -> anyhow::Result<FlowStats> {
+        let map = self
+            .ebpf
+            .map(names::FLOW_STATS_MAP)
+            .context("eBPF object has no flow statistics map")?;
+        let array = PerCpuArray::<&MapData, FlowStats>::try_from(map)
+            .context("opening the flow statistics map")?;
+        let per_cpu = array.get(&0, 0).context("reading the flow statistics")?;
+        let mut total = FlowStats::default();
+        for cpu in per_cpu.iter() {
+            total.add(cpu);
+        }
+        Ok(total)
+    }
+
+    /// Sets the clock the replay program runs on.
+    pub fn set_replay_clock(&mut self, ns: u64) -> anyhow::Result<()> {
+        let mut clock: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(names::REPLAY_CLOCK_MAP)
+                .context("eBPF object has no replay clock")?,
+        )
+        .context("opening the replay clock")?;
+        clock.set(0, ns, 0).context("setting the replay clock")
     }
 
     fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {

@@ -6,10 +6,12 @@ mod kernel;
 mod output;
 mod replay;
 mod run;
+mod tracker;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use teardown_common::conn::Timeouts;
 
 #[derive(Parser)]
 #[command(
@@ -35,15 +37,36 @@ enum Command {
         /// Reporting interval: 1s, 500ms, 2m, or plain seconds.
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
-        /// One JSON object per interval instead of a table.
+        /// JSON lines instead of a table: one stats object per interval and
+        /// one conn object per ended connection.
         #[arg(long)]
         json: bool,
+        /// Watch both directions (XDP ingress and TC egress) or ingress only.
+        #[arg(long, value_enum, default_value = "both")]
+        direction: run::Direction,
+        #[command(flatten)]
+        timers: TimerArgs,
+        /// Connections the flow table holds; the least recently used is
+        /// evicted (and counted) when it is full.
+        #[arg(long, default_value_t = teardown_common::events::DEFAULT_MAX_FLOWS,
+              value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+        max_flows: u32,
+        /// Also append every connection record, as JSON, to this file.
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
-    /// Feed every frame of pcap/pcapng files through the XDP program and print its counters.
+    /// Feed every frame of pcap/pcapng files through the XDP program and print
+    /// its counters, or (--connections) its connection records.
     Replay {
         /// One JSON object per file, on its own line.
         #[arg(long)]
         json: bool,
+        /// Print one JSON record per TCP connection (Zeek conn.log fields and
+        /// teardown's close explanation), timed on the capture's clock.
+        #[arg(long)]
+        connections: bool,
+        #[command(flatten)]
+        timers: TimerArgs,
         /// Capture files (pcap or pcapng).
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -60,6 +83,43 @@ enum Command {
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
+}
+
+/// When connections are reported ended.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct TimerArgs {
+    /// A SYN with no answer for this long is reported half-open (S0).
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    syn_timeout: Duration,
+    /// A connection with no packets for this long is reported idle.
+    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+    idle_timeout: Duration,
+}
+
+impl TimerArgs {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            syn_ns: self.syn_timeout.as_nanos() as u64,
+            idle_ns: self.idle_timeout.as_nanos() as u64,
+            ..Timeouts::ZEEK
+        }
+    }
+}
+
+/// Like [`parse_interval`], up to a day.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Some(hours) = text.strip_suffix('h') {
+        let hours: f64 = hours
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration: use e.g. 30s, 5m or 1h"))?;
+        if !(hours.is_finite() && hours > 0.0 && hours <= 24.0) {
+            return Err(format!("{text:?} is out of range: use 10ms to 24h"));
+        }
+        return Ok(Duration::from_secs_f64(hours * 3600.0));
+    }
+    parse_interval(text)
 }
 
 /// Parses "1s", "250ms", "2m" or "1.5" (seconds) into a positive duration of at most an hour.
@@ -128,6 +188,10 @@ fn main() -> ExitCode {
             mode,
             interval,
             json,
+            direction,
+            timers,
+            max_flows,
+            log,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -138,10 +202,31 @@ fn main() -> ExitCode {
                     mode,
                     interval,
                     json,
+                    direction,
+                    timeouts: timers.timeouts(),
+                    max_flows,
+                    log,
                 }))
             })
             .map(|()| true),
-        Command::Replay { json, files } => replay::run(&files, json),
+        Command::Replay {
+            json,
+            connections,
+            timers,
+            files,
+        } => {
+            if connections {
+                replay::run_connections(
+                    &files,
+                    &kernel::LoadOptions {
+                        timeouts: timers.timeouts(),
+                        ..kernel::LoadOptions::default()
+                    },
+                )
+            } else {
+                replay::run(&files, json)
+            }
+        }
         Command::Bench {
             repeat,
             rounds,

@@ -12,8 +12,9 @@ use teardown_common::{
 
 use crate::{
     capture::{CaptureReader, Conversion, link_type_name, to_ethernet},
-    kernel::Kernel,
+    kernel::{Kernel, LoadOptions},
     output,
+    tracker::{Clock, Ended, Tracker},
 };
 
 /// Frames are cut to this length before BPF_PROG_TEST_RUN: the kernel's linear
@@ -172,7 +173,7 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
 
 /// `teardown replay`: returns whether every file could be read.
 pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
-    let mut kernel = Kernel::load()?;
+    let mut kernel = Kernel::load(&LoadOptions::default())?;
     let mut all_read = true;
     let mut total = Counters::default();
     let mut total_frames = 0;
@@ -201,6 +202,95 @@ pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
     if !json && files.len() > 1 {
         println!("total: {total_frames} frames");
         print!("{}", output::totals_table(&total));
+    }
+    Ok(all_read)
+}
+
+/// Replays one file through the kernel's replay program, on the capture's
+/// clock, and returns every connection record, in the order they ended.
+///
+/// Deadlines are checked before each packet, as Zeek fires its timers before
+/// it processes the packet that moves network time past them; whatever is
+/// left when the capture ends is closed out as it stands.
+pub fn connections_of(
+    path: &Path,
+    options: &LoadOptions,
+) -> anyhow::Result<(Vec<Ended>, Option<String>)> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = CaptureReader::new(BufReader::new(file))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    // A fresh table per capture: connections never span files.
+    let mut kernel = Kernel::load(options)?;
+    let mut events = kernel.take_events()?;
+    let mut tracker = Tracker::new(options.timeouts);
+    let mut ended = Vec::new();
+    let mut warning = None;
+    let mut clock = 0u64;
+    for (read, record) in reader.enumerate() {
+        let frames = read + 1;
+        let record = match record {
+            Ok(record) => record,
+            Err(err) => {
+                warning = Some(format!("{err}; {read} frames read before it"));
+                break;
+            }
+        };
+        let (conversion, frame) = to_ethernet(record.link_type, &record.data);
+        let Some(frame) = frame.filter(|_| conversion != Conversion::Unsupported) else {
+            continue;
+        };
+        if frame.len() < ETH_HLEN {
+            continue;
+        }
+        // Network time never goes backwards (Zeek's rule for reordered stamps).
+        clock = clock.max(record.timestamp_ns);
+        tracker.expire(clock, &mut kernel.flows()?, &mut ended);
+        kernel.set_replay_clock(clock)?;
+        let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
+        kernel
+            .test_run(names::XDP_REPLAY_PROGRAM, fed)
+            .with_context(|| format!("{}: frame {frames}", path.display()))?;
+        tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
+    }
+    tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
+    tracker.finish(&mut kernel.flows()?, &mut ended);
+    let stats = kernel.flow_stats()?;
+    if stats.events_lost > 0 || stats.insert_failed > 0 || tracker.stats.evicted > 0 {
+        let note = format!(
+            "{} events lost, {} inserts failed, {} records evicted",
+            stats.events_lost, stats.insert_failed, tracker.stats.evicted
+        );
+        warning = Some(match warning {
+            Some(earlier) => format!("{earlier}; {note}"),
+            None => note,
+        });
+    }
+    Ok((ended, warning))
+}
+
+/// `teardown replay --connections`: one JSON object per connection.
+pub fn run_connections(
+    files: &[std::path::PathBuf],
+    options: &LoadOptions,
+) -> anyhow::Result<bool> {
+    let mut all_read = true;
+    for path in files {
+        match connections_of(path, options) {
+            Ok((ended, warning)) => {
+                if let Some(warning) = warning {
+                    eprintln!("teardown: warning: {}: {warning}", path.display());
+                }
+                for record in &ended {
+                    let mut object = record.json(&Clock::Capture);
+                    object["file"] = json!(path.display().to_string());
+                    output::print_json(&object);
+                }
+            }
+            Err(err) => {
+                all_read = false;
+                eprintln!("teardown: error: {err:#}");
+            }
+        }
     }
     Ok(all_read)
 }

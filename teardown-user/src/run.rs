@@ -1,23 +1,54 @@
 //! `teardown run`: attach to an interface and report live figures.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::Context as _;
 use serde_json::{Map, Value, json};
-use teardown_common::counters::{Counter, Counters};
+use teardown_common::{
+    conn::Timeouts,
+    counters::{Counter, Counters},
+    events::FlowStats,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    kernel::{AttachMode, Kernel},
+    kernel::{AttachMode, Kernel, LoadOptions},
     output::{self, short_count},
+    tracker::{Clock, Ended, Tracker, monotonic_now_ns},
 };
+
+/// Which way packets are watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Direction {
+    /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
+    /// RSTs are seen too.
+    Both,
+    /// XDP only: for a mirror port that carries both directions.
+    Ingress,
+}
 
 pub struct RunOptions {
     pub iface: String,
     pub mode: AttachMode,
     pub interval: Duration,
     pub json: bool,
+    pub direction: Direction,
+    pub timeouts: Timeouts,
+    pub max_flows: u32,
+    /// Also append every connection record, as JSON, to this file.
+    pub log: Option<PathBuf>,
 }
+
+/// How often ended connections are collected, whatever the report interval.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+
+/// How long past a deadline the kernel leaves a record for user space.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The counters shown in each human row, as per-second rates.
 const ROW_COUNTERS: &[(Counter, &str)] = &[
@@ -97,46 +128,175 @@ fn stats_json(iface: &str, delta: &Counters, seconds: f64, total: &Counters) -> 
     })
 }
 
+fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
+    let half_open = stats
+        .half_open_started
+        .saturating_sub(stats.half_open_resolved + tracker.stats.half_open_closed);
+    json!({
+        "tracked": tracker.live(),
+        "created": stats.created,
+        "half_open": half_open,
+        "insert_failed": stats.insert_failed,
+        "evicted": tracker.stats.evicted,
+        "events_lost": stats.events_lost,
+        "truncated_segments": stats.truncated_segments,
+        "ended_by_conn_state": tracker.stats.by_conn_state,
+        "ended_by_close": tracker.stats.by_close,
+        "half_open_timeouts_by_port": tracker
+            .stats
+            .half_open_by_port
+            .iter()
+            .map(|(port, count)| (port.to_string(), json!(count)))
+            .collect::<Map<String, Value>>(),
+    })
+}
+
+fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
+    let half_open = stats
+        .half_open_started
+        .saturating_sub(stats.half_open_resolved + tracker.stats.half_open_closed);
+    let mut ports: Vec<_> = tracker.stats.half_open_by_port.iter().collect();
+    ports.sort_by(|a, b| b.1.cmp(a.1));
+    let ports: Vec<String> = ports
+        .iter()
+        .take(3)
+        .map(|(port, count)| format!("{port}:{count}"))
+        .collect();
+    format!(
+        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}{}",
+        tracker.live(),
+        tracker.stats.by_close.values().sum::<u64>(),
+        stats.events_lost,
+        stats.insert_failed,
+        tracker.stats.evicted,
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!("; half-open timeouts by port {}", ports.join(" "))
+        }
+    )
+}
+
+/// Prints ended connections, and appends them to the log file if any.
+struct ConnOutput {
+    json: bool,
+    log: Option<BufWriter<File>>,
+    clock: Clock,
+}
+
+impl ConnOutput {
+    fn emit(&mut self, ended: &[Ended]) -> anyhow::Result<()> {
+        for record in ended {
+            if self.json || self.log.is_some() {
+                let object = record.json(&self.clock);
+                if self.json {
+                    output::print_json(&object);
+                }
+                if let Some(log) = &mut self.log {
+                    writeln!(log, "{object}").context("writing the connection log")?;
+                }
+            }
+            if !self.json {
+                println!("{}", record.human_line());
+            }
+        }
+        if let Some(log) = &mut self.log {
+            log.flush().context("writing the connection log")?;
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let mut kernel = Kernel::load()?;
+    let log = match &options.log {
+        Some(path) => Some(BufWriter::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut kernel = Kernel::load(&LoadOptions {
+        timeouts: options.timeouts,
+        grace_ns: GRACE.as_nanos() as u64,
+        max_flows: options.max_flows,
+    })?;
+    let mut events = kernel.take_events()?;
     let mode = kernel.attach(&options.iface, options.mode)?;
+    if options.direction == Direction::Both {
+        kernel.attach_egress(&options.iface)?;
+    }
     eprintln!(
-        "teardown: watching {} ({mode} XDP), every {:?}; Ctrl-C to stop",
-        options.iface, options.interval
+        "teardown: watching {} ({mode} XDP{}), every {:?}; Ctrl-C to stop",
+        options.iface,
+        if options.direction == Direction::Both {
+            " + TC egress"
+        } else {
+            ", ingress only"
+        },
+        options.interval
     );
+    let mut output = ConnOutput {
+        json: options.json,
+        log,
+        clock: Clock::monotonic(),
+    };
+    let mut tracker = Tracker::new(options.timeouts);
     let start = kernel.tallies()?;
     let mut previous = start;
     let mut previous_at = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
+    let mut poll = tokio::time::interval(EVENT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut rows = 0usize;
+    let mut ended = Vec::new();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let report = tokio::select! {
+            _ = ticker.tick() => true,
+            _ = poll.tick() => false,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+        };
+        tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
+        tracker.expire(monotonic_now_ns(), &mut kernel.flows()?, &mut ended);
+        output.emit(&ended)?;
+        ended.clear();
+        if !report {
+            continue;
         }
         let now = kernel.tallies()?;
         let now_at = tokio::time::Instant::now();
         let seconds = (now_at - previous_at).as_secs_f64().max(1e-9);
         let delta = now.since(&previous).totals();
         let total = now.since(&start).totals();
+        let flow_stats = kernel.flow_stats()?;
         if options.json {
-            output::print_json(&stats_json(&options.iface, &delta, seconds, &total));
+            let mut object = stats_json(&options.iface, &delta, seconds, &total);
+            object["flows"] = flow_json(&flow_stats, &tracker);
+            output::print_json(&object);
         } else {
             if rows.is_multiple_of(HEADER_EVERY) {
                 println!("{}", header());
             }
             println!("{}", row(&delta, seconds, &total));
+            println!("{}", flow_line(&flow_stats, &tracker));
             rows += 1;
         }
         previous = now;
         previous_at = now_at;
     }
     let total = kernel.tallies()?.since(&start).totals();
-    // Dropping the kernel handle detaches the program before the summary.
+    // Connections still open are reported as they stand, as at the end of a
+    // capture; then dropping the kernel handle detaches the programs.
+    tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
+    tracker.finish(&mut kernel.flows()?, &mut ended);
+    output.emit(&ended)?;
+    let flow_stats = kernel.flow_stats()?;
     drop(kernel);
     eprintln!("teardown: detached from {}", options.iface);
     if options.json {
@@ -149,10 +309,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             "ts": unix_seconds(),
             "iface": options.iface,
             "totals": totals,
+            "flows": flow_json(&flow_stats, &tracker),
         }));
     } else {
         println!("final totals on {}:", options.iface);
         print!("{}", output::totals_table(&total));
+        println!("{}", flow_line(&flow_stats, &tracker));
     }
     Ok(())
 }

@@ -45,6 +45,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Connection verdicts against Zeek's for ../shared/corpus/zeek: a table
+    /// per trace, the totals, and every disagreement with its reason.
+    Accuracy,
     /// cargo fmt --check and clippy -D warnings on the host crates and the eBPF crate.
     Lint,
 }
@@ -293,6 +296,14 @@ fn main() -> ExitCode {
             run_teardown(&binary, &full)
         }),
         Task::Lint => lint(),
+        // The report is the accuracy test's output: one implementation, and the
+        // test enforces the goal the report shows.
+        Task::Accuracy => test(&[
+            "--test".into(),
+            "accuracy".into(),
+            "--".into(),
+            "--nocapture".into(),
+        ]),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
