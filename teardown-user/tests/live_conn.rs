@@ -1,0 +1,259 @@
+//! Live connection records: real kernel TCP between two namespaces, teardown
+//! attached to the server's interface in both directions (XDP ingress, TC
+//! egress). Each way of ending a connection gets its own server port; the
+//! record teardown prints for it must say exactly how it ended, and its
+//! packet counts must equal tcpdump's count of the same connection.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+/// One scenario per server port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// The client sends a request and closes first; the server then closes.
+    GracefulByClient = 9001,
+    /// The server sends a reply and closes first; the client then closes.
+    GracefulByServer = 9002,
+    /// The client half-closes, the server keeps sending, then closes.
+    HalfCloseThenClose = 9003,
+    /// The client closes with SO_LINGER 0: a RST on an established connection.
+    AbortByClient = 9004,
+    /// The server closes with SO_LINGER 0.
+    AbortByServer = 9005,
+    /// Nothing listens: the server's kernel answers the SYN with a RST.
+    Refused = 9006,
+    /// Established, then silent past the idle timeout.
+    Idle = 9007,
+}
+
+const SCENARIOS: [Scenario; 7] = [
+    Scenario::GracefulByClient,
+    Scenario::GracefulByServer,
+    Scenario::HalfCloseThenClose,
+    Scenario::AbortByClient,
+    Scenario::AbortByServer,
+    Scenario::Refused,
+    Scenario::Idle,
+];
+
+/// (conn_state, close, closed_by, rst_cause) each scenario must produce.
+fn expected(scenario: Scenario) -> (&'static str, &'static str, Value, Value) {
+    let orig = Value::from("orig");
+    let resp = Value::from("resp");
+    match scenario {
+        Scenario::GracefulByClient => ("SF", "graceful", orig, Value::Null),
+        Scenario::GracefulByServer => ("SF", "graceful", resp, Value::Null),
+        Scenario::HalfCloseThenClose => ("SF", "graceful", orig, Value::Null),
+        Scenario::AbortByClient => ("RSTO", "abort", orig, "abort".into()),
+        Scenario::AbortByServer => ("RSTR", "abort", resp, "abort".into()),
+        Scenario::Refused => ("REJ", "refused", resp, "refused".into()),
+        Scenario::Idle => ("S1", "idle", Value::Null, Value::Null),
+    }
+}
+
+/// The server side of a scenario: accepts one connection and ends it; an
+/// idle connection is handed back, to be closed after teardown stops.
+fn serve(scenario: Scenario) -> Option<TcpStream> {
+    let listener =
+        TcpListener::bind(socket_addr(SERVER_V4, scenario as u16)).expect("binding the server");
+    let (mut stream, _) = listener.accept().expect("accept");
+    let mut sink = Vec::new();
+    match scenario {
+        Scenario::GracefulByClient => {
+            let _ = stream.read_to_end(&mut sink);
+            // Dropping the stream sends the server's FIN.
+        }
+        Scenario::GracefulByServer => {
+            stream.write_all(b"hello from the server").expect("write");
+            stream.shutdown(Shutdown::Write).expect("shutdown");
+            let _ = stream.read_to_end(&mut sink);
+        }
+        Scenario::HalfCloseThenClose => {
+            let _ = stream.read_to_end(&mut sink);
+            // The client has half-closed; keep sending before closing.
+            stream
+                .write_all(&[7u8; 500])
+                .expect("write after half-close");
+        }
+        Scenario::AbortByClient => {
+            let _ = stream.read_to_end(&mut sink);
+        }
+        Scenario::AbortByServer => {
+            set_linger_zero(stream.as_raw_fd());
+        }
+        Scenario::Idle => return Some(stream),
+        Scenario::Refused => unreachable!("nothing listens for Refused"),
+    }
+    None
+}
+
+/// The client side of a scenario (an idle connection is handed back).
+fn connect(scenario: Scenario) -> Option<TcpStream> {
+    let address = socket_addr(SERVER_V4, scenario as u16);
+    if scenario == Scenario::Refused {
+        let error = TcpStream::connect(address).expect_err("nothing listens there");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        return None;
+    }
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let mut sink = Vec::new();
+    match scenario {
+        Scenario::GracefulByClient => {
+            stream.write_all(b"request").expect("write");
+            stream.shutdown(Shutdown::Write).expect("shutdown");
+            let _ = stream.read_to_end(&mut sink);
+        }
+        Scenario::GracefulByServer => {
+            let _ = stream.read_to_end(&mut sink);
+            assert_eq!(sink, b"hello from the server");
+        }
+        Scenario::HalfCloseThenClose => {
+            stream.shutdown(Shutdown::Write).expect("half-close");
+            let _ = stream.read_to_end(&mut sink);
+            assert_eq!(sink.len(), 500, "data after the half-close");
+        }
+        Scenario::AbortByClient => {
+            set_linger_zero(stream.as_raw_fd());
+            stream.write_all(b"bye").expect("write");
+            // Let the data be acknowledged so the RST is the only thing left.
+            thread::sleep(Duration::from_millis(100));
+        }
+        Scenario::AbortByServer => {
+            // The server's RST ends the read.
+            let _ = stream.read_to_end(&mut sink);
+        }
+        Scenario::Idle => return Some(stream),
+        Scenario::Refused => unreachable!(),
+    }
+    None
+}
+
+/// Packets per direction per server port, counted by tshark in a capture:
+/// port -> (client to server, server to client).
+fn captured_packets(capture: &std::path::Path) -> BTreeMap<u16, (u64, u64)> {
+    let output = run(Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(capture)
+        .args(["-T", "fields", "-e", "tcp.srcport", "-e", "tcp.dstport"]));
+    let mut counts: BTreeMap<u16, (u64, u64)> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut fields = line.split('\t').map(|f| f.parse::<u16>().unwrap_or(0));
+        let (src, dst) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+        if SCENARIOS.iter().any(|s| *s as u16 == dst) {
+            counts.entry(dst).or_default().0 += 1;
+        } else if SCENARIOS.iter().any(|s| *s as u16 == src) {
+            counts.entry(src).or_default().1 += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn every_way_of_ending_a_connection_is_reported_exactly() {
+    let lab = Lab::new();
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = ChildGuard::new(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.server_ns, "tcpdump", "-i"])
+            .arg(&lab.server_if)
+            .args(["--immediate-mode", "-U", "-s", "128", "-w"])
+            .arg(&capture)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tcpdump"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || capture.exists()),
+        "tcpdump did not start"
+    );
+    let (teardown, _stderr) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", "native", "--idle-timeout", "3s"],
+    );
+
+    let mut servers = Vec::new();
+    for scenario in SCENARIOS {
+        if scenario != Scenario::Refused {
+            servers.push(in_netns(&lab.server_ns, move || serve(scenario)));
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    let clients: Vec<_> = SCENARIOS
+        .into_iter()
+        .map(|scenario| in_netns(&lab.client_ns, move || connect(scenario)))
+        .collect();
+    let mut idle_sockets = Vec::new();
+    for handle in clients.into_iter().chain(servers) {
+        idle_sockets.extend(handle.join().expect("a scenario thread panicked"));
+    }
+    // Closed connections are reported after the 5 s close delay; give them
+    // time, then stop (anything still open is reported at the stop).
+    thread::sleep(Duration::from_secs(6));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    drop(idle_sockets);
+    let packets = captured_packets(&capture);
+    let _ = std::fs::remove_file(&capture);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let records: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|value| value["event"] == "conn")
+        .collect();
+    for scenario in SCENARIOS {
+        let port = scenario as u16;
+        let matching: Vec<&Value> = records
+            .iter()
+            .filter(|record| record["id.resp_p"] == port)
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "{scenario:?}: one record for port {port}, got {matching:#?}"
+        );
+        let record = matching[0];
+        let (state, close, closed_by, rst_cause) = expected(scenario);
+        assert_eq!(
+            (
+                record["conn_state"].as_str(),
+                record["close"].as_str(),
+                &record["closed_by"],
+                &record["rst_cause"],
+            ),
+            (Some(state), Some(close), &closed_by, &rst_cause),
+            "{scenario:?}: {record}"
+        );
+        assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
+        assert_eq!(record["orig_guessed"], false, "{scenario:?}: {record}");
+        let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
+        assert_eq!(
+            (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
+            (Some(to_server), Some(to_client)),
+            "{scenario:?}: packets against tcpdump's count: {record}"
+        );
+    }
+    let final_event = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|value| value["event"] == "final")
+        .expect("a final event");
+    let final_flows = &final_event["flows"];
+    assert_eq!(final_flows["events_lost"], 0, "{final_flows}");
+    assert_eq!(final_flows["insert_failed"], 0, "{final_flows}");
+}
