@@ -65,18 +65,12 @@ pub fn addresses_at<P: PacketBytes + ?Sized>(
     }
 }
 
-/// An address as two big-endian integers, for ordering.
+/// An address's bytes, in memory order, grouped as four native-endian words:
+/// the form [`FlowKey::from_words`] takes.
 #[inline(always)]
-fn halves(addr: &[u8; 16]) -> (u64, u64) {
-    let mut high = 0u64;
-    let mut low = 0u64;
-    let mut i = 0;
-    while i < 8 {
-        high = high << 8 | addr[i] as u64;
-        low = low << 8 | addr[i + 8] as u64;
-        i += 1;
-    }
-    (high, low)
+pub fn words(addr: [u8; 16]) -> [u32; 4] {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
 }
 
 /// An address held as four native-endian words of its bytes in memory
@@ -171,40 +165,7 @@ impl FlowKey {
         dst_port: u16,
         family: u8,
     ) -> (FlowKey, Direction) {
-        // Compare as integers: comparing the byte arrays would call memcmp,
-        // which the BPF target cannot, and tuples of them cost stack.
-        let (src_high, src_low) = halves(&src);
-        let (dst_high, dst_low) = halves(&dst);
-        let src_first = src_high < dst_high
-            || (src_high == dst_high
-                && (src_low < dst_low || (src_low == dst_low && src_port <= dst_port)));
-        if src_first {
-            (
-                FlowKey {
-                    addr_a: src,
-                    addr_b: dst,
-                    port_a: src_port,
-                    port_b: dst_port,
-                    family,
-                    _pad8: 0,
-                    _pad16: 0,
-                },
-                Direction::AToB,
-            )
-        } else {
-            (
-                FlowKey {
-                    addr_a: dst,
-                    addr_b: src,
-                    port_a: dst_port,
-                    port_b: src_port,
-                    family,
-                    _pad8: 0,
-                    _pad16: 0,
-                },
-                Direction::BToA,
-            )
-        }
+        Self::from_words(words(src), src_port, words(dst), dst_port, family)
     }
 }
 
@@ -256,24 +217,33 @@ mod tests {
     }
 
     #[test]
-    fn word_form_gives_the_same_key() {
-        let words = |addr: [u8; 16]| {
-            let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-            [w(0), w(4), w(8), w(12)]
-        };
+    fn endpoints_order_as_bytes_then_port() {
         let pairs = [
             (v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2])),
             (v4_mapped([10, 0, 0, 2]), v4_mapped([9, 255, 0, 1])),
+            (v4_mapped([10, 0, 1, 0]), v4_mapped([10, 0, 0, 255])),
             (craft::CLIENT_V6, craft::SERVER_V6),
             (craft::SERVER_V6, craft::CLIENT_V6),
             (v4_mapped([1, 2, 3, 4]), v4_mapped([1, 2, 3, 4])),
         ];
         for (src, dst) in pairs {
             for (sp, dp) in [(80, 5000), (5000, 80), (7, 7)] {
+                let (key, direction) = FlowKey::from_endpoints(src, sp, dst, dp, 6);
+                // The independent rule: compare (address bytes, port) tuples.
+                let src_first = (src, sp) <= (dst, dp);
                 assert_eq!(
-                    FlowKey::from_words(words(src), sp, words(dst), dp, 6),
-                    FlowKey::from_endpoints(src, sp, dst, dp, 6),
-                    "{src:?}:{sp} -> {dst:?}:{dp}"
+                    direction == Direction::AToB,
+                    src_first,
+                    "{src:?}:{sp} {dst:?}:{dp}"
+                );
+                let (low, high) = if src_first {
+                    ((src, sp), (dst, dp))
+                } else {
+                    ((dst, dp), (src, sp))
+                };
+                assert_eq!(
+                    (key.addr_a, key.port_a, key.addr_b, key.port_b),
+                    (low.0, low.1, high.0, high.1)
                 );
             }
         }

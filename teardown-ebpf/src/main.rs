@@ -17,7 +17,7 @@ use teardown_common::{
     conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
     counters::{Tallies, tally},
     events::{DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, kind},
-    flow::{Direction, FlowKey},
+    flow::{Direction, FlowKey, words},
     parse::{IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse},
 };
 
@@ -259,12 +259,6 @@ fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: u6
     }
     input.family = if is_v6 { 6 } else { 4 };
     track_segment(input);
-}
-
-#[inline(always)]
-fn words(bytes: [u8; 16]) -> [u32; 4] {
-    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    [word(0), word(4), word(8), word(12)]
 }
 
 #[inline(always)]

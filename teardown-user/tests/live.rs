@@ -6,7 +6,7 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -95,29 +95,7 @@ fn counters_equal_what_real_tcp_connections_sent() {
 
     // The judge: the kernel's own capture of the client end, both directions.
     let capture = std::env::temp_dir().join(format!("{}.pcap", lab.client_ns));
-    let tcpdump = ChildGuard::new(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.client_ns,
-                "tcpdump",
-                "-i",
-                &lab.client_if,
-            ])
-            .args(["--immediate-mode", "-U", "-s", "128", "-w"])
-            .arg(&capture)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tcpdump"),
-    );
-    // tcpdump creates the file once it is capturing.
-    assert!(
-        wait_until(Duration::from_secs(5), || capture.exists()),
-        "tcpdump did not start"
-    );
+    let tcpdump = start_tcpdump(&lab.client_ns, &lab.client_if, &capture);
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();

@@ -11,7 +11,7 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::Duration,
 };
@@ -164,22 +164,7 @@ fn captured_packets(capture: &std::path::Path) -> BTreeMap<u16, (u64, u64)> {
 fn every_way_of_ending_a_connection_is_reported_exactly() {
     let lab = Lab::new();
     let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
-    let tcpdump = ChildGuard::new(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.server_ns, "tcpdump", "-i"])
-            .arg(&lab.server_if)
-            .args(["--immediate-mode", "-U", "-s", "128", "-w"])
-            .arg(&capture)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tcpdump"),
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || capture.exists()),
-        "tcpdump did not start"
-    );
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
     let (teardown, _stderr) = start_teardown(
         &lab.server_ns,
         &lab.server_if,
