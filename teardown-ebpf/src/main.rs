@@ -371,13 +371,25 @@ pub extern "C" fn close_out_if_due(conn: *mut Conn, input: *const TrackInput) ->
         None => return 0,
     };
     emit_ended(&input.key, conn, reason, input.now);
-    let flip = flip_at_creation(&segment, is_likely_server);
-    conn.init(input.from_a != 0, &segment, flip, input.now);
+    begin_record(conn, input, &segment);
+    announce_record(input);
+    1
+}
+
+/// Starts `conn` afresh for the segment's connection.
+#[inline(always)]
+fn begin_record(conn: &mut Conn, input: &TrackInput, segment: &Segment) {
+    let flip = flip_at_creation(segment, is_likely_server);
+    conn.init(input.from_a != 0, segment, flip, input.now);
+}
+
+/// Counts a new record and tells user space to schedule its deadline.
+#[inline(always)]
+fn announce_record(input: &TrackInput) {
     if let Some(stats) = stats() {
         stats.created += 1;
     }
     notify(kind::NEW, &input.key, input.now);
-    1
 }
 
 /// Inserts a new record for the segment's connection.
@@ -398,9 +410,7 @@ pub extern "C" fn start_record(input: *const TrackInput) -> i32 {
     // SAFETY: this CPU's scratch slot, used only here; a Conn is too big for
     // the stack.
     let fresh = unsafe { &mut *scratch };
-    let segment = segment_of(input);
-    let flip = flip_at_creation(&segment, is_likely_server);
-    fresh.init(input.from_a != 0, &segment, flip, input.now);
+    begin_record(fresh, input, &segment_of(input));
     if FLOWS
         .insert(&input.key, &*fresh, BPF_NOEXIST as u64)
         .is_err()
@@ -408,10 +418,7 @@ pub extern "C" fn start_record(input: *const TrackInput) -> i32 {
         // Another CPU was first, or the table refused; the caller looks again.
         return 0;
     }
-    if let Some(stats) = stats() {
-        stats.created += 1;
-    }
-    notify(kind::NEW, &input.key, input.now);
+    announce_record(input);
     1
 }
 
