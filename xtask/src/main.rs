@@ -234,8 +234,10 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     result
 }
 
-/// Test namespaces are named `td-…` and deleted by the tests themselves, even
-/// when they fail; this catches a test process that was killed outright.
+/// Test namespaces are named `td-<role>-<pid>-<n>` and deleted by the tests
+/// themselves, even when they fail; this catches a test process that was
+/// killed outright. A namespace whose process still runs belongs to another
+/// test run on this machine and is left alone.
 fn remove_leftover_namespaces() {
     let Ok(list) = command_output(Command::new("ip").args(["netns", "list"])) else {
         return;
@@ -244,7 +246,12 @@ fn remove_leftover_namespaces() {
         .lines()
         .filter_map(|line| line.split_whitespace().next())
     {
-        if name.starts_with("td-") {
+        let owner_alive = name
+            .split('-')
+            .nth(2)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if name.starts_with("td-") && !owner_alive {
             say(&format!("removing leftover test namespace {name}"));
             let _ = Command::new("ip").args(["netns", "delete", name]).status();
         }

@@ -71,14 +71,14 @@ impl Lab {
     pub fn new() -> Lab {
         // pid and a counter keep parallel tests and parallel runs apart;
         // interface names must stay under 16 bytes.
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            NEXT_LAB.fetch_add(1, Ordering::SeqCst)
-        );
+        let pid = std::process::id();
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{n}", pid % 100_000);
+        // The namespaces carry the whole pid, so a sweep of leftovers
+        // (`cargo xtask test`) can tell a dead run's from a live one's.
         let lab = Lab {
-            client_ns: format!("td-c-{id}"),
-            server_ns: format!("td-s-{id}"),
+            client_ns: format!("td-c-{pid}-{n}"),
+            server_ns: format!("td-s-{pid}-{n}"),
             client_if: format!("tdc{id}"),
             server_if: format!("tds{id}"),
         };
