@@ -662,6 +662,76 @@ impl Conn {
         }
     }
 
+    /// The common case of [`Conn::update`], cheap enough to run inline for
+    /// every packet of an established connection: an in-order ACK or data
+    /// segment (no SYN, FIN or RST, non-zero window) while both sides are
+    /// established and the record is not yet idle. Applies it and returns
+    /// true, leaving the record exactly as `update` would; returns false,
+    /// changing nothing, for anything else, which then takes `update`.
+    ///
+    /// Everything `update` would do for such a segment reduces to: count it,
+    /// move the clocks, advance the sender's highest sequence number and the
+    /// acknowledgement of the peer's data. History letters (A, D) must
+    /// already be set for the sender; a retransmission (T) or zero window
+    /// (W) goes the long way.
+    #[inline(always)]
+    pub fn update_established(
+        &mut self,
+        from_a: bool,
+        segment: &Segment,
+        now: u64,
+        idle_ns: u64,
+    ) -> bool {
+        let flags = segment.flags;
+        if flags & (SYN | FIN | RST) != 0
+            || flags & ACK == 0
+            || segment.window == 0
+            || self.flags & flag::SYN_ACK_FIRST != 0
+            // Past the idle deadline: the slow path decides whether to close
+            // the record out first.
+            || now >= self.last_ns.saturating_add(idle_ns)
+        {
+            return false;
+        }
+        let is_orig = self.from_orig(from_a);
+        let (me, peer) = if is_orig { (ORIG, RESP) } else { (RESP, ORIG) };
+        let sender = &self.ep[me & 1];
+        let receiver = &self.ep[peer & 1];
+        if sender.state != ESTABLISHED
+            || receiver.state != ESTABLISHED
+            || sender.did_close != 0
+            || receiver.did_close != 0
+        {
+            return false;
+        }
+        let letter = if segment.len > 0 { hist::DATA } else { hist::ACK };
+        let letter = if is_orig { letter } else { letter << 16 };
+        if self.hist_seen & letter == 0 {
+            return false;
+        }
+        let seq_end = segment.seq.wrapping_add(segment.len);
+        let advance = seq_delta(seq_end, sender.last_seq) > 0;
+        if !advance && segment.len > 0 {
+            // A retransmission: counted, and maybe a 'T', by `update`.
+            return false;
+        }
+
+        self.packets = self.packets.wrapping_add(1);
+        self.last_pkt_ns = now;
+        self.last_ns = now;
+        self.update_ack_seq(peer, segment.ack);
+        let sender = &mut self.ep[me & 1];
+        if advance {
+            if seq_end < sender.last_seq {
+                sender.seq_wraps += 1;
+            }
+            sender.last_seq = seq_end;
+        }
+        sender.pkts += 1;
+        sender.payload_bytes += segment.len as u64;
+        true
+    }
+
     /// Why this RST (the connection's first) was sent by `me`.
     #[inline(always)]
     fn classify_reset(&self, me: usize, peer: usize) -> u8 {

@@ -107,7 +107,11 @@ impl Sim {
             conn.init(from_a, segment, flip, now);
             conn
         });
-        conn.update(from_a, segment, now, &timeouts);
+        // As the kernel does: the established fast path first, the full
+        // state machine for anything it declines.
+        if !conn.update_established(from_a, segment, now, timeouts.idle_ns) {
+            conn.update(from_a, segment, now, &timeouts);
+        }
     }
 
     fn handshake(&mut self) -> &mut Sim {
