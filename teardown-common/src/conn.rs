@@ -704,7 +704,11 @@ impl Conn {
         {
             return false;
         }
-        let letter = if segment.len > 0 { hist::DATA } else { hist::ACK };
+        let letter = if segment.len > 0 {
+            hist::DATA
+        } else {
+            hist::ACK
+        };
         let letter = if is_orig { letter } else { letter << 16 };
         if self.hist_seen & letter == 0 {
             return false;
@@ -1020,6 +1024,7 @@ impl Conn {
     /// When this record must be closed out, and why, if no packet arrives
     /// before then. Mirrors Zeek's timers; evaluated lazily, so it only
     /// depends on the record.
+    #[inline(always)]
     pub fn deadline(&self, timeouts: &Timeouts) -> (u64, u8) {
         if self.flags & flag::CLOSE_COMPLETE != 0 {
             return (self.delete_at_ns, end_reason::CLOSED);

@@ -1,5 +1,5 @@
-//! What the kernel tells user space about flows: ring-buffer events and the
-//! per-CPU flow-table statistics.
+//! What the kernel tells user space about flows: ring-buffer events, the
+//! changed-slot bitmap and the per-CPU flow-table statistics.
 
 use crate::conn::Conn;
 use crate::flow::FlowKey;
@@ -7,17 +7,21 @@ use crate::flow::FlowKey;
 /// Default number of connections the flow table holds (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 /// Bytes of the event ring buffer: room for about 3 000 ended-connection
-/// events or 18 000 new-flow notices between two polls.
+/// events between two polls.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Slots per word of the changed-slot bitmap. The kernel sets a slot's bit
+/// (an atomic OR) when the slot gets a new record or its deadline moves
+/// earlier; user space swaps each word with zero and looks at those slots
+/// only. Cheaper than a ring-buffer notice per new connection, which would
+/// cost a SYN flood's every packet as much as the parse.
+pub const SLOTS_PER_CHANGE_WORD: u32 = 64;
 
 /// [`EventHeader::kind`] values.
 pub mod kind {
-    /// A flow entered the table: schedule its first deadline check.
-    pub const NEW: u32 = 1;
-    /// A side closed: the flow's deadline moved earlier.
-    pub const CLOSING: u32 = 2;
-    /// The kernel closed a record out itself (a new SYN reused the ports, or
-    /// a packet arrived after the record's deadline); the record follows.
+    /// The kernel closed a record out itself (a new SYN reused the ports, a
+    /// packet arrived after the record's deadline, or a new connection took
+    /// the slot of a record past its deadline); the record follows.
     pub const ENDED: u32 = 3;
 }
 
@@ -31,9 +35,12 @@ pub struct EventHeader {
     /// Kernel monotonic time (or capture time in a replay) of the packet.
     pub time_ns: u64,
     pub key: FlowKey,
+    /// The flow-table slot and the generation of the record in it.
+    pub slot: u32,
+    pub generation: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 64);
 
 /// A [`kind::ENDED`] event: the header and the final record.
 #[repr(C)]
@@ -43,7 +50,7 @@ pub struct EndedEvent {
     pub conn: Conn,
 }
 
-const _: () = assert!(core::mem::size_of::<EndedEvent>() == 56 + core::mem::size_of::<Conn>());
+const _: () = assert!(core::mem::size_of::<EndedEvent>() == 64 + core::mem::size_of::<Conn>());
 
 /// Flow-table bookkeeping, one slot per CPU; user space sums them.
 #[repr(C)]
@@ -51,32 +58,55 @@ const _: () = assert!(core::mem::size_of::<EndedEvent>() == 56 + core::mem::size
 pub struct FlowStats {
     /// Records created (new connections, including ones split off by reuse).
     pub created: u64,
-    /// Inserts the table refused: the segment's connection is not tracked.
+    /// New connections not tracked: both slots of their set held live
+    /// two-sided connections.
     pub insert_failed: u64,
+    /// One-sided records (half-open SYNs, lone midstream segments) pushed
+    /// out of a full set by a new connection before they ended.
+    pub evicted: u64,
     /// Events dropped because the ring buffer was full.
     pub events_lost: u64,
     /// Records the kernel closed out itself (reuse, or a late packet).
     pub ended_in_kernel: u64,
     /// Handshakes that became half-open (SYN sent, no answer yet).
     pub half_open_started: u64,
-    /// Half-open handshakes answered, reset, closed or closed out by the kernel.
+    /// Half-open handshakes answered, reset, closed, evicted or closed out by
+    /// the kernel.
     pub half_open_resolved: u64,
     /// TCP segments whose header was cut short: they create a record but
     /// change nothing (as in Zeek).
     pub truncated_segments: u64,
+    /// Pure SYNs not looked up at all because this CPU had used its budget
+    /// of new half-open records for the window ([`HALF_OPEN_WINDOW_NS`]): a
+    /// SYN flood. Counted in the tallies all the same; the connection, if it
+    /// is real, is tracked from its SYN-ACK on.
+    pub syn_untracked: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 7 * 8);
+/// The window of the per-CPU budget of new half-open records.
+pub const HALF_OPEN_WINDOW_NS: u64 = 100_000_000;
+
+/// New half-open records a CPU may create per window, for a table of
+/// `slots` slots and a SYN timeout of `syn_timeout_ns` on `cpus` CPUs: at that
+/// rate, half-open records fill at most half the table before they time out.
+pub fn half_open_budget(slots: u32, syn_timeout_ns: u64, cpus: u32) -> u64 {
+    let windows = (syn_timeout_ns / HALF_OPEN_WINDOW_NS).max(1);
+    (slots as u64 / 2 / windows / cpus.max(1) as u64).max(16)
+}
+
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 9 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
         self.created += other.created;
         self.insert_failed += other.insert_failed;
+        self.evicted += other.evicted;
         self.events_lost += other.events_lost;
         self.ended_in_kernel += other.ended_in_kernel;
         self.half_open_started += other.half_open_started;
         self.half_open_resolved += other.half_open_resolved;
         self.truncated_segments += other.truncated_segments;
+        self.syn_untracked += other.syn_untracked;
     }
 }
 

@@ -12,6 +12,7 @@ pub mod craft;
 pub mod events;
 pub mod flow;
 pub mod parse;
+pub mod table;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.
 pub mod names {
@@ -19,6 +20,12 @@ pub mod names {
     pub const TALLIES_MAP: &str = "TALLIES";
     /// The XDP program that parses and counts.
     pub const XDP_PROGRAM: &str = "teardown";
+    /// The counting program behind a per-run frame change, for benchmarks.
+    pub const XDP_BENCH_PROGRAM: &str = "teardown_bench";
+    /// The per-run frame change alone, whose cost the benchmark subtracts.
+    pub const XDP_BENCH_MUTATE_PROGRAM: &str = "teardown_bench_mutate";
+    /// Array of 4 u64: the benchmark wrappers' settings.
+    pub const BENCH_MAP: &str = "BENCH";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
     pub const XDP_BASELINE_PROGRAM: &str = "teardown_baseline";
     /// The XDP program with its clock read from [`REPLAY_CLOCK_MAP`], so a
@@ -26,8 +33,16 @@ pub mod names {
     pub const XDP_REPLAY_PROGRAM: &str = "teardown_replay";
     /// The TC egress program: the host's own segments, into the same flow table.
     pub const TC_EGRESS_PROGRAM: &str = "teardown_egress";
-    /// LRU hash of [`crate::flow::FlowKey`] to [`crate::conn::Conn`].
-    pub const FLOWS_MAP: &str = "FLOWS";
+    /// Mmapable array of [`crate::table::FlowSlot`]: the flow table.
+    pub const FLOW_TABLE_MAP: &str = "FLOW_TABLE";
+    /// Mmapable array of u64 words: the changed-slot bitmap
+    /// ([`crate::events::SLOTS_PER_CHANGE_WORD`]).
+    pub const FLOW_CHANGES_MAP: &str = "FLOW_CHANGES";
+    /// Array with one u64: [`CLOCK_PROBE_PROGRAM`] writes the kernel clock here.
+    pub const CLOCK_PROBE_MAP: &str = "CLOCK_PROBE";
+    /// An XDP program, only ever test-run, that reads the clock the flow
+    /// table runs on, so user space can relate it to its own.
+    pub const CLOCK_PROBE_PROGRAM: &str = "teardown_clock";
     /// Ring buffer of [`crate::events`] events.
     pub const EVENTS_MAP: &str = "EVENTS";
     /// Per-CPU array with one [`crate::events::FlowStats`] slot.
@@ -41,4 +56,12 @@ pub mod names {
     /// Global: how long past a deadline the kernel waits for user space to
     /// close a record before doing it itself on the next packet (0 in replay).
     pub const GRACE_GLOBAL: &str = "GRACE_NS";
+    /// Global: slots in the flow table (a power of two; the map's size).
+    pub const TABLE_SLOTS_GLOBAL: &str = "TABLE_SLOTS";
+    /// Global: nanoseconds per jiffy for the coarse clock, 0 for the
+    /// precise one (`bpf_ktime_get_ns`).
+    pub const NS_PER_TICK_GLOBAL: &str = "NS_PER_TICK";
+    /// Global: new half-open records per CPU per window
+    /// ([`crate::events::half_open_budget`]).
+    pub const HALF_OPEN_BUDGET_GLOBAL: &str = "HALF_OPEN_BUDGET";
 }

@@ -5,42 +5,55 @@
 //! TC lets the packet continue, on every path.
 #![no_std]
 #![no_main]
+// The BPF target offers no atomic read-modify-write through core::sync::atomic;
+// the intrinsic compiles to the BPF atomic OR instruction.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_or};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use teardown_common::{
     conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
     counters::{Tallies, tally},
-    events::{DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, kind},
+    events::{
+        DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
+        SLOTS_PER_CHANGE_WORD, kind,
+    },
     flow::{Direction, FlowKey, words},
-    parse::{IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse},
+    parse::{
+        IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse,
+        tcp_flags::{ACK, SYN},
+    },
+    table::{FlowSlot, WAYS, set_of},
 };
 
 /// One slot of tallies per CPU: no atomics and no contention.
 #[map]
 static TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
 
-/// The flow table. LRU, so a full table evicts the least recently used
-/// connection instead of refusing new ones; user space notices evictions when
-/// a flow it was told about is gone.
+/// The flow table (see `teardown_common::table`): sized by user space at
+/// load, mmapped by it to read records without a system call each.
 #[map]
-static FLOWS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static FLOW_TABLE: Array<FlowSlot> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 
-/// New flows, moved deadlines and records the kernel closed out.
+/// One bit per slot: a new record, or a deadline moved earlier.
+#[map]
+static FLOW_CHANGES: Array<u64> =
+    Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_CHANGE_WORD, BPF_F_MMAPABLE);
+
+/// Records the kernel closed out itself.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// A per-CPU place to build a new record: a [`Conn`] is too big for the stack.
-#[map]
-static SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 
 /// Zeek's likely server ports as a 65536-bit set, filled in by user space.
 #[map]
@@ -49,6 +62,10 @@ static LIKELY_PORTS: Array<u64> = Array::with_max_entries(PORT_SET_WORDS as u32,
 /// The current packet's capture time, for the replay program only.
 #[map]
 static REPLAY_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Where [`teardown_clock`] leaves the clock's reading.
+#[map]
+static CLOCK_PROBE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Timer settings; user space overrides them at load time. Mutable (in
 /// `.data`) only so the compiler reads it from the map instead of folding in
@@ -60,6 +77,33 @@ static mut TIMEOUTS: Timeouts = Timeouts::ZEEK;
 /// before the next packet makes the kernel do it.
 #[unsafe(no_mangle)]
 static GRACE_NS: u64 = 0;
+
+/// Slots in [`FLOW_TABLE`], a power of two; set at load with the map's size.
+#[unsafe(no_mangle)]
+static TABLE_SLOTS: u32 = DEFAULT_MAX_FLOWS;
+
+/// Nanoseconds per jiffy, or 0 for the precise clock. `bpf_ktime_get_ns`
+/// costs about as much as parsing a whole packet on this kind of machine;
+/// the jiffies counter is a plain load, at the price of a tick's resolution.
+#[unsafe(no_mangle)]
+static NS_PER_TICK: u64 = 0;
+
+/// New half-open records this CPU may create per window; set at load.
+#[unsafe(no_mangle)]
+static HALF_OPEN_BUDGET: u64 = 1 << 20;
+
+/// This CPU's budget: [window number, records created in it].
+#[map]
+static HALF_OPEN_SPENT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reads a global user space may have set at load; volatile so the compiler
+/// does not fold in the default.
+macro_rules! setting {
+    ($global:ident) => {
+        // SAFETY: a plain read of a global that nothing writes after load.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($global)) }
+    };
+}
 
 /// The frame as the verifier sees it: `[start, end)` of packet memory.
 struct Frame {
@@ -105,29 +149,48 @@ fn is_likely_server(port: u16) -> bool {
     }
 }
 
-/// Tells user space about a flow; a full ring buffer is counted, not fatal.
-/// Out of line, as the other event builders, to keep their stack frames apart.
-#[inline(never)]
-fn notify(kind: u32, key: &FlowKey, now: u64) {
-    let header = EventHeader {
-        kind,
-        reason: 0,
-        time_ns: now,
-        key: *key,
-    };
-    if EVENTS.output::<EventHeader>(&header, 0).is_err()
-        && let Some(stats) = stats()
-    {
-        stats.events_lost += 1;
+/// The clock the flow table runs on, in nanoseconds.
+#[inline(always)]
+fn clock_now() -> u64 {
+    let tick: u64 = setting!(NS_PER_TICK);
+    if tick == 0 {
+        // SAFETY: helpers without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        // SAFETY: as above.
+        unsafe { bpf_jiffies64() }.wrapping_mul(tick)
     }
 }
 
-/// Hands a finished record to user space.
+#[inline(always)]
+fn timeouts() -> &'static Timeouts {
+    // SAFETY: TIMEOUTS is never written after load; a reference to it rather
+    // than a copy keeps 48 bytes off the BPF stack.
+    unsafe { &*core::ptr::addr_of!(TIMEOUTS) }
+}
+
+/// Flags the slot for user space to (re)schedule its deadline.
+#[inline(always)]
+fn mark_changed(slot: u32) {
+    if let Some(word) = FLOW_CHANGES.get_ptr_mut(slot / SLOTS_PER_CHANGE_WORD) {
+        // SAFETY: an 8-aligned word of map memory; user space swaps it
+        // atomically too.
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                word,
+                1 << (slot % SLOTS_PER_CHANGE_WORD),
+            )
+        };
+    }
+}
+
+/// Hands a finished record to user space. Out of line to keep its stack
+/// frame apart from its callers'.
 #[inline(never)]
-fn emit_ended(key: &FlowKey, conn: &Conn, reason: u8, now: u64) {
+fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
     if let Some(stats) = stats() {
         stats.ended_in_kernel += 1;
-        if conn.half_open() {
+        if slot.conn.half_open() {
             stats.half_open_resolved += 1;
         }
     }
@@ -139,10 +202,14 @@ fn emit_ended(key: &FlowKey, conn: &Conn, reason: u8, now: u64) {
                 kind: kind::ENDED,
                 reason: reason as u32,
                 time_ns: now,
-                key: *key,
+                key: slot.key,
+                slot: index,
+                generation: slot.generation,
             };
             // SAFETY: both point to whole, distinct Conn records.
-            unsafe { core::ptr::copy_nonoverlapping(conn as *const Conn, &mut event.conn, 1) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(&slot.conn as *const Conn, &mut event.conn, 1)
+            };
             entry.submit(0);
         }
         None => {
@@ -167,21 +234,33 @@ fn count_half_open(before: bool, after: bool) {
     }
 }
 
-/// One TCP segment, ready for the flow table: everything [`track_segment`]
-/// needs, copied out of the packet into a per-CPU slot, so the tracking
-/// functions never see packet memory and keep their stacks small.
+/// Spends one of this CPU's new half-open records for the current window;
+/// false once they are used up.
+#[inline(always)]
+fn within_half_open_budget(now: u64) -> bool {
+    let Some(spent) = HALF_OPEN_SPENT.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot, one program run at a time.
+    let spent = unsafe { &mut *spent };
+    let window = now / HALF_OPEN_WINDOW_NS;
+    if spent[0] != window {
+        spent[0] = window;
+        spent[1] = 0;
+    }
+    spent[1] += 1;
+    spent[1] <= setting!(HALF_OPEN_BUDGET)
+}
+
+/// One TCP segment the fast path declined, for the slow path: everything it
+/// needs, in a per-CPU slot, so the tracking functions never see packet
+/// memory and keep their stacks small.
 ///
 /// Every scalar is a whole u64. With misaligned access enabled, LLVM merges
 /// neighbouring narrow loads into wider ones at odd offsets; the verifier
 /// allows that for packet memory but not for other memory.
 #[repr(C)]
 pub struct TrackInput {
-    /// Source and destination addresses (IPv4-mapped for IPv4), the bytes in
-    /// memory order grouped in words.
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    /// 4 or 6.
-    pub family: u64,
     pub now: u64,
     pub seq: u64,
     pub ack: u64,
@@ -192,24 +271,116 @@ pub struct TrackInput {
     pub flags: u64,
     /// 0 if the TCP header (options included) was cut short.
     pub header_complete: u64,
-    /// Filled in by [`track_segment`]: the connection's key, and 1 if the
-    /// segment travels from its endpoint `a`.
-    pub key: FlowKey,
+    /// 1 if the segment travels from the key's endpoint `a`.
     pub from_a: u64,
+    /// First slot of the key's set, and the way holding its live record
+    /// ([`WAYS`] if none does).
+    pub set: u64,
+    pub way: u64,
+    pub key: FlowKey,
 }
 
-const _: () = assert!(core::mem::size_of::<TrackInput>() == 32 + 10 * 8 + 40 + 8);
+const _: () = assert!(core::mem::size_of::<TrackInput>() == 12 * 8 + 40);
 
 /// A per-CPU place for the segment handed to [`track_segment`].
 #[map]
 static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0);
 
-/// Copies what the flow table needs out of the packet and hands it to
-/// [`track_segment`]. Inlined: taking a reference into the parser's result
-/// would force that result onto the stack, enum padding and all, and the
-/// verifier rejects the uninitialised padding bytes LLVM then stores.
+/// The per-packet work: find the connection's slot and, for the common
+/// case, update it right here ([`Conn::update_established`]); anything else
+/// goes to [`track_segment`]. Inlined into each program.
 #[inline(always)]
-fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: u64) {
+fn track(
+    frame: &Frame,
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    is_v6: bool,
+    now: impl FnOnce() -> u64,
+) {
+    // Opaque to the optimiser, so it keeps the bounds checks of the address
+    // loads below: it can prove them from the parser's earlier checks, by
+    // reasoning the verifier does not follow, and would drop them.
+    let ip_offset = core::hint::black_box(ip_offset);
+    // Straight from the packet into words: byte-array stores of the
+    // IPv4-mapped prefix would become memset calls.
+    let (src, dst) = if is_v6 {
+        match (
+            frame.load::<16>(ip_offset + 8),
+            frame.load::<16>(ip_offset + 24),
+        ) {
+            (Some(src), Some(dst)) => (words(src), words(dst)),
+            _ => return,
+        }
+    } else {
+        match frame.load::<8>(ip_offset + 12) {
+            Some(pair) => {
+                let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+                (
+                    [
+                        0,
+                        0,
+                        prefix,
+                        u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]),
+                    ],
+                    [
+                        0,
+                        0,
+                        prefix,
+                        u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]),
+                    ],
+                )
+            }
+            None => return,
+        }
+    };
+    let (key, direction) = FlowKey::from_words(
+        src,
+        tcp.src_port,
+        dst,
+        tcp.dst_port,
+        if is_v6 { 6 } else { 4 },
+    );
+    let from_a = direction == Direction::AToB;
+    let now = now();
+    if tcp.flags & (SYN | ACK) == SYN && !within_half_open_budget(now) {
+        // A SYN flood: not even looked up, which would cost a cache miss or
+        // two per packet in a table this size.
+        if let Some(stats) = stats() {
+            stats.syn_untracked += 1;
+        }
+        return;
+    }
+    let set = set_of(key.hash32(), setting!(TABLE_SLOTS));
+    let mut way = WAYS;
+    let mut candidate = 0;
+    while candidate < WAYS {
+        if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
+            // SAFETY: a flow-table slot; see teardown_common::table on sharing.
+            let slot = unsafe { &mut *slot };
+            if slot.holds(&key) && !slot.is_free() {
+                let segment = Segment {
+                    flags: tcp.flags,
+                    seq: tcp.seq,
+                    ack: tcp.ack,
+                    window: tcp.window,
+                    len: tcp.payload_len,
+                    src_port: tcp.src_port,
+                    dst_port: tcp.dst_port,
+                };
+                if tcp.header_complete
+                    && slot
+                        .conn
+                        .update_established(from_a, &segment, now, timeouts().idle_ns)
+                {
+                    return;
+                }
+                way = candidate;
+                break;
+            }
+        }
+        candidate += 1;
+    }
+
     let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {
         return;
     };
@@ -224,40 +395,10 @@ fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: u6
     input.dst_port = tcp.dst_port as u64;
     input.flags = tcp.flags as u64;
     input.header_complete = tcp.header_complete as u64;
-    // Straight from the packet into the slot, in 4-byte words: byte-array
-    // stores of the IPv4-mapped prefix would become memset calls.
-    if is_v6 {
-        match (
-            frame.load::<16>(ip_offset + 8),
-            frame.load::<16>(ip_offset + 24),
-        ) {
-            (Some(src), Some(dst)) => {
-                input.src = words(src);
-                input.dst = words(dst);
-            }
-            _ => return,
-        }
-    } else {
-        match frame.load::<8>(ip_offset + 12) {
-            Some(pair) => {
-                let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-                input.src = [
-                    0,
-                    0,
-                    prefix,
-                    u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]),
-                ];
-                input.dst = [
-                    0,
-                    0,
-                    prefix,
-                    u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]),
-                ];
-            }
-            None => return,
-        }
-    }
-    input.family = if is_v6 { 6 } else { 4 };
+    input.from_a = from_a as u64;
+    input.set = set as u64;
+    input.way = way as u64;
+    input.key = key;
     track_segment(input);
 }
 
@@ -274,64 +415,39 @@ fn segment_of(input: &TrackInput) -> Segment {
     }
 }
 
-#[inline(always)]
-fn timeouts() -> &'static Timeouts {
-    // SAFETY: TIMEOUTS is never written after load; a reference to it rather
-    // than a copy keeps 48 bytes off the BPF stack.
-    unsafe { &*core::ptr::addr_of!(TIMEOUTS) }
-}
-
 // Lints allowed on these functions: they are BPF global functions, whose
 // pointer arguments the verifier checks (each is null-checked here), and the
 // map keys are borrowed on purpose so the helpers get a pointer into the
 // per-CPU slot instead of a copy on the stack.
 //
-// The tracking work is split into global BPF functions. The verifier checks
+// The slow path is split into global BPF functions. The verifier checks
 // each global function once, on its own, so their branches add up instead of
 // multiplying with the parser's and with each other's; and each gets its own
 // stack frame. Global functions may be handed null pointers, hence the checks.
 
-/// Feeds one TCP segment to its connection's record.
+/// Feeds one TCP segment the fast path declined to its connection's record,
+/// creating the record if need be.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(
-    clippy::not_unsafe_ptr_arg_deref,
-    clippy::needless_borrows_for_generic_args
-)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     // SAFETY: null-checked; the caller passes this CPU's input slot.
     let Some(input) = (unsafe { input.as_mut() }) else {
         return 0;
     };
-    let (key, direction) = FlowKey::from_words(
-        input.src,
-        input.src_port as u16,
-        input.dst,
-        input.dst_port as u16,
-        input.family as u8,
-    );
-    input.key = key;
-    input.from_a = (direction == Direction::AToB) as u64;
-
-    let record = match FLOWS.get_ptr_mut(&input.key) {
-        Some(conn) => {
-            close_out_if_due(conn, input);
-            conn
-        }
-        None => {
-            start_record(input);
-            // Inserted now, or by another CPU a moment ago.
-            match FLOWS.get_ptr_mut(&input.key) {
-                Some(conn) => conn,
-                None => {
-                    if let Some(stats) = stats() {
-                        stats.insert_failed += 1;
-                    }
-                    return 0;
-                }
-            }
-        }
+    let index = if input.way < WAYS as u64 {
+        let index = (input.set + input.way) as u32;
+        close_out_if_due(index, input);
+        index
+    } else {
+        claim_slot(input)
     };
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
+        // No slot: claim_slot counted why.
+        return 0;
+    };
+    // SAFETY: a flow-table slot.
+    let slot = unsafe { &mut *slot };
     if input.header_complete == 0 {
         // Zeek too creates the connection and then ignores such a segment.
         if let Some(stats) = stats() {
@@ -339,97 +455,129 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         }
         return 0;
     }
-    let outcome = conn_update(record, input);
+    let outcome = conn_update(&mut slot.conn, input);
     count_half_open(outcome & 2 != 0, outcome & 4 != 0);
     if outcome & 1 != 0 {
-        notify(kind::CLOSING, &input.key, input.now);
+        mark_changed(index);
     }
     0
 }
 
-/// If the record is past its deadline (allowing user space the grace time to
-/// do it first), or the segment is a SYN that starts a new connection on the
-/// same ports, hands the record to user space and starts a new one in place.
-#[unsafe(no_mangle)]
-#[inline(never)]
-#[allow(
-    clippy::not_unsafe_ptr_arg_deref,
-    clippy::needless_borrows_for_generic_args
-)]
-pub extern "C" fn close_out_if_due(conn: *mut Conn, input: *const TrackInput) -> i32 {
-    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
-    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
-        return 0;
-    };
+/// Starts a new record in `slot` for the segment's connection.
+#[inline(always)]
+fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     let segment = segment_of(input);
-    // SAFETY: a plain read of a global user space may have set before load;
-    // volatile so the compiler does not fold in the default.
-    let grace = unsafe { core::ptr::read_volatile(&GRACE_NS) };
-    let reason = match conn.due(input.now.saturating_sub(grace), timeouts()) {
-        Some(reason) => reason,
-        None if conn.is_reuse(&segment) => end_reason::REUSED,
-        None => return 0,
-    };
-    emit_ended(&input.key, conn, reason, input.now);
-    begin_record(conn, input, &segment);
-    announce_record(input);
-    1
-}
-
-/// Starts `conn` afresh for the segment's connection.
-#[inline(always)]
-fn begin_record(conn: &mut Conn, input: &TrackInput, segment: &Segment) {
-    let flip = flip_at_creation(segment, is_likely_server);
-    conn.init(input.from_a != 0, segment, flip, input.now);
-}
-
-/// Counts a new record and tells user space to schedule its deadline.
-#[inline(always)]
-fn announce_record(input: &TrackInput) {
+    let flip = flip_at_creation(&segment, is_likely_server);
+    slot.set_key(&input.key);
+    slot.generation = slot.generation.wrapping_add(1);
+    slot.conn.init(input.from_a != 0, &segment, flip, input.now);
     if let Some(stats) = stats() {
         stats.created += 1;
     }
-    notify(kind::NEW, &input.key, input.now);
+    mark_changed(index);
 }
 
-/// Inserts a new record for the segment's connection.
+/// If the record in slot `index` is past its deadline (allowing user space
+/// the grace time to do it first), or the segment is a SYN that starts a new
+/// connection on the same ports, hands the record to user space and starts
+/// a new one in place.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(
-    clippy::not_unsafe_ptr_arg_deref,
-    clippy::needless_borrows_for_generic_args
-)]
-pub extern "C" fn start_record(input: *const TrackInput) -> i32 {
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 {
     // SAFETY: null-checked; this CPU's input slot.
     let Some(input) = (unsafe { input.as_ref() }) else {
         return 0;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
         return 0;
     };
-    // SAFETY: this CPU's scratch slot, used only here; a Conn is too big for
-    // the stack.
-    let fresh = unsafe { &mut *scratch };
-    begin_record(fresh, input, &segment_of(input));
-    if FLOWS
-        .insert(&input.key, &*fresh, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // Another CPU was first, or the table refused; the caller looks again.
-        return 0;
-    }
-    announce_record(input);
+    // SAFETY: a flow-table slot.
+    let slot = unsafe { &mut *slot };
+    let grace: u64 = setting!(GRACE_NS);
+    let reason = match slot.conn.due(input.now.saturating_sub(grace), timeouts()) {
+        Some(reason) => reason,
+        None if slot.conn.is_reuse(&segment_of(input)) => end_reason::REUSED,
+        None => return 0,
+    };
+    emit_ended(slot, index, reason, input.now);
+    begin_record(slot, index, input);
     1
+}
+
+/// Finds a slot for a connection not in the table and starts its record
+/// there: a free slot, else one whose record is past its deadline (handed to
+/// user space first), else one holding a one-sided record (evicted, and
+/// counted). Two-sided connections are never evicted; if both slots hold
+/// one, the new connection is not tracked (counted). Returns the slot, or
+/// `u32::MAX`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
+    // SAFETY: null-checked; this CPU's input slot.
+    let Some(input) = (unsafe { input.as_ref() }) else {
+        return u32::MAX;
+    };
+    let set = input.set as u32;
+    let (Some(first), Some(second)) =
+        (FLOW_TABLE.get_ptr_mut(set), FLOW_TABLE.get_ptr_mut(set + 1))
+    else {
+        return u32::MAX;
+    };
+    // SAFETY: two distinct flow-table slots.
+    let ways = unsafe { [&mut *first, &mut *second] };
+    let grace: u64 = setting!(GRACE_NS);
+    let late = input.now.saturating_sub(grace);
+
+    let mut chosen = WAYS as usize;
+    if ways[0].is_free() {
+        chosen = 0;
+    } else if ways[1].is_free() {
+        chosen = 1;
+    }
+    if chosen == WAYS as usize {
+        let mut way = 0;
+        while way < WAYS as usize {
+            let slot = &*ways[way & 1];
+            if let Some(reason) = slot.conn.due(late, timeouts()) {
+                emit_ended(slot, set + way as u32, reason, input.now);
+                chosen = way;
+                break;
+            }
+            way += 1;
+        }
+    }
+    if chosen == WAYS as usize {
+        let one_sided = [ways[0].conn.is_one_sided(), ways[1].conn.is_one_sided()];
+        chosen = match one_sided {
+            [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => {
+                if let Some(stats) = stats() {
+                    stats.insert_failed += 1;
+                }
+                return u32::MAX;
+            }
+        };
+        if let Some(stats) = stats() {
+            stats.evicted += 1;
+            if ways[chosen & 1].conn.half_open() {
+                stats.half_open_resolved += 1;
+            }
+        }
+    }
+    let index = set + chosen as u32;
+    begin_record(ways[chosen & 1], index, input);
+    index
 }
 
 /// Applies the segment to the record ([`Conn::update`]). Returns bit 0: the
 /// deadline moved; bit 1: half-open before; bit 2: half-open after.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(
-    clippy::not_unsafe_ptr_arg_deref,
-    clippy::needless_borrows_for_generic_args
-)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
@@ -455,7 +603,7 @@ fn count_and_track(frame: &Frame, now: impl FnOnce() -> u64) {
             tcp,
             ip.offset as usize,
             ip.version == IpVersion::V6,
-            now(),
+            now,
         );
     }
 }
@@ -466,8 +614,7 @@ pub fn teardown(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    // SAFETY: a helper without arguments.
-    count_and_track(&frame, || unsafe { bpf_ktime_get_ns() });
+    count_and_track(&frame, clock_now);
     xdp_action::XDP_PASS
 }
 
@@ -502,13 +649,82 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
     let parsed = parse(&frame);
     if let Some((ip, tcp)) = parsed.tcp() {
         let is_v6 = ip.version == IpVersion::V6;
-        // SAFETY: a helper without arguments.
-        track(&frame, tcp, ip.offset as usize, is_v6, unsafe {
-            bpf_ktime_get_ns()
-        });
+        track(&frame, tcp, ip.offset as usize, is_v6, clock_now);
     }
     // Let the packet go on to whatever else is attached.
     TC_ACT_UNSPEC
+}
+
+/// Reads the flow table's clock into [`CLOCK_PROBE`]; user space test-runs
+/// it to relate that clock to its own.
+#[xdp]
+pub fn teardown_clock(_ctx: XdpContext) -> u32 {
+    if let Some(reading) = CLOCK_PROBE.get_ptr_mut(0) {
+        // SAFETY: the probe's one slot.
+        unsafe { *reading = clock_now() };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Settings of the benchmark wrappers: [mode, runs so far, sequence step,
+/// first sequence number]. Mode 0 leaves the frame alone; 1 gives it a new
+/// IPv4 source address each run (a random-source SYN flood); 2 advances its
+/// TCP sequence number by the step each run (in-order data).
+#[map]
+static BENCH: Array<u64> = Array::with_max_entries(4, 0);
+
+/// Offsets in an untagged IPv4 TCP frame, the only kind the wrappers change.
+const BENCH_IPV4_SOURCE: usize = 14 + 12;
+const BENCH_TCP_SEQ: usize = 14 + 20 + 4;
+
+#[inline(always)]
+fn bench_mutate(ctx: &XdpContext) {
+    let (Some(mode), Some(runs)) = (BENCH.get(0).copied(), BENCH.get_ptr_mut(1)) else {
+        return;
+    };
+    // SAFETY: the map's own slot; test runs of one program do not overlap.
+    let run = unsafe {
+        *runs += 1;
+        *runs
+    };
+    let start = ctx.data();
+    if start + BENCH_TCP_SEQ + 4 > ctx.data_end() {
+        return;
+    }
+    match mode {
+        1 => {
+            let source = teardown_common::table::mix32(run as u32).to_be_bytes();
+            // SAFETY: inside the frame, checked above.
+            unsafe { ((start + BENCH_IPV4_SOURCE) as *mut [u8; 4]).write_unaligned(source) };
+        }
+        2 => {
+            let step = BENCH.get(2).copied().unwrap_or(0);
+            let first = BENCH.get(3).copied().unwrap_or(0);
+            let seq = (first.wrapping_add(run.wrapping_mul(step)) as u32).to_be_bytes();
+            // SAFETY: inside the frame, checked above.
+            unsafe { ((start + BENCH_TCP_SEQ) as *mut [u8; 4]).write_unaligned(seq) };
+        }
+        _ => {}
+    }
+}
+
+/// The counting program after [`bench_mutate`], for `teardown bench`.
+#[xdp]
+pub fn teardown_bench(ctx: XdpContext) -> u32 {
+    bench_mutate(&ctx);
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    count_and_track(&frame, clock_now);
+    xdp_action::XDP_PASS
+}
+
+/// [`bench_mutate`] alone: its cost, which `teardown bench` subtracts.
+#[xdp]
+pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
+    bench_mutate(&ctx);
+    xdp_action::XDP_PASS
 }
 
 /// Does nothing but pass: the baseline `teardown bench` compares against.

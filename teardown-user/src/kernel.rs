@@ -1,19 +1,24 @@
 //! Loading the embedded eBPF object, attaching it, and reading its maps.
 
-use std::io;
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::AtomicU64,
+};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use teardown_common::{
-    conn::{Conn, Timeouts, likely_server_port_set},
+    conn::{Timeouts, likely_server_port_set},
     counters::Tallies,
-    events::{DEFAULT_MAX_FLOWS, FlowStats},
-    flow::FlowKey,
+    events::{DEFAULT_MAX_FLOWS, FlowStats, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
+    table::{FlowSlot, slots_for},
 };
 use thiserror::Error;
 
@@ -51,6 +56,104 @@ pub enum AttachMode {
 /// The loaded eBPF object.
 pub struct Kernel {
     ebpf: Ebpf,
+    slots: u32,
+}
+
+/// Maps an mmapable array map (`len` bytes of it) into this process.
+fn mmap_map(ebpf: &Ebpf, name: &str, len: usize) -> anyhow::Result<NonNull<u8>> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("eBPF object has no {name} map"))?;
+    let data: &MapData = match map {
+        aya::maps::Map::Array(data) => data,
+        _ => anyhow::bail!("{name} is not an array map"),
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    // SAFETY: a shared read-write mapping of the map's memory, which the
+    // kernel allows for BPF_F_MMAPABLE arrays; `len` is within the map.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error()).with_context(|| format!("mapping the {name} map"));
+    }
+    NonNull::new(address.cast()).with_context(|| format!("mapping the {name} map"))
+}
+
+/// The kernel's flow table as seen from user space (see
+/// `teardown_common::table`): records are read in place, and only
+/// [`FlowSlot::reported`] is ever written.
+pub struct FlowTable {
+    slots: NonNull<FlowSlot>,
+    len: usize,
+    changes: NonNull<u64>,
+    words: usize,
+    mappings: [(NonNull<u8>, usize); 2],
+}
+
+impl FlowTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A copy of slot `index`. The kernel may be writing it meanwhile; a torn
+    /// copy is possible in principle and costs at most one odd record.
+    pub fn read(&self, index: u32) -> Option<FlowSlot> {
+        if index as usize >= self.len {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping; FlowSlot is plain data, any
+        // bytes are valid.
+        Some(unsafe { std::ptr::read_volatile(self.slots.as_ptr().add(index as usize)) })
+    }
+
+    /// Marks `generation` of slot `index` reported: the kernel may reuse the
+    /// slot and will not report that record itself.
+    pub fn mark_reported(&self, index: u32, generation: u32) {
+        if index as usize >= self.len {
+            return;
+        }
+        // SAFETY: in bounds; `reported` is a 4-aligned u32 only user space
+        // writes; the kernel reads it.
+        unsafe {
+            let slot = self.slots.as_ptr().add(index as usize);
+            let reported = std::ptr::addr_of_mut!((*slot).reported);
+            std::sync::atomic::AtomicU32::from_ptr(reported)
+                .store(generation, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Calls `each` for every slot flagged since the last call, clearing
+    /// the flags.
+    pub fn take_changes(&self, mut each: impl FnMut(u32)) {
+        for word_index in 0..self.words {
+            // SAFETY: in bounds of the mapping; the kernel ORs bits in
+            // atomically, and swapping the word takes them all exactly once.
+            let word = unsafe { AtomicU64::from_ptr(self.changes.as_ptr().add(word_index)) };
+            let mut bits = word.swap(0, std::sync::atomic::Ordering::AcqRel);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                each(word_index as u32 * SLOTS_PER_CHANGE_WORD + bit);
+            }
+        }
+    }
+}
+
+impl Drop for FlowTable {
+    fn drop(&mut self) {
+        for (address, len) in self.mappings {
+            // SAFETY: each was mapped by mmap_map with this length.
+            unsafe { libc::munmap(address.as_ptr().cast(), len) };
+        }
+    }
 }
 
 /// Settings fixed when the object is loaded.
@@ -61,6 +164,38 @@ pub struct LoadOptions {
     /// the next packet instead of waiting for user space (0 for replays).
     pub grace_ns: u64,
     pub max_flows: u32,
+    pub clock: ClockMode,
+}
+
+/// Which clock stamps the flow table's records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockMode {
+    /// The jiffies counter: a plain load per packet, resolution one kernel
+    /// tick (see `clock_getres(CLOCK_MONOTONIC_COARSE)`, 4 ms at HZ=250).
+    #[default]
+    Coarse,
+    /// bpf_ktime_get_ns: nanoseconds, at about the cost of a whole parse
+    /// per TCP packet on this kind of VM.
+    Precise,
+}
+
+/// Nanoseconds per kernel tick: the resolution of CLOCK_MONOTONIC_COARSE,
+/// which advances with jiffies.
+fn ns_per_tick() -> anyhow::Result<u64> {
+    let mut resolution = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes the struct we pass.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) } != 0 {
+        return Err(io::Error::last_os_error()).context("reading the kernel tick length");
+    }
+    let ns = resolution.tv_sec as u64 * 1_000_000_000 + resolution.tv_nsec as u64;
+    anyhow::ensure!(
+        ns > 0 && ns <= 100_000_000,
+        "implausible kernel tick length {ns} ns; use --clock precise"
+    );
+    Ok(ns)
 }
 
 impl Default for LoadOptions {
@@ -69,6 +204,7 @@ impl Default for LoadOptions {
             timeouts: Timeouts::ZEEK,
             grace_ns: 0,
             max_flows: DEFAULT_MAX_FLOWS,
+            clock: ClockMode::Coarse,
         }
     }
 }
@@ -109,10 +245,24 @@ impl Kernel {
         // SAFETY: setrlimit reads the struct we pass and nothing else.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        let slots = slots_for(options.max_flows);
+        let tick = match options.clock {
+            ClockMode::Coarse => ns_per_tick()?,
+            ClockMode::Precise => 0,
+        };
+        let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
+        let budget = half_open_budget(slots, options.timeouts.syn_ns, cpus);
         let mut ebpf = match EbpfLoader::new()
             .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
             .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
-            .map_max_entries(names::FLOWS_MAP, options.max_flows)
+            .override_global(names::TABLE_SLOTS_GLOBAL, &slots, true)
+            .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
+            .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
+            .map_max_entries(names::FLOW_TABLE_MAP, slots)
+            .map_max_entries(
+                names::FLOW_CHANGES_MAP,
+                slots.div_ceil(SLOTS_PER_CHANGE_WORD),
+            )
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
@@ -125,6 +275,9 @@ impl Kernel {
             names::XDP_PROGRAM,
             names::XDP_BASELINE_PROGRAM,
             names::XDP_REPLAY_PROGRAM,
+            names::CLOCK_PROBE_PROGRAM,
+            names::XDP_BENCH_PROGRAM,
+            names::XDP_BENCH_MUTATE_PROGRAM,
         ] {
             let program = xdp_program(&mut ebpf, name)?;
             match program.load() {
@@ -161,7 +314,45 @@ impl Kernel {
                     .context("filling the likely-ports map")?;
             }
         }
-        Ok(Kernel { ebpf })
+        Ok(Kernel { ebpf, slots })
+    }
+
+    /// The flow table's clock now, in its own nanoseconds (jiffies times the
+    /// tick length for the coarse clock, CLOCK_MONOTONIC for the precise).
+    pub fn kernel_clock_ns(&mut self) -> anyhow::Result<u64> {
+        self.test_run(names::CLOCK_PROBE_PROGRAM, &[0u8; 64])
+            .context("reading the kernel clock")?;
+        let map = self
+            .ebpf
+            .map(names::CLOCK_PROBE_MAP)
+            .context("eBPF object has no clock probe map")?;
+        let probe = Array::<&MapData, u64>::try_from(map).context("opening the clock probe")?;
+        probe.get(&0, 0).context("reading the clock probe")
+    }
+
+    /// The flow table and its changed-slot bitmap, mapped into this process.
+    pub fn flow_table(&mut self) -> anyhow::Result<FlowTable> {
+        let slots = self.slots as usize;
+        let table = mmap_map(
+            &self.ebpf,
+            names::FLOW_TABLE_MAP,
+            slots * size_of::<FlowSlot>(),
+        )?;
+        let changes = mmap_map(
+            &self.ebpf,
+            names::FLOW_CHANGES_MAP,
+            slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize) * 8,
+        )?;
+        Ok(FlowTable {
+            slots: table.cast(),
+            len: slots,
+            changes: changes.cast(),
+            words: slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize),
+            mappings: [
+                (table, slots * size_of::<FlowSlot>()),
+                (changes, slots.div_ceil(64) * 8),
+            ],
+        })
     }
 
     /// Attaches the TC egress program to `iface` (TCX), so the host's own
@@ -193,15 +384,6 @@ impl Kernel {
         RingBuf::try_from(map).context("opening the event ring buffer")
     }
 
-    /// The flow table.
-    pub fn flows(&mut self) -> anyhow::Result<HashMap<&mut MapData, FlowKey, Conn>> {
-        let map = self
-            .ebpf
-            .map_mut(names::FLOWS_MAP)
-            .context("eBPF object has no flow table")?;
-        HashMap::try_from(map).context("opening the flow table")
-    }
-
     /// The flow-table statistics summed over all CPUs.
     pub fn flow_stats(&self) -> anyhow::Result<FlowStats> {
         let map = self
@@ -216,6 +398,22 @@ impl Kernel {
             total.add(cpu);
         }
         Ok(total)
+    }
+
+    /// Sets the benchmark wrappers' frame change (see the eBPF `BENCH` map).
+    pub fn set_bench(&mut self, mode: u64, step: u64, first: u64) -> anyhow::Result<()> {
+        let mut bench: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(names::BENCH_MAP)
+                .context("eBPF object has no bench map")?,
+        )
+        .context("opening the bench map")?;
+        for (index, value) in [mode, 0, step, first].into_iter().enumerate() {
+            bench
+                .set(index as u32, value, 0)
+                .context("setting the bench map")?;
+        }
+        Ok(())
     }
 
     /// Sets the clock the replay program runs on.

@@ -46,11 +46,18 @@ enum Command {
         direction: run::Direction,
         #[command(flatten)]
         timers: TimerArgs,
-        /// Connections the flow table holds; the least recently used is
-        /// evicted (and counted) when it is full.
+        /// Connections the flow table holds (rounded up to a power of two).
+        /// When a connection's two slots are taken, a one-sided record
+        /// (half-open SYN, lone segment) is evicted for it, never a two-sided
+        /// connection; both are counted.
         #[arg(long, default_value_t = teardown_common::events::DEFAULT_MAX_FLOWS,
               value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_flows: u32,
+        /// Timestamps of connection records: `coarse` (the kernel tick,
+        /// e.g. 4 ms, nearly free) or `precise` (nanoseconds, costs about as
+        /// much again as the parse for every TCP packet).
+        #[arg(long, value_enum, default_value = "coarse")]
+        clock: kernel::ClockMode,
         /// Also append every connection record, as JSON, to this file.
         #[arg(long)]
         log: Option<PathBuf>,
@@ -191,6 +198,7 @@ fn main() -> ExitCode {
             direction,
             timers,
             max_flows,
+            clock,
             log,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -205,6 +213,7 @@ fn main() -> ExitCode {
                     direction,
                     timeouts: timers.timeouts(),
                     max_flows,
+                    clock,
                     log,
                 }))
             })

@@ -222,6 +222,7 @@ pub fn connections_of(
     // A fresh table per capture: connections never span files.
     let mut kernel = Kernel::load(options)?;
     let mut events = kernel.take_events()?;
+    let table = kernel.flow_table()?;
     let mut tracker = Tracker::new(options.timeouts);
     let mut ended = Vec::new();
     let mut warning = None;
@@ -244,21 +245,22 @@ pub fn connections_of(
         }
         // Network time never goes backwards (Zeek's rule for reordered stamps).
         clock = clock.max(record.timestamp_ns);
-        tracker.expire(clock, &mut kernel.flows()?, &mut ended);
+        tracker.expire(clock, &table, &mut ended);
         kernel.set_replay_clock(clock)?;
         let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
         kernel
             .test_run(names::XDP_REPLAY_PROGRAM, fed)
             .with_context(|| format!("{}: frame {frames}", path.display()))?;
-        tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
+        tracker.drain_events(&mut events, &mut ended);
+        tracker.take_changes(&table);
     }
-    tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
-    tracker.finish(&mut kernel.flows()?, &mut ended);
+    tracker.drain_events(&mut events, &mut ended);
+    tracker.finish(&table, &mut ended);
     let stats = kernel.flow_stats()?;
-    if stats.events_lost > 0 || stats.insert_failed > 0 || tracker.stats.evicted > 0 {
+    if stats.events_lost > 0 || stats.insert_failed > 0 || stats.evicted > 0 {
         let note = format!(
             "{} events lost, {} inserts failed, {} records evicted",
-            stats.events_lost, stats.insert_failed, tracker.stats.evicted
+            stats.events_lost, stats.insert_failed, stats.evicted
         );
         warning = Some(match warning {
             Some(earlier) => format!("{earlier}; {note}"),

@@ -17,7 +17,7 @@ use teardown_common::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    kernel::{AttachMode, Kernel, LoadOptions},
+    kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     output::{self, short_count},
     tracker::{Clock, Ended, Tracker, monotonic_now_ns},
 };
@@ -40,6 +40,7 @@ pub struct RunOptions {
     pub direction: Direction,
     pub timeouts: Timeouts,
     pub max_flows: u32,
+    pub clock: ClockMode,
     /// Also append every connection record, as JSON, to this file.
     pub log: Option<PathBuf>,
 }
@@ -137,7 +138,7 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
         "created": stats.created,
         "half_open": half_open,
         "insert_failed": stats.insert_failed,
-        "evicted": tracker.stats.evicted,
+        "evicted": stats.evicted,
         "events_lost": stats.events_lost,
         "truncated_segments": stats.truncated_segments,
         "ended_by_conn_state": tracker.stats.by_conn_state,
@@ -168,7 +169,7 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
         tracker.stats.by_close.values().sum::<u64>(),
         stats.events_lost,
         stats.insert_failed,
-        tracker.stats.evicted,
+        stats.evicted,
         if ports.is_empty() {
             String::new()
         } else {
@@ -207,6 +208,24 @@ impl ConnOutput {
     }
 }
 
+/// The flow table's clock minus CLOCK_MONOTONIC, in nanoseconds: read a few
+/// times, keeping the reading bracketed most tightly by two of ours. For the
+/// coarse clock it is right to within a tick, which is its resolution anyway.
+fn calibrate_clock(kernel: &mut Kernel) -> anyhow::Result<i128> {
+    let mut best: Option<(u64, i128)> = None;
+    for _ in 0..5 {
+        let before = monotonic_now_ns();
+        let reading = kernel.kernel_clock_ns()?;
+        let after = monotonic_now_ns();
+        let width = after.saturating_sub(before);
+        let offset = reading as i128 - (before / 2 + after / 2) as i128;
+        if best.is_none_or(|(narrowest, _)| width < narrowest) {
+            best = Some((width, offset));
+        }
+    }
+    Ok(best.map(|(_, offset)| offset).unwrap_or(0))
+}
+
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let log = match &options.log {
         Some(path) => Some(BufWriter::new(
@@ -222,8 +241,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         timeouts: options.timeouts,
         grace_ns: GRACE.as_nanos() as u64,
         max_flows: options.max_flows,
+        clock: options.clock,
     })?;
     let mut events = kernel.take_events()?;
+    let table = kernel.flow_table()?;
+    let kernel_offset = calibrate_clock(&mut kernel)?;
+    let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
     let mode = kernel.attach(&options.iface, options.mode)?;
     if options.direction == Direction::Both {
         kernel.attach_egress(&options.iface)?;
@@ -241,7 +264,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut output = ConnOutput {
         json: options.json,
         log,
-        clock: Clock::monotonic(),
+        clock: Clock::offset_from(kernel_now()),
     };
     let mut tracker = Tracker::new(options.timeouts);
     let start = kernel.tallies()?;
@@ -262,8 +285,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         };
-        tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
-        tracker.expire(monotonic_now_ns(), &mut kernel.flows()?, &mut ended);
+        tracker.drain_events(&mut events, &mut ended);
+        tracker.take_changes(&table);
+        tracker.expire(kernel_now(), &table, &mut ended);
         output.emit(&ended)?;
         ended.clear();
         if !report {
@@ -293,10 +317,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let total = kernel.tallies()?.since(&start).totals();
     // Connections still open are reported as they stand, as at the end of a
     // capture; then dropping the kernel handle detaches the programs.
-    tracker.drain_events(&mut events, &kernel.flows()?, &mut ended);
-    tracker.finish(&mut kernel.flows()?, &mut ended);
+    tracker.drain_events(&mut events, &mut ended);
+    tracker.finish(&table, &mut ended);
     output.emit(&ended)?;
     let flow_stats = kernel.flow_stats()?;
+    drop(table);
     drop(kernel);
     eprintln!("teardown: detached from {}", options.iface);
     if options.json {

@@ -1,12 +1,13 @@
 //! Closing connection records out: the user-space half of the flow table.
 //!
-//! The kernel announces each new record and each moved deadline on the ring
-//! buffer. The tracker keeps a heap of deadlines, so each interval it looks
-//! only at the records that are due, never at the whole table. A due record
-//! is read, removed and reported. Records the kernel closed out itself (a new
-//! SYN on the same ports, or a packet after the deadline) arrive whole on the
-//! ring buffer. A record announced but gone from the table was evicted by the
-//! LRU; that is counted.
+//! The kernel flags each slot that gets a new record or whose deadline moved
+//! earlier in a bitmap. The tracker reads only those slots and keeps a heap
+//! of deadlines, so each poll it looks at the records that are due, never at
+//! the whole table. A due record is read, reported and marked reported in
+//! its slot, which frees the slot. Records the kernel closed out itself (a
+//! new SYN on the same ports, a packet after the deadline, a new connection
+//! taking the slot of a record past its deadline) arrive whole on the ring
+//! buffer. The kernel counts the records it evicted.
 
 use std::{
     cmp::Reverse,
@@ -14,13 +15,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use teardown_common::{
     conn::{Conn, ORIG, Timeouts, end_reason, flag},
     events::{EndedEvent, EventHeader, kind},
     flow::FlowKey,
 };
+
+use crate::kernel::FlowTable;
 
 /// A connection that ended, with why its record was closed out.
 #[derive(Clone, Copy, Debug)]
@@ -40,13 +43,14 @@ pub enum Clock {
 }
 
 impl Clock {
-    pub fn monotonic() -> Clock {
+    /// For record times on a clock that reads `now` at this moment.
+    pub fn offset_from(now: u64) -> Clock {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as i128;
         Clock::Monotonic {
-            offset_ns: unix - monotonic_now_ns() as i128,
+            offset_ns: unix - now as i128,
         }
     }
 
@@ -170,8 +174,6 @@ impl Ended {
 /// Bookkeeping the tracker adds to the kernel's [`teardown_common::events::FlowStats`].
 #[derive(Clone, Debug, Default)]
 pub struct TrackerStats {
-    /// Records the LRU table evicted before they ended.
-    pub evicted: u64,
     /// Records closed out by user space.
     pub ended_in_user_space: u64,
     /// Half-open records user space closed out (the kernel counts the rest).
@@ -183,14 +185,14 @@ pub struct TrackerStats {
     pub half_open_by_port: BTreeMap<u16, u64>,
 }
 
-/// Deadlines of the records the kernel told us about.
+/// Deadlines of the records in the flow table.
 pub struct Tracker {
     timeouts: Timeouts,
-    /// (deadline, key, record start): the record start tells a stale entry
-    /// (for an earlier record on the same key) from a current one.
-    heap: BinaryHeap<Reverse<(u64, FlowKey, u64)>>,
-    /// Live records by key, with their start time.
-    known: HashMap<FlowKey, u64>,
+    /// (deadline, slot, generation): the generation tells a stale entry (for
+    /// an earlier record in the slot) from a current one.
+    heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Slots with a record not yet reported, and its generation.
+    known: HashMap<u32, u32>,
     pub stats: TrackerStats,
 }
 
@@ -229,117 +231,126 @@ impl Tracker {
         }
     }
 
-    /// Reads every pending event; records the kernel closed out are appended
-    /// to `out`.
-    pub fn drain_events(
-        &mut self,
-        events: &mut RingBuf<MapData>,
-        flows: &BpfHashMap<&mut MapData, FlowKey, Conn>,
-        out: &mut Vec<Ended>,
-    ) {
-        while let Some(item) = events.next() {
-            let bytes: &[u8] = &item;
-            if bytes.len() < size_of::<EventHeader>() {
+    /// Schedules every slot the kernel flagged since the last call.
+    pub fn take_changes(&mut self, table: &FlowTable) {
+        let mut changed = Vec::new();
+        table.take_changes(|index| changed.push(index));
+        for index in changed {
+            let Some(slot) = table.read(index) else {
+                continue;
+            };
+            if slot.is_free() {
                 continue;
             }
-            // SAFETY: at least a header's bytes; EventHeader is plain data.
-            let header: EventHeader =
-                unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const EventHeader) };
-            match header.kind {
-                kind::NEW => {
-                    self.known.insert(header.key, header.time_ns);
-                    let first_check = header.time_ns.saturating_add(self.timeouts.syn_ns);
-                    self.heap
-                        .push(Reverse((first_check, header.key, header.time_ns)));
+            self.known.insert(index, slot.generation);
+            let (at, _) = slot.conn.deadline(&self.timeouts);
+            self.heap.push(Reverse((at, index, slot.generation)));
+        }
+        // Entries for records that were replaced wait in the heap until their
+        // old deadline; rebuild it when they outnumber the live ones, so a
+        // flood of short-lived records cannot grow it without bound.
+        if self.heap.len() > 4 * self.known.len() + 1024 {
+            let mut fresh = BinaryHeap::with_capacity(self.known.len());
+            for (&index, &generation) in self.known.iter() {
+                if let Some(slot) = table.read(index)
+                    && slot.generation == generation
+                {
+                    let (at, _) = slot.conn.deadline(&self.timeouts);
+                    fresh.push(Reverse((at, index, generation)));
                 }
-                kind::CLOSING => {
-                    if let Ok(conn) = flows.get(&header.key, 0) {
-                        let (at, _) = conn.deadline(&self.timeouts);
-                        self.heap.push(Reverse((at, header.key, conn.start_ns)));
-                    }
-                }
-                kind::ENDED if bytes.len() >= size_of::<EndedEvent>() => {
-                    // SAFETY: a whole EndedEvent's bytes; plain data.
-                    let event: EndedEvent =
-                        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const EndedEvent) };
-                    if self.known.get(&header.key) == Some(&event.conn.start_ns) {
-                        self.known.remove(&header.key);
-                    }
-                    let ended = Ended {
-                        key: header.key,
-                        conn: event.conn,
-                        reason: header.reason as u8,
-                    };
-                    self.count(&ended);
-                    out.push(ended);
-                }
-                _ => {}
             }
+            self.heap = fresh;
         }
     }
 
-    /// Closes out every record due at `now`.
-    pub fn expire(
-        &mut self,
-        now: u64,
-        flows: &mut BpfHashMap<&mut MapData, FlowKey, Conn>,
-        out: &mut Vec<Ended>,
-    ) {
-        while let Some(Reverse((at, key, start))) = self.heap.peek().copied() {
+    /// Reads every pending event; records the kernel closed out are appended
+    /// to `out`.
+    pub fn drain_events(&mut self, events: &mut RingBuf<MapData>, out: &mut Vec<Ended>) {
+        while let Some(item) = events.next() {
+            let bytes: &[u8] = &item;
+            if bytes.len() < size_of::<EndedEvent>() {
+                continue;
+            }
+            // SAFETY: a whole EndedEvent's bytes; plain data.
+            let event: EndedEvent =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const EndedEvent) };
+            let header: EventHeader = event.header;
+            if header.kind != kind::ENDED {
+                continue;
+            }
+            if self.known.get(&header.slot) == Some(&header.generation) {
+                self.known.remove(&header.slot);
+            }
+            let ended = Ended {
+                key: header.key,
+                conn: event.conn,
+                reason: header.reason as u8,
+            };
+            self.count(&ended);
+            out.push(ended);
+        }
+    }
+
+    /// Closes out every record due at `now` (on the flow table's clock).
+    pub fn expire(&mut self, now: u64, table: &FlowTable, out: &mut Vec<Ended>) {
+        while let Some(Reverse((at, index, generation))) = self.heap.peek().copied() {
             if at > now {
                 break;
             }
             self.heap.pop();
-            if self.known.get(&key) != Some(&start) {
-                continue; // an earlier record on this key, already reported
+            if self.known.get(&index) != Some(&generation) {
+                continue; // an earlier record in this slot, already handled
             }
-            match flows.get(&key, 0) {
-                Ok(conn) if conn.start_ns == start => {
-                    let (deadline, reason) = conn.deadline(&self.timeouts);
-                    if deadline > now {
-                        self.heap.push(Reverse((deadline, key, start)));
-                        continue;
-                    }
-                    let _ = flows.remove(&key);
-                    self.known.remove(&key);
-                    self.stats.ended_in_user_space += 1;
-                    if conn.half_open() {
-                        self.stats.half_open_closed += 1;
-                    }
-                    let ended = Ended { key, conn, reason };
-                    self.count(&ended);
-                    out.push(ended);
-                }
-                // Replaced in place by the kernel: its ENDED event is on the way.
-                Ok(_) => {}
-                Err(MapError::KeyNotFound) => {
-                    self.known.remove(&key);
-                    self.stats.evicted += 1;
-                }
-                Err(_) => {}
+            let Some(slot) = table.read(index) else {
+                continue;
+            };
+            if slot.generation != generation || slot.is_free() {
+                // Replaced by the kernel: reported on the ring buffer, or
+                // evicted (the kernel counts those).
+                self.known.remove(&index);
+                continue;
             }
+            let (deadline, reason) = slot.conn.deadline(&self.timeouts);
+            if deadline > now {
+                self.heap.push(Reverse((deadline, index, generation)));
+                continue;
+            }
+            table.mark_reported(index, generation);
+            self.known.remove(&index);
+            self.stats.ended_in_user_space += 1;
+            if slot.conn.half_open() {
+                self.stats.half_open_closed += 1;
+            }
+            let ended = Ended {
+                key: slot.key,
+                conn: slot.conn,
+                reason,
+            };
+            self.count(&ended);
+            out.push(ended);
         }
     }
 
     /// Closes out every record still in the table, as Zeek does at the end
     /// of a trace.
-    pub fn finish(
-        &mut self,
-        flows: &mut BpfHashMap<&mut MapData, FlowKey, Conn>,
-        out: &mut Vec<Ended>,
-    ) {
-        let records: Vec<(FlowKey, Conn)> = flows.iter().filter_map(Result::ok).collect();
-        let mut ended: Vec<Ended> = records
-            .into_iter()
-            .map(|(key, conn)| Ended {
-                key,
-                conn,
+    pub fn finish(&mut self, table: &FlowTable, out: &mut Vec<Ended>) {
+        let mut ended = Vec::new();
+        for index in 0..table.len() as u32 {
+            let Some(slot) = table.read(index) else {
+                continue;
+            };
+            if slot.is_free() {
+                continue;
+            }
+            table.mark_reported(index, slot.generation);
+            ended.push(Ended {
+                key: slot.key,
+                conn: slot.conn,
                 reason: end_reason::END_OF_INPUT,
-            })
-            .collect();
+            });
+        }
         ended.sort_by_key(|ended| ended.conn.start_ns);
         for record in &ended {
-            let _ = flows.remove(&record.key);
             self.count(record);
         }
         self.known.clear();
