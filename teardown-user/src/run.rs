@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     kernel::{AttachMode, Kernel, LoadOptions},
+    metrics::MetricsServer,
     output::{self, short_count},
     tracker::{Clock, Ended, Tracker, monotonic_now_ns},
 };
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub max_flows: u32,
     /// Also append every connection record, as JSON, to this file.
     pub log: Option<PathBuf>,
+    /// Serve Prometheus metrics here (`None`: `--metrics-addr off`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How often ended connections are collected, whatever the report interval.
@@ -208,6 +211,9 @@ impl ConnOutput {
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    // Prometheus (metrics.rs): bound before anything is attached, so a taken
+    // address fails the run with nothing to undo.
+    let metrics = MetricsServer::for_run(&options).await?;
     let log = match &options.log {
         Some(path) => Some(BufWriter::new(
             File::options()
@@ -238,6 +244,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         },
         options.interval
     );
+    if let Some(metrics) = &metrics {
+        eprintln!(
+            "teardown: Prometheus metrics at http://{}/metrics",
+            metrics.local_addr()
+        );
+    }
     let mut output = ConnOutput {
         json: options.json,
         log,
@@ -266,6 +278,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.expire(monotonic_now_ns(), &mut kernel.flows()?, &mut ended);
         output.emit(&ended)?;
         ended.clear();
+        if let Some(metrics) = &metrics {
+            // Prometheus: every event poll, so a scrape is at most 100 ms behind.
+            metrics.publish(&kernel, &start, &tracker)?;
+        }
         if !report {
             continue;
         }
