@@ -3,6 +3,7 @@
 mod bench;
 mod capture;
 mod kernel;
+mod metrics;
 mod output;
 mod replay;
 mod run;
@@ -61,6 +62,11 @@ enum Command {
         /// Also append every connection record, as JSON, to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Serve Prometheus metrics at HOST:PORT (an IP address; 0.0.0.0:9464
+        /// for every interface), or `off`.
+        #[arg(long, value_name = "HOST:PORT", default_value = metrics::DEFAULT_ADDR,
+              value_parser = metrics::parse_addr)]
+        metrics_addr: metrics::MetricsAddr,
     },
     /// Feed every frame of pcap/pcapng files through the XDP program and print
     /// its counters, or (--connections) its connection records.
@@ -200,6 +206,7 @@ fn main() -> ExitCode {
             max_flows,
             clock,
             log,
+            metrics_addr,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -215,6 +222,7 @@ fn main() -> ExitCode {
                     max_flows,
                     clock,
                     log,
+                    metrics_addr: metrics_addr.0,
                 }))
             })
             .map(|()| true),

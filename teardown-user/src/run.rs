@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
+    metrics::MetricsServer,
     output::{self, short_count},
     tracker::{Clock, Ended, Tracker, monotonic_now_ns},
 };
@@ -43,6 +44,8 @@ pub struct RunOptions {
     pub clock: ClockMode,
     /// Also append every connection record, as JSON, to this file.
     pub log: Option<PathBuf>,
+    /// Serve Prometheus metrics here (`None`: `--metrics-addr off`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How often ended connections are collected, whatever the report interval.
@@ -140,6 +143,7 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
         "insert_failed": stats.insert_failed,
         "evicted": stats.evicted,
         "events_lost": stats.events_lost,
+        "syn_untracked": stats.syn_untracked,
         "truncated_segments": stats.truncated_segments,
         "ended_by_conn_state": tracker.stats.by_conn_state,
         "ended_by_close": tracker.stats.by_close,
@@ -164,12 +168,13 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
         .map(|(port, count)| format!("{port}:{count}"))
         .collect();
     format!(
-        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}{}",
+        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}",
         tracker.live(),
         tracker.stats.by_close.values().sum::<u64>(),
         stats.events_lost,
         stats.insert_failed,
         stats.evicted,
+        stats.syn_untracked,
         if ports.is_empty() {
             String::new()
         } else {
@@ -227,6 +232,9 @@ fn calibrate_clock(kernel: &mut Kernel) -> anyhow::Result<i128> {
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    // Prometheus (metrics.rs): bound before anything is attached, so a taken
+    // address fails the run with nothing to undo.
+    let metrics = MetricsServer::for_run(&options).await?;
     let log = match &options.log {
         Some(path) => Some(BufWriter::new(
             File::options()
@@ -261,6 +269,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         },
         options.interval
     );
+    if let Some(metrics) = &metrics {
+        eprintln!(
+            "teardown: Prometheus metrics at http://{}/metrics",
+            metrics.local_addr()
+        );
+    }
     let mut output = ConnOutput {
         json: options.json,
         log,
@@ -290,6 +304,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.expire(kernel_now(), &table, &mut ended);
         output.emit(&ended)?;
         ended.clear();
+        if let Some(metrics) = &metrics {
+            // Prometheus: every event poll, so a scrape is at most 100 ms behind.
+            metrics.publish(&kernel, &start, &tracker)?;
+        }
         if !report {
             continue;
         }

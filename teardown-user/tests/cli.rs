@@ -91,6 +91,14 @@ fn bad_flag_values() {
             "not a duration",
         ),
         (&["run", "--iface", "lo", "--mode", "turbo"][..], "--mode"),
+        (
+            &["run", "--iface", "lo", "--metrics-addr", "localhost"][..],
+            "--metrics-addr",
+        ),
+        (
+            &["run", "--iface", "lo", "--metrics-addr", "example.com:9464"][..],
+            "HOST:PORT",
+        ),
         (&["bench", "--repeat", "0"][..], "--repeat"),
         (&["run"][..], "--iface"),
         (&["replay"][..], "FILES"),
@@ -139,6 +147,8 @@ fn interface_with_an_xdp_program_already_attached_is_left_alone() {
                 "--iface",
             ])
             .args([&lab.server_if, "--mode", mode])
+            // The first teardown holds the namespace's metrics port.
+            .args(["--metrics-addr", "off"])
             .output()
             .expect("starting teardown");
         assert_one_line_error(
@@ -165,4 +175,27 @@ fn interface_with_an_xdp_program_already_attached_is_left_alone() {
     std::thread::sleep(Duration::from_millis(300));
     let totals = final_totals(&first.terminate());
     assert_eq!(totals["syn"], 1, "{totals}");
+}
+
+#[test]
+fn metrics_address_in_use_fails_before_attaching() {
+    let lab = Lab::new();
+    // The first teardown attaches and serves metrics on the namespace's
+    // loopback, at the default 127.0.0.1:9464.
+    let (first, _first_err) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
+    let before = lab.link_details(&lab.server_ns, &lab.server_if);
+    // A second one on the same interface: had it attached before binding, it
+    // would have failed on the XDP program already there.
+    let output = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, teardown_bin(), "run"])
+        .args(["--iface", &lab.server_if])
+        .output()
+        .expect("starting teardown");
+    assert_one_line_error(
+        &output,
+        &["127.0.0.1:9464", "in use", "--metrics-addr HOST:PORT"],
+    );
+    assert_eq!(lab.link_details(&lab.server_ns, &lab.server_if), before);
+    let output = first.terminate();
+    assert!(output.status.success(), "{output:?}");
 }

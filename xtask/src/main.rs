@@ -203,7 +203,7 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
 }
 
 /// Debian packages the tests use as judges and tools.
-const TEST_PACKAGES: &[&str] = &["tshark", "tcpdump", "iproute2", "python3"];
+const TEST_PACKAGES: &[&str] = &["tshark", "tcpdump", "iproute2", "python3", "prometheus"];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
     if !is_root() {
@@ -213,7 +213,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts)",
+        "for the tests (tshark is the reference for flag counts; prometheus scrapes the metrics endpoint)",
     )?;
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;

@@ -1,0 +1,1207 @@
+//! Prometheus exposition of `teardown run`'s figures at `--metrics-addr`.
+//!
+//! The run loop fills a [`MetricsSnapshot`] (plain data) each time it reads
+//! the kernel's tallies; [`MetricsServer`] answers `GET /metrics` with
+//! [`render`]'s text exposition (format 0.0.4) of the latest snapshot. The
+//! server is a few dozen lines of HTTP/1.1 on tokio: one request per
+//! connection, bounded in size, time and number of connections, so a slow or
+//! hostile client costs a file descriptor for a few seconds and never holds
+//! up the run loop.
+//!
+//! # Metric families
+//!
+//! Packet and flag counters (cumulative since teardown started):
+//!
+//! | family | type | labels | from |
+//! | --- | --- | --- | --- |
+//! | `teardown_packets_total` | counter | | `packets` |
+//! | `teardown_ip_packets_total` | counter | `version` = `4`, `6` | `ipv4`, `ipv6` |
+//! | `teardown_non_ip_packets_total` | counter | | `non_ip` |
+//! | `teardown_vlan_packets_total` | counter | | `vlan` |
+//! | `teardown_vlan_too_deep_packets_total` | counter | | `vlan_too_deep` |
+//! | `teardown_ip_fragments_total` | counter | | `fragments` |
+//! | `teardown_ipv6_chain_too_long_packets_total` | counter | | `ipv6_chain_too_long` |
+//! | `teardown_other_transport_packets_total` | counter | | `other_transport` |
+//! | `teardown_malformed_packets_total` | counter | | `malformed` |
+//! | `teardown_tcp_segments_total` | counter | | `tcp` |
+//! | `teardown_tcp_flag_segments_total` | counter | `flag` = `syn`, `syn_ack`, `fin`, `rst`, `pure_ack`, `data`, `psh`, `urg`, `ece`, `cwr` | the same keys |
+//!
+//! Why the flags are one family with a `flag` label and the frame classes are
+//! separate families: PromQL users look at the flags side by side: one panel
+//! of `sum by (flag) (rate(teardown_tcp_flag_segments_total[1m]))`, one alert
+//! on `teardown_tcp_flag_segments_total{flag="syn"} - ignoring(flag)
+//! teardown_tcp_flag_segments_total{flag="syn_ack"}`. The values overlap (a
+//! FIN may also carry PSH and data), so `sum()` over `flag` counts flag
+//! occurrences, not segments; `teardown_tcp_segments_total` is the segment
+//! count. The frame classes (non-IP, VLAN-tagged, fragments, malformed, ...)
+//! are different kinds of thing that nobody graphs on one axis, so each is a
+//! family of its own, except IPv4/IPv6, a partition of IP frames where summing
+//! over `version` is meaningful.
+//!
+//! Connections and the flow table:
+//!
+//! | family | type | labels |
+//! | --- | --- | --- |
+//! | `teardown_connections_ended_total` | counter | `conn_state` (Zeek's: `S0` ... `OTH`) |
+//! | `teardown_connections_ended_by_close_total` | counter | `close` (`graceful` ... `open`) |
+//! | `teardown_flows_tracked` | gauge | |
+//! | `teardown_flows_created_total` | counter | |
+//! | `teardown_half_open_connections` | gauge | |
+//! | `teardown_flow_insert_failures_total` | counter | |
+//! | `teardown_flows_evicted_total` | counter | |
+//! | `teardown_syns_untracked_total` | counter | |
+//! | `teardown_events_lost_total` | counter | |
+//!
+//! The two ended-connection families count the same connections, each split
+//! its own way, so each sums to the number of connections ended. Every known
+//! `conn_state` and `close` value is always present (0 until one ends), so
+//! queries and `rate()` never come back empty.
+//!
+//! SYN-flood alerts: `teardown_syn_flood_alert_active{target}` (gauge, 1 while
+//! the alert on that target is active, 0 after it clears) and
+//! `teardown_syn_flood_alerts_started_total` (counter).
+//!
+//! About the process: `teardown_build_info{version}` (gauge, always 1),
+//! `teardown_interface_info{iface,direction}` (gauge, always 1),
+//! `teardown_start_time_seconds` (gauge, Unix time).
+
+use std::{
+    collections::BTreeMap,
+    fmt::{Display, Write as _},
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use teardown_common::{
+    conn::CloseKind,
+    counters::{Counter, Counters, Tallies},
+    events::FlowStats,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    task::AbortHandle,
+};
+
+use crate::{kernel::Kernel, run::RunOptions, tracker::Tracker};
+
+/// Where `--metrics-addr` serves: an address, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// The default `--metrics-addr`: loopback only, so nothing is exposed to the
+/// network unless the user says so.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `off`.
+///
+/// Host names other than `localhost` are refused rather than resolved: the
+/// address decides who can read the metrics, so it is stated, not looked up.
+pub fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr(None));
+    }
+    let usage = || {
+        format!(
+            "{text:?} is not an address: use HOST:PORT with an IP address, e.g. 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464 (every interface), or off"
+        )
+    };
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        return Ok(MetricsAddr(Some(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port,
+        )))));
+    }
+    text.parse::<SocketAddr>()
+        .map(|addr| MetricsAddr(Some(addr)))
+        .map_err(|_| usage())
+}
+
+/// A SYN-flood alert's state on one target, as the detector reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertState {
+    /// What is attacked, e.g. `192.0.2.2:80`; free text, escaped on output.
+    pub target: String,
+    /// Whether the alert is active now (it stays listed, inactive, after clearing).
+    pub active: bool,
+}
+
+/// Everything `/metrics` shows, as plain data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSnapshot {
+    /// teardown's version, for `teardown_build_info`.
+    pub version: &'static str,
+    /// The interface watched and the direction (`both`, `ingress`).
+    pub iface: String,
+    pub direction: String,
+    /// When teardown started, Unix seconds.
+    pub start_time_seconds: f64,
+    /// Packet and flag counters since teardown started.
+    pub counters: Counters,
+    /// Connections ended, by Zeek's conn_state and by teardown's close kind.
+    pub ended_by_conn_state: BTreeMap<&'static str, u64>,
+    pub ended_by_close: BTreeMap<&'static str, u64>,
+    /// Records user space is tracking now.
+    pub flows_tracked: u64,
+    /// Records the kernel created.
+    pub flows_created: u64,
+    /// Handshakes waiting for an answer now.
+    pub half_open: u64,
+    /// Inserts the flow table refused.
+    pub insert_failed: u64,
+    /// One-sided records evicted for a new connection before they ended.
+    pub evicted: u64,
+    /// Ring-buffer events dropped.
+    pub events_lost: u64,
+    /// SYNs over the half-open budget, not tracked.
+    pub syn_untracked: u64,
+    /// SYN-flood alert state per target. Filled by the detection module once
+    /// it exists; empty until then (the families are still declared).
+    pub syn_flood_alerts: Vec<AlertState>,
+    /// SYN-flood alerts started since teardown started.
+    pub syn_flood_alerts_started: u64,
+}
+
+/// Zeek's conn_state values (docs/zeek-tcp-semantics.md), always exported.
+pub const CONN_STATES: &[&str] = &[
+    "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH",
+];
+
+/// Every close kind, always exported.
+pub const CLOSE_KINDS: &[CloseKind] = &[
+    CloseKind::Graceful,
+    CloseKind::HalfClosed,
+    CloseKind::Simultaneous,
+    CloseKind::Abort,
+    CloseKind::Refused,
+    CloseKind::HalfOpen,
+    CloseKind::Idle,
+    CloseKind::Open,
+];
+
+/// Fails to compile when a close kind is added without being listed above.
+const _: fn(CloseKind) = |kind| match kind {
+    CloseKind::Graceful
+    | CloseKind::HalfClosed
+    | CloseKind::Simultaneous
+    | CloseKind::Abort
+    | CloseKind::Refused
+    | CloseKind::HalfOpen
+    | CloseKind::Idle
+    | CloseKind::Open => {}
+};
+
+impl MetricsSnapshot {
+    /// A snapshot with every figure at zero.
+    pub fn new(iface: &str, direction: &str) -> MetricsSnapshot {
+        MetricsSnapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            iface: iface.to_string(),
+            direction: direction.to_string(),
+            start_time_seconds: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            counters: Counters::default(),
+            ended_by_conn_state: BTreeMap::new(),
+            ended_by_close: BTreeMap::new(),
+            flows_tracked: 0,
+            flows_created: 0,
+            half_open: 0,
+            insert_failed: 0,
+            evicted: 0,
+            events_lost: 0,
+            syn_untracked: 0,
+            syn_flood_alerts: Vec::new(),
+            syn_flood_alerts_started: 0,
+        }
+    }
+
+    /// Takes the run loop's current figures: counter totals since start, the
+    /// kernel's flow statistics and the tracker's. (The alert fields are left
+    /// to the detector.)
+    pub fn record_run(&mut self, totals: &Counters, flow: &FlowStats, tracker: &Tracker) {
+        self.counters = *totals;
+        self.ended_by_conn_state
+            .clone_from(&tracker.stats.by_conn_state);
+        self.ended_by_close.clone_from(&tracker.stats.by_close);
+        self.flows_tracked = tracker.live() as u64;
+        self.flows_created = flow.created;
+        // As in run.rs: started, minus resolved in the kernel or by user space.
+        self.half_open = flow
+            .half_open_started
+            .saturating_sub(flow.half_open_resolved + tracker.stats.half_open_closed);
+        self.insert_failed = flow.insert_failed;
+        self.evicted = flow.evicted;
+        self.events_lost = flow.events_lost;
+        self.syn_untracked = flow.syn_untracked;
+    }
+}
+
+/// Where a [`Counter`] goes: its family, and its label if the family has one.
+const fn exposition(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
+    const FLAGS: &str = "teardown_tcp_flag_segments_total";
+    const IP: &str = "teardown_ip_packets_total";
+    match counter {
+        Counter::Packets => ("teardown_packets_total", None),
+        Counter::NonIp => ("teardown_non_ip_packets_total", None),
+        Counter::Vlan => ("teardown_vlan_packets_total", None),
+        Counter::VlanTooDeep => ("teardown_vlan_too_deep_packets_total", None),
+        Counter::Ipv4 => (IP, Some(("version", "4"))),
+        Counter::Ipv6 => (IP, Some(("version", "6"))),
+        Counter::Fragments => ("teardown_ip_fragments_total", None),
+        Counter::Ipv6ChainTooLong => ("teardown_ipv6_chain_too_long_packets_total", None),
+        Counter::Tcp => ("teardown_tcp_segments_total", None),
+        Counter::Syn
+        | Counter::SynAck
+        | Counter::Fin
+        | Counter::Rst
+        | Counter::PureAck
+        | Counter::Data
+        | Counter::Psh
+        | Counter::Urg
+        | Counter::Ece
+        | Counter::Cwr => (FLAGS, Some(("flag", counter.key()))),
+        Counter::OtherTransport => ("teardown_other_transport_packets_total", None),
+        Counter::Malformed => ("teardown_malformed_packets_total", None),
+    }
+}
+
+/// HELP of the families that gather several counters.
+fn labelled_family_help(family: &str) -> &'static str {
+    match family {
+        "teardown_ip_packets_total" => "Frames by IP version (EtherType IPv4 or IPv6).",
+        "teardown_tcp_flag_segments_total" => {
+            "TCP segments by flag: syn (SYN without ACK), syn_ack, fin, rst, pure_ack (ACK only, no payload), data (with payload), psh, urg, ece, cwr. A segment counts under each that applies, so sum() over flag is not a segment count: see teardown_tcp_segments_total."
+        }
+        _ => "teardown counters.",
+    }
+}
+
+/// Escapes a `# HELP` text: backslash and line feed.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds the exposition text, one family at a time.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (index, (label, value)) in labels.iter().enumerate() {
+                if index > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{label}=\"{}\"", escape_label_value(value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// The snapshot in the Prometheus text exposition format, version 0.0.4.
+pub fn render(snapshot: &MetricsSnapshot) -> String {
+    let mut e = Exposition {
+        out: String::with_capacity(8 * 1024),
+    };
+
+    // Packet and flag counters, families in the order of their first counter.
+    let mut families: Vec<(&str, Vec<Counter>)> = Vec::new();
+    for &counter in Counter::ALL {
+        let (family, _) = exposition(counter);
+        match families.iter_mut().find(|(name, _)| *name == family) {
+            Some((_, members)) => members.push(counter),
+            None => families.push((family, vec![counter])),
+        }
+    }
+    for (family, members) in &families {
+        let help = match members.as_slice() {
+            // Doc comments start with a space.
+            [only] if exposition(*only).1.is_none() => only.help().trim(),
+            _ => labelled_family_help(family),
+        };
+        e.family(family, "counter", help);
+        for &counter in members {
+            let labels: Vec<(&str, &str)> = exposition(counter).1.into_iter().collect();
+            e.sample(family, &labels, snapshot.counters.get(counter));
+        }
+    }
+
+    // Ended connections: every known value, then any other the tracker saw.
+    let name = "teardown_connections_ended_total";
+    e.family(
+        name,
+        "counter",
+        "TCP connections ended, by Zeek's conn_state.",
+    );
+    for (state, count) in with_known_keys(CONN_STATES, &snapshot.ended_by_conn_state) {
+        e.sample(name, &[("conn_state", state)], count);
+    }
+    let name = "teardown_connections_ended_by_close_total";
+    e.family(
+        name,
+        "counter",
+        "TCP connections ended, by how they closed: graceful, half_closed, simultaneous, abort, refused, half_open, idle, open (still open when teardown stopped).",
+    );
+    let close_names: Vec<&str> = CLOSE_KINDS.iter().map(|kind| kind.name()).collect();
+    for (close, count) in with_known_keys(&close_names, &snapshot.ended_by_close) {
+        e.sample(name, &[("close", close)], count);
+    }
+
+    e.single(
+        "teardown_flows_tracked",
+        "gauge",
+        "Connection records being tracked now.",
+        snapshot.flows_tracked,
+    );
+    e.single(
+        "teardown_flows_created_total",
+        "counter",
+        "Connection records created in the flow table.",
+        snapshot.flows_created,
+    );
+    e.single(
+        "teardown_half_open_connections",
+        "gauge",
+        "Handshakes with a SYN sent and no answer yet.",
+        snapshot.half_open,
+    );
+    e.single(
+        "teardown_flow_insert_failures_total",
+        "counter",
+        "Connections the flow table could not insert: their segments are counted but not tracked.",
+        snapshot.insert_failed,
+    );
+    e.single(
+        "teardown_flows_evicted_total",
+        "counter",
+        "One-sided records (half-open SYNs, lone segments) evicted for a new connection before they ended.",
+        snapshot.evicted,
+    );
+    e.single(
+        "teardown_syns_untracked_total",
+        "counter",
+        "SYNs not tracked because the per-CPU budget of new half-open records was spent (a SYN flood).",
+        snapshot.syn_untracked,
+    );
+    e.single(
+        "teardown_events_lost_total",
+        "counter",
+        "Kernel events dropped because the ring buffer was full.",
+        snapshot.events_lost,
+    );
+
+    let name = "teardown_syn_flood_alert_active";
+    e.family(
+        name,
+        "gauge",
+        "1 while a SYN-flood alert on the target is active, 0 once it has cleared.",
+    );
+    for alert in &snapshot.syn_flood_alerts {
+        e.sample(
+            name,
+            &[("target", alert.target.as_str())],
+            u8::from(alert.active),
+        );
+    }
+    e.single(
+        "teardown_syn_flood_alerts_started_total",
+        "counter",
+        "SYN-flood alerts started.",
+        snapshot.syn_flood_alerts_started,
+    );
+
+    let name = "teardown_build_info";
+    e.family(name, "gauge", "teardown's version; always 1.");
+    e.sample(name, &[("version", snapshot.version)], 1);
+    let name = "teardown_interface_info";
+    e.family(
+        name,
+        "gauge",
+        "The interface teardown watches and in which direction; always 1.",
+    );
+    e.sample(
+        name,
+        &[
+            ("iface", snapshot.iface.as_str()),
+            ("direction", snapshot.direction.as_str()),
+        ],
+        1,
+    );
+    e.single(
+        "teardown_start_time_seconds",
+        "gauge",
+        "When teardown started, in seconds since the Unix epoch.",
+        snapshot.start_time_seconds,
+    );
+    e.out
+}
+
+/// `known` in order with their counts (0 if absent), then the map's other keys.
+fn with_known_keys<'a>(
+    known: &'a [&'a str],
+    counts: &'a BTreeMap<&'static str, u64>,
+) -> impl Iterator<Item = (&'a str, u64)> {
+    known
+        .iter()
+        .map(|key| (*key, counts.get(key).copied().unwrap_or(0)))
+        .chain(
+            counts
+                .iter()
+                .filter(|(key, _)| !known.contains(key))
+                .map(|(key, count)| (*key, *count)),
+        )
+}
+
+/// The snapshot the server renders, shared with the run loop.
+pub type SharedSnapshot = Arc<Mutex<MetricsSnapshot>>;
+
+fn lock(shared: &SharedSnapshot) -> MutexGuard<'_, MetricsSnapshot> {
+    // A panic elsewhere while holding the lock leaves plain data behind: serve it.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How much a client may ask of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The whole request head must arrive within this.
+    pub read_timeout: Duration,
+    /// The response must be taken within this.
+    pub write_timeout: Duration,
+    /// Bytes of request head read at most (request line and headers).
+    pub max_head: usize,
+    /// Connections served at once; more are closed straight away.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        read_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(10),
+        max_head: 8 * 1024,
+        max_connections: 32,
+    };
+}
+
+/// The metrics endpoint: serves the latest snapshot until dropped.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    shared: SharedSnapshot,
+    task: AbortHandle,
+}
+
+impl MetricsServer {
+    /// Binds `addr` and starts serving `initial` (and what replaces it). A bind
+    /// failure becomes one line naming the address and what to do.
+    pub async fn start(addr: SocketAddr, initial: MetricsSnapshot) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|err| bind_error(addr, &err))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let shared = Arc::new(Mutex::new(initial));
+        let task = tokio::spawn(serve(listener, shared.clone())).abort_handle();
+        Ok(MetricsServer { addr, shared, task })
+    }
+
+    /// `teardown run`'s endpoint, or `None` for `--metrics-addr off`.
+    pub async fn for_run(options: &RunOptions) -> anyhow::Result<Option<Self>> {
+        let Some(addr) = options.metrics_addr else {
+            return Ok(None);
+        };
+        let direction = clap::ValueEnum::to_possible_value(&options.direction)
+            .map_or_else(String::new, |value| value.get_name().to_string());
+        let initial = MetricsSnapshot::new(&options.iface, &direction);
+        MetricsServer::start(addr, initial).await.map(Some)
+    }
+
+    /// Publishes the run's figures: counters since `start` (the tallies when
+    /// the run began), the kernel's flow statistics and the tracker's.
+    pub fn publish(
+        &self,
+        kernel: &Kernel,
+        start: &Tallies,
+        tracker: &Tracker,
+    ) -> anyhow::Result<()> {
+        let totals = kernel.tallies()?.since(start).totals();
+        let flow = kernel.flow_stats()?;
+        self.update(|snapshot| snapshot.record_run(&totals, &flow, tracker));
+        Ok(())
+    }
+
+    /// The address actually bound (the port is chosen when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes what the next scrape sees.
+    pub fn update(&self, change: impl FnOnce(&mut MetricsSnapshot)) {
+        change(&mut lock(&self.shared));
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bind_error(addr: SocketAddr, err: &std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let why = match err.kind() {
+        ErrorKind::AddrInUse => "the address is in use (another teardown or exporter?)".to_string(),
+        ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        ErrorKind::AddrNotAvailable => "no local interface has that address".to_string(),
+        _ => err.to_string(),
+    };
+    anyhow::anyhow!(
+        "cannot serve metrics on {addr}: {why}; choose another with --metrics-addr HOST:PORT, or --metrics-addr off"
+    )
+}
+
+/// Serves `shared` on `listener` until the task is dropped or aborted.
+pub async fn serve(listener: TcpListener, shared: SharedSnapshot) {
+    serve_with(listener, shared, Limits::DEFAULT).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(listener: TcpListener, shared: SharedSnapshot, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                // Over the limit: closing at once is the cheapest answer.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    answer(stream, &shared, limits).await;
+                    drop(slot);
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait, never end the run.
+                log::warn!("metrics: accepting a connection: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What reading a request head gave.
+enum Head {
+    Complete(Vec<u8>),
+    TooLarge,
+    /// The client closed (or failed) before finishing its request.
+    Gone,
+}
+
+/// Reads up to the blank line that ends the request head.
+async fn read_head(stream: &mut TcpStream, max: usize) -> Head {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Head::Gone,
+            Ok(read) => read,
+        };
+        let searched_from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..read]);
+        let tail = &head[searched_from..];
+        if let Some(end) = tail
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| searched_from + at + 4)
+            .or_else(|| {
+                tail.windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|at| searched_from + at + 2)
+            })
+        {
+            if end > max {
+                return Head::TooLarge;
+            }
+            head.truncate(end);
+            return Head::Complete(head);
+        }
+        if head.len() > max {
+            return Head::TooLarge;
+        }
+    }
+}
+
+/// Reads one request and answers it, then closes the connection.
+async fn answer(mut stream: TcpStream, shared: &SharedSnapshot, limits: Limits) {
+    let response =
+        match tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_head))
+            .await
+        {
+            Err(_) => Response::error(408, "Request Timeout"),
+            Ok(Head::Gone) => return,
+            Ok(Head::TooLarge) => Response::error(431, "Request Header Fields Too Large"),
+            Ok(Head::Complete(head)) => respond(&head, shared),
+        };
+    let bytes = response.into_bytes();
+    let _ = tokio::time::timeout(limits.write_timeout, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+struct Response {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: String,
+    /// HEAD: the headers of the GET response, without its body.
+    head_only: bool,
+    allow: bool,
+}
+
+impl Response {
+    fn new(status: u16, reason: &'static str, content_type: &'static str, body: String) -> Self {
+        Response {
+            status,
+            reason,
+            content_type,
+            body,
+            head_only: false,
+            allow: false,
+        }
+    }
+
+    fn error(status: u16, reason: &'static str) -> Self {
+        Response::new(
+            status,
+            reason,
+            "text/plain; charset=utf-8",
+            format!("{status} {reason}\n"),
+        )
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len()
+        );
+        if self.allow {
+            out.push_str("Allow: GET, HEAD\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !self.head_only {
+            bytes.extend_from_slice(self.body.as_bytes());
+        }
+        bytes
+    }
+}
+
+/// The content type of the text exposition format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>teardown</title></head><body>\n<h1>teardown</h1>\n<p>Prometheus metrics: <a href=\"/metrics\">/metrics</a></p>\n</body></html>\n";
+
+/// The answer to one request head.
+fn respond(head: &[u8], shared: &SharedSnapshot) -> Response {
+    let Some((method, path)) = request_line(head) else {
+        return Response::error(400, "Bad Request");
+    };
+    let mut response = match path {
+        "/metrics" => Response::new(200, "OK", CONTENT_TYPE, render(&lock(shared))),
+        "/" => Response::new(200, "OK", "text/html; charset=utf-8", INDEX.to_string()),
+        _ => Response::error(404, "Not Found"),
+    };
+    match method {
+        "GET" => {}
+        "HEAD" => response.head_only = true,
+        _ => {
+            response = Response::error(405, "Method Not Allowed");
+            response.allow = true;
+        }
+    }
+    response
+}
+
+/// The method and path (without query) of a well-formed HTTP/1.x request line.
+fn request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
+    {
+        return None;
+    }
+    // The absolute form (`http://host/metrics`), as proxies send it.
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => target,
+    };
+    if !target.starts_with('/') {
+        return None;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    Some((method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{io::Write as _, process::Command};
+
+    fn busy_snapshot() -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot::new("eth0", "both");
+        for (index, value) in snapshot.counters.values.iter_mut().enumerate() {
+            *value = 1000 + index as u64;
+        }
+        snapshot.ended_by_conn_state.insert("SF", 7);
+        snapshot.ended_by_conn_state.insert("REJ", 2);
+        snapshot.ended_by_close.insert("graceful", 7);
+        snapshot.ended_by_close.insert("refused", 2);
+        snapshot.flows_tracked = 3;
+        snapshot.half_open = 1;
+        snapshot.events_lost = 4;
+        snapshot.syn_flood_alerts = vec![
+            AlertState {
+                target: "192.0.2.2:80".into(),
+                active: true,
+            },
+            AlertState {
+                target: "odd \"target\" \\ with\nnewline".into(),
+                active: false,
+            },
+        ];
+        snapshot.syn_flood_alerts_started = 2;
+        snapshot
+    }
+
+    /// promtool, which the Debian package `prometheus` ships. Missing is a
+    /// failure under CI (`cargo xtask test` installs it); elsewhere the check
+    /// is skipped with a note.
+    fn promtool() -> Option<&'static str> {
+        let found = Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if found {
+            return Some("promtool");
+        }
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            panic!(
+                "promtool is missing (CI=true): install the Debian package prometheus, or run cargo xtask test"
+            );
+        }
+        eprintln!("promtool not found: skipping the promtool check (apt-get install prometheus)");
+        None
+    }
+
+    fn promtool_check(text: &str) {
+        let Some(promtool) = promtool() else { return };
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting promtool");
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(text.as_bytes())
+            .expect("writing to promtool");
+        let output = child.wait_with_output().expect("waiting for promtool");
+        assert!(
+            output.status.success(),
+            "promtool check metrics failed ({}): {}{}\n--- exposition ---\n{text}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn exposition_passes_promtool() {
+        promtool_check(&render(&busy_snapshot()));
+        promtool_check(&render(&MetricsSnapshot::new("lo", "ingress")));
+    }
+
+    /// Every sample's family has HELP and TYPE before it, each family appears
+    /// once, counters end in _total and nothing else does.
+    #[test]
+    fn every_family_is_declared_once_and_named_by_convention() {
+        let text = render(&busy_snapshot());
+        let mut declared: Vec<(String, String)> = Vec::new();
+        let mut helped = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap().to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    !declared.iter().any(|(n, _)| n == name),
+                    "{name} declared twice"
+                );
+                assert_eq!(
+                    helped.last().map(String::as_str),
+                    Some(name),
+                    "HELP of {name}"
+                );
+                assert!(name.starts_with("teardown_"), "{name}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{name} {kind}");
+                declared.push((name.to_string(), kind.to_string()));
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(
+                    declared.last().map(|(n, _)| n.as_str()),
+                    Some(name),
+                    "sample outside its family: {line}"
+                );
+            }
+        }
+        assert!(declared.len() >= 20, "{declared:?}");
+    }
+
+    #[test]
+    fn every_counter_is_exported_once_with_its_value() {
+        let snapshot = busy_snapshot();
+        let text = render(&snapshot);
+        for &counter in Counter::ALL {
+            let (family, label) = exposition(counter);
+            let sample = match label {
+                Some((name, value)) => format!("{family}{{{name}=\"{value}\"}}"),
+                None => family.to_string(),
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|line| line.split(' ').next() == Some(sample.as_str()))
+                .collect();
+            assert_eq!(
+                lines,
+                [format!("{sample} {}", snapshot.counters.get(counter))],
+                "{counter:?}"
+            );
+        }
+        assert!(text.contains("teardown_tcp_flag_segments_total{flag=\"syn\"} 1009\n"));
+    }
+
+    #[test]
+    fn known_states_are_present_at_zero() {
+        let text = render(&MetricsSnapshot::new("eth0", "both"));
+        for state in CONN_STATES {
+            assert!(
+                text.contains(&format!(
+                    "teardown_connections_ended_total{{conn_state=\"{state}\"}} 0\n"
+                )),
+                "{state}"
+            );
+        }
+        for kind in CLOSE_KINDS {
+            assert!(text.contains(&format!(
+                "teardown_connections_ended_by_close_total{{close=\"{}\"}} 0\n",
+                kind.name()
+            )));
+        }
+        let busy = render(&busy_snapshot());
+        assert!(busy.contains("teardown_connections_ended_total{conn_state=\"SF\"} 7\n"));
+        assert!(busy.contains("teardown_connections_ended_by_close_total{close=\"refused\"} 2\n"));
+        assert!(busy.contains("teardown_half_open_connections 1\n"));
+        assert!(busy.contains("teardown_events_lost_total 4\n"));
+        // No alerts yet: the family is declared, with no samples.
+        assert!(text.contains("# TYPE teardown_syn_flood_alert_active gauge\n"));
+        assert!(!text.contains("teardown_syn_flood_alert_active{"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("line\nbreak"), r"line\nbreak");
+        assert_eq!(escape_label_value("plain:80 [::1]"), "plain:80 [::1]");
+        let text = render(&busy_snapshot());
+        assert!(
+            text.contains(
+                "teardown_syn_flood_alert_active{target=\"odd \\\"target\\\" \\\\ with\\nnewline\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("teardown_syn_flood_alert_active{target=\"192.0.2.2:80\"} 1\n"));
+        assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
+    }
+
+    #[test]
+    fn addresses_parse_and_bad_ones_say_how() {
+        let v4: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        assert_eq!(parse_addr(DEFAULT_ADDR), Ok(MetricsAddr(Some(v4))));
+        assert_eq!(parse_addr("localhost:9464"), Ok(MetricsAddr(Some(v4))));
+        assert_eq!(
+            parse_addr("[::1]:9464"),
+            Ok(MetricsAddr(Some("[::1]:9464".parse().unwrap())))
+        );
+        assert_eq!(parse_addr("off"), Ok(MetricsAddr(None)));
+        for bad in [
+            "",
+            "9464",
+            "127.0.0.1",
+            "example.com:80",
+            "1.2.3.4:99999",
+            "::1:80",
+        ] {
+            let err = parse_addr(bad).expect_err(bad);
+            assert!(err.contains("HOST:PORT") && !err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            request_line(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(
+            request_line(b"HEAD /metrics?x=1 HTTP/1.0\n\n"),
+            Some(("HEAD", "/metrics"))
+        );
+        assert_eq!(
+            request_line(b"GET http://h:9464/metrics HTTP/1.1\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        for bad in [
+            &b"GET /metrics\r\n\r\n"[..],
+            b"GET  /metrics HTTP/1.1\r\n\r\n",
+            b"get /metrics HTTP/1.1\r\n\r\n",
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/2\r\n\r\n",
+            b"\xff\xfe /metrics HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                request_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Starts a server on a loopback port with the given limits.
+    async fn test_server(limits: Limits) -> (SocketAddr, SharedSnapshot) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Mutex::new(busy_snapshot()));
+        tokio::spawn(serve_with(listener, shared.clone(), limits));
+        (addr, shared)
+    }
+
+    /// Sends `request` raw and returns everything the server sent back.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .expect("the server answered in time")
+            .expect("read");
+        String::from_utf8(response).expect("UTF-8 response")
+    }
+
+    fn split(response: &str) -> (&str, &str) {
+        response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers in {response:?}"))
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    #[tokio::test]
+    async fn http_round_trip() {
+        let (addr, shared) = test_server(Limits::DEFAULT).await;
+
+        let response = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        let (head, body) = split(&response);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(header(head, "content-type"), Some(CONTENT_TYPE));
+        let length = body.len().to_string();
+        assert_eq!(header(head, "content-length"), Some(length.as_str()));
+        assert_eq!(body, render(&lock(&shared)));
+
+        // What the run loop publishes is what the next scrape sees.
+        lock(&shared).events_lost = 99;
+        let response = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            split(&response)
+                .1
+                .contains("teardown_events_lost_total 99\n")
+        );
+
+        let response = exchange(addr, b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        let (head, body) = split(&response);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body, "", "HEAD has no body");
+        let full = render(&lock(&shared)).len().to_string();
+        assert_eq!(header(head, "content-length"), Some(full.as_str()));
+
+        let response = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        let (head, body) = split(&response);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && body.contains("/metrics"));
+
+        for (request, status) in [
+            (&b"GET /nope HTTP/1.1\r\n\r\n"[..], "404 Not Found"),
+            (b"HEAD /nope HTTP/1.1\r\n\r\n", "404 Not Found"),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
+            (b"hello\r\n\r\n", "400 Bad Request"),
+            (b"GET /metrics HTTP/9\r\n\r\n", "400 Bad Request"),
+        ] {
+            let response = exchange(addr, request).await;
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{:?}: {response:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        let response = exchange(addr, b"POST / HTTP/1.1\r\n\r\n").await;
+        assert_eq!(header(split(&response).0, "allow"), Some("GET, HEAD"));
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_are_refused() {
+        let (addr, _) = test_server(Limits::DEFAULT).await;
+        let mut request = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', 3 * Limits::DEFAULT.max_head));
+        request.extend_from_slice(b"\r\n\r\n");
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // The server stops reading: the write may fail once it has answered.
+        let _ = stream.write_all(&request).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .expect("the server answered in time");
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with("HTTP/1.1 431 "),
+            "{:?}",
+            &response[..response.len().min(200)]
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_clients_time_out_without_holding_up_others() {
+        let limits = Limits {
+            read_timeout: Duration::from_millis(300),
+            max_connections: 4,
+            ..Limits::DEFAULT
+        };
+        let (addr, _) = test_server(limits).await;
+        // Three clients connect and send half a request line.
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(b"GET /met").await.expect("write");
+            idle.push(stream);
+        }
+        // Meanwhile, scrapes are answered.
+        for _ in 0..3 {
+            let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        }
+        // Each idle client is told 408 and closed.
+        for mut stream in idle {
+            let mut response = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+                .await
+                .expect("the idle client was closed")
+                .expect("read");
+            assert!(response.starts_with(b"HTTP/1.1 408 "), "{response:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_scrapes() {
+        let (addr, _) = test_server(Limits::DEFAULT).await;
+        let scrapes: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n")))
+            .collect();
+        for scrape in scrapes {
+            let response = scrape.await.expect("scrape task");
+            assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_errors_name_the_address_and_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("local addr");
+        let err = MetricsServer::start(addr, MetricsSnapshot::new("lo", "both"))
+            .await
+            .err()
+            .expect("the address is taken");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(&addr.to_string())
+                && message.contains("in use")
+                && message.contains("--metrics-addr HOST:PORT")
+                && !message.contains('\n'),
+            "{message}"
+        );
+        // And a working one reports the port it got.
+        let server = MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            MetricsSnapshot::new("lo", "both"),
+        )
+        .await
+        .expect("bind an ephemeral port");
+        assert_ne!(server.local_addr().port(), 0);
+        server.update(|s| s.flows_tracked = 5);
+        let response = exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(response.contains("teardown_flows_tracked 5\n"));
+    }
+}
