@@ -195,44 +195,65 @@ fn every_way_of_ending_a_connection_is_reported_exactly() {
     let packets = captured_packets(&capture);
     let _ = std::fs::remove_file(&capture);
 
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let records: Vec<Value> = stdout
+    let records = conn_records(&output);
+    for scenario in SCENARIOS {
+        check_record(scenario, &records, &packets);
+    }
+    check_nothing_lost(&output);
+}
+
+/// The `conn` objects teardown printed.
+fn conn_records(output: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|value| value["event"] == "conn")
+        .collect()
+}
+
+/// Checks the one record for `scenario`'s port against the expected verdict
+/// and tcpdump's packet counts; returns it for further checks.
+fn check_record<'a>(
+    scenario: Scenario,
+    records: &'a [Value],
+    packets: &BTreeMap<u16, (u64, u64)>,
+) -> &'a Value {
+    let port = scenario as u16;
+    let matching: Vec<&Value> = records
+        .iter()
+        .filter(|record| record["id.resp_p"] == port)
         .collect();
-    for scenario in SCENARIOS {
-        let port = scenario as u16;
-        let matching: Vec<&Value> = records
-            .iter()
-            .filter(|record| record["id.resp_p"] == port)
-            .collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "{scenario:?}: one record for port {port}, got {matching:#?}"
-        );
-        let record = matching[0];
-        let (state, close, closed_by, rst_cause) = expected(scenario);
-        assert_eq!(
-            (
-                record["conn_state"].as_str(),
-                record["close"].as_str(),
-                &record["closed_by"],
-                &record["rst_cause"],
-            ),
-            (Some(state), Some(close), &closed_by, &rst_cause),
-            "{scenario:?}: {record}"
-        );
-        assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
-        assert_eq!(record["orig_guessed"], false, "{scenario:?}: {record}");
-        let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
-        assert_eq!(
-            (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
-            (Some(to_server), Some(to_client)),
-            "{scenario:?}: packets against tcpdump's count: {record}"
-        );
-    }
+    assert_eq!(
+        matching.len(),
+        1,
+        "{scenario:?}: one record for port {port}, got {matching:#?}"
+    );
+    let record = matching[0];
+    let (state, close, closed_by, rst_cause) = expected(scenario);
+    assert_eq!(
+        (
+            record["conn_state"].as_str(),
+            record["close"].as_str(),
+            &record["closed_by"],
+            &record["rst_cause"],
+        ),
+        (Some(state), Some(close), &closed_by, &rst_cause),
+        "{scenario:?}: {record}"
+    );
+    assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
+    assert_eq!(record["orig_guessed"], false, "{scenario:?}: {record}");
+    let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
+    assert_eq!(
+        (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
+        (Some(to_server), Some(to_client)),
+        "{scenario:?}: packets against tcpdump's count: {record}"
+    );
+    record
+}
+
+/// teardown's final flow statistics: no event lost, no insert failed.
+fn check_nothing_lost(output: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let final_event = stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
