@@ -43,6 +43,9 @@ enum Scenario {
     /// Both sides send a FIN before the other's has reached them: the FINs
     /// cross (own lab).
     SimultaneousClose = 9008,
+    /// The server's SYN-ACKs never leave its namespace: the SYN goes
+    /// unanswered past the SYN timeout (own lab).
+    HalfOpen = 9009,
 }
 
 const SCENARIOS: [Scenario; 7] = [
@@ -56,7 +59,7 @@ const SCENARIOS: [Scenario; 7] = [
 ];
 
 /// Every scenario, for telling the ports in a capture apart.
-const ALL_SCENARIOS: [Scenario; 8] = [
+const ALL_SCENARIOS: [Scenario; 9] = [
     Scenario::GracefulByClient,
     Scenario::GracefulByServer,
     Scenario::HalfCloseThenClose,
@@ -65,6 +68,7 @@ const ALL_SCENARIOS: [Scenario; 8] = [
     Scenario::Refused,
     Scenario::Idle,
     Scenario::SimultaneousClose,
+    Scenario::HalfOpen,
 ];
 
 /// (conn_state, close, closed_by, rst_cause) each scenario must produce.
@@ -83,6 +87,9 @@ fn expected(scenario: Scenario) -> (&'static str, &'static str, Value, Value) {
         // first: simultaneous. The server's FIN is first on the server's wire
         // (see the test), and closed_by names who sent the first FIN.
         Scenario::SimultaneousClose => ("SF", "simultaneous", resp, Value::Null),
+        // Originator SYN_SENT, responder INACTIVE: S0. No FIN or RST, so no
+        // one closed it and there is no reset cause.
+        Scenario::HalfOpen => ("S0", "half_open", Value::Null, Value::Null),
     }
 }
 
@@ -423,5 +430,65 @@ fn fins_that_cross_are_a_simultaneous_close() {
 
     let records = conn_records(&output);
     check_record(scenario, &records, &packets);
+    check_nothing_lost(&output);
+}
+
+/// A SYN whose answers never arrive. The server listens, but its namespace
+/// drops everything it sends from the port, in the output path, before
+/// teardown's egress program and tcpdump see it. The client gives up after
+/// 1.5 s (closing a socket still in SYN_SENT sends nothing), having
+/// retransmitted its SYN once, at 1 s. Its last SYN thus comes well before
+/// teardown's 3 s SYN timeout, so none starts a second record. (The kernel's
+/// own give-up time is no bound here: since Linux 6.6 SYN retries are spaced
+/// linearly, `tcp_syn_linear_timeouts`, and tcp_syn_retries 1 still sent a
+/// third SYN at 2 s.)
+#[test]
+fn a_syn_whose_answers_are_dropped_is_half_open_after_the_syn_timeout() {
+    let scenario = Scenario::HalfOpen;
+    let port = scenario as u16;
+    let lab = Lab::new();
+    let listener = in_netns(&lab.server_ns, move || {
+        TcpListener::bind(socket_addr(SERVER_V4, port)).expect("binding the server")
+    })
+    .join()
+    .expect("the listener thread panicked");
+    nft(
+        &lab.server_ns,
+        &drop_table("td_half_open", "output", &format!("tcp sport {port}")),
+    );
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", "native", "--syn-timeout", "3s"],
+    );
+
+    let error = in_netns(&lab.client_ns, move || {
+        TcpStream::connect_timeout(&socket_addr(SERVER_V4, port), Duration::from_millis(1500))
+            .expect_err("no SYN-ACK reaches the client")
+    })
+    .join()
+    .expect("the client thread panicked");
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+    // The record times out 3 s after the first SYN, 1.5 s from now. Leave
+    // teardown a second more before stopping it (a record still open would
+    // be reported `open` at the stop, and fail below).
+    thread::sleep(Duration::from_millis(2500));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    drop(listener);
+    let packets = captured_packets(&capture);
+    let _ = std::fs::remove_file(&capture);
+
+    // The premise, by tcpdump: the SYN was retransmitted, nothing came back.
+    let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
+    assert!(
+        to_server >= 2 && to_client == 0,
+        "want a retransmitted SYN and no answer, tcpdump saw {to_server} to and {to_client} from the server"
+    );
+    let records = conn_records(&output);
+    let record = check_record(scenario, &records, &packets);
+    assert_eq!(record["end_reason"], "syn_timeout", "{record}");
     check_nothing_lost(&output);
 }
