@@ -46,6 +46,10 @@ enum Scenario {
     /// The server's SYN-ACKs never leave its namespace: the SYN goes
     /// unanswered past the SYN timeout (own lab).
     HalfOpen = 9009,
+    /// The server dropped the connection without telling the client; the
+    /// client's next segment is answered with a RST, and teardown never saw
+    /// the setup (own lab).
+    UnknownConnection = 9010,
 }
 
 const SCENARIOS: [Scenario; 7] = [
@@ -59,7 +63,7 @@ const SCENARIOS: [Scenario; 7] = [
 ];
 
 /// Every scenario, for telling the ports in a capture apart.
-const ALL_SCENARIOS: [Scenario; 9] = [
+const ALL_SCENARIOS: [Scenario; 10] = [
     Scenario::GracefulByClient,
     Scenario::GracefulByServer,
     Scenario::HalfCloseThenClose,
@@ -69,6 +73,7 @@ const ALL_SCENARIOS: [Scenario; 9] = [
     Scenario::Idle,
     Scenario::SimultaneousClose,
     Scenario::HalfOpen,
+    Scenario::UnknownConnection,
 ];
 
 /// (conn_state, close, closed_by, rst_cause) each scenario must produce.
@@ -90,7 +95,18 @@ fn expected(scenario: Scenario) -> (&'static str, &'static str, Value, Value) {
         // Originator SYN_SENT, responder INACTIVE: S0. No FIN or RST, so no
         // one closed it and there is no reset cause.
         Scenario::HalfOpen => ("S0", "half_open", Value::Null, Value::Null),
+        // The client's data without a seen SYN leaves it PARTIAL; the server's
+        // RST makes it RESET: rule 1 of conn_state with an inactive
+        // originator, RSTRH. A RST that is not refusing a SYN is an abort;
+        // the server had sent nothing and no SYN was seen: unknown_connection.
+        Scenario::UnknownConnection => ("RSTRH", "abort", resp, "unknown_connection".into()),
     }
+}
+
+/// Whether the originator must be a guess: only when teardown never saw the
+/// connection's SYN.
+fn orig_guessed(scenario: Scenario) -> bool {
+    scenario == Scenario::UnknownConnection
 }
 
 /// The server side of a scenario: accepts one connection and ends it; an
@@ -273,7 +289,11 @@ fn check_record<'a>(
         "{scenario:?}: {record}"
     );
     assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
-    assert_eq!(record["orig_guessed"], false, "{scenario:?}: {record}");
+    assert_eq!(
+        record["orig_guessed"],
+        orig_guessed(scenario),
+        "{scenario:?}: {record}"
+    );
     let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
     assert_eq!(
         (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
@@ -490,5 +510,56 @@ fn a_syn_whose_answers_are_dropped_is_half_open_after_the_syn_timeout() {
     let records = conn_records(&output);
     let record = check_record(scenario, &records, &packets);
     assert_eq!(record["end_reason"], "syn_timeout", "{record}");
+    check_nothing_lost(&output);
+}
+
+/// A RST for a connection the server no longer knows. The connection is set
+/// up; the server aborts it (SO_LINGER 0) while its namespace drops what it
+/// sends, so the RST never leaves and the client still has the connection.
+/// teardown starts only then: it never sees the setup. The client sends
+/// data; the server's kernel, which has no socket for it, answers with a RST.
+#[test]
+fn a_reset_from_a_server_that_forgot_the_connection_is_unknown_connection() {
+    let scenario = Scenario::UnknownConnection;
+    let port = scenario as u16;
+    let lab = Lab::new();
+    let (mut client, server) = connected_pair(&lab, port);
+    nft(
+        &lab.server_ns,
+        &drop_table("td_forget", "output", &format!("tcp sport {port}")),
+    );
+    set_linger_zero(server.as_raw_fd());
+    drop(server);
+    nft(&lab.server_ns, "delete table inet td_forget");
+    // The premise: the server has forgotten, the client has not.
+    let server_sockets = tcp_sockets(&lab.server_ns, port);
+    assert!(
+        server_sockets.is_empty(),
+        "the server still has a socket on port {port}: {server_sockets:?}"
+    );
+    let client_sockets = tcp_sockets(&lab.client_ns, port);
+    assert!(
+        client_sockets.len() == 1 && client_sockets[0].starts_with("ESTAB"),
+        "the client must still have the connection: {client_sockets:?}"
+    );
+
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
+    client.write_all(b"still there?").expect("write");
+    let error = client
+        .read(&mut [0u8; 64])
+        .expect_err("the server answers with a RST");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    drop(client);
+    // The close delay (5 s) passes before the record is reported.
+    thread::sleep(Duration::from_secs(6));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    let packets = captured_packets(&capture);
+    let _ = std::fs::remove_file(&capture);
+
+    let records = conn_records(&output);
+    check_record(scenario, &records, &packets);
     check_nothing_lost(&output);
 }

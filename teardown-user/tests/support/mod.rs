@@ -263,6 +263,20 @@ pub fn nft(ns: &str, rules: &str) {
     );
 }
 
+/// The TCP sockets of namespace `ns` with `port` at either end, in any state,
+/// as `ss` lists them (state, queues, local and peer address).
+pub fn tcp_sockets(ns: &str, port: u16) -> Vec<String> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let output = run(Command::new("ip").args([
+        "netns", "exec", ns, "ss", "-H", "-t", "-n", "state", "all", &filter,
+    ]));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
 /// Makes the socket's close() send a RST (SO_LINGER with a zero timeout).
 pub fn set_linger_zero(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
