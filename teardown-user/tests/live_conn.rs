@@ -3,6 +3,10 @@
 //! egress). Each way of ending a connection gets its own server port; the
 //! record teardown prints for it must say exactly how it ended, and its
 //! packet counts must equal tcpdump's count of the same connection.
+//!
+//! Seven scenarios share one lab. The others need the network itself to
+//! misbehave (nftables drops chosen packets) or teardown to start late, so
+//! each has a lab of its own.
 
 mod support;
 
@@ -36,6 +40,16 @@ enum Scenario {
     Refused = 9006,
     /// Established, then silent past the idle timeout.
     Idle = 9007,
+    /// Both sides send a FIN before the other's has reached them: the FINs
+    /// cross (own lab).
+    SimultaneousClose = 9008,
+    /// The server's SYN-ACKs never leave its namespace: the SYN goes
+    /// unanswered past the SYN timeout (own lab).
+    HalfOpen = 9009,
+    /// The server dropped the connection without telling the client; the
+    /// client's next segment is answered with a RST, and teardown never saw
+    /// the setup (own lab).
+    UnknownConnection = 9010,
 }
 
 const SCENARIOS: [Scenario; 7] = [
@@ -46,6 +60,20 @@ const SCENARIOS: [Scenario; 7] = [
     Scenario::AbortByServer,
     Scenario::Refused,
     Scenario::Idle,
+];
+
+/// Every scenario, for telling the ports in a capture apart.
+const ALL_SCENARIOS: [Scenario; 10] = [
+    Scenario::GracefulByClient,
+    Scenario::GracefulByServer,
+    Scenario::HalfCloseThenClose,
+    Scenario::AbortByClient,
+    Scenario::AbortByServer,
+    Scenario::Refused,
+    Scenario::Idle,
+    Scenario::SimultaneousClose,
+    Scenario::HalfOpen,
+    Scenario::UnknownConnection,
 ];
 
 /// (conn_state, close, closed_by, rst_cause) each scenario must produce.
@@ -60,7 +88,25 @@ fn expected(scenario: Scenario) -> (&'static str, &'static str, Value, Value) {
         Scenario::AbortByServer => ("RSTR", "abort", resp, "abort".into()),
         Scenario::Refused => ("REJ", "refused", resp, "refused".into()),
         Scenario::Idle => ("S1", "idle", Value::Null, Value::Null),
+        // Both endpoints CLOSED: SF. The second FIN did not acknowledge the
+        // first: simultaneous. The server's FIN is first on the server's wire
+        // (see the test), and closed_by names who sent the first FIN.
+        Scenario::SimultaneousClose => ("SF", "simultaneous", resp, Value::Null),
+        // Originator SYN_SENT, responder INACTIVE: S0. No FIN or RST, so no
+        // one closed it and there is no reset cause.
+        Scenario::HalfOpen => ("S0", "half_open", Value::Null, Value::Null),
+        // The client's data without a seen SYN leaves it PARTIAL; the server's
+        // RST makes it RESET: rule 1 of conn_state with an inactive
+        // originator, RSTRH. A RST that is not refusing a SYN is an abort;
+        // the server had sent nothing and no SYN was seen: unknown_connection.
+        Scenario::UnknownConnection => ("RSTRH", "abort", resp, "unknown_connection".into()),
     }
+}
+
+/// Whether the originator must be a guess: only when teardown never saw the
+/// connection's SYN.
+fn orig_guessed(scenario: Scenario) -> bool {
+    scenario == Scenario::UnknownConnection
 }
 
 /// The server side of a scenario: accepts one connection and ends it; an
@@ -95,6 +141,7 @@ fn serve(scenario: Scenario) -> Option<TcpStream> {
         }
         Scenario::Idle => return Some(stream),
         Scenario::Refused => unreachable!("nothing listens for Refused"),
+        _ => unreachable!("{scenario:?} has a lab of its own"),
     }
     None
 }
@@ -136,6 +183,7 @@ fn connect(scenario: Scenario) -> Option<TcpStream> {
         }
         Scenario::Idle => return Some(stream),
         Scenario::Refused => unreachable!(),
+        _ => unreachable!("{scenario:?} has a lab of its own"),
     }
     None
 }
@@ -151,9 +199,9 @@ fn captured_packets(capture: &std::path::Path) -> BTreeMap<u16, (u64, u64)> {
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let mut fields = line.split('\t').map(|f| f.parse::<u16>().unwrap_or(0));
         let (src, dst) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
-        if SCENARIOS.iter().any(|s| *s as u16 == dst) {
+        if ALL_SCENARIOS.iter().any(|s| *s as u16 == dst) {
             counts.entry(dst).or_default().0 += 1;
-        } else if SCENARIOS.iter().any(|s| *s as u16 == src) {
+        } else if ALL_SCENARIOS.iter().any(|s| *s as u16 == src) {
             counts.entry(src).or_default().1 += 1;
         }
     }
@@ -195,44 +243,69 @@ fn every_way_of_ending_a_connection_is_reported_exactly() {
     let packets = captured_packets(&capture);
     let _ = std::fs::remove_file(&capture);
 
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let records: Vec<Value> = stdout
+    let records = conn_records(&output);
+    for scenario in SCENARIOS {
+        check_record(scenario, &records, &packets);
+    }
+    check_nothing_lost(&output);
+}
+
+/// The `conn` objects teardown printed.
+fn conn_records(output: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|value| value["event"] == "conn")
+        .collect()
+}
+
+/// Checks the one record for `scenario`'s port against the expected verdict
+/// and tcpdump's packet counts; returns it for further checks.
+fn check_record<'a>(
+    scenario: Scenario,
+    records: &'a [Value],
+    packets: &BTreeMap<u16, (u64, u64)>,
+) -> &'a Value {
+    let port = scenario as u16;
+    let matching: Vec<&Value> = records
+        .iter()
+        .filter(|record| record["id.resp_p"] == port)
         .collect();
-    for scenario in SCENARIOS {
-        let port = scenario as u16;
-        let matching: Vec<&Value> = records
-            .iter()
-            .filter(|record| record["id.resp_p"] == port)
-            .collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "{scenario:?}: one record for port {port}, got {matching:#?}"
-        );
-        let record = matching[0];
-        let (state, close, closed_by, rst_cause) = expected(scenario);
-        assert_eq!(
-            (
-                record["conn_state"].as_str(),
-                record["close"].as_str(),
-                &record["closed_by"],
-                &record["rst_cause"],
-            ),
-            (Some(state), Some(close), &closed_by, &rst_cause),
-            "{scenario:?}: {record}"
-        );
-        assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
-        assert_eq!(record["orig_guessed"], false, "{scenario:?}: {record}");
-        let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
-        assert_eq!(
-            (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
-            (Some(to_server), Some(to_client)),
-            "{scenario:?}: packets against tcpdump's count: {record}"
-        );
-    }
+    assert_eq!(
+        matching.len(),
+        1,
+        "{scenario:?}: one record for port {port}, got {matching:#?}"
+    );
+    let record = matching[0];
+    let (state, close, closed_by, rst_cause) = expected(scenario);
+    assert_eq!(
+        (
+            record["conn_state"].as_str(),
+            record["close"].as_str(),
+            &record["closed_by"],
+            &record["rst_cause"],
+        ),
+        (Some(state), Some(close), &closed_by, &rst_cause),
+        "{scenario:?}: {record}"
+    );
+    assert_eq!(record["id.orig_h"], CLIENT_V4, "{scenario:?}: {record}");
+    assert_eq!(
+        record["orig_guessed"],
+        orig_guessed(scenario),
+        "{scenario:?}: {record}"
+    );
+    let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
+    assert_eq!(
+        (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
+        (Some(to_server), Some(to_client)),
+        "{scenario:?}: packets against tcpdump's count: {record}"
+    );
+    record
+}
+
+/// teardown's final flow statistics: no event lost, no insert failed.
+fn check_nothing_lost(output: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let final_event = stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -241,4 +314,252 @@ fn every_way_of_ending_a_connection_is_reported_exactly() {
     let final_flows = &final_event["flows"];
     assert_eq!(final_flows["events_lost"], 0, "{final_flows}");
     assert_eq!(final_flows["insert_failed"], 0, "{final_flows}");
+}
+
+/// An nftables table with one base chain on `hook` that drops what `matches`.
+fn drop_table(table: &str, hook: &str, matches: &str) -> String {
+    format!(
+        "table inet {table} {{\n  chain {hook} {{\n    type filter hook {hook} priority 0;\n    {matches} drop\n  }}\n}}\n"
+    )
+}
+
+/// A connection from the client's namespace to `port` in the server's, as
+/// (client end, server end); the listener is closed again. A socket stays in
+/// the namespace it was made in, whichever thread then uses it, so the test
+/// can drive both ends from one thread, in an order it chooses.
+fn connected_pair(lab: &Lab, port: u16) -> (TcpStream, TcpStream) {
+    let listener = in_netns(&lab.server_ns, move || {
+        TcpListener::bind(socket_addr(SERVER_V4, port)).expect("binding the server")
+    })
+    .join()
+    .expect("the listener thread panicked");
+    let client = in_netns(&lab.client_ns, move || {
+        TcpStream::connect(socket_addr(SERVER_V4, port)).expect("connect")
+    })
+    .join()
+    .expect("the client thread panicked");
+    let (server, _) = listener.accept().expect("accept");
+    // A read that waits for a packet that never comes fails the test instead
+    // of hanging it.
+    for end in [&client, &server] {
+        end.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+    }
+    (client, server)
+}
+
+/// The FINs of `port`'s connection in tcpdump's capture, in capture order:
+/// (sent by the server, sequence number just past the FIN, acknowledgement
+/// number), all absolute.
+fn captured_fins(capture: &std::path::Path, port: u16) -> Vec<(bool, u32, u32)> {
+    let output = run(Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(capture)
+        .args([
+            "-Y",
+            &format!("tcp.port == {port} && tcp.flags.fin == 1"),
+            "-T",
+            "fields",
+        ])
+        .args(["-e", "tcp.srcport", "-e", "tcp.seq_raw", "-e", "tcp.len"])
+        .args(["-e", "tcp.ack_raw"]));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let fields: Vec<u32> = line
+                .split('\t')
+                .map(|field| {
+                    field
+                        .parse()
+                        .unwrap_or_else(|_| panic!("tshark field {field:?} in {line:?}"))
+                })
+                .collect();
+            let [src_port, seq, len, ack] = fields[..] else {
+                panic!("tshark line {line:?}: want 4 fields");
+            };
+            // The FIN takes the sequence number after the payload.
+            (
+                src_port == port as u32,
+                seq.wrapping_add(len).wrapping_add(1),
+                ack,
+            )
+        })
+        .collect()
+}
+
+/// FINs that cross. The server half-closes first; the client's namespace
+/// drops the server's FIN before the client's TCP can see it (this kernel has
+/// no netem to delay it instead), so the client half-closes without having
+/// received it and its FIN cannot acknowledge the server's. Then the drop is
+/// lifted and the server's retransmitted FIN completes the close. teardown
+/// and tcpdump both watch the server's interface, where the server's first
+/// FIN leaves before the client's FIN arrives: closed_by is the server.
+#[test]
+fn fins_that_cross_are_a_simultaneous_close() {
+    let scenario = Scenario::SimultaneousClose;
+    let port = scenario as u16;
+    let lab = Lab::new();
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
+
+    let (mut client, mut server) = connected_pair(&lab, port);
+    nft(
+        &lab.client_ns,
+        &drop_table(
+            "td_cross",
+            "input",
+            &format!("tcp sport {port} tcp flags & fin == fin"),
+        ),
+    );
+    // The server's FIN: teardown's egress program has seen it when this
+    // returns; the client's namespace drops it on arrival.
+    server.shutdown(Shutdown::Write).expect("server half-close");
+    // The client has not had the server's FIN, so its own does not ack it.
+    client.shutdown(Shutdown::Write).expect("client half-close");
+    nft(&lab.client_ns, "delete table inet td_cross");
+    let mut sink = Vec::new();
+    client
+        .read_to_end(&mut sink)
+        .expect("the client receives the server's retransmitted FIN");
+    server
+        .read_to_end(&mut sink)
+        .expect("the server receives the client's FIN");
+    assert!(sink.is_empty(), "no data was sent: {sink:?}");
+    drop((client, server));
+    // The close delay (5 s) passes before the record is reported.
+    thread::sleep(Duration::from_secs(6));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    let packets = captured_packets(&capture);
+    let fins = captured_fins(&capture, port);
+    let _ = std::fs::remove_file(&capture);
+
+    // The premise, by tcpdump: the server's FIN came first on this wire and
+    // the client's first FIN did not acknowledge it.
+    let (server_first, server_fin_end, _) = *fins.first().expect("FINs in the capture");
+    assert!(server_first, "the server's FIN must come first: {fins:?}");
+    let (_, _, client_fin_ack) = *fins
+        .iter()
+        .find(|(from_server, _, _)| !from_server)
+        .unwrap_or_else(|| panic!("a FIN from the client: {fins:?}"));
+    assert!(
+        (client_fin_ack.wrapping_sub(server_fin_end) as i32) < 0,
+        "the client's FIN acknowledges the server's: the FINs did not cross: {fins:?}"
+    );
+
+    let records = conn_records(&output);
+    check_record(scenario, &records, &packets);
+    check_nothing_lost(&output);
+}
+
+/// A SYN whose answers never arrive. The server listens, but its namespace
+/// drops everything it sends from the port, in the output path, before
+/// teardown's egress program and tcpdump see it. The client gives up after
+/// 1.5 s (closing a socket still in SYN_SENT sends nothing), having
+/// retransmitted its SYN once, at 1 s. Its last SYN thus comes well before
+/// teardown's 3 s SYN timeout, so none starts a second record. (The kernel's
+/// own give-up time is no bound here: since Linux 6.6 SYN retries are spaced
+/// linearly, `tcp_syn_linear_timeouts`, and tcp_syn_retries 1 still sent a
+/// third SYN at 2 s.)
+#[test]
+fn a_syn_whose_answers_are_dropped_is_half_open_after_the_syn_timeout() {
+    let scenario = Scenario::HalfOpen;
+    let port = scenario as u16;
+    let lab = Lab::new();
+    let listener = in_netns(&lab.server_ns, move || {
+        TcpListener::bind(socket_addr(SERVER_V4, port)).expect("binding the server")
+    })
+    .join()
+    .expect("the listener thread panicked");
+    nft(
+        &lab.server_ns,
+        &drop_table("td_half_open", "output", &format!("tcp sport {port}")),
+    );
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", "native", "--syn-timeout", "3s"],
+    );
+
+    let error = in_netns(&lab.client_ns, move || {
+        TcpStream::connect_timeout(&socket_addr(SERVER_V4, port), Duration::from_millis(1500))
+            .expect_err("no SYN-ACK reaches the client")
+    })
+    .join()
+    .expect("the client thread panicked");
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+    // The record times out 3 s after the first SYN, 1.5 s from now. Leave
+    // teardown a second more before stopping it (a record still open would
+    // be reported `open` at the stop, and fail below).
+    thread::sleep(Duration::from_millis(2500));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    drop(listener);
+    let packets = captured_packets(&capture);
+    let _ = std::fs::remove_file(&capture);
+
+    // The premise, by tcpdump: the SYN was retransmitted, nothing came back.
+    let (to_server, to_client) = packets.get(&port).copied().unwrap_or_default();
+    assert!(
+        to_server >= 2 && to_client == 0,
+        "want a retransmitted SYN and no answer, tcpdump saw {to_server} to and {to_client} from the server"
+    );
+    let records = conn_records(&output);
+    let record = check_record(scenario, &records, &packets);
+    assert_eq!(record["end_reason"], "syn_timeout", "{record}");
+    check_nothing_lost(&output);
+}
+
+/// A RST for a connection the server no longer knows. The connection is set
+/// up; the server aborts it (SO_LINGER 0) while its namespace drops what it
+/// sends, so the RST never leaves and the client still has the connection.
+/// teardown starts only then: it never sees the setup. The client sends
+/// data; the server's kernel, which has no socket for it, answers with a RST.
+#[test]
+fn a_reset_from_a_server_that_forgot_the_connection_is_unknown_connection() {
+    let scenario = Scenario::UnknownConnection;
+    let port = scenario as u16;
+    let lab = Lab::new();
+    let (mut client, server) = connected_pair(&lab, port);
+    nft(
+        &lab.server_ns,
+        &drop_table("td_forget", "output", &format!("tcp sport {port}")),
+    );
+    set_linger_zero(server.as_raw_fd());
+    drop(server);
+    nft(&lab.server_ns, "delete table inet td_forget");
+    // The premise: the server has forgotten, the client has not.
+    let server_sockets = tcp_sockets(&lab.server_ns, port);
+    assert!(
+        server_sockets.is_empty(),
+        "the server still has a socket on port {port}: {server_sockets:?}"
+    );
+    let client_sockets = tcp_sockets(&lab.client_ns, port);
+    assert!(
+        client_sockets.len() == 1 && client_sockets[0].starts_with("ESTAB"),
+        "the client must still have the connection: {client_sockets:?}"
+    );
+
+    let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
+    client.write_all(b"still there?").expect("write");
+    let error = client
+        .read(&mut [0u8; 64])
+        .expect_err("the server answers with a RST");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    drop(client);
+    // The close delay (5 s) passes before the record is reported.
+    thread::sleep(Duration::from_secs(6));
+    let output = teardown.terminate();
+    let _ = tcpdump.terminate();
+    let packets = captured_packets(&capture);
+    let _ = std::fs::remove_file(&capture);
+
+    let records = conn_records(&output);
+    check_record(scenario, &records, &packets);
+    check_nothing_lost(&output);
 }

@@ -202,8 +202,17 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Debian packages the tests use as judges and tools.
-const TEST_PACKAGES: &[&str] = &["tshark", "tcpdump", "iproute2", "python3", "prometheus"];
+/// Debian packages the tests use as judges and tools (nftables drops chosen
+/// packets inside the live tests' namespaces; prometheus scrapes the
+/// metrics endpoint).
+const TEST_PACKAGES: &[&str] = &[
+    "tshark",
+    "tcpdump",
+    "iproute2",
+    "python3",
+    "nftables",
+    "prometheus",
+];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
     if !is_root() {
@@ -213,7 +222,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts; prometheus scrapes the metrics endpoint)",
+        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint)",
     )?;
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;

@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
@@ -235,6 +235,46 @@ pub fn in_netns<T: Send + 'static>(
         assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
         work()
     })
+}
+
+/// Loads nftables rules into namespace `ns` (`nft -f -`). The rules belong to
+/// the namespace, so deleting it (Lab's `Drop`) removes them, even when a
+/// test fails.
+pub fn nft(ns: &str, rules: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start nft in {ns}: {err}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(rules.as_bytes())
+        .expect("writing the rules to nft");
+    let output = child.wait_with_output().expect("waiting for nft");
+    assert!(
+        output.status.success(),
+        "nft -f in {ns} failed ({}): {}rules:\n{rules}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The TCP sockets of namespace `ns` with `port` at either end, in any state,
+/// as `ss` lists them (state, queues, local and peer address).
+pub fn tcp_sockets(ns: &str, port: u16) -> Vec<String> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let output = run(Command::new("ip").args([
+        "netns", "exec", ns, "ss", "-H", "-t", "-n", "state", "all", &filter,
+    ]));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| !line.is_empty())
+        .collect()
 }
 
 /// Makes the socket's close() send a RST (SO_LINGER with a zero timeout).
