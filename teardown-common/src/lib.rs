@@ -12,6 +12,7 @@ pub mod craft;
 pub mod events;
 pub mod flow;
 pub mod parse;
+pub mod sketch;
 pub mod table;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.

@@ -13,6 +13,7 @@
 
 use crate::conn::{Conn, ORIG, RESP, state};
 use crate::flow::FlowKey;
+use crate::sketch::mix32;
 
 /// Slots per set.
 pub const WAYS: u32 = 2;
@@ -51,16 +52,6 @@ pub const fn slots_for(max_flows: u32) -> u32 {
 #[inline(always)]
 pub fn set_of(hash: u32, slots: u32) -> u32 {
     hash & (slots - 1) & !(WAYS - 1)
-}
-
-/// A cheap, well-mixing 32-bit finaliser (lowbias32 by Chris Wellons).
-#[inline(always)]
-pub fn mix32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
 }
 
 impl FlowKey {

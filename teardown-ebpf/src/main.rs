@@ -693,7 +693,7 @@ fn bench_mutate(ctx: &XdpContext) {
     }
     match mode {
         1 => {
-            let source = teardown_common::table::mix32(run as u32).to_be_bytes();
+            let source = teardown_common::sketch::mix32(run as u32).to_be_bytes();
             // SAFETY: inside the frame, checked above.
             unsafe { ((start + BENCH_IPV4_SOURCE) as *mut [u8; 4]).write_unaligned(source) };
         }
