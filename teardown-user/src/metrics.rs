@@ -231,10 +231,7 @@ impl MetricsSnapshot {
         self.ended_by_close.clone_from(&tracker.stats.by_close);
         self.flows_tracked = tracker.live() as u64;
         self.flows_created = flow.created;
-        // As in run.rs: started, minus resolved in the kernel or by user space.
-        self.half_open = flow
-            .half_open_started
-            .saturating_sub(flow.half_open_resolved + tracker.stats.half_open_closed);
+        self.half_open = tracker.half_open(flow);
         self.insert_failed = flow.insert_failed;
         self.evicted = flow.evicted;
         self.events_lost = flow.events_lost;

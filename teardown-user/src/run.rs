@@ -133,9 +133,7 @@ fn stats_json(iface: &str, delta: &Counters, seconds: f64, total: &Counters) -> 
 }
 
 fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
-    let half_open = stats
-        .half_open_started
-        .saturating_sub(stats.half_open_resolved + tracker.stats.half_open_closed);
+    let half_open = tracker.half_open(stats);
     json!({
         "tracked": tracker.live(),
         "created": stats.created,
@@ -157,9 +155,7 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
 }
 
 fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
-    let half_open = stats
-        .half_open_started
-        .saturating_sub(stats.half_open_resolved + tracker.stats.half_open_closed);
+    let half_open = tracker.half_open(stats);
     let mut ports: Vec<_> = tracker.stats.half_open_by_port.iter().collect();
     ports.sort_by(|a, b| b.1.cmp(a.1));
     let ports: Vec<String> = ports

@@ -19,7 +19,7 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use teardown_common::{
     conn::{Conn, ORIG, Timeouts, end_reason, flag},
-    events::{EndedEvent, EventHeader, kind},
+    events::{EndedEvent, EventHeader, FlowStats, kind},
     flow::FlowKey,
 };
 
@@ -209,6 +209,14 @@ impl Tracker {
     /// Records being tracked.
     pub fn live(&self) -> usize {
         self.known.len()
+    }
+
+    /// Handshakes in progress: started in the kernel, minus those resolved
+    /// there (answered, reset, evicted, closed out) and those closed out here.
+    pub fn half_open(&self, kernel: &FlowStats) -> u64 {
+        kernel
+            .half_open_started
+            .saturating_sub(kernel.half_open_resolved + self.stats.half_open_closed)
     }
 
     fn count(&mut self, ended: &Ended) {
