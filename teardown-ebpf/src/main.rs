@@ -590,7 +590,11 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
 }
 
 #[inline(always)]
-fn count_and_track(frame: &Frame, now: impl FnOnce() -> u64) {
+fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
+    let frame = &Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let parsed = parse(frame);
     let counted = tally(&parsed);
     if let Some(tallies) = TALLIES.get_ptr_mut(0) {
@@ -610,11 +614,7 @@ fn count_and_track(frame: &Frame, now: impl FnOnce() -> u64) {
 
 #[xdp]
 pub fn teardown(ctx: XdpContext) -> u32 {
-    let frame = Frame {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    count_and_track(&frame, clock_now);
+    count_and_track(&ctx, clock_now);
     xdp_action::XDP_PASS
 }
 
@@ -622,11 +622,7 @@ pub fn teardown(ctx: XdpContext) -> u32 {
 /// clock before each packet, so every timeout runs on the capture's clock.
 #[xdp]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    let frame = Frame {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    count_and_track(&frame, || REPLAY_CLOCK.get(0).copied().unwrap_or(0));
+    count_and_track(&ctx, || REPLAY_CLOCK.get(0).copied().unwrap_or(0));
     xdp_action::XDP_PASS
 }
 
@@ -712,11 +708,7 @@ fn bench_mutate(ctx: &XdpContext) {
 #[xdp]
 pub fn teardown_bench(ctx: XdpContext) -> u32 {
     bench_mutate(&ctx);
-    let frame = Frame {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    count_and_track(&frame, clock_now);
+    count_and_track(&ctx, clock_now);
     xdp_action::XDP_PASS
 }
 
