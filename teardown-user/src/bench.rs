@@ -202,6 +202,7 @@ fn run_clock(
         clock,
         ..LoadOptions::default()
     })?;
+    kernel.load_bench_programs()?;
     println!(
         "\nclock {}: {}",
         match clock {

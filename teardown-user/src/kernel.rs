@@ -276,8 +276,6 @@ impl Kernel {
             names::XDP_BASELINE_PROGRAM,
             names::XDP_REPLAY_PROGRAM,
             names::CLOCK_PROBE_PROGRAM,
-            names::XDP_BENCH_PROGRAM,
-            names::XDP_BENCH_MUTATE_PROGRAM,
         ] {
             let program = xdp_program(&mut ebpf, name)?;
             match program.load() {
@@ -398,6 +396,17 @@ impl Kernel {
             total.add(cpu);
         }
         Ok(total)
+    }
+
+    /// Loads the benchmark wrappers; only `teardown bench` needs them, so
+    /// runs and replays do not pay for verifying them.
+    pub fn load_bench_programs(&mut self) -> anyhow::Result<()> {
+        for name in [names::XDP_BENCH_PROGRAM, names::XDP_BENCH_MUTATE_PROGRAM] {
+            self.xdp(name)?
+                .load()
+                .with_context(|| format!("loading XDP program {name}"))?;
+        }
+        Ok(())
     }
 
     /// Sets the benchmark wrappers' frame change (see the eBPF `BENCH` map).
