@@ -13,7 +13,7 @@
 //!
 //! # Polls and sketches
 //!
-//! User space advances [`control::EPOCH`] once a poll. A slot has two sketch
+//! User space advances [`DetectControl::epoch`] once a poll. A slot has two sketch
 //! buffers; SYNs of poll `e` go to buffer `e & 1`, which the kernel clears
 //! when it first writes to it in a new poll. After advancing the epoch from
 //! `e` to `e + 1`, user space reads buffer `e & 1`, which the kernel no
@@ -31,7 +31,7 @@
 //!
 //! # Source samples
 //!
-//! One SYN in `SAMPLE_MASK + 1` ([`control::SAMPLE_MASK`], a power of two
+//! One SYN in `sample_mask + 1` ([`DetectControl::sample_mask`], a power of two
 //! minus one that user space adapts to the SYN rate) is written to this
 //! CPU's [`SampleRing`], for the alerts' heavy hitters.
 
@@ -48,18 +48,21 @@ pub const TAKEOVER_IDLE_EPOCHS: u32 = 300;
 pub const SAMPLE_RING_LEN: usize = 256;
 
 /// Samples user space aims for per poll, all CPUs together (it sets
-/// [`control::SAMPLE_MASK`] from the latest poll's SYNs).
+/// [`DetectControl::sample_mask`] from the latest poll's SYNs).
 pub const SAMPLES_PER_POLL: u64 = 128;
 
-/// Indices into the control array (one u64 each) that user space writes.
-pub mod control {
+/// What user space tells the kernel each poll: one map entry, read with
+/// one lookup per SYN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectControl {
     /// The current poll's number.
-    pub const EPOCH: u32 = 0;
-    /// Sample one SYN when `(SYNs seen on this CPU) & SAMPLE_MASK == 0`.
-    pub const SAMPLE_MASK: u32 = 1;
-    /// Entries in the control array.
-    pub const LEN: u32 = 2;
+    pub epoch: u64,
+    /// Sample one SYN when `(SYNs seen on this CPU) & sample_mask == 0`.
+    pub sample_mask: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<DetectControl>() == 16);
 
 /// One destination's counts on one CPU.
 #[repr(C)]
@@ -263,6 +266,8 @@ mod pod {
     unsafe impl aya::Pod for super::SourceSample {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampleRing {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DetectControl {}
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub mod names {
     pub const DESTINATIONS_MAP: &str = "DESTINATIONS";
     /// Per-CPU array with one [`crate::dest::SampleRing`].
     pub const SOURCE_SAMPLES_MAP: &str = "SOURCE_SAMPLES";
-    /// Array of [`crate::dest::control::LEN`] u64 that user space writes
-    /// every poll: the epoch and the sampling mask.
+    /// Array with one [`crate::dest::DetectControl`], which user space
+    /// writes every poll: the epoch and the sampling mask.
     pub const DETECT_CONTROL_MAP: &str = "DETECT_CONTROL";
 }

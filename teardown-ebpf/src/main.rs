@@ -22,7 +22,7 @@ use aya_ebpf::{
 use teardown_common::{
     conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
     counters::{Tallies, tally},
-    dest::{DEST_SLOTS, DestSlot, SampleRing, control, dest_index},
+    dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing, dest_index},
     events::{
         DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
         SLOTS_PER_CHANGE_WORD, kind,
@@ -109,7 +109,7 @@ static SOURCE_SAMPLES: PerCpuArray<SampleRing> = PerCpuArray::with_max_entries(1
 
 /// The poll epoch and the sampling mask, which user space writes each poll.
 #[map]
-static DETECT_CONTROL: Array<u64> = Array::with_max_entries(control::LEN, 0);
+static DETECT_CONTROL: Array<DetectControl> = Array::with_max_entries(1, 0);
 
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.
@@ -253,10 +253,13 @@ fn count_half_open(before: bool, after: bool) {
 }
 
 /// Counts a pure SYN for its destination: the SYN count, the source sketch
-/// and, one in `SAMPLE_MASK + 1`, a source sample.
+/// and, one in `sample_mask + 1`, a source sample.
 #[inline(always)]
 fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
-    let epoch = DETECT_CONTROL.get(control::EPOCH).copied().unwrap_or(0) as u32;
+    let Some(control) = DETECT_CONTROL.get(0) else {
+        return;
+    };
+    let epoch = control.epoch as u32;
     if let Some(slot) = DESTINATIONS.get_ptr_mut(dest_index(dest, dest_port)) {
         // SAFETY: this CPU's slot, one program run at a time.
         let slot = unsafe { &mut *slot };
@@ -270,12 +273,8 @@ fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
         }
     }
     if let Some(ring) = SOURCE_SAMPLES.get_ptr_mut(0) {
-        let mask = DETECT_CONTROL
-            .get(control::SAMPLE_MASK)
-            .copied()
-            .unwrap_or(0);
         // SAFETY: as above.
-        unsafe { (*ring).offer(source, dest, dest_port, mask) };
+        unsafe { (*ring).offer(source, dest, dest_port, control.sample_mask) };
     }
 }
 

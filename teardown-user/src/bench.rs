@@ -7,11 +7,15 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use teardown_common::{
     craft::{self, Network, Spec, Transport},
+    dest::sample_mask_for,
     names,
     parse::{ethertype, tcp_flags},
 };
 
 use crate::kernel::{ClockMode, Kernel, LoadOptions};
+
+/// SYNs per 100 ms poll of the flood `new_syn` stands for (a million a second).
+const FLOOD_SYNS_PER_POLL: u64 = 100_000;
 
 pub struct BenchOptions {
     /// Runs per BPF_PROG_TEST_RUN call.
@@ -203,6 +207,9 @@ fn run_clock(
         ..LoadOptions::default()
     })?;
     kernel.load_bench_programs()?;
+    // Source sampling as the run loop sets it during a flood of a million
+    // SYN/s (100 000 per poll): new_syn stands for such a flood.
+    kernel.set_detect_control(1, sample_mask_for(FLOOD_SYNS_PER_POLL))?;
     println!(
         "\nclock {}: {}",
         match clock {

@@ -16,7 +16,7 @@ use aya::{
 use teardown_common::{
     conn::{Timeouts, likely_server_port_set},
     counters::Tallies,
-    dest::{DEST_SLOTS, DestSlot, SampleRing, control},
+    dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
     events::{DEFAULT_MAX_FLOWS, FlowStats, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
     table::{FlowSlot, slots_for},
@@ -464,17 +464,14 @@ impl Kernel {
     /// Starts poll `epoch` for the destination sketches, with `sample_mask`
     /// for the source samples (see `teardown_common::dest`).
     pub fn set_detect_control(&mut self, epoch: u64, sample_mask: u64) -> anyhow::Result<()> {
-        let mut control_map: Array<&mut MapData, u64> = Array::try_from(
+        let mut control: Array<&mut MapData, DetectControl> = Array::try_from(
             self.ebpf
                 .map_mut(names::DETECT_CONTROL_MAP)
                 .context("eBPF object has no detection control map")?,
         )
         .context("opening the detection control map")?;
-        control_map
-            .set(control::SAMPLE_MASK, sample_mask, 0)
-            .context("setting the sampling mask")?;
-        control_map
-            .set(control::EPOCH, epoch, 0)
+        control
+            .set(0, DetectControl { epoch, sample_mask }, 0)
             .context("setting the poll epoch")
     }
 
