@@ -50,6 +50,7 @@
 //! | `teardown_flow_insert_failures_total` | counter | |
 //! | `teardown_flows_evicted_total` | counter | |
 //! | `teardown_syns_untracked_total` | counter | |
+//! | `teardown_syn_destination_collisions_total` | counter | |
 //! | `teardown_events_lost_total` | counter | |
 //!
 //! The two ended-connection families count the same connections, each split
@@ -159,8 +160,9 @@ pub struct MetricsSnapshot {
     pub events_lost: u64,
     /// SYNs over the half-open budget, not tracked.
     pub syn_untracked: u64,
-    /// SYN-flood alert state per target. Filled by the detection module once
-    /// it exists; empty until then (the families are still declared).
+    /// SYNs not counted per destination (their slot belonged to another).
+    pub dest_collisions: u64,
+    /// SYN-flood alert state per target (ended ones stay, inactive).
     pub syn_flood_alerts: Vec<AlertState>,
     /// SYN-flood alerts started since teardown started.
     pub syn_flood_alerts_started: u64,
@@ -216,6 +218,7 @@ impl MetricsSnapshot {
             evicted: 0,
             events_lost: 0,
             syn_untracked: 0,
+            dest_collisions: 0,
             syn_flood_alerts: Vec::new(),
             syn_flood_alerts_started: 0,
         }
@@ -236,6 +239,7 @@ impl MetricsSnapshot {
         self.evicted = flow.evicted;
         self.events_lost = flow.events_lost;
         self.syn_untracked = flow.syn_untracked;
+        self.dest_collisions = flow.dest_collisions;
     }
 }
 
@@ -415,6 +419,12 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "SYNs not tracked because the per-CPU budget of new half-open records was spent (a SYN flood).",
         snapshot.syn_untracked,
+    );
+    e.single(
+        "teardown_syn_destination_collisions_total",
+        "counter",
+        "SYNs not counted per destination for flood detection: their slot in the kernel's per-CPU destination table belonged to another, active destination.",
+        snapshot.dest_collisions,
     );
     e.single(
         "teardown_events_lost_total",
