@@ -572,44 +572,46 @@ pub fn parse_target(text: &str) -> Result<TargetKey, String> {
 }
 
 /// `teardown run`'s detection flags; every default is [`DetectConfig`]'s.
+/// Values may start with `-`, so `--syn-rate-floor -5` reaches the parser
+/// and is refused naming the flag, instead of reading as an unknown option.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DetectArgs {
     /// SYN/s a destination (or all together) must exceed before the rate
     /// rule applies, whatever its learned baseline.
-    #[arg(long, value_name = "SYN/S", default_value = "1000", value_parser = parse_positive_f64)]
+    #[arg(long, allow_hyphen_values = true, value_name = "SYN/S", default_value = "1000", value_parser = parse_positive_f64)]
     pub syn_rate_floor: f64,
     /// The SYN rate must also exceed this many times the learned baseline.
-    #[arg(long, value_name = "X", default_value = "3", value_parser = parse_multiple)]
+    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value = "3", value_parser = parse_multiple)]
     pub baseline_multiple: f64,
     /// The rate rule fires only while fewer than this fraction of SYNs
     /// complete their handshake (0.5 or 50%).
-    #[arg(long, value_name = "RATIO", default_value = "0.5", value_parser = parse_ratio)]
+    #[arg(long, allow_hyphen_values = true, value_name = "RATIO", default_value = "0.5", value_parser = parse_ratio)]
     pub completion_threshold: f64,
     /// Half-open flows (older than the handshake grace) that alert by themselves.
-    #[arg(long, value_name = "FLOWS", default_value = "2000", value_parser = parse_positive_u64)]
+    #[arg(long, allow_hyphen_values = true, value_name = "FLOWS", default_value = "2000", value_parser = parse_positive_u64)]
     pub half_open_threshold: u64,
     /// Half-life of the learned SYN-rate baseline.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_interval)]
     pub baseline_half_life: Duration,
     /// A SYN younger than this is still in progress, not failed: your
     /// clients' worst round trip.
-    #[arg(long, value_name = "DURATION", default_value = "80ms", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "80ms", value_parser = crate::parse_interval)]
     pub handshake_grace: Duration,
     /// How far back the completion ratio looks (longer than the grace).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "500ms", value_parser = crate::parse_interval)]
     pub ratio_window: Duration,
     /// An alert ends after this long without a flooding poll.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_interval)]
     pub alert_quiet: Duration,
     /// Interval of an alert's update events.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_interval)]
     pub alert_update: Duration,
     /// Heaviest sources listed per alert.
-    #[arg(long, value_name = "N", default_value = "5", value_parser = parse_top_sources)]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "5", value_parser = parse_top_sources)]
     pub top_sources: usize,
     /// Destinations watched at once (the least recently active are dropped
     /// first, never one that is alerting).
-    #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_positive_u64)]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "4096", value_parser = parse_positive_u64)]
     pub max_targets: u64,
 }
 

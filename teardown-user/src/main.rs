@@ -281,6 +281,17 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn detection_flag_defaults_are_the_documented_defaults() {
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from(["teardown", "run", "--iface", "eth0"])
+            .expect("run with only --iface parses");
+        let super::Command::Run { detect, .. } = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(detect.config(), crate::detect::DetectConfig::default());
+    }
+
+    #[test]
     fn intervals_parse_with_and_without_units() {
         assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
