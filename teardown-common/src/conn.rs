@@ -413,6 +413,16 @@ impl Conn {
         self.ep[ORIG].state == SYN_SENT && self.ep[RESP].state == INACTIVE
     }
 
+    /// Whether the handshake has completed: the originator sent its SYN, the
+    /// responder its SYN-ACK, and the originator then acknowledged (a pure
+    /// ACK or data). A spoofed SYN's source never does, even when the host
+    /// answers it with a SYN-ACK.
+    #[inline(always)]
+    pub fn handshake_completed(&self) -> bool {
+        const NEEDED: u32 = hist::SYN | hist::SYN << 16;
+        self.hist_seen & NEEDED == NEEDED && self.hist_seen & (hist::ACK | hist::DATA) != 0
+    }
+
     /// Whether a packet from endpoint `a` (if `from_a`) comes from the originator.
     #[inline(always)]
     pub fn from_orig(&self, from_a: bool) -> bool {

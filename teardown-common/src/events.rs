@@ -81,6 +81,9 @@ pub struct FlowStats {
     /// SYN flood. Counted in the tallies all the same; the connection, if it
     /// is real, is tracked from its SYN-ACK on.
     pub syn_untracked: u64,
+    /// Pure SYNs not counted per destination: their destination's slot in
+    /// this CPU's table ([`crate::dest`]) belonged to another, active one.
+    pub dest_collisions: u64,
 }
 
 /// The window of the per-CPU budget of new half-open records.
@@ -94,7 +97,7 @@ pub fn half_open_budget(slots: u32, syn_timeout_ns: u64, cpus: u32) -> u64 {
     (slots as u64 / 2 / windows / cpus.max(1) as u64).max(16)
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 9 * 8);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 10 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
@@ -107,6 +110,7 @@ impl FlowStats {
         self.half_open_resolved += other.half_open_resolved;
         self.truncated_segments += other.truncated_segments;
         self.syn_untracked += other.syn_untracked;
+        self.dest_collisions += other.dest_collisions;
     }
 }
 

@@ -9,6 +9,7 @@ extern crate std;
 pub mod conn;
 pub mod counters;
 pub mod craft;
+pub mod dest;
 pub mod events;
 pub mod flow;
 pub mod parse;
@@ -65,4 +66,13 @@ pub mod names {
     /// Global: new half-open records per CPU per window
     /// ([`crate::events::half_open_budget`]).
     pub const HALF_OPEN_BUDGET_GLOBAL: &str = "HALF_OPEN_BUDGET";
+    /// Per-CPU array of [`crate::dest::DEST_SLOTS`]
+    /// [`crate::dest::DestSlot`]s: SYNs, completions and half-open records
+    /// per destination.
+    pub const DESTINATIONS_MAP: &str = "DESTINATIONS";
+    /// Per-CPU array with one [`crate::dest::SampleRing`].
+    pub const SOURCE_SAMPLES_MAP: &str = "SOURCE_SAMPLES";
+    /// Array of [`crate::dest::control::LEN`] u64 that user space writes
+    /// every poll: the epoch and the sampling mask.
+    pub const DETECT_CONTROL_MAP: &str = "DETECT_CONTROL";
 }

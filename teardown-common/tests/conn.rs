@@ -860,3 +860,56 @@ fn every_conn_state_is_reachable_here() {
     assert_eq!(seen, all.into_iter().collect(), "states reached");
     let _ = RESP;
 }
+
+/// What the flood detector counts as a completed handshake: the
+/// originator's acknowledgement of the SYN-ACK, never the SYN-ACK alone
+/// (a host answers spoofed SYNs too), and never on the established fast
+/// path, which does not change the history bits, so the kernel can count
+/// completions in its slow path alone.
+#[test]
+fn a_handshake_completes_with_the_originators_ack_of_the_syn_ack() {
+    let mut sim = Sim::new();
+    sim.client(SYN, 0);
+    assert!(!sim.conn().handshake_completed(), "after the SYN");
+    sim.server(SYN | ACK, 0);
+    assert!(!sim.conn().handshake_completed(), "after the SYN-ACK alone");
+    let mut probe = *sim.conn();
+    let third = Segment {
+        flags: ACK,
+        seq: sim.next[0],
+        ack: sim.received[0],
+        window: 64_000,
+        len: 0,
+        src_port: CLIENT_PORT,
+        dst_port: SERVER_PORT,
+    };
+    assert!(
+        !probe.update_established(true, &third, sim.now, Timeouts::ZEEK.idle_ns),
+        "the completing ACK must take the slow path"
+    );
+    sim.client(ACK, 0);
+    assert!(sim.conn().handshake_completed(), "after the third ACK");
+
+    // Data in place of the pure third ACK completes it too.
+    let mut sim = Sim::new();
+    sim.client(SYN, 0)
+        .server(SYN | ACK, 0)
+        .client(ACK | PSH, 100);
+    assert!(
+        sim.conn().handshake_completed(),
+        "data acknowledging the SYN-ACK"
+    );
+
+    // A spoofed source's host answers the SYN-ACK with a RST.
+    let mut sim = Sim::new();
+    sim.client(SYN, 0).server(SYN | ACK, 0).client(RST, 0);
+    assert!(!sim.conn().handshake_completed(), "a RST is no completion");
+
+    // Refused, and picked up midstream: never.
+    let mut sim = Sim::new();
+    sim.client(SYN, 0).server(RST | ACK, 0);
+    assert!(!sim.conn().handshake_completed(), "refused");
+    let mut sim = Sim::new();
+    sim.client(ACK, 10).server(ACK, 0).client(ACK, 10);
+    assert!(!sim.conn().handshake_completed(), "no handshake seen");
+}

@@ -22,6 +22,7 @@ use aya_ebpf::{
 use teardown_common::{
     conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
     counters::{Tallies, tally},
+    dest::{DEST_SLOTS, DestSlot, SampleRing, control, dest_index},
     events::{
         DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
         SLOTS_PER_CHANGE_WORD, kind,
@@ -31,6 +32,7 @@ use teardown_common::{
         IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse,
         tcp_flags::{ACK, SYN},
     },
+    sketch::hash_addr,
     table::{FlowSlot, WAYS, set_of},
 };
 
@@ -95,6 +97,19 @@ static HALF_OPEN_BUDGET: u64 = 1 << 20;
 /// This CPU's budget: [window number, records created in it].
 #[map]
 static HALF_OPEN_SPENT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// SYNs, completions and half-open records per destination, this CPU's
+/// own (see `teardown_common::dest`).
+#[map]
+static DESTINATIONS: PerCpuArray<DestSlot> = PerCpuArray::with_max_entries(DEST_SLOTS, 0);
+
+/// This CPU's sampled SYN sources.
+#[map]
+static SOURCE_SAMPLES: PerCpuArray<SampleRing> = PerCpuArray::with_max_entries(1, 0);
+
+/// The poll epoch and the sampling mask, which user space writes each poll.
+#[map]
+static DETECT_CONTROL: Array<u64> = Array::with_max_entries(control::LEN, 0);
 
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.
@@ -194,6 +209,9 @@ fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
             stats.half_open_resolved += 1;
         }
     }
+    if slot.conn.half_open() {
+        count_for_responder(slot, responder_change::HALF_OPEN_RESOLVED);
+    }
     match EVENTS.reserve::<EndedEvent>(0) {
         Some(mut entry) => {
             // SAFETY: the entry is ours until submitted; every field is written.
@@ -232,6 +250,78 @@ fn count_half_open(before: bool, after: bool) {
             stats.half_open_resolved += 1;
         }
     }
+}
+
+/// Counts a pure SYN for its destination: the SYN count, the source sketch
+/// and, one in `SAMPLE_MASK + 1`, a source sample.
+#[inline(always)]
+fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
+    let epoch = DETECT_CONTROL.get(control::EPOCH).copied().unwrap_or(0) as u32;
+    if let Some(slot) = DESTINATIONS.get_ptr_mut(dest_index(dest, dest_port)) {
+        // SAFETY: this CPU's slot, one program run at a time.
+        let slot = unsafe { &mut *slot };
+        if slot.holds(dest, dest_port) {
+            slot.add_syn(hash_addr(source), epoch);
+        } else if slot.may_take_over(epoch) {
+            slot.take_over(dest, dest_port, epoch);
+            slot.add_syn(hash_addr(source), epoch);
+        } else if let Some(stats) = stats() {
+            stats.dest_collisions += 1;
+        }
+    }
+    if let Some(ring) = SOURCE_SAMPLES.get_ptr_mut(0) {
+        let mask = DETECT_CONTROL
+            .get(control::SAMPLE_MASK)
+            .copied()
+            .unwrap_or(0);
+        // SAFETY: as above.
+        unsafe { (*ring).offer(source, dest, dest_port, mask) };
+    }
+}
+
+/// [`count_for_responder`] changes.
+mod responder_change {
+    pub const HALF_OPEN_STARTED: u32 = 1;
+    pub const HALF_OPEN_RESOLVED: u32 = 2;
+    pub const COMPLETED: u32 = 4;
+}
+
+/// Counts a change to a record against its responder's destination slot:
+/// a handshake going half-open, being resolved, or completing. Nothing if
+/// the slot belongs to another destination (its SYN was counted as a
+/// collision).
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32 {
+    // SAFETY: null-checked; a flow-table slot.
+    let Some(slot) = (unsafe { slot.as_ref() }) else {
+        return 0;
+    };
+    let (addr, port) = if slot.conn.orig_is_a != 0 {
+        (&slot.key.addr_b, slot.key.port_b)
+    } else {
+        (&slot.key.addr_a, slot.key.port_a)
+    };
+    let addr = words(*addr);
+    let Some(dest) = DESTINATIONS.get_ptr_mut(dest_index(&addr, port)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, one program run at a time.
+    let dest = unsafe { &mut *dest };
+    if !dest.holds(&addr, port) {
+        return 0;
+    }
+    if change & responder_change::HALF_OPEN_STARTED != 0 {
+        dest.half_open_started += 1;
+    }
+    if change & responder_change::HALF_OPEN_RESOLVED != 0 {
+        dest.half_open_resolved += 1;
+    }
+    if change & responder_change::COMPLETED != 0 {
+        dest.completions += 1;
+    }
+    0
 }
 
 /// Spends one of this CPU's new half-open records for the current window;
@@ -342,7 +432,11 @@ fn track(
     );
     let from_a = direction == Direction::AToB;
     let now = now();
-    if tcp.flags & (SYN | ACK) == SYN && !within_half_open_budget(now) {
+    let pure_syn = tcp.flags & (SYN | ACK) == SYN;
+    if pure_syn {
+        count_syn(&src, &dst, tcp.dst_port);
+    }
+    if pure_syn && !within_half_open_budget(now) {
         // A SYN flood: not even looked up, which would cost a cache miss or
         // two per packet in a table this size.
         if let Some(stats) = stats() {
@@ -456,7 +550,22 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         return 0;
     }
     let outcome = conn_update(&mut slot.conn, input);
-    count_half_open(outcome & 2 != 0, outcome & 4 != 0);
+    let (before, after) = (outcome & 2 != 0, outcome & 4 != 0);
+    count_half_open(before, after);
+    let change = if !before && after {
+        responder_change::HALF_OPEN_STARTED
+    } else if before && !after {
+        responder_change::HALF_OPEN_RESOLVED
+    } else {
+        0
+    } | if outcome & 8 != 0 {
+        responder_change::COMPLETED
+    } else {
+        0
+    };
+    if change != 0 {
+        count_for_responder(slot, change);
+    }
     if outcome & 1 != 0 {
         mark_changed(index);
     }
@@ -567,6 +676,9 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
                 stats.half_open_resolved += 1;
             }
         }
+        if ways[chosen & 1].conn.half_open() {
+            count_for_responder(ways[chosen & 1], responder_change::HALF_OPEN_RESOLVED);
+        }
     }
     let index = set + chosen as u32;
     begin_record(ways[chosen & 1], index, input);
@@ -574,7 +686,8 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
 }
 
 /// Applies the segment to the record ([`Conn::update`]). Returns bit 0: the
-/// deadline moved; bit 1: half-open before; bit 2: half-open after.
+/// deadline moved; bit 1: half-open before; bit 2: half-open after; bit 3:
+/// the segment completed the handshake ([`Conn::handshake_completed`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -585,8 +698,13 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
     };
     let segment = segment_of(input);
     let before = conn.half_open();
+    let completed_before = conn.handshake_completed();
     let update = conn.update(input.from_a != 0, &segment, input.now, timeouts());
-    update.rescheduled as u32 | (before as u32) << 1 | (conn.half_open() as u32) << 2
+    let completed_now = !completed_before && conn.handshake_completed();
+    update.rescheduled as u32
+        | (before as u32) << 1
+        | (conn.half_open() as u32) << 2
+        | (completed_now as u32) << 3
 }
 
 #[inline(always)]

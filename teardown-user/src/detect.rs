@@ -100,10 +100,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use teardown_common::{
-    flow::{v4_mapped, words},
-    sketch::{HLL_REGISTERS, hash_addr},
-};
+use teardown_common::sketch::HLL_REGISTERS;
 
 use crate::output::short_count;
 
@@ -177,12 +174,13 @@ impl fmt::Display for AlertTarget {
 
 /// The hash the kernel computes for a source address, for filling and
 /// checking sketches in user space.
+#[cfg(test)]
 pub fn source_hash(addr: IpAddr) -> u32 {
     let bytes = match addr.to_canonical() {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V4(v4) => teardown_common::flow::v4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     };
-    hash_addr(&words(bytes))
+    teardown_common::sketch::hash_addr(&teardown_common::flow::words(bytes))
 }
 
 // ---------------------------------------------------------------------------
@@ -326,12 +324,9 @@ impl SpaceSaving {
     }
 
     /// Addresses held (at most the capacity).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.counters.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.counters.is_empty()
     }
 }
 
@@ -570,9 +565,70 @@ pub fn parse_top_sources(text: &str) -> Result<usize, String> {
 }
 
 /// clap parser for a destination `ADDR:PORT`.
+#[cfg(test)]
 pub fn parse_target(text: &str) -> Result<TargetKey, String> {
     text.parse()
         .map_err(|err: TargetParseError| err.to_string())
+}
+
+/// `teardown run`'s detection flags; every default is [`DetectConfig`]'s.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DetectArgs {
+    /// SYN/s a destination (or all together) must exceed before the rate
+    /// rule applies, whatever its learned baseline.
+    #[arg(long, value_name = "SYN/S", default_value = "1000", value_parser = parse_positive_f64)]
+    pub syn_rate_floor: f64,
+    /// The SYN rate must also exceed this many times the learned baseline.
+    #[arg(long, value_name = "X", default_value = "3", value_parser = parse_multiple)]
+    pub baseline_multiple: f64,
+    /// The rate rule fires only while fewer than this fraction of SYNs
+    /// complete their handshake (0.5 or 50%).
+    #[arg(long, value_name = "RATIO", default_value = "0.5", value_parser = parse_ratio)]
+    pub completion_threshold: f64,
+    /// Half-open flows (older than the handshake grace) that alert by themselves.
+    #[arg(long, value_name = "FLOWS", default_value = "2000", value_parser = parse_positive_u64)]
+    pub half_open_threshold: u64,
+    /// Half-life of the learned SYN-rate baseline.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_interval)]
+    pub baseline_half_life: Duration,
+    /// A SYN younger than this is still in progress, not failed: your
+    /// clients' worst round trip.
+    #[arg(long, value_name = "DURATION", default_value = "80ms", value_parser = crate::parse_interval)]
+    pub handshake_grace: Duration,
+    /// How far back the completion ratio looks (longer than the grace).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = crate::parse_interval)]
+    pub ratio_window: Duration,
+    /// An alert ends after this long without a flooding poll.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_interval)]
+    pub alert_quiet: Duration,
+    /// Interval of an alert's update events.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_interval)]
+    pub alert_update: Duration,
+    /// Heaviest sources listed per alert.
+    #[arg(long, value_name = "N", default_value = "5", value_parser = parse_top_sources)]
+    pub top_sources: usize,
+    /// Destinations watched at once (the least recently active are dropped
+    /// first, never one that is alerting).
+    #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_positive_u64)]
+    pub max_targets: u64,
+}
+
+impl DetectArgs {
+    pub fn config(&self) -> DetectConfig {
+        DetectConfig {
+            syn_rate_floor: self.syn_rate_floor,
+            baseline_multiple: self.baseline_multiple,
+            completion_threshold: self.completion_threshold,
+            half_open_threshold: self.half_open_threshold,
+            baseline_half_life: self.baseline_half_life,
+            handshake_grace: self.handshake_grace,
+            ratio_window: self.ratio_window,
+            quiet_time: self.alert_quiet,
+            update_period: self.alert_update,
+            top_sources: self.top_sources,
+            max_targets: self.max_targets.min(usize::MAX as u64) as usize,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1128,10 +1184,6 @@ impl Detector {
         })
     }
 
-    pub fn config(&self) -> &DetectConfig {
-        &self.config
-    }
-
     pub fn stats(&self) -> &DetectStats {
         &self.stats
     }
@@ -1142,6 +1194,7 @@ impl Detector {
     }
 
     /// The learned SYN-rate baseline of a scope, if it is tracked.
+    #[cfg(test)]
     pub fn baseline(&self, target: &AlertTarget) -> Option<f64> {
         match target {
             AlertTarget::All => Some(self.all.baseline),
@@ -1150,6 +1203,7 @@ impl Detector {
     }
 
     /// Scopes with an alert in progress.
+    #[cfg(test)]
     pub fn active_alerts(&self) -> Vec<AlertTarget> {
         let mut active: Vec<AlertTarget> = self
             .targets
@@ -2531,7 +2585,7 @@ mod tests {
         assert_eq!(dest("[2001:db8::1]:80").to_string(), "[2001:db8::1]:80");
         // IPv4-mapped becomes IPv4, from text or from the kernel's bytes.
         assert_eq!(dest("[::ffff:10.0.0.1]:80").to_string(), "10.0.0.1:80");
-        let mapped = v4_mapped([192, 0, 2, 1]);
+        let mapped = teardown_common::flow::v4_mapped([192, 0, 2, 1]);
         assert_eq!(
             TargetKey::from_mapped(mapped, 443).to_string(),
             "192.0.2.1:443"

@@ -16,6 +16,7 @@ use aya::{
 use teardown_common::{
     conn::{Timeouts, likely_server_port_set},
     counters::Tallies,
+    dest::{DEST_SLOTS, DestSlot, SampleRing, control},
     events::{DEFAULT_MAX_FLOWS, FlowStats, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
     table::{FlowSlot, slots_for},
@@ -423,6 +424,58 @@ impl Kernel {
                 .context("setting the bench map")?;
         }
         Ok(())
+    }
+
+    /// Every CPU's destination slots that have counted anything, as
+    /// (CPU, slot index, slot): one system call per slot index.
+    pub fn destinations(&self) -> anyhow::Result<Vec<(u32, u32, DestSlot)>> {
+        let map = self
+            .ebpf
+            .map(names::DESTINATIONS_MAP)
+            .context("eBPF object has no destination map")?;
+        let array = PerCpuArray::<&MapData, DestSlot>::try_from(map)
+            .context("opening the destination map")?;
+        let mut used = Vec::new();
+        for index in 0..DEST_SLOTS {
+            let per_cpu = array
+                .get(&index, 0)
+                .context("reading the destination map")?;
+            for (cpu, slot) in per_cpu.iter().enumerate() {
+                if slot.syns != 0 || slot.half_open_started != 0 || slot.completions != 0 {
+                    used.push((cpu as u32, index, *slot));
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Every CPU's ring of sampled SYN sources.
+    pub fn source_samples(&self) -> anyhow::Result<Vec<SampleRing>> {
+        let map = self
+            .ebpf
+            .map(names::SOURCE_SAMPLES_MAP)
+            .context("eBPF object has no source sample map")?;
+        let array = PerCpuArray::<&MapData, SampleRing>::try_from(map)
+            .context("opening the source sample map")?;
+        let per_cpu = array.get(&0, 0).context("reading the source samples")?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
+    /// Starts poll `epoch` for the destination sketches, with `sample_mask`
+    /// for the source samples (see `teardown_common::dest`).
+    pub fn set_detect_control(&mut self, epoch: u64, sample_mask: u64) -> anyhow::Result<()> {
+        let mut control_map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(names::DETECT_CONTROL_MAP)
+                .context("eBPF object has no detection control map")?,
+        )
+        .context("opening the detection control map")?;
+        control_map
+            .set(control::SAMPLE_MASK, sample_mask, 0)
+            .context("setting the sampling mask")?;
+        control_map
+            .set(control::EPOCH, epoch, 0)
+            .context("setting the poll epoch")
     }
 
     /// Sets the clock the replay program runs on.

@@ -17,6 +17,8 @@ use teardown_common::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    alerts::AlertWatch,
+    detect::{AlertEvent, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     metrics::MetricsServer,
     output::{self, short_count},
@@ -46,6 +48,8 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
     /// Serve Prometheus metrics here (`None`: `--metrics-addr off`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// SYN-flood detection thresholds.
+    pub detect: DetectConfig,
 }
 
 /// How often ended connections are collected, whatever the report interval.
@@ -142,6 +146,7 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
         "evicted": stats.evicted,
         "events_lost": stats.events_lost,
         "syn_untracked": stats.syn_untracked,
+        "dest_collisions": stats.dest_collisions,
         "truncated_segments": stats.truncated_segments,
         "ended_by_conn_state": tracker.stats.by_conn_state,
         "ended_by_close": tracker.stats.by_close,
@@ -164,13 +169,21 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
         .map(|(port, count)| format!("{port}:{count}"))
         .collect();
     format!(
-        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}",
+        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}{}",
         tracker.live(),
         tracker.stats.by_close.values().sum::<u64>(),
         stats.events_lost,
         stats.insert_failed,
         stats.evicted,
         stats.syn_untracked,
+        if stats.dest_collisions > 0 {
+            format!(
+                ", SYNs not counted per destination {}",
+                stats.dest_collisions
+            )
+        } else {
+            String::new()
+        },
         if ports.is_empty() {
             String::new()
         } else {
@@ -207,6 +220,28 @@ impl ConnOutput {
         }
         Ok(())
     }
+
+    /// Prints SYN-flood alert events, and appends them to the log file.
+    fn emit_alerts(&mut self, events: &[AlertEvent]) -> anyhow::Result<()> {
+        for event in events {
+            // Events are made at the poll that just ran: now.
+            let object = event.json(unix_seconds());
+            if self.json {
+                output::print_json(&object);
+            } else {
+                println!("{}", event.human_line());
+            }
+            if let Some(log) = &mut self.log {
+                writeln!(log, "{object}").context("writing the connection log")?;
+            }
+        }
+        if let Some(log) = &mut self.log
+            && !events.is_empty()
+        {
+            log.flush().context("writing the connection log")?;
+        }
+        Ok(())
+    }
 }
 
 /// The flow table's clock minus CLOCK_MONOTONIC, in nanoseconds: read a few
@@ -231,6 +266,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Prometheus (metrics.rs): bound before anything is attached, so a taken
     // address fails the run with nothing to undo.
     let metrics = MetricsServer::for_run(&options).await?;
+    let mut alerts = AlertWatch::new(options.detect.clone())?;
     let log = match &options.log {
         Some(path) => Some(BufWriter::new(
             File::options()
@@ -251,6 +287,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let table = kernel.flow_table()?;
     let kernel_offset = calibrate_clock(&mut kernel)?;
     let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
+    alerts.start(&mut kernel)?;
     let mode = kernel.attach(&options.iface, options.mode)?;
     if options.direction == Direction::Both {
         kernel.attach_egress(&options.iface)?;
@@ -277,6 +314,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         clock: Clock::offset_from(kernel_now()),
     };
     let mut tracker = Tracker::new(options.timeouts);
+    tracker.watch_half_open_timeouts();
     let start = kernel.tallies()?;
     let mut previous = start;
     let mut previous_at = tokio::time::Instant::now();
@@ -300,9 +338,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.expire(kernel_now(), &table, &mut ended);
         output.emit(&ended)?;
         ended.clear();
+        let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        output.emit_alerts(&alert_events)?;
         if let Some(metrics) = &metrics {
             // Prometheus: every event poll, so a scrape is at most 100 ms behind.
             metrics.publish(&kernel, &start, &tracker)?;
+            metrics.update(|snapshot| {
+                snapshot.syn_flood_alerts = alerts.states();
+                snapshot.syn_flood_alerts_started = alerts.started;
+            });
         }
         if !report {
             continue;
@@ -316,6 +360,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         if options.json {
             let mut object = stats_json(&options.iface, &delta, seconds, &total);
             object["flows"] = flow_json(&flow_stats, &tracker);
+            object["alerts"] = alerts.summary_json();
             output::print_json(&object);
         } else {
             if rows.is_multiple_of(HEADER_EVERY) {
@@ -323,6 +368,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
             println!("{}", row(&delta, seconds, &total));
             println!("{}", flow_line(&flow_stats, &tracker));
+            println!("{}", alerts.summary_line());
             rows += 1;
         }
         previous = now;
@@ -334,6 +380,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
     output.emit(&ended)?;
+    output.emit_alerts(&alerts.finish())?;
     let flow_stats = kernel.flow_stats()?;
     drop(table);
     drop(kernel);

@@ -194,6 +194,10 @@ pub struct Tracker {
     /// Slots with a record not yet reported, and its generation.
     known: HashMap<u32, u32>,
     pub stats: TrackerStats,
+    /// Responders of the half-open records closed out here since the last
+    /// [`Tracker::take_half_open_timeouts`], when someone asked for them:
+    /// the kernel counts the other resolutions per destination itself.
+    half_open_timeouts: Option<Vec<(IpAddr, u16)>>,
 }
 
 impl Tracker {
@@ -203,7 +207,22 @@ impl Tracker {
             heap: BinaryHeap::new(),
             known: HashMap::new(),
             stats: TrackerStats::default(),
+            half_open_timeouts: None,
         }
+    }
+
+    /// Keeps the responders of half-open records closed out here, for
+    /// [`Tracker::take_half_open_timeouts`].
+    pub fn watch_half_open_timeouts(&mut self) {
+        self.half_open_timeouts.get_or_insert_with(Vec::new);
+    }
+
+    /// The responders of half-open records closed out here since the last call.
+    pub fn take_half_open_timeouts(&mut self) -> Vec<(IpAddr, u16)> {
+        self.half_open_timeouts
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Records being tracked.
@@ -326,14 +345,17 @@ impl Tracker {
             table.mark_reported(index, generation);
             self.known.remove(&index);
             self.stats.ended_in_user_space += 1;
-            if slot.conn.half_open() {
-                self.stats.half_open_closed += 1;
-            }
             let ended = Ended {
                 key: slot.key,
                 conn: slot.conn,
                 reason,
             };
+            if slot.conn.half_open() {
+                self.stats.half_open_closed += 1;
+                if let Some(timeouts) = &mut self.half_open_timeouts {
+                    timeouts.push(ended.endpoints().1);
+                }
+            }
             self.count(&ended);
             out.push(ended);
         }

@@ -1,0 +1,165 @@
+//! SYN-flood detection in the run loop: every poll, reads the kernel's
+//! per-destination counts, feeds them to the detector and keeps the state
+//! of each alert for the metrics and the live view.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::{
+    destinations::{DestinationFeed, KernelReading},
+    detect::{AlertEvent, DetectConfig, Detector, Phase},
+    kernel::Kernel,
+    metrics::AlertState,
+    tracker::{Tracker, monotonic_now_ns},
+};
+
+/// Ended alerts remembered (shown inactive in the metrics) at most.
+const ENDED_ALERTS_KEPT: usize = 256;
+
+pub struct AlertWatch {
+    feed: DestinationFeed,
+    detector: Detector,
+    /// Every alert target seen, whether its alert is active, and when it
+    /// last changed (for forgetting the oldest ended ones).
+    states: BTreeMap<String, (bool, u64)>,
+    pub started: u64,
+    /// The latest event of each active alert, for the live view.
+    active: BTreeMap<String, AlertEvent>,
+}
+
+impl AlertWatch {
+    /// Checks the thresholds; nothing touches the kernel yet.
+    pub fn new(config: DetectConfig) -> anyhow::Result<AlertWatch> {
+        let detector = Detector::new(config)?;
+        Ok(AlertWatch {
+            feed: DestinationFeed::new(),
+            detector,
+            states: BTreeMap::new(),
+            started: 0,
+            active: BTreeMap::new(),
+        })
+    }
+
+    /// Starts the kernel's first poll epoch; call once, before attaching.
+    pub fn start(&self, kernel: &mut Kernel) -> anyhow::Result<()> {
+        let (epoch, mask) = self.feed.next_control();
+        kernel
+            .set_detect_control(epoch - 1, mask)
+            .context("starting the SYN-flood counters")
+    }
+
+    /// One poll: the alert events it causes.
+    pub fn poll(
+        &mut self,
+        kernel: &mut Kernel,
+        tracker: &mut Tracker,
+    ) -> anyhow::Result<Vec<AlertEvent>> {
+        let (epoch, mask) = self.feed.next_control();
+        kernel.set_detect_control(epoch, mask)?;
+        let now_ns = monotonic_now_ns();
+        let reading = KernelReading {
+            slots: kernel.destinations()?,
+            rings: kernel.source_samples()?,
+        };
+        let tick = self
+            .feed
+            .tick(now_ns, &reading, &tracker.take_half_open_timeouts());
+        let events = self.detector.observe(&tick);
+        self.record(&events, now_ns);
+        Ok(events)
+    }
+
+    /// teardown is stopping: an `end` event for every alert in progress.
+    pub fn finish(&mut self) -> Vec<AlertEvent> {
+        let now_ns = monotonic_now_ns();
+        let events = self.detector.finish(now_ns);
+        self.record(&events, now_ns);
+        events
+    }
+
+    fn record(&mut self, events: &[AlertEvent], now_ns: u64) {
+        for event in events {
+            let target = event.target.to_string();
+            let active = event.phase != Phase::End;
+            if event.phase == Phase::Start {
+                self.started += 1;
+            }
+            self.states.insert(target.clone(), (active, now_ns));
+            if active {
+                self.active.insert(target, event.clone());
+            } else {
+                self.active.remove(&target);
+            }
+        }
+        while self.states.len() > ENDED_ALERTS_KEPT + self.active.len() {
+            let oldest = self
+                .states
+                .iter()
+                .filter(|(_, (active, _))| !active)
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(target, _)| target.clone());
+            match oldest {
+                Some(target) => self.states.remove(&target),
+                None => break,
+            };
+        }
+    }
+
+    /// Each alert target's state, for the metrics.
+    pub fn states(&self) -> Vec<AlertState> {
+        self.states
+            .iter()
+            .map(|(target, (active, _))| AlertState {
+                target: target.clone(),
+                active: *active,
+            })
+            .collect()
+    }
+
+    /// The latest event of each alert in progress.
+    pub fn active(&self) -> impl Iterator<Item = &AlertEvent> {
+        self.active.values()
+    }
+
+    /// The detector's figures, for the stats object.
+    pub fn summary_json(&self) -> Value {
+        let stats = self.detector.stats();
+        json!({
+            "active": self.active.keys().collect::<Vec<_>>(),
+            "started": self.started,
+            "destinations_watched": self.detector.tracked_targets(),
+            "destinations_dropped": stats.targets_evicted,
+            "counter_resets": stats.counter_resets,
+        })
+    }
+
+    /// One line for the human output: the alerts in progress, if any.
+    pub fn summary_line(&self) -> String {
+        let watched = self.detector.tracked_targets();
+        if self.active.is_empty() {
+            format!(
+                "alerts: none active, {} started; {watched} destinations watched",
+                self.started
+            )
+        } else {
+            let targets: Vec<String> = self
+                .active()
+                .map(|event| {
+                    format!(
+                        "{} at {} SYN/s",
+                        event.target,
+                        crate::output::short_count(event.syn_rate)
+                    )
+                })
+                .collect();
+            format!(
+                "alerts: {} ACTIVE ({}), {} started; {watched} destinations watched",
+                self.active.len(),
+                targets.join(", "),
+                self.started
+            )
+        }
+    }
+}
