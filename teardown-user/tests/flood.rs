@@ -23,6 +23,18 @@ use std::{
 use serde_json::Value;
 use support::*;
 
+/// The two tests take turns: a flood saturates this machine's cores, and a
+/// burst run beside it is then no longer a legitimate burst on a healthy
+/// host (its handshakes and teardown's polls are delayed, and the detector
+/// has been seen to alert on it).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// teardown's JSON lines, read as they come so the test can wait for an
 /// event; everything read is kept for the checks after teardown stops.
 struct JsonLines {
@@ -152,6 +164,7 @@ fn exchange(writer: &mut TcpStream, reader: &mut TcpStream, message: &[u8], repl
 /// connection (the canary) to the same listener open through it.
 #[test]
 fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_connections() {
+    let _turn = one_at_a_time();
     let lab = Lab::new();
     // The server answers the spoofed sources (with SYN cookies, once its
     // SYN queue is full) through the client, which drops what is not its
@@ -318,8 +331,9 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         sent > 20_000,
         "hping3 sent only {sent} SYNs in 4 s: {hping_text}"
     );
+    // hping3's own count may miss the last few it sent as it was stopped.
     assert!(
-        syns <= sent + 1 && syns * 10 >= sent * 9,
+        syns <= sent + 10 && syns * 10 >= sent * 9,
         "teardown counted {syns} SYNs; hping3 sent {sent} (and the canary 1)"
     );
     let first_flood_packet = *flood_times
@@ -411,11 +425,16 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         distinct > 1000.0,
         "spoofed sources: want > 1000 distinct, got {distinct}: {start}"
     );
-    assert_eq!(
-        start["top_sources"],
-        Value::Array(vec![]),
-        "no spoofed source has a share: {start}"
-    );
+    // Each spoofed address sends a SYN or two: none may be listed as a
+    // heavy hitter, at the start or later (detect.rs: "a spoofed flood has
+    // none, and lists none").
+    for event in &alerts {
+        assert_eq!(
+            event["top_sources"],
+            Value::Array(vec![]),
+            "no spoofed source has a share: {event}"
+        );
+    }
     assert_eq!(
         (start["target_addr"].as_str(), start["target_port"].as_u64()),
         (Some(SERVER_V4), Some(FLOOD_PORT as u64)),
@@ -524,6 +543,7 @@ fn connect_from(port: u16, server: std::net::SocketAddr) -> TcpStream {
 /// completes, so no alert may start; every connection is reported.
 #[test]
 fn a_burst_of_real_connections_above_the_syn_rate_floor_raises_no_alert() {
+    let _turn = one_at_a_time();
     let lab = Lab::new();
     let server = socket_addr(SERVER_V4, BURST_PORT);
     let capture = std::env::temp_dir().join(format!("{}-burst.pcap", lab.server_ns));
