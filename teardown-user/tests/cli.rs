@@ -199,3 +199,188 @@ fn metrics_address_in_use_fails_before_attaching() {
     let output = first.terminate();
     assert!(output.status.success(), "{output:?}");
 }
+
+/// Runs `teardown run` with `args` on an interface that does not exist: a
+/// value accepted by mistake then fails on the interface (and the needles
+/// catch it) instead of attaching to a real one and running on.
+fn run_with(args: &[&str]) -> Output {
+    let mut full = vec!["run", "--iface", "nosuchif0"];
+    full.extend_from_slice(args);
+    teardown(&full)
+}
+
+#[test]
+fn bad_detection_thresholds_name_the_flag_and_what_it_allows() {
+    let mut cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["--syn-rate-floor", "0"],
+            &["--syn-rate-floor", "above 0"],
+        ),
+        (
+            vec!["--syn-rate-floor=-5"],
+            &["--syn-rate-floor", "above 0"],
+        ),
+        (
+            vec!["--syn-rate-floor", "NaN"],
+            &["--syn-rate-floor", "finite"],
+        ),
+        (
+            vec!["--syn-rate-floor", "inf"],
+            &["--syn-rate-floor", "finite"],
+        ),
+        (
+            vec!["--syn-rate-floor", "abc"],
+            &["--syn-rate-floor", "not a number"],
+        ),
+        (
+            vec!["--baseline-multiple", "0.5"],
+            &["--baseline-multiple", "at least 1"],
+        ),
+        (
+            vec!["--baseline-multiple", "0"],
+            &["--baseline-multiple", "at least 1"],
+        ),
+        (
+            vec!["--baseline-multiple", "NaN"],
+            &["--baseline-multiple", "finite"],
+        ),
+        (
+            vec!["--baseline-multiple", "abc"],
+            &["--baseline-multiple", "not a number"],
+        ),
+        (
+            vec!["--completion-threshold", "150%"],
+            &["--completion-threshold", "at most 1"],
+        ),
+        (
+            vec!["--completion-threshold", "1.5"],
+            &["--completion-threshold", "at most 1"],
+        ),
+        (
+            vec!["--completion-threshold", "0"],
+            &["--completion-threshold", "above 0"],
+        ),
+        (
+            vec!["--completion-threshold", "0%"],
+            &["--completion-threshold", "above 0"],
+        ),
+        (
+            vec!["--completion-threshold=-10%"],
+            &["--completion-threshold", "above 0"],
+        ),
+        (
+            vec!["--completion-threshold", "NaN"],
+            &["--completion-threshold", "finite"],
+        ),
+        (
+            vec!["--completion-threshold", "abc"],
+            &["--completion-threshold", "0.5 or 50%"],
+        ),
+        (
+            vec!["--completion-threshold", "half%"],
+            &["--completion-threshold", "0.5 or 50%"],
+        ),
+        (
+            vec!["--half-open-threshold", "0"],
+            &["--half-open-threshold", "above 0"],
+        ),
+        (
+            vec!["--half-open-threshold", "1.5"],
+            &["--half-open-threshold", "whole number"],
+        ),
+        (
+            vec!["--half-open-threshold", "abc"],
+            &["--half-open-threshold", "whole number"],
+        ),
+        (vec!["--top-sources", "0"], &["--top-sources", "1 to 64"]),
+        (vec!["--top-sources", "65"], &["--top-sources", "1 to 64"]),
+        (
+            vec!["--top-sources", "five"],
+            &["--top-sources", "whole number"],
+        ),
+        (vec!["--max-targets", "0"], &["--max-targets", "above 0"]),
+        (
+            vec!["--max-targets", "abc"],
+            &["--max-targets", "whole number"],
+        ),
+    ];
+    for flag in [
+        "--baseline-half-life",
+        "--handshake-grace",
+        "--ratio-window",
+        "--alert-quiet",
+        "--alert-update",
+    ] {
+        cases.push((vec![flag, "0"], &["10ms to 1h"]));
+        cases.push((vec![flag, "abc"], &["not a duration"]));
+        cases.push((vec![flag, "NaN"], &["10ms to 1h"]));
+        cases.push((vec![flag, "5ms"], &["10ms to 1h"]));
+        cases.push((vec![flag, "2h"], &[]));
+    }
+    for (args, needles) in &cases {
+        let output = run_with(args);
+        let flag = args[0].split('=').next().expect("flag");
+        let mut needles = needles.to_vec();
+        needles.extend([flag, "teardown --help"]);
+        assert_one_line_error(&output, &needles);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// A negative value written as its own argument (`--syn-rate-floor -5`)
+/// must reach the flag's parser, not be taken for an unknown option.
+#[test]
+fn negative_detection_thresholds_name_the_flag() {
+    for (flag, value, allowed) in [
+        ("--syn-rate-floor", "-5", "above 0"),
+        ("--baseline-multiple", "-3", "at least 1"),
+        ("--completion-threshold", "-0.1", "above 0"),
+        ("--half-open-threshold", "-3", "whole number"),
+        ("--max-targets", "-1", "whole number"),
+        ("--top-sources", "-1", "whole number"),
+        ("--alert-quiet", "-1s", "10ms to 1h"),
+    ] {
+        let output = run_with(&[flag, value]);
+        assert_one_line_error(&output, &[flag, allowed, "teardown --help"]);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+    }
+}
+
+#[test]
+fn ratio_window_must_be_longer_than_the_handshake_grace() {
+    for args in [
+        &["--ratio-window", "50ms"][..],
+        &["--ratio-window", "80ms"][..],
+        &["--handshake-grace", "600ms"][..],
+        &["--handshake-grace", "1s", "--ratio-window", "1s"][..],
+    ] {
+        let output = run_with(args);
+        assert_one_line_error(
+            &output,
+            &["--ratio-window", "longer than --handshake-grace"],
+        );
+    }
+    // At the limit's good side, the thresholds pass and only the interface
+    // is missing.
+    let output = run_with(&["--handshake-grace", "100ms", "--ratio-window", "110ms"]);
+    assert_one_line_error(&output, &["no network interface named \"nosuchif0\""]);
+}
+
+#[test]
+fn unparsable_metrics_addresses_name_the_flag() {
+    for address in [
+        "999.1.1.1:9464",
+        "127.0.0.1:99999",
+        "127.0.0.1:",
+        "127.0.0.1",
+        "[::1]",
+        "::1:9464",
+        "localhost:http",
+        ":9464",
+        "",
+    ] {
+        let output = run_with(&["--metrics-addr", address]);
+        assert_one_line_error(&output, &["--metrics-addr", "HOST:PORT", "teardown --help"]);
+        assert_eq!(output.status.code(), Some(2), "{address:?}");
+    }
+}

@@ -212,6 +212,7 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "nftables",
     "prometheus",
+    "hping3",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {

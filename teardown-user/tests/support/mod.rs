@@ -327,3 +327,69 @@ pub fn final_totals(output: &Output) -> serde_json::Value {
         })["totals"]
         .clone()
 }
+
+/// Like [`start_tcpdump`], with tcpdump's own filter expression and options
+/// (e.g. `-c 100` to stop after that many packets) in `args`, placed before
+/// the filter.
+pub fn start_tcpdump_with(
+    ns: &str,
+    iface: &str,
+    capture: &std::path::Path,
+    args: &[&str],
+    filter: &str,
+) -> ChildGuard {
+    let tcpdump = ChildGuard::new(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface])
+            .args(["--immediate-mode", "-U", "-s", "128"])
+            .args(args)
+            .arg("-w")
+            .arg(capture)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tcpdump"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || capture.exists()),
+        "tcpdump did not start"
+    );
+    tcpdump
+}
+
+/// Packets of one TCP connection in a capture, counted by tshark:
+/// (`client` to `server`, `server` to `client`).
+pub fn connection_packets(
+    capture: &std::path::Path,
+    client: SocketAddr,
+    server: SocketAddr,
+) -> (u64, u64) {
+    let filter = |from: SocketAddr, to: SocketAddr| {
+        let ip = if from.is_ipv4() { "ip" } else { "ipv6" };
+        format!(
+            "({ip}.src == {} && tcp.srcport == {} && {ip}.dst == {} && tcp.dstport == {})",
+            from.ip(),
+            from.port(),
+            to.ip(),
+            to.port()
+        )
+    };
+    let output = run(Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(capture)
+        .args([
+            "-Y",
+            &format!("{} || {}", filter(client, server), filter(server, client)),
+        ])
+        .args(["-T", "fields", "-e", "tcp.dstport"]));
+    let mut counts = (0, 0);
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if line.trim() == server.port().to_string() {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+    counts
+}
