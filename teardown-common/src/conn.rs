@@ -413,14 +413,27 @@ impl Conn {
         self.ep[ORIG].state == SYN_SENT && self.ep[RESP].state == INACTIVE
     }
 
-    /// Whether the handshake has completed: the originator sent its SYN, the
-    /// responder its SYN-ACK, and the originator then acknowledged (a pure
-    /// ACK or data). A spoofed SYN's source never does, even when the host
-    /// answers it with a SYN-ACK.
+    /// Whether the handshake has completed: the responder sent its SYN-ACK
+    /// and the originator acknowledged it (a pure ACK or data). A spoofed
+    /// SYN's source never does, even when the host answers it with a
+    /// SYN-ACK. The originator's SYN need not be in the record: a SYN over
+    /// the half-open budget is counted but not tracked, and its connection
+    /// is tracked from the SYN-ACK on; its completion must count all the
+    /// same, or a legitimate surge would look like failing handshakes.
     #[inline(always)]
     pub fn handshake_completed(&self) -> bool {
-        const NEEDED: u32 = hist::SYN | hist::SYN << 16;
-        self.hist_seen & NEEDED == NEEDED && self.hist_seen & (hist::ACK | hist::DATA) != 0
+        self.hist_seen & hist::SYN << 16 != 0 && self.hist_seen & (hist::ACK | hist::DATA) != 0
+    }
+
+    /// Whether the originator has sent a SYN, the responder its SYN-ACK, and
+    /// nothing has acknowledged it: what a SYN flood leaves behind when the
+    /// host answers it (with SYN cookies, say). Two-sided, but with no
+    /// conversation to lose: such records may be evicted like one-sided ones.
+    #[inline(always)]
+    pub fn handshake_pending(&self) -> bool {
+        const SYNS: u32 = hist::SYN | hist::SYN << 16;
+        const ANYTHING_ELSE: u32 = (hist::ACK | hist::DATA | hist::FIN | hist::RST) * 0x1_0001;
+        self.hist_seen & SYNS == SYNS && self.hist_seen & ANYTHING_ELSE == 0
     }
 
     /// Whether a packet from endpoint `a` (if `from_a`) comes from the originator.

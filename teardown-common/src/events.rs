@@ -61,8 +61,9 @@ pub struct FlowStats {
     /// New connections not tracked: both slots of their set held live
     /// two-sided connections.
     pub insert_failed: u64,
-    /// One-sided records (half-open SYNs, lone midstream segments) pushed
-    /// out of a full set by a new connection before they ended.
+    /// One-sided records (half-open SYNs, lone midstream segments) and
+    /// unacknowledged handshakes pushed out of a full set by a new
+    /// connection before they ended.
     pub evicted: u64,
     /// Events dropped because the ring buffer was full.
     pub events_lost: u64,

@@ -128,6 +128,15 @@ impl Conn {
     pub fn is_one_sided(&self) -> bool {
         self.ep[ORIG].state == state::INACTIVE || self.ep[RESP].state == state::INACTIVE
     }
+
+    /// Whether a new connection may push this record out of a full set: it
+    /// is one-sided, or a handshake the originator never acknowledged
+    /// ([`Conn::handshake_pending`]: a flooded host's SYN-ACKs). Either way
+    /// there is no conversation to lose.
+    #[inline(always)]
+    pub fn is_evictable(&self) -> bool {
+        self.is_one_sided() || self.handshake_pending()
+    }
 }
 
 #[cfg(feature = "user")]

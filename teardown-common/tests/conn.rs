@@ -905,6 +905,17 @@ fn a_handshake_completes_with_the_originators_ack_of_the_syn_ack() {
     sim.client(SYN, 0).server(SYN | ACK, 0).client(RST, 0);
     assert!(!sim.conn().handshake_completed(), "a RST is no completion");
 
+    // The SYN went untracked (over the half-open budget): the record starts
+    // at the SYN-ACK, and the ACK still completes it.
+    let mut sim = Sim::new();
+    sim.server(SYN | ACK, 0);
+    assert!(!sim.conn().handshake_completed(), "the SYN-ACK alone");
+    sim.client(ACK, 0);
+    assert!(
+        sim.conn().handshake_completed(),
+        "the ACK after an untracked SYN"
+    );
+
     // Refused, and picked up midstream: never.
     let mut sim = Sim::new();
     sim.client(SYN, 0).server(RST | ACK, 0);
@@ -912,4 +923,29 @@ fn a_handshake_completes_with_the_originators_ack_of_the_syn_ack() {
     let mut sim = Sim::new();
     sim.client(ACK, 10).server(ACK, 0).client(ACK, 10);
     assert!(!sim.conn().handshake_completed(), "no handshake seen");
+}
+
+/// A flooded host that answers every SYN leaves records of a SYN and a
+/// SYN-ACK only; those may be evicted, anything with a conversation not.
+#[test]
+fn only_unacknowledged_handshakes_are_pending() {
+    let mut sim = Sim::new();
+    sim.client(SYN, 0);
+    assert!(!sim.conn().handshake_pending(), "a SYN alone is half-open");
+    sim.server(SYN | ACK, 0);
+    assert!(sim.conn().handshake_pending(), "SYN and SYN-ACK");
+    sim.server(SYN | ACK, 0);
+    assert!(sim.conn().handshake_pending(), "a retransmitted SYN-ACK");
+    sim.client(ACK, 0);
+    assert!(!sim.conn().handshake_pending(), "acknowledged");
+
+    let mut sim = Sim::new();
+    sim.client(SYN, 0).server(SYN | ACK, 0).client(RST, 0);
+    assert!(!sim.conn().handshake_pending(), "reset by the originator");
+    let mut sim = Sim::new();
+    sim.client(ACK, 10).server(ACK, 0);
+    assert!(!sim.conn().handshake_pending(), "midstream");
+    let mut sim = Sim::new();
+    sim.server(SYN | ACK, 0);
+    assert!(!sim.conn().handshake_pending(), "a SYN-ACK alone");
 }

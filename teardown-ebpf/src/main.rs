@@ -615,9 +615,10 @@ pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 
 
 /// Finds a slot for a connection not in the table and starts its record
 /// there: a free slot, else one whose record is past its deadline (handed to
-/// user space first), else one holding a one-sided record (evicted, and
-/// counted). Two-sided connections are never evicted; if both slots hold
-/// one, the new connection is not tracked (counted). Returns the slot, or
+/// user space first), else one holding a one-sided record or an
+/// unacknowledged handshake ([`Conn::is_evictable`]; evicted, and counted).
+/// Conversations are never evicted; if both slots hold one, the new
+/// connection is not tracked (counted). Returns the slot, or
 /// `u32::MAX`.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -657,8 +658,8 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         }
     }
     if chosen == WAYS as usize {
-        let one_sided = [ways[0].conn.is_one_sided(), ways[1].conn.is_one_sided()];
-        chosen = match one_sided {
+        let evictable = [ways[0].conn.is_evictable(), ways[1].conn.is_evictable()];
+        chosen = match evictable {
             [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
             [true, false] => 0,
             [false, true] => 1,

@@ -18,6 +18,12 @@ use crate::{
 /// Ended alerts remembered (shown inactive in the metrics) at most.
 const ENDED_ALERTS_KEPT: usize = 256;
 
+/// The shortest time between two polls. The run loop may wake twice in a
+/// row (its report tick and its poll tick); a second poll a few
+/// milliseconds after the first would measure a rate over a sliver of time,
+/// where a clump of SYNs reads as a flood.
+const MIN_POLL_GAP_NS: u64 = 90_000_000;
+
 pub struct AlertWatch {
     feed: DestinationFeed,
     detector: Detector,
@@ -27,6 +33,7 @@ pub struct AlertWatch {
     pub started: u64,
     /// The latest event of each active alert, for the live view.
     active: BTreeMap<String, AlertEvent>,
+    last_poll_ns: u64,
 }
 
 impl AlertWatch {
@@ -39,6 +46,7 @@ impl AlertWatch {
             states: BTreeMap::new(),
             started: 0,
             active: BTreeMap::new(),
+            last_poll_ns: 0,
         })
     }
 
@@ -50,15 +58,20 @@ impl AlertWatch {
             .context("starting the SYN-flood counters")
     }
 
-    /// One poll: the alert events it causes.
+    /// One poll: the alert events it causes. Nothing if the last poll was
+    /// less than [`MIN_POLL_GAP_NS`] ago.
     pub fn poll(
         &mut self,
         kernel: &mut Kernel,
         tracker: &mut Tracker,
     ) -> anyhow::Result<Vec<AlertEvent>> {
+        if monotonic_now_ns().saturating_sub(self.last_poll_ns) < MIN_POLL_GAP_NS {
+            return Ok(Vec::new());
+        }
         let (epoch, mask) = self.feed.next_control();
         kernel.set_detect_control(epoch, mask)?;
         let now_ns = monotonic_now_ns();
+        self.last_poll_ns = now_ns;
         let reading = KernelReading {
             slots: kernel.destinations()?,
             rings: kernel.source_samples()?,

@@ -75,8 +75,8 @@
 //! kernel's sampling rate; `syns` is the number of SYNs the source sent
 //! during the alert for certain (it may have sent up to `error` more), and
 //! `share` is `syns` over all the SYNs the alert's samples stand for. Only
-//! sources with a share of at least 1 % are listed: a spoofed flood has
-//! none, and lists none. The
+//! sources with a share of at least 1 %, and at least five samples' worth,
+//! are listed: a spoofed flood has none, and lists none. The
 //! `distinct_sources` estimate is the HyperLogLog union of every poll's
 //! sketch during the alert (standard error 13 %): tens of thousands or more
 //! means spoofed sources, a handful means a few real senders.
@@ -240,6 +240,8 @@ pub struct SpaceSaving {
     capacity: usize,
     counters: HashMap<IpAddr, (u64, u64)>,
     total: u64,
+    /// Samples inserted (merges add the other summary's).
+    samples: u64,
 }
 
 impl SpaceSaving {
@@ -249,11 +251,15 @@ impl SpaceSaving {
             capacity: capacity.max(1),
             counters: HashMap::with_capacity(capacity.max(1)),
             total: 0,
+            samples: 0,
         }
     }
 
     /// Counts `weight` for `addr`.
     pub fn insert(&mut self, addr: IpAddr, weight: u64) {
+        if weight > 0 {
+            self.samples += 1;
+        }
         self.insert_with_error(addr, weight, 0);
     }
 
@@ -296,6 +302,7 @@ impl SpaceSaving {
         for (addr, (count, error)) in entries {
             self.insert_with_error(*addr, *count, *error);
         }
+        self.samples += other.samples;
     }
 
     /// The `n` largest: (address, count, error), the largest guaranteed
@@ -321,6 +328,11 @@ impl SpaceSaving {
     /// Total weight inserted.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Samples inserted.
+    pub fn samples(&self) -> u64 {
+        self.samples
     }
 
     /// Addresses held (at most the capacity).
@@ -591,20 +603,20 @@ pub struct DetectArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "FLOWS", default_value = "2000", value_parser = parse_positive_u64)]
     pub half_open_threshold: u64,
     /// Half-life of the learned SYN-rate baseline.
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_timeout)]
     pub baseline_half_life: Duration,
     /// A SYN younger than this is still in progress, not failed: your
     /// clients' worst round trip.
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "80ms", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "80ms", value_parser = crate::parse_timeout)]
     pub handshake_grace: Duration,
     /// How far back the completion ratio looks (longer than the grace).
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "500ms", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "500ms", value_parser = crate::parse_timeout)]
     pub ratio_window: Duration,
     /// An alert ends after this long without a flooding poll.
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_timeout)]
     pub alert_quiet: Duration,
     /// Interval of an alert's update events.
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_interval)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_timeout)]
     pub alert_update: Duration,
     /// Heaviest sources listed per alert.
     #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "5", value_parser = parse_top_sources)]
@@ -884,6 +896,10 @@ pub struct DetectStats {
 /// A spoofed flood has no such source, and lists none, rather than random
 /// addresses whose counts are all summary error.
 const MIN_TOP_SHARE: f64 = 0.01;
+/// And only when its guaranteed weight is worth at least this many samples:
+/// early in an alert, with a few dozen samples, one sample of a spoofed
+/// address is a share of several percent.
+const MIN_TOP_SAMPLES: f64 = 5.0;
 /// Sample weights are kept in 1/1024 SYN, so a sample standing for 1.5 SYNs
 /// is not rounded to 1 or 2.
 const WEIGHT_SCALE: u64 = 1024;
@@ -1084,6 +1100,7 @@ impl Scope {
         let alert = self.alert.as_ref().expect("an event belongs to an alert");
         let total = alert.sources.total().max(1) as f64;
         let scale = WEIGHT_SCALE as f64;
+        let per_sample = total / alert.sources.samples().max(1) as f64;
         AlertEvent {
             phase,
             target,
@@ -1102,7 +1119,10 @@ impl Scope {
                     error: error as f64 / scale,
                     share: (count - error) as f64 / total,
                 })
-                .filter(|source| source.share >= MIN_TOP_SHARE)
+                .filter(|source| {
+                    source.share >= MIN_TOP_SHARE
+                        && source.syns * scale >= MIN_TOP_SAMPLES * per_sample
+                })
                 .collect(),
             distinct_sources: alert.registers.as_ref().map(|r| hll_estimate(r)),
             triggers: self.last.triggers,
@@ -1580,6 +1600,8 @@ mod tests {
         streams: Vec<Stream>,
         targets: BTreeMap<TargetKey, SimTarget>,
         samples: Vec<(TargetKey, IpAddr)>,
+        /// One SYN in this many is sampled.
+        sample_every: u64,
         syn_count: u64,
         detector: Detector,
         events: Vec<AlertEvent>,
@@ -1601,6 +1623,7 @@ mod tests {
                 streams: Vec::new(),
                 targets: BTreeMap::new(),
                 samples: Vec::new(),
+                sample_every: 8,
                 syn_count: 0,
                 detector,
                 events: Vec::new(),
@@ -1638,7 +1661,7 @@ mod tests {
                     }
                     hll_add(registers, source_hash(source));
                     self.syn_count += 1;
-                    if self.syn_count.is_multiple_of(8) {
+                    if self.syn_count.is_multiple_of(self.sample_every) {
                         self.samples.push((stream.target, source));
                     }
                 }
@@ -1842,6 +1865,61 @@ mod tests {
                 "phase {phase_ms}: first alert {latency} ms after the first SYN"
             );
         }
+    }
+
+    #[test]
+    fn sparse_samples_of_a_spoofed_flood_name_no_source() {
+        // Sparse sampling, as at the start of a flood: 25 samples a poll,
+        // so the start event rests on a few dozen samples, each of which
+        // alone is a share of several percent.
+        let mut sim = Sim::new(DetectConfig::default());
+        sim.sample_every = 200;
+        let a = dest(A);
+        let start = T0 + 1_000;
+        sim.streams.push(stream(
+            a,
+            50_000.0,
+            start,
+            start + 3_000,
+            None,
+            Sources::Random(7),
+        ));
+        sim.run_until(start + 6_000);
+        let log = describe(&sim.events);
+        let events = sim.events_for(AlertTarget::Dest(a));
+        assert!(!events.is_empty(), "no alert:\n{log}");
+        for event in events {
+            assert!(
+                event.top_sources.is_empty(),
+                "spoofed sources listed:\n{log}"
+            );
+        }
+
+        // One real sender still shows at once.
+        let mut sim = Sim::new(DetectConfig::default());
+        sim.sample_every = 200;
+        let b = dest(B);
+        let sender = ip("198.51.100.7");
+        sim.streams.push(stream(
+            b,
+            20_000.0,
+            start,
+            start + 3_000,
+            None,
+            Sources::Few(vec![sender]),
+        ));
+        sim.run_until(start + 1_000);
+        let log = describe(&sim.events);
+        let first = sim
+            .events_for(AlertTarget::Dest(b))
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("no alert:\n{log}"));
+        assert_eq!(
+            first.top_sources.first().map(|source| source.addr),
+            Some(sender),
+            "{log}"
+        );
     }
 
     #[test]

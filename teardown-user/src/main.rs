@@ -126,24 +126,19 @@ impl TimerArgs {
     }
 }
 
-/// Like [`parse_interval`], up to a day.
+/// Parses a timeout: like [`parse_interval`], up to a day, and also in hours ("2h").
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Some(hours) = text.strip_suffix('h') {
-        let hours: f64 = hours
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration: use e.g. 30s, 5m or 1h"))?;
-        if !(hours.is_finite() && hours > 0.0 && hours <= 24.0) {
-            return Err(format!("{text:?} is out of range: use 10ms to 24h"));
-        }
-        return Ok(Duration::from_secs_f64(hours * 3600.0));
-    }
-    parse_interval(text)
+    parse_duration(text, 86_400.0, "10ms to 24h")
 }
 
 /// Parses "1s", "250ms", "2m" or "1.5" (seconds) into a positive duration of at most an hour.
 fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration(text, 3_600.0, "10ms to 1h")
+}
+
+/// A duration with a unit (ms, s, m, h) or in plain seconds, from 10 ms to
+/// `max_seconds`; `range` says so in the error.
+fn parse_duration(text: &str, max_seconds: f64, range: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
         (n, 0.001)
@@ -151,6 +146,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = text.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (text, 1.0)
     };
@@ -159,8 +156,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration: use e.g. 1s, 500ms or 2m"))?;
     let seconds = value * unit_seconds;
-    if !(seconds.is_finite() && (0.01..=3600.0).contains(&seconds)) {
-        return Err(format!("{text:?} is out of range: use 10ms to 1h"));
+    if !(seconds.is_finite() && (0.01..=max_seconds).contains(&seconds)) {
+        return Err(format!("{text:?} is out of range: use {range}"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -311,11 +311,11 @@ fn bad_detection_thresholds_name_the_flag_and_what_it_allows() {
         "--alert-quiet",
         "--alert-update",
     ] {
-        cases.push((vec![flag, "0"], &["10ms to 1h"]));
+        cases.push((vec![flag, "0"], &["10ms to 24h"]));
         cases.push((vec![flag, "abc"], &["not a duration"]));
-        cases.push((vec![flag, "NaN"], &["10ms to 1h"]));
-        cases.push((vec![flag, "5ms"], &["10ms to 1h"]));
-        cases.push((vec![flag, "2h"], &[]));
+        cases.push((vec![flag, "NaN"], &["10ms to 24h"]));
+        cases.push((vec![flag, "5ms"], &["10ms to 24h"]));
+        cases.push((vec![flag, "25h"], &["10ms to 24h"]));
     }
     for (args, needles) in &cases {
         let output = run_with(args);
@@ -338,7 +338,7 @@ fn negative_detection_thresholds_name_the_flag() {
         ("--half-open-threshold", "-3", "whole number"),
         ("--max-targets", "-1", "whole number"),
         ("--top-sources", "-1", "whole number"),
-        ("--alert-quiet", "-1s", "10ms to 1h"),
+        ("--alert-quiet", "-1s", "10ms to 24h"),
     ] {
         let output = run_with(&[flag, value]);
         assert_one_line_error(&output, &[flag, allowed, "teardown --help"]);
