@@ -288,6 +288,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let kernel_offset = calibrate_clock(&mut kernel)?;
     let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
     alerts.start(&mut kernel)?;
+    // The counters' starting point, before anything is attached: a packet
+    // that arrives as soon as the program is attached must count.
+    let start = kernel.tallies()?;
     let mode = kernel.attach(&options.iface, options.mode)?;
     if options.direction == Direction::Both {
         kernel.attach_egress(&options.iface)?;
@@ -315,7 +318,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let mut tracker = Tracker::new(options.timeouts);
     tracker.watch_half_open_timeouts();
-    let start = kernel.tallies()?;
     let mut previous = start;
     let mut previous_at = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(options.interval);
