@@ -2,6 +2,7 @@
 
 mod bench;
 mod capture;
+mod dashboard;
 // The SYN-flood detection core; the run loop wires it in next.
 #[allow(dead_code)]
 mod detect;
@@ -45,6 +46,10 @@ enum Command {
         /// one conn object per ended connection.
         #[arg(long)]
         json: bool,
+        /// Scrolling lines even when stdout is a terminal, instead of the
+        /// live dashboard (a pipe or file always gets lines).
+        #[arg(long, conflicts_with = "json")]
+        plain: bool,
         /// Watch both directions (XDP ingress and TC egress) or ingress only.
         #[arg(long, value_enum, default_value = "both")]
         direction: run::Direction,
@@ -204,6 +209,7 @@ fn main() -> ExitCode {
             mode,
             interval,
             json,
+            plain,
             direction,
             timers,
             max_flows,
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
                     mode,
                     interval,
                     json,
+                    plain,
                     direction,
                     timeouts: timers.timeouts(),
                     max_flows,
