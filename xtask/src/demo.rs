@@ -737,7 +737,7 @@ fn tell_story(lab: &DemoLab, options: &DemoOptions, narrator: &mut Narrator) -> 
 
     let quiet = if options.check { settle } else { 20.0 };
     narrator.tell(&[
-        &format!("act 6/{acts}: quiet for {quiet:.0} s: the flood's half-open SYNs time out (S0 half_open, by port)"),
+        &format!("act 6/{acts}: quiet for {quiet:.0} s: the flood's records end, S0 half_open or S1/OTH idle (the SYN-ACK went nowhere)"),
         "expect: rates back to 0, half-open drains; the alert ends",
     ]);
     narrator.pause(quiet)?;
