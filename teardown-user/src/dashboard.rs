@@ -357,10 +357,12 @@ fn give_back_screen() {
     let _ = out.flush();
 }
 
-/// Whether stdout is a terminal (the dashboard's precondition).
-pub fn stdout_is_terminal() -> bool {
+/// Whether stdout is a terminal that can show the dashboard: not a pipe or
+/// file, and not `TERM=dumb` (which does not move the cursor).
+pub fn stdout_can_show_dashboard() -> bool {
     // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
+    let terminal = unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 };
+    terminal && std::env::var("TERM").map_or(true, |term| term != "dumb")
 }
 
 /// The screen, taken over while this guard lives. Dropping it gives the

@@ -224,7 +224,7 @@ enum Screen {
 
 impl Screen {
     fn new(options: &RunOptions, attachment: String) -> anyhow::Result<Screen> {
-        if options.json || options.plain || !dashboard::stdout_is_terminal() {
+        if options.json || options.plain || !dashboard::stdout_can_show_dashboard() {
             return Ok(Screen::Plain { rows: 0 });
         }
         let mut dashboard = Live::start(options.iface.clone(), attachment)?;
@@ -276,8 +276,9 @@ impl Screen {
         }
     }
 
-    /// An alert started, changed or ended (one line): printed, or added to
-    /// the dashboard's alert log.
+    /// An alert started, changed or ended (one line, e.g.
+    /// `AlertEvent::human_line`): printed, or added to the dashboard's alert
+    /// log. Not for `--json`, which prints the event's JSON instead.
     #[allow(dead_code)] // called once SYN-flood alerts are wired into the run loop
     fn alert_event(&mut self, line: String) {
         match self {
