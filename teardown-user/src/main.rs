@@ -3,6 +3,7 @@
 mod alerts;
 mod bench;
 mod capture;
+mod dashboard;
 mod destinations;
 mod detect;
 mod kernel;
@@ -47,6 +48,10 @@ enum Command {
         /// one conn object per ended connection.
         #[arg(long)]
         json: bool,
+        /// Scrolling lines even when stdout is a terminal, instead of the
+        /// live dashboard (a pipe or file always gets lines).
+        #[arg(long, conflicts_with = "json")]
+        plain: bool,
         /// Watch both directions (XDP ingress and TC egress) or ingress only.
         #[arg(long, value_enum, default_value = "both")]
         direction: run::Direction,
@@ -205,6 +210,7 @@ fn main() -> ExitCode {
             mode,
             interval,
             json,
+            plain,
             direction,
             timers,
             max_flows,
@@ -222,6 +228,7 @@ fn main() -> ExitCode {
                     mode,
                     interval,
                     json,
+                    plain,
                     direction,
                     timeouts: timers.timeouts(),
                     max_flows,

@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     alerts::AlertWatch,
+    dashboard::{self, CounterFigure, FlowFigures, Live},
     detect::{AlertEvent, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     metrics::MetricsServer,
@@ -40,6 +41,8 @@ pub struct RunOptions {
     pub mode: AttachMode,
     pub interval: Duration,
     pub json: bool,
+    /// Scrolling lines even when stdout is a terminal (no dashboard).
+    pub plain: bool,
     pub direction: Direction,
     pub timeouts: Timeouts,
     pub max_flows: u32,
@@ -192,6 +195,141 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
     )
 }
 
+/// The flow table's figures as the dashboard shows them.
+fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
+    let most_first = |map: &std::collections::BTreeMap<&'static str, u64>| {
+        let mut list: Vec<(String, u64)> = map
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(name, count)| (name.to_string(), *count))
+            .collect();
+        list.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        list
+    };
+    let mut ports: Vec<(u16, u64)> = tracker
+        .stats
+        .half_open_by_port
+        .iter()
+        .map(|(port, count)| (*port, *count))
+        .collect();
+    ports.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    ports.truncate(5);
+    FlowFigures {
+        tracked: tracker.live() as u64,
+        half_open: tracker.half_open(stats),
+        ended: tracker.stats.by_close.values().sum(),
+        ended_by_close: most_first(&tracker.stats.by_close),
+        ended_by_conn_state: most_first(&tracker.stats.by_conn_state),
+        events_lost: stats.events_lost,
+        insert_failed: stats.insert_failed,
+        evicted: stats.evicted,
+        syn_untracked: stats.syn_untracked,
+        half_open_timeouts_by_port: ports,
+    }
+}
+
+/// Where the human output goes: scrolling lines (a pipe, or `--plain`), or
+/// the live dashboard when stdout is a terminal. `--json` never comes here.
+enum Screen {
+    Plain { rows: usize },
+    Dashboard(Box<Live>),
+}
+
+impl Screen {
+    fn new(options: &RunOptions, attachment: String) -> anyhow::Result<Screen> {
+        if options.json || options.plain || !dashboard::stdout_can_show_dashboard() {
+            return Ok(Screen::Plain { rows: 0 });
+        }
+        let mut dashboard = Live::start(options.iface.clone(), attachment)?;
+        dashboard.draw(clock_time())?;
+        Ok(Screen::Dashboard(Box::new(dashboard)))
+    }
+
+    fn connection(&mut self, record: &Ended) {
+        match self {
+            Screen::Plain { .. } => println!("{}", record.human_line()),
+            Screen::Dashboard(dashboard) => dashboard.snapshot.push_teardown(record.human_line()),
+        }
+    }
+
+    /// One report interval's figures: rows of the table, or a redrawn dashboard.
+    fn report(
+        &mut self,
+        delta: &Counters,
+        seconds: f64,
+        total: &Counters,
+        flow_stats: &FlowStats,
+        tracker: &Tracker,
+    ) -> anyhow::Result<()> {
+        match self {
+            Screen::Plain { rows } => {
+                if rows.is_multiple_of(HEADER_EVERY) {
+                    println!("{}", header());
+                }
+                println!("{}", row(delta, seconds, total));
+                println!("{}", flow_line(flow_stats, tracker));
+                *rows += 1;
+                Ok(())
+            }
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.counters = ROW_COUNTERS
+                    .iter()
+                    .map(|(counter, label)| CounterFigure {
+                        label: label.trim_end_matches("/s"),
+                        per_second: delta.get(*counter) as f64 / seconds,
+                        total: total.get(*counter),
+                    })
+                    .collect();
+                dashboard.snapshot.flows = flow_figures(flow_stats, tracker);
+                dashboard.draw(clock_time())
+            }
+        }
+    }
+
+    /// An alert started, changed or ended (one line, e.g.
+    /// `AlertEvent::human_line`): printed, or added to the dashboard's alert
+    /// log. Not for `--json`, which prints the event's JSON instead.
+    fn alert_event(&mut self, line: String) {
+        match self {
+            Screen::Plain { .. } => println!("{line}"),
+            Screen::Dashboard(dashboard) => dashboard.snapshot.push_alert_event(line),
+        }
+    }
+
+    /// The ongoing alerts, one line each, shown at the top of the dashboard
+    /// (the plain lines already carry each alert's events).
+    fn set_active_alerts(&mut self, lines: Vec<String>) {
+        if let Screen::Dashboard(dashboard) = self {
+            dashboard.snapshot.active_alerts = lines;
+        }
+    }
+
+    /// The alert summary after each report's rows (the dashboard shows the
+    /// alerts themselves).
+    fn alert_summary(&mut self, line: String) {
+        if let Screen::Plain { .. } = self {
+            println!("{line}");
+        }
+    }
+
+    /// Between reports: redraws the dashboard a few times a second, so new
+    /// teardowns and the uptime move.
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        match self {
+            Screen::Dashboard(dashboard) => dashboard.draw_if_due(clock_time),
+            Screen::Plain { .. } => Ok(()),
+        }
+    }
+
+    /// Gives the terminal back, if the dashboard had it (returns whether);
+    /// what follows is printed as lines.
+    fn leave(&mut self) -> bool {
+        let was_dashboard = matches!(self, Screen::Dashboard(_));
+        *self = Screen::Plain { rows: 0 };
+        was_dashboard
+    }
+}
+
 /// Prints ended connections, and appends them to the log file if any.
 struct ConnOutput {
     json: bool,
@@ -200,7 +338,7 @@ struct ConnOutput {
 }
 
 impl ConnOutput {
-    fn emit(&mut self, ended: &[Ended]) -> anyhow::Result<()> {
+    fn emit(&mut self, ended: &[Ended], screen: &mut Screen) -> anyhow::Result<()> {
         for record in ended {
             if self.json || self.log.is_some() {
                 let object = record.json(&self.clock);
@@ -212,7 +350,7 @@ impl ConnOutput {
                 }
             }
             if !self.json {
-                println!("{}", record.human_line());
+                screen.connection(record);
             }
         }
         if let Some(log) = &mut self.log {
@@ -222,14 +360,14 @@ impl ConnOutput {
     }
 
     /// Prints SYN-flood alert events, and appends them to the log file.
-    fn emit_alerts(&mut self, events: &[AlertEvent]) -> anyhow::Result<()> {
+    fn emit_alerts(&mut self, events: &[AlertEvent], screen: &mut Screen) -> anyhow::Result<()> {
         for event in events {
             // Events are made at the poll that just ran: now.
             let object = event.json(unix_seconds());
             if self.json {
                 output::print_json(&object);
             } else {
-                println!("{}", event.human_line());
+                screen.alert_event(event.human_line());
             }
             if let Some(log) = &mut self.log {
                 writeln!(log, "{object}").context("writing the connection log")?;
@@ -295,15 +433,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.direction == Direction::Both {
         kernel.attach_egress(&options.iface)?;
     }
-    eprintln!(
-        "teardown: watching {} ({mode} XDP{}), every {:?}; Ctrl-C to stop",
-        options.iface,
+    let attachment = format!(
+        "{mode} XDP{}",
         if options.direction == Direction::Both {
             " + TC egress"
         } else {
             ", ingress only"
-        },
-        options.interval
+        }
+    );
+    eprintln!(
+        "teardown: watching {} ({attachment}), every {:?}; Ctrl-C to stop",
+        options.iface, options.interval
     );
     if let Some(metrics) = &metrics {
         eprintln!(
@@ -326,8 +466,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(EVENT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut rows = 0usize;
     let mut ended = Vec::new();
+    // Taken last, once the signals that end the loop are caught, so the
+    // terminal is given back on every way out (its guard drops).
+    let mut screen = Screen::new(&options, attachment)?;
     loop {
         let report = tokio::select! {
             _ = ticker.tick() => true,
@@ -338,10 +480,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.drain_events(&mut events, &mut ended);
         tracker.take_changes(&table);
         tracker.expire(kernel_now(), &table, &mut ended);
-        output.emit(&ended)?;
+        output.emit(&ended, &mut screen)?;
         ended.clear();
         let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
-        output.emit_alerts(&alert_events)?;
+        output.emit_alerts(&alert_events, &mut screen)?;
+        if !alert_events.is_empty() {
+            screen.set_active_alerts(alerts.active().map(AlertEvent::human_line).collect());
+        }
         if let Some(metrics) = &metrics {
             // Prometheus: every event poll, so a scrape is at most 100 ms behind.
             metrics.publish(&kernel, &start, &tracker)?;
@@ -351,6 +496,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             });
         }
         if !report {
+            screen.refresh()?;
             continue;
         }
         let now = kernel.tallies()?;
@@ -365,13 +511,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             object["alerts"] = alerts.summary_json();
             output::print_json(&object);
         } else {
-            if rows.is_multiple_of(HEADER_EVERY) {
-                println!("{}", header());
-            }
-            println!("{}", row(&delta, seconds, &total));
-            println!("{}", flow_line(&flow_stats, &tracker));
-            println!("{}", alerts.summary_line());
-            rows += 1;
+            screen.report(&delta, seconds, &total, &flow_stats, &tracker)?;
+            screen.alert_summary(alerts.summary_line());
         }
         previous = now;
         previous_at = now_at;
@@ -381,8 +522,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // capture; then dropping the kernel handle detaches the programs.
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
-    output.emit(&ended)?;
-    output.emit_alerts(&alerts.finish())?;
+    output.emit(&ended, &mut screen)?;
+    // After a dashboard, the records of connections still open (thousands
+    // after a flood) would bury the totals: they are counted, and logged.
+    if screen.leave() && !ended.is_empty() {
+        eprintln!(
+            "teardown: {} connections still open at exit are not listed{}",
+            ended.len(),
+            match &options.log {
+                Some(path) => format!(" (they are in {})", path.display()),
+                None => " (--log FILE keeps every record, --plain lists them)".to_string(),
+            }
+        );
+    }
+    // Alerts still in progress end here, printed after the dashboard.
+    output.emit_alerts(&alerts.finish(), &mut screen)?;
     let flow_stats = kernel.flow_stats()?;
     drop(table);
     drop(kernel);

@@ -373,6 +373,10 @@ impl Tracker {
                 continue;
             }
             table.mark_reported(index, slot.generation);
+            if slot.conn.half_open() {
+                // No longer in progress: the half-open gauge drops to 0.
+                self.stats.half_open_closed += 1;
+            }
             ended.push(Ended {
                 key: slot.key,
                 conn: slot.conn,

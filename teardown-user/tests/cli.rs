@@ -99,6 +99,10 @@ fn bad_flag_values() {
             &["run", "--iface", "lo", "--metrics-addr", "example.com:9464"][..],
             "HOST:PORT",
         ),
+        (
+            &["run", "--iface", "lo", "--plain", "--json"][..],
+            "cannot be used with",
+        ),
         (&["bench", "--repeat", "0"][..], "--repeat"),
         (&["run"][..], "--iface"),
         (&["replay"][..], "FILES"),

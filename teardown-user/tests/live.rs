@@ -102,9 +102,15 @@ fn counters_equal_what_real_tcp_connections_sent() {
     for address in [SERVER_V4, SERVER_V6] {
         let stop = stop.clone();
         let bind = socket_addr(address, OPEN_PORT);
-        servers.push(in_netns(&lab.server_ns, move || {
-            serve(TcpListener::bind(bind).expect("bind"), stop)
-        }));
+        // Bound before any client connects (a listener bound in a thread
+        // of its own raced the clients and was refused under load); the
+        // socket stays in the server's namespace whatever thread serves it.
+        let listener = in_netns(&lab.server_ns, move || {
+            TcpListener::bind(bind).expect("bind")
+        })
+        .join()
+        .expect("bind thread");
+        servers.push(std::thread::spawn(move || serve(listener, stop)));
     }
 
     let plan: &[(Close, usize)] = &[(Close::Graceful, 5), (Close::Reset, 3), (Close::Refused, 2)];

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds, runs, tests and benchmarks teardown, provisioning
 //! what is missing on the way.
 
+mod demo;
 mod provision;
 
 use std::{
@@ -32,6 +33,22 @@ enum Task {
         /// Arguments for `teardown run`, e.g. --iface eth0 --json.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// A self-contained lab: two network namespaces, a TCP server, teardown's
+    /// live dashboard on the server's side, and a scripted story (graceful
+    /// closes, resets, refused connects, a half-close, a SYN flood). As root.
+    Demo {
+        /// Seconds the SYN flood lasts.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        flood_seconds: u64,
+        /// Leave out the SYN flood.
+        #[arg(long)]
+        no_flood: bool,
+        /// Non-interactive, for CI: no pauses to read, plain lines, and fail
+        /// unless teardown reported graceful (SF), reset (RSTO/RSTR) and
+        /// refused (REJ) connections.
+        #[arg(long)]
+        check: bool,
     },
     /// Unit, replay and live tests (needs root, ../shared and a few Debian packages).
     Test {
@@ -240,15 +257,17 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
             .args(args),
     )
     .context("tests failed");
-    remove_leftover_namespaces();
+    remove_leftover_namespaces("td-", "test");
     result
 }
 
-/// Test namespaces are named `td-<role>-<pid>-<n>` and deleted by the tests
-/// themselves, even when they fail; this catches a test process that was
-/// killed outright. A namespace whose process still runs belongs to another
-/// test run on this machine and is left alone.
-fn remove_leftover_namespaces() {
+/// Test namespaces are named `td-<role>-<pid>-<n>` (the demo's
+/// `td-demo-<pid>-<role>`) and deleted by the tests (the demo) themselves,
+/// even when they fail; this catches a process that was killed outright. A
+/// namespace whose process still runs belongs to another test run or demo
+/// on this machine and is left alone. Only names starting with `prefix` are
+/// considered.
+pub fn remove_leftover_namespaces(prefix: &str, kind: &str) {
     let Ok(list) = command_output(Command::new("ip").args(["netns", "list"])) else {
         return;
     };
@@ -261,8 +280,8 @@ fn remove_leftover_namespaces() {
             .nth(2)
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if name.starts_with("td-") && !owner_alive {
-            say(&format!("removing leftover test namespace {name}"));
+        if name.starts_with(prefix) && !owner_alive {
+            say(&format!("removing leftover {kind} namespace {name}"));
             let _ = Command::new("ip").args(["netns", "delete", name]).status();
         }
     }
@@ -305,6 +324,20 @@ fn main() -> ExitCode {
             full.extend(args);
             run_teardown(&binary, &full)
         }),
+        Task::Demo {
+            flood_seconds,
+            no_flood,
+            check,
+        } => demo::prepare()
+            .and_then(|()| build_release())
+            .and_then(|teardown| {
+                demo::demo(demo::DemoOptions {
+                    teardown,
+                    flood_seconds,
+                    no_flood,
+                    check,
+                })
+            }),
         Task::Test { args } => test(&args),
         Task::Bench { args } => build_release().and_then(|binary| {
             let mut full = vec![OsString::from("bench"), OsString::from("--json-out")];
