@@ -131,6 +131,32 @@ impl AlertWatch {
             .collect()
     }
 
+    /// One short line per alert in progress, for the top of the dashboard:
+    /// what a glance needs, without the event's full wording.
+    pub fn active_lines(&self) -> Vec<String> {
+        use crate::output::short_count;
+        self.active()
+            .map(|event| {
+                let ratio = event
+                    .completion_ratio
+                    .map(|ratio| format!("{:.0}% completed", ratio * 100.0))
+                    .unwrap_or_else(|| "completion n/a".to_string());
+                let sources = event
+                    .distinct_sources
+                    .map(|estimate| format!(", ~{} sources", short_count(estimate.round())))
+                    .unwrap_or_default();
+                format!(
+                    "SYN FLOOD {} for {:.0}s: {} SYN/s (peak {}), {ratio}, {} half-open{sources}",
+                    event.target,
+                    event.duration_s(),
+                    short_count(event.syn_rate),
+                    short_count(event.peak_syn_rate),
+                    short_count(event.half_open as f64),
+                )
+            })
+            .collect()
+    }
+
     /// The latest event of each alert in progress.
     pub fn active(&self) -> impl Iterator<Item = &AlertEvent> {
         self.active.values()
@@ -174,5 +200,70 @@ impl AlertWatch {
                 self.started
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{AlertTarget, TargetKey, Triggers};
+
+    fn event(phase: Phase, target: AlertTarget) -> AlertEvent {
+        AlertEvent {
+            phase,
+            target,
+            syn_rate: 110_700.0,
+            peak_syn_rate: 120_000.0,
+            baseline_syn_rate: 58.0,
+            completion_ratio: Some(0.004),
+            half_open: 279,
+            top_sources: Vec::new(),
+            distinct_sources: Some(140_000.0),
+            triggers: Triggers {
+                syn_rate: true,
+                half_open: false,
+            },
+            started_ns: 1_000_000_000,
+            now_ns: 3_000_000_000,
+        }
+    }
+
+    #[test]
+    fn alerts_are_active_from_start_to_end_and_counted() {
+        let mut watch = AlertWatch::new(DetectConfig::default()).expect("default config");
+        let dest = AlertTarget::Dest(TargetKey::new([10, 99, 0, 2].into(), 8080));
+        watch.record(
+            &[
+                event(Phase::Start, dest),
+                event(Phase::Start, AlertTarget::All),
+            ],
+            1,
+        );
+        watch.record(&[event(Phase::Update, dest)], 2);
+        assert_eq!(watch.started, 2, "updates start nothing");
+        let lines = watch.active_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines.contains(
+                &"SYN FLOOD 10.99.0.2:8080 for 2s: 110.7k SYN/s (peak 120.0k), 0% completed, 279 half-open, ~140.0k sources"
+                    .to_string()
+            ),
+            "{lines:?}"
+        );
+        watch.record(&[event(Phase::End, dest)], 3);
+        assert_eq!(
+            watch.active_lines().len(),
+            1,
+            "the destination's alert ended"
+        );
+        let states = watch.states();
+        assert_eq!(
+            states
+                .iter()
+                .map(|state| (state.target.as_str(), state.active))
+                .collect::<Vec<_>>(),
+            [("*", true), ("10.99.0.2:8080", false)],
+            "ended alerts stay listed, inactive"
+        );
     }
 }

@@ -485,7 +485,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
         output.emit_alerts(&alert_events, &mut screen)?;
         if !alert_events.is_empty() {
-            screen.set_active_alerts(alerts.active().map(AlertEvent::human_line).collect());
+            screen.set_active_alerts(alerts.active_lines());
         }
         if let Some(metrics) = &metrics {
             // Prometheus: every event poll, so a scrape is at most 100 ms behind.
