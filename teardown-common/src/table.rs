@@ -12,7 +12,7 @@
 //! reported the record of that [`FlowSlot::generation`].
 
 use crate::conn::{Conn, ORIG, RESP, state};
-use crate::flow::FlowKey;
+use crate::flow::{FlowKey, words};
 use crate::sketch::mix32;
 
 /// Slots per set.
@@ -54,22 +54,70 @@ pub fn set_of(hash: u32, slots: u32) -> u32 {
     hash & (slots - 1) & !(WAYS - 1)
 }
 
-impl FlowKey {
-    /// A hash of the key: a few multiply-rotate rounds over its words. Cheap
-    /// in BPF, and both directions of a connection hash alike because the
-    /// key itself is canonical.
-    #[inline(always)]
-    pub fn hash32(&self) -> u32 {
-        // SAFETY: FlowKey is 40 bytes of plain data, 2-aligned; read as
-        // unaligned words.
-        let w = unsafe { (self as *const FlowKey as *const [u32; 10]).read_unaligned() };
-        // Fold the address words (the IPv4 ones sit in words 3 and 7), give
-        // each endpoint's fold its own rotation so swapped endpoints of
-        // different keys do not collide, then mix once.
-        let a = w[0] ^ w[1] ^ w[2] ^ w[3];
-        let b = w[4] ^ w[5] ^ w[6] ^ w[7];
-        mix32(a ^ b.rotate_left(11) ^ w[8].rotate_left(22) ^ w[9])
+/// An address's words folded into one: the IPv4 address itself for an
+/// IPv4-mapped address (its first three words are the same for every IPv4
+/// key), the XOR of all four for IPv6.
+#[inline(always)]
+pub fn fold_address<const V6: bool>(words: &[u32; 4]) -> u32 {
+    if V6 {
+        words[0] ^ words[1] ^ words[2] ^ words[3]
+    } else {
+        words[3]
     }
+}
+
+/// The set hash of a connection from its two endpoints (folded address,
+/// port), in either order: symmetric, so a packet is hashed as it comes,
+/// without first putting its endpoints in the key's canonical order.
+///
+/// Each endpoint becomes one word (its port multiplied out across the word
+/// and XORed into its address); the two words are ordered, so the hash
+/// does not depend on which endpoint sent the packet, and combined with a
+/// multiply before [`mix32`] spreads them. Ordering the words rather than
+/// adding them keeps apart connections that only swap ports between the
+/// same two addresses (A:p-B:q and A:q-B:p): an addition of linear terms
+/// would collide those often. Three multiplies and a compare. Not keyed:
+/// like the hash it replaced, someone who knows it can pick colliding
+/// connections.
+#[inline(always)]
+pub fn flow_hash(addr_1: u32, port_1: u16, addr_2: u32, port_2: u16) -> u32 {
+    let endpoint = |addr: u32, port: u16| addr ^ (port as u32).wrapping_mul(0x9e37_79b1);
+    let (one, two) = (endpoint(addr_1, port_1), endpoint(addr_2, port_2));
+    let (low, high) = if one <= two { (one, two) } else { (two, one) };
+    mix32(low.wrapping_mul(0x85eb_ca77) ^ high)
+}
+
+impl FlowKey {
+    /// [`flow_hash`] of the key's endpoints: the same as of any packet of
+    /// the connection.
+    pub fn hash32(&self) -> u32 {
+        let (a, b) = (words(self.addr_a), words(self.addr_b));
+        let fold = |w: &[u32; 4]| {
+            if self.family == 6 {
+                fold_address::<true>(w)
+            } else {
+                fold_address::<false>(w)
+            }
+        };
+        flow_hash(fold(&a), self.port_a, fold(&b), self.port_b)
+    }
+}
+
+/// `port_a` and `port_b` as the key's word 8 holds them.
+#[inline(always)]
+fn port_pair(port_a: u16, port_b: u16) -> u32 {
+    // SAFETY: [u16; 2] and u32 have the same size; any bits are valid.
+    unsafe { core::mem::transmute::<[u16; 2], u32>([port_a, port_b]) }
+}
+
+/// What [`FlowSlot::direction_of`] found.
+pub mod matched {
+    /// The slot holds another connection, or none.
+    pub const NONE: u32 = 0;
+    /// The slot holds the connection; the packet travels from endpoint `a`.
+    pub const FROM_A: u32 = 1;
+    /// The slot holds the connection; the packet travels from endpoint `b`.
+    pub const FROM_B: u32 = 2;
 }
 
 impl FlowSlot {
@@ -115,6 +163,58 @@ impl FlowSlot {
             i += 1;
         }
         differ == 0
+    }
+
+    /// Whether the slot's live record is the connection of a packet from
+    /// `(src, src_port)` to `(dst, dst_port)` (addresses as
+    /// [`crate::flow::words`], IPv4 mapped), and which way the packet
+    /// travels: [`matched`]. The same answer as building the packet's
+    /// canonical key ([`FlowKey::from_words`]) and calling [`Self::holds`],
+    /// without building it: stored keys are canonical, so the slot holds the
+    /// connection exactly when its key equals the packet's endpoints in one
+    /// order or the other, and the order is the direction. Both orders match
+    /// only when the two endpoints are equal, and then the canonical key says
+    /// `a` sent it, as here.
+    ///
+    /// For IPv4 (`V6` false, `family` 4) only the address words that differ
+    /// between IPv4 keys are compared: a key of family 4 is only ever stored
+    /// by the kernel from an IPv4 packet, so its first three words of each
+    /// address are the IPv4-mapped prefix.
+    #[inline(always)]
+    pub fn direction_of<const V6: bool>(
+        &self,
+        src: &[u32; 4],
+        src_port: u16,
+        dst: &[u32; 4],
+        dst_port: u16,
+        family: u8,
+    ) -> u32 {
+        // SAFETY: FlowSlot is 8-aligned and starts with the 40-byte key: ten
+        // aligned words of plain data.
+        let word = |i: usize| unsafe { (self as *const FlowSlot as *const u32).add(i).read() };
+        if word(9) != u32::from_ne_bytes([family, 0, 0, 0]) || self.reported == self.generation {
+            return matched::NONE;
+        }
+        let ports = word(8);
+        let forward = port_pair(src_port, dst_port);
+        let backward = port_pair(dst_port, src_port);
+        let same = |base: usize, addr: &[u32; 4]| {
+            if V6 {
+                word(base) == addr[0]
+                    && word(base + 1) == addr[1]
+                    && word(base + 2) == addr[2]
+                    && word(base + 3) == addr[3]
+            } else {
+                word(base + 3) == addr[3]
+            }
+        };
+        if ports == forward && same(0, src) && same(4, dst) {
+            matched::FROM_A
+        } else if ports == backward && same(0, dst) && same(4, src) {
+            matched::FROM_B
+        } else {
+            matched::NONE
+        }
     }
 }
 
@@ -169,6 +269,138 @@ mod tests {
         // 20 000 keys over 2048 sets: about 9.8 each; a poor hash piles them up.
         let max = *used.iter().max().unwrap();
         assert!(max < 30, "a set got {max} keys");
+    }
+
+    /// A deterministic stream of test values (xorshift64*).
+    fn stream(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn hash_spreads_addresses_and_tells_swapped_ports_apart() {
+        let slots = 1 << 12;
+        let sets = (slots / WAYS) as usize;
+        // Clients 10.0.x.y, one port each, to one server port.
+        let mut used = std::vec![0u32; sets];
+        for client in 0..20_000u32 {
+            let addr = (0x0a00_0000 + client).to_be_bytes();
+            let (key, _) = FlowKey::from_endpoints(
+                crate::flow::v4_mapped(addr),
+                40_000,
+                crate::flow::v4_mapped([192, 0, 2, 1]),
+                443,
+                4,
+            );
+            used[(set_of(key.hash32(), slots) / WAYS) as usize] += 1;
+        }
+        let max = *used.iter().max().unwrap();
+        assert!(max < 30, "a set got {max} keys");
+        // A:p-B:q and A:q-B:p are different connections.
+        let a = crate::flow::v4_mapped([10, 0, 0, 1]);
+        let b = crate::flow::v4_mapped([10, 0, 0, 2]);
+        let mut same = 0;
+        for p in 1000..2000u16 {
+            let q = 80;
+            let (one, _) = FlowKey::from_endpoints(a, p, b, q, 4);
+            let (other, _) = FlowKey::from_endpoints(a, q, b, p, 4);
+            same += (one.hash32() == other.hash32()) as u32;
+        }
+        assert!(same < 3, "{same} of 1000 port swaps collide");
+    }
+
+    /// `direction_of` must say what building the canonical key and
+    /// comparing it would, for either family, either direction, and keys
+    /// that differ from the slot's in any one field.
+    #[test]
+    fn direction_of_agrees_with_the_canonical_key() {
+        let mut next = stream(7);
+        let mut checked = 0;
+        for round in 0..4000 {
+            let v6 = round % 2 == 1;
+            let family = if v6 { 6 } else { 4 };
+            let address = |next: &mut dyn FnMut() -> u64| -> [u8; 16] {
+                let mut bytes = (next() as u128 | (next() as u128) << 64).to_ne_bytes();
+                if !v6 {
+                    bytes = crate::flow::v4_mapped([bytes[0], bytes[1], bytes[2], bytes[3] % 4]);
+                } else {
+                    bytes[15] %= 4;
+                }
+                bytes
+            };
+            let (x, y) = (address(&mut next), address(&mut next));
+            let (px, py) = ((next() % 3) as u16, (next() % 3) as u16);
+            let (stored, _) = FlowKey::from_endpoints(x, px, y, py, family);
+            let mut slot = FlowSlot {
+                key: stored,
+                generation: 1,
+                reported: 0,
+                conn: Conn::zeroed(),
+            };
+            // Packets of this connection both ways, and near misses.
+            let (u, v) = (address(&mut next), address(&mut next));
+            let (pu, pv) = ((next() % 3) as u16, (next() % 3) as u16);
+            for (src, sp, dst, dp) in [
+                (x, px, y, py),
+                (y, py, x, px),
+                (u, px, y, py),
+                (x, pu, y, py),
+                (x, px, v, py),
+                (x, px, y, pv),
+                (y, py, u, px),
+                (u, pu, v, pv),
+            ] {
+                for reported in [0, 1] {
+                    slot.reported = reported;
+                    let (key, direction) = FlowKey::from_endpoints(src, sp, dst, dp, family);
+                    let expected = if slot.holds(&key) && !slot.is_free() {
+                        if direction == crate::flow::Direction::AToB {
+                            matched::FROM_A
+                        } else {
+                            matched::FROM_B
+                        }
+                    } else {
+                        matched::NONE
+                    };
+                    let (src, dst) = (words(src), words(dst));
+                    let got = if v6 {
+                        slot.direction_of::<true>(&src, sp, &dst, dp, family)
+                    } else {
+                        slot.direction_of::<false>(&src, sp, &dst, dp, family)
+                    };
+                    assert_eq!(got, expected, "{stored:?} vs {key:?}");
+                    // The packet hashes as its canonical key does, either way.
+                    let fold = |w: &[u32; 4]| {
+                        if v6 {
+                            fold_address::<true>(w)
+                        } else {
+                            fold_address::<false>(w)
+                        }
+                    };
+                    assert_eq!(
+                        flow_hash(fold(&src), sp, fold(&dst), dp),
+                        key.hash32(),
+                        "{key:?}"
+                    );
+                    checked += (expected != matched::NONE) as u32;
+                }
+            }
+            // A key of the other family never matches.
+            let other = if v6 { 4 } else { 6 };
+            slot.reported = 0;
+            let (src, dst) = (words(x), words(y));
+            assert_eq!(
+                slot.direction_of::<true>(&src, px, &dst, py, other),
+                matched::NONE
+            );
+        }
+        // Enough matches, of both kinds, to mean something.
+        assert!(checked > 4000, "only {checked} matches");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use teardown_common::{
         IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse,
         tcp_flags::{ACK, SYN},
     },
-    table::{FlowSlot, WAYS, set_of},
+    table::{FlowSlot, WAYS, flow_hash, fold_address, matched, set_of},
 };
 
 /// One slot of tallies per CPU: no atomics and no contention.
@@ -271,16 +271,22 @@ pub struct TrackInput {
     pub flags: u64,
     /// 0 if the TCP header (options included) was cut short.
     pub header_complete: u64,
-    /// 1 if the segment travels from the key's endpoint `a`.
-    pub from_a: u64,
-    /// First slot of the key's set, and the way holding its live record
-    /// ([`WAYS`] if none does).
+    /// 4 or 6.
+    pub family: u64,
+    /// First slot of the connection's set, and the way holding its live
+    /// record ([`WAYS`] if none does).
     pub set: u64,
     pub way: u64,
+    /// Source and destination addresses as [`words`] (IPv4 mapped).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Filled in by [`track_segment`]: the connection's canonical key, and 1
+    /// if the segment travels from its endpoint `a`.
     pub key: FlowKey,
+    pub from_a: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TrackInput>() == 12 * 8 + 40);
+const _: () = assert!(core::mem::size_of::<TrackInput>() == 13 * 8 + 32 + 40);
 
 /// A per-CPU place for the segment handed to [`track_segment`].
 #[map]
@@ -297,50 +303,6 @@ fn track(
     is_v6: bool,
     now: impl FnOnce() -> u64,
 ) {
-    // Opaque to the optimiser, so it keeps the bounds checks of the address
-    // loads below: it can prove them from the parser's earlier checks, by
-    // reasoning the verifier does not follow, and would drop them.
-    let ip_offset = core::hint::black_box(ip_offset);
-    // Straight from the packet into words: byte-array stores of the
-    // IPv4-mapped prefix would become memset calls.
-    let (src, dst) = if is_v6 {
-        match (
-            frame.load::<16>(ip_offset + 8),
-            frame.load::<16>(ip_offset + 24),
-        ) {
-            (Some(src), Some(dst)) => (words(src), words(dst)),
-            _ => return,
-        }
-    } else {
-        match frame.load::<8>(ip_offset + 12) {
-            Some(pair) => {
-                let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-                (
-                    [
-                        0,
-                        0,
-                        prefix,
-                        u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]),
-                    ],
-                    [
-                        0,
-                        0,
-                        prefix,
-                        u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]),
-                    ],
-                )
-            }
-            None => return,
-        }
-    };
-    let (key, direction) = FlowKey::from_words(
-        src,
-        tcp.src_port,
-        dst,
-        tcp.dst_port,
-        if is_v6 { 6 } else { 4 },
-    );
-    let from_a = direction == Direction::AToB;
     let now = now();
     if tcp.flags & (SYN | ACK) == SYN && !within_half_open_budget(now) {
         // A SYN flood: not even looked up, which would cost a cache miss or
@@ -350,14 +312,50 @@ fn track(
         }
         return;
     }
-    let set = set_of(key.hash32(), setting!(TABLE_SLOTS));
+    // Opaque to the optimiser, so it keeps the bounds checks of the address
+    // loads below: it can prove them from the parser's earlier checks, by
+    // reasoning the verifier does not follow, and would drop them.
+    let ip_offset = core::hint::black_box(ip_offset);
+    // Straight from the packet into words: byte-array stores of the
+    // IPv4-mapped prefix would become memset calls. Each version gets its
+    // own copy of the lookup, specialised to its address words.
+    if is_v6 {
+        if let (Some(src), Some(dst)) = (
+            frame.load::<16>(ip_offset + 8),
+            frame.load::<16>(ip_offset + 24),
+        ) {
+            look_up::<true>(tcp, &words(src), &words(dst), now);
+        }
+    } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
+        let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let src = u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]);
+        let dst = u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]);
+        look_up::<false>(tcp, &[0, 0, prefix, src], &[0, 0, prefix, dst], now);
+    }
+}
+
+/// Probes the two slots of the connection's set, comparing the packet's
+/// endpoints against each slot's key in both orders
+/// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
+/// only the words that tell IPv4 keys apart are compared.
+#[inline(always)]
+fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u32; 4], dst: &[u32; 4], now: u64) {
+    let family = if V6 { 6 } else { 4 };
+    let hash = flow_hash(
+        fold_address::<V6>(src),
+        tcp.src_port,
+        fold_address::<V6>(dst),
+        tcp.dst_port,
+    );
+    let set = set_of(hash, setting!(TABLE_SLOTS));
     let mut way = WAYS;
     let mut candidate = 0;
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
             // SAFETY: a flow-table slot; see teardown_common::table on sharing.
             let slot = unsafe { &mut *slot };
-            if slot.holds(&key) && !slot.is_free() {
+            let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
+            if found != matched::NONE {
                 let segment = Segment {
                     flags: tcp.flags,
                     seq: tcp.seq,
@@ -368,9 +366,12 @@ fn track(
                     dst_port: tcp.dst_port,
                 };
                 if tcp.header_complete
-                    && slot
-                        .conn
-                        .update_established(from_a, &segment, now, timeouts().idle_ns)
+                    && slot.conn.update_established(
+                        found == matched::FROM_A,
+                        &segment,
+                        now,
+                        timeouts().idle_ns,
+                    )
                 {
                     return;
                 }
@@ -395,10 +396,11 @@ fn track(
     input.dst_port = tcp.dst_port as u64;
     input.flags = tcp.flags as u64;
     input.header_complete = tcp.header_complete as u64;
-    input.from_a = from_a as u64;
+    input.family = family as u64;
     input.set = set as u64;
     input.way = way as u64;
-    input.key = key;
+    input.src = *src;
+    input.dst = *dst;
     track_segment(input);
 }
 
@@ -435,6 +437,16 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     let Some(input) = (unsafe { input.as_mut() }) else {
         return 0;
     };
+    // The canonical key, built only here: the fast path needs none.
+    let (key, direction) = FlowKey::from_words(
+        input.src,
+        input.src_port as u16,
+        input.dst,
+        input.dst_port as u16,
+        input.family as u8,
+    );
+    input.key = key;
+    input.from_a = (direction == Direction::AToB) as u64;
     let index = if input.way < WAYS as u64 {
         let index = (input.set + input.way) as u32;
         close_out_if_due(index, input);
