@@ -271,6 +271,82 @@ mod tests {
         assert!(max < 30, "a set got {max} keys");
     }
 
+    /// Connections of typical shapes land in sets about as a random hash
+    /// would put them: no more records beyond a set's two ways.
+    #[test]
+    fn hash_spreads_typical_traffic_like_a_random_hash() {
+        use crate::flow::v4_mapped;
+        let slots = 1 << 16;
+        let server = v4_mapped([192, 0, 2, 1]);
+        let server6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let v4 = |client: u32, port: u16, server_port: u16| {
+            FlowKey::from_endpoints(
+                v4_mapped(client.to_be_bytes()),
+                port,
+                server,
+                server_port,
+                4,
+            )
+            .0
+        };
+        let v6 = |client: u32, at: usize| {
+            let mut addr = server6;
+            addr[at..at + 4].copy_from_slice(&client.to_be_bytes());
+            FlowKey::from_endpoints(addr, 40_000, server6, 443, 6).0
+        };
+        let mut next = stream(3);
+        let shapes: [(&str, std::vec::Vec<FlowKey>); 7] = [
+            (
+                "one client, its ports",
+                (0..30_000)
+                    .map(|p| v4(0x0a00_0001, 1024 + p as u16, 443))
+                    .collect(),
+            ),
+            (
+                "clients, one port each",
+                (0..30_000)
+                    .map(|c| v4(0x0a00_0000 + c, 40_000, 443))
+                    .collect(),
+            ),
+            (
+                "clients x ports",
+                (0..30_000)
+                    .map(|c| v4(0x0a00_0000 + c / 100, 30_000 + (c % 100) as u16, 443))
+                    .collect(),
+            ),
+            (
+                "one client, server ports",
+                (0..30_000)
+                    .map(|p| v4(0x0a00_0001, 40_000, p as u16))
+                    .collect(),
+            ),
+            ("IPv6 hosts", (0..30_000).map(|c| v6(c, 12)).collect()),
+            ("IPv6 prefixes", (0..30_000).map(|c| v6(c, 4)).collect()),
+            (
+                "random",
+                (0..30_000)
+                    .map(|_| {
+                        let x = next();
+                        v4(x as u32, (x >> 32) as u16, 80)
+                    })
+                    .collect(),
+            ),
+        ];
+        for (shape, keys) in shapes {
+            let mut used = std::vec![0u32; (slots / WAYS) as usize];
+            for key in &keys {
+                used[(set_of(key.hash32(), slots) / WAYS) as usize] += 1;
+            }
+            // 30 000 keys in 32 768 sets: a random hash leaves about 2 700
+            // beyond two per set.
+            let beyond: u32 = used.iter().map(|&n| n.saturating_sub(WAYS)).sum();
+            assert!(
+                beyond < 3_200,
+                "{shape}: {beyond} keys beyond their set's ways"
+            );
+        }
+    }
+
     /// A deterministic stream of test values (xorshift64*).
     fn stream(seed: u64) -> impl FnMut() -> u64 {
         let mut state = seed;

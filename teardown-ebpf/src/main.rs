@@ -609,10 +609,10 @@ fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
     };
     let parsed = parse(frame);
     let counted = tally(&parsed);
-    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
-        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
-        unsafe { (*tallies).record(&counted) };
-    }
+    // The flow table first, the tallies after: the tally is two small
+    // numbers to keep across the table's lookups, where the segment's fields
+    // would all have to be saved across the tallies' lookup (the BPF calling
+    // convention leaves four registers that survive a call).
     if let Some((ip, tcp)) = parsed.tcp() {
         track(
             frame,
@@ -621,6 +621,10 @@ fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
             ip.version == IpVersion::V6,
             now,
         );
+    }
+    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
+        unsafe { (*tallies).record(&counted) };
     }
 }
 
