@@ -12,7 +12,7 @@
 //! reported the record of that [`FlowSlot::generation`].
 
 use crate::conn::{Conn, ORIG, RESP, state};
-use crate::flow::{FlowKey, words};
+use crate::flow::FlowKey;
 use crate::sketch::mix32;
 
 /// Slots per set.
@@ -54,16 +54,38 @@ pub fn set_of(hash: u32, slots: u32) -> u32 {
     hash & (slots - 1) & !(WAYS - 1)
 }
 
-/// An address's words folded into one: the IPv4 address itself for an
-/// IPv4-mapped address (its first three words are the same for every IPv4
-/// key), the XOR of all four for IPv6.
+/// An address's 16 bytes as two native-endian halves, in memory order: the
+/// form [`FlowSlot::direction_of`] and [`fold_address`] take. An IPv4
+/// address is IPv4-mapped: `[0, ipv4_half(addr)]`.
 #[inline(always)]
-pub fn fold_address<const V6: bool>(words: &[u32; 4]) -> u32 {
-    if V6 {
-        words[0] ^ words[1] ^ words[2] ^ words[3]
-    } else {
-        words[3]
-    }
+pub fn halves(addr: [u8; 16]) -> [u64; 2] {
+    let half = |i: usize| {
+        u64::from_ne_bytes([
+            addr[i],
+            addr[i + 1],
+            addr[i + 2],
+            addr[i + 3],
+            addr[i + 4],
+            addr[i + 5],
+            addr[i + 6],
+            addr[i + 7],
+        ])
+    };
+    [half(0), half(8)]
+}
+
+/// The second half of an IPv4-mapped address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn ipv4_half(addr: [u8; 4]) -> u64 {
+    u64::from_ne_bytes([0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]])
+}
+
+/// An address folded into one word: the XOR of its four 4-byte words. For
+/// an IPv4-mapped address that is the IPv4 address XOR a constant.
+#[inline(always)]
+pub fn fold_address(halves: &[u64; 2]) -> u32 {
+    let x = halves[0] ^ halves[1];
+    (x ^ x >> 32) as u32
 }
 
 /// The set hash of a connection from its two endpoints (folded address,
@@ -91,23 +113,21 @@ impl FlowKey {
     /// [`flow_hash`] of the key's endpoints: the same as of any packet of
     /// the connection.
     pub fn hash32(&self) -> u32 {
-        let (a, b) = (words(self.addr_a), words(self.addr_b));
-        let fold = |w: &[u32; 4]| {
-            if self.family == 6 {
-                fold_address::<true>(w)
-            } else {
-                fold_address::<false>(w)
-            }
-        };
-        flow_hash(fold(&a), self.port_a, fold(&b), self.port_b)
+        flow_hash(
+            fold_address(&halves(self.addr_a)),
+            self.port_a,
+            fold_address(&halves(self.addr_b)),
+            self.port_b,
+        )
     }
 }
 
-/// `port_a` and `port_b` as the key's word 8 holds them.
+/// The key's last eight bytes as one native-endian word: `port_a`,
+/// `port_b`, `family` and the zero padding.
 #[inline(always)]
-fn port_pair(port_a: u16, port_b: u16) -> u32 {
-    // SAFETY: [u16; 2] and u32 have the same size; any bits are valid.
-    unsafe { core::mem::transmute::<[u16; 2], u32>([port_a, port_b]) }
+fn key_tail(port_a: u16, port_b: u16, family: u8) -> u64 {
+    let (a, b) = (port_a.to_ne_bytes(), port_b.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], b[0], b[1], family, 0, 0, 0])
 }
 
 /// What [`FlowSlot::direction_of`] found.
@@ -166,55 +186,49 @@ impl FlowSlot {
     }
 
     /// Whether the slot's live record is the connection of a packet from
-    /// `(src, src_port)` to `(dst, dst_port)` (addresses as
-    /// [`crate::flow::words`], IPv4 mapped), and which way the packet
-    /// travels: [`matched`]. The same answer as building the packet's
-    /// canonical key ([`FlowKey::from_words`]) and calling [`Self::holds`],
-    /// without building it: stored keys are canonical, so the slot holds the
+    /// `(src, src_port)` to `(dst, dst_port)` (addresses as [`halves`], IPv4
+    /// mapped), and which way the packet travels: [`matched`]. The same
+    /// answer as building the packet's canonical key
+    /// ([`FlowKey::from_words`]) and calling [`Self::holds`], without
+    /// building it: stored keys are canonical, so the slot holds the
     /// connection exactly when its key equals the packet's endpoints in one
     /// order or the other, and the order is the direction. Both orders match
     /// only when the two endpoints are equal, and then the canonical key says
-    /// `a` sent it, as here.
+    /// `a` sent it, as here. Compared eight bytes at a time: ports, family
+    /// and padding in one word, each address in two.
     ///
-    /// For IPv4 (`V6` false, `family` 4) only the address words that differ
-    /// between IPv4 keys are compared: a key of family 4 is only ever stored
-    /// by the kernel from an IPv4 packet, so its first three words of each
-    /// address are the IPv4-mapped prefix.
+    /// For IPv4 (`V6` false, `family` 4) the first half of each address is
+    /// not compared: a key of family 4 is only ever stored by the kernel from
+    /// an IPv4 packet, so that half is zero.
     #[inline(always)]
     pub fn direction_of<const V6: bool>(
         &self,
-        src: &[u32; 4],
+        src: &[u64; 2],
         src_port: u16,
-        dst: &[u32; 4],
+        dst: &[u64; 2],
         dst_port: u16,
         family: u8,
     ) -> u32 {
-        // SAFETY: FlowSlot is 8-aligned and starts with the 40-byte key: ten
+        // SAFETY: FlowSlot is 8-aligned and starts with the 40-byte key: five
         // aligned words of plain data.
-        let word = |i: usize| unsafe { (self as *const FlowSlot as *const u32).add(i).read() };
-        if word(9) != u32::from_ne_bytes([family, 0, 0, 0]) || self.reported == self.generation {
-            return matched::NONE;
-        }
-        let ports = word(8);
-        let forward = port_pair(src_port, dst_port);
-        let backward = port_pair(dst_port, src_port);
-        let same = |base: usize, addr: &[u32; 4]| {
-            if V6 {
-                word(base) == addr[0]
-                    && word(base + 1) == addr[1]
-                    && word(base + 2) == addr[2]
-                    && word(base + 3) == addr[3]
-            } else {
-                word(base + 3) == addr[3]
-            }
+        let word = |i: usize| unsafe { (self as *const FlowSlot as *const u64).add(i).read() };
+        let tail = word(4);
+        let same = |base: usize, addr: &[u64; 2]| {
+            word(base + 1) == addr[1] && (!V6 || word(base) == addr[0])
         };
-        if ports == forward && same(0, src) && same(4, dst) {
+        let found = if tail == key_tail(src_port, dst_port, family) && same(0, src) && same(2, dst)
+        {
             matched::FROM_A
-        } else if ports == backward && same(0, dst) && same(4, src) {
+        } else if tail == key_tail(dst_port, src_port, family) && same(0, dst) && same(2, src) {
             matched::FROM_B
         } else {
-            matched::NONE
+            return matched::NONE;
+        };
+        // A matching family is never 0: only whether user space freed it.
+        if self.reported == self.generation {
+            return matched::NONE;
         }
+        found
     }
 }
 
@@ -347,6 +361,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn halves_group_an_address_as_words_does() {
+        let v4 = [192, 0, 2, 7];
+        assert_eq!(halves(crate::flow::v4_mapped(v4)), [0, ipv4_half(v4)]);
+        let v6: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        let w = crate::flow::words(v6);
+        // SAFETY: same size, plain data.
+        let as_words = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves(v6)) };
+        assert_eq!(as_words, w);
+        assert_eq!(fold_address(&halves(v6)), w[0] ^ w[1] ^ w[2] ^ w[3]);
+    }
+
     /// A deterministic stream of test values (xorshift64*).
     fn stream(seed: u64) -> impl FnMut() -> u64 {
         let mut state = seed;
@@ -443,7 +469,7 @@ mod tests {
                     } else {
                         matched::NONE
                     };
-                    let (src, dst) = (words(src), words(dst));
+                    let (src, dst) = (halves(src), halves(dst));
                     let got = if v6 {
                         slot.direction_of::<true>(&src, sp, &dst, dp, family)
                     } else {
@@ -451,15 +477,8 @@ mod tests {
                     };
                     assert_eq!(got, expected, "{stored:?} vs {key:?}");
                     // The packet hashes as its canonical key does, either way.
-                    let fold = |w: &[u32; 4]| {
-                        if v6 {
-                            fold_address::<true>(w)
-                        } else {
-                            fold_address::<false>(w)
-                        }
-                    };
                     assert_eq!(
-                        flow_hash(fold(&src), sp, fold(&dst), dp),
+                        flow_hash(fold_address(&src), sp, fold_address(&dst), dp),
                         key.hash32(),
                         "{key:?}"
                     );
@@ -469,7 +488,7 @@ mod tests {
             // A key of the other family never matches.
             let other = if v6 { 4 } else { 6 };
             slot.reported = 0;
-            let (src, dst) = (words(x), words(y));
+            let (src, dst) = (halves(x), halves(y));
             assert_eq!(
                 slot.direction_of::<true>(&src, px, &dst, py, other),
                 matched::NONE

@@ -26,12 +26,12 @@ use teardown_common::{
         DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
         SLOTS_PER_CHANGE_WORD, kind,
     },
-    flow::{Direction, FlowKey, words},
+    flow::{Direction, FlowKey},
     parse::{
         IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse,
         tcp_flags::{ACK, SYN},
     },
-    table::{FlowSlot, WAYS, flow_hash, fold_address, matched, set_of},
+    table::{FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of},
 };
 
 /// One slot of tallies per CPU: no atomics and no contention.
@@ -277,9 +277,9 @@ pub struct TrackInput {
     /// record ([`WAYS`] if none does).
     pub set: u64,
     pub way: u64,
-    /// Source and destination addresses as [`words`] (IPv4 mapped).
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
+    /// Source and destination addresses as [`halves`] (IPv4 mapped).
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
     /// Filled in by [`track_segment`]: the connection's canonical key, and 1
     /// if the segment travels from its endpoint `a`.
     pub key: FlowKey,
@@ -324,13 +324,12 @@ fn track(
             frame.load::<16>(ip_offset + 8),
             frame.load::<16>(ip_offset + 24),
         ) {
-            look_up::<true>(tcp, &words(src), &words(dst), now);
+            look_up::<true>(tcp, &halves(src), &halves(dst), now);
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
-        let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        let src = u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]);
-        let dst = u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]);
-        look_up::<false>(tcp, &[0, 0, prefix, src], &[0, 0, prefix, dst], now);
+        let src = ipv4_half([pair[0], pair[1], pair[2], pair[3]]);
+        let dst = ipv4_half([pair[4], pair[5], pair[6], pair[7]]);
+        look_up::<false>(tcp, &[0, src], &[0, dst], now);
     }
 }
 
@@ -339,12 +338,12 @@ fn track(
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
 /// only the words that tell IPv4 keys apart are compared.
 #[inline(always)]
-fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u32; 4], dst: &[u32; 4], now: u64) {
+fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now: u64) {
     let family = if V6 { 6 } else { 4 };
     let hash = flow_hash(
-        fold_address::<V6>(src),
+        fold_address(src),
         tcp.src_port,
-        fold_address::<V6>(dst),
+        fold_address(dst),
         tcp.dst_port,
     );
     let set = set_of(hash, setting!(TABLE_SLOTS));
@@ -438,10 +437,13 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         return 0;
     };
     // The canonical key, built only here: the fast path needs none.
+    // SAFETY: [u64; 2] and [u32; 4] have the same size, and any bits are
+    // valid: the same bytes, grouped as `words` groups them.
+    let words = |halves: [u64; 2]| unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves) };
     let (key, direction) = FlowKey::from_words(
-        input.src,
+        words(input.src),
         input.src_port as u16,
-        input.dst,
+        words(input.dst),
         input.dst_port as u16,
         input.family as u8,
     );
