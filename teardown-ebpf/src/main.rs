@@ -296,22 +296,30 @@ static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0
 /// case, update it right here ([`Conn::update_established`]); anything else
 /// goes to [`track_segment`]. Inlined into each program.
 #[inline(always)]
-fn track(
-    frame: &Frame,
-    tcp: &TcpSegment,
-    ip_offset: usize,
-    is_v6: bool,
-    now: impl FnOnce() -> u64,
-) {
-    let now = now();
-    if tcp.flags & (SYN | ACK) == SYN && !within_half_open_budget(now) {
-        // A SYN flood: not even looked up, which would cost a cache miss or
-        // two per packet in a table this size.
-        if let Some(stats) = stats() {
-            stats.syn_untracked += 1;
+fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: impl Fn() -> u64) {
+    // The clock is read where it is needed: for a SYN first, for its
+    // budget; for anything else only once the slot is found. Each read is a
+    // call, across which only four registers survive, so reading it first
+    // would make everything live around it go to the stack and back.
+    let mut syn_time = 0;
+    if tcp.flags & (SYN | ACK) == SYN {
+        syn_time = now();
+        if !within_half_open_budget(syn_time) {
+            // A SYN flood: not even looked up, which would cost a cache miss
+            // or two per packet in a table this size.
+            if let Some(stats) = stats() {
+                stats.syn_untracked += 1;
+            }
+            return;
         }
-        return;
     }
+    let now = || {
+        if tcp.flags & (SYN | ACK) == SYN {
+            syn_time
+        } else {
+            now()
+        }
+    };
     // Opaque to the optimiser, so it keeps the bounds checks of the address
     // loads below: it can prove them from the parser's earlier checks, by
     // reasoning the verifier does not follow, and would drop them.
@@ -338,7 +346,12 @@ fn track(
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
 /// only the words that tell IPv4 keys apart are compared.
 #[inline(always)]
-fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now: u64) {
+fn look_up<const V6: bool>(
+    tcp: &TcpSegment,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    now: impl Fn() -> u64,
+) {
     let family = if V6 { 6 } else { 4 };
     let hash = flow_hash(
         fold_address(src),
@@ -347,6 +360,7 @@ fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now
         tcp.dst_port,
     );
     let set = set_of(hash, setting!(TABLE_SLOTS));
+    let mut time = 0;
     let mut way = WAYS;
     let mut candidate = 0;
     while candidate < WAYS {
@@ -355,6 +369,7 @@ fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now
             let slot = unsafe { &mut *slot };
             let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
             if found != matched::NONE {
+                time = now();
                 let segment = Segment {
                     flags: tcp.flags,
                     seq: tcp.seq,
@@ -368,7 +383,7 @@ fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now
                     && slot.conn.update_established(
                         found == matched::FROM_A,
                         &segment,
-                        now,
+                        time,
                         timeouts().idle_ns,
                     )
                 {
@@ -386,7 +401,8 @@ fn look_up<const V6: bool>(tcp: &TcpSegment, src: &[u64; 2], dst: &[u64; 2], now
     };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let input = unsafe { &mut *input };
-    input.now = now;
+    // One reading per packet: the fast path's, if it took one.
+    input.now = if way < WAYS { time } else { now() };
     input.seq = tcp.seq as u64;
     input.ack = tcp.ack as u64;
     input.len = tcp.payload_len as u64;
@@ -604,7 +620,7 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
 }
 
 #[inline(always)]
-fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
+fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
