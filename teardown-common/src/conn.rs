@@ -157,6 +157,27 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 72);
+// `open_established` reads these four bytes as one aligned word.
+const _: () = assert!(
+    core::mem::offset_of!(Endpoint, state).is_multiple_of(4)
+        && core::mem::offset_of!(Endpoint, prev_state)
+            == core::mem::offset_of!(Endpoint, state) + 1
+        && core::mem::offset_of!(Endpoint, did_close) == core::mem::offset_of!(Endpoint, state) + 2
+        && core::mem::offset_of!(Endpoint, fin_cnt) == core::mem::offset_of!(Endpoint, state) + 3
+);
+
+impl Endpoint {
+    /// `state == ESTABLISHED && did_close == 0`, from one load of the four
+    /// state bytes.
+    #[inline(always)]
+    fn open_established(&self) -> bool {
+        // SAFETY: state, prev_state, did_close and fin_cnt are four
+        // consecutive bytes at a 4-aligned offset of an 8-aligned struct
+        // (asserted above).
+        let word = unsafe { (&self.state as *const u8 as *const u32).read() };
+        word & u32::from_ne_bytes([0xff, 0, 0xff, 0]) == u32::from_ne_bytes([ESTABLISHED, 0, 0, 0])
+    }
+}
 const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
 const _: () =
     assert!(core::mem::size_of::<Conn>().is_multiple_of(8) && core::mem::align_of::<Conn>() == 8);
@@ -710,9 +731,10 @@ impl Conn {
             || flags & ACK == 0
             || segment.window == 0
             || self.flags & flag::SYN_ACK_FIRST != 0
-            // Past the idle deadline: the slow path decides whether to close
-            // the record out first.
-            || now >= self.last_ns.saturating_add(idle_ns)
+            // Past the idle deadline (`now >= last_ns.saturating_add(idle_ns)`,
+            // spelled without the saturating add's branches): the slow path
+            // decides whether to close the record out first.
+            || (now >= self.last_ns && (now - self.last_ns >= idle_ns || now == u64::MAX))
         {
             return false;
         }
@@ -720,11 +742,7 @@ impl Conn {
         let (me, peer) = if is_orig { (ORIG, RESP) } else { (RESP, ORIG) };
         let sender = &self.ep[me & 1];
         let receiver = &self.ep[peer & 1];
-        if sender.state != ESTABLISHED
-            || receiver.state != ESTABLISHED
-            || sender.did_close != 0
-            || receiver.did_close != 0
-        {
+        if !sender.open_established() || !receiver.open_established() {
             return false;
         }
         let letter = if segment.len > 0 {
@@ -856,14 +874,11 @@ impl Conn {
     fn update_ack_seq(&mut self, peer: usize, ack: u32) {
         let ep = &mut self.ep[peer & 1];
         let delta = seq_delta(ack, ep.ack_seq);
-        if ack == 0 && delta > TOO_LARGE_SEQ_DELTA {
-            // More likely a broken ACK than a huge connection landing on 0.
-            return;
-        }
-        if delta > 0 {
-            if ack < ep.ack_seq {
-                ep.ack_wraps += 1;
-            }
+        // An ACK of 0 far ahead is more likely broken than a huge connection
+        // landing on 0. Written as one condition, with the wrap counted by an
+        // add rather than a branch: fewer instructions on the fast path.
+        if delta > 0 && (ack != 0 || delta <= TOO_LARGE_SEQ_DELTA) {
+            ep.ack_wraps += (ack < ep.ack_seq) as u32;
             ep.ack_seq = ack;
         }
     }

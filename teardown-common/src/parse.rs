@@ -121,22 +121,29 @@ pub enum Fragment {
 }
 
 /// The fixed part of a TCP header, plus where it sits and how much payload follows.
+///
+/// `repr(C)`, bytes first: the enums that carry it put their other
+/// variants' small fields over its first bytes, and the BPF backend then
+/// splits any field they overlap into pieces, which it must keep apart and
+/// put back together for every use. The 4-byte fields come last, clear of
+/// them.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSegment {
-    /// Offset of the TCP header in the frame.
-    pub offset: u16,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub seq: u32,
-    pub ack: u32,
     pub flags: u8,
-    /// The raw (unscaled) receive window.
-    pub window: u16,
     /// Header length in bytes (data offset * 4), 20..=60.
     pub header_len: u8,
     /// Whether the whole header, options included, is inside the frame and the
     /// IP datagram. An incomplete header is counted as malformed too.
     pub header_complete: bool,
+    /// Offset of the TCP header in the frame.
+    pub offset: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The raw (unscaled) receive window.
+    pub window: u16,
+    pub seq: u32,
+    pub ack: u32,
     /// Payload bytes according to the IP length fields (not the captured
     /// length); 0 when the header is incomplete.
     pub payload_len: u32,

@@ -54,22 +54,102 @@ pub fn set_of(hash: u32, slots: u32) -> u32 {
     hash & (slots - 1) & !(WAYS - 1)
 }
 
+/// An address's 16 bytes as two native-endian halves, in memory order: the
+/// form [`FlowSlot::direction_of`] and [`fold_address`] take. An IPv4
+/// address is IPv4-mapped: `[0, ipv4_half(addr)]`.
+#[inline(always)]
+pub fn halves(addr: [u8; 16]) -> [u64; 2] {
+    let half = |i: usize| {
+        u64::from_ne_bytes([
+            addr[i],
+            addr[i + 1],
+            addr[i + 2],
+            addr[i + 3],
+            addr[i + 4],
+            addr[i + 5],
+            addr[i + 6],
+            addr[i + 7],
+        ])
+    };
+    [half(0), half(8)]
+}
+
+/// [`halves`] back into the four words of [`crate::flow::words`].
+#[inline(always)]
+pub fn words_of(halves: &[u64; 2]) -> [u32; 4] {
+    let [a, b] = [halves[0].to_ne_bytes(), halves[1].to_ne_bytes()];
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+    ]
+}
+
+/// The second half of an IPv4-mapped address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn ipv4_half(addr: [u8; 4]) -> u64 {
+    u64::from_ne_bytes([0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]])
+}
+
+/// An address folded into one word: the XOR of its four 4-byte words. For
+/// an IPv4-mapped address that is the IPv4 address XOR a constant.
+#[inline(always)]
+pub fn fold_address(halves: &[u64; 2]) -> u32 {
+    let x = halves[0] ^ halves[1];
+    (x ^ x >> 32) as u32
+}
+
+/// The set hash of a connection from its two endpoints (folded address,
+/// port), in either order: symmetric, so a packet is hashed as it comes,
+/// without first putting its endpoints in the key's canonical order.
+///
+/// Each endpoint becomes one word (its port multiplied out across the word
+/// and XORed into its address); the two words are ordered, so the hash
+/// does not depend on which endpoint sent the packet, and combined with a
+/// multiply before [`mix32`] spreads them. Ordering the words rather than
+/// adding them keeps apart connections that only swap ports between the
+/// same two addresses (A:p-B:q and A:q-B:p): an addition of linear terms
+/// would collide those often. Three multiplies and a compare. Not keyed:
+/// like the hash it replaced, someone who knows it can pick colliding
+/// connections.
+#[inline(always)]
+pub fn flow_hash(addr_1: u32, port_1: u16, addr_2: u32, port_2: u16) -> u32 {
+    let endpoint = |addr: u32, port: u16| addr ^ (port as u32).wrapping_mul(0x9e37_79b1);
+    let (one, two) = (endpoint(addr_1, port_1), endpoint(addr_2, port_2));
+    let (low, high) = if one <= two { (one, two) } else { (two, one) };
+    mix32(low.wrapping_mul(0x85eb_ca77) ^ high)
+}
+
 impl FlowKey {
-    /// A hash of the key: a few multiply-rotate rounds over its words. Cheap
-    /// in BPF, and both directions of a connection hash alike because the
-    /// key itself is canonical.
-    #[inline(always)]
+    /// [`flow_hash`] of the key's endpoints: the same as of any packet of
+    /// the connection.
     pub fn hash32(&self) -> u32 {
-        // SAFETY: FlowKey is 40 bytes of plain data, 2-aligned; read as
-        // unaligned words.
-        let w = unsafe { (self as *const FlowKey as *const [u32; 10]).read_unaligned() };
-        // Fold the address words (the IPv4 ones sit in words 3 and 7), give
-        // each endpoint's fold its own rotation so swapped endpoints of
-        // different keys do not collide, then mix once.
-        let a = w[0] ^ w[1] ^ w[2] ^ w[3];
-        let b = w[4] ^ w[5] ^ w[6] ^ w[7];
-        mix32(a ^ b.rotate_left(11) ^ w[8].rotate_left(22) ^ w[9])
+        flow_hash(
+            fold_address(&halves(self.addr_a)),
+            self.port_a,
+            fold_address(&halves(self.addr_b)),
+            self.port_b,
+        )
     }
+}
+
+/// The key's last eight bytes as one native-endian word: `port_a`,
+/// `port_b`, `family` and the zero padding.
+#[inline(always)]
+fn key_tail(port_a: u16, port_b: u16, family: u8) -> u64 {
+    let (a, b) = (port_a.to_ne_bytes(), port_b.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], b[0], b[1], family, 0, 0, 0])
+}
+
+/// What [`FlowSlot::direction_of`] found.
+pub mod matched {
+    /// The slot holds another connection, or none.
+    pub const NONE: u32 = 0;
+    /// The slot holds the connection; the packet travels from endpoint `a`.
+    pub const FROM_A: u32 = 1;
+    /// The slot holds the connection; the packet travels from endpoint `b`.
+    pub const FROM_B: u32 = 2;
 }
 
 impl FlowSlot {
@@ -116,6 +196,52 @@ impl FlowSlot {
         }
         differ == 0
     }
+
+    /// Whether the slot's live record is the connection of a packet from
+    /// `(src, src_port)` to `(dst, dst_port)` (addresses as [`halves`], IPv4
+    /// mapped), and which way the packet travels: [`matched`]. The same
+    /// answer as building the packet's canonical key
+    /// ([`FlowKey::from_words`]) and calling [`Self::holds`], without
+    /// building it: stored keys are canonical, so the slot holds the
+    /// connection exactly when its key equals the packet's endpoints in one
+    /// order or the other, and the order is the direction. Both orders match
+    /// only when the two endpoints are equal, and then the canonical key says
+    /// `a` sent it, as here. Compared eight bytes at a time: ports, family
+    /// and padding in one word, each address in two.
+    ///
+    /// For IPv4 (`V6` false, `family` 4) the first half of each address is
+    /// not compared: a key of family 4 is only ever stored by the kernel from
+    /// an IPv4 packet, so that half is zero.
+    #[inline(always)]
+    pub fn direction_of<const V6: bool>(
+        &self,
+        src: &[u64; 2],
+        src_port: u16,
+        dst: &[u64; 2],
+        dst_port: u16,
+        family: u8,
+    ) -> u32 {
+        // SAFETY: FlowSlot is 8-aligned and starts with the 40-byte key: five
+        // aligned words of plain data.
+        let word = |i: usize| unsafe { (self as *const FlowSlot as *const u64).add(i).read() };
+        let tail = word(4);
+        let same = |base: usize, addr: &[u64; 2]| {
+            word(base + 1) == addr[1] && (!V6 || word(base) == addr[0])
+        };
+        let found = if tail == key_tail(src_port, dst_port, family) && same(0, src) && same(2, dst)
+        {
+            matched::FROM_A
+        } else if tail == key_tail(dst_port, src_port, family) && same(0, dst) && same(2, src) {
+            matched::FROM_B
+        } else {
+            return matched::NONE;
+        };
+        // A matching family is never 0: only whether user space freed it.
+        if self.reported == self.generation {
+            return matched::NONE;
+        }
+        found
+    }
 }
 
 impl Conn {
@@ -148,6 +274,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn halves_and_words_are_the_same_bytes() {
+        let addr: [u8; 16] = core::array::from_fn(|i| (i * 17 + 3) as u8);
+        assert_eq!(words_of(&halves(addr)), crate::flow::words(addr));
+        let v4 = crate::flow::v4_mapped([192, 0, 2, 1]);
+        assert_eq!(halves(v4), [0, ipv4_half([192, 0, 2, 1])]);
+        assert_eq!(words_of(&halves(v4)), crate::flow::words(v4));
+    }
+
+    #[test]
     fn table_sizes_are_powers_of_two_with_whole_sets() {
         assert_eq!(slots_for(0), 2);
         assert_eq!(slots_for(1), 2);
@@ -178,6 +313,219 @@ mod tests {
         // 20 000 keys over 2048 sets: about 9.8 each; a poor hash piles them up.
         let max = *used.iter().max().unwrap();
         assert!(max < 30, "a set got {max} keys");
+    }
+
+    /// Connections of typical shapes land in sets about as a random hash
+    /// would put them: no more records beyond a set's two ways.
+    #[test]
+    fn hash_spreads_typical_traffic_like_a_random_hash() {
+        use crate::flow::v4_mapped;
+        let slots = 1 << 16;
+        let server = v4_mapped([192, 0, 2, 1]);
+        let server6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let v4 = |client: u32, port: u16, server_port: u16| {
+            FlowKey::from_endpoints(
+                v4_mapped(client.to_be_bytes()),
+                port,
+                server,
+                server_port,
+                4,
+            )
+            .0
+        };
+        let v6 = |client: u32, at: usize| {
+            let mut addr = server6;
+            addr[at..at + 4].copy_from_slice(&client.to_be_bytes());
+            FlowKey::from_endpoints(addr, 40_000, server6, 443, 6).0
+        };
+        let mut next = stream(3);
+        let shapes: [(&str, std::vec::Vec<FlowKey>); 7] = [
+            (
+                "one client, its ports",
+                (0..30_000)
+                    .map(|p| v4(0x0a00_0001, 1024 + p as u16, 443))
+                    .collect(),
+            ),
+            (
+                "clients, one port each",
+                (0..30_000)
+                    .map(|c| v4(0x0a00_0000 + c, 40_000, 443))
+                    .collect(),
+            ),
+            (
+                "clients x ports",
+                (0..30_000)
+                    .map(|c| v4(0x0a00_0000 + c / 100, 30_000 + (c % 100) as u16, 443))
+                    .collect(),
+            ),
+            (
+                "one client, server ports",
+                (0..30_000)
+                    .map(|p| v4(0x0a00_0001, 40_000, p as u16))
+                    .collect(),
+            ),
+            ("IPv6 hosts", (0..30_000).map(|c| v6(c, 12)).collect()),
+            ("IPv6 prefixes", (0..30_000).map(|c| v6(c, 4)).collect()),
+            (
+                "random",
+                (0..30_000)
+                    .map(|_| {
+                        let x = next();
+                        v4(x as u32, (x >> 32) as u16, 80)
+                    })
+                    .collect(),
+            ),
+        ];
+        for (shape, keys) in shapes {
+            let mut used = std::vec![0u32; (slots / WAYS) as usize];
+            for key in &keys {
+                used[(set_of(key.hash32(), slots) / WAYS) as usize] += 1;
+            }
+            // 30 000 keys in 32 768 sets: a random hash leaves about 2 700
+            // beyond two per set.
+            let beyond: u32 = used.iter().map(|&n| n.saturating_sub(WAYS)).sum();
+            assert!(
+                beyond < 3_200,
+                "{shape}: {beyond} keys beyond their set's ways"
+            );
+        }
+    }
+
+    #[test]
+    fn halves_group_an_address_as_words_does() {
+        let v4 = [192, 0, 2, 7];
+        assert_eq!(halves(crate::flow::v4_mapped(v4)), [0, ipv4_half(v4)]);
+        let v6: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        let w = crate::flow::words(v6);
+        // SAFETY: same size, plain data.
+        let as_words = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves(v6)) };
+        assert_eq!(as_words, w);
+        assert_eq!(fold_address(&halves(v6)), w[0] ^ w[1] ^ w[2] ^ w[3]);
+    }
+
+    /// A deterministic stream of test values (xorshift64*).
+    fn stream(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn hash_spreads_addresses_and_tells_swapped_ports_apart() {
+        let slots = 1 << 12;
+        let sets = (slots / WAYS) as usize;
+        // Clients 10.0.x.y, one port each, to one server port.
+        let mut used = std::vec![0u32; sets];
+        for client in 0..20_000u32 {
+            let addr = (0x0a00_0000 + client).to_be_bytes();
+            let (key, _) = FlowKey::from_endpoints(
+                crate::flow::v4_mapped(addr),
+                40_000,
+                crate::flow::v4_mapped([192, 0, 2, 1]),
+                443,
+                4,
+            );
+            used[(set_of(key.hash32(), slots) / WAYS) as usize] += 1;
+        }
+        let max = *used.iter().max().unwrap();
+        assert!(max < 30, "a set got {max} keys");
+        // A:p-B:q and A:q-B:p are different connections.
+        let a = crate::flow::v4_mapped([10, 0, 0, 1]);
+        let b = crate::flow::v4_mapped([10, 0, 0, 2]);
+        let mut same = 0;
+        for p in 1000..2000u16 {
+            let q = 80;
+            let (one, _) = FlowKey::from_endpoints(a, p, b, q, 4);
+            let (other, _) = FlowKey::from_endpoints(a, q, b, p, 4);
+            same += (one.hash32() == other.hash32()) as u32;
+        }
+        assert!(same < 3, "{same} of 1000 port swaps collide");
+    }
+
+    /// `direction_of` must say what building the canonical key and
+    /// comparing it would, for either family, either direction, and keys
+    /// that differ from the slot's in any one field.
+    #[test]
+    fn direction_of_agrees_with_the_canonical_key() {
+        let mut next = stream(7);
+        let mut checked = 0;
+        for round in 0..4000 {
+            let v6 = round % 2 == 1;
+            let family = if v6 { 6 } else { 4 };
+            let address = |next: &mut dyn FnMut() -> u64| -> [u8; 16] {
+                let mut bytes = (next() as u128 | (next() as u128) << 64).to_ne_bytes();
+                if !v6 {
+                    bytes = crate::flow::v4_mapped([bytes[0], bytes[1], bytes[2], bytes[3] % 4]);
+                } else {
+                    bytes[15] %= 4;
+                }
+                bytes
+            };
+            let (x, y) = (address(&mut next), address(&mut next));
+            let (px, py) = ((next() % 3) as u16, (next() % 3) as u16);
+            let (stored, _) = FlowKey::from_endpoints(x, px, y, py, family);
+            let mut slot = FlowSlot {
+                key: stored,
+                generation: 1,
+                reported: 0,
+                conn: Conn::zeroed(),
+            };
+            // Packets of this connection both ways, and near misses.
+            let (u, v) = (address(&mut next), address(&mut next));
+            let (pu, pv) = ((next() % 3) as u16, (next() % 3) as u16);
+            for (src, sp, dst, dp) in [
+                (x, px, y, py),
+                (y, py, x, px),
+                (u, px, y, py),
+                (x, pu, y, py),
+                (x, px, v, py),
+                (x, px, y, pv),
+                (y, py, u, px),
+                (u, pu, v, pv),
+            ] {
+                for reported in [0, 1] {
+                    slot.reported = reported;
+                    let (key, direction) = FlowKey::from_endpoints(src, sp, dst, dp, family);
+                    let expected = if slot.holds(&key) && !slot.is_free() {
+                        if direction == crate::flow::Direction::AToB {
+                            matched::FROM_A
+                        } else {
+                            matched::FROM_B
+                        }
+                    } else {
+                        matched::NONE
+                    };
+                    let (src, dst) = (halves(src), halves(dst));
+                    let got = if v6 {
+                        slot.direction_of::<true>(&src, sp, &dst, dp, family)
+                    } else {
+                        slot.direction_of::<false>(&src, sp, &dst, dp, family)
+                    };
+                    assert_eq!(got, expected, "{stored:?} vs {key:?}");
+                    // The packet hashes as its canonical key does, either way.
+                    assert_eq!(
+                        flow_hash(fold_address(&src), sp, fold_address(&dst), dp),
+                        key.hash32(),
+                        "{key:?}"
+                    );
+                    checked += (expected != matched::NONE) as u32;
+                }
+            }
+            // A key of the other family never matches.
+            let other = if v6 { 4 } else { 6 };
+            slot.reported = 0;
+            let (src, dst) = (halves(x), halves(y));
+            assert_eq!(
+                slot.direction_of::<true>(&src, px, &dst, py, other),
+                matched::NONE
+            );
+        }
+        // Enough matches, of both kinds, to mean something.
+        assert!(checked > 4000, "only {checked} matches");
     }
 
     #[test]

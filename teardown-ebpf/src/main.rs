@@ -33,7 +33,9 @@ use teardown_common::{
         tcp_flags::{ACK, SYN},
     },
     sketch::hash_addr,
-    table::{FlowSlot, WAYS, set_of},
+    table::{
+        FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of,
+    },
 };
 
 /// One slot of tallies per CPU: no atomics and no contention.
@@ -360,16 +362,22 @@ pub struct TrackInput {
     pub flags: u64,
     /// 0 if the TCP header (options included) was cut short.
     pub header_complete: u64,
-    /// 1 if the segment travels from the key's endpoint `a`.
-    pub from_a: u64,
-    /// First slot of the key's set, and the way holding its live record
-    /// ([`WAYS`] if none does).
+    /// 4 or 6.
+    pub family: u64,
+    /// First slot of the connection's set, and the way holding its live
+    /// record ([`WAYS`] if none does).
     pub set: u64,
     pub way: u64,
+    /// Source and destination addresses as [`halves`] (IPv4 mapped).
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
+    /// Filled in by [`track_segment`]: the connection's canonical key, and 1
+    /// if the segment travels from its endpoint `a`.
     pub key: FlowKey,
+    pub from_a: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TrackInput>() == 12 * 8 + 40);
+const _: () = assert!(core::mem::size_of::<TrackInput>() == 13 * 8 + 32 + 40);
 
 /// A per-CPU place for the segment handed to [`track_segment`].
 #[map]
@@ -379,78 +387,94 @@ static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0
 /// case, update it right here ([`Conn::update_established`]); anything else
 /// goes to [`track_segment`]. Inlined into each program.
 #[inline(always)]
-fn track(
-    frame: &Frame,
-    tcp: &TcpSegment,
-    ip_offset: usize,
-    is_v6: bool,
-    now: impl FnOnce() -> u64,
-) {
+fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: impl Fn() -> u64) {
     // Opaque to the optimiser, so it keeps the bounds checks of the address
     // loads below: it can prove them from the parser's earlier checks, by
     // reasoning the verifier does not follow, and would drop them.
     let ip_offset = core::hint::black_box(ip_offset);
     // Straight from the packet into words: byte-array stores of the
-    // IPv4-mapped prefix would become memset calls.
-    let (src, dst) = if is_v6 {
-        match (
+    // IPv4-mapped prefix would become memset calls. Each version gets its
+    // own copy of the lookup, specialised to its address words.
+    if is_v6 {
+        if let (Some(src), Some(dst)) = (
             frame.load::<16>(ip_offset + 8),
             frame.load::<16>(ip_offset + 24),
         ) {
-            (Some(src), Some(dst)) => (words(src), words(dst)),
-            _ => return,
-        }
-    } else {
-        match frame.load::<8>(ip_offset + 12) {
-            Some(pair) => {
-                let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-                (
-                    [
-                        0,
-                        0,
-                        prefix,
-                        u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]),
-                    ],
-                    [
-                        0,
-                        0,
-                        prefix,
-                        u32::from_ne_bytes([pair[4], pair[5], pair[6], pair[7]]),
-                    ],
-                )
+            let (src, dst) = (halves(src), halves(dst));
+            if let Some(now) = admit(tcp, &src, &dst, now) {
+                look_up::<true>(tcp, &src, &dst, now);
             }
-            None => return,
         }
-    };
-    let (key, direction) = FlowKey::from_words(
-        src,
-        tcp.src_port,
-        dst,
-        tcp.dst_port,
-        if is_v6 { 6 } else { 4 },
-    );
-    let from_a = direction == Direction::AToB;
-    let now = now();
+    } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
+        let src = [0, ipv4_half([pair[0], pair[1], pair[2], pair[3]])];
+        let dst = [0, ipv4_half([pair[4], pair[5], pair[6], pair[7]])];
+        if let Some(now) = admit(tcp, &src, &dst, now) {
+            look_up::<false>(tcp, &src, &dst, now);
+        }
+    }
+}
+
+/// A pure SYN is counted for its destination (flood detection), then
+/// spends this CPU's half-open budget: `None` once the budget is used up
+/// (the SYN is tallied, not looked up). Returns the clock for the lookup.
+///
+/// The clock is read where it is needed: for a SYN here, for its budget;
+/// for anything else only once the slot is found. Each read is a call,
+/// across which only four registers survive, so reading it first would
+/// make everything live around it go to the stack and back.
+#[inline(always)]
+fn admit(
+    tcp: &TcpSegment,
+    source: &[u64; 2],
+    dest: &[u64; 2],
+    now: impl Fn() -> u64,
+) -> Option<impl Fn() -> u64> {
     let pure_syn = tcp.flags & (SYN | ACK) == SYN;
+    let mut syn_time = 0;
     if pure_syn {
-        count_syn(&src, &dst, tcp.dst_port);
-    }
-    if pure_syn && !within_half_open_budget(now) {
-        // A SYN flood: not even looked up, which would cost a cache miss or
-        // two per packet in a table this size.
-        if let Some(stats) = stats() {
-            stats.syn_untracked += 1;
+        count_syn(&words_of(source), &words_of(dest), tcp.dst_port);
+        syn_time = now();
+        if !within_half_open_budget(syn_time) {
+            // A SYN flood: not even looked up, which would cost a cache miss
+            // or two per packet in a table this size.
+            if let Some(stats) = stats() {
+                stats.syn_untracked += 1;
+            }
+            return None;
         }
-        return;
     }
-    let set = set_of(key.hash32(), setting!(TABLE_SLOTS));
+    Some(move || if pure_syn { syn_time } else { now() })
+}
+
+/// Probes the two slots of the connection's set, comparing the packet's
+/// endpoints against each slot's key in both orders
+/// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
+/// only the words that tell IPv4 keys apart are compared.
+#[inline(always)]
+fn look_up<const V6: bool>(
+    tcp: &TcpSegment,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    now: impl Fn() -> u64,
+) {
+    let family = if V6 { 6 } else { 4 };
+    let hash = flow_hash(
+        fold_address(src),
+        tcp.src_port,
+        fold_address(dst),
+        tcp.dst_port,
+    );
+    let set = set_of(hash, setting!(TABLE_SLOTS));
+    let mut time = 0;
     let mut way = WAYS;
     let mut candidate = 0;
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
             // SAFETY: a flow-table slot; see teardown_common::table on sharing.
             let slot = unsafe { &mut *slot };
-            if slot.holds(&key) && !slot.is_free() {
+            let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
+            if found != matched::NONE {
+                time = now();
                 let segment = Segment {
                     flags: tcp.flags,
                     seq: tcp.seq,
@@ -461,9 +485,12 @@ fn track(
                     dst_port: tcp.dst_port,
                 };
                 if tcp.header_complete
-                    && slot
-                        .conn
-                        .update_established(from_a, &segment, now, timeouts().idle_ns)
+                    && slot.conn.update_established(
+                        found == matched::FROM_A,
+                        &segment,
+                        time,
+                        timeouts().idle_ns,
+                    )
                 {
                     return;
                 }
@@ -479,7 +506,8 @@ fn track(
     };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let input = unsafe { &mut *input };
-    input.now = now;
+    // One reading per packet: the fast path's, if it took one.
+    input.now = if way < WAYS { time } else { now() };
     input.seq = tcp.seq as u64;
     input.ack = tcp.ack as u64;
     input.len = tcp.payload_len as u64;
@@ -488,10 +516,11 @@ fn track(
     input.dst_port = tcp.dst_port as u64;
     input.flags = tcp.flags as u64;
     input.header_complete = tcp.header_complete as u64;
-    input.from_a = from_a as u64;
+    input.family = family as u64;
     input.set = set as u64;
     input.way = way as u64;
-    input.key = key;
+    input.src = *src;
+    input.dst = *dst;
     track_segment(input);
 }
 
@@ -528,6 +557,19 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     let Some(input) = (unsafe { input.as_mut() }) else {
         return 0;
     };
+    // The canonical key, built only here: the fast path needs none.
+    // SAFETY: [u64; 2] and [u32; 4] have the same size, and any bits are
+    // valid: the same bytes, grouped as `words` groups them.
+    let words = |halves: [u64; 2]| unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves) };
+    let (key, direction) = FlowKey::from_words(
+        words(input.src),
+        input.src_port as u16,
+        words(input.dst),
+        input.dst_port as u16,
+        input.family as u8,
+    );
+    input.key = key;
+    input.from_a = (direction == Direction::AToB) as u64;
     let index = if input.way < WAYS as u64 {
         let index = (input.set + input.way) as u32;
         close_out_if_due(index, input);
@@ -708,17 +750,17 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
 }
 
 #[inline(always)]
-fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
+fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
     };
     let parsed = parse(frame);
     let counted = tally(&parsed);
-    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
-        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
-        unsafe { (*tallies).record(&counted) };
-    }
+    // The flow table first, the tallies after: the tally is two small
+    // numbers to keep across the table's lookups, where the segment's fields
+    // would all have to be saved across the tallies' lookup (the BPF calling
+    // convention leaves four registers that survive a call).
     if let Some((ip, tcp)) = parsed.tcp() {
         track(
             frame,
@@ -727,6 +769,10 @@ fn count_and_track(ctx: &XdpContext, now: impl FnOnce() -> u64) {
             ip.version == IpVersion::V6,
             now,
         );
+    }
+    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
+        unsafe { (*tallies).record(&counted) };
     }
 }
 
