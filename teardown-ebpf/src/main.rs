@@ -287,10 +287,10 @@ mod responder_change {
     pub const COMPLETED: u32 = 4;
 }
 
-/// Counts a change to a record against its responder's destination slot:
-/// a handshake going half-open, being resolved, or completing. Nothing if
-/// the slot belongs to another destination (its SYN was counted as a
-/// collision).
+/// Counts a change to a record against its responder's destination slot
+/// on this CPU: a handshake going half-open, being resolved, or completing.
+/// Nothing if the slot belongs to another, active destination (its SYN was
+/// counted as a collision).
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -311,7 +311,14 @@ pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32
     // SAFETY: this CPU's slot, one program run at a time.
     let dest = unsafe { &mut *dest };
     if !dest.holds(&addr, port) {
-        return 0;
+        // The SYN may have been counted on another CPU: this one's slot may
+        // never have seen the destination. Start it here, or the change is
+        // lost (and a surge's completions with it).
+        let epoch = DETECT_CONTROL.get(0).map_or(0, |control| control.epoch) as u32;
+        if !dest.may_take_over(epoch) {
+            return 0;
+        }
+        dest.take_over(&addr, port, epoch);
     }
     if change & responder_change::HALF_OPEN_STARTED != 0 {
         dest.half_open_started += 1;
@@ -387,11 +394,23 @@ static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0
 /// case, update it right here ([`Conn::update_established`]); anything else
 /// goes to [`track_segment`]. Inlined into each program.
 #[inline(always)]
-fn track(frame: &Frame, tcp: &TcpSegment, ip_offset: usize, is_v6: bool, now: impl Fn() -> u64) {
-    // Opaque to the optimiser, so it keeps the bounds checks of the address
-    // loads below: it can prove them from the parser's earlier checks, by
-    // reasoning the verifier does not follow, and would drop them.
-    let ip_offset = core::hint::black_box(ip_offset);
+fn track<const OPAQUE_OFFSET: bool>(
+    frame: &Frame,
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    is_v6: bool,
+    now: impl Fn() -> u64,
+) {
+    // In the TC program, the offset is made opaque to the optimiser, so it
+    // keeps the bounds checks of the address loads below: it can prove them
+    // from the parser's earlier checks, by reasoning the verifier does not
+    // follow, and would drop them. The XDP programs do not need it, and
+    // save its stack round trip on every packet.
+    let ip_offset = if OPAQUE_OFFSET {
+        core::hint::black_box(ip_offset)
+    } else {
+        ip_offset
+    };
     // Straight from the packet into words: byte-array stores of the
     // IPv4-mapped prefix would become memset calls. Each version gets its
     // own copy of the lookup, specialised to its address words.
@@ -762,7 +781,7 @@ fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
     if let Some((ip, tcp)) = parsed.tcp() {
-        track(
+        track::<false>(
             frame,
             tcp,
             ip.offset as usize,
@@ -809,7 +828,7 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
     let parsed = parse(&frame);
     if let Some((ip, tcp)) = parsed.tcp() {
         let is_v6 = ip.version == IpVersion::V6;
-        track(&frame, tcp, ip.offset as usize, is_v6, clock_now);
+        track::<true>(&frame, tcp, ip.offset as usize, is_v6, clock_now);
     }
     // Let the packet go on to whatever else is attached.
     TC_ACT_UNSPEC

@@ -14,6 +14,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     process::{ChildStderr, Command, Output, Stdio},
     sync::{Arc, Mutex},
     thread::{self, JoinHandle},
@@ -164,6 +165,27 @@ fn ipv4_datagrams_received(netns: &str) -> u64 {
         .find(|(name, _)| *name == "InReceives")
         .and_then(|(_, value)| value.parse().ok())
         .unwrap_or_else(|| panic!("no InReceives in /proc/net/snmp: {text}"))
+}
+
+/// SYNs the namespace's listeners dropped (`ListenDrops` of
+/// /proc/net/netstat): handshakes the server itself failed, e.g. with a full
+/// accept queue.
+fn listen_drops(netns: &str) -> u64 {
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns, "cat", "/proc/net/netstat"])
+        .output()
+        .expect("reading /proc/net/netstat in the namespace");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no TcpExt lines in /proc/net/netstat: {text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no ListenDrops in /proc/net/netstat: {text}"))
 }
 
 const FLOOD_PORT: u16 = 9100;
@@ -587,6 +609,7 @@ fn a_burst_of_real_connections_above_the_syn_rate_floor_raises_no_alert() {
         &[],
         &format!("tcp port {BURST_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"),
     );
+    let drops_before = listen_drops(&lab.server_ns);
     let (mut teardown, stderr) =
         start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
     let watched = JsonLines::watch(&mut teardown, stderr);
@@ -595,6 +618,14 @@ fn a_burst_of_real_connections_above_the_syn_rate_floor_raises_no_alert() {
     // handshake, the server's FIN, the client's FIN.
     let accepter = in_netns(&lab.server_ns, move || {
         let listener = TcpListener::bind(server).expect("binding the server");
+        // A backlog for the whole burst: with the standard library's 128,
+        // the accept queue overflows, the kernel drops SYNs and they are
+        // retried a second later, which is a server failing handshakes, not
+        // a legitimate surge that completes. (listen() again on a listening
+        // socket only changes its backlog.)
+        // SAFETY: listen(2) on a socket this thread owns.
+        let relisted = unsafe { libc::listen(listener.as_raw_fd(), BURST as i32) };
+        assert_eq!(relisted, 0, "raising the listen backlog");
         for _ in 0..BURST {
             let (stream, _) = listener.accept().expect("accept");
             drop(stream);
@@ -623,6 +654,13 @@ fn a_burst_of_real_connections_above_the_syn_rate_floor_raises_no_alert() {
     }
     accepter.join().expect("the accepting thread panicked");
     assert_eq!(opened.len(), BURST);
+    // The premise: a surge whose handshakes all complete. A listener that
+    // drops SYNs fails handshakes, and an alert would be right.
+    assert_eq!(
+        listen_drops(&lab.server_ns) - drops_before,
+        0,
+        "the server's listener dropped SYNs: not a burst that completes"
+    );
 
     // Records come 5 s after each close: wait until teardown tracks
     // nothing any more (every record reported).
