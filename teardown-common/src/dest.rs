@@ -225,6 +225,17 @@ pub struct SampleRing {
 const _: () = assert!(core::mem::size_of::<SampleRing>() == 16 + 40 * SAMPLE_RING_LEN);
 
 impl SampleRing {
+    pub const EMPTY: SampleRing = SampleRing {
+        syns_seen: 0,
+        written: 0,
+        samples: [SourceSample {
+            source: [0; 4],
+            dest: [0; 4],
+            dest_port: 0,
+            _pad: 0,
+        }; SAMPLE_RING_LEN],
+    };
+
     /// Counts a SYN and samples it when `mask` says so.
     #[inline(always)]
     pub fn offer(&mut self, source: &[u32; 4], dest: &[u32; 4], dest_port: u16, mask: u64) {
@@ -370,16 +381,7 @@ mod tests {
 
     #[test]
     fn the_ring_samples_one_in_mask_plus_one_and_wraps() {
-        let mut ring = SampleRing {
-            syns_seen: 0,
-            written: 0,
-            samples: [SourceSample {
-                source: [0; 4],
-                dest: [0; 4],
-                dest_port: 0,
-                _pad: 0,
-            }; SAMPLE_RING_LEN],
-        };
+        let mut ring = SampleRing::EMPTY;
         let dest = v4(10, 0, 0, 1);
         for n in 0..4096u32 {
             ring.offer(&[0, 0, 0, n], &dest, 80, 7);

@@ -225,7 +225,6 @@ impl DestinationFeed {
 mod tests {
     use super::*;
     use teardown_common::{
-        dest::SourceSample,
         flow::{v4_mapped, words},
         sketch::hash_addr,
     };
@@ -238,19 +237,6 @@ mod tests {
         let mut slot = DestSlot::EMPTY;
         slot.take_over(&v4(dest), port, epoch);
         slot
-    }
-
-    fn empty_ring() -> SampleRing {
-        SampleRing {
-            syns_seen: 0,
-            written: 0,
-            samples: [SourceSample {
-                source: [0; 4],
-                dest: [0; 4],
-                dest_port: 0,
-                _pad: 0,
-            }; SAMPLE_RING_LEN],
-        }
     }
 
     fn target(dest: u8, port: u16) -> TargetKey {
@@ -344,13 +330,13 @@ mod tests {
     #[test]
     fn samples_are_read_once_and_overwritten_ones_skipped() {
         let mut feed = DestinationFeed::new();
-        let mut ring = empty_ring();
+        let mut ring = SampleRing::EMPTY;
         for n in 0..10u32 {
             ring.offer(&v4(n as u8 + 100), &v4(1), 80, 0);
         }
         let reading = KernelReading {
             slots: vec![],
-            rings: vec![ring, empty_ring()],
+            rings: vec![ring, SampleRing::EMPTY],
         };
         let tick = feed.tick(100, &reading, &[]);
         assert_eq!(tick.sources.len(), 10);

@@ -201,23 +201,7 @@ pub fn start_teardown(
 /// Starts tcpdump on `iface` in `ns`, writing TCP packets to `capture`
 /// unbuffered, and waits until it is capturing: the tests' independent judge.
 pub fn start_tcpdump(ns: &str, iface: &str, capture: &std::path::Path) -> ChildGuard {
-    let tcpdump = ChildGuard::new(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", iface])
-            .args(["--immediate-mode", "-U", "-s", "128", "-w"])
-            .arg(capture)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tcpdump"),
-    );
-    // tcpdump creates the file once it is capturing.
-    assert!(
-        wait_until(Duration::from_secs(5), || capture.exists()),
-        "tcpdump did not start"
-    );
-    tcpdump
+    start_tcpdump_with(ns, iface, capture, &[], "tcp")
 }
 
 /// Runs `work` on a thread that has entered network namespace `ns`; sockets it
