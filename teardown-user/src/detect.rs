@@ -51,6 +51,13 @@
 //! legitimate surge's completions arrive within the grace, so its ratio
 //! stays near 1 at every poll boundary; a flood's SYNs fail.
 //!
+//! On a LAN the round trip is far shorter than a poll and completions land
+//! in the same poll as their SYNs; there the shifted count would judge a
+//! surge that falls off (a busy poll, then a quieter one) by the quieter
+//! poll's completions. So the completions of the judged polls themselves
+//! count too: the ratio takes the larger of the two. A flood's SYNs never
+//! complete, so it fails under both.
+//!
 //! The consequence, and the latency: a flood is judged on the first poll
 //! at which its earliest SYNs are a grace old. With 100 ms polls, a flood
 //! that dwarfs the legitimate traffic alerts on the second poll after its
@@ -1013,12 +1020,26 @@ impl Scope {
             .count();
         let judged: u64 = self.window.iter().take(matured).map(|p| p.syns).sum();
         let pending: u64 = self.window.iter().skip(matured).map(|p| p.syns).sum();
-        let completed: u64 = self
+        // Completions lag their SYNs by up to a round trip. Where it nears
+        // the grace, the judged SYNs' completions are those of the newest
+        // `matured` polls; where it is far shorter than a poll (a LAN), they
+        // land in the judged polls themselves, and the newest polls'
+        // completions answer the newest SYNs instead: a surge that falls off
+        // would read as failing. Either count is completions that happened,
+        // so the larger is the judge; a flood's SYNs fail under both.
+        let completed_later: u64 = self
             .window
             .iter()
             .skip(self.window.len() - matured)
             .map(|p| p.completions)
             .sum();
+        let completed_alongside: u64 = self
+            .window
+            .iter()
+            .take(matured)
+            .map(|p| p.completions)
+            .sum();
+        let completed = completed_later.max(completed_alongside);
         let ratio = (judged > 0).then(|| (completed as f64 / judged as f64).min(1.0));
         let failed = judged.saturating_sub(completed);
 
@@ -1961,6 +1982,28 @@ mod tests {
                 "phase {phase_ms}: first alert after {latency} ms"
             );
         }
+    }
+
+    #[test]
+    fn a_burst_on_a_new_destination_whose_last_poll_is_quieter_does_not_alert() {
+        // As seen live: 4000 connections in 150 ms to a destination never
+        // seen before, completing within the poll of their SYN; the second
+        // poll has fewer SYNs than the first.
+        let mut feed = Feed::new(DetectConfig::default());
+        for _ in 0..20 {
+            feed.poll(&[]);
+        }
+        let target = dest("192.0.2.2:9101");
+        feed.poll(&[(target, 2731, 2700, 0)]);
+        feed.poll(&[(target, 1218, 1183, 0)]);
+        for _ in 0..20 {
+            feed.poll(&[(target, 0, 66, 0)]);
+        }
+        assert!(
+            feed.events.is_empty(),
+            "a completing burst alerted:\n{}",
+            describe(&feed.events)
+        );
     }
 
     #[test]
