@@ -145,47 +145,38 @@ fn packet_times(capture: &std::path::Path) -> Vec<f64> {
 }
 
 /// The listener's port, and the connections' destination port in the burst.
-/// IPv4 datagrams the namespace's IP layer has received (`InReceives` of
-/// /proc/net/snmp), counted before any check: some of a random-source
-/// flood's sources are martians, which IP drops before TCP sees them.
-fn ipv4_datagrams_received(netns: &str) -> u64 {
+/// One counter of a /proc/net/snmp-style file in a namespace: `table` is
+/// the line prefix (`Ip:`, `TcpExt:`), whose first line names the columns
+/// and second holds the values.
+fn proc_net_counter(netns: &str, file: &str, table: &str, name: &str) -> u64 {
     let output = Command::new("ip")
-        .args(["netns", "exec", netns, "cat", "/proc/net/snmp"])
+        .args(["netns", "exec", netns, "cat", file])
         .output()
-        .expect("reading /proc/net/snmp in the namespace");
+        .unwrap_or_else(|err| panic!("reading {file} in the namespace: {err}"));
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut ip_lines = text.lines().filter(|line| line.starts_with("Ip:"));
-    let (names, values) = (ip_lines.next(), ip_lines.next());
-    let (Some(names), Some(values)) = (names, values) else {
-        panic!("no Ip lines in /proc/net/snmp: {text}");
+    let mut lines = text.lines().filter(|line| line.starts_with(table));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no {table} lines in {file}: {text}");
     };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "InReceives")
+        .find(|(column, _)| *column == name)
         .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or_else(|| panic!("no InReceives in /proc/net/snmp: {text}"))
+        .unwrap_or_else(|| panic!("no {table} {name} in {file}: {text}"))
 }
 
-/// SYNs the namespace's listeners dropped (`ListenDrops` of
-/// /proc/net/netstat): handshakes the server itself failed, e.g. with a full
-/// accept queue.
+/// IPv4 datagrams the namespace's IP layer has received (`InReceives`),
+/// counted before any check: some of a random-source flood's sources are
+/// martians, which IP drops before TCP sees them.
+fn ipv4_datagrams_received(netns: &str) -> u64 {
+    proc_net_counter(netns, "/proc/net/snmp", "Ip:", "InReceives")
+}
+
+/// SYNs the namespace's listeners dropped (`ListenDrops`): handshakes the
+/// server itself failed, e.g. with a full accept queue.
 fn listen_drops(netns: &str) -> u64 {
-    let output = Command::new("ip")
-        .args(["netns", "exec", netns, "cat", "/proc/net/netstat"])
-        .output()
-        .expect("reading /proc/net/netstat in the namespace");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut lines = text.lines().filter(|line| line.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        panic!("no TcpExt lines in /proc/net/netstat: {text}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "ListenDrops")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or_else(|| panic!("no ListenDrops in /proc/net/netstat: {text}"))
+    proc_net_counter(netns, "/proc/net/netstat", "TcpExt:", "ListenDrops")
 }
 
 const FLOOD_PORT: u16 = 9100;
