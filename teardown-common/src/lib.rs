@@ -58,8 +58,8 @@ pub mod names {
     /// Global: how long past a deadline the kernel waits for user space to
     /// close a record before doing it itself on the next packet (0 in replay).
     pub const GRACE_GLOBAL: &str = "GRACE_NS";
-    /// Global: slots in the flow table (a power of two; the map's size).
-    pub const TABLE_SLOTS_GLOBAL: &str = "TABLE_SLOTS";
+    /// Global: [`crate::table::set_shift`] of the flow table's slots.
+    pub const SET_SHIFT_GLOBAL: &str = "SET_SHIFT";
     /// Global: nanoseconds per jiffy for the coarse clock, 0 for the
     /// precise one (`bpf_ktime_get_ns`).
     pub const NS_PER_TICK_GLOBAL: &str = "NS_PER_TICK";

@@ -34,7 +34,8 @@ use teardown_common::{
     },
     sketch::hash_addr,
     table::{
-        FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of,
+        FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, set_shift,
+        words_of,
     },
 };
 
@@ -82,9 +83,10 @@ static mut TIMEOUTS: Timeouts = Timeouts::ZEEK;
 #[unsafe(no_mangle)]
 static GRACE_NS: u64 = 0;
 
-/// Slots in [`FLOW_TABLE`], a power of two; set at load with the map's size.
+/// [`set_shift`] of the slots in [`FLOW_TABLE`]; set at load with the
+/// map's size.
 #[unsafe(no_mangle)]
-static TABLE_SLOTS: u32 = DEFAULT_MAX_FLOWS;
+static SET_SHIFT: u32 = set_shift(DEFAULT_MAX_FLOWS);
 
 /// Nanoseconds per jiffy, or 0 for the precise clock. `bpf_ktime_get_ns`
 /// costs about as much as parsing a whole packet on this kind of machine;
@@ -483,7 +485,7 @@ fn look_up<const V6: bool>(
         fold_address(dst),
         tcp.dst_port,
     );
-    let set = set_of(hash, setting!(TABLE_SLOTS));
+    let set = set_of(hash, setting!(SET_SHIFT));
     let mut time = 0;
     let mut way = WAYS;
     let mut candidate = 0;

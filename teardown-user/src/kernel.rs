@@ -19,7 +19,7 @@ use teardown_common::{
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
     events::{DEFAULT_MAX_FLOWS, FlowStats, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
-    table::{FlowSlot, slots_for},
+    table::{FlowSlot, set_shift, slots_for},
 };
 use thiserror::Error;
 
@@ -256,7 +256,7 @@ impl Kernel {
         let mut ebpf = match EbpfLoader::new()
             .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
             .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
-            .override_global(names::TABLE_SLOTS_GLOBAL, &slots, true)
+            .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)
             .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
             .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
