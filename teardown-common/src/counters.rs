@@ -227,6 +227,19 @@ pub fn tally(parsed: &Parsed) -> Tally {
     }
 }
 
+/// What a frame [`crate::parse::parse_common`] read adds to the tallies:
+/// the same as [`tally`] of what [`crate::parse::parse`] makes of it.
+#[inline(always)]
+pub fn tally_common(common: &crate::parse::CommonTcp) -> Tally {
+    let version = (common.version == IpVersion::V6) as u8;
+    let has_payload = (common.segment.payload_len != 0) as u16;
+    Tally {
+        // Untagged, whole, header complete.
+        frame_class: (class::IP_BASE + version * 10 + class::TCP_COMPLETE) * 2,
+        tcp_slot: common.segment.flags as u16 | (has_payload << 8),
+    }
+}
+
 impl Tallies {
     /// Adds one frame's tally: two bounds-checked increments.
     #[inline(always)]

@@ -708,3 +708,117 @@ fn random_mutations_never_escape_the_frame() {
         }
     }
 }
+
+/// `parse_common` must answer exactly as `parse` does wherever it answers:
+/// the same segment, in an untagged, whole IP packet right after the
+/// Ethernet header, and the same tally. Checked on frames of every shape
+/// and on each with single bytes of its headers changed and its length cut,
+/// which is where a shortcut would go wrong.
+#[test]
+fn the_common_frame_shortcut_agrees_with_the_parser() {
+    use teardown_common::counters::{tally, tally_common};
+    use teardown_common::parse::{CommonTcp, parse_common};
+
+    let mut shapes = Vec::new();
+    for flags in [
+        SYN,
+        SYN_ACK,
+        tcp_flags::ACK,
+        tcp_flags::FIN | tcp_flags::ACK,
+    ] {
+        for payload in [0, 1, 100] {
+            for options in [0, 12, 40] {
+                for v6 in [false, true] {
+                    let mut spec = if v6 {
+                        Spec::tcp_v6(flags, payload)
+                    } else {
+                        Spec::tcp_v4(flags, payload)
+                    };
+                    if let CraftTransport::Tcp { options_len, .. } = &mut spec.transport {
+                        *options_len = options;
+                    }
+                    shapes.push((craft::build(&spec).to_vec(), true));
+                }
+            }
+        }
+    }
+    // Shapes it must leave to the parser.
+    let mut vlan = Spec::tcp_v4(tcp_flags::ACK, 10);
+    vlan.vlans = &[(ethertype::VLAN, 7)];
+    let mut options = Spec::tcp_v4(tcp_flags::ACK, 10);
+    let mut fragment = Spec::tcp_v4(tcp_flags::ACK, 10);
+    if let Network::Ipv4 { options_len, .. } = &mut options.network {
+        *options_len = 8;
+    }
+    if let Network::Ipv4 { more_fragments, .. } = &mut fragment.network {
+        *more_fragments = true;
+    }
+    let mut extension = Spec::tcp_v6(tcp_flags::ACK, 10);
+    if let Network::Ipv6 { extensions, .. } = &mut extension.network {
+        *extensions = &[ip_proto::DSTOPTS];
+    }
+    let mut udp = Spec::tcp_v4(0, 10);
+    udp.transport = CraftTransport::Udp {
+        src_port: 53,
+        dst_port: 53,
+    };
+    for spec in [vlan, options, fragment, extension, udp] {
+        shapes.push((craft::build(&spec).to_vec(), false));
+    }
+
+    let agrees = |frame: &[u8]| -> bool {
+        let parsed = parse(frame);
+        let Some(common) = parse_common(frame) else {
+            return false;
+        };
+        let Some((ip, segment)) = parsed.tcp() else {
+            panic!("shortcut read {common:?}, the parser {parsed:?}: {frame:02x?}");
+        };
+        assert_eq!(
+            (
+                parsed.vlan_tags,
+                ip.version,
+                ip.offset as usize,
+                ip.fragment,
+                *segment
+            ),
+            (
+                0,
+                common.version,
+                CommonTcp::IP_OFFSET,
+                Fragment::Whole,
+                common.segment
+            ),
+            "{frame:02x?}"
+        );
+        assert_eq!(tally(&parsed), tally_common(&common), "{frame:02x?}");
+        true
+    };
+
+    let mut taken = 0;
+    let mut mutants = 0;
+    for (frame, common) in &shapes {
+        assert_eq!(agrees(frame), *common, "{frame:02x?}");
+        // Every byte of the headers, set to values that matter to them.
+        let headers = frame.len().min(14 + 40 + 60);
+        for at in 0..headers {
+            for value in [
+                0x00, 0x01, 0x05, 0x06, 0x08, 0x20, 0x40, 0x45, 0x46, 0x50, 0x60, 0x86, 0xdd, 0xff,
+            ] {
+                let mut mutant = frame.clone();
+                mutant[at] = value;
+                taken += agrees(&mutant) as u32;
+                mutants += 1;
+            }
+        }
+        for len in 0..frame.len() {
+            taken += agrees(&frame[..len]) as u32;
+            mutants += 1;
+        }
+    }
+    // The mutants exercise both answers.
+    assert!(
+        taken > mutants / 4 && taken < mutants,
+        "{taken} of {mutants} taken"
+    );
+}

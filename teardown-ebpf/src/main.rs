@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use teardown_common::{
     conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
-    counters::{Tallies, tally},
+    counters::{Tallies, Tally, tally, tally_common},
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing, dest_index},
     events::{
         DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
@@ -29,7 +29,7 @@ use teardown_common::{
     },
     flow::{Direction, FlowKey, words},
     parse::{
-        IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse,
+        CommonTcp, IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse, parse_common,
         tcp_flags::{ACK, SYN},
     },
     sketch::hash_addr,
@@ -770,26 +770,43 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
         | (completed_now as u32) << 3
 }
 
+/// What the programs read of a frame: its tally, and its TCP segment with
+/// the IP header's offset and version. The common frame's shortcut first
+/// ([`parse_common`]), the general parser for the rest.
+#[inline(always)]
+fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
+    match parse_common(frame) {
+        Some(common) => (
+            tally_common(&common),
+            Some((
+                CommonTcp::IP_OFFSET,
+                common.version == IpVersion::V6,
+                common.segment,
+            )),
+        ),
+        None => {
+            let parsed = parse(frame);
+            let segment = parsed
+                .tcp()
+                .map(|(ip, tcp)| (ip.offset as usize, ip.version == IpVersion::V6, *tcp));
+            (tally(&parsed), segment)
+        }
+    }
+}
+
 #[inline(always)]
 fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let parsed = parse(frame);
-    let counted = tally(&parsed);
+    let (counted, segment) = read_frame(frame);
     // The flow table first, the tallies after: the tally is two small
     // numbers to keep across the table's lookups, where the segment's fields
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
-    if let Some((ip, tcp)) = parsed.tcp() {
-        track::<false>(
-            frame,
-            tcp,
-            ip.offset as usize,
-            ip.version == IpVersion::V6,
-            now,
-        );
+    if let Some((ip_offset, is_v6, tcp)) = segment {
+        track::<false>(frame, &tcp, ip_offset, is_v6, now);
     }
     if let Some(tallies) = TALLIES.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
@@ -827,10 +844,9 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let parsed = parse(&frame);
-    if let Some((ip, tcp)) = parsed.tcp() {
-        let is_v6 = ip.version == IpVersion::V6;
-        track::<true>(&frame, tcp, ip.offset as usize, is_v6, clock_now);
+    // The tally is not kept: the tallies describe what arrives.
+    if let (_, Some((ip_offset, is_v6, tcp))) = read_frame(&frame) {
+        track::<true>(&frame, &tcp, ip_offset, is_v6, clock_now);
     }
     // Let the packet go on to whatever else is attached.
     TC_ACT_UNSPEC
