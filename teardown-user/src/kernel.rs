@@ -11,7 +11,10 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use teardown_common::{
     conn::{Timeouts, likely_server_port_set},
@@ -58,6 +61,10 @@ pub enum AttachMode {
 pub struct Kernel {
     ebpf: Ebpf,
     slots: u32,
+    /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
+    /// them too).
+    xdp_link: Option<XdpLinkId>,
+    egress_link: Option<SchedClassifierLinkId>,
 }
 
 /// Maps an mmapable array map (`len` bytes of it) into this process.
@@ -313,7 +320,12 @@ impl Kernel {
                     .context("filling the likely-ports map")?;
             }
         }
-        Ok(Kernel { ebpf, slots })
+        Ok(Kernel {
+            ebpf,
+            slots,
+            xdp_link: None,
+            egress_link: None,
+        })
     }
 
     /// The flow table's clock now, in its own nanoseconds (jiffies times the
@@ -364,7 +376,10 @@ impl Kernel {
             .try_into()
             .context("the egress program is not a TC program")?;
         match program.attach(iface, TcAttachType::Egress) {
-            Ok(_) => Ok(()),
+            Ok(link) => {
+                self.egress_link = Some(link);
+                Ok(())
+            }
             Err(err) if is_permission_error(&err) => {
                 Err(SetupError::Permission("attaching the TC egress program").into())
             }
@@ -508,7 +523,10 @@ impl Kernel {
         let mut last_error = None;
         for &(xdp_mode, label) in attempts {
             match program.attach(iface, xdp_mode) {
-                Ok(_) => return Ok(label),
+                Ok(link) => {
+                    self.xdp_link = Some(link);
+                    return Ok(label);
+                }
                 Err(err) => match os_error_of(&err) {
                     // Something is attached already, in this mode or the other.
                     Some(libc::EBUSY) | Some(libc::EEXIST) => {
@@ -533,6 +551,28 @@ impl Kernel {
         Err(last_error
             .map(anyhow::Error::from)
             .unwrap_or_else(|| anyhow::anyhow!("attaching XDP to {iface} failed")))
+    }
+
+    /// Detaches the programs from the interface, keeping the maps: after it
+    /// nothing more is counted, so figures read next are final.
+    pub fn detach(&mut self) -> anyhow::Result<()> {
+        if let Some(link) = self.xdp_link.take() {
+            self.xdp(names::XDP_PROGRAM)?
+                .detach(link)
+                .context("detaching the XDP program")?;
+        }
+        if let Some(link) = self.egress_link.take() {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(names::TC_EGRESS_PROGRAM)
+                .context("eBPF object has no egress program")?
+                .try_into()
+                .context("the egress program is not a TC program")?;
+            program
+                .detach(link)
+                .context("detaching the TC egress program")?;
+        }
+        Ok(())
     }
 
     /// The tallies summed over all CPUs.

@@ -517,9 +517,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         previous = now;
         previous_at = now_at;
     }
+    // Detached first, so the totals below count every packet that reached
+    // the program: read while it was still attached, a packet arriving
+    // between the read and the detach went uncounted (the flood test's
+    // exact Ip InReceives check saw one).
+    kernel.detach()?;
     let total = kernel.tallies()?.since(&start).totals();
     // Connections still open are reported as they stand, as at the end of a
-    // capture; then dropping the kernel handle detaches the programs.
+    // capture.
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
     output.emit(&ended, &mut screen)?;
