@@ -58,8 +58,10 @@ const _: () = assert!(core::mem::size_of::<EndedEvent>() == 64 + core::mem::size
 pub struct FlowStats {
     /// Records created (new connections, including ones split off by reuse).
     pub created: u64,
-    /// New connections not tracked: both slots of their set held live
-    /// two-sided connections.
+    /// Segments of connections not tracked: both slots of their set held
+    /// live two-sided connections. Counted per segment, as nothing is kept
+    /// of a connection that found no slot: one such connection counts once
+    /// for each of its segments.
     pub insert_failed: u64,
     /// One-sided records (half-open SYNs, lone midstream segments) and
     /// unacknowledged handshakes pushed out of a full set by a new

@@ -405,7 +405,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     e.single(
         "teardown_flow_insert_failures_total",
         "counter",
-        "Connections the flow table could not insert: their segments are counted but not tracked.",
+        "Segments the flow table found no slot for (both slots of the set held conversations): counted, not tracked; an untracked connection counts once per segment.",
         snapshot.insert_failed,
     );
     e.single(
