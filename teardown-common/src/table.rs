@@ -112,7 +112,7 @@ pub fn fold_address(halves: &[u64; 2]) -> u32 {
 /// without first putting its endpoints in the key's canonical order.
 ///
 /// Each endpoint is its folded address and port side by side in one
-/// 48-bit word, so no two endpoints of an IPv4 address family collide. The
+/// 48-bit word, so two IPv4 endpoints never share a word. The
 /// two words are ordered, so the hash does not depend on which endpoint
 /// sent the packet, and ordering rather than adding them keeps apart
 /// connections that only swap ports between the same two addresses
