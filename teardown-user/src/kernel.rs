@@ -366,16 +366,18 @@ impl Kernel {
         })
     }
 
-    /// Attaches the TC egress program to `iface` (TCX), so the host's own
-    /// segments reach the flow table. Lasts as long as this `Kernel`.
-    pub fn attach_egress(&mut self, iface: &str) -> anyhow::Result<()> {
-        let program: &mut SchedClassifier = self
-            .ebpf
+    fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        self.ebpf
             .program_mut(names::TC_EGRESS_PROGRAM)
             .context("eBPF object has no egress program")?
             .try_into()
-            .context("the egress program is not a TC program")?;
-        match program.attach(iface, TcAttachType::Egress) {
+            .context("the egress program is not a TC program")
+    }
+
+    /// Attaches the TC egress program to `iface` (TCX), so the host's own
+    /// segments reach the flow table. Lasts as long as this `Kernel`.
+    pub fn attach_egress(&mut self, iface: &str) -> anyhow::Result<()> {
+        match self.egress()?.attach(iface, TcAttachType::Egress) {
             Ok(link) => {
                 self.egress_link = Some(link);
                 Ok(())
@@ -562,13 +564,7 @@ impl Kernel {
                 .context("detaching the XDP program")?;
         }
         if let Some(link) = self.egress_link.take() {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(names::TC_EGRESS_PROGRAM)
-                .context("eBPF object has no egress program")?
-                .try_into()
-                .context("the egress program is not a TC program")?;
-            program
+            self.egress()?
                 .detach(link)
                 .context("detaching the TC egress program")?;
         }
