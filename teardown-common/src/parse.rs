@@ -459,7 +459,27 @@ fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, ip_end: usize) -> 
     // The options the data offset announces must be in the frame and the datagram.
     let header_end = offset + header_len;
     let complete = header_end <= ip_end && pkt.load::<1>(header_end - 1).is_some();
-    Transport::Tcp(TcpSegment {
+    let payload_len = if complete { ip_end - header_end } else { 0 };
+    Transport::Tcp(tcp_segment(
+        &head,
+        offset,
+        header_len,
+        complete,
+        payload_len,
+    ))
+}
+
+/// The segment whose header's first [`TCP_READABLE_LEN`] bytes are `head`,
+/// at `offset` in the frame.
+#[inline(always)]
+fn tcp_segment(
+    head: &[u8; TCP_READABLE_LEN],
+    offset: usize,
+    header_len: usize,
+    complete: bool,
+    payload_len: usize,
+) -> TcpSegment {
+    TcpSegment {
         offset: offset as u16,
         src_port: be16([head[0], head[1]]),
         dst_port: be16([head[2], head[3]]),
@@ -469,12 +489,8 @@ fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, ip_end: usize) -> 
         window: be16([head[14], head[15]]),
         header_len: header_len as u8,
         header_complete: complete,
-        payload_len: if complete {
-            (ip_end - header_end) as u32
-        } else {
-            0
-        },
-    })
+        payload_len: payload_len as u32,
+    }
 }
 
 /// A frame of the shape nearly all traffic has, read by [`parse_common`].
@@ -528,26 +544,13 @@ pub fn parse_common<P: PacketBytes + ?Sized>(pkt: &P) -> Option<CommonTcp> {
     } else {
         return None;
     };
-    let tcp = pkt.load::<TCP_MIN_HLEN>(tcp_offset)?;
-    let header_len = (tcp[12] >> 4) as usize * 4;
+    let head = pkt.load::<TCP_READABLE_LEN>(tcp_offset)?;
+    let header_len = (head[12] >> 4) as usize * 4;
     let header_end = tcp_offset + header_len;
     // Options included, the header must be in the datagram and the frame.
     if header_len < TCP_MIN_HLEN || header_end > ip_end || header_end > pkt.frame_len() {
         return None;
     }
-    Some(CommonTcp {
-        version,
-        segment: TcpSegment {
-            offset: tcp_offset as u16,
-            src_port: be16([tcp[0], tcp[1]]),
-            dst_port: be16([tcp[2], tcp[3]]),
-            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-            ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-            flags: tcp[13],
-            window: be16([tcp[14], tcp[15]]),
-            header_len: header_len as u8,
-            header_complete: true,
-            payload_len: (ip_end - header_end) as u32,
-        },
-    })
+    let segment = tcp_segment(&head, tcp_offset, header_len, true, ip_end - header_end);
+    Some(CommonTcp { version, segment })
 }
