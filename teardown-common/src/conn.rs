@@ -131,6 +131,13 @@ pub struct Endpoint {
     pub pkts: u64,
     /// Payload bytes by IP length, retransmissions included.
     pub payload_bytes: u64,
+    /// IP datagram bytes (headers included), Zeek's `orig_ip_bytes` /
+    /// `resp_ip_bytes`.
+    pub ip_bytes: u64,
+    /// Sequence space this side's segments skipped over: bytes sent that
+    /// the monitor never saw (Zeek's `missed_bytes`, from gaps alone; a
+    /// segment reordered ahead of its predecessor counts as a gap too).
+    pub missed_bytes: u64,
     pub start_seq: u32,
     /// Highest sequence number seen, one past the segment.
     pub last_seq: u32,
@@ -156,7 +163,7 @@ pub struct Endpoint {
     pub fin_cnt: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 72);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 88);
 // `open_established` reads these four bytes as one aligned word.
 const _: () = assert!(
     core::mem::offset_of!(Endpoint, state).is_multiple_of(4)
@@ -217,7 +224,7 @@ pub struct Conn {
     pub history: [u8; HISTORY_CAP],
 }
 
-const _: () = assert!(core::mem::size_of::<Conn>() == 144 + 7 * 8 + 16 + HISTORY_CAP);
+const _: () = assert!(core::mem::size_of::<Conn>() == 2 * 88 + 7 * 8 + 16 + HISTORY_CAP);
 
 /// The parts of a TCP segment the state machine looks at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -228,6 +235,8 @@ pub struct Segment {
     pub window: u16,
     /// Payload length from the IP header.
     pub len: u32,
+    /// The whole IP datagram's length: IP and TCP headers and payload.
+    pub ip_len: u32,
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -390,6 +399,8 @@ impl Conn {
         const EMPTY: Endpoint = Endpoint {
             pkts: 0,
             payload_bytes: 0,
+            ip_bytes: 0,
+            missed_bytes: 0,
             start_seq: 0,
             last_seq: 0,
             ack_seq: 0,
@@ -508,6 +519,12 @@ impl Conn {
     }
 
     /// Zeek's `IsReuse`: whether a SYN on this connection starts a new one.
+    ///
+    /// One rule beyond Zeek's: a SYN-ACK with a new sequence number on a
+    /// connection that has ended (either side closed or reset) answers a
+    /// new connection on the same ports whose SYN was not seen. Zeek would
+    /// append it to the old record (`ShADadfFhfF`); a busy client reuses
+    /// ports within seconds, so that would merge two connections.
     #[inline(always)]
     pub fn is_reuse(&self, segment: &Segment) -> bool {
         if !has(segment.flags, SYN) {
@@ -518,7 +535,11 @@ impl Conn {
         let mut conn_orig = orig;
         if has(segment.flags, ACK) {
             if orig.state != INACTIVE {
-                return false;
+                let ended =
+                    |ep: &Endpoint| ep.did_close != 0 || ep.state == CLOSED || ep.state == RESET;
+                return (ended(orig) || ended(resp))
+                    && segment.seq != orig.start_seq
+                    && segment.seq != resp.start_seq;
             }
             conn_orig = resp;
         }
@@ -588,9 +609,25 @@ impl Conn {
         self.history_len = shifted as u8;
     }
 
-    /// Applies one segment sent by endpoint `a` (if `from_a`) at time `now`.
+    /// Applies one segment sent by endpoint `a` (if `from_a`) at time `now`:
+    /// [`Conn::count_gap`], then [`Conn::update_segment`].
     #[inline(always)]
     pub fn update(
+        &mut self,
+        from_a: bool,
+        segment: &Segment,
+        now: u64,
+        timeouts: &Timeouts,
+    ) -> Update {
+        self.count_gap(from_a, segment);
+        self.update_segment(from_a, segment, now, timeouts)
+    }
+
+    /// Everything [`Conn::update`] does but [`Conn::count_gap`]. The kernel
+    /// runs the two as separate functions, each within the verifier's
+    /// limits.
+    #[inline(always)]
+    pub fn update_segment(
         &mut self,
         from_a: bool,
         segment: &Segment,
@@ -696,6 +733,7 @@ impl Conn {
         let ep = &mut self.ep[me & 1];
         ep.pkts += 1;
         ep.payload_bytes += len as u64;
+        ep.ip_bytes += segment.ip_len as u64;
 
         if do_close {
             self.connection_closed(me, peer, timeouts);
@@ -754,6 +792,11 @@ impl Conn {
         if self.hist_seen & letter == 0 {
             return false;
         }
+        if seq_delta(segment.seq, sender.last_seq) > 0 {
+            // It starts past what was seen of this side: a gap, which
+            // `update` counts as missed bytes.
+            return false;
+        }
         let seq_end = segment.seq.wrapping_add(segment.len);
         let advance = seq_delta(seq_end, sender.last_seq) > 0;
         if !advance && segment.len > 0 {
@@ -762,8 +805,12 @@ impl Conn {
         }
 
         self.packets = self.packets.wrapping_add(1);
-        self.last_pkt_ns = now;
-        self.last_ns = now;
+        // The slow path may have stamped the record with the precise clock,
+        // a little ahead of this (coarse) reading: never move time back.
+        if now > self.last_ns {
+            self.last_pkt_ns = now;
+            self.last_ns = now;
+        }
         self.update_ack_seq(peer, segment.ack);
         let sender = &mut self.ep[me & 1];
         if advance {
@@ -774,7 +821,26 @@ impl Conn {
         }
         sender.pkts += 1;
         sender.payload_bytes += segment.len as u64;
+        sender.ip_bytes += segment.ip_len as u64;
         true
+    }
+
+    /// Counts the sequence space between what was seen of the sender and
+    /// this segment's start as missed bytes, before the segment is applied.
+    /// Not for SYNs and RSTs (their sequence numbers may jump), nor while
+    /// nothing of the side was seen (a side numbered from the peer's ACK
+    /// starts at its SYN, which is not a byte of data).
+    #[inline(always)]
+    pub fn count_gap(&mut self, from_a: bool, segment: &Segment) {
+        let me = if self.from_orig(from_a) { ORIG } else { RESP };
+        let ep = &mut self.ep[me & 1];
+        if has(segment.flags, SYN) || has(segment.flags, RST) || ep.last_seq == ep.start_seq {
+            return;
+        }
+        let gap = seq_delta(segment.seq, ep.last_seq);
+        if gap > 0 {
+            ep.missed_bytes += gap as u64;
+        }
     }
 
     /// Why this RST (the connection's first) was sent by `me`.

@@ -87,20 +87,95 @@ pub struct FlowStats {
     /// Pure SYNs not counted per destination: their destination's slot in
     /// this CPU's table ([`crate::dest`]) belonged to another, active one.
     pub dest_collisions: u64,
+    /// Segments not applied to their record because another CPU held the
+    /// record's slot for longer than a bounded wait (see the flow table's
+    /// sequence lock). Expected to stay 0: the wait covers the longest
+    /// update many times over.
+    pub lock_contended: u64,
 }
 
 /// The window of the per-CPU budget of new half-open records.
 pub const HALF_OPEN_WINDOW_NS: u64 = 100_000_000;
 
-/// New half-open records a CPU may create per window, for a table of
-/// `slots` slots and a SYN timeout of `syn_timeout_ns` on `cpus` CPUs: at that
-/// rate, half-open records fill at most half the table before they time out.
+/// New half-open records a CPU may create per window while under pressure
+/// ([`Admission`]), for a table of `slots` slots and a SYN timeout of
+/// `syn_timeout_ns` on `cpus` CPUs: at that rate, half-open records fill at
+/// most half the table before they time out.
 pub fn half_open_budget(slots: u32, syn_timeout_ns: u64, cpus: u32) -> u64 {
     let windows = (syn_timeout_ns / HALF_OPEN_WINDOW_NS).max(1);
     (slots as u64 / 2 / windows / cpus.max(1) as u64).max(16)
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 10 * 8);
+/// Signs of pressure in one window (half-open records pushed out of the
+/// table, SYNs refused by the budget) that put the next window under the
+/// budget.
+pub const PRESSURE_THRESHOLD: u64 = 64;
+
+/// One CPU's admission of new half-open records (pure SYNs).
+///
+/// A SYN is always looked up and tracked while the table copes: a burst of
+/// legitimate connections, however fast, never loses its SYNs. The table
+/// is under pressure when new connections have to push half-open records
+/// out of it (a SYN flood's debris fills it): then, from the next window
+/// on, at most the budget ([`half_open_budget`]) of SYNs per window are
+/// tracked, and the rest are only counted, which spares a flood's every
+/// packet the table's cache misses. Pressure lasts while its signs do (the
+/// SYNs the budget refuses count as signs too, so a flood held at the
+/// budget stays under it). A legitimate connection whose SYN went
+/// untracked is tracked from its SYN-ACK on.
+///
+/// Decided per CPU on the packets' own clock, so a replay of a capture
+/// admits what the live run did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The window (`now / HALF_OPEN_WINDOW_NS`) the counts are for.
+    pub window: u64,
+    /// SYNs admitted or refused in this window.
+    pub syns: u64,
+    /// Signs of pressure in this window.
+    pub pressure: u64,
+    /// 1 if the budget applies in this window.
+    pub limited: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Admission>() == 4 * 8);
+
+impl Admission {
+    #[inline(always)]
+    fn roll(&mut self, now: u64) {
+        let window = now / HALF_OPEN_WINDOW_NS;
+        if window != self.window {
+            // Pressure carries over from the window just before only.
+            self.limited = (window == self.window.wrapping_add(1)
+                && self.pressure >= PRESSURE_THRESHOLD) as u64;
+            self.window = window;
+            self.syns = 0;
+            self.pressure = 0;
+        }
+    }
+
+    /// Whether a pure SYN at `now` may be looked up and tracked.
+    #[inline(always)]
+    pub fn admit(&mut self, now: u64, budget: u64) -> bool {
+        self.roll(now);
+        self.syns += 1;
+        if self.limited != 0 && self.syns > budget {
+            self.pressure += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A half-open or one-sided record pushed out of the table at `now`.
+    #[inline(always)]
+    pub fn note_eviction(&mut self, now: u64) {
+        self.roll(now);
+        self.pressure += 1;
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 11 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
@@ -114,6 +189,7 @@ impl FlowStats {
         self.truncated_segments += other.truncated_segments;
         self.syn_untracked += other.syn_untracked;
         self.dest_collisions += other.dest_collisions;
+        self.lock_contended += other.lock_contended;
     }
 }
 

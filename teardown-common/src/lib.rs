@@ -18,8 +18,16 @@ pub mod table;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.
 pub mod names {
-    /// Per-CPU array with one [`crate::counters::Tallies`] slot.
+    /// Per-CPU array with one [`crate::counters::Tallies`] slot: what
+    /// arrives (XDP).
     pub const TALLIES_MAP: &str = "TALLIES";
+    /// Per-CPU array with one [`crate::counters::Tallies`] slot: what the
+    /// host sends (TC egress).
+    pub const EGRESS_TALLIES_MAP: &str = "EGRESS_TALLIES";
+    /// Array with one u64: the coarse clock's offset, set at load, so that
+    /// `jiffies * tick + offset` reads the same clock as `bpf_ktime_get_ns`
+    /// (at most a tick behind it).
+    pub const CLOCK_OFFSET_MAP: &str = "CLOCK_OFFSET";
     /// The XDP program that parses and counts.
     pub const XDP_PROGRAM: &str = "teardown";
     /// The counting program behind a per-run frame change, for benchmarks.
@@ -40,7 +48,9 @@ pub mod names {
     /// Mmapable array of u64 words: the changed-slot bitmap
     /// ([`crate::events::SLOTS_PER_CHANGE_WORD`]).
     pub const FLOW_CHANGES_MAP: &str = "FLOW_CHANGES";
-    /// Array with one u64: [`CLOCK_PROBE_PROGRAM`] writes the kernel clock here.
+    /// Array of two u64: [`CLOCK_PROBE_PROGRAM`] writes the precise clock
+    /// (`bpf_ktime_get_ns`, or the capture clock in a replay) at 0 and the
+    /// coarse clock before its offset (`jiffies * tick`) at 1.
     pub const CLOCK_PROBE_MAP: &str = "CLOCK_PROBE";
     /// An XDP program, only ever test-run, that reads the clock the flow
     /// table runs on, so user space can relate it to its own.
@@ -63,8 +73,8 @@ pub mod names {
     /// Global: nanoseconds per jiffy for the coarse clock, 0 for the
     /// precise one (`bpf_ktime_get_ns`).
     pub const NS_PER_TICK_GLOBAL: &str = "NS_PER_TICK";
-    /// Global: new half-open records per CPU per window
-    /// ([`crate::events::half_open_budget`]).
+    /// Global: new half-open records per CPU per window under pressure
+    /// ([`crate::events::half_open_budget`], [`crate::events::Admission`]).
     pub const HALF_OPEN_BUDGET_GLOBAL: &str = "HALF_OPEN_BUDGET";
     /// Per-CPU array of [`crate::dest::DEST_SLOTS`]
     /// [`crate::dest::DestSlot`]s: SYNs, completions and half-open records

@@ -7,9 +7,18 @@
 //! costs more than parsing the whole packet, and an LRU insert about fifteen
 //! times that, which a SYN flood would pay for every packet.
 //!
-//! Both sides share the slots without locks. The kernel owns every field but
-//! [`FlowSlot::reported`], which user space writes, atomically, after it
-//! reported the record of that [`FlowSlot::generation`].
+//! Sharing. The kernel owns every field but [`FlowSlot::reported`], which
+//! user space writes, atomically, after it reported the record of that
+//! [`FlowSlot::generation`]. In the kernel, several CPUs may write one slot
+//! at once: a server's ingress (XDP, on the receive queue's CPU) and egress
+//! (TC, on the sending socket's CPU) update one record, and two new
+//! connections may claim one slot. So every write to a slot's key,
+//! generation or record happens under the slot's [`FlowSlot::lock`], a
+//! sequence lock (see `teardown-ebpf`'s `slot_lock`): odd while a CPU is
+//! writing, bumped by one when it takes it and once more when it lets go.
+//! Readers that must not wait (user space, which reads records through the
+//! mmapped table) copy the slot and keep the copy only if the lock word was
+//! even and unchanged around the copy.
 
 use crate::conn::{Conn, ORIG, RESP, state};
 use crate::flow::FlowKey;
@@ -30,11 +39,15 @@ pub struct FlowSlot {
     /// Written by user space: the generation it has reported and closed.
     /// When it equals `generation` the slot is free.
     pub reported: u32,
+    /// The slot's sequence lock: odd while a CPU writes the slot.
+    pub lock: u32,
+    pub _reserved: u32,
     pub conn: Conn,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 40 + 8 + core::mem::size_of::<Conn>());
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 40 + 16 + core::mem::size_of::<Conn>());
 const _: () = assert!(core::mem::offset_of!(FlowSlot, reported) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, lock) % 4 == 0);
 
 /// Slots for a table of at least `max_flows` connections: a power of two, so
 /// a set is found by masking, and at least one set.
@@ -282,6 +295,16 @@ impl Conn {
     #[inline(always)]
     pub fn is_evictable(&self) -> bool {
         self.is_one_sided() || self.handshake_pending()
+    }
+
+    /// Whether both sides are done with the connection (both FINs, or a
+    /// RST) and the record only waits out Zeek's close delay for late
+    /// packets. A new connection that finds its set full may end such a
+    /// record early (reported, not lost) and take its slot: under heavy
+    /// churn most of the table is connections in their close delay.
+    #[inline(always)]
+    pub fn is_closed_out(&self) -> bool {
+        self.flags & crate::conn::flag::CLOSE_COMPLETE != 0
     }
 }
 
@@ -543,6 +566,8 @@ mod tests {
                 key: stored,
                 generation: 1,
                 reported: 0,
+                lock: 0,
+                _reserved: 0,
                 conn: Conn::zeroed(),
             };
             // Packets of this connection both ways, and near misses.
@@ -606,6 +631,8 @@ mod tests {
             key,
             generation: 1,
             reported: 0,
+            lock: 0,
+            _reserved: 0,
             conn: Conn::zeroed(),
         };
         assert!(slot.holds(&key) && !slot.is_free());

@@ -78,6 +78,7 @@ impl Sim {
             },
             window: 64_000,
             len,
+            ip_len: 40 + len,
             src_port: self.ports[side],
             dst_port: self.ports[1 - side],
         };
@@ -769,6 +770,7 @@ fn zero_window_and_scaled_letters() {
         ack: sim.received[1],
         window: 0,
         len: 0,
+        ip_len: 40,
         src_port: SERVER_PORT,
         dst_port: CLIENT_PORT,
     };
@@ -880,6 +882,7 @@ fn a_handshake_completes_with_the_originators_ack_of_the_syn_ack() {
         ack: sim.received[0],
         window: 64_000,
         len: 0,
+        ip_len: 40,
         src_port: CLIENT_PORT,
         dst_port: SERVER_PORT,
     };

@@ -51,6 +51,11 @@ fn segment(rng: &mut Rng, next: &mut [u32; 2], side: usize, step: usize) -> Segm
     let seq = if rng.chance(4) {
         // A retransmission or reordered segment.
         next[side].wrapping_sub(rng.below(4000) as u32)
+    } else if rng.chance(2) {
+        // A segment after a gap: what came before it was not seen.
+        let ahead = next[side].wrapping_add(1 + rng.below(3000) as u32);
+        next[side] = ahead;
+        ahead
     } else {
         next[side]
     };
@@ -69,6 +74,7 @@ fn segment(rng: &mut Rng, next: &mut [u32; 2], side: usize, step: usize) -> Segm
         ack,
         window: if rng.chance(2) { 0 } else { 65_000 },
         len,
+        ip_len: 20 + 32 + len,
         src_port: [40_000, 443][side],
         dst_port: [443, 40_000][side],
     }

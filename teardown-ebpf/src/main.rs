@@ -10,7 +10,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::intrinsics::{AtomicOrdering, atomic_or};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
@@ -24,7 +24,7 @@ use teardown_common::{
     counters::{Tallies, Tally, tally, tally_common},
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing, dest_index},
     events::{
-        DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats, HALF_OPEN_WINDOW_NS,
+        Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats,
         SLOTS_PER_CHANGE_WORD, kind,
     },
     flow::{Direction, FlowKey, words},
@@ -39,9 +39,13 @@ use teardown_common::{
     },
 };
 
-/// One slot of tallies per CPU: no atomics and no contention.
+/// One slot of tallies per CPU: no atomics and no contention. What arrives.
 #[map]
 static TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same tallies of what the host sends (TC egress).
+#[map]
+static EGRESS_TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
 
 /// The flow table (see `teardown_common::table`): sized by user space at
 /// load, mmapped by it to read records without a system call each.
@@ -68,9 +72,19 @@ static LIKELY_PORTS: Array<u64> = Array::with_max_entries(PORT_SET_WORDS as u32,
 #[map]
 static REPLAY_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Where [`teardown_clock`] leaves the clock's reading.
+/// Where [`teardown_clock`] leaves the clocks' readings: the precise clock,
+/// and the coarse one before its offset.
 #[map]
-static CLOCK_PROBE: Array<u64> = Array::with_max_entries(1, 0);
+static CLOCK_PROBE: Array<u64> = Array::with_max_entries(2, 0);
+
+/// `bpf_ktime_get_ns() - jiffies * tick`, at its smallest: user space
+/// measures it at load with [`teardown_clock`]. With it the coarse clock
+/// reads the precise clock's time (as of the last tick), so records can
+/// mix both: the precise clock where a packet takes the slow path (SYN,
+/// FIN, RST, anything out of the ordinary), the coarse one on the fast
+/// path.
+#[map]
+static CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Timer settings; user space overrides them at load time. Mutable (in
 /// `.data`) only so the compiler reads it from the map instead of folding in
@@ -94,13 +108,14 @@ static SET_SHIFT: u32 = set_shift(DEFAULT_MAX_FLOWS);
 #[unsafe(no_mangle)]
 static NS_PER_TICK: u64 = 0;
 
-/// New half-open records this CPU may create per window; set at load.
+/// New half-open records this CPU may create per window while under
+/// pressure ([`Admission`]); set at load.
 #[unsafe(no_mangle)]
 static HALF_OPEN_BUDGET: u64 = 1 << 20;
 
-/// This CPU's budget: [window number, records created in it].
+/// This CPU's admission of new half-open records.
 #[map]
-static HALF_OPEN_SPENT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
 
 /// SYNs, completions and half-open records per destination, this CPU's
 /// own (see `teardown_common::dest`).
@@ -168,16 +183,137 @@ fn is_likely_server(port: u16) -> bool {
     }
 }
 
-/// The clock the flow table runs on, in nanoseconds.
-#[inline(always)]
-fn clock_now() -> u64 {
-    let tick: u64 = setting!(NS_PER_TICK);
-    if tick == 0 {
-        // SAFETY: helpers without arguments.
+/// The clocks a program reads: a cheap one for the fast path, and a
+/// precise one for everything else (SYNs, FINs, RSTs, the first segment of
+/// a connection), so that a record's start and end, and so its duration,
+/// are exact.
+trait FlowClock {
+    /// The fast path's clock: the precise clock's time as of the last
+    /// kernel tick with the default coarse clock.
+    fn coarse(&self) -> u64;
+    fn precise(&self) -> u64;
+}
+
+/// The host's clock (CLOCK_MONOTONIC).
+struct LiveClock;
+
+impl FlowClock for LiveClock {
+    #[inline(always)]
+    fn coarse(&self) -> u64 {
+        let tick: u64 = setting!(NS_PER_TICK);
+        if tick == 0 {
+            return self.precise();
+        }
+        let offset = CLOCK_OFFSET.get(0).copied().unwrap_or(0);
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_jiffies64() }
+            .wrapping_mul(tick)
+            .wrapping_add(offset)
+    }
+
+    #[inline(always)]
+    fn precise(&self) -> u64 {
+        // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
-    } else {
-        // SAFETY: as above.
-        unsafe { bpf_jiffies64() }.wrapping_mul(tick)
+    }
+}
+
+/// The capture's clock, set by `teardown replay` before each packet.
+struct ReplayClock;
+
+impl FlowClock for ReplayClock {
+    #[inline(always)]
+    fn coarse(&self) -> u64 {
+        REPLAY_CLOCK.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn precise(&self) -> u64 {
+        self.coarse()
+    }
+}
+
+/// How many times a CPU tries a slot's lock before it gives up on the
+/// segment (counted in `lock_contended`). The longest hold is one slow-path
+/// update, a few thousand instructions at most, while one try is a load and
+/// maybe a compare-and-swap: thousands of tries outlast any hold.
+const LOCK_TRIES: u32 = 4096;
+
+/// Takes the slot's sequence lock if it is free, in one try.
+///
+/// Why this is safe to share between CPUs: every write to a slot's key,
+/// generation or record happens between a successful [`try_lock`] (an even
+/// lock word swapped for the next odd one, atomically) and [`unlock`]
+/// (the word bumped back to even), so no two CPUs ever write one slot at
+/// once. The compare-and-swap is fully ordered (the BPF memory model
+/// orders atomics that return a value), so the holder sees everything the
+/// previous holder wrote before it let go. The lock cannot deadlock: a
+/// program that holds a slot never waits for another slot, except claim,
+/// which takes a set's two ways in order (way 0, then way 1); and nothing
+/// that takes slot locks can interrupt a holder on its own CPU (XDP runs
+/// in softirq, TC egress with bottom halves off, and neither nests in the
+/// other). Readers that find a slot held let the slow path wait for it,
+/// boundedly ([`LOCK_TRIES`]).
+#[inline(always)]
+fn try_lock(slot: &FlowSlot) -> bool {
+    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+    // SAFETY: an aligned u32 of map memory; other CPUs only touch it atomically.
+    let seen = unsafe { core::ptr::read_volatile(word) };
+    if seen & 1 != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word,
+            seen,
+            seen.wrapping_add(1),
+        )
+    };
+    swapped
+}
+
+/// Lets go of a slot taken with [`try_lock`]. A fetching add: fully
+/// ordered, so every write made under the lock is visible before the word
+/// is even again (user space's check of a copy relies on it too).
+#[inline(always)]
+fn unlock(slot: &FlowSlot) {
+    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+    // SAFETY: an aligned u32 of map memory, held by this CPU.
+    let before = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(word, 1) };
+    // Using the old value makes LLVM emit the fetching form.
+    core::hint::black_box(before);
+}
+
+/// Takes slot `index`'s lock, waiting for another CPU to let go of it for
+/// at most [`LOCK_TRIES`] tries. False (and counted) if it did not.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lock_slot(index: u32) -> i32 {
+    let Some(slot) = FLOW_TABLE.get_ptr(index) else {
+        return 0;
+    };
+    // SAFETY: a flow-table slot.
+    let slot = unsafe { &*slot };
+    let mut tries = 0;
+    while tries < LOCK_TRIES {
+        if try_lock(slot) {
+            return 1;
+        }
+        tries += 1;
+    }
+    if let Some(stats) = stats() {
+        stats.lock_contended += 1;
+    }
+    0
+}
+
+/// Lets go of slot `index`.
+#[inline(always)]
+fn unlock_slot(index: u32) {
+    if let Some(slot) = FLOW_TABLE.get_ptr(index) {
+        // SAFETY: a flow-table slot this CPU holds.
+        unlock(unsafe { &*slot });
     }
 }
 
@@ -334,22 +470,24 @@ pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32
     0
 }
 
-/// Spends one of this CPU's new half-open records for the current window;
-/// false once they are used up.
+/// Whether this CPU admits a new half-open record now ([`Admission`]).
 #[inline(always)]
-fn within_half_open_budget(now: u64) -> bool {
-    let Some(spent) = HALF_OPEN_SPENT.get_ptr_mut(0) else {
+fn admits_syn(now: u64) -> bool {
+    let Some(admission) = ADMISSION.get_ptr_mut(0) else {
         return true;
     };
+    let budget: u64 = setting!(HALF_OPEN_BUDGET);
     // SAFETY: this CPU's slot, one program run at a time.
-    let spent = unsafe { &mut *spent };
-    let window = now / HALF_OPEN_WINDOW_NS;
-    if spent[0] != window {
-        spent[0] = window;
-        spent[1] = 0;
+    unsafe { (*admission).admit(now, budget) }
+}
+
+/// A record pushed out of the table: a sign of pressure for [`Admission`].
+#[inline(always)]
+fn note_eviction(now: u64) {
+    if let Some(admission) = ADMISSION.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, one program run at a time.
+        unsafe { (*admission).note_eviction(now) };
     }
-    spent[1] += 1;
-    spent[1] <= setting!(HALF_OPEN_BUDGET)
 }
 
 /// One TCP segment the fast path declined, for the slow path: everything it
@@ -365,6 +503,8 @@ pub struct TrackInput {
     pub seq: u64,
     pub ack: u64,
     pub len: u64,
+    /// The IP datagram's length.
+    pub ip_len: u64,
     pub window: u64,
     pub src_port: u64,
     pub dst_port: u64,
@@ -386,7 +526,7 @@ pub struct TrackInput {
     pub from_a: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TrackInput>() == 13 * 8 + 32 + 40);
+const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
 
 /// A per-CPU place for the segment handed to [`track_segment`].
 #[map]
@@ -401,7 +541,7 @@ fn track<const OPAQUE_OFFSET: bool>(
     tcp: &TcpSegment,
     ip_offset: usize,
     is_v6: bool,
-    now: impl Fn() -> u64,
+    clock: &impl FlowClock,
 ) {
     // In the TC program, the offset is made opaque to the optimiser, so it
     // keeps the bounds checks of the address loads below: it can prove them
@@ -422,61 +562,65 @@ fn track<const OPAQUE_OFFSET: bool>(
             frame.load::<16>(ip_offset + 24),
         ) {
             let (src, dst) = (halves(src), halves(dst));
-            if let Some(now) = admit(tcp, &src, &dst, now) {
-                look_up::<true>(tcp, &src, &dst, now);
+            if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
+                look_up::<true>(tcp, ip_offset, &src, &dst, clock, syn_time);
             }
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
         let src = [0, ipv4_half([pair[0], pair[1], pair[2], pair[3]])];
         let dst = [0, ipv4_half([pair[4], pair[5], pair[6], pair[7]])];
-        if let Some(now) = admit(tcp, &src, &dst, now) {
-            look_up::<false>(tcp, &src, &dst, now);
+        if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
+            look_up::<false>(tcp, ip_offset, &src, &dst, clock, syn_time);
         }
     }
 }
 
-/// A pure SYN is counted for its destination (flood detection), then
-/// spends this CPU's half-open budget: `None` once the budget is used up
-/// (the SYN is tallied, not looked up). Returns the clock for the lookup.
+/// A pure SYN is counted for its destination (flood detection), then asks
+/// this CPU's [`Admission`]: `None` if refused (the SYN is tallied, not
+/// looked up). Otherwise `Some`, with the precise time of a pure SYN (0
+/// for anything else), which its record starts with.
 ///
-/// The clock is read where it is needed: for a SYN here, for its budget;
-/// for anything else only once the slot is found. Each read is a call,
-/// across which only four registers survive, so reading it first would
-/// make everything live around it go to the stack and back.
+/// The clock is read where it is needed: for a SYN here, for its
+/// admission; for anything else only once the slot is found. Each read is a
+/// call, across which only four registers survive, so reading it first
+/// would make everything live around it go to the stack and back.
 #[inline(always)]
 fn admit(
     tcp: &TcpSegment,
     source: &[u64; 2],
     dest: &[u64; 2],
-    now: impl Fn() -> u64,
-) -> Option<impl Fn() -> u64> {
-    let pure_syn = tcp.flags & (SYN | ACK) == SYN;
-    let mut syn_time = 0;
-    if pure_syn {
-        count_syn(&words_of(source), &words_of(dest), tcp.dst_port);
-        syn_time = now();
-        if !within_half_open_budget(syn_time) {
-            // A SYN flood: not even looked up, which would cost a cache miss
-            // or two per packet in a table this size.
-            if let Some(stats) = stats() {
-                stats.syn_untracked += 1;
-            }
-            return None;
-        }
+    clock: &impl FlowClock,
+) -> Option<u64> {
+    if tcp.flags & (SYN | ACK) != SYN {
+        return Some(0);
     }
-    Some(move || if pure_syn { syn_time } else { now() })
+    count_syn(&words_of(source), &words_of(dest), tcp.dst_port);
+    let syn_time = clock.precise();
+    if !admits_syn(syn_time) {
+        // A SYN flood: not even looked up, which would cost a cache miss
+        // or two per packet in a table this size.
+        if let Some(stats) = stats() {
+            stats.syn_untracked += 1;
+        }
+        return None;
+    }
+    Some(syn_time)
 }
 
 /// Probes the two slots of the connection's set, comparing the packet's
 /// endpoints against each slot's key in both orders
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
-/// only the words that tell IPv4 keys apart are compared.
+/// only the words that tell IPv4 keys apart are compared. The fast path
+/// updates the record under the slot's lock, taken in one try; a slot that
+/// is held, or a segment the fast path declines, goes to the slow path.
 #[inline(always)]
 fn look_up<const V6: bool>(
     tcp: &TcpSegment,
+    ip_offset: usize,
     src: &[u64; 2],
     dst: &[u64; 2],
-    now: impl Fn() -> u64,
+    clock: &impl FlowClock,
+    syn_time: u64,
 ) {
     let family = if V6 { 6 } else { 4 };
     let hash = flow_hash(
@@ -486,34 +630,44 @@ fn look_up<const V6: bool>(
         tcp.dst_port,
     );
     let set = set_of(hash, setting!(SET_SHIFT));
-    let mut time = 0;
+    let ip_len = (tcp.offset as u32)
+        .wrapping_sub(ip_offset as u32)
+        .wrapping_add(tcp.header_len as u32)
+        .wrapping_add(tcp.payload_len);
     let mut way = WAYS;
     let mut candidate = 0;
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
-            // SAFETY: a flow-table slot; see teardown_common::table on sharing.
+            // SAFETY: a flow-table slot; written only under its lock.
             let slot = unsafe { &mut *slot };
             let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
             if found != matched::NONE {
-                time = now();
-                let segment = Segment {
-                    flags: tcp.flags,
-                    seq: tcp.seq,
-                    ack: tcp.ack,
-                    window: tcp.window,
-                    len: tcp.payload_len,
-                    src_port: tcp.src_port,
-                    dst_port: tcp.dst_port,
-                };
-                if tcp.header_complete
-                    && slot.conn.update_established(
-                        found == matched::FROM_A,
-                        &segment,
-                        time,
-                        timeouts().idle_ns,
-                    )
-                {
-                    return;
+                if tcp.header_complete && try_lock(slot) {
+                    // The record may have changed hands between the compare
+                    // and the lock: compare again, under the lock.
+                    let segment = Segment {
+                        flags: tcp.flags,
+                        seq: tcp.seq,
+                        ack: tcp.ack,
+                        window: tcp.window,
+                        len: tcp.payload_len,
+                        ip_len,
+                        src_port: tcp.src_port,
+                        dst_port: tcp.dst_port,
+                    };
+                    let done =
+                        slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family)
+                            == found
+                            && slot.conn.update_established(
+                                found == matched::FROM_A,
+                                &segment,
+                                clock.coarse(),
+                                timeouts().idle_ns,
+                            );
+                    unlock(slot);
+                    if done {
+                        return;
+                    }
                 }
                 way = candidate;
                 break;
@@ -527,11 +681,18 @@ fn look_up<const V6: bool>(
     };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let input = unsafe { &mut *input };
-    // One reading per packet: the fast path's, if it took one.
-    input.now = if way < WAYS { time } else { now() };
+    // The slow path runs on the precise clock: a record's first and last
+    // packets (SYN, FIN, RST, the last ACK) nearly always come this way,
+    // so its duration is exact.
+    input.now = if syn_time != 0 {
+        syn_time
+    } else {
+        clock.precise()
+    };
     input.seq = tcp.seq as u64;
     input.ack = tcp.ack as u64;
     input.len = tcp.payload_len as u64;
+    input.ip_len = ip_len as u64;
     input.window = tcp.window as u64;
     input.src_port = tcp.src_port as u64;
     input.dst_port = tcp.dst_port as u64;
@@ -553,6 +714,7 @@ fn segment_of(input: &TrackInput) -> Segment {
         ack: input.ack as u32,
         window: input.window as u16,
         len: input.len as u32,
+        ip_len: input.ip_len as u32,
         src_port: input.src_port as u16,
         dst_port: input.dst_port as u16,
     }
@@ -568,8 +730,19 @@ fn segment_of(input: &TrackInput) -> Segment {
 // multiplying with the parser's and with each other's; and each gets its own
 // stack frame. Global functions may be handed null pointers, hence the checks.
 
+/// Whether slot `index` holds a live record of `key`.
+#[inline(always)]
+fn slot_holds(index: u32, key: &FlowKey) -> bool {
+    match FLOW_TABLE.get_ptr(index) {
+        // SAFETY: a flow-table slot.
+        Some(slot) => unsafe { !(*slot).is_free() && (*slot).holds(key) },
+        None => false,
+    }
+}
+
 /// Feeds one TCP segment the fast path declined to its connection's record,
-/// creating the record if need be.
+/// creating the record if need be. Holds the record's slot (for a new
+/// record, both slots of its set) for the whole update.
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -591,28 +764,62 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     );
     input.key = key;
     input.from_a = (direction == Direction::AToB) as u64;
-    let index = if input.way < WAYS as u64 {
-        let index = (input.set + input.way) as u32;
-        close_out_if_due(index, input);
-        index
-    } else {
-        claim_slot(input)
-    };
-    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
-        // No slot: claim_slot counted why.
+    let set = input.set as u32;
+    if input.way < WAYS as u64 {
+        let index = set + input.way as u32;
+        if lock_slot(index) == 0 {
+            return 0;
+        }
+        // Still the connection's? Another CPU may have ended it meanwhile.
+        if slot_holds(index, &input.key) {
+            close_out_if_due(index, input);
+            apply(index, input);
+            unlock_slot(index);
+            return 0;
+        }
+        unlock_slot(index);
+    }
+    let claimed = claim_slot(input);
+    if claimed == u32::MAX {
         return 0;
+    }
+    let index = claimed & !FOUND_UNDER_LOCK;
+    if claimed & FOUND_UNDER_LOCK != 0 {
+        // Called from here, not from claim_slot: the deepest chain of
+        // calls must fit the 512 bytes all their stack frames share.
+        close_out_if_due(index, input);
+    }
+    apply(index, input);
+    unlock_slot(set);
+    unlock_slot(set + 1);
+    0
+}
+
+/// Set in [`claim_slot`]'s answer when the record was there after all.
+const FOUND_UNDER_LOCK: u32 = 1 << 31;
+
+/// Applies the segment to the record in slot `index`, which this CPU holds,
+/// and counts what changed.
+#[inline(always)]
+fn apply(index: u32, input: &TrackInput) {
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
+        return;
     };
-    // SAFETY: a flow-table slot.
+    // SAFETY: a flow-table slot this CPU holds.
     let slot = unsafe { &mut *slot };
     if input.header_complete == 0 {
         // Zeek too creates the connection and then ignores such a segment.
         if let Some(stats) = stats() {
             stats.truncated_segments += 1;
         }
-        return 0;
+        return;
     }
+    conn_count_gap(&mut slot.conn, input);
     let outcome = conn_update(&mut slot.conn, input);
-    let (before, after) = (outcome & 2 != 0, outcome & 4 != 0);
+    let (before, after) = (
+        outcome & outcome::HALF_OPEN_BEFORE != 0,
+        outcome & outcome::HALF_OPEN_AFTER != 0,
+    );
     count_half_open(before, after);
     let change = if !before && after {
         responder_change::HALF_OPEN_STARTED
@@ -620,7 +827,7 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         responder_change::HALF_OPEN_RESOLVED
     } else {
         0
-    } | if outcome & 8 != 0 {
+    } | if outcome & outcome::COMPLETED != 0 {
         responder_change::COMPLETED
     } else {
         0
@@ -628,10 +835,9 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     if change != 0 {
         count_for_responder(slot, change);
     }
-    if outcome & 1 != 0 {
+    if outcome & outcome::RESCHEDULED != 0 {
         mark_changed(index);
     }
-    0
 }
 
 /// Starts a new record in `slot` for the segment's connection.
@@ -648,10 +854,10 @@ fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     mark_changed(index);
 }
 
-/// If the record in slot `index` is past its deadline (allowing user space
-/// the grace time to do it first), or the segment is a SYN that starts a new
-/// connection on the same ports, hands the record to user space and starts
-/// a new one in place.
+/// If the record in slot `index` (held by this CPU) is past its deadline
+/// (allowing user space the grace time to do it first), or the segment
+/// starts a new connection on the same ports ([`Conn::is_reuse`]), hands
+/// the record to user space and starts a new one in place.
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -676,13 +882,18 @@ pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 
     1
 }
 
-/// Finds a slot for a connection not in the table and starts its record
-/// there: a free slot, else one whose record is past its deadline (handed to
-/// user space first), else one holding a one-sided record or an
-/// unacknowledged handshake ([`Conn::is_evictable`]; evicted, and counted).
-/// Conversations are never evicted; if both slots hold one, the new
-/// connection is not tracked (counted). Returns the slot, or
-/// `u32::MAX`.
+/// Finds a slot for a connection the fast path did not find, and leaves
+/// both slots of its set held by this CPU. First it looks again under the
+/// locks: another CPU may have started the record meanwhile. Otherwise it
+/// starts the record in a free slot, else one whose record is past its
+/// deadline (handed to user space first), else one whose connection is
+/// completely closed and only waits out its close delay (handed to user
+/// space early: nothing is lost but the absorption of late packets), else
+/// one holding a one-sided record or an unacknowledged handshake
+/// ([`Conn::is_evictable`]; evicted, and counted). Conversations are never
+/// evicted; if both slots hold one, the new connection is not tracked
+/// (counted). Returns the slot (with [`FOUND_UNDER_LOCK`] if the record
+/// was there after all), or `u32::MAX` with nothing held.
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -692,12 +903,30 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         return u32::MAX;
     };
     let set = input.set as u32;
+    // Way 0 before way 1, always: two CPUs claiming in one set cannot
+    // each hold the slot the other waits for.
+    if lock_slot(set) == 0 {
+        return u32::MAX;
+    }
+    if lock_slot(set + 1) == 0 {
+        unlock_slot(set);
+        return u32::MAX;
+    }
+    let mut found = 0;
+    while found < WAYS {
+        if slot_holds(set + found, &input.key) {
+            return (set + found) | FOUND_UNDER_LOCK;
+        }
+        found += 1;
+    }
     let (Some(first), Some(second)) =
         (FLOW_TABLE.get_ptr_mut(set), FLOW_TABLE.get_ptr_mut(set + 1))
     else {
+        unlock_slot(set);
+        unlock_slot(set + 1);
         return u32::MAX;
     };
-    // SAFETY: two distinct flow-table slots.
+    // SAFETY: two distinct flow-table slots, both held by this CPU.
     let ways = unsafe { [&mut *first, &mut *second] };
     let grace: u64 = setting!(GRACE_NS);
     let late = input.now.saturating_sub(grace);
@@ -721,6 +950,23 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         }
     }
     if chosen == WAYS as usize {
+        let closed = [ways[0].conn.is_closed_out(), ways[1].conn.is_closed_out()];
+        chosen = match closed {
+            [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => WAYS as usize,
+        };
+        if chosen < WAYS as usize {
+            emit_ended(
+                ways[chosen & 1],
+                set + chosen as u32,
+                end_reason::CLOSED,
+                input.now,
+            );
+        }
+    }
+    if chosen == WAYS as usize {
         let evictable = [ways[0].conn.is_evictable(), ways[1].conn.is_evictable()];
         chosen = match evictable {
             [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
@@ -730,6 +976,8 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
                 if let Some(stats) = stats() {
                     stats.insert_failed += 1;
                 }
+                unlock_slot(set);
+                unlock_slot(set + 1);
                 return u32::MAX;
             }
         };
@@ -742,15 +990,27 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         if ways[chosen & 1].conn.half_open() {
             count_for_responder(ways[chosen & 1], responder_change::HALF_OPEN_RESOLVED);
         }
+        note_eviction(input.now);
     }
     let index = set + chosen as u32;
     begin_record(ways[chosen & 1], index, input);
     index
 }
 
-/// Applies the segment to the record ([`Conn::update`]). Returns bit 0: the
-/// deadline moved; bit 1: half-open before; bit 2: half-open after; bit 3:
-/// the segment completed the handshake ([`Conn::handshake_completed`]).
+/// What [`conn_update`] reports.
+mod outcome {
+    /// The record's deadline moved earlier.
+    pub const RESCHEDULED: u32 = 1;
+    /// Half-open before the segment.
+    pub const HALF_OPEN_BEFORE: u32 = 2;
+    /// Half-open after it.
+    pub const HALF_OPEN_AFTER: u32 = 4;
+    /// The segment completed the handshake ([`Conn::handshake_completed`]).
+    pub const COMPLETED: u32 = 8;
+}
+
+/// Applies the segment to the record ([`Conn::update`]). Returns
+/// [`outcome`] bits.
 #[unsafe(no_mangle)]
 #[inline(never)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -762,12 +1022,36 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
     let segment = segment_of(input);
     let before = conn.half_open();
     let completed_before = conn.handshake_completed();
-    let update = conn.update(input.from_a != 0, &segment, input.now, timeouts());
+    let update = conn.update_segment(input.from_a != 0, &segment, input.now, timeouts());
     let completed_now = !completed_before && conn.handshake_completed();
-    update.rescheduled as u32
-        | (before as u32) << 1
-        | (conn.half_open() as u32) << 2
-        | (completed_now as u32) << 3
+    let mut bits = 0;
+    if update.rescheduled {
+        bits |= outcome::RESCHEDULED;
+    }
+    if before {
+        bits |= outcome::HALF_OPEN_BEFORE;
+    }
+    if conn.half_open() {
+        bits |= outcome::HALF_OPEN_AFTER;
+    }
+    if completed_now {
+        bits |= outcome::COMPLETED;
+    }
+    bits
+}
+
+/// [`Conn::count_gap`], the part of [`Conn::update`] that [`conn_update`]
+/// leaves out.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn conn_count_gap(conn: *mut Conn, input: *const TrackInput) -> i32 {
+    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
+    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
+        return 0;
+    };
+    conn.count_gap(input.from_a != 0, &segment_of(input));
+    0
 }
 
 /// What the programs read of a frame: its tally, and its TCP segment with
@@ -795,7 +1079,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
 }
 
 #[inline(always)]
-fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
+fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -806,7 +1090,7 @@ fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
     if let Some((ip_offset, is_v6, tcp)) = segment {
-        track::<false>(frame, &tcp, ip_offset, is_v6, now);
+        track::<false>(frame, &tcp, ip_offset, is_v6, clock);
     }
     if let Some(tallies) = TALLIES.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
@@ -816,7 +1100,7 @@ fn count_and_track(ctx: &XdpContext, now: impl Fn() -> u64) {
 
 #[xdp]
 pub fn teardown(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, clock_now);
+    count_and_track(&ctx, &LiveClock);
     xdp_action::XDP_PASS
 }
 
@@ -824,7 +1108,7 @@ pub fn teardown(ctx: XdpContext) -> u32 {
 /// clock before each packet, so every timeout runs on the capture's clock.
 #[xdp]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, || REPLAY_CLOCK.get(0).copied().unwrap_or(0));
+    count_and_track(&ctx, &ReplayClock);
     xdp_action::XDP_PASS
 }
 
@@ -832,7 +1116,7 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 const EGRESS_HEADER_BYTES: u32 = 128;
 
 /// The host's own segments (SYN-ACKs, FINs, RSTs it sends), into the same
-/// flow table. Not counted in the tallies, which describe what arrives.
+/// flow table, and counted in tallies of their own ([`EGRESS_TALLIES`]).
 #[classifier]
 pub fn teardown_egress(ctx: TcContext) -> i32 {
     let linear = ctx.data_end() - ctx.data();
@@ -844,21 +1128,34 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    // The tally is not kept: the tallies describe what arrives.
-    if let (_, Some((ip_offset, is_v6, tcp))) = read_frame(&frame) {
-        track::<true>(&frame, &tcp, ip_offset, is_v6, clock_now);
+    let (counted, segment) = read_frame(&frame);
+    if let Some((ip_offset, is_v6, tcp)) = segment {
+        track::<true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+    }
+    if let Some(tallies) = EGRESS_TALLIES.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
+        unsafe { (*tallies).record(&counted) };
     }
     // Let the packet go on to whatever else is attached.
     TC_ACT_UNSPEC
 }
 
-/// Reads the flow table's clock into [`CLOCK_PROBE`]; user space test-runs
-/// it to relate that clock to its own.
+/// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the
+/// coarse one before its offset. User space test-runs it to measure
+/// [`CLOCK_OFFSET`] and to relate the flow table's clock to its own.
 #[xdp]
 pub fn teardown_clock(_ctx: XdpContext) -> u32 {
+    let precise = LiveClock.precise();
+    let tick: u64 = setting!(NS_PER_TICK);
+    // SAFETY: a helper without arguments.
+    let coarse = unsafe { bpf_jiffies64() }.wrapping_mul(tick);
     if let Some(reading) = CLOCK_PROBE.get_ptr_mut(0) {
-        // SAFETY: the probe's one slot.
-        unsafe { *reading = clock_now() };
+        // SAFETY: the probe's first slot.
+        unsafe { *reading = precise };
+    }
+    if let Some(reading) = CLOCK_PROBE.get_ptr_mut(1) {
+        // SAFETY: the probe's second slot.
+        unsafe { *reading = coarse };
     }
     xdp_action::XDP_PASS
 }
@@ -909,7 +1206,7 @@ fn bench_mutate(ctx: &XdpContext) {
 #[xdp]
 pub fn teardown_bench(ctx: XdpContext) -> u32 {
     bench_mutate(&ctx);
-    count_and_track(&ctx, clock_now);
+    count_and_track(&ctx, &LiveClock);
     xdp_action::XDP_PASS
 }
 

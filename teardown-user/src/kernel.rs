@@ -4,7 +4,7 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::AtomicU64,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
 use anyhow::Context as _;
@@ -95,6 +95,9 @@ fn mmap_map(ebpf: &Ebpf, name: &str, len: usize) -> anyhow::Result<NonNull<u8>> 
     NonNull::new(address.cast()).with_context(|| format!("mapping the {name} map"))
 }
 
+/// How many times [`FlowTable::read`] tries for a consistent copy.
+const SLOT_READ_TRIES: u32 = 100_000;
+
 /// The kernel's flow table as seen from user space (see
 /// `teardown_common::table`): records are read in place, and only
 /// [`FlowSlot::reported`] is ever written.
@@ -111,15 +114,36 @@ impl FlowTable {
         self.len
     }
 
-    /// A copy of slot `index`. The kernel may be writing it meanwhile; a torn
-    /// copy is possible in principle and costs at most one odd record.
+    /// A consistent copy of slot `index`. The kernel may be writing it
+    /// meanwhile: the copy is kept only if the slot's sequence lock
+    /// ([`FlowSlot::lock`]) was even, and unchanged, around it; otherwise it
+    /// is taken again. A kernel writer holds a slot for a few microseconds
+    /// at most, so the retries end long before their bound; should they
+    /// not, the last copy is returned all the same.
     pub fn read(&self, index: u32) -> Option<FlowSlot> {
         if index as usize >= self.len {
             return None;
         }
         // SAFETY: in bounds of the mapping; FlowSlot is plain data, any
-        // bytes are valid.
-        Some(unsafe { std::ptr::read_volatile(self.slots.as_ptr().add(index as usize)) })
+        // bytes are valid; `lock` is a 4-aligned u32 the kernel changes
+        // only atomically.
+        unsafe {
+            let slot = self.slots.as_ptr().add(index as usize);
+            let lock = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*slot).lock));
+            let mut copy = std::ptr::read_volatile(slot);
+            for _ in 0..SLOT_READ_TRIES {
+                let before = lock.load(Ordering::Acquire);
+                if before & 1 == 0 {
+                    copy = std::ptr::read_volatile(slot);
+                    fence(Ordering::Acquire);
+                    if lock.load(Ordering::Relaxed) == before {
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+            Some(copy)
+        }
     }
 
     /// Marks `generation` of slot `index` reported: the kernel may reuse the
@@ -261,6 +285,7 @@ impl Kernel {
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
         let budget = half_open_budget(slots, options.timeouts.syn_ns, cpus);
         let mut ebpf = match EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
             .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
             .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
             .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)
@@ -320,17 +345,24 @@ impl Kernel {
                     .context("filling the likely-ports map")?;
             }
         }
-        Ok(Kernel {
+        let mut kernel = Kernel {
             ebpf,
             slots,
             xdp_link: None,
             egress_link: None,
-        })
+        };
+        kernel.set_clock_offset(tick)?;
+        Ok(kernel)
     }
 
-    /// The flow table's clock now, in its own nanoseconds (jiffies times the
-    /// tick length for the coarse clock, CLOCK_MONOTONIC for the precise).
+    /// The flow table's clock now: CLOCK_MONOTONIC, in nanoseconds (the
+    /// coarse clock reads the same clock, as of the last tick).
     pub fn kernel_clock_ns(&mut self) -> anyhow::Result<u64> {
+        Ok(self.probe_clocks()?.0)
+    }
+
+    /// Test-runs the clock probe: (precise clock, jiffies times the tick).
+    fn probe_clocks(&mut self) -> anyhow::Result<(u64, u64)> {
         self.test_run(names::CLOCK_PROBE_PROGRAM, &[0u8; 64])
             .context("reading the kernel clock")?;
         let map = self
@@ -338,7 +370,36 @@ impl Kernel {
             .map(names::CLOCK_PROBE_MAP)
             .context("eBPF object has no clock probe map")?;
         let probe = Array::<&MapData, u64>::try_from(map).context("opening the clock probe")?;
-        probe.get(&0, 0).context("reading the clock probe")
+        Ok((
+            probe.get(&0, 0).context("reading the clock probe")?,
+            probe.get(&1, 0).context("reading the clock probe")?,
+        ))
+    }
+
+    /// Measures and sets the coarse clock's offset ([`names::CLOCK_OFFSET_MAP`]):
+    /// the smallest difference between the precise clock and jiffies times
+    /// the tick, over readings spread across two ticks, so that the coarse
+    /// clock reads the precise clock's time of the last tick, within an
+    /// eighth of a tick.
+    fn set_clock_offset(&mut self, tick_ns: u64) -> anyhow::Result<()> {
+        if tick_ns == 0 {
+            return Ok(());
+        }
+        let mut offset = u64::MAX;
+        for _ in 0..17 {
+            let (precise, coarse) = self.probe_clocks()?;
+            offset = offset.min(precise.wrapping_sub(coarse));
+            std::thread::sleep(std::time::Duration::from_nanos(tick_ns / 8));
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::CLOCK_OFFSET_MAP)
+            .context("eBPF object has no clock offset map")?;
+        let mut array =
+            Array::<&mut MapData, u64>::try_from(map).context("opening the clock offset map")?;
+        array
+            .set(0, offset, 0)
+            .context("setting the coarse clock's offset")
     }
 
     /// The flow table and its changed-slot bitmap, mapped into this process.
@@ -571,12 +632,21 @@ impl Kernel {
         Ok(())
     }
 
-    /// The tallies summed over all CPUs.
+    /// The tallies of what arrives, summed over all CPUs.
     pub fn tallies(&self) -> anyhow::Result<Tallies> {
+        self.tallies_of(names::TALLIES_MAP)
+    }
+
+    /// The tallies of what the host sends (TC egress), summed over all CPUs.
+    pub fn egress_tallies(&self) -> anyhow::Result<Tallies> {
+        self.tallies_of(names::EGRESS_TALLIES_MAP)
+    }
+
+    fn tallies_of(&self, name: &str) -> anyhow::Result<Tallies> {
         let map = self
             .ebpf
-            .map(names::TALLIES_MAP)
-            .with_context(|| format!("eBPF object has no {} map", names::TALLIES_MAP))?;
+            .map(name)
+            .with_context(|| format!("eBPF object has no {name} map"))?;
         let array =
             PerCpuArray::<&MapData, Tallies>::try_from(map).context("opening the tallies map")?;
         let per_cpu = array.get(&0, 0).context("reading the tallies map")?;
