@@ -203,3 +203,68 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: u64 = HALF_OPEN_WINDOW_NS;
+
+    #[test]
+    fn a_burst_of_syns_is_admitted_whole_without_pressure() {
+        let mut admission = Admission::default();
+        let start = 1_000 * WINDOW;
+        for i in 0..100_000 {
+            assert!(admission.admit(start + i, 16), "SYN {i}");
+        }
+    }
+
+    #[test]
+    fn pressure_limits_the_next_window_and_lasts_while_its_signs_do() {
+        let mut admission = Admission::default();
+        let budget = 100;
+        let t = 1_000 * WINDOW;
+        // Window 0: a flood fills the table and pushes records out.
+        for i in 0..1_000 {
+            assert!(admission.admit(t + i, budget));
+            admission.note_eviction(t + i);
+        }
+        // Window 1: under the budget.
+        let admitted = (0..1_000)
+            .filter(|i| admission.admit(t + WINDOW + i, budget))
+            .count();
+        assert_eq!(admitted, budget as usize);
+        // Window 2: the refused SYNs of window 1 keep it limited.
+        let admitted = (0..1_000)
+            .filter(|i| admission.admit(t + 2 * WINDOW + i, budget))
+            .count();
+        assert_eq!(admitted, budget as usize);
+        // Window 3: the flood stopped in window 2's wake: a few SYNs, no
+        // evictions; window 4 is free again.
+        for i in 0..10 {
+            admission.admit(t + 3 * WINDOW + i, budget);
+        }
+        assert!((0..1_000).all(|i| admission.admit(t + 4 * WINDOW + i, budget)));
+    }
+
+    #[test]
+    fn pressure_does_not_carry_over_a_quiet_window() {
+        let mut admission = Admission::default();
+        let t = 1_000 * WINDOW;
+        for i in 0..PRESSURE_THRESHOLD {
+            admission.note_eviction(t + i);
+        }
+        // The next SYN comes two windows later: no limit.
+        assert!((0..1_000).all(|i| admission.admit(t + 2 * WINDOW + i, 1)));
+    }
+
+    #[test]
+    fn fewer_signs_than_the_threshold_do_not_limit() {
+        let mut admission = Admission::default();
+        let t = 1_000 * WINDOW;
+        for i in 0..PRESSURE_THRESHOLD - 1 {
+            admission.note_eviction(t + i);
+        }
+        assert!((0..1_000).all(|i| admission.admit(t + WINDOW + i, 1)));
+    }
+}

@@ -952,3 +952,80 @@ fn only_unacknowledged_handshakes_are_pending() {
     sim.server(SYN | ACK, 0);
     assert!(!sim.conn().handshake_pending(), "a SYN-ACK alone");
 }
+
+/// A closed connection, then the next one on the same ports whose SYN the
+/// monitor missed: its SYN-ACK starts a record of its own (Zeek would
+/// append it to the closed one).
+#[test]
+fn a_syn_ack_with_a_new_isn_after_a_close_starts_a_new_record() {
+    let mut sim = Sim::new();
+    sim.handshake();
+    sim.client(ACK, 100).server(ACK, 0);
+    sim.client(FIN | ACK, 0)
+        .server(FIN | ACK, 0)
+        .client(ACK, 0);
+    // The next connection's SYN is not seen; its SYN-ACK carries a new ISN.
+    sim.next = [9_000, 90_000];
+    sim.received[0] = 9_001;
+    sim.server(SYN | ACK, 0).client(ACK, 0);
+    assert_eq!(sim.ended.len(), 1, "the closed connection is ended");
+    assert_eq!(sim.ended[0].1, end_reason::REUSED);
+    assert_eq!(sim.ended[0].0.conn_state(), "SF");
+    assert_eq!(sim.ended[0].0.history(), b"ShADaFf");
+    // The new record starts at the SYN-ACK and learns who the client is.
+    assert_eq!(sim.conn().ep[ORIG].pkts + sim.conn().ep[RESP].pkts, 2);
+}
+
+/// After an abort too; but a retransmitted SYN-ACK (the old ISN) is not a
+/// new connection, and neither is a SYN-ACK on an open one.
+#[test]
+fn only_a_new_isn_on_an_ended_connection_is_reuse_for_a_syn_ack() {
+    let mut sim = Sim::new();
+    sim.handshake();
+    sim.client(RST, 0);
+    let ended = sim.conn();
+    let old_synack = Segment {
+        flags: SYN | ACK,
+        seq: 50_000,
+        ack: 1_001,
+        window: 64_000,
+        len: 0,
+        ip_len: 40,
+        src_port: SERVER_PORT,
+        dst_port: CLIENT_PORT,
+    };
+    assert!(!ended.is_reuse(&old_synack), "a retransmission");
+    assert!(ended.is_reuse(&Segment {
+        seq: 123_456,
+        ..old_synack
+    }));
+    let mut open = Sim::new();
+    open.handshake();
+    assert!(!open.conn().is_reuse(&Segment {
+        seq: 123_456,
+        ..old_synack
+    }));
+}
+
+/// Segments the monitor never saw show up as missed bytes, on the side that
+/// sent them; IP bytes count every segment's whole datagram.
+#[test]
+fn gaps_are_missed_bytes_and_ip_bytes_count_whole_datagrams() {
+    let mut sim = Sim::new();
+    sim.handshake();
+    sim.client(ACK | PSH, 100);
+    // 300 bytes of the client's go unseen.
+    sim.next[0] += 300;
+    sim.client(ACK | PSH, 50).server(ACK, 0);
+    // A retransmission of seen data is not a gap.
+    let seq = sim.next[0] - 50;
+    sim.send_at(0, ACK | PSH, 50, seq);
+    let conn = sim.conn();
+    assert_eq!(conn.ep[ORIG].missed_bytes, 300);
+    assert_eq!(conn.ep[RESP].missed_bytes, 0);
+    // Client: SYN, ACK, 100, 50, 50 bytes of payload, 40 bytes of headers each.
+    assert_eq!(conn.ep[ORIG].ip_bytes, 5 * 40 + 200);
+    assert_eq!(conn.ep[RESP].ip_bytes, 2 * 40);
+    // Zeek's size counts the sequence space, gap included.
+    assert_eq!(conn.size(ORIG), 450);
+}
