@@ -961,9 +961,7 @@ fn a_syn_ack_with_a_new_isn_after_a_close_starts_a_new_record() {
     let mut sim = Sim::new();
     sim.handshake();
     sim.client(ACK, 100).server(ACK, 0);
-    sim.client(FIN | ACK, 0)
-        .server(FIN | ACK, 0)
-        .client(ACK, 0);
+    sim.client(FIN | ACK, 0).server(FIN | ACK, 0).client(ACK, 0);
     // The next connection's SYN is not seen; its SYN-ACK carries a new ISN.
     sim.next = [9_000, 90_000];
     sim.received[0] = 9_001;

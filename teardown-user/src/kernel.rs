@@ -304,35 +304,8 @@ impl Kernel {
             }
             Err(err) => return Err(err).context("loading the eBPF object"),
         };
-        for name in [
-            names::XDP_PROGRAM,
-            names::XDP_BASELINE_PROGRAM,
-            names::XDP_REPLAY_PROGRAM,
-            names::CLOCK_PROBE_PROGRAM,
-        ] {
-            let program = xdp_program(&mut ebpf, name)?;
-            match program.load() {
-                Ok(()) => {}
-                Err(err) if is_permission_error(&err) => {
-                    return Err(SetupError::Permission("loading the XDP program").into());
-                }
-                Err(err) => {
-                    return Err(err).with_context(|| format!("loading XDP program {name}"));
-                }
-            }
-        }
-        let egress: &mut SchedClassifier = ebpf
-            .program_mut(names::TC_EGRESS_PROGRAM)
-            .context("eBPF object has no egress program")?
-            .try_into()
-            .context("the egress program is not a TC program")?;
-        match egress.load() {
-            Ok(()) => {}
-            Err(err) if is_permission_error(&err) => {
-                return Err(SetupError::Permission("loading the TC egress program").into());
-            }
-            Err(err) => return Err(err).context("loading the TC egress program"),
-        }
+        // Programs are loaded (and verified, a second or more each) when
+        // first used: a replay needs one, a run two, the clock probe aside.
         let mut ports: Array<&mut MapData, u64> = Array::try_from(
             ebpf.map_mut(names::LIKELY_PORTS_MAP)
                 .context("eBPF object has no likely-ports map")?,
@@ -427,12 +400,24 @@ impl Kernel {
         })
     }
 
+    /// The TC egress program, loaded on first use.
     fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
-        self.ebpf
+        let egress: &mut SchedClassifier = self
+            .ebpf
             .program_mut(names::TC_EGRESS_PROGRAM)
             .context("eBPF object has no egress program")?
             .try_into()
-            .context("the egress program is not a TC program")
+            .context("the egress program is not a TC program")?;
+        if egress.fd().is_err() {
+            match egress.load() {
+                Ok(()) => {}
+                Err(err) if is_permission_error(&err) => {
+                    return Err(SetupError::Permission("loading the TC egress program").into());
+                }
+                Err(err) => return Err(err).context("loading the TC egress program"),
+            }
+        }
+        Ok(egress)
     }
 
     /// Attaches the TC egress program to `iface` (TCX), so the host's own
@@ -477,13 +462,11 @@ impl Kernel {
         Ok(total)
     }
 
-    /// Loads the benchmark wrappers; only `teardown bench` needs them, so
-    /// runs and replays do not pay for verifying them.
+    /// Loads the benchmark wrappers now, so their verification stays out
+    /// of what the benchmark times. Only `teardown bench` needs them.
     pub fn load_bench_programs(&mut self) -> anyhow::Result<()> {
         for name in [names::XDP_BENCH_PROGRAM, names::XDP_BENCH_MUTATE_PROGRAM] {
-            self.xdp(name)?
-                .load()
-                .with_context(|| format!("loading XDP program {name}"))?;
+            self.xdp(name)?;
         }
         Ok(())
     }
@@ -564,8 +547,21 @@ impl Kernel {
         clock.set(0, ns, 0).context("setting the replay clock")
     }
 
+    /// The XDP program `name`, loaded on first use.
     fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
-        xdp_program(&mut self.ebpf, name)
+        let program = xdp_program(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            match program.load() {
+                Ok(()) => {}
+                Err(err) if is_permission_error(&err) => {
+                    return Err(SetupError::Permission("loading the XDP program").into());
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("loading XDP program {name}"));
+                }
+            }
+        }
+        Ok(program)
     }
 
     /// Attaches the counting program to `iface`; returns the mode it runs in.
