@@ -28,7 +28,9 @@ pub mod link_type {
 
 #[derive(Debug, Error)]
 pub enum CaptureError {
-    #[error("cannot read: {0}")]
+    /// The I/O error itself: callers say what they were reading. Its text
+    /// is not repeated as a cause, which `{:#}` would print twice.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("not a pcap or pcapng file (magic {0:#010x})")]
     UnknownFormat(u32),

@@ -388,3 +388,19 @@ fn unparsable_metrics_addresses_name_the_flag() {
         assert_eq!(output.status.code(), Some(2), "{address:?}");
     }
 }
+
+/// Each cause once: `cannot read /tmp: Is a directory`, not the I/O error's
+/// text again after a second "cannot read".
+#[test]
+fn an_unreadable_capture_names_its_cause_once() {
+    for args in [
+        &["replay", "/tmp"][..],
+        &["replay", "--connections", "/tmp"][..],
+    ] {
+        let output = teardown(args);
+        assert_one_line_error(&output, &["cannot read /tmp", "Is a directory"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
+        assert_eq!(stderr.matches("cannot read").count(), 1, "{stderr}");
+    }
+}
