@@ -44,6 +44,44 @@ pub enum SetupError {
     AlreadyAttached(String),
     #[error("interface {iface} does not support {mode} XDP: try --mode skb (generic XDP)")]
     ModeUnsupported { iface: String, mode: &'static str },
+    #[error(
+        "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for the flow table ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows"
+    )]
+    TableTooLarge {
+        max_flows: u32,
+        needed_mib: u64,
+        slot_bytes: usize,
+        available_mib: u64,
+    },
+}
+
+/// Kernel memory a flow table of `slots` slots takes: the slots and the
+/// changed-slot bitmap.
+pub fn table_bytes(slots: u32) -> u64 {
+    slots as u64 * std::mem::size_of::<FlowSlot>() as u64 + (slots as u64).div_ceil(8)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a table that would take more than half the memory available:
+/// the kernel would take it, and the host would suffer.
+fn check_table_fits(max_flows: u32, slots: u32) -> Result<(), SetupError> {
+    let needed = table_bytes(slots);
+    match memory_available() {
+        Some(available) if needed > available / 2 => Err(SetupError::TableTooLarge {
+            max_flows,
+            needed_mib: needed.div_ceil(1 << 20),
+            slot_bytes: std::mem::size_of::<FlowSlot>(),
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// How to attach the XDP program.
@@ -278,6 +316,7 @@ impl Kernel {
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
         let slots = slots_for(options.max_flows);
+        check_table_fits(options.max_flows, slots)?;
         let tick = match options.clock {
             ClockMode::Coarse => ns_per_tick()?,
             ClockMode::Precise => 0,

@@ -57,10 +57,12 @@ enum Command {
         direction: run::Direction,
         #[command(flatten)]
         timers: TimerArgs,
-        /// Connections the flow table holds (rounded up to a power of two).
-        /// When a connection's two slots are taken, a one-sided record
-        /// (half-open SYN, lone segment) is evicted for it, never a two-sided
-        /// connection; both are counted.
+        /// Connections the flow table holds (rounded up to a power of two),
+        /// at 344 bytes of kernel memory each (the default: 43 MiB). When a
+        /// connection's two slots are taken, a one-sided record (half-open
+        /// SYN, lone segment) is evicted for it, never a two-sided
+        /// connection; both are counted. Refused if the table would take
+        /// more than half the memory available.
         #[arg(long, default_value_t = teardown_common::events::DEFAULT_MAX_FLOWS,
               value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_flows: u32,
