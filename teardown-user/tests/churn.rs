@@ -1,15 +1,16 @@
 //! Churn: every connection right under real load (issue 11).
 //!
-//! Client threads in one namespace, pinned across both CPUs, make thousands
-//! of short real TCP connections a second to a server in another, over a
-//! veth pair with two queues, so that both CPUs receive and run XDP. The
+//! Client threads in one namespace, pinned across both CPUs (four on one,
+//! two on the other), make thousands of short real TCP connections a
+//! second to a server in another, over a veth pair with two queues, so
+//! that both CPUs receive and run XDP. The
 //! load comes in bursts: each half second's share of the average rate
 //! (`RATE`) is made as fast as the machine makes them (about 10 000 a
 //! second on two cores with teardown, tcpdump and the server running),
 //! then the clients wait for the next half second.
 //!
-//! Each client thread owns a few client ports and cycles through them, so
-//! the same 4-tuple comes back within tens of milliseconds, while the
+//! Each client thread owns 160 client ports and cycles through them, so
+//! the same 4-tuple comes back after 50 ms to a few hundred, while the
 //! record of its previous connection still lingers in teardown's table
 //! (TIME_WAIT is reused at once: `tcp_tw_reuse` 1 with a 1 ms delay;
 //! aborts leave none). The connections end in every common way: graceful
@@ -21,11 +22,12 @@
 //! server's interface (`teardown run --json`), tcpdump captures the same
 //! interface, and the capture is replayed (`teardown replay --connections`).
 //! Records are matched to the truth by 4-tuple and time: several
-//! connections share a 4-tuple, one after the other, at least 20 ms apart,
+//! connections share a 4-tuple, one after the other, at least 50 ms apart,
 //! and a record belongs to the last connection on its 4-tuple that started
 //! before it. A connection is right when it has exactly one record, with
-//! its conn_state, a history that starts with the SYN (`S`), and an end
-//! before the next connection on the 4-tuple started (no merged records).
+//! its conn_state, a history that starts with the SYN (`S`) and repeats no
+//! letter, and an end before the next connection on the 4-tuple started
+//! (the last two catch records that merge connections).
 //! Live and replay must each be right for at least 99.9 % of the
 //! connections, and agree with each other on conn_state and history as
 //! often.
@@ -37,9 +39,10 @@
 //!   or `max` for no pauses at all;
 //! * `TEARDOWN_CHURN_BIN`: another teardown binary (the benchmark runs the
 //!   release build; the test's own is unoptimised, and its user space
-//!   falls behind, losing events, above about 7000 records a second);
-//! * `TEARDOWN_CHURN_DUMP=DIR`: keep the truth, the records and the
-//!   capture there.
+//!   falls behind, losing events, when the load keeps both CPUs saturated
+//!   for long: see `RATE`);
+//! * `TEARDOWN_CHURN_DUMP=DIR`: keep the truth, the records, teardown's
+//!   other lines and the capture there.
 //!
 //! The ignored test `churn_rate` is the benchmark (`cargo xtask bench
 //! --churn`): it keeps the load up, as fast as it goes unless
@@ -74,13 +77,17 @@ const REFUSED_PORT: u16 = 9301;
 
 /// Client threads (spread over the CPUs) and the server's threads.
 const CLIENT_THREADS: usize = 6;
+/// The CPU of each client thread: both CPUs make connections, one more
+/// than the other, as real clients do; the busier one receives bursts of
+/// SYNs beyond an even share.
+const CLIENT_CPUS: [usize; CLIENT_THREADS] = [0, 0, 0, 0, 1, 1];
 const SERVER_THREADS: usize = 6;
 /// Each client thread cycles through this many client ports of its own, so
 /// a 4-tuple comes back every few dozen connections of its thread, but not
 /// sooner than [`MIN_REUSE_GAP`] after the end of its previous connection:
 /// that gap is what tells the connections of a 4-tuple apart by time.
-const PORTS_PER_THREAD: u16 = 64;
-const MIN_REUSE_GAP: Duration = Duration::from_millis(20);
+const PORTS_PER_THREAD: u16 = 160;
+const MIN_REUSE_GAP: Duration = Duration::from_millis(50);
 const FIRST_CLIENT_PORT: u16 = 20_000;
 
 /// The test's load: this many connections, or this long, whichever ends
@@ -88,9 +95,13 @@ const FIRST_CLIENT_PORT: u16 = 20_000;
 const CONNECTIONS: usize = 18_000;
 const MAX_LOAD: Duration = Duration::from_secs(12);
 
-/// The test's rate of new connections (per second), unless
-/// TEARDOWN_CHURN_RATE says otherwise.
-const RATE: f64 = 6000.0;
+/// The test's average rate of new connections (per second), unless
+/// TEARDOWN_CHURN_RATE says otherwise: the bursts run at the machine's
+/// full rate, and the quiet between them lets the test's unoptimised
+/// teardown keep up (at 6000 it lost events in one run of eight, at 7500
+/// without bursts in every run; the release build keeps up with the full
+/// rate, see `cargo xtask bench --churn`).
+const RATE: f64 = 5000.0;
 
 /// The rate is an average over periods this long: each period's
 /// connections come in a burst as fast as the machine makes them.
@@ -116,9 +127,13 @@ fn rate_setting() -> Option<Option<f64>> {
 const REQUIRED: f64 = 0.999;
 
 /// A record's timestamp is the coarse kernel clock (a tick, 4 ms at
-/// HZ=250), which may read up to a tick before the packet; tcpdump's are
+/// HZ=250), which may read up to a tick before the packet (and has been
+/// seen further behind, see the summary's "early" figure); tcpdump's are
 /// exact. Well under [`MIN_REUSE_GAP`].
-const TOLERANCE: f64 = 0.006;
+const TOLERANCE: f64 = 0.020;
+/// A live record more than this before its connection started is early
+/// by more than the coarse clock's tick.
+const TICK_AND_A_BIT: f64 = 0.005;
 
 /// What the server sends before it closes, or before the client aborts.
 const REPLY: [u8; 64] = [0x5a; 64];
@@ -777,6 +792,8 @@ fn judge(truths: &[Truth], records: &[Value]) -> Judgement {
                 "history without the SYN first".to_string()
             } else if end > next_start[index] + TOLERANCE {
                 "runs into the next connection".to_string()
+            } else if let Some(letter) = repeated_letter(history) {
+                format!("history repeats {letter:?}: more than one connection")
             } else {
                 return Verdict::Right(record.clone());
             };
@@ -784,6 +801,18 @@ fn judge(truths: &[Truth], records: &[Value]) -> Judgement {
         })
         .collect();
     Judgement { verdicts, stray }
+}
+
+/// A history letter that occurs twice. Zeek records each letter once per
+/// connection, except the counted ones (C, T, W, I, Q, G: repeated as
+/// their counts pass 1, 10, 100, ...). A record that saw a second
+/// handshake or close (e.g. `ShADadfFhFf`) spans two connections.
+fn repeated_letter(history: &str) -> Option<char> {
+    let mut seen = std::collections::HashSet::new();
+    history
+        .chars()
+        .filter(|c| !"CTWIQGctwiqg".contains(*c))
+        .find(|c| !seen.insert(*c))
 }
 
 /// The fields of a record that explain it, on one line.
@@ -867,7 +896,9 @@ impl Report {
 /// Runs the churn: `limit` connections or `load` time, whichever ends
 /// first; prints and returns what it measured.
 fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
-    let syn_timeout = std::env::var("TEARDOWN_CHURN_SYN_TIMEOUT").ok();
+    let syn_timeout = std::env::var("TEARDOWN_CHURN_SYN_TIMEOUT")
+        .ok()
+        .filter(|text| !text.is_empty());
     let mut timers: Vec<String> = Vec::new();
     if let Some(timeout) = &syn_timeout {
         timers.extend(["--syn-timeout".to_string(), timeout.clone()]);
@@ -948,7 +979,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
         .map(|index| {
             let made = Arc::clone(&made);
             in_netns(&lab.client_ns, move || {
-                client_thread(index, index % cpus, load, made)
+                client_thread(index, CLIENT_CPUS[index] % cpus, load, made)
             })
         })
         .collect();
@@ -1032,6 +1063,12 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
         std::fs::write(dir.join("live.json"), text).expect("dump");
         let text: String = replayed.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(dir.join("replay.json"), text).expect("dump");
+        let text: String = lines
+            .iter()
+            .filter(|value| value["event"] != "conn")
+            .map(|value| format!("{value}\n"))
+            .collect();
+        std::fs::write(dir.join("stats.json"), text).expect("dump");
     }
     let all: Vec<Truth> = truths
         .iter()
@@ -1116,6 +1153,19 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
             format!("cpu{cpu} {busy:.0}%")
         })
         .collect();
+    // How far before the client's connect() live records are stamped.
+    let early: Vec<f64> = truths
+        .iter()
+        .zip(&live_judgement.verdicts)
+        .filter_map(|(truth, verdict)| {
+            verdict
+                .record()
+                .and_then(|record| record["ts"].as_f64())
+                .map(|ts| truth.start - ts)
+        })
+        .collect();
+    let earliest = early.iter().copied().fold(0.0, f64::max);
+    let too_early = early.iter().filter(|e| **e > TICK_AND_A_BIT).count();
     let flow = |key: &str| final_flows[key].clone();
     let mut summary = String::new();
     summary += &format!(
@@ -1154,6 +1204,11 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
             judgement.reasons()
         );
     }
+    summary += &format!(
+        "churn: live records stamped up to {:.1} ms before their connect(); {too_early} more than {:.0} ms before (the coarse clock's tick is 4 ms at HZ=250)\n",
+        earliest * 1e3,
+        TICK_AND_A_BIT * 1e3
+    );
     summary += &format!(
         "churn: live and replay agree on conn_state and history for {agree} of {planned} ({:.2} %)\n",
         percent(agree, planned)
