@@ -598,6 +598,15 @@ impl Tcpdump {
     }
 }
 
+/// A file removed when dropped, even by a failing test.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// teardown run's stdout and stderr, read as they come (a full pipe would
 /// stall it), kept as lines.
 struct TeardownLines {
@@ -920,6 +929,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
         ],
     );
     let capture = std::env::temp_dir().join(format!("{}-churn.pcap", lab.server_ns));
+    let _remove_capture = RemoveOnDrop(capture.clone());
     let tcpdump = Tcpdump::start(&lab.server_ns, &lab.server_if, &capture);
     let mut run_args = vec!["--mode", "native", "--metrics-addr", "off"];
     run_args.extend(timers.iter().map(String::as_str));
@@ -1026,7 +1036,6 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::copy(&capture, std::path::Path::new(&dir).join("churn.pcap"));
     }
-    let _ = std::fs::remove_file(&capture);
     let replay_stderr = String::from_utf8_lossy(&replay.stderr).into_owned();
     let replayed: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
         .lines()
