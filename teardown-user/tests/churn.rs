@@ -9,8 +9,8 @@
 //! second on two cores with teardown, tcpdump and the server running),
 //! then the clients wait for the next half second.
 //!
-//! Each client thread owns 160 client ports and cycles through them, so
-//! the same 4-tuple comes back after 50 ms to a few hundred, while the
+//! Each client thread owns 256 client ports and cycles through them, so
+//! the same 4-tuple comes back after 100 ms to a few hundred, while the
 //! record of its previous connection still lingers in teardown's table
 //! (TIME_WAIT is reused at once: `tcp_tw_reuse` 1 with a 1 ms delay;
 //! aborts leave none). The connections end in every common way: graceful
@@ -22,7 +22,7 @@
 //! server's interface (`teardown run --json`), tcpdump captures the same
 //! interface, and the capture is replayed (`teardown replay --connections`).
 //! Records are matched to the truth by 4-tuple and time: several
-//! connections share a 4-tuple, one after the other, at least 50 ms apart,
+//! connections share a 4-tuple, one after the other, at least 100 ms apart,
 //! and a record belongs to the last connection on its 4-tuple that started
 //! before it. A connection is right when it has exactly one record, with
 //! its conn_state, a history that starts with the SYN (`S`) and repeats no
@@ -86,8 +86,8 @@ const SERVER_THREADS: usize = 6;
 /// a 4-tuple comes back every few dozen connections of its thread, but not
 /// sooner than [`MIN_REUSE_GAP`] after the end of its previous connection:
 /// that gap is what tells the connections of a 4-tuple apart by time.
-const PORTS_PER_THREAD: u16 = 160;
-const MIN_REUSE_GAP: Duration = Duration::from_millis(50);
+const PORTS_PER_THREAD: u16 = 256;
+const MIN_REUSE_GAP: Duration = Duration::from_millis(100);
 const FIRST_CLIENT_PORT: u16 = 20_000;
 
 /// The test's load: this many connections, or this long, whichever ends
@@ -127,10 +127,10 @@ fn rate_setting() -> Option<Option<f64>> {
 const REQUIRED: f64 = 0.999;
 
 /// A record's timestamp is the coarse kernel clock (a tick, 4 ms at
-/// HZ=250), which may read up to a tick before the packet (and has been
-/// seen further behind, see the summary's "early" figure); tcpdump's are
-/// exact. Well under [`MIN_REUSE_GAP`].
-const TOLERANCE: f64 = 0.020;
+/// HZ=250), which may read up to a tick before the packet, and has been
+/// seen 17 ms behind on this VM (the summary's "early" figure); tcpdump's
+/// are exact. Well under [`MIN_REUSE_GAP`].
+const TOLERANCE: f64 = 0.040;
 /// A live record more than this before its connection started is early
 /// by more than the coarse clock's tick.
 const TICK_AND_A_BIT: f64 = 0.005;
