@@ -58,6 +58,12 @@ enum Task {
     },
     /// Per-packet cost against an empty XDP program; writes target/bench/xdp.json.
     Bench {
+        /// Then the sustained rate of new connections: real connections
+        /// through a veth, as fast as they go, with the records teardown
+        /// (release) gets right per second, live and replayed; the churn
+        /// test's harness, for TEARDOWN_CHURN_SECONDS (default 10). As root.
+        #[arg(long)]
+        churn: bool,
         /// Extra arguments for `teardown bench`, e.g. --repeat 200000.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -287,6 +293,33 @@ pub fn remove_leftover_namespaces(prefix: &str, kind: &str) {
     }
 }
 
+/// The churn test's harness as a benchmark (its ignored `churn_rate`),
+/// with the release binary: new connections per second and records right
+/// per second.
+fn bench_churn(binary: &Path) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the churn benchmark creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask bench --churn)"
+        );
+    }
+    provision::ensure_packages(
+        &["tcpdump", "iproute2"],
+        "for the churn benchmark (tcpdump captures the link whose capture is replayed)",
+    )?;
+    let object = workspace_root()
+        .join("target/ebpf")
+        .join(EBPF_TARGET)
+        .join("release/teardown");
+    say("churn: real connections through a veth, teardown (release) on the server's side");
+    run_command(
+        host_cargo(&object)
+            .args(["test", "--package", "teardown", "--test", "churn", "--"])
+            .args(["--ignored", "--exact", "churn_rate", "--nocapture"])
+            .env("TEARDOWN_CHURN_BIN", binary),
+    )
+    .context("the churn benchmark")
+}
+
 fn lint() -> anyhow::Result<()> {
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;
@@ -339,11 +372,12 @@ fn main() -> ExitCode {
                 })
             }),
         Task::Test { args } => test(&args),
-        Task::Bench { args } => build_release().and_then(|binary| {
+        Task::Bench { churn, args } => build_release().and_then(|binary| {
             let mut full = vec![OsString::from("bench"), OsString::from("--json-out")];
             full.push(workspace_root().join("target/bench/xdp.json").into());
             full.extend(args);
-            run_teardown(&binary, &full)
+            run_teardown(&binary, &full)?;
+            if churn { bench_churn(&binary) } else { Ok(()) }
         }),
         Task::Lint => lint(),
         // The report is the accuracy test's output: one implementation, and the

@@ -69,6 +69,20 @@ pub const SERVER_V6: &str = "2001:db8::2";
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::with_link_options(&[])
+    }
+
+    /// Like [`Lab::new`], with `queues` transmit and receive queues on each
+    /// end of the veth pair, so that flows sent from different CPUs are
+    /// received (and run through XDP) on different CPUs.
+    pub fn with_queues(queues: u32) -> Lab {
+        let queues = queues.to_string();
+        Lab::with_link_options(&["numtxqueues", &queues, "numrxqueues", &queues])
+    }
+
+    /// The lab, with `options` added to the veth pair's `ip link add`
+    /// (they apply to both ends).
+    fn with_link_options(options: &[&str]) -> Lab {
         // pid and a counter keep parallel tests and parallel runs apart;
         // interface names must stay under 16 bytes.
         let pid = std::process::id();
@@ -84,20 +98,12 @@ impl Lab {
         };
         ip(&["netns", "add", &lab.client_ns]);
         ip(&["netns", "add", &lab.server_ns]);
-        ip(&[
-            "link",
-            "add",
-            &lab.client_if,
-            "netns",
-            &lab.client_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.server_if,
-            "netns",
-            &lab.server_ns,
-        ]);
+        let mut link = vec!["link", "add", &lab.client_if, "netns", &lab.client_ns];
+        link.extend_from_slice(options);
+        link.extend_from_slice(&["type", "veth", "peer", "name", &lab.server_if]);
+        link.extend_from_slice(&["netns", &lab.server_ns]);
+        link.extend_from_slice(options);
+        ip(&link);
         for (ns, iface, v4, v6) in [
             (&lab.client_ns, &lab.client_if, CLIENT_V4, CLIENT_V6),
             (&lab.server_ns, &lab.server_if, SERVER_V4, SERVER_V6),
