@@ -102,8 +102,8 @@ impl Ended {
         self.endpoints().1.1
     }
 
-    /// Zeek's `uid` for the record: `C` and 17 base62 digits of 96 bits.
-    /// The bits are a hash of a per-process random seed and what identifies
+    /// Zeek's `uid` for the record: `C` and 17 base62 digits (101 bits; Zeek's
+    /// hold 96). The digits come from a 128-bit hash of a per-process random seed and what identifies
     /// the record (its addresses, ports, first-packet time and initial
     /// sequence numbers), so the record has one uid however often it is
     /// printed (screen, `--json`, `--log`), and uids differ across records
@@ -126,8 +126,7 @@ impl Ended {
             (conn.ep[0].start_seq, conn.ep[1].start_seq).hash(&mut hasher);
             hasher.finish()
         };
-        let bits = ((word(0) as u128) << 32 | (word(1) >> 32) as u128) & ((1u128 << 96) - 1);
-        base62_uid(bits)
+        base62_uid((word(0) as u128) << 64 | word(1) as u128)
     }
 
     /// A Zeek-compatible conn.log record plus teardown's explanation. As
@@ -258,11 +257,12 @@ fn uid_seed() -> u128 {
     })
 }
 
-/// Digits of 96 bits in base 62: 17 of them (62^17 > 2^96 > 62^16).
+/// Base62 digits in a uid: 17 carry 101 bits, at least Zeek's 96.
 const UID_DIGITS: usize = 17;
 
-/// `C` and the base62 digits of `bits`, most significant first, zero padded:
-/// Zeek's connection uid shape (`C` and about 18 alphanumerics).
+/// `C` and the low 17 base62 digits of `bits`, most significant first:
+/// Zeek's connection uid shape (`C` and about 18 alphanumerics). From
+/// uniform 128-bit input every digit is (nearly) uniform, the first too.
 fn base62_uid(mut bits: u128) -> String {
     const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut digits = [b'0'; UID_DIGITS];
@@ -591,7 +591,13 @@ mod tests {
             .collect();
         assert_eq!(uids.len(), 3, "{uids:?}");
         assert_eq!(base62_uid(0), "C00000000000000000");
-        assert_eq!(base62_uid((1u128 << 96) - 1).len(), 18);
+        assert_eq!(base62_uid(u128::MAX).len(), 18);
+        // No digit is stuck: 300 records' first digits take many values.
+        let first_digits: std::collections::HashSet<char> = (0..300)
+            .map(|port| graceful(30000 + port, times).uid().chars().nth(1).unwrap())
+            .collect();
+        assert!(first_digits.len() > 40, "{first_digits:?}");
+        assert_eq!(base62_uid(61), "C0000000000000000z");
     }
 
     #[test]
