@@ -288,11 +288,9 @@ fn check(source: &str, story: Story, records: &[Value], streams: &[Stream]) {
     }
 }
 
-#[test]
-fn a_reused_four_tuple_gives_two_records_live_and_replayed() {
-    let lab = Lab::new();
-    // The client may reuse its own TIME_WAIT 1 ms after it began (these are
-    // the client namespace's own settings, gone with it).
+/// Lets the client reuse its own TIME_WAIT 1 ms after it began (the client
+/// namespace's own settings, gone with it).
+fn allow_time_wait_reuse(lab: &Lab) {
     for (name, value) in [("tcp_tw_reuse", "1"), ("tcp_tw_reuse_delay", "1")] {
         run(Command::new("ip").args([
             "netns",
@@ -304,6 +302,12 @@ fn a_reused_four_tuple_gives_two_records_live_and_replayed() {
             &format!("net.ipv4.{name}={value}"),
         ]));
     }
+}
+
+#[test]
+fn a_reused_four_tuple_gives_two_records_live_and_replayed() {
+    let lab = Lab::new();
+    allow_time_wait_reuse(&lab);
     let capture = std::env::temp_dir().join(format!("{}-reuse.pcap", lab.server_ns));
     let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
     let (teardown, _stderr) = start_teardown(&lab.server_ns, &lab.server_if, &[]);
@@ -349,5 +353,113 @@ fn a_reused_four_tuple_gives_two_records_live_and_replayed() {
     for (story, streams) in STORIES.iter().zip(&streams) {
         check("live", *story, &live, streams);
         check("replay", *story, &replay, streams);
+    }
+}
+
+/// Server port and client ports of the burst.
+const BURST_PORT: u16 = 9204;
+const BURST_CLIENTS: std::ops::Range<u16> = 43000..43060;
+
+/// Many short connections in a burst, then each 4-tuple again at once: 120
+/// SYNs within a few hundred milliseconds, far more than the 16 per CPU per
+/// 100 ms a small table (`--max-flows 1024`) once allowed however empty it
+/// was. The table is never under pressure, so every SYN must be tracked:
+/// each 4-tuple gives exactly two records, both seen from their SYN.
+#[test]
+fn a_burst_of_reused_four_tuples_gives_two_records_each() {
+    let lab = Lab::new();
+    allow_time_wait_reuse(&lab);
+    let capture = std::env::temp_dir().join(format!("{}-burst.pcap", lab.server_ns));
+    let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
+    let (teardown, _stderr) =
+        start_teardown(&lab.server_ns, &lab.server_if, &["--max-flows", "1024"]);
+    let listener = in_netns(&lab.server_ns, || {
+        TcpListener::bind(socket_addr(SERVER_V4, BURST_PORT)).expect("binding the server")
+    })
+    .join()
+    .expect("the listener thread panicked");
+    let connections = 2 * BURST_CLIENTS.len();
+    let server = thread::spawn(move || {
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("read timeout");
+            let mut request = [0u8; 7];
+            stream.read_exact(&mut request).expect("request");
+            stream.write_all(b"reply").expect("reply");
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    });
+    in_netns(&lab.client_ns, || {
+        for _round in 0..2 {
+            for local in BURST_CLIENTS {
+                let mut client = connect_from(local, BURST_PORT)
+                    .unwrap_or_else(|err| panic!("connect from port {local}: {err}"));
+                client
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("read timeout");
+                client.write_all(b"request").expect("request");
+                let mut reply = [0u8; 5];
+                client.read_exact(&mut reply).expect("reply");
+                client.shutdown(Shutdown::Write).expect("FIN");
+                let _ = client.read_to_end(&mut Vec::new());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .join()
+    .expect("the client thread panicked");
+    server.join().expect("the server thread panicked");
+    thread::sleep(Duration::from_secs(6));
+    let output = teardown.terminate();
+    thread::sleep(Duration::from_millis(200));
+    let _ = tcpdump.terminate();
+    let replayed = Command::new(teardown_bin())
+        .args(["replay", "--connections", "--json"])
+        .arg(&capture)
+        .output()
+        .expect("running teardown replay");
+    let streams = run(Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&capture)
+        .args(["-T", "fields", "-e", "tcp.stream"]));
+    let _ = std::fs::remove_file(&capture);
+    let mut stream_ids: Vec<&str> = std::str::from_utf8(&streams.stdout)
+        .expect("tshark's output")
+        .lines()
+        .collect();
+    stream_ids.sort();
+    stream_ids.dedup();
+    assert_eq!(stream_ids.len(), connections, "tshark's stream count");
+    assert!(
+        replayed.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    for (source, records) in [
+        ("live", conn_records(&output.stdout)),
+        ("replay", conn_records(&replayed.stdout)),
+    ] {
+        let bad: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["conn_state"] != "SF"
+                    || r["orig_guessed"] != false
+                    || !r["history"].as_str().is_some_and(|h| h.starts_with('S'))
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{source}: records not SF from the SYN: {bad:#?}"
+        );
+        for local in BURST_CLIENTS {
+            let count = records
+                .iter()
+                .filter(|r| r["id.orig_p"] == local && r["id.resp_p"] == BURST_PORT)
+                .count();
+            assert_eq!(count, 2, "{source}: records for client port {local}");
+        }
+        assert_eq!(records.len(), connections, "{source}: records");
     }
 }
