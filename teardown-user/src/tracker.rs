@@ -54,11 +54,14 @@ impl Clock {
         }
     }
 
+    /// Unix seconds to the microsecond, as Zeek logs `ts` (a microsecond
+    /// count up to 2^53, about the year 2255, is exact in an f64).
     fn unix_seconds(&self, ns: u64) -> f64 {
-        match self {
-            Clock::Capture => ns as f64 / 1e9,
-            Clock::Monotonic { offset_ns } => (ns as i128 + offset_ns) as f64 / 1e9,
-        }
+        let unix_ns = match self {
+            Clock::Capture => ns as i128,
+            Clock::Monotonic { offset_ns } => ns as i128 + offset_ns,
+        };
+        (unix_ns as f64 / 1e3).round() / 1e6
     }
 }
 
@@ -614,11 +617,20 @@ mod tests {
         assert_eq!(value["orig_ip_bytes"], 5 * 40 + 5, "{value}");
         assert_eq!(value["resp_ip_bytes"], 4 * 40 + 5, "{value}");
         assert_eq!(value["missed_bytes"], 0);
+        assert_eq!(value["ts"], 1.0, "{value}");
         assert_eq!(value["ip_proto"], 6);
         assert_eq!(value["history"], "ShADdFaf");
         assert_eq!(value["closed_by"], "orig");
         assert!(fields.contains_key("teardown"), "{value}");
         assert!(!fields.contains_key("rst_cause"), "{value}");
+    }
+
+    #[test]
+    fn ts_is_written_to_the_microsecond() {
+        let ns = 1_796_260_951_036_767_200;
+        let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ns + t * MS);
+        let value = graceful(40000, times).json(&Clock::Capture);
+        assert_eq!(value["ts"].to_string(), "1796260951.036767", "{value}");
     }
 
     #[test]
