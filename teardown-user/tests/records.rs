@@ -368,6 +368,9 @@ fn records_agree_with_tshark_live_and_replayed() {
 
     let live = conn_records(&output.stdout);
     let replay = conn_records(&replayed.stdout);
+    for record in live.iter().chain(&replay) {
+        println!("{record}");
+    }
     let live_deltas = check_all("live", &live, &wire);
     let replay_deltas = check_all("replay", &replay, &wire);
     for ((case, live), (_, replay)) in live_deltas.iter().zip(&replay_deltas) {
