@@ -54,11 +54,14 @@ impl Clock {
         }
     }
 
+    /// Unix seconds to the microsecond, as Zeek logs `ts` (a microsecond
+    /// count up to 2^53, about the year 2255, is exact in an f64).
     fn unix_seconds(&self, ns: u64) -> f64 {
-        match self {
-            Clock::Capture => ns as f64 / 1e9,
-            Clock::Monotonic { offset_ns } => (ns as i128 + offset_ns) as f64 / 1e9,
-        }
+        let unix_ns = match self {
+            Clock::Capture => ns as i128,
+            Clock::Monotonic { offset_ns } => ns as i128 + offset_ns,
+        };
+        (unix_ns as f64 / 1e3).round() / 1e6
     }
 }
 
@@ -102,40 +105,94 @@ impl Ended {
         self.endpoints().1.1
     }
 
-    /// A Zeek-compatible conn.log record plus teardown's explanation.
+    /// Zeek's `uid` for the record: `C` and 17 base62 digits (101 bits; Zeek's
+    /// hold 96). The digits come from a 128-bit hash of a per-process random seed and what identifies
+    /// the record (its addresses, ports, first-packet time and initial
+    /// sequence numbers), so the record has one uid however often it is
+    /// printed (screen, `--json`, `--log`), and uids differ across records
+    /// and across runs.
+    pub fn uid(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let conn = &self.conn;
+        let word = |domain: u8| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            uid_seed().hash(&mut hasher);
+            domain.hash(&mut hasher);
+            (
+                self.key.addr_a,
+                self.key.addr_b,
+                self.key.port_a,
+                self.key.port_b,
+            )
+                .hash(&mut hasher);
+            (self.key.family, conn.orig_is_a, conn.start_ns).hash(&mut hasher);
+            (conn.ep[0].start_seq, conn.ep[1].start_seq).hash(&mut hasher);
+            hasher.finish()
+        };
+        base62_uid((word(0) as u128) << 64 | word(1) as u128)
+    }
+
+    /// A Zeek-compatible conn.log record plus teardown's explanation. As
+    /// Zeek's JSON writer does, fields without a value are left out rather
+    /// than written as `null`: `history` when empty, `closed_by`, `rst_cause`
+    /// and `teardown` when nothing closed, `duration`, `orig_bytes` and
+    /// `resp_bytes` when the duration is 0 and no byte moved.
     pub fn json(&self, clock: &Clock) -> Value {
         let conn = &self.conn;
         let ((orig_h, orig_p), (resp_h, resp_p)) = self.endpoints();
         let close = conn.close(self.reason);
         let duration_ns = conn.last_ns.saturating_sub(conn.start_ns);
-        // Zeek logs byte counts only when the duration is positive.
-        let bytes = |side| (duration_ns > 0).then(|| conn.size(side));
-        let history = String::from_utf8_lossy(conn.history()).into_owned();
-        json!({
+        let (orig, resp) = (&conn.ep[ORIG], &conn.ep[1 - ORIG]);
+        let mut record = json!({
             "event": "conn",
             "ts": clock.unix_seconds(conn.start_ns),
+            "uid": self.uid(),
             "id.orig_h": orig_h.to_string(),
             "id.orig_p": orig_p,
             "id.resp_h": resp_h.to_string(),
             "id.resp_p": resp_p,
             "proto": "tcp",
-            "duration": seconds(duration_ns),
-            "orig_bytes": bytes(ORIG),
-            "resp_bytes": bytes(1 - ORIG),
-            "orig_pkts": conn.ep[ORIG].pkts,
-            "resp_pkts": conn.ep[1 - ORIG].pkts,
-            "orig_payload_bytes": conn.ep[ORIG].payload_bytes,
-            "resp_payload_bytes": conn.ep[1 - ORIG].payload_bytes,
+            "ip_proto": 6,
             "conn_state": conn.conn_state(),
-            "history": if history.is_empty() { "-".to_string() } else { history },
+            "missed_bytes": orig.missed_bytes + resp.missed_bytes,
+            "orig_pkts": orig.pkts,
+            "orig_ip_bytes": orig.ip_bytes,
+            "resp_pkts": resp.pkts,
+            "resp_ip_bytes": resp.ip_bytes,
+            "orig_payload_bytes": orig.payload_bytes,
+            "resp_payload_bytes": resp.payload_bytes,
             "history_truncated": conn.flags & flag::HISTORY_TRUNCATED != 0,
             "close": close.kind.name(),
-            "closed_by": close.closed_by.map(|side| if side == ORIG { "orig" } else { "resp" }),
-            "rst_cause": close.rst_cause,
-            "teardown": close.teardown_ns.map(seconds),
             "orig_guessed": conn.flags & flag::ORIG_GUESSED != 0,
             "end_reason": end_reason::name(self.reason),
-        })
+        });
+        let fields = record.as_object_mut().expect("a JSON object");
+        // Zeek sets duration and the sequence-space byte counts together,
+        // when the duration is positive. Two packets can carry one timestamp
+        // (capture resolution, or the coarse clock's tick): the counts are
+        // still given whenever bytes moved, with the duration beside them.
+        let (orig_bytes, resp_bytes) = (conn.size(ORIG), conn.size(1 - ORIG));
+        let moved = orig_bytes + resp_bytes + orig.payload_bytes + resp.payload_bytes > 0;
+        if duration_ns > 0 || moved {
+            fields.insert("duration".into(), json!(seconds(duration_ns)));
+            fields.insert("orig_bytes".into(), json!(orig_bytes));
+            fields.insert("resp_bytes".into(), json!(resp_bytes));
+        }
+        if !conn.history().is_empty() {
+            let history = String::from_utf8_lossy(conn.history()).into_owned();
+            fields.insert("history".into(), json!(history));
+        }
+        if let Some(side) = close.closed_by {
+            let by = if side == ORIG { "orig" } else { "resp" };
+            fields.insert("closed_by".into(), json!(by));
+        }
+        if let Some(cause) = close.rst_cause {
+            fields.insert("rst_cause".into(), json!(cause));
+        }
+        if let Some(teardown) = close.teardown_ns {
+            fields.insert("teardown".into(), json!(seconds(teardown)));
+        }
+        record
     }
 
     /// One readable line.
@@ -158,7 +215,7 @@ impl Ended {
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         };
         format!(
-            "conn {} -> {} {:<6} {}{by}{cause} {:.3}s pkts {}/{} history {}",
+            "conn {} -> {} {:<6} {}{by}{cause} {:.3}s pkts {}/{} history {} uid {}",
             fmt(orig_h, orig_p),
             fmt(resp_h, resp_p),
             conn.conn_state(),
@@ -167,8 +224,59 @@ impl Ended {
             conn.ep[ORIG].pkts,
             conn.ep[1 - ORIG].pkts,
             if history.is_empty() { "-" } else { &history },
+            self.uid(),
         )
     }
+}
+
+/// 128 random bits drawn once per process (getrandom), the secret part of
+/// every [`Ended::uid`].
+fn uid_seed() -> u128 {
+    static SEED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            // SAFETY: getrandom writes at most the given length into the buffer.
+            let got = unsafe {
+                libc::getrandom(
+                    bytes[filled..].as_mut_ptr() as *mut libc::c_void,
+                    bytes.len() - filled,
+                    0,
+                )
+            };
+            if got > 0 {
+                filled += got as usize;
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                // No getrandom: fall back on time and pid, still unique per run.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                return now ^ ((std::process::id() as u128) << 96) ^ monotonic_now_ns() as u128;
+            }
+        }
+        u128::from_ne_bytes(bytes)
+    })
+}
+
+/// Base62 digits in a uid: 17 carry 101 bits, at least Zeek's 96.
+const UID_DIGITS: usize = 17;
+
+/// `C` and the low 17 base62 digits of `bits`, most significant first:
+/// Zeek's connection uid shape (`C` and about 18 alphanumerics). From
+/// uniform 128-bit input every digit is (nearly) uniform, the first too.
+fn base62_uid(mut bits: u128) -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut digits = [b'0'; UID_DIGITS];
+    for digit in digits.iter_mut().rev() {
+        *digit = ALPHABET[(bits % 62) as usize];
+        bits /= 62;
+    }
+    let mut uid = String::with_capacity(1 + UID_DIGITS);
+    uid.push('C');
+    uid.extend(digits.iter().map(|&d| d as char));
+    uid
 }
 
 /// Bookkeeping the tracker adds to the kernel's [`teardown_common::events::FlowStats`].
@@ -390,5 +498,194 @@ impl Tracker {
         self.known.clear();
         self.heap.clear();
         out.extend(ended);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use teardown_common::{
+        conn::Segment,
+        parse::tcp_flags::{ACK, FIN, RST, SYN},
+    };
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn key(client_port: u16) -> FlowKey {
+        let mut addr_a = [0u8; 16];
+        let mut addr_b = [0u8; 16];
+        addr_a[12..].copy_from_slice(&[192, 0, 2, 1]);
+        addr_b[12..].copy_from_slice(&[192, 0, 2, 2]);
+        FlowKey {
+            addr_a,
+            addr_b,
+            port_a: client_port,
+            port_b: 8080,
+            family: 4,
+            _pad8: 0,
+            _pad16: 0,
+        }
+    }
+
+    /// A record fed `packets`: (from the client, flags, seq, ack, payload, time).
+    fn record(client_port: u16, packets: &[(bool, u8, u32, u32, u32, u64)]) -> Ended {
+        let timeouts = Timeouts::ZEEK;
+        let mut conn = Conn::zeroed();
+        for (i, &(from_a, flags, seq, ack, len, now)) in packets.iter().enumerate() {
+            let segment = Segment {
+                flags,
+                seq,
+                ack,
+                window: 1000,
+                len,
+                ip_len: 40 + len,
+                src_port: if from_a { client_port } else { 8080 },
+                dst_port: if from_a { 8080 } else { client_port },
+            };
+            if i == 0 {
+                conn.init(from_a, &segment, false, now);
+            }
+            conn.update(from_a, &segment, now, &timeouts);
+        }
+        Ended {
+            key: key(client_port),
+            conn,
+            reason: end_reason::CLOSED,
+        }
+    }
+
+    /// SYN, SYN-ACK, ACK, 5 bytes each way, FIN, FIN, ACK at `t` ms steps.
+    fn graceful(client_port: u16, times: [u64; 9]) -> Ended {
+        let (c, s) = (1000u32, 5000u32);
+        record(
+            client_port,
+            &[
+                (true, SYN, c, 0, 0, times[0]),
+                (false, SYN | ACK, s, c + 1, 0, times[1]),
+                (true, ACK, c + 1, s + 1, 0, times[2]),
+                (true, ACK, c + 1, s + 1, 5, times[3]),
+                (false, ACK, s + 1, c + 6, 5, times[4]),
+                (true, FIN | ACK, c + 6, s + 6, 0, times[5]),
+                (false, ACK, s + 6, c + 7, 0, times[6]),
+                (false, FIN | ACK, s + 6, c + 7, 0, times[7]),
+                (true, ACK, c + 7, s + 7, 0, times[8]),
+            ],
+        )
+    }
+
+    #[test]
+    fn uids_look_like_zeeks_and_are_stable_per_record_and_distinct_across_records() {
+        let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| 1_000 * MS + t * MS);
+        let one = graceful(40000, times);
+        let uid = one.uid();
+        assert_eq!(uid.len(), 18, "{uid}");
+        assert!(uid.starts_with('C'), "{uid}");
+        assert!(uid[1..].chars().all(|c| c.is_ascii_alphanumeric()), "{uid}");
+        assert_eq!(one.uid(), uid, "one record, one uid");
+        assert_eq!(one.json(&Clock::Capture)["uid"], uid.as_str());
+        assert!(one.human_line().ends_with(&format!(" uid {uid}")));
+        // Another port, or the same 4-tuple reused later: other uids.
+        let other_port = graceful(40001, times);
+        let reused = graceful(40000, times.map(|t| t + 100 * MS));
+        let uids: std::collections::HashSet<String> = [&one, &other_port, &reused]
+            .iter()
+            .map(|e| e.uid())
+            .collect();
+        assert_eq!(uids.len(), 3, "{uids:?}");
+        assert_eq!(base62_uid(0), "C00000000000000000");
+        assert_eq!(base62_uid(u128::MAX).len(), 18);
+        // No digit is stuck: 300 records' first digits take many values.
+        let first_digits: std::collections::HashSet<char> = (0..300)
+            .map(|port| graceful(30000 + port, times).uid().chars().nth(1).unwrap())
+            .collect();
+        assert!(first_digits.len() > 40, "{first_digits:?}");
+        assert_eq!(base62_uid(61), "C0000000000000000z");
+    }
+
+    #[test]
+    fn a_graceful_close_has_every_zeek_field_and_no_null() {
+        let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| 1_000 * MS + t * MS);
+        let value = graceful(40000, times).json(&Clock::Capture);
+        let fields = value.as_object().expect("an object");
+        assert!(fields.values().all(|v| !v.is_null()), "{value}");
+        assert_eq!(value["duration"], 0.007, "to the second FIN: {value}");
+        assert_eq!(
+            (&value["orig_bytes"], &value["resp_bytes"]),
+            (&5.into(), &5.into())
+        );
+        assert_eq!(value["orig_ip_bytes"], 5 * 40 + 5, "{value}");
+        assert_eq!(value["resp_ip_bytes"], 4 * 40 + 5, "{value}");
+        assert_eq!(value["missed_bytes"], 0);
+        assert_eq!(value["ts"], 1.0, "{value}");
+        assert_eq!(value["ip_proto"], 6);
+        assert_eq!(value["history"], "ShADdFaf");
+        assert_eq!(value["closed_by"], "orig");
+        assert!(fields.contains_key("teardown"), "{value}");
+        assert!(!fields.contains_key("rst_cause"), "{value}");
+    }
+
+    #[test]
+    fn ts_is_written_to_the_microsecond() {
+        let ns = 1_796_260_951_036_767_200;
+        let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ns + t * MS);
+        let value = graceful(40000, times).json(&Clock::Capture);
+        assert_eq!(value["ts"].to_string(), "1796260951.036767", "{value}");
+    }
+
+    #[test]
+    fn bytes_are_given_even_when_the_clock_did_not_move() {
+        let value = graceful(40000, [5 * MS; 9]).json(&Clock::Capture);
+        assert_eq!(value["duration"], 0.0, "{value}");
+        assert_eq!(
+            (&value["orig_bytes"], &value["resp_bytes"]),
+            (&5.into(), &5.into())
+        );
+    }
+
+    #[test]
+    fn unset_fields_are_left_out() {
+        // A lone SYN: no duration, no bytes, nobody closed it.
+        let lone = record(40000, &[(true, SYN, 1000, 0, 0, 7 * MS)]);
+        let value = lone.json(&Clock::Capture);
+        let fields = value.as_object().expect("an object");
+        for absent in [
+            "duration",
+            "orig_bytes",
+            "resp_bytes",
+            "closed_by",
+            "rst_cause",
+            "teardown",
+        ] {
+            assert!(!fields.contains_key(absent), "{absent} in {value}");
+        }
+        assert_eq!(value["history"], "S");
+        assert!(fields.values().all(|v| !v.is_null()), "{value}");
+        // A refused SYN: a duration, zero bytes, closed by the responder.
+        let refused = record(
+            40001,
+            &[
+                (true, SYN, 1000, 0, 0, 7 * MS),
+                (false, RST | ACK, 0, 1001, 0, 8 * MS),
+            ],
+        );
+        let value = refused.json(&Clock::Capture);
+        assert_eq!(value["conn_state"], "REJ", "{value}");
+        assert_eq!(value["duration"], 0.001, "{value}");
+        assert_eq!(
+            (&value["orig_bytes"], &value["resp_bytes"]),
+            (&0.into(), &0.into())
+        );
+        assert_eq!(
+            (&value["closed_by"], &value["rst_cause"]),
+            (&"resp".into(), &"refused".into())
+        );
+        // An empty history (nothing but a bare record) is left out, not "-".
+        let empty = Ended {
+            key: key(40002),
+            conn: Conn::zeroed(),
+            reason: end_reason::END_OF_INPUT,
+        };
+        assert!(empty.json(&Clock::Capture).get("history").is_none());
     }
 }

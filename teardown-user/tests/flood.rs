@@ -399,14 +399,14 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
             record["conn_state"].as_str(),
             record["close"].as_str(),
             record["closed_by"].as_str(),
-            &record["rst_cause"],
+            record.get("rst_cause"),
             &record["orig_guessed"],
         ),
         (
             Some("SF"),
             Some("graceful"),
             Some("orig"),
-            &Value::Null,
+            None,
             &Value::Bool(false)
         ),
         "the canary: {record}"
