@@ -19,7 +19,7 @@ mod support;
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
@@ -311,8 +311,7 @@ fn egress_and_ingress_flag_counts_equal_tsharks() {
     // The interval lines carry the egress figures and lock_contended too.
     let stats = lines
         .iter()
-        .filter(|value| value["event"] == "stats")
-        .last()
+        .rfind(|value| value["event"] == "stats")
         .unwrap_or_else(|| panic!("no stats line: {stdout}"));
     assert!(stats["egress"]["rates"]["syn_ack"].is_number(), "{stats}");
     assert!(stats["egress"]["totals"]["syn_ack"].is_number(), "{stats}");
