@@ -596,7 +596,12 @@ impl MetricsServer {
         };
         let direction = clap::ValueEnum::to_possible_value(&options.direction)
             .map_or_else(String::new, |value| value.get_name().to_string());
-        let initial = MetricsSnapshot::new(&options.iface, &direction);
+        let mut initial = MetricsSnapshot::new(&options.iface, &direction);
+        if options.direction == crate::run::Direction::Both {
+            // Egress is watched: its samples are there, at 0, from the first
+            // scrape on, not only from the first publish.
+            initial.sent = Some(Counters::default());
+        }
         MetricsServer::start(addr, initial).await.map(Some)
     }
 
