@@ -55,6 +55,7 @@ pub struct FlowFigures {
     pub insert_failed: u64,
     pub evicted: u64,
     pub syn_untracked: u64,
+    pub lock_contended: u64,
     /// Half-open timeouts by responder port, most first.
     pub half_open_timeouts_by_port: Vec<(u16, u64)>,
 }
@@ -71,6 +72,9 @@ pub struct Snapshot {
     /// Rates over the latest report interval and totals since start; empty
     /// until the first interval has passed.
     pub counters: Vec<CounterFigure>,
+    /// The same counters for what the host sent (TC egress), in the same
+    /// order; empty when only ingress is watched.
+    pub sent: Vec<CounterFigure>,
     pub flows: FlowFigures,
     /// One line per ongoing alert, replaced wholesale by whoever tracks
     /// alerts; shown first, highlighted.
@@ -154,32 +158,60 @@ fn counts(list: &[(String, u64)]) -> String {
         .join(", ")
 }
 
-/// The counters as a small table: labels, then a row of rates and a row of totals.
-fn counter_table(counters: &[CounterFigure]) -> Vec<String> {
+/// The counters as a small table: labels, then a row of rates and a row of
+/// totals; with `sent` (the same counters for what the host sent), a row of
+/// each for what arrived and for what was sent, so a server's SYNs in stand
+/// above its SYN-ACKs out.
+fn counter_table(counters: &[CounterFigure], sent: &[CounterFigure]) -> Vec<String> {
     if counters.is_empty() {
         return vec!["rates     waiting for the first interval".to_string()];
     }
-    let rates: Vec<String> = counters.iter().map(|c| short_count(c.per_second)).collect();
-    let totals: Vec<String> = counters.iter().map(|c| c.total.to_string()).collect();
+    let rows: Vec<(&str, &str, &[CounterFigure])> = if sent.is_empty() {
+        vec![("per second", "total", counters)]
+    } else {
+        vec![
+            ("in /s", "in total", counters),
+            ("out /s", "out total", sent),
+        ]
+    };
+    let rendered: Vec<(Vec<String>, Vec<String>)> = rows
+        .iter()
+        .map(|(_, _, figures)| {
+            (
+                figures.iter().map(|c| short_count(c.per_second)).collect(),
+                figures.iter().map(|c| c.total.to_string()).collect(),
+            )
+        })
+        .collect();
     let column = counters
         .iter()
         .map(|c| c.label.len())
-        .chain(rates.iter().chain(&totals).map(String::len))
+        .chain(
+            rendered
+                .iter()
+                .flat_map(|(rates, totals)| rates.iter().chain(totals))
+                .map(String::len),
+        )
         .max()
         .unwrap_or(0)
         .max(7)
         + 1;
-    let mut lines = [
-        format!("{:<10}", ""),
-        format!("{:<10}", "per second"),
-        format!("{:<10}", "total"),
-    ];
-    for (i, counter) in counters.iter().enumerate() {
-        lines[0].push_str(&format!("{:>column$}", counter.label));
-        lines[1].push_str(&format!("{:>column$}", rates[i]));
-        lines[2].push_str(&format!("{:>column$}", totals[i]));
+    let mut header = format!("{:<10}", "");
+    for counter in counters {
+        header.push_str(&format!("{:>column$}", counter.label));
     }
-    lines.to_vec()
+    let mut lines = vec![header];
+    for ((rate_label, total_label, _), (rates, totals)) in rows.iter().zip(&rendered) {
+        let mut rate_line = format!("{rate_label:<10}");
+        let mut total_line = format!("{total_label:<10}");
+        for (rate, total) in rates.iter().zip(totals) {
+            rate_line.push_str(&format!("{rate:>column$}"));
+            total_line.push_str(&format!("{total:>column$}"));
+        }
+        lines.push(rate_line);
+        lines.push(total_line);
+    }
+    lines
 }
 
 fn flow_lines(flows: &FlowFigures) -> Vec<String> {
@@ -191,8 +223,12 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
         format!("closes    {}", counts(&flows.ended_by_close)),
         format!("states    {}", counts(&flows.ended_by_conn_state)),
         format!(
-            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}",
-            flows.events_lost, flows.insert_failed, flows.evicted, flows.syn_untracked
+            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}",
+            flows.events_lost,
+            flows.insert_failed,
+            flows.evicted,
+            flows.syn_untracked,
+            flows.lock_contended
         ),
     ];
     if !flows.half_open_timeouts_by_port.is_empty() {
@@ -251,7 +287,7 @@ pub fn render(snapshot: &Snapshot, width: usize, height: usize) -> String {
             ));
         }
     }
-    lines.extend(counter_table(&snapshot.counters));
+    lines.extend(counter_table(&snapshot.counters, &snapshot.sent));
     lines.extend(flow_lines(&snapshot.flows));
     if !snapshot.alert_events.is_empty() {
         lines.push("alert events, newest first".to_string());
@@ -542,6 +578,78 @@ mod tests {
         let first = frame.lines().position(|l| l.contains(":40039 ->"));
         let second = frame.lines().position(|l| l.contains(":40038 ->"));
         assert!(first.is_some() && first < second, "{frame}");
+    }
+
+    #[test]
+    fn sent_counters_stand_below_received_ones() {
+        let mut snapshot = busy_snapshot();
+        snapshot.counters = vec![
+            CounterFigure {
+                label: "syn",
+                per_second: 40.0,
+                total: 400,
+            },
+            CounterFigure {
+                label: "synack",
+                per_second: 0.0,
+                total: 0,
+            },
+        ];
+        snapshot.sent = vec![
+            CounterFigure {
+                label: "syn",
+                per_second: 0.0,
+                total: 0,
+            },
+            CounterFigure {
+                label: "synack",
+                per_second: 38.0,
+                total: 390,
+            },
+        ];
+        snapshot.flows.lock_contended = 3;
+        let frame = render(&snapshot, 80, 24);
+        let lines: Vec<&str> = frame.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.split_whitespace().eq(["syn", "synack"]))
+            .expect("the counters' header");
+        assert!(
+            lines[header + 1]
+                .split_whitespace()
+                .eq(["in", "/s", "40", "0"]),
+            "{frame}"
+        );
+        assert!(
+            lines[header + 2]
+                .split_whitespace()
+                .eq(["in", "total", "400", "0"]),
+            "{frame}"
+        );
+        assert!(
+            lines[header + 3]
+                .split_whitespace()
+                .eq(["out", "/s", "0", "38"]),
+            "{frame}"
+        );
+        assert!(
+            lines[header + 4]
+                .split_whitespace()
+                .eq(["out", "total", "0", "390"]),
+            "{frame}"
+        );
+        // Columns line up: SYN-ACKs out under the synack label.
+        let column_end = lines[header].find("synack").unwrap() + "synack".len();
+        assert_eq!(
+            lines[header + 4].find("390").unwrap() + 3,
+            column_end,
+            "{frame}"
+        );
+        let wide = render(&snapshot, 120, 24);
+        assert!(
+            wide.contains("SYNs untracked 0, lock contended 3"),
+            "{wide}"
+        );
     }
 
     #[test]

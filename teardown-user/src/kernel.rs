@@ -692,6 +692,20 @@ impl Kernel {
         Ok(total)
     }
 
+    /// The descriptor of loaded program `name` (XDP or TC), for
+    /// BPF_PROG_TEST_RUN from threads of their own; valid while `self` is.
+    pub fn program_fd(&self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
+        let program = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?;
+        Ok(program
+            .fd()
+            .with_context(|| format!("program {name} is not loaded"))?
+            .as_fd()
+            .as_raw_fd())
+    }
+
     /// Runs `program` once over `frame` with BPF_PROG_TEST_RUN; returns its verdict.
     pub fn test_run(&mut self, program: &str, frame: &[u8]) -> anyhow::Result<u32> {
         let program = self.xdp(program)?;

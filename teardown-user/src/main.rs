@@ -3,6 +3,7 @@
 mod alerts;
 mod bench;
 mod capture;
+mod contention;
 mod dashboard;
 mod destinations;
 mod detect;
@@ -109,6 +110,11 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Only the contention case: two CPUs update one connection's
+        /// record at once (XDP ingress and TC egress), --repeat pure ACKs
+        /// each; fails unless the record counted every one.
+        #[arg(long)]
+        contention: bool,
     },
 }
 
@@ -263,12 +269,13 @@ fn main() -> ExitCode {
             repeat,
             rounds,
             json_out,
+            contention,
         } => bench::run(bench::BenchOptions {
             repeat,
             rounds,
             json_out,
-        })
-        .map(|()| true),
+            contention_only: contention,
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -10,27 +10,31 @@
 //!
 //! # Metric families
 //!
-//! Packet and flag counters (cumulative since teardown started):
+//! Packet and flag counters (cumulative since teardown started), each with a
+//! `direction` label: `in` for frames that arrive (XDP), `out` for frames
+//! the host sends (TC egress; only with `--direction both`, the default):
 //!
 //! | family | type | labels | from |
 //! | --- | --- | --- | --- |
-//! | `teardown_packets_total` | counter | | `packets` |
-//! | `teardown_ip_packets_total` | counter | `version` = `4`, `6` | `ipv4`, `ipv6` |
-//! | `teardown_non_ip_packets_total` | counter | | `non_ip` |
-//! | `teardown_vlan_packets_total` | counter | | `vlan` |
-//! | `teardown_vlan_too_deep_packets_total` | counter | | `vlan_too_deep` |
-//! | `teardown_ip_fragments_total` | counter | | `fragments` |
-//! | `teardown_ipv6_chain_too_long_packets_total` | counter | | `ipv6_chain_too_long` |
-//! | `teardown_other_transport_packets_total` | counter | | `other_transport` |
-//! | `teardown_malformed_packets_total` | counter | | `malformed` |
-//! | `teardown_tcp_segments_total` | counter | | `tcp` |
-//! | `teardown_tcp_flag_segments_total` | counter | `flag` = `syn`, `syn_ack`, `fin`, `rst`, `pure_ack`, `data`, `psh`, `urg`, `ece`, `cwr` | the same keys |
+//! | `teardown_packets_total` | counter | `direction` | `packets` |
+//! | `teardown_ip_packets_total` | counter | `direction`, `version` = `4`, `6` | `ipv4`, `ipv6` |
+//! | `teardown_non_ip_packets_total` | counter | `direction` | `non_ip` |
+//! | `teardown_vlan_packets_total` | counter | `direction` | `vlan` |
+//! | `teardown_vlan_too_deep_packets_total` | counter | `direction` | `vlan_too_deep` |
+//! | `teardown_ip_fragments_total` | counter | `direction` | `fragments` |
+//! | `teardown_ipv6_chain_too_long_packets_total` | counter | `direction` | `ipv6_chain_too_long` |
+//! | `teardown_other_transport_packets_total` | counter | `direction` | `other_transport` |
+//! | `teardown_malformed_packets_total` | counter | `direction` | `malformed` |
+//! | `teardown_tcp_segments_total` | counter | `direction` | `tcp` |
+//! | `teardown_tcp_flag_segments_total` | counter | `direction`, `flag` = `syn`, `syn_ack`, `fin`, `rst`, `pure_ack`, `data`, `psh`, `urg`, `ece`, `cwr` | the same keys |
 //!
 //! Why the flags are one family with a `flag` label and the frame classes are
 //! separate families: PromQL users look at the flags side by side: one panel
-//! of `sum by (flag) (rate(teardown_tcp_flag_segments_total[1m]))`, one alert
-//! on `teardown_tcp_flag_segments_total{flag="syn"} - ignoring(flag)
-//! teardown_tcp_flag_segments_total{flag="syn_ack"}`. The values overlap (a
+//! of `sum by (flag) (rate(teardown_tcp_flag_segments_total{direction="in"}[1m]))`,
+//! one alert on a server's SYNs in against its SYN-ACKs out:
+//! `teardown_tcp_flag_segments_total{direction="in",flag="syn"} -
+//! ignoring(direction, flag) teardown_tcp_flag_segments_total{direction="out",flag="syn_ack"}`.
+//! The values overlap (a
 //! FIN may also carry PSH and data), so `sum()` over `flag` counts flag
 //! occurrences, not segments; `teardown_tcp_segments_total` is the segment
 //! count. The frame classes (non-IP, VLAN-tagged, fragments, malformed, ...)
@@ -50,6 +54,7 @@
 //! | `teardown_flow_insert_failures_total` | counter | |
 //! | `teardown_flows_evicted_total` | counter | |
 //! | `teardown_syns_untracked_total` | counter | |
+//! | `teardown_flow_lock_contended_total` | counter | |
 //! | `teardown_syn_destination_collisions_total` | counter | |
 //! | `teardown_events_lost_total` | counter | |
 //!
@@ -141,8 +146,10 @@ pub struct MetricsSnapshot {
     pub direction: String,
     /// When teardown started, Unix seconds.
     pub start_time_seconds: f64,
-    /// Packet and flag counters since teardown started.
+    /// Packet and flag counters since teardown started: what arrived, and
+    /// what the host sent (`None` when only ingress is watched).
     pub counters: Counters,
+    pub sent: Option<Counters>,
     /// Connections ended, by Zeek's conn_state and by teardown's close kind.
     pub ended_by_conn_state: BTreeMap<&'static str, u64>,
     pub ended_by_close: BTreeMap<&'static str, u64>,
@@ -162,6 +169,8 @@ pub struct MetricsSnapshot {
     pub syn_untracked: u64,
     /// SYNs not counted per destination (their slot belonged to another).
     pub dest_collisions: u64,
+    /// Segments given up on after a bounded wait for a held flow-table slot.
+    pub lock_contended: u64,
     /// SYN-flood alert state per target (ended ones stay, inactive).
     pub syn_flood_alerts: Vec<AlertState>,
     /// SYN-flood alerts started since teardown started.
@@ -209,6 +218,7 @@ impl MetricsSnapshot {
                 .unwrap_or_default()
                 .as_secs_f64(),
             counters: Counters::default(),
+            sent: None,
             ended_by_conn_state: BTreeMap::new(),
             ended_by_close: BTreeMap::new(),
             flows_tracked: 0,
@@ -219,6 +229,7 @@ impl MetricsSnapshot {
             events_lost: 0,
             syn_untracked: 0,
             dest_collisions: 0,
+            lock_contended: 0,
             syn_flood_alerts: Vec::new(),
             syn_flood_alerts_started: 0,
         }
@@ -227,8 +238,15 @@ impl MetricsSnapshot {
     /// Takes the run loop's current figures: counter totals since start, the
     /// kernel's flow statistics and the tracker's. (The alert fields are left
     /// to the detector.)
-    pub fn record_run(&mut self, totals: &Counters, flow: &FlowStats, tracker: &Tracker) {
+    pub fn record_run(
+        &mut self,
+        totals: &Counters,
+        sent: Option<&Counters>,
+        flow: &FlowStats,
+        tracker: &Tracker,
+    ) {
         self.counters = *totals;
+        self.sent = sent.copied();
         self.ended_by_conn_state
             .clone_from(&tracker.stats.by_conn_state);
         self.ended_by_close.clone_from(&tracker.stats.by_close);
@@ -240,6 +258,7 @@ impl MetricsSnapshot {
         self.events_lost = flow.events_lost;
         self.syn_untracked = flow.syn_untracked;
         self.dest_collisions = flow.dest_collisions;
+        self.lock_contended = flow.lock_contended;
     }
 }
 
@@ -275,9 +294,11 @@ const fn exposition(counter: Counter) -> (&'static str, Option<(&'static str, &'
 /// HELP of the families that gather several counters.
 fn labelled_family_help(family: &str) -> &'static str {
     match family {
-        "teardown_ip_packets_total" => "Frames by IP version (EtherType IPv4 or IPv6).",
+        "teardown_ip_packets_total" => {
+            "Frames by IP version (EtherType IPv4 or IPv6); direction in: arrived, out: sent by the host."
+        }
         "teardown_tcp_flag_segments_total" => {
-            "TCP segments by flag: syn (SYN without ACK), syn_ack, fin, rst, pure_ack (ACK only, no payload), data (with payload), psh, urg, ece, cwr. A segment counts under each that applies, so sum() over flag is not a segment count: see teardown_tcp_segments_total."
+            "TCP segments by flag: syn (SYN without ACK), syn_ack, fin, rst, pure_ack (ACK only, no payload), data (with payload), psh, urg, ece, cwr. A segment counts under each that applies, so sum() over flag is not a segment count: see teardown_tcp_segments_total. direction in: arrived, out: sent by the host."
         }
         _ => "teardown counters.",
     }
@@ -351,15 +372,30 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         }
     }
     for (family, members) in &families {
+        let help_owned: String;
         let help = match members.as_slice() {
             // Doc comments start with a space.
-            [only] if exposition(*only).1.is_none() => only.help().trim(),
+            [only] if exposition(*only).1.is_none() => {
+                help_owned = format!(
+                    "{} direction in: arrived, out: sent by the host.",
+                    only.help().trim()
+                );
+                help_owned.as_str()
+            }
             _ => labelled_family_help(family),
         };
         e.family(family, "counter", help);
-        for &counter in members {
-            let labels: Vec<(&str, &str)> = exposition(counter).1.into_iter().collect();
-            e.sample(family, &labels, snapshot.counters.get(counter));
+        let directions = [
+            ("in", Some(&snapshot.counters)),
+            ("out", snapshot.sent.as_ref()),
+        ];
+        for (direction, counters) in directions {
+            let Some(counters) = counters else { continue };
+            for &counter in members {
+                let mut labels = vec![("direction", direction)];
+                labels.extend(exposition(counter).1);
+                e.sample(family, &labels, counters.get(counter));
+            }
         }
     }
 
@@ -419,6 +455,12 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "SYNs not tracked because the per-CPU budget of new half-open records was spent (a SYN flood).",
         snapshot.syn_untracked,
+    );
+    e.single(
+        "teardown_flow_lock_contended_total",
+        "counter",
+        "Segments not applied to their connection's record because another CPU held its flow-table slot past a bounded wait (dropped from the record, still in the packet counters).",
+        snapshot.lock_contended,
     );
     e.single(
         "teardown_syn_destination_collisions_total",
@@ -554,21 +596,31 @@ impl MetricsServer {
         };
         let direction = clap::ValueEnum::to_possible_value(&options.direction)
             .map_or_else(String::new, |value| value.get_name().to_string());
-        let initial = MetricsSnapshot::new(&options.iface, &direction);
+        let mut initial = MetricsSnapshot::new(&options.iface, &direction);
+        if options.direction == crate::run::Direction::Both {
+            // Egress is watched: its samples are there, at 0, from the first
+            // scrape on, not only from the first publish.
+            initial.sent = Some(Counters::default());
+        }
         MetricsServer::start(addr, initial).await.map(Some)
     }
 
     /// Publishes the run's figures: counters since `start` (the tallies when
-    /// the run began), the kernel's flow statistics and the tracker's.
+    /// the run began) and, when egress is watched, since `egress_start`, the kernel's flow statistics and the tracker's.
     pub fn publish(
         &self,
         kernel: &Kernel,
         start: &Tallies,
+        egress_start: Option<&Tallies>,
         tracker: &Tracker,
     ) -> anyhow::Result<()> {
         let totals = kernel.tallies()?.since(start).totals();
+        let sent = match egress_start {
+            Some(egress_start) => Some(kernel.egress_tallies()?.since(egress_start).totals()),
+            None => None,
+        };
         let flow = kernel.flow_stats()?;
-        self.update(|snapshot| snapshot.record_run(&totals, &flow, tracker));
+        self.update(|snapshot| snapshot.record_run(&totals, sent.as_ref(), &flow, tracker));
         Ok(())
     }
 
@@ -807,6 +859,12 @@ mod tests {
         for (index, value) in snapshot.counters.values.iter_mut().enumerate() {
             *value = 1000 + index as u64;
         }
+        let mut sent = Counters::default();
+        for (index, value) in sent.values.iter_mut().enumerate() {
+            *value = 2000 + index as u64;
+        }
+        snapshot.sent = Some(sent);
+        snapshot.lock_contended = 5;
         snapshot.ended_by_conn_state.insert("SF", 7);
         snapshot.ended_by_conn_state.insert("REJ", 2);
         snapshot.ended_by_close.insert("graceful", 7);
@@ -919,23 +977,38 @@ mod tests {
     fn every_counter_is_exported_once_with_its_value() {
         let snapshot = busy_snapshot();
         let text = render(&snapshot);
+        let sent = snapshot.sent.expect("busy snapshot has egress");
         for &counter in Counter::ALL {
             let (family, label) = exposition(counter);
-            let sample = match label {
-                Some((name, value)) => format!("{family}{{{name}=\"{value}\"}}"),
-                None => family.to_string(),
-            };
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|line| line.split(' ').next() == Some(sample.as_str()))
-                .collect();
-            assert_eq!(
-                lines,
-                [format!("{sample} {}", snapshot.counters.get(counter))],
-                "{counter:?}"
-            );
+            for (direction, counters) in [("in", &snapshot.counters), ("out", &sent)] {
+                let sample = match label {
+                    Some((name, value)) => {
+                        format!("{family}{{direction=\"{direction}\",{name}=\"{value}\"}}")
+                    }
+                    None => format!("{family}{{direction=\"{direction}\"}}"),
+                };
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|line| line.split(' ').next() == Some(sample.as_str()))
+                    .collect();
+                assert_eq!(
+                    lines,
+                    [format!("{sample} {}", counters.get(counter))],
+                    "{counter:?} {direction}"
+                );
+            }
         }
-        assert!(text.contains("teardown_tcp_flag_segments_total{flag=\"syn\"} 1009\n"));
+        assert!(
+            text.contains("teardown_tcp_flag_segments_total{direction=\"in\",flag=\"syn\"} 1009\n")
+        );
+        assert!(text.contains(
+            "teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"} 2010\n"
+        ));
+        assert!(text.contains("teardown_flow_lock_contended_total 5\n"));
+        // Ingress only: no `out` samples, rather than zeros that look measured.
+        let ingress = render(&MetricsSnapshot::new("eth0", "ingress"));
+        assert!(ingress.contains("teardown_packets_total{direction=\"in\"} 0\n"));
+        assert!(!ingress.contains("direction=\"out\""), "{ingress}");
     }
 
     #[test]

@@ -51,6 +51,26 @@ pub fn totals_table(counters: &Counters) -> String {
     table
 }
 
+/// Every counter with its totals for what arrived (`in`) and what the host
+/// sent (`out`), one per line, aligned under a header.
+pub fn totals_table_both(received: &Counters, sent: &Counters) -> String {
+    let width = Counter::ALL
+        .iter()
+        .map(|c| c.key().len())
+        .max()
+        .unwrap_or(0);
+    let mut table = format!("  {:<width$}  {:>14}  {:>14}\n", "", "in", "out");
+    for counter in Counter::ALL {
+        table.push_str(&format!(
+            "  {:<width$}  {:>14}  {:>14}\n",
+            counter.key(),
+            received.get(*counter),
+            sent.get(*counter)
+        ));
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +96,35 @@ mod tests {
             table
                 .lines()
                 .any(|line| line.split_whitespace().eq(["syn", "42"])),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn both_ways_table_has_a_column_each() {
+        let (mut received, mut sent) = (Counters::default(), Counters::default());
+        received.values[Counter::Syn as usize] = 42;
+        sent.values[Counter::SynAck as usize] = 41;
+        let table = totals_table_both(&received, &sent);
+        assert_eq!(table.lines().count(), Counter::ALL.len() + 1);
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .eq(["in", "out"])
+        );
+        assert!(
+            table
+                .lines()
+                .any(|line| line.split_whitespace().eq(["syn", "42", "0"])),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|line| line.split_whitespace().eq(["syn_ack", "0", "41"])),
             "{table}"
         );
     }

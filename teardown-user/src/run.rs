@@ -99,8 +99,10 @@ fn clock_time() -> String {
     )
 }
 
-fn row(delta: &Counters, seconds: f64, total: &Counters) -> String {
-    let mut line = format!("{:<8}", clock_time());
+/// One row of rates: `label` is the time for what arrived, `sent` for
+/// what the host sent (printed below it, in the same columns).
+fn row(label: &str, delta: &Counters, seconds: f64, total: &Counters) -> String {
+    let mut line = format!("{label:<8}");
     for (counter, _) in ROW_COUNTERS {
         line.push_str(&format!(
             " {:>8}",
@@ -118,7 +120,8 @@ fn unix_seconds() -> f64 {
         .as_secs_f64()
 }
 
-fn stats_json(iface: &str, delta: &Counters, seconds: f64, total: &Counters) -> Value {
+/// Every counter: its total, and its rate over the interval.
+fn totals_and_rates(delta: &Counters, seconds: f64, total: &Counters) -> (Value, Value) {
     let mut totals = Map::new();
     let mut rates = Map::new();
     for counter in Counter::ALL {
@@ -129,14 +132,44 @@ fn stats_json(iface: &str, delta: &Counters, seconds: f64, total: &Counters) -> 
             json!((rate * 1000.0).round() / 1000.0),
         );
     }
-    json!({
+    (Value::Object(totals), Value::Object(rates))
+}
+
+/// Every counter's total, by key.
+fn totals_json(total: &Counters) -> Value {
+    Value::Object(
+        Counter::ALL
+            .iter()
+            .map(|counter| (counter.key().to_string(), json!(total.get(*counter))))
+            .collect(),
+    )
+}
+
+/// What one interval counted: `totals` and `rates` of what arrived, and,
+/// when egress is watched, an `egress` object with the same two for what
+/// the host sent.
+fn stats_json(iface: &str, seconds: f64, received: Figures, sent: Option<Figures>) -> Value {
+    let (totals, rates) = totals_and_rates(received.delta, seconds, received.total);
+    let mut object = json!({
         "event": "stats",
         "ts": unix_seconds(),
         "iface": iface,
         "interval": seconds,
         "totals": totals,
         "rates": rates,
-    })
+    });
+    if let Some(sent) = sent {
+        let (totals, rates) = totals_and_rates(sent.delta, seconds, sent.total);
+        object["egress"] = json!({ "totals": totals, "rates": rates });
+    }
+    object
+}
+
+/// One direction's counters for a report: the interval's, and since start.
+#[derive(Clone, Copy)]
+struct Figures<'a> {
+    delta: &'a Counters,
+    total: &'a Counters,
 }
 
 fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
@@ -149,6 +182,7 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
         "evicted": stats.evicted,
         "events_lost": stats.events_lost,
         "syn_untracked": stats.syn_untracked,
+        "lock_contended": stats.lock_contended,
         "dest_collisions": stats.dest_collisions,
         "truncated_segments": stats.truncated_segments,
         "ended_by_conn_state": tracker.stats.by_conn_state,
@@ -172,13 +206,14 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
         .map(|(port, count)| format!("{port}:{count}"))
         .collect();
     format!(
-        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}{}",
+        "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
         tracker.live(),
         tracker.stats.by_close.values().sum::<u64>(),
         stats.events_lost,
         stats.insert_failed,
         stats.evicted,
         stats.syn_untracked,
+        stats.lock_contended,
         if stats.dest_collisions > 0 {
             format!(
                 ", SYNs not counted per destination {}",
@@ -224,8 +259,21 @@ fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
         insert_failed: stats.insert_failed,
         evicted: stats.evicted,
         syn_untracked: stats.syn_untracked,
+        lock_contended: stats.lock_contended,
         half_open_timeouts_by_port: ports,
     }
+}
+
+/// The row counters of one direction as the dashboard shows them.
+fn counter_figures(figures: Figures, seconds: f64) -> Vec<CounterFigure> {
+    ROW_COUNTERS
+        .iter()
+        .map(|(counter, label)| CounterFigure {
+            label: label.trim_end_matches("/s"),
+            per_second: figures.delta.get(*counter) as f64 / seconds,
+            total: figures.total.get(*counter),
+        })
+        .collect()
 }
 
 /// Where the human output goes: scrolling lines (a pipe, or `--plain`), or
@@ -255,9 +303,9 @@ impl Screen {
     /// One report interval's figures: rows of the table, or a redrawn dashboard.
     fn report(
         &mut self,
-        delta: &Counters,
         seconds: f64,
-        total: &Counters,
+        received: Figures,
+        sent: Option<Figures>,
         flow_stats: &FlowStats,
         tracker: &Tracker,
     ) -> anyhow::Result<()> {
@@ -266,20 +314,22 @@ impl Screen {
                 if rows.is_multiple_of(HEADER_EVERY) {
                     println!("{}", header());
                 }
-                println!("{}", row(delta, seconds, total));
+                println!(
+                    "{}",
+                    row(&clock_time(), received.delta, seconds, received.total)
+                );
+                if let Some(sent) = sent {
+                    println!("{}", row("  sent", sent.delta, seconds, sent.total));
+                }
                 println!("{}", flow_line(flow_stats, tracker));
                 *rows += 1;
                 Ok(())
             }
             Screen::Dashboard(dashboard) => {
-                dashboard.snapshot.counters = ROW_COUNTERS
-                    .iter()
-                    .map(|(counter, label)| CounterFigure {
-                        label: label.trim_end_matches("/s"),
-                        per_second: delta.get(*counter) as f64 / seconds,
-                        total: total.get(*counter),
-                    })
-                    .collect();
+                dashboard.snapshot.counters = counter_figures(received, seconds);
+                dashboard.snapshot.sent = sent
+                    .map(|sent| counter_figures(sent, seconds))
+                    .unwrap_or_default();
                 dashboard.snapshot.flows = flow_figures(flow_stats, tracker);
                 dashboard.draw(clock_time())
             }
@@ -429,6 +479,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // The counters' starting point, before anything is attached: a packet
     // that arrives as soon as the program is attached must count.
     let start = kernel.tallies()?;
+    let egress_start = match options.direction {
+        Direction::Both => Some(kernel.egress_tallies()?),
+        Direction::Ingress => None,
+    };
     let mode = kernel.attach(&options.iface, options.mode)?;
     if options.direction == Direction::Both {
         kernel.attach_egress(&options.iface)?;
@@ -459,6 +513,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut tracker = Tracker::new(options.timeouts);
     tracker.watch_half_open_timeouts();
     let mut previous = start;
+    let mut previous_sent = egress_start;
     let mut previous_at = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,7 +544,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         if let Some(metrics) = &metrics {
             // Prometheus: every event poll, so a scrape is at most 100 ms behind.
-            metrics.publish(&kernel, &start, &tracker)?;
+            metrics.publish(&kernel, &start, egress_start.as_ref(), &tracker)?;
             metrics.update(|snapshot| {
                 snapshot.syn_flood_alerts = alerts.states();
                 snapshot.syn_flood_alerts_started = alerts.started;
@@ -500,20 +555,39 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             continue;
         }
         let now = kernel.tallies()?;
+        let now_sent = match egress_start {
+            Some(_) => Some(kernel.egress_tallies()?),
+            None => None,
+        };
         let now_at = tokio::time::Instant::now();
         let seconds = (now_at - previous_at).as_secs_f64().max(1e-9);
         let delta = now.since(&previous).totals();
         let total = now.since(&start).totals();
+        let sent_counts = match (&now_sent, &previous_sent, &egress_start) {
+            (Some(now_sent), Some(previous_sent), Some(egress_start)) => Some((
+                now_sent.since(previous_sent).totals(),
+                now_sent.since(egress_start).totals(),
+            )),
+            _ => None,
+        };
+        let received = Figures {
+            delta: &delta,
+            total: &total,
+        };
+        let sent = sent_counts
+            .as_ref()
+            .map(|(delta, total)| Figures { delta, total });
         let flow_stats = kernel.flow_stats()?;
         if options.json {
-            let mut object = stats_json(&options.iface, &delta, seconds, &total);
+            let mut object = stats_json(&options.iface, seconds, received, sent);
             object["flows"] = flow_json(&flow_stats, &tracker);
             object["alerts"] = alerts.summary_json();
             output::print_json(&object);
         } else {
-            screen.report(&delta, seconds, &total, &flow_stats, &tracker)?;
+            screen.report(seconds, received, sent, &flow_stats, &tracker)?;
             screen.alert_summary(alerts.summary_line());
         }
+        previous_sent = now_sent;
         previous = now;
         previous_at = now_at;
     }
@@ -527,6 +601,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         eprintln!("teardown: {err:#}");
     }
     let total = kernel.tallies()?.since(&start).totals();
+    let sent_total = match &egress_start {
+        Some(egress_start) => Some(kernel.egress_tallies()?.since(egress_start).totals()),
+        None => None,
+    };
     // Connections still open are reported as they stand, as at the end of a
     // capture.
     tracker.drain_events(&mut events, &mut ended);
@@ -551,20 +629,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     drop(kernel);
     eprintln!("teardown: detached from {}", options.iface);
     if options.json {
-        let mut totals = Map::new();
-        for counter in Counter::ALL {
-            totals.insert(counter.key().into(), json!(total.get(*counter)));
-        }
-        output::print_json(&json!({
+        let mut object = json!({
             "event": "final",
             "ts": unix_seconds(),
             "iface": options.iface,
-            "totals": totals,
+            "totals": totals_json(&total),
             "flows": flow_json(&flow_stats, &tracker),
-        }));
+        });
+        if let Some(sent) = &sent_total {
+            object["egress"] = json!({ "totals": totals_json(sent) });
+        }
+        output::print_json(&object);
     } else {
         println!("final totals on {}:", options.iface);
-        print!("{}", output::totals_table(&total));
+        match &sent_total {
+            Some(sent) => print!("{}", output::totals_table_both(&total, sent)),
+            None => print!("{}", output::totals_table(&total)),
+        }
         println!("{}", flow_line(&flow_stats, &tracker));
     }
     Ok(())

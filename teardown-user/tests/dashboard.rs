@@ -75,7 +75,12 @@ fn run_on_a_terminal(stop: Stop) -> String {
     };
     let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
     assert!(
-        wait_until(Duration::from_secs(20), || text().contains("per second")),
+        // Both directions are watched (the default): a row for what
+        // arrived and one for what was sent.
+        wait_until(Duration::from_secs(20), || {
+            let text = text();
+            text.contains("in /s") && text.contains("out /s")
+        }),
         "no dashboard frame with rates on the terminal: {:?}",
         text()
     );
@@ -128,9 +133,11 @@ fn assert_terminal_given_back(output: &str) {
     let frames = &output[entered..left];
     assert!(frames.contains("teardown  tds"), "no title: {frames:?}");
     assert!(frames.contains("alerts    none active"), "{frames:?}");
+    assert!(frames.contains("lock contended"), "{frames:?}");
     // The totals come after, on the normal screen.
     let after = &output[left..];
     assert!(after.contains("final totals on"), "{after:?}");
+    assert!(after.contains("lock contended"), "{after:?}");
 }
 
 #[test]

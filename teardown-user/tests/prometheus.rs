@@ -27,7 +27,13 @@ const OPEN_PORT: u16 = 8080;
 const CLOSED_PORT: u16 = 8081;
 const GRACEFUL: usize = 5;
 const REFUSED: usize = 3;
-const SYN_QUERY: &str = "teardown_tcp_flag_segments_total{flag=\"syn\"}";
+const SYN_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\",flag=\"syn\"}";
+/// What the server answered with a SYN-ACK (TC egress).
+const SYN_ACK_OUT_QUERY: &str =
+    "teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"}";
+/// The README's query: SYNs in that the server did not answer with a
+/// SYN-ACK (here, the refused connections).
+const UNANSWERED_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\",flag=\"syn\"} - ignoring(direction, flag) teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"}";
 /// Generous: Prometheus starts, then scrapes once a second.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -170,6 +176,10 @@ fn prometheus_scrapes_the_syn_counter() {
         sample_line(&exposition, SYN_QUERY),
         Some(&*format!("{SYN_QUERY} 0"))
     );
+    assert_eq!(
+        sample_line(&exposition, SYN_ACK_OUT_QUERY),
+        Some(&*format!("{SYN_ACK_OUT_QUERY} 0"))
+    );
 
     // A real Prometheus, scraping every second.
     let config = dir.join("prometheus.yml");
@@ -253,21 +263,40 @@ fn prometheus_scrapes_the_syn_counter() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    // SYNs in less SYN-ACKs out: the refused connections (answered by RST).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = query(&lab.server_ns, UNANSWERED_QUERY);
+        if answer == Ok(REFUSED as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not report {UNANSWERED_QUERY} = {REFUSED}: last answer {answer:?}; SYN-ACKs out {:?}",
+            query(&lab.server_ns, SYN_ACK_OUT_QUERY)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(prometheus);
 
     // teardown's own count, as it prints it, agrees.
     let output = teardown.terminate();
     assert!(output.status.success(), "teardown run: {}", output.status);
     let printed = std::fs::read_to_string(&teardown_out).expect("reading teardown's output");
-    let totals = printed
+    let last = printed
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .find(|value| value["event"] == "final")
-        .unwrap_or_else(|| panic!("no final totals in teardown's output: {printed}"))["totals"]
-        .clone();
+        .unwrap_or_else(|| panic!("no final totals in teardown's output: {printed}"));
+    let totals = &last["totals"];
     assert_eq!(
         totals["syn"].as_f64(),
         Some(scraped),
         "teardown printed {totals}, Prometheus scraped {scraped}"
+    );
+    assert_eq!(
+        last["egress"]["totals"]["syn_ack"].as_u64(),
+        Some(GRACEFUL as u64),
+        "SYN-ACKs sent: {last}"
     );
 }

@@ -227,7 +227,7 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
 
 /// Debian packages the tests use as judges and tools (nftables drops chosen
 /// packets inside the live tests' namespaces; prometheus scrapes the
-/// metrics endpoint).
+/// metrics endpoint; ethtool turns offloads off for the egress counts).
 const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "tcpdump",
@@ -236,6 +236,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "prometheus",
     "hping3",
+    "ethtool",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
