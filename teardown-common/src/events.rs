@@ -145,7 +145,11 @@ impl Admission {
     #[inline(always)]
     fn roll(&mut self, now: u64) {
         let window = now / HALF_OPEN_WINDOW_NS;
-        if window != self.window {
+        // Only forward: SYNs are admitted on the coarse clock, which runs
+        // up to a tick behind the precise one that stamps evictions, so a
+        // window boundary may be seen from both sides in turn; going back
+        // would throw the window's counts away.
+        if window > self.window {
             // Pressure carries over from the window just before only.
             self.limited = (window == self.window.wrapping_add(1)
                 && self.pressure >= PRESSURE_THRESHOLD) as u64;
@@ -256,6 +260,24 @@ mod tests {
         }
         // The next SYN comes two windows later: no limit.
         assert!((0..1_000).all(|i| admission.admit(t + 2 * WINDOW + i, 1)));
+    }
+
+    #[test]
+    fn a_boundary_seen_from_both_clocks_keeps_the_window() {
+        let mut admission = Admission::default();
+        let budget = 100;
+        let t = 1_000 * WINDOW;
+        for i in 0..1_000 {
+            admission.note_eviction(t + i);
+        }
+        // Window 1 under the budget, with SYNs on the coarse clock still
+        // reading window 0 after evictions stamped in window 1.
+        let next = t + WINDOW;
+        admission.note_eviction(next);
+        let admitted = (0..1_000)
+            .filter(|i| admission.admit(next - 1 + (i % 2), budget))
+            .count();
+        assert_eq!(admitted, budget as usize);
     }
 
     #[test]
