@@ -34,6 +34,9 @@ pub mod names {
     pub const XDP_BENCH_PROGRAM: &str = "teardown_bench";
     /// The per-run frame change alone, whose cost the benchmark subtracts.
     pub const XDP_BENCH_MUTATE_PROGRAM: &str = "teardown_bench_mutate";
+    /// A flow-table slot's lock taken and let go, alone: what the
+    /// concurrency safety adds to the fast path.
+    pub const XDP_BENCH_LOCK_PROGRAM: &str = "teardown_bench_lock";
     /// Array of 4 u64: the benchmark wrappers' settings.
     pub const BENCH_MAP: &str = "BENCH";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.

@@ -506,7 +506,11 @@ impl Kernel {
     /// Loads the benchmark wrappers now, so their verification stays out
     /// of what the benchmark times. Only `teardown bench` needs them.
     pub fn load_bench_programs(&mut self) -> anyhow::Result<()> {
-        for name in [names::XDP_BENCH_PROGRAM, names::XDP_BENCH_MUTATE_PROGRAM] {
+        for name in [
+            names::XDP_BENCH_PROGRAM,
+            names::XDP_BENCH_MUTATE_PROGRAM,
+            names::XDP_BENCH_LOCK_PROGRAM,
+        ] {
             self.xdp(name)?;
         }
         Ok(())
@@ -694,9 +698,15 @@ impl Kernel {
         Ok(total)
     }
 
-    /// The descriptor of loaded program `name` (XDP or TC), for
+    /// The descriptor of program `name` (XDP or TC), loaded if need be, for
     /// BPF_PROG_TEST_RUN from threads of their own; valid while `self` is.
-    pub fn program_fd(&self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
+    pub fn program_fd(&mut self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
+        // Programs load on first use.
+        if name == names::TC_EGRESS_PROGRAM {
+            self.egress()?;
+        } else {
+            self.xdp(name)?;
+        }
         let program = self
             .ebpf
             .program(name)
