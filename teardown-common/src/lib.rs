@@ -8,6 +8,7 @@ extern crate std;
 
 pub mod conn;
 pub mod counters;
+#[cfg(any(test, feature = "craft"))]
 pub mod craft;
 pub mod dest;
 pub mod events;
