@@ -449,8 +449,9 @@ impl Terminal {
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .filter(|&v| v > 0)
         };
-        // SAFETY: TIOCGWINSZ fills a winsize.
+        // SAFETY: winsize is plain integers, for which all zeroes is valid.
         let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ fills the winsize it is given, nothing else.
         let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
         let (cols, rows) = if ok && size.ws_col > 0 && size.ws_row > 0 {
             (size.ws_col as usize, size.ws_row as usize)

@@ -30,8 +30,10 @@ struct Cli {
     command: Command,
 }
 
-// `run` carries many flags; the enum is parsed once, so its size is moot.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`run` carries many flags; the enum is parsed once, so its size is moot"
+)]
 #[derive(Subcommand)]
 enum Command {
     /// Attach to an interface and print live counters until Ctrl-C or SIGTERM.

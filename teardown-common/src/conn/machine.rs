@@ -695,7 +695,10 @@ impl Conn {
     }
 
     /// Zeek's `UpdateStateMachine`. Returns whether the packet closes `me`.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "Zeek's UpdateStateMachine, argument for argument, so the two read side by side"
+    )]
     #[inline(always)]
     fn update_state_machine(
         &mut self,

@@ -3,7 +3,7 @@
 //!
 //! Everything created here is removed by `Drop`, so a failing (panicking) test
 //! still deletes its namespaces, which also detaches any XDP program on them.
-#![allow(dead_code)] // each test file uses a different part
+#![allow(dead_code, reason = "each test file uses a different part")]
 
 use std::{
     io::{BufRead, BufReader, Write},
