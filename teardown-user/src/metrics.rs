@@ -4,9 +4,11 @@
 //! the kernel's tallies; [`MetricsServer`] answers `GET /metrics` with
 //! [`render`]'s text exposition (format 0.0.4) of the latest snapshot. The
 //! server is a few dozen lines of HTTP/1.1 on tokio: one request per
-//! connection, bounded in size, time and number of connections, so a slow or
-//! hostile client costs a file descriptor for a few seconds and never holds
-//! up the run loop.
+//! connection, bounded in size, time and number of connections ([`Limits`]),
+//! so a slow or hostile client costs a file descriptor for a few seconds and
+//! never holds up the run loop. When every slot is taken, a newcomer takes
+//! the place of the connection that has had the longest to send its request
+//! and has not: idle connections cannot lock the scrapers out.
 //!
 //! # Metric families
 //!
@@ -70,13 +72,21 @@
 //! About the process: `teardown_build_info{version}` (gauge, always 1),
 //! `teardown_interface_info{iface,direction}` (gauge, always 1),
 //! `teardown_start_time_seconds` (gauge, Unix time).
+//!
+//! About this endpoint: `teardown_metrics_connections_dropped_total{reason}`
+//! (counter; `reason` = `evicted`, `read_timeout`, `write_timeout`,
+//! `too_large`, each always present), connections closed without serving a
+//! scrape ([`EndpointDrops`]).
 
 use std::{
     collections::BTreeMap,
     fmt::{Display, Write as _},
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use teardown_common::{
@@ -87,7 +97,6 @@ use teardown_common::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
     task::AbortHandle,
 };
 
@@ -175,6 +184,37 @@ pub struct MetricsSnapshot {
     pub syn_flood_alerts: Vec<AlertState>,
     /// SYN-flood alerts started since teardown started.
     pub syn_flood_alerts_started: u64,
+    /// Connections the metrics endpoint itself gave up on (the server fills
+    /// this in; the run loop leaves it alone).
+    pub endpoint_drops: EndpointDrops,
+}
+
+/// Connections to the metrics endpoint closed without serving a scrape, by
+/// why: `teardown_metrics_connections_dropped_total{reason}`. They show
+/// whether anyone is crowding the endpoint, and which limit turned them away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointDrops {
+    /// Cancelled at capacity to make room for a newcomer (see [`Limits`]).
+    pub evicted: u64,
+    /// Request head not complete within [`Limits::read_timeout`] (answered 408).
+    pub read_timeout: u64,
+    /// Response not taken within [`Limits::write_timeout`].
+    pub write_timeout: u64,
+    /// Request head over [`Limits::max_head`] (answered 431).
+    pub too_large: u64,
+}
+
+impl EndpointDrops {
+    /// Each reason with its count, all of them always (so `rate()` over a
+    /// reason never comes back empty).
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("evicted", self.evicted),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("too_large", self.too_large),
+        ]
+    }
 }
 
 /// Zeek's conn_state values (docs/zeek-tcp-semantics.md), always exported.
@@ -232,6 +272,7 @@ impl MetricsSnapshot {
             lock_contended: 0,
             syn_flood_alerts: Vec::new(),
             syn_flood_alerts_started: 0,
+            endpoint_drops: EndpointDrops::default(),
         }
     }
 
@@ -518,6 +559,15 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "When teardown started, in seconds since the Unix epoch.",
         snapshot.start_time_seconds,
     );
+    let name = "teardown_metrics_connections_dropped_total";
+    e.family(
+        name,
+        "counter",
+        "Connections to this metrics endpoint closed without serving a scrape, by reason: evicted (cancelled at capacity for a newcomer: the oldest one still sending its request, else the oldest still being sent its answer), read_timeout (request not complete in time, answered 408), write_timeout (answer not taken in time), too_large (request head too large, answered 431).",
+    );
+    for (reason, count) in snapshot.endpoint_drops.by_reason() {
+        e.sample(name, &[("reason", reason)], count);
+    }
     e.out
 }
 
@@ -548,22 +598,38 @@ fn lock(shared: &SharedSnapshot) -> MutexGuard<'_, MetricsSnapshot> {
 }
 
 /// How much a client may ask of the server.
+///
+/// Anyone who can reach the port can open connections and send nothing (or a
+/// byte a second); these limits keep such clients from crowding out the
+/// scrapers. A scraper sends its whole request as soon as it connects and
+/// reads the answer at once, so it never comes near them.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// The whole request head must arrive within this.
+    /// The whole request head must arrive within this, counted from accept,
+    /// not per read: trickling a byte at a time buys no more time.
     pub read_timeout: Duration,
-    /// The response must be taken within this.
+    /// The whole response must be taken within this.
     pub write_timeout: Duration,
     /// Bytes of request head read at most (request line and headers).
     pub max_head: usize,
-    /// Connections served at once; more are closed straight away.
+    /// Connections served at once (at least 1). A newcomer over it takes the
+    /// place of the oldest connection still sending its request (else of the
+    /// oldest still being sent its answer), which is closed unanswered: a
+    /// newcomer may be the scraper, while a connection that has had the
+    /// longest to send a request and has not is the likeliest to be idle.
     pub max_connections: usize,
 }
 
 impl Limits {
     pub const DEFAULT: Limits = Limits {
-        read_timeout: Duration::from_secs(10),
-        write_timeout: Duration::from_secs(10),
+        // A remote scraper's request arrives within a round trip of accept;
+        // 2 s allows a second of it and keeps idle sockets from holding a
+        // slot long when the server is not full.
+        read_timeout: Duration::from_secs(2),
+        // The exposition (tens of KiB) fits in the socket's send buffer, so
+        // writing it rarely waits at all; this bounds a client that does not
+        // read a larger one.
+        write_timeout: Duration::from_secs(5),
         max_head: 8 * 1024,
         max_connections: 32,
     };
@@ -661,28 +727,60 @@ pub async fn serve(listener: TcpListener, shared: SharedSnapshot) {
     serve_with(listener, shared, Limits::DEFAULT).await
 }
 
+/// A connection being served, as the accept loop tracks it to pick whom to
+/// evict when full.
+struct Connection {
+    accepted: Instant,
+    /// Set by the connection's task once its whole request head is in.
+    answering: Arc<AtomicBool>,
+    task: AbortHandle,
+}
+
 /// [`serve`] with explicit limits.
 pub async fn serve_with(listener: TcpListener, shared: SharedSnapshot, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max = limits.max_connections.max(1);
+    // Bounded by `max`: a connection is added only once there is room.
+    let mut connections: Vec<Connection> = Vec::with_capacity(max);
     loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                // Over the limit: closing at once is the cheapest answer.
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    answer(stream, &shared, limits).await;
-                    drop(slot);
-                });
-            }
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
             Err(err) => {
                 // Out of file descriptors and the like: wait, never end the run.
                 log::warn!("metrics: accepting a connection: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        connections.retain(|connection| !connection.task.is_finished());
+        if connections.len() >= max {
+            // Connections whose requests have arrived but have not been read
+            // yet (a burst of scrapers) are answered before anyone is
+            // evicted: yielding lets their tasks run first.
+            tokio::task::yield_now().await;
+            connections.retain(|connection| !connection.task.is_finished());
+        }
+        if connections.len() >= max {
+            // Still full: every slot is held by a client that has not
+            // finished its request, or not taken its answer, since it came.
+            // The one that has had the longest goes, not the newcomer.
+            let oldest = connections
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| (c.answering.load(Ordering::Relaxed), c.accepted))
+                .map(|(index, _)| index);
+            if let Some(index) = oldest {
+                connections.swap_remove(index).task.abort();
+                lock(&shared).endpoint_drops.evicted += 1;
             }
         }
+        let answering = Arc::new(AtomicBool::new(false));
+        let task =
+            tokio::spawn(answer(stream, shared.clone(), limits, answering.clone())).abort_handle();
+        connections.push(Connection {
+            accepted: Instant::now(),
+            answering,
+            task,
+        });
     }
 }
 
@@ -728,23 +826,43 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> Head {
     }
 }
 
-/// Reads one request and answers it, then closes the connection.
-async fn answer(mut stream: TcpStream, shared: &SharedSnapshot, limits: Limits) {
-    let response =
-        match tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_head))
-            .await
-        {
-            Err(_) => Response::error(408, "Request Timeout"),
-            Ok(Head::Gone) => return,
-            Ok(Head::TooLarge) => Response::error(431, "Request Header Fields Too Large"),
-            Ok(Head::Complete(head)) => respond(&head, shared),
-        };
+/// Reads one request and answers it, then closes the connection. Aborting
+/// the task (eviction) at any await closes the connection unanswered.
+async fn answer(
+    mut stream: TcpStream,
+    shared: SharedSnapshot,
+    limits: Limits,
+    answering: Arc<AtomicBool>,
+) {
+    // One deadline for the whole head, however it is split into reads.
+    let head =
+        tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_head)).await;
+    let response = match head {
+        Err(_) => {
+            lock(&shared).endpoint_drops.read_timeout += 1;
+            Response::error(408, "Request Timeout")
+        }
+        Ok(Head::Gone) => return,
+        Ok(Head::TooLarge) => {
+            lock(&shared).endpoint_drops.too_large += 1;
+            Response::error(431, "Request Header Fields Too Large")
+        }
+        Ok(Head::Complete(head)) => {
+            answering.store(true, Ordering::Relaxed);
+            respond(&head, &shared)
+        }
+    };
+    // Rendered to bytes before the first write: however slowly the client
+    // reads, the snapshot's lock is not held meanwhile.
     let bytes = response.into_bytes();
-    let _ = tokio::time::timeout(limits.write_timeout, async {
+    let written = tokio::time::timeout(limits.write_timeout, async {
         stream.write_all(&bytes).await?;
         stream.shutdown().await
     })
     .await;
+    if written.is_err() {
+        lock(&shared).endpoint_drops.write_timeout += 1;
+    }
 }
 
 struct Response {
@@ -809,7 +927,12 @@ fn respond(head: &[u8], shared: &SharedSnapshot) -> Response {
         return Response::error(400, "Bad Request");
     };
     let mut response = match path {
-        "/metrics" => Response::new(200, "OK", CONTENT_TYPE, render(&lock(shared))),
+        "/metrics" => {
+            // A copy, so the lock the run loop publishes through is held for
+            // a clone, not for the rendering.
+            let snapshot = lock(shared).clone();
+            Response::new(200, "OK", CONTENT_TYPE, render(&snapshot))
+        }
         "/" => Response::new(200, "OK", "text/html; charset=utf-8", INDEX.to_string()),
         _ => Response::error(404, "Not Found"),
     };
@@ -1036,6 +1159,14 @@ mod tests {
         // No alerts yet: the family is declared, with no samples.
         assert!(text.contains("# TYPE teardown_syn_flood_alert_active gauge\n"));
         assert!(!text.contains("teardown_syn_flood_alert_active{"));
+        for reason in ["evicted", "read_timeout", "write_timeout", "too_large"] {
+            assert!(
+                text.contains(&format!(
+                    "teardown_metrics_connections_dropped_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason}"
+            );
+        }
     }
 
     #[test]
@@ -1242,6 +1373,238 @@ mod tests {
                 .expect("read");
             assert!(response.starts_with(b"HTTP/1.1 408 "), "{response:?}");
         }
+    }
+
+    /// Connects and sends `prefix` of a request, never the end of its head.
+    async fn idle_client(addr: SocketAddr, prefix: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(prefix).await.expect("write");
+        stream
+    }
+
+    /// What the server sent before closing `stream`, or `None` while it is
+    /// still open after `wait`. A reset counts as closed.
+    async fn closed_with(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+        let mut response = Vec::new();
+        match tokio::time::timeout(wait, stream.read_to_end(&mut response)).await {
+            Err(_) => None,
+            Ok(_) => Some(response),
+        }
+    }
+
+    fn drops(shared: &SharedSnapshot) -> EndpointDrops {
+        lock(shared).endpoint_drops
+    }
+
+    #[tokio::test]
+    async fn a_full_server_evicts_the_oldest_idle_connection_for_a_scraper() {
+        // Timeouts far away: only eviction can make room.
+        let limits = Limits {
+            read_timeout: Duration::from_secs(60),
+            max_connections: 4,
+            ..Limits::DEFAULT
+        };
+        let (addr, shared) = test_server(limits).await;
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(idle_client(addr, b"GET /met").await);
+            // Accepted one at a time, in order.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        // The scrape itself reports the eviction it caused.
+        assert!(
+            response.contains("teardown_metrics_connections_dropped_total{reason=\"evicted\"} 1\n"),
+            "{response}"
+        );
+        // The oldest was closed unanswered; the others still wait.
+        let evicted = closed_with(&mut idle[0], Duration::from_secs(5)).await;
+        assert_eq!(evicted, Some(Vec::new()), "the oldest idle connection");
+        for stream in &mut idle[1..] {
+            assert_eq!(closed_with(stream, Duration::from_millis(100)).await, None);
+        }
+        // A scraper keeps getting in however many idle connections keep
+        // coming: each newcomer evicts the oldest.
+        for round in 0..10 {
+            for _ in 0..4 {
+                idle.push(idle_client(addr, b"").await);
+            }
+            let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            assert!(
+                response.starts_with("HTTP/1.1 200 OK\r\n"),
+                "round {round}: {response}"
+            );
+        }
+        assert_eq!(
+            drops(&shared),
+            EndpointDrops {
+                evicted: 1 + 10 * 4,
+                ..EndpointDrops::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn trickling_a_byte_at_a_time_gets_no_more_time() {
+        let limits = Limits {
+            read_timeout: Duration::from_millis(500),
+            ..Limits::DEFAULT
+        };
+        let (addr, shared) = test_server(limits).await;
+        let started = Instant::now();
+        let mut stream = idle_client(addr, b"GET /metrics HTTP/1.1\r\nX-Slow: ").await;
+        // A byte every 100 ms, each well within any per-read timeout.
+        let response = loop {
+            if let Some(response) = closed_with(&mut stream, Duration::from_millis(100)).await {
+                break response;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the server is still reading"
+            );
+            let _ = stream.write_all(b"a").await;
+        };
+        let took = started.elapsed();
+        assert!(response.starts_with(b"HTTP/1.1 408 "), "{response:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "closed after {took:?}, not about 500 ms"
+        );
+        assert_eq!(drops(&shared).read_timeout, 1);
+    }
+
+    /// A snapshot whose exposition (several MiB) is much larger than the
+    /// socket buffers, so that a client that does not read holds up the write.
+    fn huge_snapshot() -> MetricsSnapshot {
+        let mut snapshot = busy_snapshot();
+        snapshot.syn_flood_alerts = (0..100_000)
+            .map(|n| AlertState {
+                target: format!("198.51.100.{}:{}", n % 256, n),
+                active: false,
+            })
+            .collect();
+        snapshot
+    }
+
+    /// Connects with a small receive buffer, sends a whole request and does
+    /// not read the answer.
+    async fn non_reader(addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        stream
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_cut_off_without_holding_the_lock() {
+        let limits = Limits {
+            write_timeout: Duration::from_millis(500),
+            ..Limits::DEFAULT
+        };
+        let (addr, shared) = test_server(limits).await;
+        *lock(&shared) = huge_snapshot();
+        let started = Instant::now();
+        let mut stream = non_reader(addr).await;
+        // While the server waits for the client to take the answer, the run
+        // loop can publish: the lock is not held during the write. (A guard
+        // is not Send, so holding one across the write would not even
+        // compile in a spawned task; this keeps it so should that change.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(shared.try_lock().is_ok(), "the snapshot is locked");
+        assert_eq!(drops(&shared).write_timeout, 0, "cut off too early");
+        while drops(&shared).write_timeout == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the write was not cut off"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // What arrived is a truncated answer, then the end.
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .expect("the connection was closed");
+        let full = render(&lock(&shared)).len();
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(response.len() < full, "{} of {full} bytes", response.len());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_go_before_answers_in_progress() {
+        let limits = Limits {
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 2,
+            ..Limits::DEFAULT
+        };
+        let (addr, shared) = test_server(limits).await;
+        *lock(&shared) = huge_snapshot();
+        let full = render(&lock(&shared)).len();
+        // The oldest connection has asked and is being answered (slowly);
+        // a newer one has asked nothing.
+        let mut answered = non_reader(addr).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut idle = idle_client(addr, b"").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert_eq!(drops(&shared).evicted, 1);
+        assert_eq!(
+            closed_with(&mut idle, Duration::from_secs(5)).await,
+            Some(Vec::new()),
+            "the idle connection was evicted"
+        );
+        // The older answer goes on to the end.
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), answered.read_to_end(&mut response))
+            .await
+            .expect("the answer ended")
+            .expect("read");
+        let (_, body) = split(std::str::from_utf8(&response).expect("UTF-8"));
+        assert_eq!(body.len(), full, "the answer in progress was cut");
+    }
+
+    #[tokio::test]
+    async fn when_all_are_being_answered_the_oldest_answer_gives_way() {
+        let limits = Limits {
+            write_timeout: Duration::from_secs(60),
+            max_connections: 2,
+            ..Limits::DEFAULT
+        };
+        let (addr, shared) = test_server(limits).await;
+        *lock(&shared) = huge_snapshot();
+        let mut first = non_reader(addr).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _second = non_reader(addr).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert_eq!(drops(&shared).evicted, 1);
+        // The first non-reader was the one cut off.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut sink))
+            .await
+            .expect("the oldest non-reader was closed");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_scrapers_is_answered() {
+        let (addr, shared) = test_server(Limits::DEFAULT).await;
+        let scrapes: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n")))
+            .collect();
+        let mut answered = 0;
+        for scrape in scrapes {
+            if let Ok(response) = scrape.await {
+                answered += usize::from(response.starts_with("HTTP/1.1 200 OK\r\n"));
+            }
+        }
+        assert_eq!(answered, 200, "{:?}", drops(&shared));
     }
 
     #[tokio::test]
