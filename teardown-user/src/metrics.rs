@@ -51,6 +51,8 @@
 //! | `teardown_flows_tracked` | gauge | |
 //! | `teardown_flows_created_total` | counter | |
 //! | `teardown_half_open_connections` | gauge | |
+//! | `teardown_half_open_timeouts_total` | counter | `port` (at most [`HALF_OPEN_PORTS_LISTED`] ports, and `other`) |
+//! | `teardown_half_open_timeout_ports_folded_total` | counter | |
 //! | `teardown_flow_insert_failures_total` | counter | |
 //! | `teardown_flows_evicted_total` | counter | |
 //! | `teardown_syns_untracked_total` | counter | |
@@ -59,7 +61,12 @@
 //! | `teardown_events_lost_total` | counter | |
 //!
 //! The two ended-connection families count the same connections, each split
-//! its own way, so each sums to the number of connections ended. Every known
+//! its own way, so each sums to the number of connections ended. The
+//! half-open timeouts by port are a bounded label set, whatever the number
+//! of ports that time out (a port sweep: thousands): the ports with most
+//! timeouts lately, and `port="other"` for the rest, so they too sum to every
+//! timeout; `port="other"` only grows (ports are folded into it, never taken
+//! out), and a port listed again starts from its new timeouts. Every known
 //! `conn_state` and `close` value is always present (0 until one ends), so
 //! queries and `rate()` never come back empty.
 //!
