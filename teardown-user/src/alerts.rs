@@ -170,6 +170,7 @@ impl AlertWatch {
             "started": self.started,
             "destinations_watched": self.detector.tracked_targets(),
             "destinations_dropped": stats.targets_evicted,
+            "destination_counts_dropped": self.feed.dropped,
             "counter_resets": stats.counter_resets,
         })
     }

@@ -56,8 +56,11 @@ pub struct FlowFigures {
     pub evicted: u64,
     pub syn_untracked: u64,
     pub lock_contended: u64,
-    /// Half-open timeouts by responder port, most first.
+    /// Half-open timeouts by responder port: the few with most, most
+    /// first, and the sum of all the others (which, after a port sweep,
+    /// may be thousands of ports).
     pub half_open_timeouts_by_port: Vec<(u16, u64)>,
+    pub half_open_timeouts_other: u64,
 }
 
 /// Everything one dashboard frame shows.
@@ -231,12 +234,15 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
             flows.lock_contended
         ),
     ];
-    if !flows.half_open_timeouts_by_port.is_empty() {
-        let ports: Vec<String> = flows
-            .half_open_timeouts_by_port
-            .iter()
-            .map(|(port, count)| format!("{port}:{count}"))
-            .collect();
+    let mut ports: Vec<String> = flows
+        .half_open_timeouts_by_port
+        .iter()
+        .map(|(port, count)| format!("{port}:{count}"))
+        .collect();
+    if flows.half_open_timeouts_other > 0 {
+        ports.push(format!("other:{}", flows.half_open_timeouts_other));
+    }
+    if !ports.is_empty() {
         lines.push(format!("half-open timeouts by port {}", ports.join(" ")));
     }
     lines
@@ -574,6 +580,15 @@ mod tests {
         assert!(
             frame.contains("half-open timeouts by port 8080:12"),
             "{frame}"
+        );
+        // After a sweep: the few busiest ports, the rest in one figure.
+        let mut swept = snapshot.clone();
+        swept.flows.half_open_timeouts_by_port = vec![(8080, 12), (443, 3)];
+        swept.flows.half_open_timeouts_other = 58_690;
+        let frame_swept = render(&swept, 120, 30);
+        assert!(
+            frame_swept.contains("half-open timeouts by port 8080:12 443:3 other:58690\n"),
+            "{frame_swept}"
         );
         // Newest first.
         let first = frame.lines().position(|l| l.contains(":40039 ->"));

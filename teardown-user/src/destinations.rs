@@ -20,6 +20,22 @@ use crate::detect::{TargetKey, TargetObservation, Tick, hll_merge};
 /// (and tolerates counts that restart from zero when it comes back).
 const FORGET_AFTER_POLLS: u64 = 6000;
 
+/// Polls after which a destination is forgotten even with half-open flows
+/// counted. By then every one has been resolved (the longest
+/// `--syn-timeout` is an hour, and the kernel's grace 2 s; 45 000 polls are
+/// at least 67 minutes, polls being at least 90 ms apart): a count still
+/// above zero is a resolution the kernel could not count, on a CPU whose
+/// slot belonged to another destination. Kept for ever, such destinations
+/// piled up with every port sweep.
+const STALE_AFTER_POLLS: u64 = 45_000;
+
+/// Destinations remembered at most. Each (CPU, slot) brings a new one at
+/// most every 30 s (`TAKEOVER_IDLE_EPOCHS`), so this is only reached with
+/// many CPUs and destinations that keep changing; then the least recently
+/// changed are forgotten first, and counted. 65 536 is four times what 64
+/// CPUs' slots hold at once, about 5 MB.
+const MAX_DESTINATIONS: usize = 65_536;
+
 fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
@@ -89,16 +105,29 @@ pub struct DestinationFeed {
     /// Each (CPU, slot index)'s counts at the last poll.
     last: HashMap<(u32, u32), SlotCounts>,
     totals: HashMap<TargetKey, Totals>,
+    /// At most this many destinations in `totals` ([`MAX_DESTINATIONS`]).
+    max_destinations: usize,
     /// Samples read so far, per CPU.
     samples_read: Vec<u64>,
     /// SYNs counted per destination in the latest poll, all CPUs.
     pub syns_last_poll: u64,
+    /// Destinations forgotten while something was still counted: half-open
+    /// flows whose resolution never came ([`STALE_AFTER_POLLS`]), or any
+    /// count, over [`MAX_DESTINATIONS`]. (Quiet ones, forgotten after
+    /// [`FORGET_AFTER_POLLS`], lose nothing and are not counted.)
+    pub dropped: u64,
 }
 
 impl DestinationFeed {
     pub fn new() -> DestinationFeed {
+        DestinationFeed::with_limit(MAX_DESTINATIONS)
+    }
+
+    /// A feed that remembers at most `max_destinations` destinations.
+    fn with_limit(max_destinations: usize) -> DestinationFeed {
         DestinationFeed {
             epoch: 1,
+            max_destinations,
             ..DestinationFeed::default()
         }
     }
@@ -178,9 +207,7 @@ impl DestinationFeed {
         }
         self.syns_last_poll = syns_this_poll;
         let sources = self.read_samples(&reading.rings);
-        self.totals.retain(|_, totals| {
-            totals.half_open() > 0 || epoch - totals.last_change < FORGET_AFTER_POLLS
-        });
+        self.forget(epoch);
         let mut targets: Vec<TargetObservation> = changed
             .into_iter()
             .filter_map(|target| {
@@ -200,6 +227,43 @@ impl DestinationFeed {
             targets,
             sources,
         }
+    }
+
+    /// Forgets the destinations that went quiet, and the least recently
+    /// changed ones while there are too many.
+    fn forget(&mut self, epoch: u64) {
+        let mut dropped = 0;
+        self.totals.retain(|_, totals| {
+            let quiet = epoch - totals.last_change;
+            if totals.half_open() == 0 {
+                quiet < FORGET_AFTER_POLLS
+            } else if quiet < STALE_AFTER_POLLS {
+                true
+            } else {
+                dropped += 1;
+                false
+            }
+        });
+        let excess = self.totals.len().saturating_sub(self.max_destinations);
+        if excess > 0 {
+            let mut by_age: Vec<(u64, TargetKey)> = self
+                .totals
+                .iter()
+                .map(|(target, totals)| (totals.last_change, *target))
+                .collect();
+            by_age.select_nth_unstable(excess - 1);
+            for (_, target) in &by_age[..excess] {
+                self.totals.remove(target);
+            }
+            dropped += excess as u64;
+        }
+        self.dropped += dropped;
+    }
+
+    /// Destinations remembered now.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.totals.len()
     }
 
     /// The samples written since the last poll (at most a ring's worth per
@@ -359,6 +423,93 @@ mod tests {
             SAMPLE_RING_LEN,
             "the ring's worth that is left"
         );
+    }
+
+    /// A port sweep's destinations, one after another in one kernel slot
+    /// (each taking it over once the previous one is idle), each leaving a
+    /// half-open count whose resolution the kernel lost: none is kept for
+    /// ever, and each one dropped so is counted.
+    #[test]
+    fn destinations_with_lost_resolutions_are_forgotten_in_time() {
+        let mut feed = DestinationFeed::new();
+        let takeover = teardown_common::dest::TAKEOVER_IDLE_EPOCHS as u64;
+        let polls = 2 * STALE_AFTER_POLLS;
+        let mut port = 0u16;
+        let mut held = slot(1, port, 1);
+        let mut most = 0;
+        for poll in 0..polls {
+            if poll % takeover == 0 {
+                port += 1;
+                held = slot(1, port, poll as u32 + 1);
+                held.add_syn(7, poll as u32 + 1);
+                held.half_open_started = 1;
+            }
+            let reading = KernelReading {
+                slots: vec![(0, 1, held)],
+                rings: vec![],
+            };
+            feed.tick(poll * 100, &reading, &[]);
+            most = most.max(feed.remembered());
+        }
+        let destinations = polls / takeover;
+        let bound = (STALE_AFTER_POLLS / takeover + 1) as usize;
+        assert!(
+            most <= bound,
+            "{most} destinations remembered, at most {bound}"
+        );
+        assert!(
+            feed.dropped >= destinations - bound as u64,
+            "{} dropped of {destinations}",
+            feed.dropped
+        );
+    }
+
+    /// More destinations than the limit: the least recently changed are
+    /// forgotten, and counted; the newest are observed.
+    #[test]
+    fn destinations_are_bounded_and_the_oldest_go_first() {
+        let mut feed = DestinationFeed::with_limit(100);
+        let poll = |feed: &mut DestinationFeed, first: u16, now: u64| {
+            let slots = (0..80u16)
+                .map(|n| {
+                    let mut held = slot(1, first + n, now as u32);
+                    held.add_syn(n as u32, now as u32);
+                    (0, (first + n) as u32, held)
+                })
+                .collect();
+            feed.tick(
+                now,
+                &KernelReading {
+                    slots,
+                    rings: vec![],
+                },
+                &[],
+            )
+        };
+        poll(&mut feed, 0, 1);
+        assert_eq!((feed.remembered(), feed.dropped), (80, 0));
+        let tick = poll(&mut feed, 1000, 2);
+        assert_eq!((feed.remembered(), feed.dropped), (100, 60));
+        assert_eq!(tick.targets.len(), 80, "the newest are all observed");
+        assert!(tick.targets.iter().all(|seen| seen.target.port >= 1000));
+        // Far more than the limit at once: still the limit.
+        let mut feed = DestinationFeed::with_limit(100);
+        let slots = (0..5000u32)
+            .map(|n| {
+                let mut held = slot((n / 256) as u8, n as u16, 1);
+                held.add_syn(n, 1);
+                (0, n, held)
+            })
+            .collect();
+        feed.tick(
+            1,
+            &KernelReading {
+                slots,
+                rings: vec![],
+            },
+            &[],
+        );
+        assert_eq!((feed.remembered(), feed.dropped), (100, 4900));
     }
 
     #[test]

@@ -53,6 +53,8 @@
 //! | `teardown_flows_tracked` | gauge | |
 //! | `teardown_flows_created_total` | counter | |
 //! | `teardown_half_open_connections` | gauge | |
+//! | `teardown_half_open_timeouts_total` | counter | `port` (at most [`HALF_OPEN_PORTS_LISTED`] ports, and `other`) |
+//! | `teardown_half_open_timeout_ports_folded_total` | counter | |
 //! | `teardown_flow_insert_failures_total` | counter | |
 //! | `teardown_flows_evicted_total` | counter | |
 //! | `teardown_syns_untracked_total` | counter | |
@@ -61,7 +63,12 @@
 //! | `teardown_events_lost_total` | counter | |
 //!
 //! The two ended-connection families count the same connections, each split
-//! its own way, so each sums to the number of connections ended. Every known
+//! its own way, so each sums to the number of connections ended. The
+//! half-open timeouts by port are a bounded label set, whatever the number
+//! of ports that time out (a port sweep: thousands): the ports with most
+//! timeouts lately, and `port="other"` for the rest, so they too sum to every
+//! timeout; `port="other"` only grows (ports are folded into it, never taken
+//! out), and a port listed again starts from its new timeouts. Every known
 //! `conn_state` and `close` value is always present (0 until one ends), so
 //! queries and `rate()` never come back empty.
 //!
@@ -100,7 +107,11 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::{kernel::Kernel, run::RunOptions, tracker::Tracker};
+use crate::{
+    kernel::Kernel,
+    run::RunOptions,
+    tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED, Tracker},
+};
 
 /// Where `--metrics-addr` serves: an address, or `None` for `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +179,12 @@ pub struct MetricsSnapshot {
     pub flows_created: u64,
     /// Handshakes waiting for an answer now.
     pub half_open: u64,
+    /// Half-open timeouts by responder port: the listed ports (at most
+    /// [`HALF_OPEN_PORTS_LISTED`]), the sum of the rest (`port="other"`),
+    /// and how many ports were folded into it.
+    pub half_open_timeouts_by_port: Vec<(u16, u64)>,
+    pub half_open_timeouts_other: u64,
+    pub half_open_timeout_ports_folded: u64,
     /// Inserts the flow table refused.
     pub insert_failed: u64,
     /// One-sided records evicted for a new connection before they ended.
@@ -264,6 +281,9 @@ impl MetricsSnapshot {
             flows_tracked: 0,
             flows_created: 0,
             half_open: 0,
+            half_open_timeouts_by_port: Vec::new(),
+            half_open_timeouts_other: 0,
+            half_open_timeout_ports_folded: 0,
             insert_failed: 0,
             evicted: 0,
             events_lost: 0,
@@ -294,6 +314,12 @@ impl MetricsSnapshot {
         self.flows_tracked = tracker.live() as u64;
         self.flows_created = flow.created;
         self.half_open = tracker.half_open(flow);
+        let ports = &tracker.stats.half_open_by_port;
+        (
+            self.half_open_timeouts_by_port,
+            self.half_open_timeouts_other,
+        ) = ports.listed();
+        self.half_open_timeout_ports_folded = ports.folded();
         self.insert_failed = flow.insert_failed;
         self.evicted = flow.evicted;
         self.events_lost = flow.events_lost;
@@ -478,6 +504,33 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "gauge",
         "Handshakes with a SYN sent and no answer yet.",
         snapshot.half_open,
+    );
+    // A bounded label set: the listed ports and `other`, always present
+    // (0 until a handshake times out), which sums the rest.
+    let name = "teardown_half_open_timeouts_total";
+    e.family(
+        name,
+        "counter",
+        &format!(
+            "Handshakes that timed out half-open (SYN unanswered for --syn-timeout), by responder port: at most {HALF_OPEN_PORTS_LISTED} ports, those with most timeouts lately, each counted from when it was listed, and port=\"other\", the rest; the samples sum to every half-open timeout."
+        ),
+    );
+    for (port, count) in &snapshot.half_open_timeouts_by_port {
+        e.sample(name, &[("port", &port.to_string())], count);
+    }
+    e.sample(
+        name,
+        &[("port", "other")],
+        snapshot.half_open_timeouts_other,
+    );
+    e.single(
+        "teardown_half_open_timeout_ports_folded_total",
+        "counter",
+        &format!(
+            "Ports whose half-open timeouts were folded into port=\"other\" of teardown_half_open_timeouts_total: to make room for another port, or after {} s without one.",
+            HALF_OPEN_PORT_QUIET.as_secs()
+        ),
+        snapshot.half_open_timeout_ports_folded,
     );
     e.single(
         "teardown_flow_insert_failures_total",
@@ -1006,7 +1059,69 @@ mod tests {
             },
         ];
         snapshot.syn_flood_alerts_started = 2;
+        snapshot.half_open_timeouts_by_port = vec![(8080, 12), (443, 3)];
+        snapshot.half_open_timeouts_other = 40;
+        snapshot.half_open_timeout_ports_folded = 38;
         snapshot
+    }
+
+    /// The `teardown_half_open_timeouts_total` samples: (port label, value).
+    fn half_open_timeout_samples(text: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("teardown_half_open_timeouts_total{port=\""))
+            .map(|rest| {
+                let (port, value) = rest.split_once("\"} ").expect("a sample");
+                (port.to_string(), value.parse().expect("a count"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn half_open_timeouts_by_port_are_a_bounded_label_set_that_sums_to_the_total() {
+        // Before any timeout: only `other`, at 0.
+        let empty = render(&MetricsSnapshot::new("eth0", "both"));
+        assert_eq!(
+            half_open_timeout_samples(&empty),
+            [("other".to_string(), 0)]
+        );
+        let busy = half_open_timeout_samples(&render(&busy_snapshot()));
+        assert_eq!(
+            busy,
+            [
+                ("8080".to_string(), 12),
+                ("443".to_string(), 3),
+                ("other".to_string(), 40)
+            ]
+        );
+        // A sweep over every port, three times, with one service timing
+        // out before and throughout: at most the listed ports and `other`.
+        let mut tracker = Tracker::new(teardown_common::conn::Timeouts::ZEEK);
+        let ports = &mut tracker.stats.half_open_by_port;
+        for _ in 0..10 {
+            ports.add(9100, 0);
+        }
+        for round in 0..3 {
+            for port in 1..=u16::MAX {
+                ports.add(port, round);
+                if port % 1000 == 0 {
+                    ports.add(9100, round);
+                }
+            }
+        }
+        let total = ports.total();
+        let mut snapshot = MetricsSnapshot::new("eth0", "both");
+        snapshot.record_run(&Counters::default(), None, &FlowStats::default(), &tracker);
+        let text = render(&snapshot);
+        let samples = half_open_timeout_samples(&text);
+        assert_eq!(samples.len(), HALF_OPEN_PORTS_LISTED + 1, "{samples:?}");
+        assert_eq!(samples[0], ("9100".to_string(), 10 + 3 * 65 + 3));
+        assert_eq!(samples.last().map(|(port, _)| port.as_str()), Some("other"));
+        assert_eq!(samples.iter().map(|(_, count)| count).sum::<u64>(), total);
+        assert!(text.contains(&format!(
+            "teardown_half_open_timeout_ports_folded_total {}\n",
+            tracker.stats.half_open_by_port.folded()
+        )));
+        promtool_check(&text);
     }
 
     /// promtool, which the Debian package `prometheus` ships. Missing is a

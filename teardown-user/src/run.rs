@@ -23,7 +23,7 @@ use crate::{
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     metrics::MetricsServer,
     output::{self, short_count},
-    tracker::{Clock, Ended, Tracker, monotonic_now_ns},
+    tracker::{Clock, Ended, PortCounts, Tracker, monotonic_now_ns},
 };
 
 /// Which way packets are watched.
@@ -187,24 +187,41 @@ fn flow_json(stats: &FlowStats, tracker: &Tracker) -> Value {
         "truncated_segments": stats.truncated_segments,
         "ended_by_conn_state": tracker.stats.by_conn_state,
         "ended_by_close": tracker.stats.by_close,
-        "half_open_timeouts_by_port": tracker
-            .stats
-            .half_open_by_port
-            .iter()
-            .map(|(port, count)| (port.to_string(), json!(count)))
-            .collect::<Map<String, Value>>(),
+        "half_open_timeouts_by_port": half_open_ports_json(&tracker.stats.half_open_by_port),
+        "half_open_timeout_ports_folded": tracker.stats.half_open_by_port.folded(),
     })
+}
+
+/// The listed ports' half-open timeouts (at most
+/// [`crate::tracker::HALF_OPEN_PORTS_LISTED`]) and `other`, the rest: the values add up to
+/// every half-open timeout since the start, however many ports timed out.
+fn half_open_ports_json(ports: &PortCounts) -> Value {
+    let (listed, other) = ports.listed();
+    let mut object: Map<String, Value> = listed
+        .iter()
+        .map(|(port, count)| (port.to_string(), json!(count)))
+        .collect();
+    object.insert("other".into(), json!(other));
+    Value::Object(object)
+}
+
+/// `port:count` of the `n` ports with most half-open timeouts, and
+/// `other:count` for the rest when there is any.
+fn half_open_ports_line(ports: &PortCounts, n: usize) -> Vec<String> {
+    let (top, rest) = ports.top(n);
+    let mut words: Vec<String> = top
+        .iter()
+        .map(|(port, count)| format!("{port}:{count}"))
+        .collect();
+    if rest > 0 {
+        words.push(format!("other:{rest}"));
+    }
+    words
 }
 
 fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
     let half_open = tracker.half_open(stats);
-    let mut ports: Vec<_> = tracker.stats.half_open_by_port.iter().collect();
-    ports.sort_by(|a, b| b.1.cmp(a.1));
-    let ports: Vec<String> = ports
-        .iter()
-        .take(3)
-        .map(|(port, count)| format!("{port}:{count}"))
-        .collect();
+    let ports = half_open_ports_line(&tracker.stats.half_open_by_port, 3);
     format!(
         "flows: {} tracked, {half_open} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
         tracker.live(),
@@ -241,14 +258,7 @@ fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
         list.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         list
     };
-    let mut ports: Vec<(u16, u64)> = tracker
-        .stats
-        .half_open_by_port
-        .iter()
-        .map(|(port, count)| (*port, *count))
-        .collect();
-    ports.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
-    ports.truncate(5);
+    let (ports, other_ports) = tracker.stats.half_open_by_port.top(5);
     FlowFigures {
         tracked: tracker.live() as u64,
         half_open: tracker.half_open(stats),
@@ -261,6 +271,7 @@ fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
         syn_untracked: stats.syn_untracked,
         lock_contended: stats.lock_contended,
         half_open_timeouts_by_port: ports,
+        half_open_timeouts_other: other_ports,
     }
 }
 
@@ -649,4 +660,71 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         println!("{}", flow_line(&flow_stats, &tracker));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port-sweeping flood's timeouts, every port three times, and one
+    /// service's: the flows object stays small and its per-port counts
+    /// still add up to every timeout.
+    #[test]
+    fn half_open_timeouts_by_port_stay_small_after_a_port_sweep() {
+        let mut tracker = Tracker::new(Timeouts::ZEEK);
+        let ports = &mut tracker.stats.half_open_by_port;
+        for _ in 0..10 {
+            ports.add(8080, 0);
+        }
+        for round in 0..3 {
+            for port in 1..=u16::MAX {
+                ports.add(port, round);
+            }
+        }
+        let total = ports.total();
+        let flows = flow_json(&FlowStats::default(), &tracker);
+        let text = flows.to_string();
+        // 32 ports and `other` with counts of a few digits: about 500 bytes,
+        // where every port's own entry took over 500 KB.
+        assert!(text.len() < 2048, "{} bytes: {text}", text.len());
+        let by_port = flows["half_open_timeouts_by_port"]
+            .as_object()
+            .expect("an object");
+        assert_eq!(by_port.len(), crate::tracker::HALF_OPEN_PORTS_LISTED + 1);
+        assert_eq!(by_port["8080"], 13, "{text}");
+        let sum: u64 = by_port.values().filter_map(Value::as_u64).sum();
+        assert_eq!(sum, total, "{text}");
+        assert!(flows["half_open_timeout_ports_folded"].as_u64() > Some(65_000));
+
+        // The plain line: the three busiest (ties by port: the sweep's
+        // last 31 ports are listed) and the rest.
+        let line = flow_line(&FlowStats::default(), &tracker);
+        assert!(
+            line.ends_with(&format!(
+                "; half-open timeouts by port 8080:13 65505:1 65506:1 other:{}",
+                total - 15
+            )),
+            "{line}"
+        );
+        let figures = flow_figures(&FlowStats::default(), &tracker);
+        assert_eq!(figures.half_open_timeouts_by_port.len(), 5);
+        let shown: u64 = figures
+            .half_open_timeouts_by_port
+            .iter()
+            .map(|(_, count)| count)
+            .sum();
+        assert_eq!(shown + figures.half_open_timeouts_other, total);
+    }
+
+    #[test]
+    fn no_timeouts_yet_is_an_other_of_zero() {
+        let tracker = Tracker::new(Timeouts::ZEEK);
+        let flows = flow_json(&FlowStats::default(), &tracker);
+        assert_eq!(
+            flows["half_open_timeouts_by_port"],
+            json!({ "other": 0 }),
+            "{flows}"
+        );
+        assert!(!flow_line(&FlowStats::default(), &tracker).contains("half-open timeouts"));
+    }
 }

@@ -13,6 +13,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -279,6 +280,158 @@ fn base62_uid(mut bits: u128) -> String {
     uid
 }
 
+/// Ports listed by name in the half-open timeouts by port (JSON stats,
+/// Prometheus, dashboard); the rest are summed in `other`. 32 is more than
+/// the services a host usually listens on, so normally no real service is
+/// hidden in `other`; and a port-sweeping flood (a new port with nearly
+/// every SYN) adds at most about 1 KB to a stats line and 33 series to
+/// Prometheus, where one entry per port made every stats line over 500 KB
+/// for the rest of the run after a 15 s sweep.
+pub const HALF_OPEN_PORTS_LISTED: usize = 32;
+
+/// A listed port without a new half-open timeout for this long is folded
+/// into `other`: the list shows the ports that time out now, not forever
+/// the busiest of a flood long over. Ten minutes, as long as the SYN-flood
+/// feed remembers a quiet destination (destinations.rs).
+pub const HALF_OPEN_PORT_QUIET: Duration = Duration::from_secs(600);
+
+/// Counts per port in bounded memory: at most `capacity` ports listed with
+/// their own count, everything else summed in `other`, so the listed counts
+/// plus `other` always equal `total`, exactly.
+///
+/// A new port takes the place of the listed one with the smallest count
+/// (of those, the one that moved least recently), whose count goes to
+/// `other`; so is a port that has not moved for the quiet time. A sweep
+/// that brings a new port every time thus churns through the ports seen
+/// once, while ports that keep timing out keep their lines. A port's count
+/// runs from when it was last listed: one folded and seen again starts
+/// afresh (its earlier counts stay in `other`). Every fold is counted
+/// (`folded`), so a large `other` made of a sweep's thousands of ports can
+/// be told from one of a few ports.
+#[derive(Clone, Debug)]
+pub struct PortCounts {
+    capacity: usize,
+    quiet_ns: u64,
+    listed: Vec<ListedPort>,
+    other: u64,
+    total: u64,
+    folded: u64,
+    /// Counts added so far: orders the listed ports by when they last moved.
+    moves: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ListedPort {
+    port: u16,
+    count: u64,
+    /// When its count last moved (the caller's clock), and the `moves`
+    /// number of that change (which orders changes made at one time).
+    moved_ns: u64,
+    moved_at: u64,
+}
+
+impl Default for PortCounts {
+    fn default() -> PortCounts {
+        PortCounts::new(HALF_OPEN_PORTS_LISTED, HALF_OPEN_PORT_QUIET)
+    }
+}
+
+impl PortCounts {
+    /// At most `capacity` ports listed (0: everything in `other`); a port
+    /// quiet for `quiet` is folded by [`PortCounts::forget_quiet`].
+    pub fn new(capacity: usize, quiet: Duration) -> PortCounts {
+        PortCounts {
+            capacity,
+            quiet_ns: quiet.as_nanos().min(u64::MAX as u128) as u64,
+            listed: Vec::with_capacity(capacity),
+            other: 0,
+            total: 0,
+            folded: 0,
+            moves: 0,
+        }
+    }
+
+    /// Counts one for `port` at `now_ns`.
+    pub fn add(&mut self, port: u16, now_ns: u64) {
+        self.total = self.total.saturating_add(1);
+        self.moves += 1;
+        if let Some(listed) = self.listed.iter_mut().find(|listed| listed.port == port) {
+            listed.count = listed.count.saturating_add(1);
+            listed.moved_ns = now_ns;
+            listed.moved_at = self.moves;
+            return;
+        }
+        if self.capacity == 0 {
+            self.other = self.other.saturating_add(1);
+            return;
+        }
+        if self.listed.len() >= self.capacity
+            && let Some(smallest) = (0..self.listed.len())
+                .min_by_key(|&index| (self.listed[index].count, self.listed[index].moved_at))
+        {
+            self.fold(smallest);
+        }
+        self.listed.push(ListedPort {
+            port,
+            count: 1,
+            moved_ns: now_ns,
+            moved_at: self.moves,
+        });
+    }
+
+    /// Folds into `other` every listed port whose count has not moved for
+    /// the quiet time, as of `now_ns`.
+    pub fn forget_quiet(&mut self, now_ns: u64) {
+        let mut index = 0;
+        while index < self.listed.len() {
+            if now_ns.saturating_sub(self.listed[index].moved_ns) >= self.quiet_ns {
+                self.fold(index);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    fn fold(&mut self, index: usize) {
+        let gone = self.listed.swap_remove(index);
+        self.other = self.other.saturating_add(gone.count);
+        self.folded += 1;
+    }
+
+    /// The `n` ports with the largest counts, largest first (ties by port),
+    /// and the sum of every other count, listed or not: the two add up to
+    /// [`PortCounts::total`].
+    pub fn top(&self, n: usize) -> (Vec<(u16, u64)>, u64) {
+        let mut ports: Vec<(u16, u64)> = self
+            .listed
+            .iter()
+            .map(|listed| (listed.port, listed.count))
+            .collect();
+        ports.sort_by_key(|&(port, count)| (std::cmp::Reverse(count), port));
+        ports.truncate(n);
+        let shown: u64 = ports.iter().map(|(_, count)| count).sum();
+        (ports, self.total.saturating_sub(shown))
+    }
+
+    /// Every listed port (most first) and `other`: what the stats and
+    /// Prometheus show.
+    pub fn listed(&self) -> (Vec<(u16, u64)>, u64) {
+        self.top(self.capacity)
+    }
+
+    /// Everything counted since the start (the stats show it as the sum
+    /// of the listed counts and `other`).
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Ports folded into `other` (for room, or quiet) since the start.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+}
+
 /// Bookkeeping the tracker adds to the kernel's [`teardown_common::events::FlowStats`].
 #[derive(Clone, Debug, Default)]
 pub struct TrackerStats {
@@ -286,11 +439,13 @@ pub struct TrackerStats {
     pub ended_in_user_space: u64,
     /// Half-open records user space closed out (the kernel counts the rest).
     pub half_open_closed: u64,
-    /// Connections reported, by conn_state and by close kind.
+    /// Connections reported, by conn_state and by close kind (a fixed set
+    /// of names each, so bounded).
     pub by_conn_state: BTreeMap<&'static str, u64>,
     pub by_close: BTreeMap<&'static str, u64>,
-    /// Handshakes that timed out half-open, by responder port.
-    pub half_open_by_port: BTreeMap<u16, u64>,
+    /// Handshakes that timed out half-open, by responder port: the busiest
+    /// [`HALF_OPEN_PORTS_LISTED`] ports, the rest in `other`.
+    pub half_open_by_port: PortCounts,
 }
 
 /// Deadlines of the records in the flow table.
@@ -346,7 +501,9 @@ impl Tracker {
             .saturating_sub(kernel.half_open_resolved + self.stats.half_open_closed)
     }
 
-    fn count(&mut self, ended: &Ended) {
+    /// Counts a reported record; `now` is when it was closed out (on the
+    /// flow table's clock).
+    fn count(&mut self, ended: &Ended, now: u64) {
         *self
             .stats
             .by_conn_state
@@ -358,11 +515,7 @@ impl Tracker {
             .entry(ended.conn.close(ended.reason).kind.name())
             .or_default() += 1;
         if ended.reason == end_reason::SYN_TIMEOUT {
-            *self
-                .stats
-                .half_open_by_port
-                .entry(ended.resp_port())
-                .or_default() += 1;
+            self.stats.half_open_by_port.add(ended.resp_port(), now);
         }
     }
 
@@ -421,13 +574,14 @@ impl Tracker {
                 conn: event.conn,
                 reason: header.reason as u8,
             };
-            self.count(&ended);
+            self.count(&ended, header.time_ns);
             out.push(ended);
         }
     }
 
     /// Closes out every record due at `now` (on the flow table's clock).
     pub fn expire(&mut self, now: u64, table: &FlowTable, out: &mut Vec<Ended>) {
+        self.stats.half_open_by_port.forget_quiet(now);
         while let Some(Reverse((at, index, generation))) = self.heap.peek().copied() {
             if at > now {
                 break;
@@ -464,7 +618,7 @@ impl Tracker {
                     timeouts.push(ended.endpoints().1);
                 }
             }
-            self.count(&ended);
+            self.count(&ended, now);
             out.push(ended);
         }
     }
@@ -492,8 +646,10 @@ impl Tracker {
             });
         }
         ended.sort_by_key(|ended| ended.conn.start_ns);
+        // End of input, not a timeout: the time only stamps port counts,
+        // which only timeouts move.
         for record in &ended {
-            self.count(record);
+            self.count(record, record.conn.last_ns);
         }
         self.known.clear();
         self.heap.clear();
@@ -572,6 +728,107 @@ mod tests {
                 (true, ACK, c + 7, s + 7, 0, times[8]),
             ],
         )
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// The listed counts plus `other` are the total, and no more ports
+    /// are listed than the capacity.
+    fn assert_adds_up(counts: &PortCounts) {
+        let (listed, other) = counts.listed();
+        assert!(listed.len() <= HALF_OPEN_PORTS_LISTED, "{listed:?}");
+        let shown: u64 = listed.iter().map(|(_, count)| count).sum();
+        assert_eq!(shown + other, counts.total(), "{listed:?} + other {other}");
+    }
+
+    #[test]
+    fn a_port_sweep_lists_a_bounded_number_of_ports_and_keeps_the_total() {
+        let mut counts = PortCounts::default();
+        // Two real services time out now and then, before and during a
+        // sweep that times out once on each of every port.
+        for _ in 0..5 {
+            counts.add(8080, 0);
+            counts.add(443, 0);
+        }
+        let mut sweep = 0u64;
+        for round in 0..3u64 {
+            for port in 1..=u16::MAX {
+                counts.add(port, round * SECOND);
+                sweep += 1;
+                assert!(counts.listed.len() <= HALF_OPEN_PORTS_LISTED);
+            }
+            assert_adds_up(&counts);
+        }
+        assert_eq!(counts.total(), 10 + sweep);
+        let (listed, other) = counts.listed();
+        assert_eq!(listed.len(), HALF_OPEN_PORTS_LISTED);
+        // The services seen repeatedly keep their lines and their counts
+        // (5 before the sweep, 3 in it), above the sweep's ports.
+        assert_eq!(&listed[..2], &[(443, 8), (8080, 8)], "{listed:?}");
+        assert!(
+            listed[2..].iter().all(|&(_, count)| count == 1),
+            "{listed:?}"
+        );
+        assert_eq!(
+            other,
+            counts.total() - 16 - (HALF_OPEN_PORTS_LISTED as u64 - 2)
+        );
+        // Every port newly listed past the first 32 made room by folding
+        // one (the services' own timeouts in the sweep found them listed).
+        assert_eq!(
+            counts.folded(),
+            2 + (sweep - 2 * 3) - HALF_OPEN_PORTS_LISTED as u64
+        );
+    }
+
+    #[test]
+    fn the_top_few_and_the_rest_add_up() {
+        let mut counts = PortCounts::new(4, HALF_OPEN_PORT_QUIET);
+        for (port, times) in [(22u16, 3), (80, 9), (443, 5), (8080, 1)] {
+            for _ in 0..times {
+                counts.add(port, 0);
+            }
+        }
+        assert_eq!(counts.top(2), (vec![(80, 9), (443, 5)], 4));
+        assert_eq!(counts.top(0), (vec![], 18));
+        assert_eq!(
+            counts.listed(),
+            (vec![(80, 9), (443, 5), (22, 3), (8080, 1)], 0)
+        );
+        // A fifth port takes the place of the smallest.
+        counts.add(9000, 0);
+        assert_eq!(
+            counts.listed(),
+            (vec![(80, 9), (443, 5), (22, 3), (9000, 1)], 1)
+        );
+        assert_eq!(counts.folded(), 1);
+        // No room at all: everything in other, still counted.
+        let mut none = PortCounts::new(0, HALF_OPEN_PORT_QUIET);
+        none.add(80, 0);
+        assert_eq!(none.listed(), (vec![], 1));
+        assert_eq!(none.total(), 1);
+    }
+
+    #[test]
+    fn quiet_ports_are_folded_into_other() {
+        let quiet = HALF_OPEN_PORT_QUIET.as_nanos() as u64;
+        let mut counts = PortCounts::default();
+        for _ in 0..100 {
+            counts.add(8080, 0);
+        }
+        counts.add(443, quiet / 2);
+        counts.forget_quiet(quiet - 1);
+        assert_eq!(counts.listed(), (vec![(8080, 100), (443, 1)], 0));
+        counts.forget_quiet(quiet);
+        assert_eq!(counts.listed(), (vec![(443, 1)], 100), "8080 went quiet");
+        assert_eq!(counts.folded(), 1);
+        // Seen again, it starts afresh; its old count stays in other.
+        counts.add(8080, quiet + 1);
+        assert_eq!(counts.listed(), (vec![(443, 1), (8080, 1)], 100));
+        assert_eq!(counts.total(), 102);
+        // A clock that goes back (another capture) folds nothing.
+        counts.forget_quiet(0);
+        assert_eq!(counts.listed().0.len(), 2);
     }
 
     #[test]
