@@ -31,15 +31,6 @@ pub fn say(line: impl Display) {
     let _ = writeln!(err, "{line}");
 }
 
-/// Prints one JSON object on its own line and flushes, so a reader on a pipe
-/// sees each record as soon as it is made.
-pub fn print_json(value: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (e.g. `| head`) is not an error worth a panic.
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
-}
-
 /// Bytes of lines gathered before they are written: a burst of records
 /// (thousands when a flood's half-open records end) goes out in a few large
 /// writes, rather than one per line or one buffer of them all.
