@@ -56,6 +56,8 @@ pub struct FlowFigures {
     pub evicted: u64,
     pub syn_untracked: u64,
     pub lock_contended: u64,
+    /// Records `--log` could not write (a full disk), when there is a log.
+    pub log_lines_lost: Option<u64>,
     /// Half-open timeouts by responder port: the few with most, most
     /// first, and the sum of all the others (which, after a port sweep,
     /// may be thousands of ports).
@@ -226,12 +228,16 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
         format!("closes    {}", counts(&flows.ended_by_close)),
         format!("states    {}", counts(&flows.ended_by_conn_state)),
         format!(
-            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}",
+            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}",
             flows.events_lost,
             flows.insert_failed,
             flows.evicted,
             flows.syn_untracked,
-            flows.lock_contended
+            flows.lock_contended,
+            flows
+                .log_lines_lost
+                .map(|lost| format!(", log lines lost {lost}"))
+                .unwrap_or_default()
         ),
     ];
     let mut ports: Vec<String> = flows
@@ -624,6 +630,7 @@ mod tests {
             },
         ];
         snapshot.flows.lock_contended = 3;
+        snapshot.flows.log_lines_lost = Some(7);
         let frame = render(&snapshot, 80, 24);
         let lines: Vec<&str> = frame.lines().collect();
         let header = lines
@@ -661,9 +668,9 @@ mod tests {
             column_end,
             "{frame}"
         );
-        let wide = render(&snapshot, 120, 24);
+        let wide = render(&snapshot, 140, 24);
         assert!(
-            wide.contains("SYNs untracked 0, lock contended 3"),
+            wide.contains("SYNs untracked 0, lock contended 3, log lines lost 7"),
             "{wide}"
         );
     }

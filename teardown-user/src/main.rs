@@ -189,10 +189,10 @@ fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
     }
-    eprintln!(
+    output::say(format_args!(
         "teardown: error: {} (see teardown --help)",
         one_line(&err.to_string())
-    );
+    ));
     ExitCode::from(2)
 }
 
@@ -284,7 +284,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
             // One line: the operation and every cause, joined.
-            eprintln!("teardown: error: {err:#}");
+            output::say(format_args!("teardown: error: {err:#}"));
             ExitCode::FAILURE
         }
     }

@@ -61,6 +61,7 @@
 //! | `teardown_flow_lock_contended_total` | counter | |
 //! | `teardown_syn_destination_collisions_total` | counter | |
 //! | `teardown_events_lost_total` | counter | |
+//! | `teardown_output_lines_lost_total` | counter | `output` = `stdout`, `log` (only with `--log`) |
 //!
 //! The two ended-connection families count the same connections, each split
 //! its own way, so each sums to the number of connections ended. The
@@ -204,6 +205,9 @@ pub struct MetricsSnapshot {
     /// Connections the metrics endpoint itself gave up on (the server fills
     /// this in; the run loop leaves it alone).
     pub endpoint_drops: EndpointDrops,
+    /// Lines each output (`stdout`, `log`) could not write, e.g. on a full
+    /// disk; only the outputs in use are listed.
+    pub output_lines_lost: Vec<(&'static str, u64)>,
 }
 
 /// Connections to the metrics endpoint closed without serving a scrape, by
@@ -293,6 +297,7 @@ impl MetricsSnapshot {
             syn_flood_alerts: Vec::new(),
             syn_flood_alerts_started: 0,
             endpoint_drops: EndpointDrops::default(),
+            output_lines_lost: Vec::new(),
         }
     }
 
@@ -568,6 +573,15 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Kernel events dropped because the ring buffer was full.",
         snapshot.events_lost,
     );
+    let name = "teardown_output_lines_lost_total";
+    e.family(
+        name,
+        "counter",
+        "Lines (connection records, alert events, reports) an output could not write whole, e.g. on a full disk: output stdout, or log (--log). Writing is retried with every new line.",
+    );
+    for (output, lost) in &snapshot.output_lines_lost {
+        e.sample(name, &[("output", output)], lost);
+    }
 
     let name = "teardown_syn_flood_alert_active";
     e.family(
@@ -720,6 +734,11 @@ impl MetricsServer {
             // Egress is watched: its samples are there, at 0, from the first
             // scrape on, not only from the first publish.
             initial.sent = Some(Counters::default());
+        }
+        // The outputs in use, at 0 from the first scrape on.
+        initial.output_lines_lost.push(("stdout", 0));
+        if options.log.is_some() {
+            initial.output_lines_lost.push(("log", 0));
         }
         MetricsServer::start(addr, initial).await.map(Some)
     }
@@ -1062,6 +1081,7 @@ mod tests {
         snapshot.half_open_timeouts_by_port = vec![(8080, 12), (443, 3)];
         snapshot.half_open_timeouts_other = 40;
         snapshot.half_open_timeout_ports_folded = 38;
+        snapshot.output_lines_lost = vec![("stdout", 0), ("log", 12)];
         snapshot
     }
 
@@ -1271,6 +1291,10 @@ mod tests {
         assert!(busy.contains("teardown_connections_ended_by_close_total{close=\"refused\"} 2\n"));
         assert!(busy.contains("teardown_half_open_connections 1\n"));
         assert!(busy.contains("teardown_events_lost_total 4\n"));
+        assert!(busy.contains("teardown_output_lines_lost_total{output=\"stdout\"} 0\n"));
+        assert!(busy.contains("teardown_output_lines_lost_total{output=\"log\"} 12\n"));
+        // No --log: no log sample, rather than a 0 that looks measured.
+        assert!(!text.contains("output=\"log\""), "{text}");
         // No alerts yet: the family is declared, with no samples.
         assert!(text.contains("# TYPE teardown_syn_flood_alert_active gauge\n"));
         assert!(!text.contains("teardown_syn_flood_alert_active{"));

@@ -1,17 +1,287 @@
-//! Printing: compact human tables and one JSON object per line.
+//! Printing: compact human tables and one JSON object per line, and the
+//! outputs they go to (stdout, `--log`), whose failures are counted rather
+//! than fatal.
+//!
+//! Everything teardown prints on stdout goes through a [`LineOutput`]: whole
+//! lines, written with `write(2)` directly (no buffer that could hold half a
+//! line), and errors returned rather than panicked on, as `println!` does.
+//! What an error means is the caller's policy:
+//!
+//! - the reader is gone (`EPIPE`, e.g. `| head -1`): the program ends
+//!   quietly and successfully, as `head`-style pipelines expect;
+//! - anything else (`ENOSPC`, `EIO`, ...): `teardown run` keeps monitoring
+//!   and counts the lines lost ([`Sink`]); `teardown replay`, which has
+//!   nothing but its output, stops with a one-line error.
 
-use std::io::Write as _;
+use std::{
+    fmt::Display,
+    fs::File,
+    io::{self, Seek as _, SeekFrom, Write as _},
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
 
-use serde_json::Value;
 use teardown_common::counters::{Counter, Counters};
 
-/// Prints one JSON object on its own line and flushes, so a reader on a pipe
-/// sees each record as soon as it is made.
-pub fn print_json(value: &Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (e.g. `| head`) is not an error worth a panic.
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
+/// Writes one line on stderr. Unlike `eprintln!`, which panics when stderr
+/// is closed or full (e.g. `2>&1 | head -1`), a failure drops the line:
+/// there is nowhere left to report it.
+pub fn say(line: impl Display) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// Bytes of lines gathered before they are written: a burst of records
+/// (thousands when a flood's half-open records end) goes out in a few large
+/// writes, rather than one per line or one buffer of them all.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// Appends `line` and its newline to `text`.
+pub fn push_line(text: &mut String, line: impl Display) {
+    use std::fmt::Write as _;
+    let _ = writeln!(text, "{line}");
+}
+
+/// Lines that could not be written whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct WriteError {
+    /// Lines of the batch not written (a line cut short counts as lost).
+    pub lost: u64,
+    pub error: io::Error,
+}
+
+impl WriteError {
+    /// Whether the reader has gone away (`EPIPE`): nothing written from now
+    /// on can reach anyone.
+    pub fn reader_gone(&self) -> bool {
+        self.error.kind() == io::ErrorKind::BrokenPipe
+    }
+}
+
+/// An output of whole lines: stdout, or a file such as `--log`.
+pub struct LineOutput {
+    file: File,
+    /// A failed write left the start of a line behind that could not be
+    /// taken back (see [`LineOutput::take_back`]): the next write starts
+    /// with a newline.
+    cut: bool,
+}
+
+impl LineOutput {
+    /// stdout, through a duplicate of its descriptor: it shares the file
+    /// offset and flags with fd 1, so lines land where the shell sent them,
+    /// but writes bypass `std::io::Stdout`'s line buffer, which on an error
+    /// would keep (and later emit) whatever part of a line it held.
+    pub fn stdout() -> io::Result<LineOutput> {
+        Ok(LineOutput::file(File::from(
+            io::stdout().as_fd().try_clone_to_owned()?,
+        )))
+    }
+
+    pub fn file(file: File) -> LineOutput {
+        LineOutput { file, cut: false }
+    }
+
+    /// Writes `text`, whole lines each ending in `\n`, and returns how many
+    /// lines did not get out whole if any did not.
+    ///
+    /// A write that fails partway (a disk filling up gives a short write,
+    /// then `ENOSPC`) may leave the start of a line behind. A record cut in
+    /// two must never be glued to the next one, which would corrupt both, so
+    /// the fragment is taken back (the file truncated to the end of the last
+    /// whole line) where that is possible, and otherwise ended by a newline
+    /// before the next write: a pipe or a terminal cannot be taken back, and
+    /// a lone fragment there is at worst one unreadable line.
+    pub fn write(&mut self, text: &str) -> Result<(), WriteError> {
+        debug_assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+        let prefix: &[u8] = if self.cut { b"\n" } else { b"" };
+        let mut written = 0;
+        let mut failure = None;
+        for part in [prefix, text.as_bytes()] {
+            let mut done = 0;
+            while done < part.len() {
+                match (&self.file).write(&part[done..]) {
+                    Ok(0) => {
+                        failure = Some(io::Error::from(io::ErrorKind::WriteZero));
+                        break;
+                    }
+                    Ok(n) => done += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                }
+            }
+            written += done;
+            if failure.is_some() {
+                break;
+            }
+        }
+        if written > 0 {
+            // The newline ending an earlier fragment, if one was owed, is out.
+            self.cut = false;
+        }
+        let Some(error) = failure else {
+            return Ok(());
+        };
+        let text_written = written.saturating_sub(prefix.len());
+        let whole = text.as_bytes()[..text_written]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        let lost = text.as_bytes()[whole..]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        let partial = (text_written - whole) as u64;
+        if partial > 0 && !self.take_back(partial) {
+            self.cut = true;
+        }
+        Err(WriteError { lost, error })
+    }
+
+    /// Removes the last `partial` bytes written, the start of a line cut
+    /// short, so that the output keeps whole lines only. Only a regular file
+    /// whose end is where this wrote last can be taken back: the file is
+    /// truncated there, and the offset moved back too, as a file opened
+    /// without `O_APPEND` (`> file`) would otherwise get a hole of zeros
+    /// at the next write. Truncating frees space rather than taking it, so
+    /// it works on a full disk. Returns whether the fragment is gone.
+    fn take_back(&mut self, partial: u64) -> bool {
+        let Ok(metadata) = self.file.metadata() else {
+            return false;
+        };
+        let Ok(end) = (&self.file).stream_position() else {
+            return false;
+        };
+        // Someone else writing the same file after us: its bytes stay.
+        if !metadata.is_file() || metadata.len() != end || end < partial {
+            return false;
+        }
+        let good = end - partial;
+        self.file.set_len(good).is_ok() && (&self.file).seek(SeekFrom::Start(good)).is_ok()
+    }
+}
+
+/// Warnings about one output come at most this often: an output that fails
+/// and recovers over and over (a disk kept nearly full) must not flood
+/// stderr, which may well be logged to the same disk.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// An output `teardown run` keeps going without: a failure is said once on
+/// stderr, the lines it costs are counted, and every later write tries
+/// again, so writing resumes by itself when the disk has room again (and
+/// stderr says so, with the count of lines lost).
+pub struct Sink {
+    /// In messages, e.g. `the connection log /var/log/teardown.json`.
+    name: String,
+    /// The JSON key and Prometheus label: `stdout` or `log`.
+    pub key: &'static str,
+    out: LineOutput,
+    /// Whether the reader going away ends the run (stdout), or is one more
+    /// failure to count (a log that is a FIFO).
+    reader_gone_ends: bool,
+    /// Lines lost since the start.
+    lost: u64,
+    /// Lines lost since the last "written again" note.
+    lost_unreported: u64,
+    failing: bool,
+    /// Whether the current failure was announced (see [`WARN_EVERY`]); a
+    /// recovery is announced only after an announced failure.
+    announced: bool,
+    warned_at: Option<Instant>,
+    closed: bool,
+}
+
+impl Sink {
+    pub fn new(key: &'static str, name: String, out: LineOutput, reader_gone_ends: bool) -> Sink {
+        Sink {
+            name,
+            key,
+            out,
+            reader_gone_ends,
+            lost: 0,
+            lost_unreported: 0,
+            failing: false,
+            announced: false,
+            warned_at: None,
+            closed: false,
+        }
+    }
+
+    /// Writes whole lines (`text` ends in a newline); failures are counted
+    /// and said, never returned. Nothing is written once the reader is gone.
+    pub fn write(&mut self, text: &str) {
+        if self.closed || text.is_empty() {
+            return;
+        }
+        match self.out.write(text) {
+            Ok(()) => self.recovered(),
+            Err(err) if err.reader_gone() && self.reader_gone_ends => self.closed = true,
+            Err(err) => self.failed(&err),
+        }
+    }
+
+    fn failed(&mut self, err: &WriteError) {
+        self.lost += err.lost;
+        self.lost_unreported += err.lost;
+        if self.failing {
+            return;
+        }
+        self.failing = true;
+        self.announced = self.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if self.announced {
+            self.warned_at = Some(Instant::now());
+            say(format_args!(
+                "teardown: warning: cannot write {}: {}; monitoring goes on, lines not written are counted as lost (lines_lost.{}), and writing is retried with every new line",
+                self.name, err.error, self.key
+            ));
+        }
+    }
+
+    fn recovered(&mut self) {
+        if !self.failing {
+            return;
+        }
+        self.failing = false;
+        if self.announced {
+            say(format_args!(
+                "teardown: {} is written again; {} lines were lost",
+                self.name, self.lost_unreported
+            ));
+            self.lost_unreported = 0;
+        }
+    }
+
+    /// Lines lost since the start.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// At the end of the run: an output still failing says how many lines
+    /// it lost since it was last written, as no "written again" note will.
+    pub fn finish(&mut self) {
+        if self.failing && !self.closed && self.lost_unreported > 0 {
+            say(format_args!(
+                "teardown: {} still cannot be written at exit; {} lines were lost since it failed",
+                self.name, self.lost_unreported
+            ));
+            self.lost_unreported = 0;
+        }
+    }
+
+    /// Whether the reader has gone away (stdout only): the run should end.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Marks the reader gone, for a failure seen elsewhere (the dashboard
+    /// drawing on the same terminal).
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
 }
 
 /// A count in at most six characters: 999, 12.3k, 4.56M.
@@ -74,6 +344,146 @@ pub fn totals_table_both(received: &Counters, sent: &Counters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{
+        io::Read as _,
+        os::fd::{FromRawFd as _, OwnedFd},
+    };
+
+    /// A pipe: (read end, write end), with `flags` (e.g. `O_NONBLOCK`) on both.
+    fn pipe(flags: i32) -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two new descriptors, owned here from now on.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) };
+        assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just created and are owned only here.
+        unsafe {
+            (
+                File::from(OwnedFd::from_raw_fd(fds[0])),
+                File::from(OwnedFd::from_raw_fd(fds[1])),
+            )
+        }
+    }
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("teardown-output-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_closed_pipe_means_the_reader_is_gone() {
+        let (reader, writer) = pipe(0);
+        drop(reader);
+        let err = LineOutput::file(writer)
+            .write("a\nb\n")
+            .expect_err("nobody reads");
+        assert!(err.reader_gone());
+        assert_eq!(err.lost, 2);
+    }
+
+    #[test]
+    fn a_full_device_loses_every_line_of_the_batch() {
+        let full = File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let mut out = LineOutput::file(full);
+        let err = out.write("a\nb\nc\n").expect_err("/dev/full is full");
+        assert!(!err.reader_gone());
+        assert_eq!(err.error.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(err.lost, 3);
+        assert!(!out.cut, "nothing was written, so nothing was cut");
+    }
+
+    /// The start of a line left by a failed write is cut off the file, in
+    /// append mode and not (where the offset must move back too, or the
+    /// next write would leave a hole of zeros).
+    #[test]
+    fn a_cut_line_is_taken_back_from_a_file() {
+        for append in [true, false] {
+            let path = temp_path(&format!("cut-{append}"));
+            let _ = std::fs::remove_file(&path);
+            let file = File::options()
+                .create(true)
+                .write(!append)
+                .append(append)
+                .open(&path)
+                .expect("temp file");
+            let mut out = LineOutput::file(file);
+            out.write("one\n").expect("write");
+            // What a write cut short by a full disk leaves.
+            (&out.file).write_all(b"tw").expect("write");
+            assert!(out.take_back(2));
+            out.write("two\n").expect("write");
+            let text = std::fs::read_to_string(&path).expect("read back");
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(text, "one\ntwo\n", "append {append}");
+        }
+    }
+
+    /// Bytes someone else appended after ours are not ours to cut.
+    #[test]
+    fn another_writers_bytes_are_not_taken_back() {
+        let path = temp_path("other");
+        let file = File::create(&path).expect("temp file");
+        let mut out = LineOutput::file(file);
+        out.write("one\n").expect("write");
+        (&out.file).write_all(b"tw").expect("write");
+        let mut other = File::options().append(true).open(&path).expect("open");
+        other.write_all(b"theirs\n").expect("write");
+        assert!(!out.take_back(2));
+        let text = std::fs::read_to_string(&path).expect("read back");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text, "one\ntwtheirs\n");
+    }
+
+    /// A pipe that fills up (non-blocking, so full is an error, `EAGAIN`):
+    /// lines are lost and counted, the fragment of a line cut short cannot
+    /// be taken back from a pipe and is ended by a newline, and writing
+    /// resumes once the reader has drained the pipe.
+    #[test]
+    fn a_sink_counts_what_a_full_pipe_loses_and_resumes() {
+        let (mut reader, writer) = pipe(libc::O_NONBLOCK);
+        let mut sink = Sink::new("log", "a test pipe".into(), LineOutput::file(writer), false);
+        let line = "x".repeat(999);
+        let mut batch = String::new();
+        for _ in 0..100 {
+            push_line(&mut batch, &line);
+        }
+        sink.write(&batch);
+        assert!(sink.failing && !sink.closed());
+        let lost = sink.lost();
+        assert!(lost > 0 && lost < 100, "{lost}");
+        // The pipe holds a whole number of pages, not of 1000-byte lines.
+        assert!(sink.out.cut);
+        sink.write("more\n");
+        assert_eq!(sink.lost(), lost + 1);
+
+        let mut drained = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            drained.extend_from_slice(&chunk[..n]);
+        }
+        sink.write("z\n");
+        assert!(!sink.failing);
+        assert_eq!(sink.lost(), lost + 1);
+        let n = reader.read(&mut chunk).expect("the line after the drain");
+        drained.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8(drained).expect("UTF-8");
+        let lines: Vec<&str> = text.split('\n').collect();
+        let whole = lines.iter().filter(|l| **l == line).count() as u64;
+        assert_eq!(whole + lost, 100);
+        // Whole lines, then the fragment alone on its line, then z.
+        assert_eq!(
+            lines[lines.len() - 2],
+            "z",
+            "{:?}",
+            &lines[lines.len() - 3..]
+        );
+        assert!(lines[lines.len() - 3].chars().all(|c| c == 'x'));
+        assert!(lines[lines.len() - 3].len() < line.len());
+    }
 
     #[test]
     fn short_counts_fit_six_characters() {

@@ -13,7 +13,7 @@ use teardown_common::{
 use crate::{
     capture::{CaptureReader, Conversion, link_type_name, to_ethernet},
     kernel::{Kernel, LoadOptions},
-    output,
+    output::{self, LineOutput, say},
     tracker::{Clock, Ended, Tracker},
 };
 
@@ -171,8 +171,31 @@ pub fn replay_file(kernel: &mut Kernel, path: &Path) -> anyhow::Result<FileRepor
     Ok(report)
 }
 
+/// Replay's stdout: everything replay has to say, so unlike `teardown run`
+/// it stops at the first output failure.
+struct Stdout(LineOutput);
+
+impl Stdout {
+    fn open() -> anyhow::Result<Stdout> {
+        Ok(Stdout(LineOutput::stdout().context("stdout is not open")?))
+    }
+
+    /// Writes whole lines; `Ok(false)` when the reader has gone (`| head`):
+    /// the replay then ends quietly, with the status it has so far, as the
+    /// reader had what it wanted. Any other failure (a full disk) is an
+    /// error: the results cannot be kept.
+    fn write(&mut self, text: &str) -> anyhow::Result<bool> {
+        match self.0.write(text) {
+            Ok(()) => Ok(true),
+            Err(err) if err.reader_gone() => Ok(false),
+            Err(err) => Err(anyhow::Error::new(err).context("cannot write to stdout")),
+        }
+    }
+}
+
 /// `teardown replay`: returns whether every file could be read.
 pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
+    let mut out = Stdout::open()?;
     let mut kernel = Kernel::load(&LoadOptions::default())?;
     let mut all_read = true;
     let mut total = Counters::default();
@@ -181,12 +204,18 @@ pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
         match replay_file(&mut kernel, path) {
             Ok(report) => {
                 if let Some(warning) = &report.warning {
-                    eprintln!("teardown: warning: {}: {warning}", report.file);
+                    say(format_args!(
+                        "teardown: warning: {}: {warning}",
+                        report.file
+                    ));
                 }
-                if json {
-                    output::print_json(&report.to_json());
+                let line = if json {
+                    report.to_json().to_string()
                 } else {
-                    println!("{}", report.human_line());
+                    report.human_line()
+                };
+                if !out.write(&format!("{line}\n"))? {
+                    return Ok(all_read);
                 }
                 for counter in Counter::ALL {
                     total.values[*counter as usize] += report.counters.get(*counter);
@@ -195,13 +224,14 @@ pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
             }
             Err(err) => {
                 all_read = false;
-                eprintln!("teardown: error: {err:#}");
+                say(format_args!("teardown: error: {err:#}"));
             }
         }
     }
     if !json && files.len() > 1 {
-        println!("total: {total_frames} frames");
-        print!("{}", output::totals_table(&total));
+        let mut text = format!("total: {total_frames} frames\n");
+        text.push_str(&output::totals_table(&total));
+        out.write(&text)?;
     }
     Ok(all_read)
 }
@@ -275,22 +305,33 @@ pub fn run_connections(
     files: &[std::path::PathBuf],
     options: &LoadOptions,
 ) -> anyhow::Result<bool> {
+    let mut out = Stdout::open()?;
     let mut all_read = true;
     for path in files {
         match connections_of(path, options) {
             Ok((ended, warning)) => {
                 if let Some(warning) = warning {
-                    eprintln!("teardown: warning: {}: {warning}", path.display());
+                    say(format_args!(
+                        "teardown: warning: {}: {warning}",
+                        path.display()
+                    ));
                 }
-                for record in &ended {
+                // Written in batches: a few large writes, not one per line.
+                let mut text = String::new();
+                for (index, record) in ended.iter().enumerate() {
                     let mut object = record.json(&Clock::Capture);
                     object["file"] = json!(path.display().to_string());
-                    output::print_json(&object);
+                    output::push_line(&mut text, object);
+                    if (text.len() >= output::BATCH_BYTES || index + 1 == ended.len())
+                        && !out.write(&std::mem::take(&mut text))?
+                    {
+                        return Ok(all_read);
+                    }
                 }
             }
             Err(err) => {
                 all_read = false;
-                eprintln!("teardown: error: {err:#}");
+                say(format_args!("teardown: error: {err:#}"));
             }
         }
     }

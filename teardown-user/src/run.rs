@@ -1,8 +1,8 @@
 //! `teardown run`: attach to an interface and report live figures.
 
 use std::{
+    fmt::Display,
     fs::File,
-    io::{BufWriter, Write as _},
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -22,7 +22,7 @@ use crate::{
     detect::{AlertEvent, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     metrics::MetricsServer,
-    output::{self, short_count},
+    output::{self, LineOutput, Sink, push_line, say, short_count},
     tracker::{Clock, Ended, PortCounts, Tracker, monotonic_now_ns},
 };
 
@@ -247,8 +247,26 @@ fn flow_line(stats: &FlowStats, tracker: &Tracker) -> String {
     )
 }
 
-/// The flow table's figures as the dashboard shows them.
-fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
+/// Lines each output could not write, by its key (`stdout`, `log`).
+type LinesLost = Vec<(&'static str, u64)>;
+
+/// The `flows:` line, and what the outputs lost: the plain output's
+/// figures of everything dropped, in one line.
+fn flows_and_lines_lost(stats: &FlowStats, tracker: &Tracker, lost: &LinesLost) -> String {
+    let lost: Vec<String> = lost
+        .iter()
+        .map(|(key, count)| format!("{key} {count}"))
+        .collect();
+    format!(
+        "{}; lines lost {}",
+        flow_line(stats, tracker),
+        lost.join(", ")
+    )
+}
+
+/// The flow table's figures as the dashboard shows them, with the lines
+/// `--log` lost (stdout's are not the dashboard's business: it draws frames).
+fn flow_figures(stats: &FlowStats, tracker: &Tracker, lost: &LinesLost) -> FlowFigures {
     let most_first = |map: &std::collections::BTreeMap<&'static str, u64>| {
         let mut list: Vec<(String, u64)> = map
             .iter()
@@ -268,6 +286,10 @@ fn flow_figures(stats: &FlowStats, tracker: &Tracker) -> FlowFigures {
         events_lost: stats.events_lost,
         insert_failed: stats.insert_failed,
         evicted: stats.evicted,
+        log_lines_lost: lost
+            .iter()
+            .find(|(key, _)| *key == "log")
+            .map(|(_, count)| *count),
         syn_untracked: stats.syn_untracked,
         lock_contended: stats.lock_contended,
         half_open_timeouts_by_port: ports,
@@ -304,14 +326,24 @@ impl Screen {
         Ok(Screen::Dashboard(Box::new(dashboard)))
     }
 
-    fn connection(&mut self, record: &Ended) {
+    /// An ended connection: its line for the plain output, or `None` when
+    /// the dashboard took it.
+    fn connection(&mut self, record: &Ended) -> Option<String> {
         match self {
-            Screen::Plain { .. } => println!("{}", record.human_line()),
-            Screen::Dashboard(dashboard) => dashboard.snapshot.push_teardown(record.human_line()),
+            Screen::Plain { .. } => Some(record.human_line()),
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.push_teardown(record.human_line());
+                None
+            }
         }
     }
 
-    /// One report interval's figures: rows of the table, or a redrawn dashboard.
+    /// One report interval's figures: rows of the table on `out`, or a
+    /// redrawn dashboard (whose drawing may fail: see [`Outputs::drawn`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the figures come from several sources until one value carries them (issue 17)"
+    )]
     fn report(
         &mut self,
         seconds: f64,
@@ -319,20 +351,24 @@ impl Screen {
         sent: Option<Figures>,
         flow_stats: &FlowStats,
         tracker: &Tracker,
+        lost: &LinesLost,
+        out: &mut Sink,
     ) -> anyhow::Result<()> {
         match self {
             Screen::Plain { rows } => {
+                let mut text = String::new();
                 if rows.is_multiple_of(HEADER_EVERY) {
-                    println!("{}", header());
+                    push_line(&mut text, header());
                 }
-                println!(
-                    "{}",
-                    row(&clock_time(), received.delta, seconds, received.total)
+                push_line(
+                    &mut text,
+                    row(&clock_time(), received.delta, seconds, received.total),
                 );
                 if let Some(sent) = sent {
-                    println!("{}", row("  sent", sent.delta, seconds, sent.total));
+                    push_line(&mut text, row("  sent", sent.delta, seconds, sent.total));
                 }
-                println!("{}", flow_line(flow_stats, tracker));
+                push_line(&mut text, flows_and_lines_lost(flow_stats, tracker, lost));
+                out.write(&text);
                 *rows += 1;
                 Ok(())
             }
@@ -341,19 +377,23 @@ impl Screen {
                 dashboard.snapshot.sent = sent
                     .map(|sent| counter_figures(sent, seconds))
                     .unwrap_or_default();
-                dashboard.snapshot.flows = flow_figures(flow_stats, tracker);
+                dashboard.snapshot.flows = flow_figures(flow_stats, tracker, lost);
                 dashboard.draw(clock_time())
             }
         }
     }
 
     /// An alert started, changed or ended (one line, e.g.
-    /// `AlertEvent::human_line`): printed, or added to the dashboard's alert
-    /// log. Not for `--json`, which prints the event's JSON instead.
-    fn alert_event(&mut self, line: String) {
+    /// `AlertEvent::human_line`): its line for the plain output, or `None`
+    /// when it went to the dashboard's alert log. Not for `--json`, which
+    /// prints the event's JSON instead.
+    fn alert_event(&mut self, line: String) -> Option<String> {
         match self {
-            Screen::Plain { .. } => println!("{line}"),
-            Screen::Dashboard(dashboard) => dashboard.snapshot.push_alert_event(line),
+            Screen::Plain { .. } => Some(line),
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.push_alert_event(line);
+                None
+            }
         }
     }
 
@@ -367,9 +407,9 @@ impl Screen {
 
     /// The alert summary after each report's rows (the dashboard shows the
     /// alerts themselves).
-    fn alert_summary(&mut self, line: String) {
+    fn alert_summary(&mut self, line: String, out: &mut Sink) {
         if let Screen::Plain { .. } = self {
-            println!("{line}");
+            out.write(&format!("{line}\n"));
         }
     }
 
@@ -391,55 +431,112 @@ impl Screen {
     }
 }
 
-/// Prints ended connections, and appends them to the log file if any.
-struct ConnOutput {
-    json: bool,
-    log: Option<BufWriter<File>>,
-    clock: Clock,
+/// Adds `line` to the batch `text` for `sink`, writing the batch when it is
+/// full.
+fn batch(sink: &mut Sink, text: &mut String, line: impl Display) {
+    push_line(text, line);
+    if text.len() >= output::BATCH_BYTES {
+        sink.write(text);
+        text.clear();
+    }
 }
 
-impl ConnOutput {
-    fn emit(&mut self, ended: &[Ended], screen: &mut Screen) -> anyhow::Result<()> {
+/// Where `teardown run` writes lines: stdout (the table, the plain lines,
+/// or JSON) and the `--log` file. Neither stops the monitor by failing (see
+/// [`Sink`]): a full disk costs lines, counted and shown in every output,
+/// not the watch. A closed stdout (`| head`) ends the run, quietly.
+struct Outputs {
+    json: bool,
+    stdout: Sink,
+    log: Option<Sink>,
+    clock: Clock,
+    /// Whether a failure to draw the dashboard was said already.
+    dashboard_warned: bool,
+}
+
+impl Outputs {
+    /// Lines each output lost so far: stdout, then the log if there is one.
+    fn lines_lost(&self) -> LinesLost {
+        std::iter::once(&self.stdout)
+            .chain(&self.log)
+            .map(|sink| (sink.key, sink.lost()))
+            .collect()
+    }
+
+    fn lines_lost_json(&self) -> Value {
+        Value::Object(
+            self.lines_lost()
+                .into_iter()
+                .map(|(key, count)| (key.to_string(), json!(count)))
+                .collect(),
+        )
+    }
+
+    /// Prints ended connections, and appends them to the log file if any.
+    fn emit(&mut self, ended: &[Ended], screen: &mut Screen) {
+        let (mut out, mut log) = (String::new(), String::new());
         for record in ended {
             if self.json || self.log.is_some() {
-                let object = record.json(&self.clock);
+                let object = record.json(&self.clock).to_string();
                 if self.json {
-                    output::print_json(&object);
+                    batch(&mut self.stdout, &mut out, &object);
                 }
-                if let Some(log) = &mut self.log {
-                    writeln!(log, "{object}").context("writing the connection log")?;
+                if let Some(sink) = &mut self.log {
+                    batch(sink, &mut log, &object);
                 }
             }
-            if !self.json {
-                screen.connection(record);
+            if !self.json
+                && let Some(line) = screen.connection(record)
+            {
+                batch(&mut self.stdout, &mut out, line);
             }
         }
-        if let Some(log) = &mut self.log {
-            log.flush().context("writing the connection log")?;
-        }
-        Ok(())
+        self.flush(&out, &log);
     }
 
     /// Prints SYN-flood alert events, and appends them to the log file.
-    fn emit_alerts(&mut self, events: &[AlertEvent], screen: &mut Screen) -> anyhow::Result<()> {
+    fn emit_alerts(&mut self, events: &[AlertEvent], screen: &mut Screen) {
+        let (mut out, mut log) = (String::new(), String::new());
         for event in events {
             // Events are made at the poll that just ran: now.
-            let object = event.json(unix_seconds());
+            let object = event.json(unix_seconds()).to_string();
             if self.json {
-                output::print_json(&object);
-            } else {
-                screen.alert_event(event.human_line());
+                batch(&mut self.stdout, &mut out, &object);
+            } else if let Some(line) = screen.alert_event(event.human_line()) {
+                batch(&mut self.stdout, &mut out, line);
             }
-            if let Some(log) = &mut self.log {
-                writeln!(log, "{object}").context("writing the connection log")?;
+            if let Some(sink) = &mut self.log {
+                batch(sink, &mut log, &object);
             }
         }
-        if let Some(log) = &mut self.log
-            && !events.is_empty()
-        {
-            log.flush().context("writing the connection log")?;
+        self.flush(&out, &log);
+    }
+
+    fn flush(&mut self, out: &str, log: &str) {
+        self.stdout.write(out);
+        if let Some(sink) = &mut self.log {
+            sink.write(log);
         }
-        Ok(())
+    }
+
+    /// What became of a dashboard frame. A terminal that is gone (`EPIPE`,
+    /// or `EIO` once it hung up) ends the run as a closed stdout does. Any
+    /// other failure is said once and the next frame tries again: a frame
+    /// carries no record, and the next one replaces it, so there is nothing
+    /// to count.
+    fn drawn(&mut self, result: anyhow::Result<()>) {
+        let Err(err) = result else { return };
+        let gone = err.downcast_ref::<std::io::Error>().is_some_and(|err| {
+            err.kind() == std::io::ErrorKind::BrokenPipe || err.raw_os_error() == Some(libc::EIO)
+        });
+        if gone {
+            self.stdout.close();
+        } else if !self.dashboard_warned {
+            self.dashboard_warned = true;
+            say(format_args!(
+                "teardown: warning: {err:#}; monitoring goes on, and every frame is tried again"
+            ));
+        }
     }
 }
 
@@ -466,13 +563,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // address fails the run with nothing to undo.
     let metrics = MetricsServer::for_run(&options).await?;
     let mut alerts = AlertWatch::new(options.detect.clone())?;
+    // stdout before the log: were fd 1 closed (`>&-`), the log would be
+    // opened as fd 1 and taken for stdout.
+    let stdout = Sink::new(
+        "stdout",
+        "stdout".to_string(),
+        LineOutput::stdout().context("stdout is not open")?,
+        true,
+    );
     let log = match &options.log {
-        Some(path) => Some(BufWriter::new(
-            File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open the log file {}", path.display()))?,
+        Some(path) => Some(Sink::new(
+            "log",
+            format!("the log file {}", path.display()),
+            LineOutput::file(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
+            ),
+            false,
         )),
         None => None,
     };
@@ -506,20 +616,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             ", ingress only"
         }
     );
-    eprintln!(
+    say(format_args!(
         "teardown: watching {} ({attachment}), every {:?}; Ctrl-C to stop",
         options.iface, options.interval
-    );
+    ));
     if let Some(metrics) = &metrics {
-        eprintln!(
+        say(format_args!(
             "teardown: Prometheus metrics at http://{}/metrics",
             metrics.local_addr()
-        );
+        ));
     }
-    let mut output = ConnOutput {
+    let mut output = Outputs {
         json: options.json,
+        stdout,
         log,
         clock: Clock::offset_from(kernel_now()),
+        dashboard_warned: false,
     };
     let mut tracker = Tracker::new(options.timeouts);
     tracker.watch_half_open_timeouts();
@@ -537,6 +649,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // terminal is given back on every way out (its guard drops).
     let mut screen = Screen::new(&options, attachment)?;
     loop {
+        // The reader of stdout is gone (`| head`): nothing is watching any
+        // more, so the run ends as on Ctrl-C, quietly (below).
+        if output.stdout.closed() {
+            break;
+        }
         let report = tokio::select! {
             _ = ticker.tick() => true,
             _ = poll.tick() => false,
@@ -546,10 +663,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.drain_events(&mut events, &mut ended);
         tracker.take_changes(&table);
         tracker.expire(kernel_now(), &table, &mut ended);
-        output.emit(&ended, &mut screen)?;
+        output.emit(&ended, &mut screen);
         ended.clear();
         let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
-        output.emit_alerts(&alert_events, &mut screen)?;
+        output.emit_alerts(&alert_events, &mut screen);
         if !alert_events.is_empty() {
             screen.set_active_alerts(alerts.active_lines());
         }
@@ -559,10 +676,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             metrics.update(|snapshot| {
                 snapshot.syn_flood_alerts = alerts.states();
                 snapshot.syn_flood_alerts_started = alerts.started;
+                snapshot.output_lines_lost = output.lines_lost();
             });
         }
         if !report {
-            screen.refresh()?;
+            output.drawn(screen.refresh());
             continue;
         }
         let now = kernel.tallies()?;
@@ -593,10 +711,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             let mut object = stats_json(&options.iface, seconds, received, sent);
             object["flows"] = flow_json(&flow_stats, &tracker);
             object["alerts"] = alerts.summary_json();
-            output::print_json(&object);
+            object["lines_lost"] = output.lines_lost_json();
+            output.stdout.write(&format!("{object}\n"));
         } else {
-            screen.report(seconds, received, sent, &flow_stats, &tracker)?;
-            screen.alert_summary(alerts.summary_line());
+            let lost = output.lines_lost();
+            let drawn = screen.report(
+                seconds,
+                received,
+                sent,
+                &flow_stats,
+                &tracker,
+                &lost,
+                &mut output.stdout,
+            );
+            output.drawn(drawn);
+            screen.alert_summary(alerts.summary_line(), &mut output.stdout);
         }
         previous_sent = now_sent;
         previous = now;
@@ -609,8 +738,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Err(err) = kernel.detach() {
         // E.g. the interface went away, taking the attachments with it: the
         // figures are final either way, so report them rather than fail.
-        eprintln!("teardown: {err:#}");
+        say(format_args!("teardown: {err:#}"));
     }
+    // Whoever read stdout has gone (`| head -1` has its line): what follows
+    // still goes to the log, but nothing is said, as `head`-style
+    // pipelines expect of a program whose reader left, and the exit status
+    // is 0: the reader had what it wanted, and a failure status would fail
+    // a `set -o pipefail` script for it.
+    let reader_gone = output.stdout.closed();
     let total = kernel.tallies()?.since(&start).totals();
     let sent_total = match &egress_start {
         Some(egress_start) => Some(kernel.egress_tallies()?.since(egress_start).totals()),
@@ -620,25 +755,31 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // capture.
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
-    output.emit(&ended, &mut screen)?;
+    output.emit(&ended, &mut screen);
     // After a dashboard, the records of connections still open (thousands
     // after a flood) would bury the totals: they are counted, and logged.
-    if screen.leave() && !ended.is_empty() {
-        eprintln!(
+    if screen.leave() && !ended.is_empty() && !reader_gone {
+        say(format_args!(
             "teardown: {} connections still open at exit are not listed{}",
             ended.len(),
             match &options.log {
                 Some(path) => format!(" (they are in {})", path.display()),
                 None => " (--log FILE keeps every record, --plain lists them)".to_string(),
             }
-        );
+        ));
     }
     // Alerts still in progress end here, printed after the dashboard.
-    output.emit_alerts(&alerts.finish(), &mut screen)?;
+    output.emit_alerts(&alerts.finish(), &mut screen);
     let flow_stats = kernel.flow_stats()?;
     drop(table);
     drop(kernel);
-    eprintln!("teardown: detached from {}", options.iface);
+    if reader_gone {
+        if let Some(log) = &mut output.log {
+            log.finish();
+        }
+        return Ok(());
+    }
+    say(format_args!("teardown: detached from {}", options.iface));
     if options.json {
         let mut object = json!({
             "event": "final",
@@ -646,18 +787,29 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             "iface": options.iface,
             "totals": totals_json(&total),
             "flows": flow_json(&flow_stats, &tracker),
+            "lines_lost": output.lines_lost_json(),
         });
         if let Some(sent) = &sent_total {
             object["egress"] = json!({ "totals": totals_json(sent) });
         }
-        output::print_json(&object);
+        output.stdout.write(&format!("{object}\n"));
     } else {
-        println!("final totals on {}:", options.iface);
-        match &sent_total {
-            Some(sent) => print!("{}", output::totals_table_both(&total, sent)),
-            None => print!("{}", output::totals_table(&total)),
-        }
-        println!("{}", flow_line(&flow_stats, &tracker));
+        let mut text = format!("final totals on {}:\n", options.iface);
+        text.push_str(&match &sent_total {
+            Some(sent) => output::totals_table_both(&total, sent),
+            None => output::totals_table(&total),
+        });
+        push_line(
+            &mut text,
+            flows_and_lines_lost(&flow_stats, &tracker, &output.lines_lost()),
+        );
+        output.stdout.write(&text);
+    }
+    // An output still failing at the end: its warning said when the
+    // trouble began, and no "written again" note will say what it cost.
+    output.stdout.finish();
+    if let Some(log) = &mut output.log {
+        log.finish();
     }
     Ok(())
 }
@@ -706,7 +858,7 @@ mod tests {
             )),
             "{line}"
         );
-        let figures = flow_figures(&FlowStats::default(), &tracker);
+        let figures = flow_figures(&FlowStats::default(), &tracker, &Vec::new());
         assert_eq!(figures.half_open_timeouts_by_port.len(), 5);
         let shown: u64 = figures
             .half_open_timeouts_by_port
