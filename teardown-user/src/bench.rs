@@ -13,6 +13,7 @@ use teardown_common::{
 };
 
 use crate::kernel::{ClockMode, Kernel, LoadOptions};
+use crate::output::outln;
 
 /// SYNs per 100 ms poll of the flood `new_syn` stands for (a million a second).
 const FLOOD_SYNS_PER_POLL: u64 = 100_000;
@@ -215,7 +216,7 @@ fn run_clock(
     // Source sampling as the run loop sets it during a flood of a million
     // SYN/s (100 000 per poll): new_syn stands for such a flood.
     kernel.set_detect_control(1, sample_mask_for(FLOOD_SYNS_PER_POLL))?;
-    println!(
+    outln!(
         "\nclock {}: {}",
         match clock {
             ClockMode::Coarse => "coarse (default)",
@@ -226,9 +227,13 @@ fn run_clock(
             ClockMode::Precise => "records stamped with bpf_ktime_get_ns",
         }
     );
-    println!(
+    outln!(
         "{:<11} {:>11} {:>12} {:>7} {:>6}",
-        "case", "baseline ns", "teardown ns", "ratio", "goal"
+        "case",
+        "baseline ns",
+        "teardown ns",
+        "ratio",
+        "goal"
     );
     let mut results = Vec::new();
     let mut over_goal = 0;
@@ -286,7 +291,7 @@ fn run_clock(
         if !within {
             over_goal += 1;
         }
-        println!(
+        outln!(
             "{:<11} {base:>11.2} {prog:>12.2} {ratio:>6.2}x {:>6}  {}",
             case.name,
             case.goal.map(|goal| format!("{goal}x")).unwrap_or_default(),
@@ -316,9 +321,10 @@ fn run_clock(
         added.push(lock_ns - base_ns);
     }
     let lock_ns = median(&mut added);
-    println!(
+    outln!(
         "{:<11} {:>+36.2} ns: the slot lock taken and let go, uncontended (every fast-path update pays it)",
-        "slot_lock", lock_ns
+        "slot_lock",
+        lock_ns
     );
     results.push(json!({
         "clock": format!("{clock:?}").to_lowercase(),
@@ -337,11 +343,12 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
     let mut results = Vec::new();
     let mut over_goal = 0;
     if !options.contention_only {
-        println!(
+        outln!(
             "per-packet cost: kernel-timed BPF_PROG_TEST_RUN, {} runs x {} rounds, median; baseline = empty XDP_PASS program",
-            options.repeat, options.rounds
+            options.repeat,
+            options.rounds
         );
-        println!(
+        outln!(
             "new_syn gets a new source address and est_data the next sequence number every run, through a wrapper whose own cost is measured alone and subtracted (which flatters them by 1-2 ns); the other cases run the program as attached"
         );
         for clock in [ClockMode::Coarse, ClockMode::Precise] {
@@ -350,7 +357,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
             over_goal += over;
         }
         let with_goal = results.iter().filter(|row| !row["goal"].is_null()).count();
-        println!(
+        outln!(
             "\n{} of {with_goal} cases with a goal within it",
             with_goal - over_goal
         );
@@ -372,11 +379,11 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     if !exact {
-        eprintln!(
-            "teardown: the contention case lost updates: the flow table's record did not count every packet"
+        crate::output::say(
+            "teardown: the contention case lost updates: the flow table's record did not count every packet",
         );
     }
     Ok(exact)

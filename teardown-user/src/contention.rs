@@ -27,6 +27,7 @@ use teardown_common::{
 };
 
 use crate::kernel::{Kernel, LoadOptions};
+use crate::output::outln;
 
 /// One thread's frames: a program, by file descriptor, and its frame.
 struct Hammer {
@@ -313,19 +314,22 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
     round(&mut kernel, &hammers, 10_000, false)?;
     let alone = round(&mut kernel, &hammers, repeat, false)?;
     let together = round(&mut kernel, &hammers, repeat, true)?;
-    println!(
+    outln!(
         "\ncontention: one connection's record, {repeat} pure ACKs each way, CPU {first_cpu} (XDP) and CPU {second_cpu} (TC egress)"
     );
-    println!(
+    outln!(
         "{:<26} {:>10} {:>10} {:>7}",
-        "program, frame", "alone ns", "both ns", "ratio"
+        "program, frame",
+        "alone ns",
+        "both ns",
+        "ratio"
     );
     for (index, hammer) in hammers.iter().enumerate() {
         let (solo, both) = (
             alone.ns[index] as f64 + 0.5,
             together.ns[index] as f64 + 0.5,
         );
-        println!(
+        outln!(
             "{:<26} {solo:>10.1} {both:>10.1} {:>6.2}x",
             hammer.label,
             both / solo
@@ -335,7 +339,7 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
         ("one CPU at a time", &alone),
         ("both CPUs at once", &together),
     ] {
-        println!(
+        outln!(
             "{name}: packets {} of {}, client pkts {} of {}, server pkts {} of {}; {} given up on a held slot (lock_contended); lost updates: {} packets, {} pkts",
             result.packets_counted,
             result.packets_expected,

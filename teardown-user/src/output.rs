@@ -31,6 +31,26 @@ pub fn say(line: impl Display) {
     let _ = writeln!(err, "{line}");
 }
 
+/// Writes one line on stdout, for commands whose output is a report
+/// (`teardown bench`): unlike `println!`, which panics when stdout is
+/// closed or full (`| head`), a failure drops the line and the command
+/// goes on to its end (its JSON report, its exit status).
+pub fn print_line(line: impl Display) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+/// `println!` through [`print_line`].
+macro_rules! outln {
+    () => {
+        $crate::output::print_line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Bytes of lines gathered before they are written: a burst of records
 /// (thousands when a flood's half-open records end) goes out in a few large
 /// writes, rather than one per line or one buffer of them all.

@@ -733,3 +733,30 @@ fn replay_to_a_full_disk_is_an_error() {
         );
     }
 }
+
+/// `teardown bench` whose reader has gone: the report's lines are dropped,
+/// the benchmark runs to its end and writes its JSON. (Before: a panic,
+/// status 101, on the first line.)
+#[test]
+fn bench_runs_to_its_end_when_its_reader_goes() {
+    let dir = std::env::temp_dir().join(format!("td-bench-head-{}", std::process::id()));
+    let json = dir.join("bench.json");
+    let (reader, writer) = pipe();
+    drop(reader);
+    let output = Command::new(teardown_bin())
+        .args(["bench", "--repeat", "1000", "--rounds", "1", "--json-out"])
+        .arg(&json)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("starting teardown bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = std::fs::read_to_string(&json);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !stderr.contains("panicked"),
+        "bench with its reader gone: {}, stderr: {stderr}",
+        output.status
+    );
+    assert!(report.is_ok(), "no JSON report: {stderr}");
+}
