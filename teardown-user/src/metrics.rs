@@ -12,79 +12,11 @@
 //!
 //! # Metric families
 //!
-//! Packet and flag counters (cumulative since teardown started), each with a
-//! `direction` label: `in` for frames that arrive (XDP), `out` for frames
-//! the host sends (TC egress; only with `--direction both`, the default):
-//!
-//! | family | type | labels | from |
-//! | --- | --- | --- | --- |
-//! | `teardown_packets_total` | counter | `direction` | `packets` |
-//! | `teardown_ip_packets_total` | counter | `direction`, `version` = `4`, `6` | `ipv4`, `ipv6` |
-//! | `teardown_non_ip_packets_total` | counter | `direction` | `non_ip` |
-//! | `teardown_vlan_packets_total` | counter | `direction` | `vlan` |
-//! | `teardown_vlan_too_deep_packets_total` | counter | `direction` | `vlan_too_deep` |
-//! | `teardown_ip_fragments_total` | counter | `direction` | `fragments` |
-//! | `teardown_ipv6_chain_too_long_packets_total` | counter | `direction` | `ipv6_chain_too_long` |
-//! | `teardown_other_transport_packets_total` | counter | `direction` | `other_transport` |
-//! | `teardown_malformed_packets_total` | counter | `direction` | `malformed` |
-//! | `teardown_tcp_segments_total` | counter | `direction` | `tcp` |
-//! | `teardown_tcp_flag_segments_total` | counter | `direction`, `flag` = `syn`, `syn_ack`, `fin`, `rst`, `pure_ack`, `data`, `psh`, `urg`, `ece`, `cwr` | the same keys |
-//!
-//! Why the flags are one family with a `flag` label and the frame classes are
-//! separate families: PromQL users look at the flags side by side: one panel
-//! of `sum by (flag) (rate(teardown_tcp_flag_segments_total{direction="in"}[1m]))`,
-//! one alert on a server's SYNs in against its SYN-ACKs out:
-//! `teardown_tcp_flag_segments_total{direction="in",flag="syn"} -
-//! ignoring(direction, flag) teardown_tcp_flag_segments_total{direction="out",flag="syn_ack"}`.
-//! The values overlap (a
-//! FIN may also carry PSH and data), so `sum()` over `flag` counts flag
-//! occurrences, not segments; `teardown_tcp_segments_total` is the segment
-//! count. The frame classes (non-IP, VLAN-tagged, fragments, malformed, ...)
-//! are different kinds of thing that nobody graphs on one axis, so each is a
-//! family of its own, except IPv4/IPv6, a partition of IP frames where summing
-//! over `version` is meaningful.
-//!
-//! Connections and the flow table:
-//!
-//! | family | type | labels |
-//! | --- | --- | --- |
-//! | `teardown_connections_ended_total` | counter | `conn_state` (Zeek's: `S0` ... `OTH`) |
-//! | `teardown_connections_ended_by_close_total` | counter | `close` (`graceful` ... `open`) |
-//! | `teardown_flows_tracked` | gauge | |
-//! | `teardown_flows_created_total` | counter | |
-//! | `teardown_half_open_connections` | gauge | |
-//! | `teardown_half_open_timeouts_total` | counter | `port` (at most [`HALF_OPEN_PORTS_LISTED`] ports, and `other`) |
-//! | `teardown_half_open_timeout_ports_folded_total` | counter | |
-//! | `teardown_flow_insert_failures_total` | counter | |
-//! | `teardown_flows_evicted_total` | counter | |
-//! | `teardown_syns_untracked_total` | counter | |
-//! | `teardown_flow_lock_contended_total` | counter | |
-//! | `teardown_syn_destination_collisions_total` | counter | |
-//! | `teardown_events_lost_total` | counter | |
-//! | `teardown_output_lines_lost_total` | counter | `output` = `stdout`, `log` (only with `--log`) |
-//!
-//! The two ended-connection families count the same connections, each split
-//! its own way, so each sums to the number of connections ended. The
-//! half-open timeouts by port are a bounded label set, whatever the number
-//! of ports that time out (a port sweep: thousands): the ports with most
-//! timeouts lately, and `port="other"` for the rest, so they too sum to every
-//! timeout; `port="other"` only grows (ports are folded into it, never taken
-//! out), and a port listed again starts from its new timeouts. Every known
-//! `conn_state` and `close` value is always present (0 until one ends), so
-//! queries and `rate()` never come back empty.
-//!
-//! SYN-flood alerts: `teardown_syn_flood_alert_active{target}` (gauge, 1 while
-//! the alert on that target is active, 0 after it clears) and
-//! `teardown_syn_flood_alerts_started_total` (counter).
-//!
-//! About the process: `teardown_build_info{version}` (gauge, always 1),
-//! `teardown_interface_info{iface,direction}` (gauge, always 1),
-//! `teardown_start_time_seconds` (gauge, Unix time).
-//!
-//! About this endpoint: `teardown_metrics_connections_dropped_total{reason}`
-//! (counter; `reason` = `evicted`, `read_timeout`, `write_timeout`,
-//! `too_large`, each always present), connections closed without serving a
-//! scrape ([`EndpointDrops`]).
+//! The families, their types, labels and meanings, and how they map to the
+//! `stats` JSON keys are listed once, in `docs/metrics.md`, with the
+//! endpoint's limits; change that table with [`render`]. The half-open
+//! timeouts by port are bounded by [`HALF_OPEN_PORTS_LISTED`]; the endpoint's
+//! own drops are counted in [`EndpointDrops`].
 
 use std::{
     collections::BTreeMap,
