@@ -39,7 +39,7 @@ pub const TARGETS: &[Target] = &[
         name: "capture_reader",
         max_len: 64 * 1024,
     },
-    // A 14-byte header and up to 292 steps of 14 bytes: histories overflow
+    // A 14-byte header and up to 291 steps of 14 bytes: histories overflow
     // their 40 letters long before that.
     Target {
         name: "conn_state",

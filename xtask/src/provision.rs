@@ -216,6 +216,9 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
             "--root",
         ])
         .arg(&root);
+    for key in crate::OUTER_TOOLCHAIN_VARS {
+        install.env_remove(key);
+    }
     run_command(&mut install).with_context(|| {
         format!(
             "installing cargo-fuzz (is crates.io reachable?); by hand: cargo +nightly install cargo-fuzz --locked --version {CARGO_FUZZ_VERSION} --root {}",
