@@ -2,6 +2,7 @@
 //! what is missing on the way.
 
 mod demo;
+mod fuzz;
 mod provision;
 
 use std::{
@@ -71,7 +72,19 @@ enum Task {
     /// Connection verdicts against Zeek's for ../shared/corpus/zeek: a table
     /// per trace, the totals, and every disagreement with its reason.
     Accuracy,
-    /// cargo fmt --check and clippy -D warnings on the host crates and the eBPF crate.
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the frame parser,
+    /// the capture reader and the connection state machine, seeded from the
+    /// test captures; fails if a target crashes, naming the input.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS.iter().map(|t| t.name)))]
+        target: Option<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on the host crates, the eBPF
+    /// crate and the fuzz workspace.
     Lint,
 }
 
@@ -143,6 +156,15 @@ fn ebpf_toolchain() -> anyhow::Result<EbpfToolchain> {
 
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
+/// What the outer cargo (`cargo xtask` runs on the stable toolchain) sets
+/// for its children, and must not leak into a nightly build.
+const OUTER_TOOLCHAIN_VARS: &[&str] = &[
+    "RUSTC",
+    "RUSTUP_TOOLCHAIN",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_ENCODED_RUSTFLAGS",
+];
+
 impl EbpfToolchain {
     /// `cargo +nightly SUBCOMMAND` for teardown-ebpf on the BPF target, with
     /// bpf-linker on PATH and its own target directory.
@@ -162,13 +184,7 @@ impl EbpfToolchain {
             .args(["-Z", "build-std=core", "--target-dir"])
             .arg(root.join("target").join("ebpf"))
             .env("PATH", &self.path);
-        // The outer cargo's toolchain must not leak into the nightly build.
-        for key in [
-            "RUSTC",
-            "RUSTUP_TOOLCHAIN",
-            "RUSTC_WORKSPACE_WRAPPER",
-            "CARGO_ENCODED_RUSTFLAGS",
-        ] {
+        for key in OUTER_TOOLCHAIN_VARS {
             cargo.env_remove(key);
         }
         cargo
@@ -346,7 +362,29 @@ fn lint() -> anyhow::Result<()> {
     .context("clippy (host crates)")?;
     say("clippy on the eBPF crate, for its target");
     run_command(toolchain.cargo("clippy").args(["--", "-D", "warnings"]))
-        .context("clippy (eBPF crate)")
+        .context("clippy (eBPF crate)")?;
+    // fuzz/ is a workspace of its own (its targets only build under cargo
+    // fuzz), so the commands above do not see it; it is held to the same
+    // rules. Clippy checks it as ordinary code, on the stable toolchain.
+    let fuzz_manifest = root.join("fuzz/Cargo.toml");
+    say("cargo fmt --check and clippy on the fuzz workspace (fuzz/)");
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check", "--manifest-path"])
+            .arg(&fuzz_manifest),
+    )
+    .context(
+        "formatting differs in fuzz/: run `cargo fmt --all --manifest-path fuzz/Cargo.toml`",
+    )?;
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["clippy", "--manifest-path"])
+            .arg(&fuzz_manifest)
+            .args(["--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )
+    .context("clippy (fuzz workspace)")
 }
 
 fn main() -> ExitCode {
@@ -380,6 +418,7 @@ fn main() -> ExitCode {
             run_teardown(&binary, &full)?;
             if churn { bench_churn(&binary) } else { Ok(()) }
         }),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Lint => lint(),
         // The report is the accuracy test's output: one implementation, and the
         // test enforces the goal the report shows.

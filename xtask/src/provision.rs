@@ -181,6 +181,53 @@ pub fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The cargo-fuzz release `cargo xtask fuzz` drives.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Returns the directory holding cargo-fuzz, installing it (a few minutes
+/// on two cores, once) into the cache the first time. Built with the
+/// nightly toolchain, which the fuzz builds need anyway (sanitizers); it
+/// is kept apart from `~/.cargo/bin` and pinned, so a fresh machine gets
+/// the version `cargo xtask fuzz` was written against.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
+    let root = cache_root().join("cargo-fuzz").join(CARGO_FUZZ_VERSION);
+    let bin = root.join("bin");
+    // cargo passes the subcommand's name first, as cargo-fuzz expects.
+    if Command::new(bin.join("cargo-fuzz"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(bin);
+    }
+    say(&format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} (builds and runs the libFuzzer targets in fuzz/) from crates.io with the nightly toolchain into {} (a few minutes, once)",
+        root.display()
+    ));
+    let mut install = Command::new("cargo");
+    install
+        .args([
+            &format!("+{NIGHTLY}"),
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--root",
+        ])
+        .arg(&root);
+    for key in crate::OUTER_TOOLCHAIN_VARS {
+        install.env_remove(key);
+    }
+    run_command(&mut install).with_context(|| {
+        format!(
+            "installing cargo-fuzz (is crates.io reachable?); by hand: cargo +nightly install cargo-fuzz --locked --version {CARGO_FUZZ_VERSION} --root {}",
+            root.display()
+        )
+    })?;
+    Ok(bin)
+}
+
 fn is_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])

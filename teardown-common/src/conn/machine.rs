@@ -889,12 +889,20 @@ impl Conn {
     }
 }
 
-/// The first time `phase + k * period` (k >= 0) strictly after `after`.
+/// The first time `phase + k * period` (k >= 0) strictly after `after`,
+/// or `u64::MAX` if there is none before the clock's end: a capture's
+/// timestamps can be that late (pcapng's saturate there), and a wrapped
+/// sum would put the deadline in the distant past.
+///
+/// `phase + ((after - phase) / period + 1) * period`, rewritten as the
+/// last firing at or before `after` plus a period, which cannot overflow
+/// before the final add: that one saturates. (A saturating multiply would
+/// need a 128-bit product, which the BPF target cannot call for.)
 #[inline(always)]
 fn next_firing(phase: u64, period: u64, after: u64) -> u64 {
     if phase > after {
         phase
     } else {
-        phase + ((after - phase) / period + 1) * period
+        (after - (after - phase) % period).saturating_add(period)
     }
 }
