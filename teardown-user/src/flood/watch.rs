@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+use super::{
+    detector::{AlertEvent, DetectConfig, Detector, Phase},
+    feed::{DestinationFeed, KernelReading},
+};
 use crate::{
-    destinations::{DestinationFeed, KernelReading},
-    detect::{AlertEvent, DetectConfig, Detector, Phase},
     kernel::Kernel,
     metrics::AlertState,
     tracker::{Tracker, monotonic_now_ns},
@@ -207,7 +209,7 @@ impl AlertWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{AlertTarget, TargetKey, Triggers};
+    use crate::flood::detector::{AlertTarget, TargetKey, Triggers};
 
     fn event(phase: Phase, target: AlertTarget) -> AlertEvent {
         AlertEvent {

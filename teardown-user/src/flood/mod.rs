@@ -1,0 +1,10 @@
+//! SYN-flood detection: the detector ([`detector`]), the reading of the
+//! kernel's per-destination counts that feeds it ([`feed`]) and the run
+//! loop's watch over its alerts ([`watch`]).
+
+mod detector;
+mod feed;
+mod watch;
+
+pub use detector::{AlertEvent, DetectArgs, DetectConfig};
+pub use watch::AlertWatch;
