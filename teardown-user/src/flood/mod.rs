@@ -7,4 +7,4 @@ mod feed;
 mod watch;
 
 pub use detector::{AlertEvent, DetectArgs, DetectConfig};
-pub use watch::AlertWatch;
+pub use watch::{AlertState, AlertWatch};

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::{
     kernel::Kernel,
-    metrics::AlertState,
     tracker::{Tracker, monotonic_now_ns},
 };
 
@@ -25,6 +24,15 @@ const ENDED_ALERTS_KEPT: usize = 256;
 /// milliseconds after the first would measure a rate over a sliver of time,
 /// where a clump of SYNs reads as a flood.
 const MIN_POLL_GAP_NS: u64 = 90_000_000;
+
+/// A SYN-flood alert's state on one target, as the detector reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertState {
+    /// What is attacked, e.g. `192.0.2.2:80`; free text, escaped on output.
+    pub target: String,
+    /// Whether the alert is active now (it stays listed, inactive, after clearing).
+    pub active: bool,
+}
 
 pub struct AlertWatch {
     feed: DestinationFeed,
