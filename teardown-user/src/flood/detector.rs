@@ -1,102 +1,10 @@
-//! SYN-flood detection: pure and clock-free (every input carries its time),
-//! so it is tested on simulated traffic.
-//!
-//! The run loop polls the kernel about every 100 ms and hands each poll to
-//! [`Detector::observe`] as a [`Tick`]: per destination (address and port),
-//! cumulative SYNs and completed handshakes, the half-open gauge, a
-//! HyperLogLog sketch of the SYN sources seen since the last poll, and a
-//! sample of SYN sources. The detector keeps, per destination and for all
-//! destinations together ([`AlertTarget::All`], shown as `*`), the SYN rate,
-//! the handshake completion ratio, the half-open count and a learned
-//! baseline, and returns [`AlertEvent`]s: a start, periodic updates and an
-//! end per alert.
-//!
-//! # The rule
-//!
-//! A scope (one destination, or `*`) is *flooding* on a poll when either
-//!
-//! * **SYN rate**: the SYN rate over the latest poll exceeds
-//!   `--syn-rate-floor` and `--baseline-multiple` times the learned
-//!   baseline, **and** completions fall behind: the completion ratio
-//!   (below) is under `--completion-threshold`, **and** the SYNs that had
-//!   their chance to complete but did not number at least what the floor
-//!   rate sends in one `--handshake-grace`; or
-//! * **half-open**: the half-open gauge, less the SYNs still within their
-//!   grace, exceeds `--half-open-threshold`.
-//!
-//! An alert starts on the first flooding poll, is updated every
-//! `--alert-update` while it lasts, and ends once no poll has been flooding
-//! for `--alert-quiet`. The baseline (an exponentially weighted moving
-//! average of the per-poll SYN rate with half-life `--baseline-half-life`)
-//! is learned only while the scope is not alerting, so a flood does not
-//! teach the detector that floods are normal. A new destination starts
-//! from a baseline of 0, so only the floor applies until it has history:
-//! a flood already under way when teardown starts is still caught.
-//!
-//! A flood's half-open flows outlive it until the kernel times them out
-//! (`--syn-timeout`, 5 s): the half-open rule keeps the alert open while
-//! they exceed the threshold, then the quiet time runs. The updates in
-//! between show the SYN rate back to normal and the half-open count
-//! falling.
-//!
-//! # Completions lag SYNs
-//!
-//! A handshake completes one round trip after its SYN, so the SYNs of the
-//! latest poll have mostly not completed yet, flood or not: a legitimate
-//! surge and a flood look the same until a round trip has passed. The
-//! completion ratio therefore only judges SYNs at least `--handshake-grace`
-//! old: over the polls in the last `--ratio-window`, it is the completions
-//! of the newest *n* polls over the SYNs of the *n* polls that ended at
-//! least a grace ago (the same number of polls, shifted by the lag). A
-//! legitimate surge's completions arrive within the grace, so its ratio
-//! stays near 1 at every poll boundary; a flood's SYNs fail.
-//!
-//! On a LAN the round trip is far shorter than a poll and completions land
-//! in the same poll as their SYNs; there the shifted count would judge a
-//! surge that falls off (a busy poll, then a quieter one) by the quieter
-//! poll's completions. So the completions of the judged polls themselves
-//! count too: the ratio takes the larger of the two. A flood's SYNs never
-//! complete, so it fails under both.
-//!
-//! The consequence, and the latency: a flood is judged on the first poll
-//! at which its earliest SYNs are a grace old. With 100 ms polls, a flood
-//! that dwarfs the legitimate traffic alerts on the second poll after its
-//! first packet, 100 to 200 ms after it (one poll more when only a sliver
-//! of it fell into the first poll). A flood only a few times the learned
-//! rate must first outweigh the completions in the window: about 300 ms
-//! for one that quadruples the SYN rate. No rule can alert on the first
-//! poll without alerting on legitimate surges too: there, the two are
-//! indistinguishable.
-//!
-//! The same reasoning is the guard against a one-poll spike: the rate test
-//! uses the latest poll, the failure test uses older SYNs, so a burst that
-//! fits in one poll has gone by the time its SYNs can be judged. The
-//! failed-SYN minimum keeps a destination whose handshakes already trickle
-//! away (a closed port under a slow scan) from alerting on one busy poll.
-//!
-//! # Sources
-//!
-//! `top_sources` come from the sampled sources ([`SpaceSaving`], bounded
-//! memory). Each sample of a destination stands for that destination's
-//! SYNs in the poll divided by its samples in the poll, whatever the
-//! kernel's sampling rate; `syns` is the number of SYNs the source sent
-//! during the alert for certain (it may have sent up to `error` more), and
-//! `share` is `syns` over all the SYNs the alert's samples stand for. Only
-//! sources with a share of at least 1 %, and at least five samples' worth,
-//! are listed: a spoofed flood has none, and lists none. The
-//! `distinct_sources` estimate is the HyperLogLog union of every poll's
-//! sketch during the alert (standard error 13 %): tens of thousands or more
-//! means spoofed sources, a handful means a few real senders.
-//!
-//! # Bounded state
-//!
-//! At most `--max-targets` destinations are tracked. Idle destinations (no
-//! SYNs, completions or half-open flows for five minutes) are dropped, and
-//! when more than the maximum are seen the least recently active ones are
-//! dropped first; never one that is alerting. A dropped destination leaves
-//! a small tombstone (its cumulative counters, half-open gauge and
-//! baseline; up to four per tracked destination) so its counts resume where
-//! they were when it returns. Every drop is counted in [`DetectStats`].
+//! The SYN-flood detector: pure and clock-free (every input carries its
+//! time), so it is tested on simulated traffic. The run loop hands it each
+//! poll of the kernel as a [`Tick`] ([`Detector::observe`]) and gets back
+//! the [`AlertEvent`]s the poll causes: a start, periodic updates and an
+//! end per alert, per destination and for all destinations together. The
+//! rule, why it is what it is (completions lag SYNs), how sources are
+//! reported and how the state is bounded: `docs/flood-detection.md`.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
