@@ -1,11 +1,23 @@
-//! SYN-flood detection: the detector ([`detector`]), the reading of the
-//! kernel's per-destination counts that feeds it ([`feed`]) and the run
-//! loop's watch over its alerts ([`watch`]). The rule and its reasoning are
-//! in `docs/flood-detection.md`.
+//! SYN-flood detection. The kernel counts SYNs, completed handshakes and
+//! half-open flows per destination; every poll, [`watch`] has [`feed`] turn
+//! those counts into a [`detector::Tick`] and the [`detector`] decides, per
+//! destination and for all of them together, whether a flood is under way,
+//! with the sources estimated by [`hll`] (how many) and [`heavy`] (which
+//! ones); the [`events`] it returns are printed, and their states shown in
+//! the metrics. The thresholds are in [`config`]. The rule and its
+//! reasoning: `docs/flood-detection.md`.
 
+mod config;
 mod detector;
+mod events;
 mod feed;
+mod heavy;
+mod hll;
+mod target;
+#[cfg(test)]
+pub(crate) mod testing;
 mod watch;
 
-pub use detector::{AlertEvent, DetectArgs, DetectConfig};
+pub use config::{DetectArgs, DetectConfig};
+pub use events::AlertEvent;
 pub use watch::{AlertState, AlertWatch};

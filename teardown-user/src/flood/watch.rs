@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::{
-    detector::{AlertEvent, DetectConfig, Detector, Phase},
+    config::DetectConfig,
+    detector::Detector,
+    events::{AlertEvent, Phase},
     feed::{DestinationFeed, KernelReading},
 };
 use crate::{
@@ -217,7 +219,10 @@ impl AlertWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flood::detector::{AlertTarget, TargetKey, Triggers};
+    use crate::flood::{
+        events::Triggers,
+        target::{AlertTarget, TargetKey},
+    };
 
     fn event(phase: Phase, target: AlertTarget) -> AlertEvent {
         AlertEvent {
