@@ -2,6 +2,7 @@
 
 mod bench;
 mod capture;
+mod cli_detect;
 mod contention;
 mod dashboard;
 mod flood;
@@ -81,7 +82,7 @@ enum Command {
               value_parser = metrics::parse_addr)]
         metrics_addr: metrics::MetricsAddr,
         #[command(flatten)]
-        detect: flood::DetectArgs,
+        detect: cli_detect::DetectArgs,
     },
     /// Feed every frame of pcap/pcapng files through the XDP program and print
     /// its counters, or (--connections) its connection records.

@@ -18,6 +18,9 @@ mod target;
 pub(crate) mod testing;
 mod watch;
 
-pub use config::{DetectArgs, DetectConfig};
+pub use config::{DetectConfig, SOURCE_CAPACITY};
 pub use events::AlertEvent;
+/// For `cli_detect`'s test-only destination parser.
+#[cfg(test)]
+pub use target::{TargetKey, TargetParseError};
 pub use watch::{AlertState, AlertWatch};
