@@ -1,12 +1,11 @@
 //! teardown: watches every TCP connection end at XDP line rate.
 
-mod alerts;
 mod bench;
 mod capture;
+mod cli_detect;
 mod contention;
 mod dashboard;
-mod destinations;
-mod detect;
+mod flood;
 mod kernel;
 mod metrics;
 mod output;
@@ -83,7 +82,7 @@ enum Command {
               value_parser = metrics::parse_addr)]
         metrics_addr: metrics::MetricsAddr,
         #[command(flatten)]
-        detect: detect::DetectArgs,
+        detect: cli_detect::DetectArgs,
     },
     /// Feed every frame of pcap/pcapng files through the XDP program and print
     /// its counters, or (--connections) its connection records.
@@ -303,7 +302,7 @@ mod tests {
         let super::Command::Run { detect, .. } = cli.command else {
             panic!("parsed as another command");
         };
-        assert_eq!(detect.config(), crate::detect::DetectConfig::default());
+        assert_eq!(detect.config(), crate::flood::DetectConfig::default());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use tokio::{
 };
 
 use crate::{
+    flood::AlertState,
     kernel::Kernel,
     run::RunOptions,
     tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED, Tracker},
@@ -78,15 +79,6 @@ pub fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
     text.parse::<SocketAddr>()
         .map(|addr| MetricsAddr(Some(addr)))
         .map_err(|_| usage())
-}
-
-/// A SYN-flood alert's state on one target, as the detector reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AlertState {
-    /// What is attacked, e.g. `192.0.2.2:80`; free text, escaped on output.
-    pub target: String,
-    /// Whether the alert is active now (it stays listed, inactive, after clearing).
-    pub active: bool,
 }
 
 /// Everything `/metrics` shows, as plain data.

@@ -17,9 +17,8 @@ use teardown_common::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    alerts::AlertWatch,
     dashboard::{self, CounterFigure, FlowFigures, Live},
-    detect::{AlertEvent, DetectConfig},
+    flood::{AlertEvent, AlertWatch, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     metrics::MetricsServer,
     output::{self, LineOutput, Sink, push_line, say, short_count},

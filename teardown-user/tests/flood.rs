@@ -472,8 +472,8 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         "spoofed sources: want > 1000 distinct, got {distinct}: {start}"
     );
     // Each spoofed address sends a SYN or two: none may be listed as a
-    // heavy hitter, at the start or later (detect.rs: "a spoofed flood has
-    // none, and lists none").
+    // heavy hitter, at the start or later (docs/flood-detection.md: "a
+    // spoofed flood has none, and lists none").
     for event in &alerts {
         assert_eq!(
             event["top_sources"],

@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+use super::{
+    config::DetectConfig,
+    detector::Detector,
+    events::{AlertEvent, Phase},
+    feed::{DestinationFeed, KernelReading},
+};
 use crate::{
-    destinations::{DestinationFeed, KernelReading},
-    detect::{AlertEvent, DetectConfig, Detector, Phase},
     kernel::Kernel,
-    metrics::AlertState,
     tracker::{Tracker, monotonic_now_ns},
 };
 
@@ -23,6 +26,15 @@ const ENDED_ALERTS_KEPT: usize = 256;
 /// milliseconds after the first would measure a rate over a sliver of time,
 /// where a clump of SYNs reads as a flood.
 const MIN_POLL_GAP_NS: u64 = 90_000_000;
+
+/// A SYN-flood alert's state on one target, as the detector reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertState {
+    /// What is attacked, e.g. `192.0.2.2:80`; free text, escaped on output.
+    pub target: String,
+    /// Whether the alert is active now (it stays listed, inactive, after clearing).
+    pub active: bool,
+}
 
 pub struct AlertWatch {
     feed: DestinationFeed,
@@ -207,7 +219,10 @@ impl AlertWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{AlertTarget, TargetKey, Triggers};
+    use crate::flood::{
+        events::Triggers,
+        target::{AlertTarget, TargetKey},
+    };
 
     fn event(phase: Phase, target: AlertTarget) -> AlertEvent {
         AlertEvent {

@@ -13,7 +13,11 @@ use teardown_common::{
     sketch::HLL_REGISTERS,
 };
 
-use crate::detect::{TargetKey, TargetObservation, Tick, hll_merge};
+use super::{
+    detector::{TargetObservation, Tick},
+    hll::hll_merge,
+    target::TargetKey,
+};
 
 /// Polls after which a destination with nothing half-open and no change is
 /// forgotten here: 10 minutes at 100 ms. The detector keeps its own history
