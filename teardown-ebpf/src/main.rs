@@ -10,23 +10,22 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod maps;
+
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::Array,
     programs::{TcContext, XdpContext},
 };
 use teardown_common::{
-    conn::{Conn, PORT_SET_WORDS, Segment, Timeouts, end_reason, flip_at_creation},
-    counters::{Tallies, Tally, tally, tally_common},
-    dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing, dest_index},
-    events::{
-        Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, EndedEvent, EventHeader, FlowStats,
-        SLOTS_PER_CHANGE_WORD, kind,
-    },
+    conn::{Conn, Segment, end_reason, flip_at_creation},
+    counters::{Tally, tally, tally_common},
+    dest::dest_index,
+    events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey, words},
     parse::{
         CommonTcp, IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse, parse_common,
@@ -34,110 +33,15 @@ use teardown_common::{
     },
     sketch::hash_addr,
     table::{
-        FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, set_shift,
-        words_of,
+        FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of,
     },
 };
 
-/// One slot of tallies per CPU: no atomics and no contention. What arrives.
-#[map]
-static TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
-
-/// The same tallies of what the host sends (TC egress).
-#[map]
-static EGRESS_TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
-
-/// The flow table (see `teardown_common::table`): sized by user space at
-/// load, mmapped by it to read records without a system call each.
-#[map]
-static FLOW_TABLE: Array<FlowSlot> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
-
-/// One bit per slot: a new record, or a deadline moved earlier.
-#[map]
-static FLOW_CHANGES: Array<u64> =
-    Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_CHANGE_WORD, BPF_F_MMAPABLE);
-
-/// Records the kernel closed out itself.
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
-
-#[map]
-static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Zeek's likely server ports as a 65536-bit set, filled in by user space.
-#[map]
-static LIKELY_PORTS: Array<u64> = Array::with_max_entries(PORT_SET_WORDS as u32, 0);
-
-/// The current packet's capture time, for the replay program only.
-#[map]
-static REPLAY_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Where [`teardown_clock`] leaves the clocks' readings: the precise clock,
-/// and the coarse one before its offset.
-#[map]
-static CLOCK_PROBE: Array<u64> = Array::with_max_entries(2, 0);
-
-/// `bpf_ktime_get_ns() - jiffies * tick`, at its smallest: user space
-/// measures it at load with [`teardown_clock`]. With it the coarse clock
-/// reads the precise clock's time (as of the last tick), so records can
-/// mix both: the precise clock where a packet takes the slow path (SYN,
-/// FIN, RST, anything out of the ordinary), the coarse one on the fast
-/// path.
-#[map]
-static CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Timer settings; user space overrides them at load time. Mutable (in
-/// `.data`) only so the compiler reads it from the map instead of folding in
-/// the defaults; nothing writes it after load.
-#[unsafe(no_mangle)]
-static mut TIMEOUTS: Timeouts = Timeouts::ZEEK;
-
-/// How long past a deadline a record may stay for user space to close it out
-/// before the next packet makes the kernel do it.
-#[unsafe(no_mangle)]
-static GRACE_NS: u64 = 0;
-
-/// [`set_shift`] of the slots in [`FLOW_TABLE`]; set at load with the
-/// map's size.
-#[unsafe(no_mangle)]
-static SET_SHIFT: u32 = set_shift(DEFAULT_MAX_FLOWS);
-
-/// Nanoseconds per jiffy, or 0 for the precise clock. `bpf_ktime_get_ns`
-/// costs about as much as parsing a whole packet on this kind of machine;
-/// the jiffies counter is a plain load, at the price of a tick's resolution.
-#[unsafe(no_mangle)]
-static NS_PER_TICK: u64 = 0;
-
-/// New half-open records this CPU may create per window while under
-/// pressure ([`Admission`]); set at load.
-#[unsafe(no_mangle)]
-static HALF_OPEN_BUDGET: u64 = 1 << 20;
-
-/// This CPU's admission of new half-open records.
-#[map]
-static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
-
-/// SYNs, completions and half-open records per destination, this CPU's
-/// own (see `teardown_common::dest`).
-#[map]
-static DESTINATIONS: PerCpuArray<DestSlot> = PerCpuArray::with_max_entries(DEST_SLOTS, 0);
-
-/// This CPU's sampled SYN sources.
-#[map]
-static SOURCE_SAMPLES: PerCpuArray<SampleRing> = PerCpuArray::with_max_entries(1, 0);
-
-/// The poll epoch and the sampling mask, which user space writes each poll.
-#[map]
-static DETECT_CONTROL: Array<DetectControl> = Array::with_max_entries(1, 0);
-
-/// Reads a global user space may have set at load; volatile so the compiler
-/// does not fold in the default.
-macro_rules! setting {
-    ($global:ident) => {
-        // SAFETY: a plain read of a global that nothing writes after load.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($global)) }
-    };
-}
+use maps::{
+    ADMISSION, CLOCK_OFFSET, CLOCK_PROBE, DESTINATIONS, DETECT_CONTROL, EGRESS_TALLIES, EVENTS,
+    FLOW_CHANGES, FLOW_TABLE, GRACE_NS, HALF_OPEN_BUDGET, NS_PER_TICK, REPLAY_CLOCK, SET_SHIFT,
+    SOURCE_SAMPLES, TALLIES, TRACK_INPUT, is_likely_server, setting, stats, timeouts,
+};
 
 /// The frame as the verifier sees it: `[start, end)` of packet memory.
 struct Frame {
@@ -164,22 +68,6 @@ impl PacketBytes for Frame {
     #[inline(always)]
     fn frame_len(&self) -> usize {
         self.end - self.start
-    }
-}
-
-#[inline(always)]
-fn stats() -> Option<&'static mut FlowStats> {
-    // SAFETY: the per-CPU slot is only touched by this CPU, one program at a time.
-    FLOW_STATS
-        .get_ptr_mut(0)
-        .map(|stats| unsafe { &mut *stats })
-}
-
-#[inline(always)]
-fn is_likely_server(port: u16) -> bool {
-    match LIKELY_PORTS.get(port as u32 / 64) {
-        Some(word) => word & (1 << (port % 64)) != 0,
-        None => false,
     }
 }
 
@@ -315,13 +203,6 @@ fn unlock_slot(index: u32) {
         // SAFETY: a flow-table slot this CPU holds.
         unlock(unsafe { &*slot });
     }
-}
-
-#[inline(always)]
-fn timeouts() -> &'static Timeouts {
-    // SAFETY: TIMEOUTS is never written after load; a reference to it rather
-    // than a copy keeps 48 bytes off the BPF stack.
-    unsafe { &*core::ptr::addr_of!(TIMEOUTS) }
 }
 
 /// Flags the slot for user space to (re)schedule its deadline.
@@ -527,10 +408,6 @@ pub struct TrackInput {
 }
 
 const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
-
-/// A per-CPU place for the segment handed to [`track_segment`].
-#[map]
-static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0);
 
 /// The per-packet work: find the connection's slot and, for the common
 /// case, update it right here ([`Conn::update_established`]); anything else
