@@ -10,13 +10,15 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod clock;
+mod frame;
 mod maps;
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::bpf_jiffies64,
     macros::{classifier, map, xdp},
     maps::Array,
     programs::{TcContext, XdpContext},
@@ -28,7 +30,7 @@ use teardown_common::{
     events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey, words},
     parse::{
-        CommonTcp, IpVersion, MAX_L4_OFFSET, PacketBytes, TcpSegment, parse, parse_common,
+        CommonTcp, IpVersion, PacketBytes, TcpSegment, parse, parse_common,
         tcp_flags::{ACK, SYN},
     },
     sketch::hash_addr,
@@ -37,89 +39,13 @@ use teardown_common::{
     },
 };
 
+use clock::{FlowClock, LiveClock, ReplayClock};
+use frame::Frame;
 use maps::{
-    ADMISSION, CLOCK_OFFSET, CLOCK_PROBE, DESTINATIONS, DETECT_CONTROL, EGRESS_TALLIES, EVENTS,
-    FLOW_CHANGES, FLOW_TABLE, GRACE_NS, HALF_OPEN_BUDGET, NS_PER_TICK, REPLAY_CLOCK, SET_SHIFT,
-    SOURCE_SAMPLES, TALLIES, TRACK_INPUT, is_likely_server, setting, stats, timeouts,
+    ADMISSION, CLOCK_PROBE, DESTINATIONS, DETECT_CONTROL, EGRESS_TALLIES, EVENTS, FLOW_CHANGES,
+    FLOW_TABLE, GRACE_NS, HALF_OPEN_BUDGET, NS_PER_TICK, SET_SHIFT, SOURCE_SAMPLES, TALLIES,
+    TRACK_INPUT, is_likely_server, setting, stats, timeouts,
 };
-
-/// The frame as the verifier sees it: `[start, end)` of packet memory.
-struct Frame {
-    start: usize,
-    end: usize,
-}
-
-impl PacketBytes for Frame {
-    #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // A bounded offset keeps the pointer arithmetic within the range the
-        // verifier tracks for packet pointers.
-        if offset > MAX_L4_OFFSET + 64 {
-            return None;
-        }
-        let at = self.start + offset;
-        if at + N > self.end {
-            return None;
-        }
-        // SAFETY: [at, at + N) lies inside the packet, checked just above.
-        Some(unsafe { (at as *const [u8; N]).read_unaligned() })
-    }
-
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.end - self.start
-    }
-}
-
-/// The clocks a program reads: a cheap one for the fast path, and a
-/// precise one for everything else (SYNs, FINs, RSTs, the first segment of
-/// a connection), so that a record's start and end, and so its duration,
-/// are exact.
-trait FlowClock {
-    /// The fast path's clock: the precise clock's time as of the last
-    /// kernel tick with the default coarse clock.
-    fn coarse(&self) -> u64;
-    fn precise(&self) -> u64;
-}
-
-/// The host's clock (CLOCK_MONOTONIC).
-struct LiveClock;
-
-impl FlowClock for LiveClock {
-    #[inline(always)]
-    fn coarse(&self) -> u64 {
-        let tick: u64 = setting!(NS_PER_TICK);
-        if tick == 0 {
-            return self.precise();
-        }
-        let offset = CLOCK_OFFSET.get(0).copied().unwrap_or(0);
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_jiffies64() }
-            .wrapping_mul(tick)
-            .wrapping_add(offset)
-    }
-
-    #[inline(always)]
-    fn precise(&self) -> u64 {
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_ktime_get_ns() }
-    }
-}
-
-/// The capture's clock, set by `teardown replay` before each packet.
-struct ReplayClock;
-
-impl FlowClock for ReplayClock {
-    #[inline(always)]
-    fn coarse(&self) -> u64 {
-        REPLAY_CLOCK.get(0).copied().unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn precise(&self) -> u64 {
-        self.coarse()
-    }
-}
 
 /// How many times a CPU tries a slot's lock before it gives up on the
 /// segment (counted in `lock_contended`). The longest hold is one slow-path
