@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 
 mod clock;
+mod flood;
 mod frame;
 mod lock;
 mod maps;
@@ -27,26 +28,26 @@ use aya_ebpf::{
 use teardown_common::{
     conn::{Conn, Segment, end_reason, flip_at_creation},
     counters::{Tally, tally, tally_common},
-    dest::dest_index,
     events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
-    flow::{Direction, FlowKey, words},
+    flow::{Direction, FlowKey},
     parse::{
         CommonTcp, IpVersion, PacketBytes, TcpSegment, parse, parse_common,
         tcp_flags::{ACK, SYN},
     },
-    sketch::hash_addr,
     table::{
         FlowSlot, WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of,
     },
 };
 
 use clock::{FlowClock, LiveClock, ReplayClock};
+use flood::{
+    admits_syn, count_for_responder, count_half_open, count_syn, note_eviction, responder_change,
+};
 use frame::Frame;
 use lock::{lock_slot, try_lock, unlock, unlock_slot};
 use maps::{
-    ADMISSION, CLOCK_PROBE, DESTINATIONS, DETECT_CONTROL, EGRESS_TALLIES, EVENTS, FLOW_CHANGES,
-    FLOW_TABLE, GRACE_NS, HALF_OPEN_BUDGET, NS_PER_TICK, SET_SHIFT, SOURCE_SAMPLES, TALLIES,
-    TRACK_INPUT, is_likely_server, setting, stats, timeouts,
+    CLOCK_PROBE, EGRESS_TALLIES, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, NS_PER_TICK,
+    SET_SHIFT, TALLIES, TRACK_INPUT, is_likely_server, setting, stats, timeouts,
 };
 
 /// Flags the slot for user space to (re)schedule its deadline.
@@ -100,118 +101,6 @@ fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
                 stats.events_lost += 1;
             }
         }
-    }
-}
-
-/// Counts a handshake going half-open or being resolved.
-#[inline(always)]
-fn count_half_open(before: bool, after: bool) {
-    if before != after
-        && let Some(stats) = stats()
-    {
-        if after {
-            stats.half_open_started += 1;
-        } else {
-            stats.half_open_resolved += 1;
-        }
-    }
-}
-
-/// Counts a pure SYN for its destination: the SYN count, the source sketch
-/// and, one in `sample_mask + 1`, a source sample.
-#[inline(always)]
-fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
-    let Some(control) = DETECT_CONTROL.get(0) else {
-        return;
-    };
-    let epoch = control.epoch as u32;
-    if let Some(slot) = DESTINATIONS.get_ptr_mut(dest_index(dest, dest_port)) {
-        // SAFETY: this CPU's slot, one program run at a time.
-        let slot = unsafe { &mut *slot };
-        if slot.holds(dest, dest_port) {
-            slot.add_syn(hash_addr(source), epoch);
-        } else if slot.may_take_over(epoch) {
-            slot.take_over(dest, dest_port, epoch);
-            slot.add_syn(hash_addr(source), epoch);
-        } else if let Some(stats) = stats() {
-            stats.dest_collisions += 1;
-        }
-    }
-    if let Some(ring) = SOURCE_SAMPLES.get_ptr_mut(0) {
-        // SAFETY: as above.
-        unsafe { (*ring).offer(source, dest, dest_port, control.sample_mask) };
-    }
-}
-
-/// [`count_for_responder`] changes.
-mod responder_change {
-    pub const HALF_OPEN_STARTED: u32 = 1;
-    pub const HALF_OPEN_RESOLVED: u32 = 2;
-    pub const COMPLETED: u32 = 4;
-}
-
-/// Counts a change to a record against its responder's destination slot
-/// on this CPU: a handshake going half-open, being resolved, or completing.
-/// Nothing if the slot belongs to another, active destination (its SYN was
-/// counted as a collision).
-#[unsafe(no_mangle)]
-#[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32 {
-    // SAFETY: null-checked; a flow-table slot.
-    let Some(slot) = (unsafe { slot.as_ref() }) else {
-        return 0;
-    };
-    let (addr, port) = if slot.conn.orig_is_a != 0 {
-        (&slot.key.addr_b, slot.key.port_b)
-    } else {
-        (&slot.key.addr_a, slot.key.port_a)
-    };
-    let addr = words(*addr);
-    let Some(dest) = DESTINATIONS.get_ptr_mut(dest_index(&addr, port)) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot, one program run at a time.
-    let dest = unsafe { &mut *dest };
-    if !dest.holds(&addr, port) {
-        // The SYN may have been counted on another CPU: this one's slot may
-        // never have seen the destination. Start it here, or the change is
-        // lost (and a surge's completions with it).
-        let epoch = DETECT_CONTROL.get(0).map_or(0, |control| control.epoch) as u32;
-        if !dest.may_take_over(epoch) {
-            return 0;
-        }
-        dest.take_over(&addr, port, epoch);
-    }
-    if change & responder_change::HALF_OPEN_STARTED != 0 {
-        dest.half_open_started += 1;
-    }
-    if change & responder_change::HALF_OPEN_RESOLVED != 0 {
-        dest.half_open_resolved += 1;
-    }
-    if change & responder_change::COMPLETED != 0 {
-        dest.completions += 1;
-    }
-    0
-}
-
-/// Whether this CPU admits a new half-open record now ([`Admission`]).
-#[inline(always)]
-fn admits_syn(now: u64) -> bool {
-    let Some(admission) = ADMISSION.get_ptr_mut(0) else {
-        return true;
-    };
-    let budget: u64 = setting!(HALF_OPEN_BUDGET);
-    // SAFETY: this CPU's slot, one program run at a time.
-    unsafe { (*admission).admit(now, budget) }
-}
-
-/// A record pushed out of the table: a sign of pressure for [`Admission`].
-#[inline(always)]
-fn note_eviction(now: u64) {
-    if let Some(admission) = ADMISSION.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, one program run at a time.
-        unsafe { (*admission).note_eviction(now) };
     }
 }
 
