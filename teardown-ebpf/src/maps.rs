@@ -17,7 +17,7 @@ use teardown_common::{
     table::{FlowSlot, set_shift},
 };
 
-use crate::TrackInput;
+use crate::fast_path::TrackInput;
 
 /// One slot of tallies per CPU: no atomics and no contention. What arrives.
 #[map]
@@ -39,7 +39,7 @@ pub(crate) static FLOW_CHANGES: Array<u64> =
     Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_CHANGE_WORD, BPF_F_MMAPABLE);
 
 /// A per-CPU place for the segment handed to
-/// [`track_segment`](crate::track_segment).
+/// [`track_segment`](crate::slow_path::track_segment).
 #[map]
 pub(crate) static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0);
 
