@@ -1,15 +1,35 @@
-//! teardown's kernel programs. The XDP program parses every frame's headers
+//! teardown's kernel programs. The XDP program ([`teardown`];
+//! [`teardown_replay`] on a capture's clock) parses every frame's headers
 //! with the shared parser, counts what it saw in a per-CPU array, and feeds
-//! TCP segments to the flow table; the TC egress program feeds the host's own
-//! segments to the same table. Neither ever drops: XDP returns XDP_PASS and
-//! TC lets the packet continue, on every path.
+//! TCP segments to the flow table; the TC egress program
+//! ([`teardown_egress`]) feeds the host's own segments to the same table.
+//! Neither ever drops: XDP returns XDP_PASS and TC lets the packet continue,
+//! on every path.
+//!
+//! The modules, in the order a segment meets them:
+//! - [`frame`]: the packet's bytes, as the shared parser reads them;
+//! - [`fast_path`]: a SYN's admission, the probe of the connection's set,
+//!   and the update of an established connection in place;
+//! - [`slow_path`]: everything else, in global BPF functions the verifier
+//!   checks one at a time: records created, updated, closed out, evicted;
+//! - [`lock`]: the slot locks that let CPUs share one table, and why that
+//!   is safe;
+//! - [`flood`]: SYNs counted per destination, the admission of half-open
+//!   records, the counts for a record's responder;
+//! - [`clock`]: the host's clock and a capture's;
+//! - [`maps`]: every map and load-time setting, under the names user space
+//!   looks them up by;
+//! - [`bench`](mod@bench): the programs `teardown bench` prices the work with.
 #![no_std]
 #![no_main]
 // The BPF target offers no atomic read-modify-write through core::sync::atomic;
-// the intrinsic compiles to the BPF atomic OR instruction.
+// the intrinsics compile to BPF atomic instructions: the slot locks'
+// compare-and-swap and fetching add (lock.rs), the change bits' OR
+// (slow_path.rs).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod bench;
 mod clock;
 mod fast_path;
 mod flood;
@@ -21,8 +41,7 @@ mod slow_path;
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_jiffies64,
-    macros::{classifier, map, xdp},
-    maps::Array,
+    macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use teardown_common::{
@@ -33,8 +52,7 @@ use teardown_common::{
 use clock::{FlowClock, LiveClock, ReplayClock};
 use fast_path::track;
 use frame::Frame;
-use lock::{try_lock, unlock};
-use maps::{CLOCK_PROBE, EGRESS_TALLIES, FLOW_TABLE, NS_PER_TICK, TALLIES, setting};
+use maps::{CLOCK_PROBE, EGRESS_TALLIES, NS_PER_TICK, TALLIES, setting};
 
 /// What the programs read of a frame: its tally, and its TCP segment with
 /// the IP header's offset and version. The common frame's shortcut first
@@ -60,8 +78,10 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
     }
 }
 
+/// The XDP programs' work on one frame: its TCP segment to the flow table,
+/// then its tally.
 #[inline(always)]
-fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
+pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -80,6 +100,8 @@ fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
     }
 }
 
+/// The live program, attached to the interface: every frame counted, every
+/// TCP segment tracked, on the host's clock.
 #[xdp]
 pub fn teardown(ctx: XdpContext) -> u32 {
     count_and_track(&ctx, &LiveClock);
@@ -124,7 +146,7 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the
 /// coarse one before its offset. User space test-runs it to measure
-/// [`CLOCK_OFFSET`] and to relate the flow table's clock to its own.
+/// [`CLOCK_OFFSET`](maps::CLOCK_OFFSET) and to relate the flow table's clock to its own.
 #[xdp]
 pub fn teardown_clock(_ctx: XdpContext) -> u32 {
     let precise = LiveClock.precise();
@@ -139,84 +161,6 @@ pub fn teardown_clock(_ctx: XdpContext) -> u32 {
         // SAFETY: the probe's second slot.
         unsafe { *reading = coarse };
     }
-    xdp_action::XDP_PASS
-}
-
-/// Settings of the benchmark wrappers: [mode, runs so far, sequence step,
-/// first sequence number]. Mode 0 leaves the frame alone; 1 gives it a new
-/// IPv4 source address each run (a random-source SYN flood); 2 advances its
-/// TCP sequence number by the step each run (in-order data).
-#[map]
-static BENCH: Array<u64> = Array::with_max_entries(4, 0);
-
-/// Offsets in an untagged IPv4 TCP frame, the only kind the wrappers change.
-const BENCH_IPV4_SOURCE: usize = 14 + 12;
-const BENCH_TCP_SEQ: usize = 14 + 20 + 4;
-
-#[inline(always)]
-fn bench_mutate(ctx: &XdpContext) {
-    let (Some(mode), Some(runs)) = (BENCH.get(0).copied(), BENCH.get_ptr_mut(1)) else {
-        return;
-    };
-    // SAFETY: the map's own slot; test runs of one program do not overlap.
-    let run = unsafe {
-        *runs += 1;
-        *runs
-    };
-    let start = ctx.data();
-    if start + BENCH_TCP_SEQ + 4 > ctx.data_end() {
-        return;
-    }
-    match mode {
-        1 => {
-            let source = teardown_common::sketch::mix32(run as u32).to_be_bytes();
-            // SAFETY: inside the frame, checked above.
-            unsafe { ((start + BENCH_IPV4_SOURCE) as *mut [u8; 4]).write_unaligned(source) };
-        }
-        2 => {
-            let step = BENCH.get(2).copied().unwrap_or(0);
-            let first = BENCH.get(3).copied().unwrap_or(0);
-            let seq = (first.wrapping_add(run.wrapping_mul(step)) as u32).to_be_bytes();
-            // SAFETY: inside the frame, checked above.
-            unsafe { ((start + BENCH_TCP_SEQ) as *mut [u8; 4]).write_unaligned(seq) };
-        }
-        _ => {}
-    }
-}
-
-/// The counting program after [`bench_mutate`], for `teardown bench`.
-#[xdp]
-pub fn teardown_bench(ctx: XdpContext) -> u32 {
-    bench_mutate(&ctx);
-    count_and_track(&ctx, &LiveClock);
-    xdp_action::XDP_PASS
-}
-
-/// [`bench_mutate`] alone: its cost, which `teardown bench` subtracts.
-#[xdp]
-pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
-    bench_mutate(&ctx);
-    xdp_action::XDP_PASS
-}
-
-/// A slot's lock taken and let go, uncontended, as the fast path does for
-/// every packet it updates: what the safety on two CPUs costs it (the
-/// fast path also compares the key again under the lock, not counted here).
-#[xdp]
-pub fn teardown_bench_lock(_ctx: XdpContext) -> u32 {
-    if let Some(slot) = FLOW_TABLE.get_ptr(0) {
-        // SAFETY: a flow-table slot, written only under its lock.
-        let slot = unsafe { &*slot };
-        if try_lock(slot) {
-            unlock(slot);
-        }
-    }
-    xdp_action::XDP_PASS
-}
-
-/// Does nothing but pass: the baseline `teardown bench` compares against.
-#[xdp]
-pub fn teardown_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 

@@ -2,7 +2,7 @@
 //! sets at load. User space finds both by name (`teardown_common`'s
 //! `names`): the `#[map]` statics are exported under their own names, the
 //! settings are `#[unsafe(no_mangle)]`, so neither may be renamed. The
-//! benchmark wrappers' map, `BENCH`, lives with them.
+//! benchmark wrappers' map, [`BENCH`](crate::bench::BENCH), lives with them.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
