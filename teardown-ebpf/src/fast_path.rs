@@ -3,7 +3,7 @@
 //! established connection's ordinary segment) the update right there, under
 //! the slot's lock taken in one try. Everything else is written to
 //! [`TRACK_INPUT`] and handed to the slow path
-//! ([`track_segment`](crate::slow_path::track_segment)).
+//! ([`track_segment`]).
 
 use teardown_common::{
     conn::Segment,
@@ -65,6 +65,8 @@ const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
 /// The per-packet work: find the connection's slot and, for the common
 /// case, update it right here ([`Conn::update_established`]); anything else
 /// goes to [`track_segment`]. Inlined into each program.
+///
+/// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
 #[inline(always)]
 pub(crate) fn track<const OPAQUE_OFFSET: bool>(
     frame: &Frame,
@@ -114,6 +116,8 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool>(
 /// admission; for anything else only once the slot is found. Each read is a
 /// call, across which only four registers survive, so reading it first
 /// would make everything live around it go to the stack and back.
+///
+/// [`Admission`]: teardown_common::events::Admission
 #[inline(always)]
 fn admit(
     tcp: &TcpSegment,
@@ -144,6 +148,8 @@ fn admit(
 /// only the words that tell IPv4 keys apart are compared. The fast path
 /// updates the record under the slot's lock, taken in one try; a slot that
 /// is held, or a segment the fast path declines, goes to the slow path.
+///
+/// [`FlowSlot::direction_of`]: teardown_common::table::FlowSlot::direction_of
 #[inline(always)]
 fn look_up<const V6: bool>(
     tcp: &TcpSegment,

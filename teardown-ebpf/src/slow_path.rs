@@ -308,6 +308,8 @@ mod outcome {
     /// Half-open after it.
     pub const HALF_OPEN_AFTER: u32 = 4;
     /// The segment completed the handshake ([`Conn::handshake_completed`]).
+    ///
+    /// [`Conn::handshake_completed`]: super::Conn::handshake_completed
     pub const COMPLETED: u32 = 8;
 }
 
