@@ -11,8 +11,8 @@
 //! types but may be null, hence each is null-checked here; that is why
 //! they allow `clippy::not_unsafe_ptr_arg_deref`. They take their segment
 //! from [`TrackInput`], this CPU's slot in
-//! [`TRACK_INPUT`](crate::maps::TRACK_INPUT), so they never
-//! see packet memory.
+//! [`TRACK_INPUT`](crate::maps::TRACK_INPUT), so they never see packet
+//! memory.
 
 use core::intrinsics::{AtomicOrdering, atomic_or};
 
@@ -92,7 +92,7 @@ const FOUND_UNDER_LOCK: u32 = 1 << 31;
 
 /// Whether slot `index` holds a live record of `key`.
 #[inline(always)]
-pub(crate) fn slot_holds(index: u32, key: &FlowKey) -> bool {
+fn slot_holds(index: u32, key: &FlowKey) -> bool {
     match FLOW_TABLE.get_ptr(index) {
         // SAFETY: a flow-table slot.
         Some(slot) => unsafe { !(*slot).is_free() && (*slot).holds(key) },
@@ -245,7 +245,7 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
 
 /// Starts a new record in `slot` for the segment's connection.
 #[inline(always)]
-pub(crate) fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
+fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     let segment = segment_of(input);
     let flip = flip_at_creation(&segment, is_likely_server);
     slot.set_key(&input.key);
@@ -260,7 +260,7 @@ pub(crate) fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) 
 /// Applies the segment to the record in slot `index`, which this CPU holds,
 /// and counts what changed.
 #[inline(always)]
-pub(crate) fn apply(index: u32, input: &TrackInput) {
+fn apply(index: u32, input: &TrackInput) {
     let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
         return;
     };
@@ -360,7 +360,7 @@ pub extern "C" fn conn_count_gap(conn: *mut Conn, input: *const TrackInput) -> i
 }
 
 #[inline(always)]
-pub(crate) fn segment_of(input: &TrackInput) -> Segment {
+fn segment_of(input: &TrackInput) -> Segment {
     Segment {
         flags: input.flags as u8,
         seq: input.seq as u32,
@@ -376,7 +376,7 @@ pub(crate) fn segment_of(input: &TrackInput) -> Segment {
 /// Hands a finished record to user space. Out of line to keep its stack
 /// frame apart from its callers'.
 #[inline(never)]
-pub(crate) fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
+fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
     if let Some(stats) = stats() {
         stats.ended_in_kernel += 1;
         if slot.conn.half_open() {
@@ -414,7 +414,7 @@ pub(crate) fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
 
 /// Flags the slot for user space to (re)schedule its deadline.
 #[inline(always)]
-pub(crate) fn mark_changed(slot: u32) {
+fn mark_changed(slot: u32) {
     if let Some(word) = FLOW_CHANGES.get_ptr_mut(slot / SLOTS_PER_CHANGE_WORD) {
         // SAFETY: an 8-aligned word of map memory; user space swaps it
         // atomically too.
