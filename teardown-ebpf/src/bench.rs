@@ -1,0 +1,96 @@
+//! The programs `teardown bench` test-runs to price the per-packet work:
+//! the counting program behind a frame mutator, the mutator alone, an
+//! uncontended slot lock, and an empty program to subtract.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+
+use crate::{
+    clock::LiveClock,
+    count_and_track,
+    lock::{try_lock, unlock},
+    maps::FLOW_TABLE,
+};
+
+/// Settings of the benchmark wrappers: [mode, runs so far, sequence step,
+/// first sequence number]. Mode 0 leaves the frame alone; 1 gives it a new
+/// IPv4 source address each run (a random-source SYN flood); 2 advances its
+/// TCP sequence number by the step each run (in-order data).
+#[map]
+pub(crate) static BENCH: Array<u64> = Array::with_max_entries(4, 0);
+
+/// Offsets in an untagged IPv4 TCP frame, the only kind the wrappers change.
+const BENCH_IPV4_SOURCE: usize = 14 + 12;
+const BENCH_TCP_SEQ: usize = 14 + 20 + 4;
+
+/// Changes the frame as [`BENCH`] says, before each run.
+#[inline(always)]
+fn bench_mutate(ctx: &XdpContext) {
+    let (Some(mode), Some(runs)) = (BENCH.get(0).copied(), BENCH.get_ptr_mut(1)) else {
+        return;
+    };
+    // SAFETY: the map's own slot; test runs of one program do not overlap.
+    let run = unsafe {
+        *runs += 1;
+        *runs
+    };
+    let start = ctx.data();
+    if start + BENCH_TCP_SEQ + 4 > ctx.data_end() {
+        return;
+    }
+    match mode {
+        1 => {
+            let source = teardown_common::sketch::mix32(run as u32).to_be_bytes();
+            // SAFETY: inside the frame, checked above.
+            unsafe { ((start + BENCH_IPV4_SOURCE) as *mut [u8; 4]).write_unaligned(source) };
+        }
+        2 => {
+            let step = BENCH.get(2).copied().unwrap_or(0);
+            let first = BENCH.get(3).copied().unwrap_or(0);
+            let seq = (first.wrapping_add(run.wrapping_mul(step)) as u32).to_be_bytes();
+            // SAFETY: inside the frame, checked above.
+            unsafe { ((start + BENCH_TCP_SEQ) as *mut [u8; 4]).write_unaligned(seq) };
+        }
+        _ => {}
+    }
+}
+
+/// The counting program after [`bench_mutate`], for `teardown bench`.
+#[xdp]
+pub fn teardown_bench(ctx: XdpContext) -> u32 {
+    bench_mutate(&ctx);
+    count_and_track(&ctx, &LiveClock);
+    xdp_action::XDP_PASS
+}
+
+/// [`bench_mutate`] alone: its cost, which `teardown bench` subtracts.
+#[xdp]
+pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
+    bench_mutate(&ctx);
+    xdp_action::XDP_PASS
+}
+
+/// A slot's lock taken and let go, uncontended, as the fast path does for
+/// every packet it updates: what the safety on two CPUs costs it (the
+/// fast path also compares the key again under the lock, not counted here).
+#[xdp]
+pub fn teardown_bench_lock(_ctx: XdpContext) -> u32 {
+    if let Some(slot) = FLOW_TABLE.get_ptr(0) {
+        // SAFETY: a flow-table slot, written only under its lock.
+        let slot = unsafe { &*slot };
+        if try_lock(slot) {
+            unlock(slot);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Does nothing but pass: the baseline `teardown bench` compares against.
+#[xdp]
+pub fn teardown_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}

@@ -1,0 +1,244 @@
+//! The per-packet path: admission of SYNs, then a probe of the
+//! connection's set in the flow table, and for the common case (an
+//! established connection's ordinary segment) the update right there, under
+//! the slot's lock taken in one try. Everything else is written to
+//! [`TRACK_INPUT`] and handed to the slow path
+//! ([`track_segment`]).
+
+use teardown_common::{
+    conn::Segment,
+    flow::FlowKey,
+    parse::{
+        PacketBytes, TcpSegment,
+        tcp_flags::{ACK, SYN},
+    },
+    table::{WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of},
+};
+
+use crate::{
+    clock::FlowClock,
+    flood::{admits_syn, count_syn},
+    frame::Frame,
+    lock::{try_lock, unlock},
+    maps::{FLOW_TABLE, SET_SHIFT, TRACK_INPUT, setting, stats, timeouts},
+    slow_path::track_segment,
+};
+
+/// One TCP segment the fast path declined, for the slow path: everything it
+/// needs, in a per-CPU slot, so the tracking functions never see packet
+/// memory and keep their stacks small.
+///
+/// Every scalar is a whole u64. With misaligned access enabled, LLVM merges
+/// neighbouring narrow loads into wider ones at odd offsets; the verifier
+/// allows that for packet memory but not for other memory.
+#[repr(C)]
+pub struct TrackInput {
+    pub now: u64,
+    pub seq: u64,
+    pub ack: u64,
+    pub len: u64,
+    /// The IP datagram's length.
+    pub ip_len: u64,
+    pub window: u64,
+    pub src_port: u64,
+    pub dst_port: u64,
+    pub flags: u64,
+    /// 0 if the TCP header (options included) was cut short.
+    pub header_complete: u64,
+    /// 4 or 6.
+    pub family: u64,
+    /// First slot of the connection's set, and the way holding its live
+    /// record ([`WAYS`] if none does).
+    pub set: u64,
+    pub way: u64,
+    /// Source and destination addresses as [`halves`] (IPv4 mapped).
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
+    /// Filled in by [`track_segment`]: the connection's canonical key, and 1
+    /// if the segment travels from its endpoint `a`.
+    pub key: FlowKey,
+    pub from_a: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
+
+/// The per-packet work: find the connection's slot and, for the common
+/// case, update it right here ([`Conn::update_established`]); anything else
+/// goes to [`track_segment`]. Inlined into each program.
+///
+/// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
+#[inline(always)]
+pub(crate) fn track<const OPAQUE_OFFSET: bool>(
+    frame: &Frame,
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    is_v6: bool,
+    clock: &impl FlowClock,
+) {
+    // In the TC program, the offset is made opaque to the optimiser, so it
+    // keeps the bounds checks of the address loads below: it can prove them
+    // from the parser's earlier checks, by reasoning the verifier does not
+    // follow, and would drop them. The XDP programs do not need it, and
+    // save its stack round trip on every packet.
+    let ip_offset = if OPAQUE_OFFSET {
+        core::hint::black_box(ip_offset)
+    } else {
+        ip_offset
+    };
+    // Straight from the packet into words: byte-array stores of the
+    // IPv4-mapped prefix would become memset calls. Each version gets its
+    // own copy of the lookup, specialised to its address words.
+    if is_v6 {
+        if let (Some(src), Some(dst)) = (
+            frame.load::<16>(ip_offset + 8),
+            frame.load::<16>(ip_offset + 24),
+        ) {
+            let (src, dst) = (halves(src), halves(dst));
+            if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
+                look_up::<true>(tcp, ip_offset, &src, &dst, clock, syn_time);
+            }
+        }
+    } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
+        let src = [0, ipv4_half([pair[0], pair[1], pair[2], pair[3]])];
+        let dst = [0, ipv4_half([pair[4], pair[5], pair[6], pair[7]])];
+        if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
+            look_up::<false>(tcp, ip_offset, &src, &dst, clock, syn_time);
+        }
+    }
+}
+
+/// A pure SYN is counted for its destination (flood detection), then asks
+/// this CPU's [`Admission`]: `None` if refused (the SYN is tallied, not
+/// looked up). Otherwise `Some`, with the precise time of a pure SYN (0
+/// for anything else), which its record starts with.
+///
+/// The clock is read where it is needed: for a SYN here, for its
+/// admission; for anything else only once the slot is found. Each read is a
+/// call, across which only four registers survive, so reading it first
+/// would make everything live around it go to the stack and back.
+///
+/// [`Admission`]: teardown_common::events::Admission
+#[inline(always)]
+fn admit(
+    tcp: &TcpSegment,
+    source: &[u64; 2],
+    dest: &[u64; 2],
+    clock: &impl FlowClock,
+) -> Option<u64> {
+    if tcp.flags & (SYN | ACK) != SYN {
+        return Some(0);
+    }
+    count_syn(&words_of(source), &words_of(dest), tcp.dst_port);
+    // Admission works in 100 ms windows: the coarse clock is plenty, and
+    // the SYNs of a flood it refuses never pay for the precise one.
+    if !admits_syn(clock.coarse()) {
+        // A SYN flood: not even looked up, which would cost a cache miss
+        // or two per packet in a table this size.
+        if let Some(stats) = stats() {
+            stats.syn_untracked += 1;
+        }
+        return None;
+    }
+    Some(clock.precise())
+}
+
+/// Probes the two slots of the connection's set, comparing the packet's
+/// endpoints against each slot's key in both orders
+/// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
+/// only the words that tell IPv4 keys apart are compared. The fast path
+/// updates the record under the slot's lock, taken in one try; a slot that
+/// is held, or a segment the fast path declines, goes to the slow path.
+///
+/// [`FlowSlot::direction_of`]: teardown_common::table::FlowSlot::direction_of
+#[inline(always)]
+fn look_up<const V6: bool>(
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    clock: &impl FlowClock,
+    syn_time: u64,
+) {
+    let family = if V6 { 6 } else { 4 };
+    let hash = flow_hash(
+        fold_address(src),
+        tcp.src_port,
+        fold_address(dst),
+        tcp.dst_port,
+    );
+    let set = set_of(hash, setting!(SET_SHIFT));
+    let ip_len = (tcp.offset as u32)
+        .wrapping_sub(ip_offset as u32)
+        .wrapping_add(tcp.header_len as u32)
+        .wrapping_add(tcp.payload_len);
+    let mut way = WAYS;
+    let mut candidate = 0;
+    while candidate < WAYS {
+        if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
+            // SAFETY: a flow-table slot; written only under its lock.
+            let slot = unsafe { &mut *slot };
+            let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
+            if found != matched::NONE {
+                if tcp.header_complete && try_lock(slot) {
+                    // The record may have changed hands between the compare
+                    // and the lock: compare again, under the lock.
+                    let segment = Segment {
+                        flags: tcp.flags,
+                        seq: tcp.seq,
+                        ack: tcp.ack,
+                        window: tcp.window,
+                        len: tcp.payload_len,
+                        ip_len,
+                        src_port: tcp.src_port,
+                        dst_port: tcp.dst_port,
+                    };
+                    let done =
+                        slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family)
+                            == found
+                            && slot.conn.update_established(
+                                found == matched::FROM_A,
+                                &segment,
+                                clock.coarse(),
+                                timeouts().idle_ns,
+                            );
+                    unlock(slot);
+                    if done {
+                        return;
+                    }
+                }
+                way = candidate;
+                break;
+            }
+        }
+        candidate += 1;
+    }
+
+    let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let input = unsafe { &mut *input };
+    // The slow path runs on the precise clock: a record's first and last
+    // packets (SYN, FIN, RST, the last ACK) nearly always come this way,
+    // so its duration is exact.
+    input.now = if syn_time != 0 {
+        syn_time
+    } else {
+        clock.precise()
+    };
+    input.seq = tcp.seq as u64;
+    input.ack = tcp.ack as u64;
+    input.len = tcp.payload_len as u64;
+    input.ip_len = ip_len as u64;
+    input.window = tcp.window as u64;
+    input.src_port = tcp.src_port as u64;
+    input.dst_port = tcp.dst_port as u64;
+    input.flags = tcp.flags as u64;
+    input.header_complete = tcp.header_complete as u64;
+    input.family = family as u64;
+    input.set = set as u64;
+    input.way = way as u64;
+    input.src = *src;
+    input.dst = *dst;
+    track_segment(input);
+}

@@ -1,0 +1,98 @@
+//! The flow table's slot locks: a sequence lock per slot
+//! (`FlowSlot::lock`), odd while a CPU holds it. The fast path takes it in
+//! one try ([`try_lock`]) and leaves a held slot to the slow path, which
+//! waits for it a bounded number of tries ([`lock_slot`]). Why this makes
+//! one table safe to share between CPUs is argued at [`try_lock`].
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+
+use teardown_common::table::FlowSlot;
+
+use crate::maps::{FLOW_TABLE, stats};
+
+/// How many times a CPU tries a slot's lock before it gives up on the
+/// segment (counted in `lock_contended`). The longest hold is one slow-path
+/// update, a few thousand instructions at most, while one try is a load and
+/// maybe a compare-and-swap: thousands of tries outlast any hold.
+pub(crate) const LOCK_TRIES: u32 = 4096;
+
+/// Takes the slot's sequence lock if it is free, in one try.
+///
+/// Why this is safe to share between CPUs: every write to a slot's key,
+/// generation or record happens between a successful [`try_lock`] (an even
+/// lock word swapped for the next odd one, atomically) and [`unlock`]
+/// (the word bumped back to even), so no two CPUs ever write one slot at
+/// once. The compare-and-swap is fully ordered (the BPF memory model
+/// orders atomics that return a value), so the holder sees everything the
+/// previous holder wrote before it let go. The lock cannot deadlock: a
+/// program that holds a slot never waits for another slot, except
+/// `claim_slot`, which takes a set's two ways in order (way 0, then way
+/// 1); and nothing that takes slot locks can interrupt a holder on its own
+/// CPU (XDP runs in softirq, TC egress with bottom halves off, and neither
+/// nests in the other). The fast path, finding a slot held, leaves the
+/// segment to the slow path, which waits for it, boundedly
+/// ([`LOCK_TRIES`]). User space takes no lock: it keeps a copy of a slot
+/// only if the lock word was even and unchanged around the copy.
+#[inline(always)]
+pub(crate) fn try_lock(slot: &FlowSlot) -> bool {
+    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+    // SAFETY: an aligned u32 of map memory; other CPUs only touch it atomically.
+    let seen = unsafe { core::ptr::read_volatile(word) };
+    if seen & 1 != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word,
+            seen,
+            seen.wrapping_add(1),
+        )
+    };
+    swapped
+}
+
+/// Lets go of a slot taken with [`try_lock`]. A fetching add: fully
+/// ordered, so every write made under the lock is visible before the word
+/// is even again (user space's check of a copy relies on it too).
+#[inline(always)]
+pub(crate) fn unlock(slot: &FlowSlot) {
+    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+    // SAFETY: an aligned u32 of map memory, held by this CPU.
+    let before = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(word, 1) };
+    // Using the old value makes LLVM emit the fetching form.
+    core::hint::black_box(before);
+}
+
+/// Takes slot `index`'s lock, waiting for another CPU to let go of it for
+/// at most [`LOCK_TRIES`] tries: 1 if it has the lock, 0 (and counted in
+/// `lock_contended`) if it gave up.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lock_slot(index: u32) -> i32 {
+    let Some(slot) = FLOW_TABLE.get_ptr(index) else {
+        return 0;
+    };
+    // SAFETY: a flow-table slot.
+    let slot = unsafe { &*slot };
+    let mut tries = 0;
+    while tries < LOCK_TRIES {
+        if try_lock(slot) {
+            return 1;
+        }
+        tries += 1;
+    }
+    if let Some(stats) = stats() {
+        stats.lock_contended += 1;
+    }
+    0
+}
+
+/// Lets go of slot `index`.
+#[inline(always)]
+pub(crate) fn unlock_slot(index: u32) {
+    if let Some(slot) = FLOW_TABLE.get_ptr(index) {
+        // SAFETY: a flow-table slot this CPU holds.
+        unlock(unsafe { &*slot });
+    }
+}

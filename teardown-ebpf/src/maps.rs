@@ -1,0 +1,156 @@
+//! Every map the programs share with user space, and the globals user space
+//! sets at load. User space finds both by name (`teardown_common`'s
+//! `names`): the `#[map]` statics are exported under their own names, the
+//! settings are `#[unsafe(no_mangle)]`, so neither may be renamed. The
+//! benchmark wrappers' map, [`BENCH`](crate::bench::BENCH), lives with them.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use teardown_common::{
+    conn::{PORT_SET_WORDS, Timeouts},
+    counters::Tallies,
+    dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
+    events::{Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD},
+    table::{FlowSlot, set_shift},
+};
+
+use crate::fast_path::TrackInput;
+
+/// One slot of tallies per CPU: no atomics and no contention. What arrives.
+#[map]
+pub(crate) static TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same tallies of what the host sends (TC egress).
+#[map]
+pub(crate) static EGRESS_TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_entries(1, 0);
+
+/// The flow table (see `teardown_common::table`): sized by user space at
+/// load, mmapped by it to read records without a system call each.
+#[map]
+pub(crate) static FLOW_TABLE: Array<FlowSlot> =
+    Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
+
+/// One bit per slot: a new record, or a deadline moved earlier.
+#[map]
+pub(crate) static FLOW_CHANGES: Array<u64> =
+    Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_CHANGE_WORD, BPF_F_MMAPABLE);
+
+/// A per-CPU place for the segment handed to
+/// [`track_segment`](crate::slow_path::track_segment).
+#[map]
+pub(crate) static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records the kernel closed out itself.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// What the flow table did, counted per CPU ([`FlowStats`]); read through
+/// [`stats`].
+#[map]
+static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Zeek's likely server ports as a 65536-bit set, filled in by user space.
+#[map]
+static LIKELY_PORTS: Array<u64> = Array::with_max_entries(PORT_SET_WORDS as u32, 0);
+
+/// The current packet's capture time, for the replay program only.
+#[map]
+pub(crate) static REPLAY_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Where [`teardown_clock`](crate::teardown_clock) leaves the clocks'
+/// readings: the precise clock, and the coarse one before its offset.
+#[map]
+pub(crate) static CLOCK_PROBE: Array<u64> = Array::with_max_entries(2, 0);
+
+/// `bpf_ktime_get_ns() - jiffies * tick`, at its smallest: user space
+/// measures it at load with [`teardown_clock`](crate::teardown_clock). With
+/// it the coarse clock reads the precise clock's time (as of the last tick),
+/// so records can mix both: the precise clock where a packet takes the slow
+/// path (SYN, FIN, RST, anything out of the ordinary), the coarse one on the
+/// fast path.
+#[map]
+pub(crate) static CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// This CPU's admission of new half-open records.
+#[map]
+pub(crate) static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
+
+/// SYNs, completions and half-open records per destination, this CPU's
+/// own (see `teardown_common::dest`).
+#[map]
+pub(crate) static DESTINATIONS: PerCpuArray<DestSlot> =
+    PerCpuArray::with_max_entries(DEST_SLOTS, 0);
+
+/// This CPU's sampled SYN sources.
+#[map]
+pub(crate) static SOURCE_SAMPLES: PerCpuArray<SampleRing> = PerCpuArray::with_max_entries(1, 0);
+
+/// The poll epoch and the sampling mask, which user space writes each poll.
+#[map]
+pub(crate) static DETECT_CONTROL: Array<DetectControl> = Array::with_max_entries(1, 0);
+
+/// Timer settings; user space overrides them at load time. Mutable (in
+/// `.data`) only so the compiler reads it from the map instead of folding in
+/// the defaults; nothing writes it after load. Read through [`timeouts`].
+#[unsafe(no_mangle)]
+static mut TIMEOUTS: Timeouts = Timeouts::ZEEK;
+
+/// How long past a deadline a record may stay for user space to close it out
+/// before the next packet makes the kernel do it.
+#[unsafe(no_mangle)]
+pub(crate) static GRACE_NS: u64 = 0;
+
+/// [`set_shift`] of the slots in [`FLOW_TABLE`]; set at load with the
+/// map's size.
+#[unsafe(no_mangle)]
+pub(crate) static SET_SHIFT: u32 = set_shift(DEFAULT_MAX_FLOWS);
+
+/// Nanoseconds per jiffy, or 0 for the precise clock. `bpf_ktime_get_ns`
+/// costs about as much as parsing a whole packet on this kind of machine;
+/// the jiffies counter is a plain load, at the price of a tick's resolution.
+#[unsafe(no_mangle)]
+pub(crate) static NS_PER_TICK: u64 = 0;
+
+/// New half-open records this CPU may create per window while under
+/// pressure ([`Admission`]); set at load.
+#[unsafe(no_mangle)]
+pub(crate) static HALF_OPEN_BUDGET: u64 = 1 << 20;
+
+/// Reads a global user space may have set at load; volatile so the compiler
+/// does not fold in the default.
+macro_rules! setting {
+    ($global:ident) => {
+        // SAFETY: a plain read of a global that nothing writes after load.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($global)) }
+    };
+}
+pub(crate) use setting;
+
+/// This CPU's [`FLOW_STATS`].
+#[inline(always)]
+pub(crate) fn stats() -> Option<&'static mut FlowStats> {
+    // SAFETY: the per-CPU slot is only touched by this CPU, one program at a time.
+    FLOW_STATS
+        .get_ptr_mut(0)
+        .map(|stats| unsafe { &mut *stats })
+}
+
+/// Whether `port` is one of Zeek's likely server ports ([`LIKELY_PORTS`]).
+#[inline(always)]
+pub(crate) fn is_likely_server(port: u16) -> bool {
+    match LIKELY_PORTS.get(port as u32 / 64) {
+        Some(word) => word & (1 << (port % 64)) != 0,
+        None => false,
+    }
+}
+
+/// The timer settings ([`TIMEOUTS`]).
+#[inline(always)]
+pub(crate) fn timeouts() -> &'static Timeouts {
+    // SAFETY: TIMEOUTS is never written after load; a reference to it rather
+    // than a copy keeps 48 bytes off the BPF stack.
+    unsafe { &*core::ptr::addr_of!(TIMEOUTS) }
+}

@@ -1,0 +1,428 @@
+//! The slow path: every segment the fast path declines (a SYN, FIN or RST,
+//! a connection's first segment, a held slot, anything out of the
+//! ordinary), applied to its connection's record under the slot's lock,
+//! creating, closing out or evicting records as need be.
+//!
+//! It is split into global BPF functions (`extern "C"`, `no_mangle`,
+//! `inline(never)`). The verifier checks each global function once, on its
+//! own, so their branches add up instead of multiplying with the parser's
+//! and with each other's; and each gets its own stack frame. A global
+//! function's pointer arguments are checked by the verifier against their
+//! types but may be null, hence each is null-checked here; that is why
+//! they allow `clippy::not_unsafe_ptr_arg_deref`. They take their segment
+//! from [`TrackInput`], this CPU's slot in
+//! [`TRACK_INPUT`](crate::maps::TRACK_INPUT), so they never see packet
+//! memory.
+
+use core::intrinsics::{AtomicOrdering, atomic_or};
+
+use teardown_common::{
+    conn::{Conn, Segment, end_reason, flip_at_creation},
+    events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
+    flow::{Direction, FlowKey},
+    table::{FlowSlot, WAYS},
+};
+
+use crate::{
+    fast_path::TrackInput,
+    flood::{count_for_responder, count_half_open, note_eviction, responder_change},
+    lock::{lock_slot, unlock_slot},
+    maps::{
+        EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, is_likely_server, setting, stats, timeouts,
+    },
+};
+
+/// Feeds one TCP segment the fast path declined to its connection's record,
+/// creating the record if need be. Holds the record's slot (for a new
+/// record, both slots of its set) for the whole update.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
+    // SAFETY: null-checked; the caller passes this CPU's input slot.
+    let Some(input) = (unsafe { input.as_mut() }) else {
+        return 0;
+    };
+    // The canonical key, built only here: the fast path needs none.
+    // SAFETY: [u64; 2] and [u32; 4] have the same size, and any bits are
+    // valid: the same bytes, grouped as `words` groups them.
+    let words = |halves: [u64; 2]| unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves) };
+    let (key, direction) = FlowKey::from_words(
+        words(input.src),
+        input.src_port as u16,
+        words(input.dst),
+        input.dst_port as u16,
+        input.family as u8,
+    );
+    input.key = key;
+    input.from_a = (direction == Direction::AToB) as u64;
+    let set = input.set as u32;
+    if input.way < WAYS as u64 {
+        let index = set + input.way as u32;
+        if lock_slot(index) == 0 {
+            return 0;
+        }
+        // Still the connection's? Another CPU may have ended it meanwhile.
+        if slot_holds(index, &input.key) {
+            close_out_if_due(index, input);
+            apply(index, input);
+            unlock_slot(index);
+            return 0;
+        }
+        unlock_slot(index);
+    }
+    let claimed = claim_slot(input);
+    if claimed == u32::MAX {
+        return 0;
+    }
+    let index = claimed & !FOUND_UNDER_LOCK;
+    if claimed & FOUND_UNDER_LOCK != 0 {
+        // Called from here, not from claim_slot: the deepest chain of
+        // calls must fit the 512 bytes all their stack frames share.
+        close_out_if_due(index, input);
+    }
+    apply(index, input);
+    unlock_slot(set);
+    unlock_slot(set + 1);
+    0
+}
+
+/// Set in [`claim_slot`]'s answer when the record was there after all.
+const FOUND_UNDER_LOCK: u32 = 1 << 31;
+
+/// Whether slot `index` holds a live record of `key`.
+#[inline(always)]
+fn slot_holds(index: u32, key: &FlowKey) -> bool {
+    match FLOW_TABLE.get_ptr(index) {
+        // SAFETY: a flow-table slot.
+        Some(slot) => unsafe { !(*slot).is_free() && (*slot).holds(key) },
+        None => false,
+    }
+}
+
+/// If the record in slot `index` (held by this CPU) is past its deadline
+/// (allowing user space the grace time to do it first), or the segment
+/// starts a new connection on the same ports ([`Conn::is_reuse`]), hands
+/// the record to user space and starts a new one in place.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 {
+    // SAFETY: null-checked; this CPU's input slot.
+    let Some(input) = (unsafe { input.as_ref() }) else {
+        return 0;
+    };
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
+        return 0;
+    };
+    // SAFETY: a flow-table slot.
+    let slot = unsafe { &mut *slot };
+    let grace: u64 = setting!(GRACE_NS);
+    let reason = match slot.conn.due(input.now.saturating_sub(grace), timeouts()) {
+        Some(reason) => reason,
+        None if slot.conn.is_reuse(&segment_of(input)) => end_reason::REUSED,
+        None => return 0,
+    };
+    emit_ended(slot, index, reason, input.now);
+    begin_record(slot, index, input);
+    1
+}
+
+/// Finds a slot for a connection the fast path did not find, and leaves
+/// both slots of its set held by this CPU. First it looks again under the
+/// locks: another CPU may have started the record meanwhile. Otherwise it
+/// starts the record in a free slot, else one whose record is past its
+/// deadline (handed to user space first), else one whose connection is
+/// completely closed and only waits out its close delay (handed to user
+/// space early: nothing is lost but the absorption of late packets), else
+/// one holding a one-sided record or an unacknowledged handshake
+/// ([`Conn::is_evictable`]; evicted, and counted). Conversations are never
+/// evicted; if both slots hold one, the new connection is not tracked
+/// (counted). Returns the slot (with [`FOUND_UNDER_LOCK`] if the record
+/// was there after all), or `u32::MAX` with nothing held.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
+    // SAFETY: null-checked; this CPU's input slot.
+    let Some(input) = (unsafe { input.as_ref() }) else {
+        return u32::MAX;
+    };
+    let set = input.set as u32;
+    // Way 0 before way 1, always: two CPUs claiming in one set cannot
+    // each hold the slot the other waits for.
+    if lock_slot(set) == 0 {
+        return u32::MAX;
+    }
+    if lock_slot(set + 1) == 0 {
+        unlock_slot(set);
+        return u32::MAX;
+    }
+    let mut found = 0;
+    while found < WAYS {
+        if slot_holds(set + found, &input.key) {
+            return (set + found) | FOUND_UNDER_LOCK;
+        }
+        found += 1;
+    }
+    let (Some(first), Some(second)) =
+        (FLOW_TABLE.get_ptr_mut(set), FLOW_TABLE.get_ptr_mut(set + 1))
+    else {
+        unlock_slot(set);
+        unlock_slot(set + 1);
+        return u32::MAX;
+    };
+    // SAFETY: two distinct flow-table slots, both held by this CPU.
+    let ways = unsafe { [&mut *first, &mut *second] };
+    let grace: u64 = setting!(GRACE_NS);
+    let late = input.now.saturating_sub(grace);
+
+    let mut chosen = WAYS as usize;
+    if ways[0].is_free() {
+        chosen = 0;
+    } else if ways[1].is_free() {
+        chosen = 1;
+    }
+    if chosen == WAYS as usize {
+        let mut way = 0;
+        while way < WAYS as usize {
+            let slot = &*ways[way & 1];
+            if let Some(reason) = slot.conn.due(late, timeouts()) {
+                emit_ended(slot, set + way as u32, reason, input.now);
+                chosen = way;
+                break;
+            }
+            way += 1;
+        }
+    }
+    if chosen == WAYS as usize {
+        let closed = [ways[0].conn.is_closed_out(), ways[1].conn.is_closed_out()];
+        chosen = match closed {
+            [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => WAYS as usize,
+        };
+        if chosen < WAYS as usize {
+            emit_ended(
+                ways[chosen & 1],
+                set + chosen as u32,
+                end_reason::CLOSED,
+                input.now,
+            );
+        }
+    }
+    if chosen == WAYS as usize {
+        let evictable = [ways[0].conn.is_evictable(), ways[1].conn.is_evictable()];
+        chosen = match evictable {
+            [true, true] => (ways[1].conn.last_pkt_ns < ways[0].conn.last_pkt_ns) as usize,
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => {
+                if let Some(stats) = stats() {
+                    stats.insert_failed += 1;
+                }
+                unlock_slot(set);
+                unlock_slot(set + 1);
+                return u32::MAX;
+            }
+        };
+        if let Some(stats) = stats() {
+            stats.evicted += 1;
+            if ways[chosen & 1].conn.half_open() {
+                stats.half_open_resolved += 1;
+            }
+        }
+        if ways[chosen & 1].conn.half_open() {
+            count_for_responder(ways[chosen & 1], responder_change::HALF_OPEN_RESOLVED);
+        }
+        note_eviction(input.now);
+    }
+    let index = set + chosen as u32;
+    begin_record(ways[chosen & 1], index, input);
+    index
+}
+
+/// Starts a new record in `slot` for the segment's connection.
+#[inline(always)]
+fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
+    let segment = segment_of(input);
+    let flip = flip_at_creation(&segment, is_likely_server);
+    slot.set_key(&input.key);
+    slot.generation = slot.generation.wrapping_add(1);
+    slot.conn.init(input.from_a != 0, &segment, flip, input.now);
+    if let Some(stats) = stats() {
+        stats.created += 1;
+    }
+    mark_changed(index);
+}
+
+/// Applies the segment to the record in slot `index`, which this CPU holds,
+/// and counts what changed.
+#[inline(always)]
+fn apply(index: u32, input: &TrackInput) {
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: a flow-table slot this CPU holds.
+    let slot = unsafe { &mut *slot };
+    if input.header_complete == 0 {
+        // Zeek too creates the connection and then ignores such a segment.
+        if let Some(stats) = stats() {
+            stats.truncated_segments += 1;
+        }
+        return;
+    }
+    conn_count_gap(&mut slot.conn, input);
+    let outcome = conn_update(&mut slot.conn, input);
+    let (before, after) = (
+        outcome & outcome::HALF_OPEN_BEFORE != 0,
+        outcome & outcome::HALF_OPEN_AFTER != 0,
+    );
+    count_half_open(before, after);
+    let change = if !before && after {
+        responder_change::HALF_OPEN_STARTED
+    } else if before && !after {
+        responder_change::HALF_OPEN_RESOLVED
+    } else {
+        0
+    } | if outcome & outcome::COMPLETED != 0 {
+        responder_change::COMPLETED
+    } else {
+        0
+    };
+    if change != 0 {
+        count_for_responder(slot, change);
+    }
+    if outcome & outcome::RESCHEDULED != 0 {
+        mark_changed(index);
+    }
+}
+
+/// What [`conn_update`] reports.
+mod outcome {
+    /// The record's deadline moved earlier.
+    pub const RESCHEDULED: u32 = 1;
+    /// Half-open before the segment.
+    pub const HALF_OPEN_BEFORE: u32 = 2;
+    /// Half-open after it.
+    pub const HALF_OPEN_AFTER: u32 = 4;
+    /// The segment completed the handshake ([`Conn::handshake_completed`]).
+    ///
+    /// [`Conn::handshake_completed`]: super::Conn::handshake_completed
+    pub const COMPLETED: u32 = 8;
+}
+
+/// Applies the segment to the record ([`Conn::update_segment`]: [`apply`]
+/// runs [`conn_count_gap`] first, and the two make [`Conn::update`]).
+/// Returns [`outcome`] bits.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
+    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
+    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
+        return 0;
+    };
+    let segment = segment_of(input);
+    let before = conn.half_open();
+    let completed_before = conn.handshake_completed();
+    let update = conn.update_segment(input.from_a != 0, &segment, input.now, timeouts());
+    let completed_now = !completed_before && conn.handshake_completed();
+    let mut bits = 0;
+    if update.rescheduled {
+        bits |= outcome::RESCHEDULED;
+    }
+    if before {
+        bits |= outcome::HALF_OPEN_BEFORE;
+    }
+    if conn.half_open() {
+        bits |= outcome::HALF_OPEN_AFTER;
+    }
+    if completed_now {
+        bits |= outcome::COMPLETED;
+    }
+    bits
+}
+
+/// [`Conn::count_gap`], the part of [`Conn::update`] that [`conn_update`]
+/// leaves out.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn conn_count_gap(conn: *mut Conn, input: *const TrackInput) -> i32 {
+    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
+    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
+        return 0;
+    };
+    conn.count_gap(input.from_a != 0, &segment_of(input));
+    0
+}
+
+#[inline(always)]
+fn segment_of(input: &TrackInput) -> Segment {
+    Segment {
+        flags: input.flags as u8,
+        seq: input.seq as u32,
+        ack: input.ack as u32,
+        window: input.window as u16,
+        len: input.len as u32,
+        ip_len: input.ip_len as u32,
+        src_port: input.src_port as u16,
+        dst_port: input.dst_port as u16,
+    }
+}
+
+/// Hands a finished record to user space. Out of line to keep its stack
+/// frame apart from its callers'.
+#[inline(never)]
+fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
+    if let Some(stats) = stats() {
+        stats.ended_in_kernel += 1;
+        if slot.conn.half_open() {
+            stats.half_open_resolved += 1;
+        }
+    }
+    if slot.conn.half_open() {
+        count_for_responder(slot, responder_change::HALF_OPEN_RESOLVED);
+    }
+    match EVENTS.reserve::<EndedEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: the entry is ours until submitted; every field is written.
+            let event = unsafe { &mut *entry.as_mut_ptr() };
+            event.header = EventHeader {
+                kind: kind::ENDED,
+                reason: reason as u32,
+                time_ns: now,
+                key: slot.key,
+                slot: index,
+                generation: slot.generation,
+            };
+            // SAFETY: both point to whole, distinct Conn records.
+            unsafe {
+                core::ptr::copy_nonoverlapping(&slot.conn as *const Conn, &mut event.conn, 1)
+            };
+            entry.submit(0);
+        }
+        None => {
+            if let Some(stats) = stats() {
+                stats.events_lost += 1;
+            }
+        }
+    }
+}
+
+/// Flags the slot for user space to (re)schedule its deadline.
+#[inline(always)]
+fn mark_changed(slot: u32) {
+    if let Some(word) = FLOW_CHANGES.get_ptr_mut(slot / SLOTS_PER_CHANGE_WORD) {
+        // SAFETY: an 8-aligned word of map memory; user space swaps it
+        // atomically too.
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                word,
+                1 << (slot % SLOTS_PER_CHANGE_WORD),
+            )
+        };
+    }
+}
