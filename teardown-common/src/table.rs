@@ -14,7 +14,7 @@
 //! (TC, on the sending socket's CPU) update one record, and two new
 //! connections may claim one slot. So every write to a slot's key,
 //! generation or record happens under the slot's [`FlowSlot::lock`], a
-//! sequence lock (see `teardown-ebpf`'s `slot_lock`): odd while a CPU is
+//! sequence lock (see `teardown-ebpf`'s `lock.rs`): odd while a CPU is
 //! writing, bumped by one when it takes it and once more when it lets go.
 //! Readers that must not wait (user space, which reads records through the
 //! mmapped table) copy the slot and keep the copy only if the lock word was

@@ -76,7 +76,6 @@ pub(crate) mod responder_change {
 /// counted as a collision).
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32 {
     // SAFETY: null-checked; a flow-table slot.
     let Some(slot) = (unsafe { slot.as_ref() }) else {

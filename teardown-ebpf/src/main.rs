@@ -27,7 +27,7 @@
 // compare-and-swap and fetching add (lock.rs), the change bits' OR
 // (slow_path.rs).
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(internal_features, reason = "core_intrinsics, for the atomics above")]
 
 mod bench;
 mod clock;

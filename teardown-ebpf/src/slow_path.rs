@@ -37,7 +37,6 @@ use crate::{
 /// record, both slots of its set) for the whole update.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     // SAFETY: null-checked; the caller passes this CPU's input slot.
     let Some(input) = (unsafe { input.as_mut() }) else {
@@ -106,7 +105,6 @@ fn slot_holds(index: u32, key: &FlowKey) -> bool {
 /// the record to user space and starts a new one in place.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 {
     // SAFETY: null-checked; this CPU's input slot.
     let Some(input) = (unsafe { input.as_ref() }) else {
@@ -142,7 +140,6 @@ pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 
 /// was there after all), or `u32::MAX` with nothing held.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
     // SAFETY: null-checked; this CPU's input slot.
     let Some(input) = (unsafe { input.as_ref() }) else {
@@ -318,7 +315,6 @@ mod outcome {
 /// Returns [`outcome`] bits.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
@@ -349,7 +345,6 @@ pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 
 /// leaves out.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn conn_count_gap(conn: *mut Conn, input: *const TrackInput) -> i32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
