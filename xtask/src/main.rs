@@ -384,7 +384,28 @@ fn lint() -> anyhow::Result<()> {
             .arg(&fuzz_manifest)
             .args(["--workspace", "--all-targets", "--", "-D", "warnings"]),
     )
-    .context("clippy (fuzz workspace)")
+    .context("clippy (fuzz workspace)")?;
+    // The docs are read as much as the code: a broken intra-doc link is an
+    // error like any other. Private items too: most of teardown is a
+    // binary, whose documentation is all private; so links from public
+    // items to private ones resolve, and are allowed.
+    say("cargo doc on the host crates, warnings denied");
+    run_command(
+        host_cargo(&object)
+            .args([
+                "doc",
+                "--workspace",
+                "--exclude",
+                "teardown-ebpf",
+                "--no-deps",
+                "--document-private-items",
+            ])
+            .env(
+                "RUSTDOCFLAGS",
+                "-D warnings -A rustdoc::private_intra_doc_links",
+            ),
+    )
+    .context("cargo doc (host crates)")
 }
 
 fn main() -> ExitCode {
