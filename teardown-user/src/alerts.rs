@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::{
     destinations::{DestinationFeed, KernelReading},
     detect::{AlertEvent, DetectConfig, Detector, Phase},
+    figures::AlertState,
     kernel::Kernel,
-    metrics::AlertState,
     tracker::{Tracker, monotonic_now_ns},
 };
 

@@ -1,8 +1,9 @@
 //! Prometheus exposition of `teardown run`'s figures at `--metrics-addr`.
 //!
-//! The run loop fills a [`MetricsSnapshot`] (plain data) each time it reads
-//! the kernel's tallies; [`MetricsServer`] answers `GET /metrics` with
-//! [`render`]'s text exposition (format 0.0.4) of the latest snapshot. The
+//! The run loop publishes its [`Figures`] (plain data) after each poll;
+//! [`MetricsServer`] answers `GET /metrics` with [`render`]'s text
+//! exposition (format 0.0.4) of the latest it was given: it reads nothing
+//! itself, except the count of connections it gave up on, which it keeps. The
 //! server is a few dozen lines of HTTP/1.1 on tokio: one request per
 //! connection, bounded in size, time and number of connections ([`Limits`]),
 //! so a slow or hostile client costs a file descriptor for a few seconds and
@@ -84,7 +85,7 @@
 //! About this endpoint: `teardown_metrics_connections_dropped_total{reason}`
 //! (counter; `reason` = `evicted`, `read_timeout`, `write_timeout`,
 //! `too_large`, each always present), connections closed without serving a
-//! scrape ([`EndpointDrops`]).
+//! scrape ([`crate::figures::EndpointDrops`]).
 
 use std::{
     collections::BTreeMap,
@@ -94,14 +95,10 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use teardown_common::{
-    conn::CloseKind,
-    counters::{Counter, Counters, Tallies},
-    events::FlowStats,
-};
+use teardown_common::{conn::CloseKind, counters::Counter};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -109,9 +106,8 @@ use tokio::{
 };
 
 use crate::{
-    kernel::Kernel,
-    run::RunOptions,
-    tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED, Tracker},
+    figures::Figures,
+    tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED},
 };
 
 /// Where `--metrics-addr` serves: an address, or `None` for `off`.
@@ -148,96 +144,6 @@ pub fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| usage())
 }
 
-/// A SYN-flood alert's state on one target, as the detector reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AlertState {
-    /// What is attacked, e.g. `192.0.2.2:80`; free text, escaped on output.
-    pub target: String,
-    /// Whether the alert is active now (it stays listed, inactive, after clearing).
-    pub active: bool,
-}
-
-/// Everything `/metrics` shows, as plain data.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricsSnapshot {
-    /// teardown's version, for `teardown_build_info`.
-    pub version: &'static str,
-    /// The interface watched and the direction (`both`, `ingress`).
-    pub iface: String,
-    pub direction: String,
-    /// When teardown started, Unix seconds.
-    pub start_time_seconds: f64,
-    /// Packet and flag counters since teardown started: what arrived, and
-    /// what the host sent (`None` when only ingress is watched).
-    pub counters: Counters,
-    pub sent: Option<Counters>,
-    /// Connections ended, by Zeek's conn_state and by teardown's close kind.
-    pub ended_by_conn_state: BTreeMap<&'static str, u64>,
-    pub ended_by_close: BTreeMap<&'static str, u64>,
-    /// Records user space is tracking now.
-    pub flows_tracked: u64,
-    /// Records the kernel created.
-    pub flows_created: u64,
-    /// Handshakes waiting for an answer now.
-    pub half_open: u64,
-    /// Half-open timeouts by responder port: the listed ports (at most
-    /// [`HALF_OPEN_PORTS_LISTED`]), the sum of the rest (`port="other"`),
-    /// and how many ports were folded into it.
-    pub half_open_timeouts_by_port: Vec<(u16, u64)>,
-    pub half_open_timeouts_other: u64,
-    pub half_open_timeout_ports_folded: u64,
-    /// Inserts the flow table refused.
-    pub insert_failed: u64,
-    /// One-sided records evicted for a new connection before they ended.
-    pub evicted: u64,
-    /// Ring-buffer events dropped.
-    pub events_lost: u64,
-    /// SYNs over the half-open budget, not tracked.
-    pub syn_untracked: u64,
-    /// SYNs not counted per destination (their slot belonged to another).
-    pub dest_collisions: u64,
-    /// Segments given up on after a bounded wait for a held flow-table slot.
-    pub lock_contended: u64,
-    /// SYN-flood alert state per target (ended ones stay, inactive).
-    pub syn_flood_alerts: Vec<AlertState>,
-    /// SYN-flood alerts started since teardown started.
-    pub syn_flood_alerts_started: u64,
-    /// Connections the metrics endpoint itself gave up on (the server fills
-    /// this in; the run loop leaves it alone).
-    pub endpoint_drops: EndpointDrops,
-    /// Lines each output (`stdout`, `log`) could not write, e.g. on a full
-    /// disk; only the outputs in use are listed.
-    pub output_lines_lost: Vec<(&'static str, u64)>,
-}
-
-/// Connections to the metrics endpoint closed without serving a scrape, by
-/// why: `teardown_metrics_connections_dropped_total{reason}`. They show
-/// whether anyone is crowding the endpoint, and which limit turned them away.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointDrops {
-    /// Cancelled at capacity to make room for a newcomer (see [`Limits`]).
-    pub evicted: u64,
-    /// Request head not complete within [`Limits::read_timeout`] (answered 408).
-    pub read_timeout: u64,
-    /// Response not taken within [`Limits::write_timeout`].
-    pub write_timeout: u64,
-    /// Request head over [`Limits::max_head`] (answered 431).
-    pub too_large: u64,
-}
-
-impl EndpointDrops {
-    /// Each reason with its count, all of them always (so `rate()` over a
-    /// reason never comes back empty).
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
-        [
-            ("evicted", self.evicted),
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
-            ("too_large", self.too_large),
-        ]
-    }
-}
-
 /// Zeek's conn_state values (docs/zeek-tcp-semantics.md), always exported.
 pub const CONN_STATES: &[&str] = &[
     "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH",
@@ -266,73 +172,6 @@ const _: fn(CloseKind) = |kind| match kind {
     | CloseKind::Idle
     | CloseKind::Open => {}
 };
-
-impl MetricsSnapshot {
-    /// A snapshot with every figure at zero.
-    pub fn new(iface: &str, direction: &str) -> MetricsSnapshot {
-        MetricsSnapshot {
-            version: env!("CARGO_PKG_VERSION"),
-            iface: iface.to_string(),
-            direction: direction.to_string(),
-            start_time_seconds: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64(),
-            counters: Counters::default(),
-            sent: None,
-            ended_by_conn_state: BTreeMap::new(),
-            ended_by_close: BTreeMap::new(),
-            flows_tracked: 0,
-            flows_created: 0,
-            half_open: 0,
-            half_open_timeouts_by_port: Vec::new(),
-            half_open_timeouts_other: 0,
-            half_open_timeout_ports_folded: 0,
-            insert_failed: 0,
-            evicted: 0,
-            events_lost: 0,
-            syn_untracked: 0,
-            dest_collisions: 0,
-            lock_contended: 0,
-            syn_flood_alerts: Vec::new(),
-            syn_flood_alerts_started: 0,
-            endpoint_drops: EndpointDrops::default(),
-            output_lines_lost: Vec::new(),
-        }
-    }
-
-    /// Takes the run loop's current figures: counter totals since start, the
-    /// kernel's flow statistics and the tracker's. (The alert fields are left
-    /// to the detector.)
-    pub fn record_run(
-        &mut self,
-        totals: &Counters,
-        sent: Option<&Counters>,
-        flow: &FlowStats,
-        tracker: &Tracker,
-    ) {
-        self.counters = *totals;
-        self.sent = sent.copied();
-        self.ended_by_conn_state
-            .clone_from(&tracker.stats.by_conn_state);
-        self.ended_by_close.clone_from(&tracker.stats.by_close);
-        self.flows_tracked = tracker.live() as u64;
-        self.flows_created = flow.created;
-        self.half_open = tracker.half_open(flow);
-        let ports = &tracker.stats.half_open_by_port;
-        (
-            self.half_open_timeouts_by_port,
-            self.half_open_timeouts_other,
-        ) = ports.listed();
-        self.half_open_timeout_ports_folded = ports.folded();
-        self.insert_failed = flow.insert_failed;
-        self.evicted = flow.evicted;
-        self.events_lost = flow.events_lost;
-        self.syn_untracked = flow.syn_untracked;
-        self.dest_collisions = flow.dest_collisions;
-        self.lock_contended = flow.lock_contended;
-    }
-}
 
 /// Where a [`Counter`] goes: its family, and its label if the family has one.
 const fn exposition(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
@@ -429,7 +268,8 @@ impl Exposition {
 }
 
 /// The snapshot in the Prometheus text exposition format, version 0.0.4.
-pub fn render(snapshot: &MetricsSnapshot) -> String {
+pub fn render(figures: &Figures) -> String {
+    let flows = &figures.flows;
     let mut e = Exposition {
         out: String::with_capacity(8 * 1024),
     };
@@ -458,8 +298,8 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         };
         e.family(family, "counter", help);
         let directions = [
-            ("in", Some(&snapshot.counters)),
-            ("out", snapshot.sent.as_ref()),
+            ("in", Some(&figures.received.totals)),
+            ("out", figures.egress.as_ref().map(|sent| &sent.totals)),
         ];
         for (direction, counters) in directions {
             let Some(counters) = counters else { continue };
@@ -478,7 +318,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "TCP connections ended, by Zeek's conn_state.",
     );
-    for (state, count) in with_known_keys(CONN_STATES, &snapshot.ended_by_conn_state) {
+    for (state, count) in with_known_keys(CONN_STATES, &flows.ended_by_conn_state) {
         e.sample(name, &[("conn_state", state)], count);
     }
     let name = "teardown_connections_ended_by_close_total";
@@ -488,7 +328,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "TCP connections ended, by how they closed: graceful, half_closed, simultaneous, abort, refused, half_open, idle, open (still open when teardown stopped).",
     );
     let close_names: Vec<&str> = CLOSE_KINDS.iter().map(|kind| kind.name()).collect();
-    for (close, count) in with_known_keys(&close_names, &snapshot.ended_by_close) {
+    for (close, count) in with_known_keys(&close_names, &flows.ended_by_close) {
         e.sample(name, &[("close", close)], count);
     }
 
@@ -496,19 +336,19 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "teardown_flows_tracked",
         "gauge",
         "Connection records being tracked now.",
-        snapshot.flows_tracked,
+        flows.tracked,
     );
     e.single(
         "teardown_flows_created_total",
         "counter",
         "Connection records created in the flow table.",
-        snapshot.flows_created,
+        flows.created,
     );
     e.single(
         "teardown_half_open_connections",
         "gauge",
         "Handshakes with a SYN sent and no answer yet.",
-        snapshot.half_open,
+        flows.half_open,
     );
     // A bounded label set: the listed ports and `other`, always present
     // (0 until a handshake times out), which sums the rest.
@@ -520,14 +360,10 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             "Handshakes that timed out half-open (SYN unanswered for --syn-timeout), by responder port: at most {HALF_OPEN_PORTS_LISTED} ports, those with most timeouts lately, each counted from when it was listed, and port=\"other\", the rest; the samples sum to every half-open timeout."
         ),
     );
-    for (port, count) in &snapshot.half_open_timeouts_by_port {
+    for (port, count) in &flows.half_open_timeouts.listed {
         e.sample(name, &[("port", &port.to_string())], count);
     }
-    e.sample(
-        name,
-        &[("port", "other")],
-        snapshot.half_open_timeouts_other,
-    );
+    e.sample(name, &[("port", "other")], flows.half_open_timeouts.other);
     e.single(
         "teardown_half_open_timeout_ports_folded_total",
         "counter",
@@ -535,43 +371,43 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             "Ports whose half-open timeouts were folded into port=\"other\" of teardown_half_open_timeouts_total: to make room for another port, or after {} s without one.",
             HALF_OPEN_PORT_QUIET.as_secs()
         ),
-        snapshot.half_open_timeout_ports_folded,
+        flows.half_open_timeout_ports_folded,
     );
     e.single(
         "teardown_flow_insert_failures_total",
         "counter",
         "Segments the flow table found no slot for (both slots of the set held conversations): counted, not tracked; an untracked connection counts once per segment.",
-        snapshot.insert_failed,
+        flows.insert_failed,
     );
     e.single(
         "teardown_flows_evicted_total",
         "counter",
         "One-sided records (half-open SYNs, lone segments) evicted for a new connection before they ended.",
-        snapshot.evicted,
+        flows.evicted,
     );
     e.single(
         "teardown_syns_untracked_total",
         "counter",
         "SYNs not tracked because the per-CPU budget of new half-open records was spent (a SYN flood).",
-        snapshot.syn_untracked,
+        flows.syn_untracked,
     );
     e.single(
         "teardown_flow_lock_contended_total",
         "counter",
         "Segments not applied to their connection's record because another CPU held its flow-table slot past a bounded wait (dropped from the record, still in the packet counters).",
-        snapshot.lock_contended,
+        flows.lock_contended,
     );
     e.single(
         "teardown_syn_destination_collisions_total",
         "counter",
         "SYNs not counted per destination for flood detection: their slot in the kernel's per-CPU destination table belonged to another, active destination.",
-        snapshot.dest_collisions,
+        flows.dest_collisions,
     );
     e.single(
         "teardown_events_lost_total",
         "counter",
         "Kernel events dropped because the ring buffer was full.",
-        snapshot.events_lost,
+        flows.events_lost,
     );
     let name = "teardown_output_lines_lost_total";
     e.family(
@@ -579,7 +415,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "Lines (connection records, alert events, reports) an output could not write whole, e.g. on a full disk: output stdout, or log (--log). Writing is retried with every new line.",
     );
-    for (output, lost) in &snapshot.output_lines_lost {
+    for (output, lost) in &figures.lines_lost.0 {
         e.sample(name, &[("output", output)], lost);
     }
 
@@ -589,7 +425,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "gauge",
         "1 while a SYN-flood alert on the target is active, 0 once it has cleared.",
     );
-    for alert in &snapshot.syn_flood_alerts {
+    for alert in &figures.alerts.states {
         e.sample(
             name,
             &[("target", alert.target.as_str())],
@@ -600,12 +436,12 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "teardown_syn_flood_alerts_started_total",
         "counter",
         "SYN-flood alerts started.",
-        snapshot.syn_flood_alerts_started,
+        figures.alerts.summary.started,
     );
 
     let name = "teardown_build_info";
     e.family(name, "gauge", "teardown's version; always 1.");
-    e.sample(name, &[("version", snapshot.version)], 1);
+    e.sample(name, &[("version", figures.run.version)], 1);
     let name = "teardown_interface_info";
     e.family(
         name,
@@ -615,8 +451,8 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     e.sample(
         name,
         &[
-            ("iface", snapshot.iface.as_str()),
-            ("direction", snapshot.direction.as_str()),
+            ("iface", figures.iface.as_str()),
+            ("direction", figures.run.direction),
         ],
         1,
     );
@@ -624,7 +460,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "teardown_start_time_seconds",
         "gauge",
         "When teardown started, in seconds since the Unix epoch.",
-        snapshot.start_time_seconds,
+        figures.run.start_time_seconds,
     );
     let name = "teardown_metrics_connections_dropped_total";
     e.family(
@@ -632,7 +468,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "Connections to this metrics endpoint closed without serving a scrape, by reason: evicted (cancelled at capacity for a newcomer: the oldest one still sending its request, else the oldest still being sent its answer), read_timeout (request not complete in time, answered 408), write_timeout (answer not taken in time), too_large (request head too large, answered 431).",
     );
-    for (reason, count) in snapshot.endpoint_drops.by_reason() {
+    for (reason, count) in figures.endpoint_drops.by_reason() {
         e.sample(name, &[("reason", reason)], count);
     }
     e.out
@@ -655,9 +491,9 @@ fn with_known_keys<'a>(
 }
 
 /// The snapshot the server renders, shared with the run loop.
-pub type SharedSnapshot = Arc<Mutex<MetricsSnapshot>>;
+pub type SharedSnapshot = Arc<Mutex<Figures>>;
 
-fn lock(shared: &SharedSnapshot) -> MutexGuard<'_, MetricsSnapshot> {
+fn lock(shared: &SharedSnapshot) -> MutexGuard<'_, Figures> {
     // A panic elsewhere while holding the lock leaves plain data behind: serve it.
     shared
         .lock()
@@ -712,7 +548,7 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` and starts serving `initial` (and what replaces it). A bind
     /// failure becomes one line naming the address and what to do.
-    pub async fn start(addr: SocketAddr, initial: MetricsSnapshot) -> anyhow::Result<Self> {
+    pub async fn start(addr: SocketAddr, initial: Figures) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|err| bind_error(addr, &err))?;
@@ -722,44 +558,12 @@ impl MetricsServer {
         Ok(MetricsServer { addr, shared, task })
     }
 
-    /// `teardown run`'s endpoint, or `None` for `--metrics-addr off`.
-    pub async fn for_run(options: &RunOptions) -> anyhow::Result<Option<Self>> {
-        let Some(addr) = options.metrics_addr else {
-            return Ok(None);
-        };
-        let direction = clap::ValueEnum::to_possible_value(&options.direction)
-            .map_or_else(String::new, |value| value.get_name().to_string());
-        let mut initial = MetricsSnapshot::new(&options.iface, &direction);
-        if options.direction == crate::run::Direction::Both {
-            // Egress is watched: its samples are there, at 0, from the first
-            // scrape on, not only from the first publish.
-            initial.sent = Some(Counters::default());
-        }
-        // The outputs in use, at 0 from the first scrape on.
-        initial.output_lines_lost.push(("stdout", 0));
-        if options.log.is_some() {
-            initial.output_lines_lost.push(("log", 0));
-        }
-        MetricsServer::start(addr, initial).await.map(Some)
-    }
-
-    /// Publishes the run's figures: counters since `start` (the tallies when
-    /// the run began) and, when egress is watched, since `egress_start`, the kernel's flow statistics and the tracker's.
-    pub fn publish(
-        &self,
-        kernel: &Kernel,
-        start: &Tallies,
-        egress_start: Option<&Tallies>,
-        tracker: &Tracker,
-    ) -> anyhow::Result<()> {
-        let totals = kernel.tallies()?.since(start).totals();
-        let sent = match egress_start {
-            Some(egress_start) => Some(kernel.egress_tallies()?.since(egress_start).totals()),
-            None => None,
-        };
-        let flow = kernel.flow_stats()?;
-        self.update(|snapshot| snapshot.record_run(&totals, sent.as_ref(), &flow, tracker));
-        Ok(())
+    /// Serves `figures` from now on. The connections this endpoint gave up
+    /// on are its own count, kept across publications.
+    pub fn publish(&self, mut figures: Figures) {
+        let mut shared = lock(&self.shared);
+        figures.endpoint_drops = shared.endpoint_drops;
+        *shared = figures;
     }
 
     /// The address actually bound (the port is chosen when 0 was asked for).
@@ -768,7 +572,8 @@ impl MetricsServer {
     }
 
     /// Changes what the next scrape sees.
-    pub fn update(&self, change: impl FnOnce(&mut MetricsSnapshot)) {
+    #[cfg(test)]
+    pub fn update(&self, change: impl FnOnce(&mut Figures)) {
         change(&mut lock(&self.shared));
     }
 }
@@ -1047,42 +852,21 @@ fn request_line(head: &[u8]) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{figures::EndpointDrops, tracker::Tracker};
     use std::{io::Write as _, process::Command};
 
-    fn busy_snapshot() -> MetricsSnapshot {
-        let mut snapshot = MetricsSnapshot::new("eth0", "both");
-        for (index, value) in snapshot.counters.values.iter_mut().enumerate() {
-            *value = 1000 + index as u64;
-        }
-        let mut sent = Counters::default();
-        for (index, value) in sent.values.iter_mut().enumerate() {
-            *value = 2000 + index as u64;
-        }
-        snapshot.sent = Some(sent);
-        snapshot.lock_contended = 5;
-        snapshot.ended_by_conn_state.insert("SF", 7);
-        snapshot.ended_by_conn_state.insert("REJ", 2);
-        snapshot.ended_by_close.insert("graceful", 7);
-        snapshot.ended_by_close.insert("refused", 2);
-        snapshot.flows_tracked = 3;
-        snapshot.half_open = 1;
-        snapshot.events_lost = 4;
-        snapshot.syn_flood_alerts = vec![
-            AlertState {
-                target: "192.0.2.2:80".into(),
-                active: true,
-            },
-            AlertState {
-                target: "odd \"target\" \\ with\nnewline".into(),
-                active: false,
-            },
-        ];
-        snapshot.syn_flood_alerts_started = 2;
-        snapshot.half_open_timeouts_by_port = vec![(8080, 12), (443, 3)];
-        snapshot.half_open_timeouts_other = 40;
-        snapshot.half_open_timeout_ports_folded = 38;
-        snapshot.output_lines_lost = vec![("stdout", 0), ("log", 12)];
-        snapshot
+    fn busy_snapshot() -> Figures {
+        crate::figures::tests::busy_figures()
+    }
+
+    /// Figures at zero, without egress or outputs, as a test's starting point.
+    fn zero(iface: &str, direction: &'static str) -> Figures {
+        Figures::zero(
+            iface,
+            crate::figures::RunFacts::starting_now(direction),
+            false,
+            &[],
+        )
     }
 
     /// The `teardown_half_open_timeouts_total` samples: (port label, value).
@@ -1099,7 +883,7 @@ mod tests {
     #[test]
     fn half_open_timeouts_by_port_are_a_bounded_label_set_that_sums_to_the_total() {
         // Before any timeout: only `other`, at 0.
-        let empty = render(&MetricsSnapshot::new("eth0", "both"));
+        let empty = render(&zero("eth0", "both"));
         assert_eq!(
             half_open_timeout_samples(&empty),
             [("other".to_string(), 0)]
@@ -1129,8 +913,11 @@ mod tests {
             }
         }
         let total = ports.total();
-        let mut snapshot = MetricsSnapshot::new("eth0", "both");
-        snapshot.record_run(&Counters::default(), None, &FlowStats::default(), &tracker);
+        let mut snapshot = zero("eth0", "both");
+        snapshot.flows = crate::figures::FlowFigures::new(
+            &teardown_common::events::FlowStats::default(),
+            &tracker,
+        );
         let text = render(&snapshot);
         let samples = half_open_timeout_samples(&text);
         assert_eq!(samples.len(), HALF_OPEN_PORTS_LISTED + 1, "{samples:?}");
@@ -1192,7 +979,7 @@ mod tests {
     #[test]
     fn exposition_passes_promtool() {
         promtool_check(&render(&busy_snapshot()));
-        promtool_check(&render(&MetricsSnapshot::new("lo", "ingress")));
+        promtool_check(&render(&zero("lo", "ingress")));
     }
 
     /// Every sample's family has HELP and TYPE before it, each family appears
@@ -1235,10 +1022,10 @@ mod tests {
     fn every_counter_is_exported_once_with_its_value() {
         let snapshot = busy_snapshot();
         let text = render(&snapshot);
-        let sent = snapshot.sent.expect("busy snapshot has egress");
+        let sent = snapshot.egress.expect("busy snapshot has egress").totals;
         for &counter in Counter::ALL {
             let (family, label) = exposition(counter);
-            for (direction, counters) in [("in", &snapshot.counters), ("out", &sent)] {
+            for (direction, counters) in [("in", &snapshot.received.totals), ("out", &sent)] {
                 let sample = match label {
                     Some((name, value)) => {
                         format!("{family}{{direction=\"{direction}\",{name}=\"{value}\"}}")
@@ -1264,14 +1051,14 @@ mod tests {
         ));
         assert!(text.contains("teardown_flow_lock_contended_total 5\n"));
         // Ingress only: no `out` samples, rather than zeros that look measured.
-        let ingress = render(&MetricsSnapshot::new("eth0", "ingress"));
+        let ingress = render(&zero("eth0", "ingress"));
         assert!(ingress.contains("teardown_packets_total{direction=\"in\"} 0\n"));
         assert!(!ingress.contains("direction=\"out\""), "{ingress}");
     }
 
     #[test]
     fn known_states_are_present_at_zero() {
-        let text = render(&MetricsSnapshot::new("eth0", "both"));
+        let text = render(&zero("eth0", "both"));
         for state in CONN_STATES {
             assert!(
                 text.contains(&format!(
@@ -1425,7 +1212,7 @@ mod tests {
         assert_eq!(body, render(&lock(&shared)));
 
         // What the run loop publishes is what the next scrape sees.
-        lock(&shared).events_lost = 99;
+        lock(&shared).flows.events_lost = 99;
         let response = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
         assert!(
             split(&response)
@@ -1615,10 +1402,10 @@ mod tests {
 
     /// A snapshot whose exposition (several MiB) is much larger than the
     /// socket buffers, so that a client that does not read holds up the write.
-    fn huge_snapshot() -> MetricsSnapshot {
+    fn huge_snapshot() -> Figures {
         let mut snapshot = busy_snapshot();
-        snapshot.syn_flood_alerts = (0..100_000)
-            .map(|n| AlertState {
+        snapshot.alerts.states = (0..100_000)
+            .map(|n| crate::figures::AlertState {
                 target: format!("198.51.100.{}:{}", n % 256, n),
                 active: false,
             })
@@ -1758,11 +1545,36 @@ mod tests {
         }
     }
 
+    /// The run loop publishes its figures; the endpoint keeps its own count
+    /// of the connections it gave up on, which the figures know nothing of.
+    #[tokio::test]
+    async fn published_figures_are_served_with_the_endpoints_own_drops() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), zero("lo", "both"))
+            .await
+            .expect("bind an ephemeral port");
+        lock(&server.shared).endpoint_drops.read_timeout = 3;
+        let mut figures = busy_snapshot();
+        figures.flows.tracked = 77;
+        figures.endpoint_drops.read_timeout = 0;
+        server.publish(figures);
+        let response = exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        let (_, body) = split(&response);
+        assert!(body.contains("teardown_flows_tracked 77\n"), "{body}");
+        assert!(
+            body.contains(
+                "teardown_metrics_connections_dropped_total{reason=\"read_timeout\"} 3\n"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("teardown_interface_info{iface=\"eth0\",direction=\"both\"} 1\n"));
+        assert!(body.contains("teardown_output_lines_lost_total{output=\"log\"} 12\n"));
+    }
+
     #[tokio::test]
     async fn bind_errors_name_the_address_and_the_flag() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("local addr");
-        let err = MetricsServer::start(addr, MetricsSnapshot::new("lo", "both"))
+        let err = MetricsServer::start(addr, zero("lo", "both"))
             .await
             .err()
             .expect("the address is taken");
@@ -1775,14 +1587,11 @@ mod tests {
             "{message}"
         );
         // And a working one reports the port it got.
-        let server = MetricsServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            MetricsSnapshot::new("lo", "both"),
-        )
-        .await
-        .expect("bind an ephemeral port");
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), zero("lo", "both"))
+            .await
+            .expect("bind an ephemeral port");
         assert_ne!(server.local_addr().port(), 0);
-        server.update(|s| s.flows_tracked = 5);
+        server.update(|s| s.flows.tracked = 5);
         let response = exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n").await;
         assert!(response.contains("teardown_flows_tracked 5\n"));
     }
