@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
+    conn::tracker::{Tracker, monotonic_now_ns},
     destinations::{DestinationFeed, KernelReading},
     detect::{AlertEvent, DetectConfig, Detector, Phase},
-    figures::AlertState,
     kernel::Kernel,
-    tracker::{Tracker, monotonic_now_ns},
+    report::figures::AlertState,
 };
 
 /// Ended alerts remembered (shown inactive in the metrics) at most.
@@ -134,7 +134,7 @@ impl AlertWatch {
     /// One short line per alert in progress, for the top of the dashboard:
     /// what a glance needs, without the event's full wording.
     pub fn active_lines(&self) -> Vec<String> {
-        use crate::output::short_count;
+        use crate::report::output::short_count;
         self.active()
             .map(|event| {
                 let ratio = event
@@ -190,7 +190,7 @@ impl AlertWatch {
                     format!(
                         "{} at {} SYN/s",
                         event.target,
-                        crate::output::short_count(event.syn_rate)
+                        crate::report::output::short_count(event.syn_rate)
                     )
                 })
                 .collect();

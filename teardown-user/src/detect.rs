@@ -109,7 +109,7 @@ use std::{
 use serde_json::{Value, json};
 use teardown_common::sketch::HLL_REGISTERS;
 
-use crate::output::short_count;
+use crate::report::output::short_count;
 
 /// A destination: address and port. IPv4-mapped IPv6 addresses are kept
 /// as IPv4 (see [`TargetKey::new`]).

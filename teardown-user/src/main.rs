@@ -1,26 +1,23 @@
 //! teardown: watches every TCP connection end at XDP line rate.
 
 mod alerts;
-mod bench;
 mod capture;
-mod contention;
-mod dashboard;
+mod cmd;
+mod conn;
 mod destinations;
 mod detect;
-mod figures;
-mod json;
 mod kernel;
-mod metrics;
-mod output;
-mod plain;
-mod replay;
-mod run;
-mod tracker;
+mod report;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use teardown_common::conn::Timeouts;
+
+use crate::{
+    cmd::{bench, replay, run},
+    report::{output, prometheus as metrics},
+};
 
 #[derive(Parser)]
 #[command(

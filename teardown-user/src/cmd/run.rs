@@ -8,17 +8,17 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     alerts::AlertWatch,
-    dashboard::{self, Live},
+    conn::tracker::{Clock, Ended, Tracker, monotonic_now_ns},
     detect::{AlertEvent, DetectConfig},
-    figures::{
+    kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
+    report::dashboard::{self, Live},
+    report::figures::{
         AlertFigures, AlertSummary, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
-    json,
-    kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
-    metrics::MetricsServer,
-    output::{self, LineOutput, Sink, push_line, say},
-    plain,
-    tracker::{Clock, Ended, Tracker, monotonic_now_ns},
+    report::json,
+    report::output::{self, LineOutput, Sink, push_line, say},
+    report::plain,
+    report::prometheus::MetricsServer,
 };
 
 /// Which way packets are watched.

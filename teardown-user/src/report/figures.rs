@@ -3,12 +3,12 @@
 //! [`Figures::assemble`] is the one place where the kernel's readings (taken
 //! by the run loop), the tracker's bookkeeping, the alert watch's summary and
 //! the outputs' losses become one plain value. Every view is a pure function
-//! of it: the plain lines ([`crate::plain`]), the JSON `stats` and `final`
-//! lines ([`crate::json`]), the dashboard ([`crate::dashboard`]) and the
-//! Prometheus exposition ([`crate::prometheus`]). None of them reads the
+//! of it: the plain lines ([`crate::report::plain`]), the JSON `stats` and `final`
+//! lines ([`crate::report::json`]), the dashboard ([`crate::report::dashboard`]) and the
+//! Prometheus exposition ([`crate::report::prometheus`]). None of them reads the
 //! kernel or the tracker.
 //!
-//! The JSON `stats` line is this value serialized (see [`crate::json`]): the
+//! The JSON `stats` line is this value serialized (see [`crate::report::json`]): the
 //! serde attributes below are its schema, so a field added here shows up
 //! there, named as it is here, unless it is marked `skip`.
 
@@ -20,7 +20,7 @@ use teardown_common::{
     events::FlowStats,
 };
 
-use crate::tracker::Tracker;
+use crate::conn::tracker::Tracker;
 
 /// Everything one tick of `teardown run` shows, in every view.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -211,7 +211,7 @@ impl FlowFigures {
 }
 
 /// Half-open timeouts by responder port: the listed ports (at most
-/// [`crate::tracker::HALF_OPEN_PORTS_LISTED`], most first, ties by port) and
+/// [`crate::conn::tracker::HALF_OPEN_PORTS_LISTED`], most first, ties by port) and
 /// `other`, the sum of the rest, so that they add up to every timeout
 /// however many ports timed out. In JSON: `{"8080": 13, ..., "other": 40}`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -614,7 +614,10 @@ pub mod tests {
         let by_port = flows["half_open_timeouts_by_port"]
             .as_object()
             .expect("an object");
-        assert_eq!(by_port.len(), crate::tracker::HALF_OPEN_PORTS_LISTED + 1);
+        assert_eq!(
+            by_port.len(),
+            crate::conn::tracker::HALF_OPEN_PORTS_LISTED + 1
+        );
         assert_eq!(by_port["8080"], 13, "{text}");
         let sum: u64 = by_port.values().filter_map(Value::as_u64).sum();
         assert_eq!(sum, total, "{text}");

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use teardown_common::counters::Counters;
 
-use crate::figures::{Figures, FlowFigures, LinesLost, Traffic, serialize_totals};
+use crate::report::figures::{Figures, FlowFigures, LinesLost, Traffic, serialize_totals};
 
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -84,7 +84,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::figures::tests::busy_figures;
+    use crate::report::figures::tests::busy_figures;
 
     fn parse(line: &str) -> Value {
         assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));

@@ -85,7 +85,7 @@
 //! About this endpoint: `teardown_metrics_connections_dropped_total{reason}`
 //! (counter; `reason` = `evicted`, `read_timeout`, `write_timeout`,
 //! `too_large`, each always present), connections closed without serving a
-//! scrape ([`crate::figures::EndpointDrops`]).
+//! scrape ([`crate::report::figures::EndpointDrops`]).
 
 use std::{
     collections::BTreeMap,
@@ -106,8 +106,8 @@ use tokio::{
 };
 
 use crate::{
-    figures::Figures,
-    tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED},
+    conn::tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED},
+    report::figures::Figures,
 };
 
 /// Where `--metrics-addr` serves: an address, or `None` for `off`.
@@ -852,18 +852,18 @@ fn request_line(head: &[u8]) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{figures::EndpointDrops, tracker::Tracker};
+    use crate::{conn::tracker::Tracker, report::figures::EndpointDrops};
     use std::{io::Write as _, process::Command};
 
     fn busy_snapshot() -> Figures {
-        crate::figures::tests::busy_figures()
+        crate::report::figures::tests::busy_figures()
     }
 
     /// Figures at zero, without egress or outputs, as a test's starting point.
     fn zero(iface: &str, direction: &'static str) -> Figures {
         Figures::zero(
             iface,
-            crate::figures::RunFacts::starting_now(direction),
+            crate::report::figures::RunFacts::starting_now(direction),
             false,
             &[],
         )
@@ -914,7 +914,7 @@ mod tests {
         }
         let total = ports.total();
         let mut snapshot = zero("eth0", "both");
-        snapshot.flows = crate::figures::FlowFigures::new(
+        snapshot.flows = crate::report::figures::FlowFigures::new(
             &teardown_common::events::FlowStats::default(),
             &tracker,
         );
@@ -1405,7 +1405,7 @@ mod tests {
     fn huge_snapshot() -> Figures {
         let mut snapshot = busy_snapshot();
         snapshot.alerts.states = (0..100_000)
-            .map(|n| crate::figures::AlertState {
+            .map(|n| crate::report::figures::AlertState {
                 target: format!("198.51.100.{}:{}", n % 256, n),
                 active: false,
             })

@@ -21,9 +21,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    figures::{Figures, Traffic},
-    output::short_count,
-    plain::ROW_COUNTERS,
+    report::figures::{Figures, Traffic},
+    report::output::short_count,
+    report::plain::ROW_COUNTERS,
 };
 
 /// Teardown lines kept for the "recent teardowns" list: more than any screen
@@ -823,7 +823,7 @@ mod tests {
     /// The figures of a report, as the dashboard shows them.
     #[test]
     fn a_report_shows_its_figures() {
-        let figures = crate::figures::tests::busy_figures();
+        let figures = crate::report::figures::tests::busy_figures();
         let mut snapshot = Snapshot::new("eth0".into(), "native XDP + TC egress".into());
         snapshot.show(&figures);
         assert_eq!(snapshot.counters.len(), ROW_COUNTERS.len());

@@ -6,8 +6,8 @@
 use teardown_common::counters::{Counter, Counters};
 
 use crate::{
-    figures::{Figures, FlowFigures, LinesLost, PortFigures, Traffic},
-    output::{self, push_line, short_count},
+    report::figures::{Figures, FlowFigures, LinesLost, PortFigures, Traffic},
+    report::output::{self, push_line, short_count},
 };
 
 /// The counters shown in each human row (and in the dashboard's table), as
@@ -157,7 +157,7 @@ mod tests {
     use teardown_common::{conn::Timeouts, events::FlowStats};
 
     use super::*;
-    use crate::{figures::tests::busy_figures, tracker::Tracker};
+    use crate::{conn::tracker::Tracker, report::figures::tests::busy_figures};
 
     #[test]
     fn a_report_is_a_row_a_sent_row_and_the_flows() {
