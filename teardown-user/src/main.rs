@@ -16,7 +16,7 @@ use teardown_common::conn::Timeouts;
 
 use crate::{
     cmd::{bench, replay, run},
-    report::{output, prometheus as metrics},
+    report::{metrics_server as metrics, output},
 };
 
 #[derive(Parser)]

@@ -16,9 +16,9 @@ use crate::{
         AlertFigures, AlertSummary, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
     report::json,
+    report::metrics_server::MetricsServer,
     report::output::{self, LineOutput, Sink, push_line, say},
     report::plain,
-    report::prometheus::MetricsServer,
 };
 
 /// Which way packets are watched.
