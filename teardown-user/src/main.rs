@@ -1,22 +1,22 @@
 //! teardown: watches every TCP connection end at XDP line rate.
 
-mod bench;
 mod capture;
 mod cli_detect;
-mod contention;
-mod dashboard;
+mod cmd;
+mod conn;
 mod flood;
 mod kernel;
-mod metrics;
-mod output;
-mod replay;
-mod run;
-mod tracker;
+mod report;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use teardown_common::conn::Timeouts;
+
+use crate::{
+    cmd::{bench, replay, run},
+    report::{metrics_server as metrics, output},
+};
 
 #[derive(Parser)]
 #[command(

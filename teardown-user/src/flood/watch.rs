@@ -14,8 +14,8 @@ use super::{
     feed::{DestinationFeed, KernelReading},
 };
 use crate::{
+    conn::tracker::{Tracker, monotonic_now_ns},
     kernel::Kernel,
-    tracker::{Tracker, monotonic_now_ns},
 };
 
 /// Ended alerts remembered (shown inactive in the metrics) at most.

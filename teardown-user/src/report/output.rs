@@ -43,10 +43,10 @@ pub fn print_line(line: impl Display) {
 /// `println!` through [`print_line`].
 macro_rules! outln {
     () => {
-        $crate::output::print_line("")
+        $crate::report::output::print_line("")
     };
     ($($arg:tt)*) => {
-        $crate::output::print_line(format_args!($($arg)*))
+        $crate::report::output::print_line(format_args!($($arg)*))
     };
 }
 pub(crate) use outln;

@@ -292,7 +292,7 @@ pub const HALF_OPEN_PORTS_LISTED: usize = 32;
 /// A listed port without a new half-open timeout for this long is folded
 /// into `other`: the list shows the ports that time out now, not forever
 /// the busiest of a flood long over. Ten minutes, as long as the SYN-flood
-/// feed remembers a quiet destination (destinations.rs).
+/// feed remembers a quiet destination (`flood/feed.rs`).
 pub const HALF_OPEN_PORT_QUIET: Duration = Duration::from_secs(600);
 
 /// Counts per port in bounded memory: at most `capacity` ports listed with

@@ -12,9 +12,9 @@ use teardown_common::{
 
 use crate::{
     capture::{CaptureReader, Conversion, link_type_name, to_ethernet},
+    conn::tracker::{Clock, Ended, Tracker},
     kernel::{Kernel, LoadOptions},
-    output::{self, LineOutput, say},
-    tracker::{Clock, Ended, Tracker},
+    report::output::{self, LineOutput, say},
 };
 
 /// Frames are cut to this length before BPF_PROG_TEST_RUN: the kernel's linear

@@ -20,7 +20,11 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::output::short_count;
+use crate::{
+    report::figures::{Figures, Traffic},
+    report::output::short_count,
+    report::plain::ROW_COUNTERS,
+};
 
 /// Teardown lines kept for the "recent teardowns" list: more than any screen
 /// shows, so a taller window fills at once.
@@ -105,9 +109,63 @@ impl Snapshot {
         push_bounded(&mut self.alert_events, line, ALERT_EVENTS_KEPT);
     }
 
+    /// Takes a report's figures: the counters and the flow table's.
+    pub fn show(&mut self, figures: &Figures) {
+        self.counters = counter_figures(&figures.received);
+        self.sent = figures
+            .egress
+            .as_ref()
+            .map(counter_figures)
+            .unwrap_or_default();
+        self.flows = flow_figures(figures);
+    }
+
     /// Adds an ended connection (`Ended::human_line`).
     pub fn push_teardown(&mut self, line: String) {
         push_bounded(&mut self.recent_teardowns, line, RECENT_TEARDOWNS_KEPT);
+    }
+}
+
+/// The row counters of one direction as the dashboard shows them.
+fn counter_figures(traffic: &Traffic) -> Vec<CounterFigure> {
+    ROW_COUNTERS
+        .iter()
+        .map(|(counter, label)| CounterFigure {
+            label: label.trim_end_matches("/s"),
+            per_second: traffic.per_second(*counter),
+            total: traffic.totals.get(*counter),
+        })
+        .collect()
+}
+
+/// The flow table's figures as the dashboard shows them, with the lines
+/// `--log` lost (stdout's are not the dashboard's business: it draws frames).
+fn flow_figures(figures: &Figures) -> FlowFigures {
+    let most_first = |map: &std::collections::BTreeMap<&'static str, u64>| {
+        let mut list: Vec<(String, u64)> = map
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(name, count)| (name.to_string(), *count))
+            .collect();
+        list.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        list
+    };
+    let flows = &figures.flows;
+    let (ports, other_ports) = flows.half_open_timeouts.top(5);
+    FlowFigures {
+        tracked: flows.tracked,
+        half_open: flows.half_open,
+        ended: flows.ended(),
+        ended_by_close: most_first(&flows.ended_by_close),
+        ended_by_conn_state: most_first(&flows.ended_by_conn_state),
+        events_lost: flows.events_lost,
+        insert_failed: flows.insert_failed,
+        evicted: flows.evicted,
+        log_lines_lost: figures.lines_lost.of("log"),
+        syn_untracked: flows.syn_untracked,
+        lock_contended: flows.lock_contended,
+        half_open_timeouts_by_port: ports,
+        half_open_timeouts_other: other_ports,
     }
 }
 
@@ -760,6 +818,57 @@ mod tests {
         }
         assert_eq!(snapshot.recent_teardowns.len(), RECENT_TEARDOWNS_KEPT);
         assert_eq!(snapshot.recent_teardowns.front().unwrap(), "10");
+    }
+
+    /// The figures of a report, as the dashboard shows them.
+    #[test]
+    fn a_report_shows_its_figures() {
+        let figures = crate::report::figures::tests::busy_figures();
+        let mut snapshot = Snapshot::new("eth0".into(), "native XDP + TC egress".into());
+        snapshot.show(&figures);
+        assert_eq!(snapshot.counters.len(), ROW_COUNTERS.len());
+        assert_eq!(
+            snapshot.counters[0],
+            CounterFigure {
+                label: "pkts",
+                per_second: 0.5,
+                total: 1000,
+            }
+        );
+        assert_eq!(snapshot.sent[0].total, 2000);
+        assert_eq!(snapshot.flows.ended, 9);
+        assert_eq!(
+            snapshot.flows.ended_by_close,
+            [("graceful".to_string(), 7), ("refused".to_string(), 2)]
+        );
+        assert_eq!(snapshot.flows.log_lines_lost, Some(12));
+        assert_eq!(
+            snapshot.flows.half_open_timeouts_by_port,
+            [(8080, 12), (443, 3)]
+        );
+        assert_eq!(snapshot.flows.half_open_timeouts_other, 40);
+        let frame = render(&snapshot, 140, 24);
+        assert!(frame.contains("in /s"), "{frame}");
+        assert!(
+            frame.contains("flows     3 tracked, 1 half-open, 9 ended\n"),
+            "{frame}"
+        );
+        assert!(
+            frame.contains("lock contended 5, log lines lost 12\n"),
+            "{frame}"
+        );
+        assert!(
+            frame.contains("half-open timeouts by port 8080:12 443:3 other:40\n"),
+            "{frame}"
+        );
+        // Ingress only, no log: no out rows, no log figure.
+        let mut ingress = figures.clone();
+        ingress.egress = None;
+        ingress.lines_lost.0.pop();
+        snapshot.show(&ingress);
+        assert!(snapshot.sent.is_empty());
+        assert_eq!(snapshot.flows.log_lines_lost, None);
+        assert!(render(&snapshot, 140, 24).contains("per second"));
     }
 
     #[test]

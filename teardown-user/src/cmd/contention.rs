@@ -27,7 +27,7 @@ use teardown_common::{
 };
 
 use crate::kernel::{Kernel, LoadOptions};
-use crate::output::outln;
+use crate::report::output::outln;
 
 /// One thread's frames: a program, by file descriptor, and its frame.
 struct Hammer {

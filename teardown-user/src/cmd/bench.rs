@@ -13,7 +13,7 @@ use teardown_common::{
 };
 
 use crate::kernel::{ClockMode, Kernel, LoadOptions};
-use crate::output::outln;
+use crate::report::output::outln;
 
 /// SYNs per 100 ms poll of the flood `new_syn` stands for (a million a second).
 const FLOOD_SYNS_PER_POLL: u64 = 100_000;
@@ -27,7 +27,7 @@ pub struct BenchOptions {
     /// Alternating baseline/program measurements per frame; the median is kept.
     pub rounds: u32,
     pub json_out: Option<PathBuf>,
-    /// Only the contention case ([`crate::contention`]).
+    /// Only the contention case ([`crate::cmd::contention`]).
     pub contention_only: bool,
 }
 
@@ -364,7 +364,8 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
     }
     // Repeats beyond a few million only make the case longer: two CPUs
     // collide within the first thousands of runs.
-    let (contention, exact) = crate::contention::run(options.repeat.max(CONTENTION_MIN_REPEAT))?;
+    let (contention, exact) =
+        crate::cmd::contention::run(options.repeat.max(CONTENTION_MIN_REPEAT))?;
     if let Some(path) = options.json_out {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -382,7 +383,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
         outln!("wrote {}", path.display());
     }
     if !exact {
-        crate::output::say(
+        crate::report::output::say(
             "teardown: the contention case lost updates: the flow table's record did not count every packet",
         );
     }

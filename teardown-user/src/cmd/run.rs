@@ -1,0 +1,545 @@
+//! `teardown run`: attach to an interface and report live figures.
+
+use std::{fmt::Display, fs::File, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use teardown_common::conn::Timeouts;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    conn::tracker::{Clock, Ended, Tracker, monotonic_now_ns},
+    flood::{AlertEvent, AlertWatch, DetectConfig},
+    kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
+    report::dashboard::{self, Live},
+    report::figures::{
+        AlertFigures, AlertSummary, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
+    },
+    report::json,
+    report::metrics_server::MetricsServer,
+    report::output::{self, LineOutput, Sink, push_line, say},
+    report::plain,
+};
+
+/// Which way packets are watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Direction {
+    /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
+    /// RSTs are seen too.
+    Both,
+    /// XDP only: for a mirror port that carries both directions.
+    Ingress,
+}
+
+impl Direction {
+    /// As `--direction` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub iface: String,
+    pub mode: AttachMode,
+    pub interval: Duration,
+    pub json: bool,
+    /// Scrolling lines even when stdout is a terminal (no dashboard).
+    pub plain: bool,
+    pub direction: Direction,
+    pub timeouts: Timeouts,
+    pub max_flows: u32,
+    pub clock: ClockMode,
+    /// Also append every connection record, as JSON, to this file.
+    pub log: Option<PathBuf>,
+    /// Serve Prometheus metrics here (`None`: `--metrics-addr off`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// SYN-flood detection thresholds.
+    pub detect: DetectConfig,
+}
+
+/// How often ended connections are collected, whatever the report interval.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+
+/// How long past a deadline the kernel leaves a record for user space.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The wall-clock time the dashboard shows, as the plain rows print it.
+fn clock_time() -> String {
+    plain::clock(unix_seconds())
+}
+
+/// Where the human output goes: scrolling lines (a pipe, or `--plain`), or
+/// the live dashboard when stdout is a terminal. `--json` never comes here.
+enum Screen {
+    Plain { rows: usize },
+    Dashboard(Box<Live>),
+}
+
+impl Screen {
+    fn new(options: &RunOptions, attachment: String) -> anyhow::Result<Screen> {
+        if options.json || options.plain || !dashboard::stdout_can_show_dashboard() {
+            return Ok(Screen::Plain { rows: 0 });
+        }
+        let mut dashboard = Live::start(options.iface.clone(), attachment)?;
+        dashboard.draw(clock_time())?;
+        Ok(Screen::Dashboard(Box::new(dashboard)))
+    }
+
+    /// An ended connection: its line for the plain output, or `None` when
+    /// the dashboard took it.
+    fn connection(&mut self, record: &Ended) -> Option<String> {
+        match self {
+            Screen::Plain { .. } => Some(record.human_line()),
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.push_teardown(record.human_line());
+                None
+            }
+        }
+    }
+
+    /// One report interval's figures: rows of the table on `out`, or a
+    /// redrawn dashboard (whose drawing may fail: see [`Outputs::drawn`]).
+    fn report(&mut self, figures: &Figures, out: &mut Sink) -> anyhow::Result<()> {
+        match self {
+            Screen::Plain { rows } => {
+                out.write(&plain::report(figures, *rows));
+                *rows += 1;
+                Ok(())
+            }
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.show(figures);
+                dashboard.draw(clock_time())
+            }
+        }
+    }
+
+    /// An alert started, changed or ended (one line, e.g.
+    /// `AlertEvent::human_line`): its line for the plain output, or `None`
+    /// when it went to the dashboard's alert log. Not for `--json`, which
+    /// prints the event's JSON instead.
+    fn alert_event(&mut self, line: String) -> Option<String> {
+        match self {
+            Screen::Plain { .. } => Some(line),
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot.push_alert_event(line);
+                None
+            }
+        }
+    }
+
+    /// The ongoing alerts, one line each, shown at the top of the dashboard
+    /// (the plain lines already carry each alert's events).
+    fn set_active_alerts(&mut self, lines: Vec<String>) {
+        if let Screen::Dashboard(dashboard) = self {
+            dashboard.snapshot.active_alerts = lines;
+        }
+    }
+
+    /// The alert summary after each report's rows (the dashboard shows the
+    /// alerts themselves).
+    fn alert_summary(&mut self, figures: &Figures, out: &mut Sink) {
+        if let Screen::Plain { .. } = self {
+            out.write(&plain::alert_summary(figures));
+        }
+    }
+
+    /// Between reports: redraws the dashboard a few times a second, so new
+    /// teardowns and the uptime move.
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        match self {
+            Screen::Dashboard(dashboard) => dashboard.draw_if_due(clock_time),
+            Screen::Plain { .. } => Ok(()),
+        }
+    }
+
+    /// Gives the terminal back, if the dashboard had it (returns whether);
+    /// what follows is printed as lines.
+    fn leave(&mut self) -> bool {
+        let was_dashboard = matches!(self, Screen::Dashboard(_));
+        *self = Screen::Plain { rows: 0 };
+        was_dashboard
+    }
+}
+
+/// Adds `line` to the batch `text` for `sink`, writing the batch when it is
+/// full.
+fn batch(sink: &mut Sink, text: &mut String, line: impl Display) {
+    push_line(text, line);
+    if text.len() >= output::BATCH_BYTES {
+        sink.write(text);
+        text.clear();
+    }
+}
+
+/// Where `teardown run` writes lines: stdout (the table, the plain lines,
+/// or JSON) and the `--log` file. Neither stops the monitor by failing (see
+/// [`Sink`]): a full disk costs lines, counted and shown in every output,
+/// not the watch. A closed stdout (`| head`) ends the run, quietly.
+struct Outputs {
+    json: bool,
+    stdout: Sink,
+    log: Option<Sink>,
+    clock: Clock,
+    /// Whether a failure to draw the dashboard was said already.
+    dashboard_warned: bool,
+}
+
+impl Outputs {
+    /// Lines each output lost so far: stdout, then the log if there is one.
+    fn lines_lost(&self) -> LinesLost {
+        LinesLost(
+            std::iter::once(&self.stdout)
+                .chain(&self.log)
+                .map(|sink| (sink.key, sink.lost()))
+                .collect(),
+        )
+    }
+
+    /// Prints ended connections, and appends them to the log file if any.
+    fn emit(&mut self, ended: &[Ended], screen: &mut Screen) {
+        let (mut out, mut log) = (String::new(), String::new());
+        for record in ended {
+            if self.json || self.log.is_some() {
+                let object = record.json(&self.clock).to_string();
+                if self.json {
+                    batch(&mut self.stdout, &mut out, &object);
+                }
+                if let Some(sink) = &mut self.log {
+                    batch(sink, &mut log, &object);
+                }
+            }
+            if !self.json
+                && let Some(line) = screen.connection(record)
+            {
+                batch(&mut self.stdout, &mut out, line);
+            }
+        }
+        self.flush(&out, &log);
+    }
+
+    /// Prints SYN-flood alert events, and appends them to the log file.
+    fn emit_alerts(&mut self, events: &[AlertEvent], screen: &mut Screen) {
+        let (mut out, mut log) = (String::new(), String::new());
+        for event in events {
+            // Events are made at the poll that just ran: now.
+            let object = event.json(unix_seconds()).to_string();
+            if self.json {
+                batch(&mut self.stdout, &mut out, &object);
+            } else if let Some(line) = screen.alert_event(event.human_line()) {
+                batch(&mut self.stdout, &mut out, line);
+            }
+            if let Some(sink) = &mut self.log {
+                batch(sink, &mut log, &object);
+            }
+        }
+        self.flush(&out, &log);
+    }
+
+    fn flush(&mut self, out: &str, log: &str) {
+        self.stdout.write(out);
+        if let Some(sink) = &mut self.log {
+            sink.write(log);
+        }
+    }
+
+    /// What became of a dashboard frame. A terminal that is gone (`EPIPE`,
+    /// or `EIO` once it hung up) ends the run as a closed stdout does. Any
+    /// other failure is said once and the next frame tries again: a frame
+    /// carries no record, and the next one replaces it, so there is nothing
+    /// to count.
+    fn drawn(&mut self, result: anyhow::Result<()>) {
+        let Err(err) = result else { return };
+        let gone = err.downcast_ref::<std::io::Error>().is_some_and(|err| {
+            err.kind() == std::io::ErrorKind::BrokenPipe || err.raw_os_error() == Some(libc::EIO)
+        });
+        if gone {
+            self.stdout.close();
+        } else if !self.dashboard_warned {
+            self.dashboard_warned = true;
+            say(format_args!(
+                "teardown: warning: {err:#}; monitoring goes on, and every frame is tried again"
+            ));
+        }
+    }
+}
+
+/// The flow table's clock minus CLOCK_MONOTONIC, in nanoseconds: read a few
+/// times, keeping the reading bracketed most tightly by two of ours. For the
+/// coarse clock it is right to within a tick, which is its resolution anyway.
+fn calibrate_clock(kernel: &mut Kernel) -> anyhow::Result<i128> {
+    let mut best: Option<(u64, i128)> = None;
+    for _ in 0..5 {
+        let before = monotonic_now_ns();
+        let reading = kernel.kernel_clock_ns()?;
+        let after = monotonic_now_ns();
+        let width = after.saturating_sub(before);
+        let offset = reading as i128 - (before / 2 + after / 2) as i128;
+        if best.is_none_or(|(narrowest, _)| width < narrowest) {
+            best = Some((width, offset));
+        }
+    }
+    Ok(best.map(|(_, offset)| offset).unwrap_or(0))
+}
+
+/// The alert watch's figures, for [`Figures::assemble`].
+fn alert_figures(alerts: &AlertWatch) -> anyhow::Result<AlertFigures> {
+    Ok(AlertFigures {
+        summary: serde_json::from_value::<AlertSummary>(alerts.summary_json())
+            .context("reading the alert watch's summary")?,
+        states: alerts.states(),
+        active_lines: alerts.active_lines(),
+        summary_line: alerts.summary_line(),
+    })
+}
+
+/// The kernel's counters (and the sent ones when `egress`) and flow
+/// statistics, now.
+fn read_kernel(kernel: &Kernel, egress: bool) -> anyhow::Result<Reading> {
+    Ok(Reading {
+        received: kernel.tallies()?,
+        sent: if egress {
+            Some(kernel.egress_tallies()?)
+        } else {
+            None
+        },
+        flow: kernel.flow_stats()?,
+    })
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let egress = options.direction == Direction::Both;
+    let facts = RunFacts::starting_now(options.direction.name());
+    // The outputs in use, by key: stdout, and the log with --log.
+    let output_keys: &[&'static str] = if options.log.is_some() {
+        &["stdout", "log"]
+    } else {
+        &["stdout"]
+    };
+    // Prometheus (metrics.rs): bound before anything is attached, so a taken
+    // address fails the run with nothing to undo. It serves figures at 0
+    // (with the sent counters and the outputs in use) until the first publish.
+    let metrics = match options.metrics_addr {
+        Some(addr) => Some(
+            MetricsServer::start(
+                addr,
+                Figures::zero(&options.iface, facts.clone(), egress, output_keys),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut alerts = AlertWatch::new(options.detect.clone())?;
+    // stdout before the log: were fd 1 closed (`>&-`), the log would be
+    // opened as fd 1 and taken for stdout.
+    let stdout = Sink::new(
+        "stdout",
+        "stdout".to_string(),
+        LineOutput::stdout().context("stdout is not open")?,
+        true,
+    );
+    let log = match &options.log {
+        Some(path) => Some(Sink::new(
+            "log",
+            format!("the log file {}", path.display()),
+            LineOutput::file(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
+            ),
+            false,
+        )),
+        None => None,
+    };
+    let mut kernel = Kernel::load(&LoadOptions {
+        timeouts: options.timeouts,
+        grace_ns: GRACE.as_nanos() as u64,
+        max_flows: options.max_flows,
+        clock: options.clock,
+    })?;
+    let mut events = kernel.take_events()?;
+    let table = kernel.flow_table()?;
+    let kernel_offset = calibrate_clock(&mut kernel)?;
+    let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
+    alerts.start(&mut kernel)?;
+    // The counters' starting point, before anything is attached: a packet
+    // that arrives as soon as the program is attached must count.
+    let start = read_kernel(&kernel, egress)?;
+    let baseline = Baseline {
+        received: start.received,
+        sent: start.sent,
+    };
+    let mode = kernel.attach(&options.iface, options.mode)?;
+    if egress {
+        kernel.attach_egress(&options.iface)?;
+    }
+    let attachment = format!(
+        "{mode} XDP{}",
+        if egress {
+            " + TC egress"
+        } else {
+            ", ingress only"
+        }
+    );
+    say(format_args!(
+        "teardown: watching {} ({attachment}), every {:?}; Ctrl-C to stop",
+        options.iface, options.interval
+    ));
+    if let Some(metrics) = &metrics {
+        say(format_args!(
+            "teardown: Prometheus metrics at http://{}/metrics",
+            metrics.local_addr()
+        ));
+    }
+    let mut output = Outputs {
+        json: options.json,
+        stdout,
+        log,
+        clock: Clock::offset_from(kernel_now()),
+        dashboard_warned: false,
+    };
+    let mut tracker = Tracker::new(options.timeouts);
+    tracker.watch_half_open_timeouts();
+    // The latest report's reading: the next report's rates are measured
+    // from it (the first one's from the start).
+    let mut previous = start;
+    let mut previous_at = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(options.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    let mut poll = tokio::time::interval(EVENT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut ended = Vec::new();
+    // Taken last, once the signals that end the loop are caught, so the
+    // terminal is given back on every way out (its guard drops).
+    let mut screen = Screen::new(&options, attachment)?;
+    loop {
+        // The reader of stdout is gone (`| head`): nothing is watching any
+        // more, so the run ends as on Ctrl-C, quietly (below).
+        if output.stdout.closed() {
+            break;
+        }
+        let report = tokio::select! {
+            _ = ticker.tick() => true,
+            _ = poll.tick() => false,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        };
+        tracker.drain_events(&mut events, &mut ended);
+        tracker.take_changes(&table);
+        tracker.expire(kernel_now(), &table, &mut ended);
+        output.emit(&ended, &mut screen);
+        ended.clear();
+        let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        output.emit_alerts(&alert_events, &mut screen);
+        if !alert_events.is_empty() {
+            screen.set_active_alerts(alerts.active_lines());
+        }
+        // Prometheus is published every event poll, so a scrape is at most
+        // 100 ms behind; the other views take a report's figures.
+        if metrics.is_none() && !report {
+            output.drawn(screen.refresh());
+            continue;
+        }
+        let now = read_kernel(&kernel, egress)?;
+        let now_at = tokio::time::Instant::now();
+        let since = report.then(|| (&previous, (now_at - previous_at).as_secs_f64()));
+        // This tick's figures: every view below shows these.
+        let figures = Figures::assemble(
+            &options.iface,
+            &facts,
+            &baseline,
+            &now,
+            since,
+            &tracker,
+            alert_figures(&alerts)?,
+            output.lines_lost(),
+        );
+        if let Some(metrics) = &metrics {
+            metrics.publish(figures.clone());
+        }
+        if !report {
+            output.drawn(screen.refresh());
+            continue;
+        }
+        if options.json {
+            output.stdout.write(&json::stats(&figures));
+        } else {
+            let drawn = screen.report(&figures, &mut output.stdout);
+            output.drawn(drawn);
+            screen.alert_summary(&figures, &mut output.stdout);
+        }
+        previous = now;
+        previous_at = now_at;
+    }
+    // Detached first, so the totals below count every packet that reached
+    // the program: read while it was still attached, a packet arriving
+    // between the read and the detach went uncounted (the flood test's
+    // exact Ip InReceives check saw one).
+    if let Err(err) = kernel.detach() {
+        // E.g. the interface went away, taking the attachments with it: the
+        // figures are final either way, so report them rather than fail.
+        say(format_args!("teardown: {err:#}"));
+    }
+    // Whoever read stdout has gone (`| head -1` has its line): what follows
+    // still goes to the log, but nothing is said, as `head`-style
+    // pipelines expect of a program whose reader left, and the exit status
+    // is 0: the reader had what it wanted, and a failure status would fail
+    // a `set -o pipefail` script for it.
+    let reader_gone = output.stdout.closed();
+    // Connections still open are reported as they stand, as at the end of a
+    // capture.
+    tracker.drain_events(&mut events, &mut ended);
+    tracker.finish(&table, &mut ended);
+    output.emit(&ended, &mut screen);
+    // After a dashboard, the records of connections still open (thousands
+    // after a flood) would bury the totals: they are counted, and logged.
+    if screen.leave() && !ended.is_empty() && !reader_gone {
+        say(format_args!(
+            "teardown: {} connections still open at exit are not listed{}",
+            ended.len(),
+            match &options.log {
+                Some(path) => format!(" (they are in {})", path.display()),
+                None => " (--log FILE keeps every record, --plain lists them)".to_string(),
+            }
+        ));
+    }
+    // Alerts still in progress end here, printed after the dashboard.
+    output.emit_alerts(&alerts.finish(), &mut screen);
+    let last = read_kernel(&kernel, egress)?;
+    drop(table);
+    drop(kernel);
+    if reader_gone {
+        if let Some(log) = &mut output.log {
+            log.finish();
+        }
+        return Ok(());
+    }
+    say(format_args!("teardown: detached from {}", options.iface));
+    let figures = Figures::assemble(
+        &options.iface,
+        &facts,
+        &baseline,
+        &last,
+        None,
+        &tracker,
+        alert_figures(&alerts)?,
+        output.lines_lost(),
+    );
+    if options.json {
+        output.stdout.write(&json::final_line(&figures));
+    } else {
+        output.stdout.write(&plain::final_totals(&figures));
+    }
+    // An output still failing at the end: its warning said when the
+    // trouble began, and no "written again" note will say what it cost.
+    output.stdout.finish();
+    if let Some(log) = &mut output.log {
+        log.finish();
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Connections: the records the kernel keeps, followed to their end in user
+//! space ([`tracker`]).
+
+pub mod tracker;

@@ -1,0 +1,654 @@
+//! The figures of one tick of `teardown run`, assembled once.
+//!
+//! [`Figures::assemble`] is the one place where the kernel's readings (taken
+//! by the run loop), the tracker's bookkeeping, the alert watch's summary and
+//! the outputs' losses become one plain value. Every view is a pure function
+//! of it: the plain lines ([`crate::report::plain`]), the JSON `stats` and `final`
+//! lines ([`crate::report::json`]), the dashboard ([`crate::report::dashboard`]) and the
+//! Prometheus exposition ([`crate::report::prometheus`]). None of them reads the
+//! kernel or the tracker.
+//!
+//! The JSON `stats` line is this value serialized (see [`crate::report::json`]): the
+//! serde attributes below are its schema, so a field added here shows up
+//! there, named as it is here, unless it is marked `skip`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, Serializer};
+use teardown_common::{
+    counters::{Counter, Counters, Tallies},
+    events::FlowStats,
+};
+
+use crate::conn::tracker::Tracker;
+
+/// Everything one tick of `teardown run` shows, in every view.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Figures {
+    /// When the figures were taken, Unix seconds.
+    pub ts: f64,
+    /// The interface watched.
+    pub iface: String,
+    /// Seconds the rates are measured over (the report interval); `None`
+    /// when the figures carry no rates (between reports, at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<f64>,
+    /// What arrived (XDP): `totals` and, at a report, `rates`.
+    #[serde(flatten)]
+    pub received: Traffic,
+    /// What the host sent (TC egress); `None` with `--direction ingress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Traffic>,
+    /// The flow table's figures and the connections ended.
+    pub flows: FlowFigures,
+    /// SYN-flood alerts.
+    pub alerts: AlertFigures,
+    /// Lines each output could not write: stdout, then the log if any.
+    pub lines_lost: LinesLost,
+    /// About the run, for the views that show it (not in the JSON).
+    #[serde(skip)]
+    pub run: RunFacts,
+    /// Connections the metrics endpoint gave up on. The endpoint counts them
+    /// itself and fills them in when it serves the figures (not in the JSON).
+    #[serde(skip)]
+    pub endpoint_drops: EndpointDrops,
+}
+
+/// What stays the same for the whole run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunFacts {
+    /// teardown's version.
+    pub version: &'static str,
+    /// The direction watched, as `--direction` spells it (`both`, `ingress`).
+    pub direction: &'static str,
+    /// When teardown started, Unix seconds.
+    pub start_time_seconds: f64,
+}
+
+impl RunFacts {
+    /// The facts of a run starting now.
+    pub fn starting_now(direction: &'static str) -> RunFacts {
+        RunFacts {
+            version: env!("CARGO_PKG_VERSION"),
+            direction,
+            start_time_seconds: unix_seconds(),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// One direction's packet and flag counters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Traffic {
+    /// Since teardown started.
+    #[serde(serialize_with = "serialize_totals")]
+    pub totals: Counters,
+    /// Over the latest report interval, when the figures are a report's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rates: Option<Rates>,
+}
+
+impl Traffic {
+    /// Counters at 0 and no rates: before the first reading.
+    pub fn zero() -> Traffic {
+        Traffic {
+            totals: Counters::default(),
+            rates: None,
+        }
+    }
+
+    /// `counter` per second over the interval (0 without rates).
+    pub fn per_second(&self, counter: Counter) -> f64 {
+        self.rates.map_or(0.0, |rates| rates.per_second(counter))
+    }
+}
+
+/// Counts over an interval, shown per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    pub delta: Counters,
+    /// The interval's length (never 0).
+    pub seconds: f64,
+}
+
+impl Rates {
+    pub fn per_second(&self, counter: Counter) -> f64 {
+        self.delta.get(counter) as f64 / self.seconds
+    }
+}
+
+/// Every counter by key, as `{"packets": 12, ...}`.
+pub fn serialize_totals<S: Serializer>(
+    totals: &Counters,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(
+        Counter::ALL
+            .iter()
+            .map(|counter| (counter.key(), totals.get(*counter))),
+    )
+}
+
+/// Every counter's rate by key, rounded to thousandths.
+impl Serialize for Rates {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(Counter::ALL.iter().map(|counter| {
+            (
+                counter.key(),
+                (self.per_second(*counter) * 1000.0).round() / 1000.0,
+            )
+        }))
+    }
+}
+
+/// The flow table's figures (the kernel's) and the connections ended (the
+/// tracker's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FlowFigures {
+    /// Records user space is tracking now.
+    pub tracked: u64,
+    /// Records the kernel created.
+    pub created: u64,
+    /// Handshakes waiting for an answer now.
+    pub half_open: u64,
+    /// Inserts the flow table refused.
+    pub insert_failed: u64,
+    /// One-sided records evicted for a new connection before they ended.
+    pub evicted: u64,
+    /// Ring-buffer events dropped.
+    pub events_lost: u64,
+    /// SYNs over the half-open budget, not tracked.
+    pub syn_untracked: u64,
+    /// Segments given up on after a bounded wait for a held flow-table slot.
+    pub lock_contended: u64,
+    /// SYNs not counted per destination (their slot belonged to another).
+    pub dest_collisions: u64,
+    pub truncated_segments: u64,
+    /// Connections ended, by Zeek's conn_state and by teardown's close kind.
+    pub ended_by_conn_state: BTreeMap<&'static str, u64>,
+    pub ended_by_close: BTreeMap<&'static str, u64>,
+    /// Half-open timeouts by responder port.
+    #[serde(rename = "half_open_timeouts_by_port")]
+    pub half_open_timeouts: PortFigures,
+    /// Ports folded into `other` since the start.
+    pub half_open_timeout_ports_folded: u64,
+}
+
+impl FlowFigures {
+    /// The kernel's flow statistics with the tracker's.
+    pub fn new(flow: &FlowStats, tracker: &Tracker) -> FlowFigures {
+        let ports = &tracker.stats.half_open_by_port;
+        let (listed, other) = ports.listed();
+        FlowFigures {
+            tracked: tracker.live() as u64,
+            created: flow.created,
+            half_open: tracker.half_open(flow),
+            insert_failed: flow.insert_failed,
+            evicted: flow.evicted,
+            events_lost: flow.events_lost,
+            syn_untracked: flow.syn_untracked,
+            lock_contended: flow.lock_contended,
+            dest_collisions: flow.dest_collisions,
+            truncated_segments: flow.truncated_segments,
+            ended_by_conn_state: tracker.stats.by_conn_state.clone(),
+            ended_by_close: tracker.stats.by_close.clone(),
+            half_open_timeouts: PortFigures { listed, other },
+            half_open_timeout_ports_folded: ports.folded(),
+        }
+    }
+
+    /// Connections ended since the start.
+    pub fn ended(&self) -> u64 {
+        self.ended_by_close.values().sum()
+    }
+}
+
+/// Half-open timeouts by responder port: the listed ports (at most
+/// [`crate::conn::tracker::HALF_OPEN_PORTS_LISTED`], most first, ties by port) and
+/// `other`, the sum of the rest, so that they add up to every timeout
+/// however many ports timed out. In JSON: `{"8080": 13, ..., "other": 40}`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PortFigures {
+    pub listed: Vec<(u16, u64)>,
+    pub other: u64,
+}
+
+impl PortFigures {
+    /// The `n` ports with most timeouts, and the sum of all the others.
+    pub fn top(&self, n: usize) -> (Vec<(u16, u64)>, u64) {
+        let shown = &self.listed[..n.min(self.listed.len())];
+        let rest: u64 = self.listed[shown.len()..]
+            .iter()
+            .map(|(_, count)| count)
+            .sum();
+        (shown.to_vec(), self.other.saturating_add(rest))
+    }
+}
+
+impl Serialize for PortFigures {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.listed
+                .iter()
+                .map(|(port, count)| (port.to_string(), *count))
+                .chain(std::iter::once(("other".to_string(), self.other))),
+        )
+    }
+}
+
+pub use crate::flood::AlertState;
+
+/// SYN-flood alerts: the summary (the JSON `alerts` object) and what the
+/// other views show of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertFigures {
+    #[serde(flatten)]
+    pub summary: AlertSummary,
+    /// Every target's state (ended ones stay, inactive): Prometheus.
+    #[serde(skip)]
+    pub states: Vec<AlertState>,
+    /// One short line per alert in progress: the dashboard.
+    #[serde(skip)]
+    pub active_lines: Vec<String>,
+    /// The alerts in one line, as the alert watch words it: the plain output.
+    #[serde(skip)]
+    pub summary_line: String,
+}
+
+/// The detector's figures: the JSON `alerts` object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertSummary {
+    /// Targets whose alert is active now.
+    pub active: Vec<String>,
+    /// Alerts started since the start.
+    pub started: u64,
+    pub destinations_watched: u64,
+    pub destinations_dropped: u64,
+    pub destination_counts_dropped: u64,
+    pub counter_resets: u64,
+}
+
+/// Lines each output could not write, by its key (`stdout`, `log`), in the
+/// order of the outputs. In JSON: `{"stdout": 0, "log": 12}`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinesLost(pub Vec<(&'static str, u64)>);
+
+impl LinesLost {
+    /// The lines `key` lost, if that output is in use.
+    pub fn of(&self, key: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(output, _)| *output == key)
+            .map(|(_, count)| *count)
+    }
+}
+
+impl Serialize for LinesLost {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, count)| (*key, *count)))
+    }
+}
+
+/// Connections to the metrics endpoint closed without serving a scrape, by
+/// why: `teardown_metrics_connections_dropped_total{reason}`. They show
+/// whether anyone is crowding the endpoint, and which limit turned them away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointDrops {
+    /// Cancelled at capacity to make room for a newcomer.
+    pub evicted: u64,
+    /// Request head not complete in time (answered 408).
+    pub read_timeout: u64,
+    /// Response not taken in time.
+    pub write_timeout: u64,
+    /// Request head too large (answered 431).
+    pub too_large: u64,
+}
+
+impl EndpointDrops {
+    /// Each reason with its count, all of them always (so `rate()` over a
+    /// reason never comes back empty).
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("evicted", self.evicted),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("too_large", self.too_large),
+        ]
+    }
+}
+
+/// One reading of the kernel's counters and flow statistics, taken by the
+/// run loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    pub received: Tallies,
+    /// `None` when egress is not watched.
+    pub sent: Option<Tallies>,
+    pub flow: FlowStats,
+}
+
+/// Where the counters started: the reading before anything was attached.
+pub struct Baseline {
+    pub received: Tallies,
+    pub sent: Option<Tallies>,
+}
+
+impl Figures {
+    /// Figures at zero, before the first reading: what the metrics endpoint
+    /// serves until the run loop publishes. `egress` says whether the sent
+    /// counters are watched, and `outputs` the outputs in use (their
+    /// samples are there, at 0, from the first scrape on).
+    pub fn zero(iface: &str, run: RunFacts, egress: bool, outputs: &[&'static str]) -> Figures {
+        Figures {
+            ts: run.start_time_seconds,
+            iface: iface.to_string(),
+            interval: None,
+            received: Traffic::zero(),
+            egress: egress.then(Traffic::zero),
+            flows: FlowFigures::default(),
+            alerts: AlertFigures::default(),
+            lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
+            run,
+            endpoint_drops: EndpointDrops::default(),
+        }
+    }
+
+    /// The one place the figures are put together: counters since
+    /// `baseline`, rates since `previous` (the latest report's reading,
+    /// `seconds` ago) when given, the flow table's figures with the
+    /// tracker's, the alerts and the outputs' losses.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per source of figures, each taken once"
+    )]
+    pub fn assemble(
+        iface: &str,
+        run: &RunFacts,
+        baseline: &Baseline,
+        now: &Reading,
+        previous: Option<(&Reading, f64)>,
+        tracker: &Tracker,
+        alerts: AlertFigures,
+        lines_lost: LinesLost,
+    ) -> Figures {
+        let rates = |now: &Tallies, before: Option<&Tallies>, seconds: f64| {
+            before.map(|before| Rates {
+                delta: now.since(before).totals(),
+                seconds: seconds.max(1e-9),
+            })
+        };
+        let received = Traffic {
+            totals: now.received.since(&baseline.received).totals(),
+            rates: previous.and_then(|(before, seconds)| {
+                rates(&now.received, Some(&before.received), seconds)
+            }),
+        };
+        let egress = match (&now.sent, &baseline.sent) {
+            (Some(sent), Some(start)) => Some(Traffic {
+                totals: sent.since(start).totals(),
+                rates: previous
+                    .and_then(|(before, seconds)| rates(sent, before.sent.as_ref(), seconds)),
+            }),
+            _ => None,
+        };
+        Figures {
+            ts: unix_seconds(),
+            iface: iface.to_string(),
+            interval: previous.map(|(_, seconds)| seconds.max(1e-9)),
+            received,
+            egress,
+            flows: FlowFigures::new(&now.flow, tracker),
+            alerts,
+            lines_lost,
+            run: run.clone(),
+            endpoint_drops: EndpointDrops::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use teardown_common::conn::Timeouts;
+
+    /// Figures with every counter and figure set to something distinct.
+    pub fn busy_figures() -> Figures {
+        let mut figures = Figures::zero(
+            "eth0",
+            RunFacts {
+                version: "0.1.0",
+                direction: "both",
+                start_time_seconds: 1_700_000_000.0,
+            },
+            true,
+            &["stdout", "log"],
+        );
+        figures.ts = 1_700_000_100.5;
+        figures.interval = Some(2.0);
+        let mut delta = Counters::default();
+        for (index, value) in figures.received.totals.values.iter_mut().enumerate() {
+            *value = 1000 + index as u64;
+            delta.values[index] = 2 * index as u64 + 1;
+        }
+        figures.received.rates = Some(Rates {
+            delta,
+            seconds: 2.0,
+        });
+        let mut sent = Counters::default();
+        for (index, value) in sent.values.iter_mut().enumerate() {
+            *value = 2000 + index as u64;
+        }
+        figures.egress = Some(Traffic {
+            totals: sent,
+            rates: Some(Rates {
+                delta: Counters::default(),
+                seconds: 2.0,
+            }),
+        });
+        let flows = &mut figures.flows;
+        flows.tracked = 3;
+        flows.created = 40;
+        flows.half_open = 1;
+        flows.events_lost = 4;
+        flows.lock_contended = 5;
+        flows.ended_by_conn_state.insert("SF", 7);
+        flows.ended_by_conn_state.insert("REJ", 2);
+        flows.ended_by_close.insert("graceful", 7);
+        flows.ended_by_close.insert("refused", 2);
+        flows.half_open_timeouts = PortFigures {
+            listed: vec![(8080, 12), (443, 3)],
+            other: 40,
+        };
+        flows.half_open_timeout_ports_folded = 38;
+        figures.alerts.summary = AlertSummary {
+            active: vec!["192.0.2.2:80".into()],
+            started: 2,
+            destinations_watched: 9,
+            ..AlertSummary::default()
+        };
+        figures.alerts.states = vec![
+            AlertState {
+                target: "192.0.2.2:80".into(),
+                active: true,
+            },
+            AlertState {
+                target: "odd \"target\" \\ with\nnewline".into(),
+                active: false,
+            },
+        ];
+        figures.lines_lost = LinesLost(vec![("stdout", 0), ("log", 12)]);
+        figures
+    }
+
+    /// The keys and shapes of the `stats` object (less `event`), as the
+    /// tests in `tests/` read them.
+    #[test]
+    fn figures_serialize_as_the_stats_object() {
+        let value = serde_json::to_value(busy_figures()).expect("serializes");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "alerts",
+                "egress",
+                "flows",
+                "iface",
+                "interval",
+                "lines_lost",
+                "rates",
+                "totals",
+                "ts"
+            ]
+        );
+        assert_eq!(value["totals"]["packets"], 1000);
+        assert_eq!(
+            value["totals"].as_object().unwrap().len(),
+            Counter::ALL.len()
+        );
+        assert_eq!(value["rates"]["packets"], 0.5);
+        assert_eq!(value["rates"]["non_ip"], 1.5);
+        assert_eq!(value["egress"]["totals"]["packets"], 2000);
+        assert_eq!(value["egress"]["rates"]["packets"], 0.0);
+        assert_eq!(value["interval"], 2.0);
+        assert_eq!(value["lines_lost"], json!({"stdout": 0, "log": 12}));
+        assert_eq!(
+            value["alerts"],
+            json!({
+                "active": ["192.0.2.2:80"],
+                "started": 2,
+                "destinations_watched": 9,
+                "destinations_dropped": 0,
+                "destination_counts_dropped": 0,
+                "counter_resets": 0,
+            })
+        );
+        let flows = &value["flows"];
+        let mut flow_keys: Vec<&str> = flows
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        flow_keys.sort();
+        assert_eq!(
+            flow_keys,
+            [
+                "created",
+                "dest_collisions",
+                "ended_by_close",
+                "ended_by_conn_state",
+                "events_lost",
+                "evicted",
+                "half_open",
+                "half_open_timeout_ports_folded",
+                "half_open_timeouts_by_port",
+                "insert_failed",
+                "lock_contended",
+                "syn_untracked",
+                "tracked",
+                "truncated_segments",
+            ]
+        );
+        assert_eq!(
+            flows["half_open_timeouts_by_port"],
+            json!({"8080": 12, "443": 3, "other": 40})
+        );
+        assert_eq!(
+            flows["ended_by_close"],
+            json!({"graceful": 7, "refused": 2})
+        );
+
+        // Without egress and rates (ingress only, at the end): no such keys.
+        let mut bare = busy_figures();
+        bare.egress = None;
+        bare.received.rates = None;
+        bare.interval = None;
+        let value = serde_json::to_value(bare).expect("serializes");
+        for key in ["egress", "rates", "interval"] {
+            assert_eq!(value.get(key), None, "{key}: {value}");
+        }
+    }
+
+    /// A port-sweeping flood's timeouts, every port three times, and one
+    /// service's: the flows object stays small and its per-port counts
+    /// still add up to every timeout.
+    #[test]
+    fn half_open_timeouts_by_port_stay_small_after_a_port_sweep() {
+        let mut tracker = Tracker::new(Timeouts::ZEEK);
+        let ports = &mut tracker.stats.half_open_by_port;
+        for _ in 0..10 {
+            ports.add(8080, 0);
+        }
+        for round in 0..3 {
+            for port in 1..=u16::MAX {
+                ports.add(port, round);
+            }
+        }
+        let total = ports.total();
+        let figures = FlowFigures::new(&FlowStats::default(), &tracker);
+        let flows = serde_json::to_value(&figures).expect("serializes");
+        let text = flows.to_string();
+        // 32 ports and `other` with counts of a few digits: about 500 bytes,
+        // where every port's own entry took over 500 KB.
+        assert!(text.len() < 2048, "{} bytes: {text}", text.len());
+        let by_port = flows["half_open_timeouts_by_port"]
+            .as_object()
+            .expect("an object");
+        assert_eq!(
+            by_port.len(),
+            crate::conn::tracker::HALF_OPEN_PORTS_LISTED + 1
+        );
+        assert_eq!(by_port["8080"], 13, "{text}");
+        let sum: u64 = by_port.values().filter_map(Value::as_u64).sum();
+        assert_eq!(sum, total, "{text}");
+        assert!(flows["half_open_timeout_ports_folded"].as_u64() > Some(65_000));
+        // Any number of the busiest, and the rest: as the tracker counts them.
+        for n in [0, 3, 5, 32, 100] {
+            assert_eq!(
+                figures.half_open_timeouts.top(n),
+                tracker.stats.half_open_by_port.top(n),
+                "top {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_timeouts_yet_is_an_other_of_zero() {
+        let tracker = Tracker::new(Timeouts::ZEEK);
+        let flows = serde_json::to_value(FlowFigures::new(&FlowStats::default(), &tracker))
+            .expect("serializes");
+        assert_eq!(
+            flows["half_open_timeouts_by_port"],
+            json!({ "other": 0 }),
+            "{flows}"
+        );
+    }
+
+    #[test]
+    fn alert_summaries_read_the_watch_json() {
+        let summary: AlertSummary = serde_json::from_value(json!({
+            "active": ["*"],
+            "started": 1,
+            "destinations_watched": 2,
+            "destinations_dropped": 3,
+            "destination_counts_dropped": 4,
+            "counter_resets": 5,
+        }))
+        .expect("the alert watch's summary");
+        assert_eq!(summary.counter_resets, 5);
+        assert_eq!(summary.active, ["*"]);
+    }
+}

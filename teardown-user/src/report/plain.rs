@@ -1,0 +1,233 @@
+//! The plain view: scrolling lines of `teardown run` (a pipe, a file, or
+//! `--plain`), from [`Figures`]: a row of per-second rates per report (and a
+//! `sent` row under it), the `flows:` line, the alert summary, and the final
+//! totals.
+
+use teardown_common::counters::{Counter, Counters};
+
+use crate::{
+    report::figures::{Figures, FlowFigures, LinesLost, PortFigures, Traffic},
+    report::output::{self, push_line, short_count},
+};
+
+/// The counters shown in each human row (and in the dashboard's table), as
+/// per-second rates.
+pub const ROW_COUNTERS: &[(Counter, &str)] = &[
+    (Counter::Packets, "pkts/s"),
+    (Counter::Tcp, "tcp/s"),
+    (Counter::Syn, "syn/s"),
+    (Counter::SynAck, "synack/s"),
+    (Counter::Fin, "fin/s"),
+    (Counter::Rst, "rst/s"),
+    (Counter::Malformed, "bad/s"),
+    (Counter::NonIp, "nonip/s"),
+];
+
+/// Rows between repeated headers.
+pub const HEADER_EVERY: usize = 20;
+
+fn header() -> String {
+    let mut line = format!("{:<8}", "time");
+    for (_, label) in ROW_COUNTERS {
+        line.push_str(&format!(" {label:>8}"));
+    }
+    line.push_str(&format!(" {:>10}", "total tcp"));
+    line
+}
+
+/// `HH:MM:SS` UTC of a Unix time: the monitor's logs are compared across
+/// hosts.
+pub fn clock(unix_seconds: f64) -> String {
+    let now = unix_seconds as u64;
+    format!(
+        "{:02}:{:02}:{:02}",
+        now / 3600 % 24,
+        now / 60 % 60,
+        now % 60
+    )
+}
+
+/// One row of rates: `label` is the time for what arrived, `sent` for
+/// what the host sent (printed below it, in the same columns).
+fn row(label: &str, traffic: &Traffic) -> String {
+    let mut line = format!("{label:<8}");
+    for (counter, _) in ROW_COUNTERS {
+        line.push_str(&format!(
+            " {:>8}",
+            short_count(traffic.per_second(*counter))
+        ));
+    }
+    line.push_str(&format!(" {:>10}", traffic.totals.get(Counter::Tcp)));
+    line
+}
+
+/// `port:count` of the `n` ports with most half-open timeouts, and
+/// `other:count` for the rest when there is any.
+pub fn half_open_ports_words(ports: &PortFigures, n: usize) -> Vec<String> {
+    let (top, rest) = ports.top(n);
+    let mut words: Vec<String> = top
+        .iter()
+        .map(|(port, count)| format!("{port}:{count}"))
+        .collect();
+    if rest > 0 {
+        words.push(format!("other:{rest}"));
+    }
+    words
+}
+
+fn flow_line(flows: &FlowFigures) -> String {
+    let ports = half_open_ports_words(&flows.half_open_timeouts, 3);
+    format!(
+        "flows: {} tracked, {} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
+        flows.tracked,
+        flows.half_open,
+        flows.ended(),
+        flows.events_lost,
+        flows.insert_failed,
+        flows.evicted,
+        flows.syn_untracked,
+        flows.lock_contended,
+        if flows.dest_collisions > 0 {
+            format!(
+                ", SYNs not counted per destination {}",
+                flows.dest_collisions
+            )
+        } else {
+            String::new()
+        },
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!("; half-open timeouts by port {}", ports.join(" "))
+        }
+    )
+}
+
+/// The `flows:` line, and what the outputs lost: the plain output's
+/// figures of everything dropped, in one line.
+fn flows_and_lines_lost(flows: &FlowFigures, lost: &LinesLost) -> String {
+    let lost: Vec<String> = lost
+        .0
+        .iter()
+        .map(|(key, count)| format!("{key} {count}"))
+        .collect();
+    format!("{}; lines lost {}", flow_line(flows), lost.join(", "))
+}
+
+/// A report's lines: the header every [`HEADER_EVERY`] rows (`row` counts
+/// the reports so far), the rates (and `sent` rates), the `flows:` line.
+pub fn report(figures: &Figures, row_number: usize) -> String {
+    let mut text = String::new();
+    if row_number.is_multiple_of(HEADER_EVERY) {
+        push_line(&mut text, header());
+    }
+    push_line(&mut text, row(&clock(figures.ts), &figures.received));
+    if let Some(sent) = &figures.egress {
+        push_line(&mut text, row("  sent", sent));
+    }
+    push_line(
+        &mut text,
+        flows_and_lines_lost(&figures.flows, &figures.lines_lost),
+    );
+    text
+}
+
+/// The alert summary that follows each report's lines.
+pub fn alert_summary(figures: &Figures) -> String {
+    format!("{}\n", figures.alerts.summary_line)
+}
+
+/// The totals once teardown has detached.
+pub fn final_totals(figures: &Figures) -> String {
+    let mut text = format!("final totals on {}:\n", figures.iface);
+    let received: &Counters = &figures.received.totals;
+    text.push_str(&match &figures.egress {
+        Some(sent) => output::totals_table_both(received, &sent.totals),
+        None => output::totals_table(received),
+    });
+    push_line(
+        &mut text,
+        flows_and_lines_lost(&figures.flows, &figures.lines_lost),
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use teardown_common::{conn::Timeouts, events::FlowStats};
+
+    use super::*;
+    use crate::{conn::tracker::Tracker, report::figures::tests::busy_figures};
+
+    #[test]
+    fn a_report_is_a_row_a_sent_row_and_the_flows() {
+        let figures = busy_figures();
+        let first = report(&figures, 0);
+        let lines: Vec<&str> = first.lines().collect();
+        assert_eq!(lines.len(), 4, "{first}");
+        assert!(
+            lines[0].starts_with("time       pkts/s    tcp/s"),
+            "{first}"
+        );
+        // 1_700_000_100 is 22:15:00 UTC.
+        assert!(lines[1].starts_with("22:15:00      0.5"), "{first}");
+        assert!(lines[1].ends_with(&format!(" {}", figures.received.totals.get(Counter::Tcp))));
+        assert!(lines[2].starts_with("  sent          0"), "{first}");
+        assert_eq!(
+            lines[3],
+            "flows: 3 tracked, 1 half-open, 9 ended; lost events 4, failed inserts 0, evicted 0, SYNs untracked 0, lock contended 5; half-open timeouts by port 8080:12 443:3 other:40; lines lost stdout 0, log 12"
+        );
+        // No header between the twentieth rows, no sent row when ingress only.
+        let mut ingress = figures.clone();
+        ingress.egress = None;
+        assert_eq!(report(&ingress, 1).lines().count(), 2);
+        assert_eq!(report(&ingress, HEADER_EVERY).lines().count(), 3);
+    }
+
+    #[test]
+    fn the_flows_line_lists_three_ports_then_the_rest() {
+        // A sweep: every port three times, and one service's ten more.
+        let mut tracker = Tracker::new(Timeouts::ZEEK);
+        let ports = &mut tracker.stats.half_open_by_port;
+        for _ in 0..10 {
+            ports.add(8080, 0);
+        }
+        for round in 0..3 {
+            for port in 1..=u16::MAX {
+                ports.add(port, round);
+            }
+        }
+        let total = ports.total();
+        let flows = FlowFigures::new(&FlowStats::default(), &tracker);
+        // The three busiest (ties by port: the sweep's last 31 ports are
+        // listed) and the rest.
+        let line = flow_line(&flows);
+        assert!(
+            line.ends_with(&format!(
+                "; half-open timeouts by port 8080:13 65505:1 65506:1 other:{}",
+                total - 15
+            )),
+            "{line}"
+        );
+        let quiet = FlowFigures::new(&FlowStats::default(), &Tracker::new(Timeouts::ZEEK));
+        assert!(!flow_line(&quiet).contains("half-open timeouts"));
+        let mut collided = quiet.clone();
+        collided.dest_collisions = 6;
+        assert!(flow_line(&collided).contains(", SYNs not counted per destination 6"));
+    }
+
+    #[test]
+    fn the_final_totals_end_with_the_flows() {
+        let text = final_totals(&busy_figures());
+        assert!(text.starts_with("final totals on eth0:\n"), "{text}");
+        assert!(text.contains(" out\n"), "{text}");
+        assert!(text.ends_with("; lines lost stdout 0, log 12\n"), "{text}");
+    }
+
+    #[test]
+    fn clocks_are_utc() {
+        assert_eq!(clock(0.0), "00:00:00");
+        assert_eq!(clock(86_399.9), "23:59:59");
+        assert_eq!(clock(1_700_000_100.5), "22:15:00");
+    }
+}
