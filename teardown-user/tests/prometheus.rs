@@ -31,7 +31,7 @@ const SYN_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\",flag=
 /// What the server answered with a SYN-ACK (TC egress).
 const SYN_ACK_OUT_QUERY: &str =
     "teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"}";
-/// The README's query: SYNs in that the server did not answer with a
+/// docs/metrics.md's example query: SYNs in that the server did not answer with a
 /// SYN-ACK (here, the refused connections).
 const UNANSWERED_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\",flag=\"syn\"} - ignoring(direction, flag) teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"}";
 /// Generous: Prometheus starts, then scrapes once a second.

@@ -306,7 +306,8 @@ fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Kernel {
-    /// Loads the embedded object and both XDP programs into the kernel.
+    /// Loads the embedded object into the kernel: its maps, sized and set
+    /// for `options`; each program is loaded on first use.
     pub fn load(options: &LoadOptions) -> anyhow::Result<Self> {
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lifting it is
         // harmless on newer ones.
