@@ -24,7 +24,6 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -46,15 +45,6 @@ const DOWNLOAD: usize = 200_000;
 const COMPARED: &[&str] = &[
     "packets", "tcp", "syn", "syn_ack", "fin", "rst", "pure_ack", "data",
 ];
-
-/// A directory removed with everything in it when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Makes every frame `iface` sends in `ns` one TCP segment, as on a wire.
 /// Turning TSO and GSO off with ethtool is not enough: TCP builds GSO
@@ -308,9 +298,8 @@ fn teardown_counts(totals: &Value) -> BTreeMap<&'static str, u64> {
 /// with `one_segment`, both ends send one TCP segment per frame.
 fn run_lab(one_segment: bool) -> Counts {
     let lab = Lab::new();
-    let dir = TempDir(std::env::temp_dir().join(format!("td-egress-{}", lab.server_ns)));
-    std::fs::create_dir_all(&dir.0).expect("temporary directory");
-    let capture = dir.0.join("server.pcap");
+    let dir = TempDir::new(&format!("td-egress-{}", lab.server_ns));
+    let capture = dir.join("server.pcap");
     if one_segment {
         one_segment_per_frame(&lab.server_ns, &lab.server_if);
         one_segment_per_frame(&lab.client_ns, &lab.client_if);

@@ -18,12 +18,9 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     os::fd::{FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -37,32 +34,6 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(20);
 /// How long a teardown whose stdout reader left may take to end.
 const EXIT_PATIENCE: Duration = Duration::from_secs(10);
 
-static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh directory under the temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("teardown-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A tmpfs of `size` mounted on a temporary directory: a disk that fills
 /// up. Unmounted when dropped, also when a test fails (lazily, should
 /// something still hold a file open on it).
@@ -72,7 +43,7 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
-        let dir = TempDir::new("tmpfs");
+        let dir = TempDir::new("teardown-tmpfs");
         run(Command::new("mount")
             .args([
                 "-t",
@@ -503,7 +474,7 @@ fn a_full_log_disk_loses_whole_records_and_writing_resumes() {
 #[test]
 fn a_full_stdout_does_not_stop_the_watch() {
     let lab = Lab::new();
-    let dir = TempDir::new("outputs");
+    let dir = TempDir::new("teardown-outputs");
     let log = dir.join("conn.log");
     let log_arg = log.display().to_string();
     let full = File::options()

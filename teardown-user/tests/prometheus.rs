@@ -13,7 +13,7 @@ use std::{
     fs::File,
     io::{BufRead, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -36,29 +36,6 @@ const SYN_ACK_OUT_QUERY: &str =
 const UNANSWERED_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\",flag=\"syn\"} - ignoring(direction, flag) teardown_tcp_flag_segments_total{direction=\"out\",flag=\"syn_ack\"}";
 /// Generous: Prometheus starts, then scrapes once a second.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A directory removed, with everything in it, when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Percent-encodes a PromQL query for a URL.
 fn url_encode(text: &str) -> String {
