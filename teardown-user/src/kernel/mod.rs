@@ -74,8 +74,14 @@ fn memory_available() -> Option<u64> {
 /// Refuses a table that would take more than half the memory available:
 /// the kernel would take it, and the host would suffer.
 fn check_table_fits(max_flows: u32, slots: u32) -> Result<(), SetupError> {
+    table_fits(max_flows, slots, memory_available())
+}
+
+/// [`check_table_fits`] for a given amount of available memory (`None`:
+/// unknown, so not refused).
+fn table_fits(max_flows: u32, slots: u32, available: Option<u64>) -> Result<(), SetupError> {
     let needed = table_bytes(slots);
-    match memory_available() {
+    match available {
         Some(available) if needed > available / 2 => Err(SetupError::TableTooLarge {
             max_flows,
             needed_mib: needed.div_ceil(1 << 20),
@@ -83,6 +89,32 @@ fn check_table_fits(max_flows: u32, slots: u32) -> Result<(), SetupError> {
             available_mib: available >> 20,
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod table_size_tests {
+    use super::*;
+
+    #[test]
+    fn a_table_over_half_the_available_memory_is_refused_with_its_cost() {
+        const GIB: u64 = 1 << 30;
+        // The default table: 131072 slots of 344 bytes, 43 MiB, plus the bitmap.
+        assert_eq!(table_bytes(131_072), 131_072 * 344 + 131_072 / 8);
+        assert!(table_fits(131_072, 131_072, Some(GIB)).is_ok());
+        assert!(table_fits(131_072, 131_072, None).is_ok());
+        // The largest: 16M slots, 5.4 GiB: refused with 8 GiB available.
+        let refused = table_fits(16_777_216, 16_777_216, Some(8 * GIB)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "--max-flows 16777216 needs 5506 MiB of kernel memory for the flow table (344 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
+        );
+        assert!(table_fits(16_777_216, 16_777_216, Some(12 * GIB)).is_ok());
+    }
+
+    #[test]
+    fn meminfo_is_read() {
+        assert!(memory_available().is_some_and(|bytes| bytes > 0));
     }
 }
 
