@@ -419,6 +419,23 @@ pub mod tests {
     use serde_json::{Value, json};
     use teardown_common::conn::Timeouts;
 
+    /// A tracker after a port-sweeping flood's timeouts (every port three
+    /// times) and one service's ten: with the total of timeouts.
+    pub fn port_sweep_tracker() -> (Tracker, u64) {
+        let mut tracker = Tracker::new(Timeouts::ZEEK);
+        let ports = &mut tracker.stats.half_open_by_port;
+        for _ in 0..10 {
+            ports.add(8080, 0);
+        }
+        for round in 0..3 {
+            for port in 1..=u16::MAX {
+                ports.add(port, round);
+            }
+        }
+        let total = ports.total();
+        (tracker, total)
+    }
+
     /// Figures with every counter and figure set to something distinct.
     pub fn busy_figures() -> Figures {
         let mut figures = Figures::zero(
@@ -587,17 +604,7 @@ pub mod tests {
     /// still add up to every timeout.
     #[test]
     fn half_open_timeouts_by_port_stay_small_after_a_port_sweep() {
-        let mut tracker = Tracker::new(Timeouts::ZEEK);
-        let ports = &mut tracker.stats.half_open_by_port;
-        for _ in 0..10 {
-            ports.add(8080, 0);
-        }
-        for round in 0..3 {
-            for port in 1..=u16::MAX {
-                ports.add(port, round);
-            }
-        }
-        let total = ports.total();
+        let (tracker, total) = port_sweep_tracker();
         let figures = FlowFigures::new(&FlowStats::default(), &tracker);
         let flows = serde_json::to_value(&figures).expect("serializes");
         let text = flows.to_string();

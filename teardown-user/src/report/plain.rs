@@ -157,7 +157,10 @@ mod tests {
     use teardown_common::{conn::Timeouts, events::FlowStats};
 
     use super::*;
-    use crate::{conn::tracker::Tracker, report::figures::tests::busy_figures};
+    use crate::{
+        conn::tracker::Tracker,
+        report::figures::tests::{busy_figures, port_sweep_tracker},
+    };
 
     #[test]
     fn a_report_is_a_row_a_sent_row_and_the_flows() {
@@ -186,18 +189,7 @@ mod tests {
 
     #[test]
     fn the_flows_line_lists_three_ports_then_the_rest() {
-        // A sweep: every port three times, and one service's ten more.
-        let mut tracker = Tracker::new(Timeouts::ZEEK);
-        let ports = &mut tracker.stats.half_open_by_port;
-        for _ in 0..10 {
-            ports.add(8080, 0);
-        }
-        for round in 0..3 {
-            for port in 1..=u16::MAX {
-                ports.add(port, round);
-            }
-        }
-        let total = ports.total();
+        let (tracker, total) = port_sweep_tracker();
         let flows = FlowFigures::new(&FlowStats::default(), &tracker);
         // The three busiest (ties by port: the sweep's last 31 ports are
         // listed) and the rest.
