@@ -60,7 +60,7 @@ impl Sort {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Filter {
     /// Every connection that completed its handshake; one-sided debris is
-    /// summed up in a line.
+    /// summed up in a line, its newest few below (see the view).
     #[default]
     All,
     /// Both FINs (one after the other, or crossed).

@@ -8,7 +8,9 @@
 //! counters, the flow table, the sparklines of the last minutes, the alert
 //! log, then as many teardowns as fit. The teardown list shows real
 //! connections, coloured by how they closed; a flood's one-sided debris is
-//! one line of counts there (the `f` key lists it).
+//! one line of counts there and, dimmed, its newest few records in at most
+//! a quarter of the pane while real ones fill the rest (the `f` key lists
+//! it alone).
 
 use ratatui::{
     Frame,
@@ -194,7 +196,7 @@ fn debris_line(snapshot: &Snapshot) -> Option<String> {
         .map(|(state, count)| format!("{state} {}", grouped(*count)))
         .collect();
     Some(format!(
-        "  + {} one-sided from flood debris ({}); f lists them",
+        "  + {} one-sided, no handshake ({}): the newest dimmed below; f lists them",
         grouped(total),
         states.join(", ")
     ))
@@ -253,27 +255,41 @@ fn rows<'a>(
         .teardowns()
         .filter(|row| state.filter.shows(row))
         .collect();
-    let debris = (state.filter == Filter::All)
-        .then(|| debris_line(snapshot))
-        .flatten();
+    state.sort.apply(&mut list);
+    // Under "all", debris is a count line and the newest few records,
+    // dimmed, below the real connections: at most a quarter of the pane
+    // while real ones fill the rest, more only when they do not.
+    let mut debris: Vec<&Teardown> = Vec::new();
+    let mut debris_count = None;
+    if state.filter == Filter::All {
+        debris = snapshot.debris.iter().collect();
+        state.sort.apply(&mut debris);
+        debris_count = debris_line(snapshot);
+    }
     let default_list = state.filter == Filter::All && state.sort == Sort::Newest;
-    if list.is_empty() && debris.is_none() && default_list {
+    if list.is_empty() && debris_count.is_none() && default_list {
         rows.push(plain("recent teardowns: none yet", width));
     } else {
         rows.push(plain(teardown_heading(state), width));
-        if let Some(debris) = debris {
+        if let Some(count) = debris_count {
             rows.push(styled(
-                debris,
+                count,
                 Style::new().add_modifier(Modifier::DIM),
                 width,
             ));
         }
-        if list.is_empty() {
+        if list.is_empty() && debris.is_empty() {
             rows.push(plain("  none", width));
         }
-        state.sort.apply(&mut list);
         let room = height.saturating_sub(rows.len());
-        for row in list.into_iter().take(room) {
+        let debris_share = if room >= 4 { room / 4 } else { 0 }.min(debris.len());
+        let real = list.len().min(room - debris_share);
+        let debris_shown = debris.len().min(room - real);
+        for row in list
+            .into_iter()
+            .take(real)
+            .chain(debris.into_iter().take(debris_shown))
+        {
             rows.push(styled(format!("  {}", row.line), close_style(row), width));
         }
     }
@@ -656,20 +672,35 @@ mod tests {
             };
             snapshot.push_test_row(row(20_000 + (i % 40_000) as u16, state, close, false));
         }
-        let frame = render(&snapshot, 120, 30);
+        let buffer = render_buffer(&snapshot, &ViewState::default(), 120, 30);
+        let frame = text(&buffer);
         assert!(
             frame.contains(
-                "\n  + 190,604 one-sided from flood debris (S0 190,000, REJ 604); f lists them\n"
+                "\n  + 190,604 one-sided, no handshake (S0 190,000, REJ 604): the newest dimmed below; f lists them\n"
             ),
             "{frame}"
         );
-        // Every row under it is a real connection, newest first.
+        // Under it, real connections, newest first, then a quarter of the
+        // pane for the newest debris, dimmed.
         let listed: Vec<&str> = frame.lines().filter(|l| l.starts_with("  conn ")).collect();
+        assert_eq!(listed.len(), 18, "{frame}");
+        assert!(listed[..14].iter().all(|l| l.contains(" SF ")), "{frame}");
+        assert!(listed[0].contains(":40039 ->"), "{frame}");
+        assert!(listed[13].contains(":40026 ->"), "{frame}");
         assert!(
-            !listed.is_empty() && listed.iter().all(|l| l.contains(" SF ")),
+            listed[14..]
+                .iter()
+                .all(|l| l.contains(" S0 ") || l.contains(" REJ ")),
             "{frame}"
         );
-        assert!(listed[0].contains(":40039 ->"), "{frame}");
+        let style = row_style(&buffer, listed[14]);
+        assert!(style.add_modifier.contains(Modifier::DIM), "{style:?}");
+        // On a tall screen, every real connection kept is listed, and the
+        // debris has the rest.
+        let frame = render(&snapshot, 120, 200);
+        let listed: Vec<&str> = frame.lines().filter(|l| l.starts_with("  conn ")).collect();
+        assert_eq!(listed.iter().filter(|l| l.contains(" SF ")).count(), 40);
+        assert_eq!(listed.len(), 200 - 12, "{frame}");
         // The debris filter lists it, dimmed.
         let state = ViewState {
             filter: Filter::Debris,
@@ -681,7 +712,7 @@ mod tests {
             frame.contains("\nrecent teardowns, newest first, only debris\n"),
             "{frame}"
         );
-        assert!(!frame.contains("one-sided from flood debris"), "{frame}");
+        assert!(!frame.contains("one-sided, no handshake"), "{frame}");
         let listed: Vec<&str> = frame.lines().filter(|l| l.starts_with("  conn ")).collect();
         assert!(
             !listed.is_empty()
@@ -709,15 +740,30 @@ mod tests {
                 "{frame}"
             );
         }
-        // With only debris, the list says so rather than "none yet".
+        // With only debris, it has the pane.
         let mut only_debris = Snapshot::default();
         only_debris.push_test_row(row(1, "S0", CloseKind::HalfOpen, false));
-        let frame = render(&only_debris, 100, 24);
+        only_debris.push_test_row(row(2, "REJ", CloseKind::Refused, false));
+        let frame = render(&only_debris, 120, 24);
         assert!(
-            frame.contains("+ 1 one-sided from flood debris (S0 1)"),
+            frame.contains("+ 2 one-sided, no handshake (REJ 1, S0 1)"),
             "{frame}"
         );
-        assert!(frame.contains("\n  none"), "{frame}");
+        let listed: Vec<&str> = frame.lines().filter(|l| l.starts_with("  conn ")).collect();
+        assert_eq!(listed.len(), 2, "{frame}");
+        assert!(listed[0].contains(":2 ->"), "{frame}");
+        assert!(!frame.contains("\n  none"), "{frame}");
+        // A filter that matches nothing says so.
+        let frame = render_with(
+            &only_debris,
+            ViewState {
+                filter: Filter::Graceful,
+                ..ViewState::default()
+            },
+            120,
+            24,
+        );
+        assert!(frame.ends_with("only graceful\n  none"), "{frame}");
     }
 
     #[test]
