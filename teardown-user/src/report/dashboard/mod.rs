@@ -475,6 +475,9 @@ struct FrameWriter {
     /// cursor as it lets go) is dropped, as the guard gives the terminal
     /// back whole, and a terminal already gone must not make it complain.
     closing: Arc<AtomicBool>,
+    /// A whole frame is being drawn: what ratatui flushes on the way
+    /// (it clears the area first) waits for the frame's end.
+    holding: Arc<AtomicBool>,
 }
 
 impl std::io::Write for FrameWriter {
@@ -487,7 +490,7 @@ impl std::io::Write for FrameWriter {
         if self.closing.load(Ordering::Relaxed) {
             self.pending.clear();
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || self.holding.load(Ordering::Relaxed) {
             return Ok(());
         }
         let result = self.out.write_all(&self.pending);
@@ -516,6 +519,13 @@ impl KeyReader {
                 let stop = Arc::clone(&stop);
                 move || {
                     while !stop.load(Ordering::Relaxed) {
+                        // Sent to the background (^Z, then bg), a read of
+                        // the terminal would stop the whole run (SIGTTIN):
+                        // keys wait until it is in the foreground again.
+                        if !in_foreground() {
+                            thread::sleep(KEY_POLL);
+                            continue;
+                        }
                         // A terminal that cannot be read (gone, or none to
                         // open) just means no keys: Ctrl-C still works.
                         match crossterm::event::poll(KEY_POLL) {
@@ -567,6 +577,8 @@ pub struct Live {
     terminal: Ratatui<CrosstermBackend<FrameWriter>>,
     /// Tells the frame writer the dashboard is ending.
     closing: Arc<AtomicBool>,
+    /// Tells the frame writer to hold a whole frame until it is drawn.
+    holding: Arc<AtomicBool>,
     screen: Terminal,
     board: Board,
     started: Instant,
@@ -592,11 +604,13 @@ impl Live {
         let (width, height) = screen.size();
         let area = Rect::new(0, 0, width, height);
         let closing = Arc::new(AtomicBool::new(false));
+        let holding = Arc::new(AtomicBool::new(false));
         let terminal = Ratatui::with_options(
             CrosstermBackend::new(FrameWriter {
                 out,
                 pending: Vec::new(),
                 closing: Arc::clone(&closing),
+                holding: Arc::clone(&holding),
             }),
             TerminalOptions {
                 viewport: Viewport::Fixed(area),
@@ -616,6 +630,7 @@ impl Live {
             keys,
             terminal,
             closing,
+            holding,
             screen,
             board: Board::new(Snapshot::new(iface, attachment)),
             started: Instant::now(),
@@ -648,41 +663,57 @@ impl Live {
         self.board.key(key)
     }
 
-    /// Redraws at once; `clock` is the wall-clock time to show (a paused
-    /// screen keeps its own).
+    /// Redraws at once, the whole frame; `clock` is the wall-clock time to
+    /// show (a paused screen keeps its own). Called at every report and
+    /// after a key: whatever else wrote on the terminal meanwhile (a
+    /// warning on stderr, the shell while teardown was stopped by ^Z) is
+    /// gone by the next report, as ratatui otherwise redraws only the cells
+    /// it changed.
     pub fn draw(&mut self, clock: String) -> anyhow::Result<()> {
+        self.render(clock, true)
+    }
+
+    /// Redraws if the last frame is a quarter of a second old, so new
+    /// teardowns and the uptime move between reports: only what changed.
+    pub fn draw_if_due(&mut self, clock: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.drawn_at.is_none_or(|at| at.elapsed() >= REDRAW) {
+            self.render(clock(), false)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Draws a frame, `whole` or only the cells that changed, in one write:
+    /// a whole frame's clearing and drawing go out together, so the screen
+    /// never flickers through blank.
+    fn render(&mut self, clock: String, whole: bool) -> anyhow::Result<()> {
         let now = Instant::now();
         self.board.snapshot.uptime = now - self.started;
         self.board.snapshot.clock = clock;
         let (width, height) = self.screen.size();
         let area = Rect::new(0, 0, width, height);
-        if area != self.area || self.stale {
+        self.holding.store(true, Ordering::Relaxed);
+        let mut drawn = Ok(());
+        if whole || area != self.area || self.stale {
             // Clears the area and forgets the last frame: the next is whole.
-            self.terminal
-                .resize(area)
-                .context("drawing the dashboard")?;
+            drawn = self.terminal.resize(area);
             self.area = area;
-            self.stale = false;
         }
-        let board = &self.board;
-        let drawn = self
-            .terminal
-            .draw(|frame| view::draw(frame, board.shown(), &board.view));
+        if drawn.is_ok() {
+            let board = &self.board;
+            drawn = self
+                .terminal
+                .draw(|frame| view::draw(frame, board.shown(), &board.view))
+                .map(|_| ());
+        }
+        self.holding.store(false, Ordering::Relaxed);
+        let flushed = self.terminal.backend_mut().flush();
         self.drawn_at = Some(now);
-        if drawn.is_err() {
-            self.stale = true;
-        }
-        drawn.map(|_| ()).context("drawing the dashboard")
-    }
-
-    /// Redraws if the last frame is a quarter of a second old, so new
-    /// teardowns and the uptime move between reports.
-    pub fn draw_if_due(&mut self, clock: impl FnOnce() -> String) -> anyhow::Result<()> {
-        if self.drawn_at.is_none_or(|at| at.elapsed() >= REDRAW) {
-            self.draw(clock())
-        } else {
-            Ok(())
-        }
+        // A frame that did not get out leaves ratatui wrong about the
+        // screen: the next one is whole.
+        let drawn = drawn.and(flushed);
+        self.stale = drawn.is_err();
+        drawn.context("drawing the dashboard")
     }
 }
 
@@ -714,6 +745,15 @@ fn give_back_screen() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(LEAVE.as_bytes());
     let _ = out.flush();
+}
+
+/// Whether this process is in the terminal's foreground: only then may it
+/// read the terminal or change its settings (others are stopped, by SIGTTIN
+/// or SIGTTOU).
+fn in_foreground() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp only read the process's and the
+    // terminal's process groups.
+    unsafe { libc::tcgetpgrp(libc::STDOUT_FILENO) == libc::getpgrp() }
 }
 
 /// Whether stdout is a terminal that can show the dashboard: not a pipe or
@@ -752,7 +792,7 @@ impl Terminal {
         let mut reads_keys = false;
         // SAFETY: plain libc calls on stdout with a zeroed, then filled, termios.
         unsafe {
-            if libc::tcgetpgrp(libc::STDOUT_FILENO) == libc::getpgrp() {
+            if in_foreground() {
                 let mut settings: libc::termios = std::mem::zeroed();
                 if libc::tcgetattr(libc::STDOUT_FILENO, &mut settings) == 0 {
                     if let Ok(mut saved) = SAVED_TERMIOS.lock() {
@@ -1100,6 +1140,52 @@ pub mod tests {
         assert!(snapshot.sent.is_empty());
         assert_eq!(snapshot.flows.log_lines_lost, None);
         assert_eq!(snapshot.history.syn.len(), 2);
+    }
+
+    /// A whole frame goes out in one write at its end; what is written as
+    /// the dashboard ends is dropped; a failed write leaves nothing behind.
+    #[test]
+    fn frames_go_out_whole_and_once() {
+        use std::io::Write as _;
+        let path = std::env::temp_dir().join(format!("teardown-frames-{}", std::process::id()));
+        let file = File::create(&path).expect("temp file");
+        let (closing, holding) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let mut writer = FrameWriter {
+            out: file,
+            pending: Vec::new(),
+            closing: Arc::clone(&closing),
+            holding: Arc::clone(&holding),
+        };
+        let read = || std::fs::read_to_string(&path).expect("read back");
+        writer.write_all(b"clear;").unwrap();
+        writer.flush().unwrap();
+        assert_eq!(read(), "", "held");
+        writer.write_all(b"frame").unwrap();
+        holding.store(false, Ordering::Relaxed);
+        writer.flush().unwrap();
+        assert_eq!(read(), "clear;frame");
+        closing.store(true, Ordering::Relaxed);
+        writer.write_all(b"show cursor").unwrap();
+        writer.flush().unwrap();
+        assert_eq!(read(), "clear;frame");
+        let _ = std::fs::remove_file(&path);
+        // A full device: the error comes back, and the frame is not kept
+        // to come out later.
+        let mut full = FrameWriter {
+            out: File::options()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+            pending: Vec::new(),
+            closing: Arc::new(AtomicBool::new(false)),
+            holding: Arc::new(AtomicBool::new(false)),
+        };
+        full.write_all(b"frame").unwrap();
+        assert!(full.flush().is_err());
+        assert!(full.pending.is_empty());
     }
 
     #[test]
