@@ -35,11 +35,18 @@ enum Stop {
     Quit,
 }
 
-/// What a terminal shows after receiving `bytes`.
+/// What a terminal shows after receiving `bytes`, each row without its
+/// trailing blanks (a cell cleared by writing a space is still blank).
 fn screen(bytes: &[u8]) -> String {
     let mut terminal = vt100::Parser::new(LINES, COLUMNS, 0);
     terminal.process(bytes);
-    terminal.screen().contents()
+    terminal
+        .screen()
+        .contents()
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Everything the terminal received while teardown ran on it, and after.
