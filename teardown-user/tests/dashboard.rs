@@ -1,7 +1,10 @@
 //! The dashboard on a real pseudo-terminal (`script`): teardown takes the
-//! alternate screen, draws frames there, and gives the terminal back as it
-//! was (normal screen, cursor, echo) when Ctrl-C or SIGTERM stops it, then
-//! prints its totals on the normal screen.
+//! alternate screen, draws frames there, answers keys, and gives the
+//! terminal back as it was (normal screen, cursor, echo, line editing) when
+//! Ctrl-C, SIGTERM or `q` stops it, then prints its totals on the normal
+//! screen. What the terminal shows is read through a terminal emulator
+//! (vt100), as a person would see it: ratatui writes only the cells that
+//! change, so the raw bytes do not hold whole lines.
 
 mod support;
 
@@ -19,25 +22,48 @@ const ENTER_ALTERNATE: &str = "\x1b[?1049h";
 const LEAVE_ALTERNATE: &str = "\x1b[?1049l";
 const SHOW_CURSOR: &str = "\x1b[?25h";
 
+/// The size teardown is given (`COLUMNS`, `LINES`), and the emulator's.
+const COLUMNS: u16 = 100;
+const LINES: u16 = 30;
+
 #[derive(Clone, Copy, Debug)]
 enum Stop {
     /// ^C typed on the terminal: the line discipline sends SIGINT.
     CtrlC,
     Sigterm,
+    /// `q` typed on the terminal: the dashboard ends the run.
+    Quit,
+}
+
+/// What a terminal shows after receiving `bytes`, each row without its
+/// trailing blanks (a cell cleared by writing a space is still blank).
+fn screen(bytes: &[u8]) -> String {
+    let mut terminal = vt100::Parser::new(LINES, COLUMNS, 0);
+    terminal.process(bytes);
+    terminal
+        .screen()
+        .contents()
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Everything the terminal received while teardown ran on it, and after.
-fn run_on_a_terminal(stop: Stop) -> String {
+/// Before stopping it, each of `keys` is typed once the screen shows what
+/// came before, and the screen must then show its text.
+fn run_on_a_terminal(stop: Stop, keys: &[(&[u8], &str)]) -> String {
     let lab = Lab::new();
     let teardown = format!(
         "{} run --iface {} --metrics-addr off --interval 100ms",
         teardown_bin(),
         lab.server_if
     );
-    // After Ctrl-C the shell goes on: `stty -a` shows whether echo is back.
-    // For SIGTERM teardown replaces the shell, so it is script's child.
+    // After Ctrl-C or `q` the shell goes on: `stty -a` shows whether echo
+    // is back. For SIGTERM teardown replaces the shell, so it is script's
+    // child.
     let shell_command = match stop {
-        Stop::CtrlC => format!("{teardown}; stty -a"),
+        Stop::CtrlC | Stop::Quit => format!("{teardown}; stty -a"),
         Stop::Sigterm => format!("exec {teardown}"),
     };
     let mut script = ChildGuard::new(
@@ -48,8 +74,8 @@ fn run_on_a_terminal(stop: Stop) -> String {
             .arg("/dev/null")
             // bash, not dash: it goes on when its child survives a ^C.
             .env("SHELL", "/bin/bash")
-            .env("COLUMNS", "100")
-            .env("LINES", "30")
+            .env("COLUMNS", COLUMNS.to_string())
+            .env("LINES", LINES.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -60,32 +86,42 @@ fn run_on_a_terminal(stop: Stop) -> String {
     let script_pid = child.id();
     let mut stdin = child.stdin.take().expect("stdin piped");
     let mut stdout = child.stdout.take().expect("stdout piped");
-    let screen = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(Mutex::new(Vec::new()));
     let reader = {
-        let screen = Arc::clone(&screen);
+        let received = Arc::clone(&received);
         thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(read) = stdout.read(&mut buffer) {
                 if read == 0 {
                     break;
                 }
-                screen.lock().unwrap().extend_from_slice(&buffer[..read]);
+                received.lock().unwrap().extend_from_slice(&buffer[..read]);
             }
         })
     };
-    let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let text = || String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    let shown = || screen(&received.lock().unwrap());
     assert!(
         // Both directions are watched (the default): a row for what
         // arrived and one for what was sent.
         wait_until(Duration::from_secs(20), || {
-            let text = text();
-            text.contains("in /s") && text.contains("out /s")
+            let shown = shown();
+            shown.contains("in /s") && shown.contains("out /s")
         }),
         "no dashboard frame with rates on the terminal: {:?}",
         text()
     );
+    for (key, expected) in keys {
+        stdin.write_all(key).expect("typing a key");
+        assert!(
+            wait_until(Duration::from_secs(10), || shown().contains(expected)),
+            "after {key:?}, no {expected:?} on the screen:\n{}",
+            shown()
+        );
+    }
     match stop {
         Stop::CtrlC => stdin.write_all(b"\x03").expect("typing ^C"),
+        Stop::Quit => stdin.write_all(b"q").expect("typing q"),
         Stop::Sigterm => {
             // `ip netns exec` became script; script's child is teardown.
             let children =
@@ -130,30 +166,60 @@ fn assert_terminal_given_back(output: &str) {
         output[left..].contains(SHOW_CURSOR) || output[entered..left].contains(SHOW_CURSOR),
         "cursor not shown again: {output:?}"
     );
-    let frames = &output[entered..left];
-    assert!(frames.contains("teardown  tds"), "no title: {frames:?}");
-    assert!(frames.contains("alerts    none active"), "{frames:?}");
-    assert!(frames.contains("lock contended"), "{frames:?}");
+    // The last frame, as the terminal showed it just before it was given back.
+    let frame = screen(&output.as_bytes()[..left]);
+    assert!(frame.starts_with("teardown  tds"), "no title: {frame}");
+    assert!(frame.contains("\nalerts    none active\n"), "{frame}");
+    assert!(frame.contains("lock contended"), "{frame}");
     // The totals come after, on the normal screen.
     let after = &output[left..];
     assert!(after.contains("final totals on"), "{after:?}");
     assert!(after.contains("lock contended"), "{after:?}");
 }
 
-#[test]
-fn ctrl_c_gives_the_terminal_back_with_echo() {
-    let output = run_on_a_terminal(Stop::CtrlC);
-    assert_terminal_given_back(&output);
+/// `stty -a`'s words after the dashboard: echo and line editing are back.
+fn assert_settings_restored(output: &str) {
     let left = output.rfind(LEAVE_ALTERNATE).unwrap();
     let stty = &output[left..];
-    assert!(
-        stty.contains(" echo ") && !stty.contains("-echo "),
-        "echo not restored: {stty:?}"
-    );
+    let words: Vec<&str> = stty.split_whitespace().collect();
+    for setting in ["echo", "icanon", "isig"] {
+        assert!(
+            words.contains(&setting) && !words.contains(&format!("-{setting}").as_str()),
+            "{setting} not restored: {stty:?}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_gives_the_terminal_back_with_echo() {
+    let output = run_on_a_terminal(Stop::CtrlC, &[]);
+    assert_terminal_given_back(&output);
+    assert_settings_restored(&output);
 }
 
 #[test]
 fn sigterm_gives_the_terminal_back() {
-    let output = run_on_a_terminal(Stop::Sigterm);
+    let output = run_on_a_terminal(Stop::Sigterm, &[]);
     assert_terminal_given_back(&output);
+}
+
+/// Keys act at once: help, pause (and back), sort, filter; `q` ends the
+/// run as Ctrl-C does, totals printed after the screen is given back.
+#[test]
+fn keys_change_the_view_and_q_stops_the_run() {
+    let output = run_on_a_terminal(
+        Stop::Quit,
+        &[
+            (b"?", "keys (? closes)"),
+            (b"?p", "PAUSED"),
+            (b" s", "recent teardowns, longest first"),
+            (b"f", "only graceful"),
+        ],
+    );
+    assert_terminal_given_back(&output);
+    assert_settings_restored(&output);
+    let left = output.rfind(LEAVE_ALTERNATE).unwrap();
+    let frame = screen(&output.as_bytes()[..left]);
+    assert!(!frame.contains("PAUSED"), "{frame}");
+    assert!(!frame.contains("keys (? closes)"), "{frame}");
 }

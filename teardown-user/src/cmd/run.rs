@@ -10,7 +10,7 @@ use crate::{
     conn::tracker::{Clock, Ended, Tracker, monotonic_now_ns},
     flood::{AlertEvent, AlertWatch, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
-    report::dashboard::{self, Live},
+    report::dashboard::{self, KeyOutcome, Live},
     report::figures::{
         AlertFigures, AlertSummary, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
@@ -93,7 +93,7 @@ impl Screen {
         match self {
             Screen::Plain { .. } => Some(record.human_line()),
             Screen::Dashboard(dashboard) => {
-                dashboard.snapshot.push_teardown(record.human_line());
+                dashboard.snapshot().push_teardown(record);
                 None
             }
         }
@@ -109,7 +109,7 @@ impl Screen {
                 Ok(())
             }
             Screen::Dashboard(dashboard) => {
-                dashboard.snapshot.show(figures);
+                dashboard.snapshot().show(figures);
                 dashboard.draw(clock_time())
             }
         }
@@ -123,7 +123,7 @@ impl Screen {
         match self {
             Screen::Plain { .. } => Some(line),
             Screen::Dashboard(dashboard) => {
-                dashboard.snapshot.push_alert_event(line);
+                dashboard.snapshot().push_alert_event(line);
                 None
             }
         }
@@ -133,7 +133,7 @@ impl Screen {
     /// (the plain lines already carry each alert's events).
     fn set_active_alerts(&mut self, lines: Vec<String>) {
         if let Screen::Dashboard(dashboard) = self {
-            dashboard.snapshot.active_alerts = lines;
+            dashboard.snapshot().active_alerts = lines;
         }
     }
 
@@ -151,6 +151,27 @@ impl Screen {
         match self {
             Screen::Dashboard(dashboard) => dashboard.draw_if_due(clock_time),
             Screen::Plain { .. } => Ok(()),
+        }
+    }
+
+    /// The next key pressed on the dashboard; never, without one.
+    async fn next_key(&mut self) -> crossterm::event::KeyEvent {
+        match self {
+            Screen::Dashboard(dashboard) => dashboard.next_key().await,
+            Screen::Plain { .. } => std::future::pending().await,
+        }
+    }
+
+    /// A key pressed on the dashboard: whether it asks to stop the run, as
+    /// Ctrl-C does. A key that changed the view redraws it at once.
+    fn key(&mut self, key: crossterm::event::KeyEvent) -> (bool, anyhow::Result<()>) {
+        let Screen::Dashboard(dashboard) = self else {
+            return (false, Ok(()));
+        };
+        match dashboard.key(key) {
+            KeyOutcome::Quit => (true, Ok(())),
+            KeyOutcome::Redraw => (false, dashboard.draw(clock_time())),
+            KeyOutcome::Ignored => (false, Ok(())),
         }
     }
 
@@ -428,6 +449,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = poll.tick() => false,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            key = screen.next_key() => {
+                // `q` ends the run as Ctrl-C does; other keys change the
+                // view, and wait for no tick.
+                let (quit, drawn) = screen.key(key);
+                output.drawn(drawn);
+                if quit {
+                    break;
+                }
+                continue;
+            }
         };
         tracker.drain_events(&mut events, &mut ended);
         tracker.take_changes(&table);
