@@ -13,9 +13,10 @@
 /// 26 values on 6.18; numbers from here up share the last counter.
 pub const RESET_REASON_SLOTS: u32 = 64;
 
-/// Bytes of the reset event ring buffer: room for about 10 000 resets
-/// between two polls, several seconds of a host refusing a port scan.
-pub const RESET_EVENTS_BYTES: u32 = 1 << 20;
+/// Bytes of the reset event ring buffer: room for about 40 000 resets
+/// (104 bytes each with the ring's header) between two polls, over a
+/// second of a host refusing a port scan at full speed.
+pub const RESET_EVENTS_BYTES: u32 = 4 << 20;
 
 /// The socket states `tcp:tcp_send_reset` reports (`include/net/tcp_states.h`,
 /// numbers visible to user space in `/proc/net/tcp`): the ones whose socket

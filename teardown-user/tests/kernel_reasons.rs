@@ -361,3 +361,99 @@ fn socket2_nonblocking_connect(host: &str, port: u16) -> std::os::fd::OwnedFd {
     );
     socket
 }
+
+/// The reset program's cost per reset, as the kernel's own statistics
+/// measure it: `cargo xtask bench --resets`. Refused connections (a reset
+/// each) at full speed for a few seconds, teardown on the server's side,
+/// `kernel.bpf_stats_enabled` on for the run (restored after) and the
+/// program's `run_time_ns / run_cnt` read with bpftool. Prints figures; it
+/// asserts only that every reset ran the program.
+#[test]
+#[ignore = "a benchmark: cargo xtask bench --resets"]
+fn reset_cost() {
+    const RESETS: u64 = 20_000;
+    let lab = Lab::new();
+    // The release build (xtask sets TEARDOWN_BENCH_BIN): the test's own is
+    // unoptimised, and its user space falls behind at this rate.
+    let binary = std::env::var("TEARDOWN_BENCH_BIN").unwrap_or_else(|_| teardown_bin().to_string());
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, &binary, "run", "--json"])
+        .args(["--iface", &lab.server_if, "--interval", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting teardown");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let teardown = ChildGuard::new(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("teardown's first line");
+    assert!(line.contains("watching"), "teardown did not start: {line}");
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(stats).expect("reading bpf_stats_enabled");
+    std::fs::write(stats, "1").expect("enabling BPF statistics");
+    let program_stats = |name: &str| -> (u64, u64) {
+        let output = run(std::process::Command::new("bpftool").args(["prog", "show", "-j"]));
+        let programs: Vec<Value> = serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+        programs
+            .iter()
+            .filter(|program| program["name"] == name)
+            .map(|program| {
+                (
+                    program["run_time_ns"].as_u64().unwrap_or(0),
+                    program["run_cnt"].as_u64().unwrap_or(0),
+                )
+            })
+            .fold((0, 0), |(time, count), (t, c)| (time + t, count + c))
+    };
+    let (time_before, runs_before) = program_stats("teardown_reset");
+    let started = std::time::Instant::now();
+    in_netns(&lab.client_ns, || {
+        for _ in 0..RESETS {
+            let refused = TcpStream::connect(socket_addr(SERVER_V4, CLOSED_PORT));
+            assert!(refused.is_err(), "port {CLOSED_PORT} must be closed");
+        }
+    })
+    .join()
+    .expect("the refused connections");
+    let elapsed = started.elapsed().as_secs_f64();
+    let (time_after, runs_after) = program_stats("teardown_reset");
+    std::fs::write(stats, before.trim()).expect("restoring bpf_stats_enabled");
+    let output = teardown.terminate();
+    let runs = runs_after - runs_before;
+    let time = time_after - time_before;
+    println!(
+        "resets: {RESETS} refused connections in {elapsed:.2} s ({:.0}/s); the reset program ran {runs} times, {:.0} ns per reset (kernel.bpf_stats_enabled=1, which adds ~15 ns of its own per run)",
+        RESETS as f64 / elapsed,
+        time as f64 / runs.max(1) as f64
+    );
+    assert!(runs >= RESETS, "{runs} program runs for {RESETS} resets");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["event"] == "final")
+        .expect("a final line");
+    let reasons = &last["kernel_reasons"];
+    let flows = &last["flows"];
+    println!(
+        "resets: counted {} NO_SOCKET, events lost {}, unclaimed {}; records {} created, ended {}, flow events lost {}, evicted {}, failed inserts {}",
+        reasons["resets_sent"]["NO_SOCKET"],
+        reasons["reset_events_lost"],
+        reasons["resets_unclaimed"],
+        flows["created"],
+        flows["ended_by_conn_state"],
+        flows["events_lost"],
+        flows["evicted"],
+        flows["insert_failed"]
+    );
+    let claimed = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["event"] == "conn" && line["rst_reason"] == "NO_SOCKET")
+        .count();
+    println!("resets: {claimed} records carry NO_SOCKET");
+    // TEARDOWN_BENCH_DUMP=FILE keeps teardown's output for a closer look.
+    if let Some(dump) = std::env::var_os("TEARDOWN_BENCH_DUMP") {
+        std::fs::write(dump, stdout.as_bytes()).expect("writing TEARDOWN_BENCH_DUMP");
+    }
+}

@@ -206,14 +206,20 @@ pub const BOOK_CAPACITY: usize = 65_536;
 /// close delay a reset record waits before it is reported.
 pub const UNCLAIMED_AFTER_NS: u64 = 120_000_000_000;
 /// A reset belongs to a record when sent within the record's lifetime,
-/// give or take this much (the two clocks are one, but the record's
-/// fast-path times are a tick coarse).
-const LIFETIME_SLACK_NS: u64 = 1_000_000_000;
+/// give or take this much. The clocks are one (CLOCK_MONOTONIC), and a
+/// record's first packet and its resets take the slow path's precise
+/// clock; the slack covers a fast-path time a tick coarse (4 ms at HZ=250).
+/// It must stay well under the time a client takes to reuse its port: a
+/// port scan refused at 25 000/s cycles through the ephemeral ports in
+/// half a second.
+const LIFETIME_SLACK_NS: u64 = 20_000_000;
 /// (local port, reason) pairs counted one by one; the rest sum in `other`.
 pub const PORT_REASONS_LISTED: usize = 128;
-/// Resets kept per connection (a host answering a retransmitting peer
-/// resets it several times; the first reset is the record's).
-const RESETS_PER_CONNECTION: usize = 4;
+/// Resets kept per pair of ends: a client refused many times a second
+/// reuses its port every ~100 ms, each use with a reset of its own waiting
+/// for its record (5 waited at once in `cargo xtask bench --resets`), and
+/// a host answering a retransmitting peer resets it several times.
+const RESETS_PER_CONNECTION: usize = 64;
 
 /// The kernel's account of one reset, as a record carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,7 +393,10 @@ impl ResetBook {
     }
 
     /// The first reset the host sent within `ended`'s lifetime, taken from
-    /// the book with any others of that lifetime.
+    /// the book with any others of that lifetime. Only when none falls
+    /// strictly within it does a reset just outside count (the nearest,
+    /// within [`LIFETIME_SLACK_NS`]): a port reused a moment later must
+    /// keep its own reset.
     pub fn claim(&mut self, ended: &Ended) -> Option<KernelReset> {
         let key = pair(
             ended.key.family,
@@ -395,17 +404,38 @@ impl ResetBook {
             (ended.key.addr_b, ended.key.port_b),
         );
         let resets = self.waiting.get_mut(&key)?;
-        let from = ended.conn.start_ns.saturating_sub(LIFETIME_SLACK_NS);
-        let to = ended.conn.last_ns.saturating_add(LIFETIME_SLACK_NS);
-        let within = |reset: &KernelReset| (from..=to).contains(&reset.time_ns);
-        let first = resets
+        let (start, last) = (
+            ended.conn.start_ns,
+            ended.conn.last_ns.max(ended.conn.start_ns),
+        );
+        let inside = |reset: &KernelReset| (start..=last).contains(&reset.time_ns);
+        let distance = |reset: &KernelReset| {
+            start
+                .saturating_sub(reset.time_ns)
+                .max(reset.time_ns.saturating_sub(last))
+        };
+        let (first, taken) = match resets
             .iter()
-            .filter(|reset| within(reset))
+            .filter(|reset| inside(reset))
             .min_by_key(|reset| reset.time_ns)
-            .copied()?;
-        let before = resets.len();
-        resets.retain(|reset| !within(reset));
-        let taken = before - resets.len();
+        {
+            Some(first) => {
+                let first = *first;
+                let before = resets.len();
+                resets.retain(|reset| !inside(reset));
+                (first, before - resets.len())
+            }
+            None => {
+                let (index, nearest) = resets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, reset)| distance(reset) <= LIFETIME_SLACK_NS)
+                    .min_by_key(|(_, reset)| distance(reset))?;
+                let nearest = *nearest;
+                resets.remove(index);
+                (nearest, 1)
+            }
+        };
         if resets.is_empty() {
             self.waiting.remove(&key);
         }
@@ -563,6 +593,31 @@ mod tests {
         assert!(book.is_empty());
         assert_eq!(book.stats.claimed, 1);
         assert_eq!(book.stats.unclaimed, 2);
+    }
+
+    #[test]
+    fn a_port_reused_within_the_slack_keeps_its_own_reset() {
+        let mut book = ResetBook::default();
+        let second = 5_000_000; // 5 ms later, on the same ports
+        book.insert(&event(40000, 1_500, reset_flag::REPLY), "NO_SOCKET");
+        book.insert(&event(40000, second + 500, reset_flag::REPLY), "NO_SOCKET");
+        let first = book.claim(&ended(40000, 1_000, 2_000, true)).unwrap();
+        assert_eq!(first.time_ns, 1_500);
+        let next = book
+            .claim(&ended(40000, second, second + 1_000, true))
+            .unwrap();
+        assert_eq!(next.time_ns, second + 500);
+        assert_eq!(book.stats.unclaimed, 0);
+    }
+
+    #[test]
+    fn a_reset_just_outside_a_coarse_lifetime_is_still_claimed() {
+        let mut book = ResetBook::default();
+        // The record's last time a tick coarse: the reset 3 ms after it.
+        book.insert(&event(40000, 9_000 + 3_000_000, 0), "TCP_STATE");
+        assert!(book.claim(&ended(40000, 1_000, 9_000, true)).is_some());
+        book.insert(&event(40000, 9_000 + 3 * LIFETIME_SLACK_NS, 0), "TCP_STATE");
+        assert!(book.claim(&ended(40000, 1_000, 9_000, true)).is_none());
     }
 
     #[test]
