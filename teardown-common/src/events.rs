@@ -6,9 +6,13 @@ use crate::flow::FlowKey;
 
 /// Default number of connections the flow table holds (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
-/// Bytes of the event ring buffer: room for about 3 000 ended-connection
-/// events between two polls.
-pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Bytes of the event ring buffer: room for about 12 000 ended-connection
+/// events (328 bytes each with the ring's header) between two polls. A
+/// client whose connections are refused at 30 000/s reuses its ports within
+/// half a second, and each reuse closes a record out in the kernel: with
+/// a quarter of this, 5 000 of 20 000 such records were lost
+/// (`cargo xtask bench --resets`).
+pub const EVENTS_BYTES: u32 = 4 << 20;
 
 /// Slots per word of the changed-slot bitmap. The kernel sets a slot's bit
 /// (an atomic OR) when the slot gets a new record or its deadline moves

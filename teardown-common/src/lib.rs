@@ -14,6 +14,7 @@ pub mod dest;
 pub mod events;
 pub mod flow;
 pub mod parse;
+pub mod reasons;
 pub mod sketch;
 pub mod table;
 
@@ -89,4 +90,13 @@ pub mod names {
     /// Array with one [`crate::dest::DetectControl`], which user space
     /// writes every poll: the epoch and the sampling mask.
     pub const DETECT_CONTROL_MAP: &str = "DETECT_CONTROL";
+    /// The `tcp:tcp_send_reset` tracepoint program.
+    pub const RESET_PROGRAM: &str = "teardown_reset";
+    /// Array with one [`crate::reasons::ResetLayout`], written before the
+    /// reset program is attached.
+    pub const RESET_LAYOUT_MAP: &str = "RESET_LAYOUT";
+    /// Ring buffer of [`crate::reasons::ResetEvent`]s.
+    pub const RESET_EVENTS_MAP: &str = "RESET_EVENTS";
+    /// Per-CPU array with one [`crate::reasons::ResetCounts`].
+    pub const RESET_COUNTS_MAP: &str = "RESET_COUNTS";
 }

@@ -17,6 +17,8 @@
 //! - [`flood`]: SYNs counted per destination, the admission of half-open
 //!   records, the counts for a record's responder;
 //! - [`clock`]: the host's clock and a capture's;
+//! - [`reset`]: the kernel's reason for each reset the host sends, from
+//!   the `tcp:tcp_send_reset` tracepoint;
 //! - [`maps`]: every map and load-time setting, under the names user space
 //!   looks them up by;
 //! - [`bench`](mod@bench): the programs `teardown bench` prices the work with.
@@ -36,13 +38,14 @@ mod flood;
 mod frame;
 mod lock;
 mod maps;
+mod reset;
 mod slow_path;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_jiffies64,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use teardown_common::{
     counters::{Tally, tally, tally_common},
@@ -163,6 +166,21 @@ pub fn teardown_clock(_ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_PASS
 }
+
+/// On `tcp:tcp_send_reset`: the kernel's reason for a reset this host
+/// sends, and the process behind it ([`reset`]). Tracepoint programs return
+/// nothing the kernel acts on.
+#[tracepoint]
+pub fn teardown_reset(ctx: TracePointContext) -> u32 {
+    reset::on_send_reset(&ctx);
+    0
+}
+
+/// The licence the kernel reads: GPL-compatible, as the reset program's
+/// `bpf_probe_read_kernel` requires (aya's own programs declare the same).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

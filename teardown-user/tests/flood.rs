@@ -351,6 +351,13 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     watched.wait_for(Duration::from_secs(10), is_canary);
     let (lines, _output, stderr) = watched.finish(teardown);
     let datagrams_received = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
+    // The namespace is new: its count is the test's.
+    let cookies_sent = proc_net_counter(
+        &lab.server_ns,
+        "/proc/net/netstat",
+        "TcpExt:",
+        "SyncookiesSent",
+    );
     let _ = canary_tcpdump.terminate();
     let _ = flood_tcpdump.terminate();
     drop(listener);
@@ -500,6 +507,21 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
                 .iter()
                 .all(|phase| *phase == "update"),
         "one alert for one flood, start, updates, end: {phases:?}"
+    );
+    // What the host's own stack made of it (SYN cookies are on by
+    // default): the end event says it coped, with cookies the namespace
+    // counted itself.
+    let host = &end["host"];
+    let cookies = host["syncookies_sent"].as_u64().unwrap_or(0);
+    assert!(
+        cookies > 0 && cookies <= cookies_sent,
+        "the alert's host figures: {cookies} cookies of the namespace's {cookies_sent}: {end}"
+    );
+    assert!(
+        host["verdict"]
+            .as_str()
+            .is_some_and(|verdict| verdict.contains(&format!("{cookies} SYN cookies sent"))),
+        "{end}"
     );
     let end_ts = end["ts"].as_f64().expect("end ts");
     assert!(

@@ -65,6 +65,11 @@ enum Task {
         /// test's harness, for TEARDOWN_CHURN_SECONDS (default 10). As root.
         #[arg(long)]
         churn: bool,
+        /// Then the reset program's cost per reset (tcp:tcp_send_reset), as
+        /// the kernel's BPF statistics measure it over 20 000 refused
+        /// connections. As root.
+        #[arg(long)]
+        resets: bool,
         /// Extra arguments for `teardown bench`, e.g. --repeat 200000.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -337,6 +342,35 @@ fn bench_churn(binary: &Path) -> anyhow::Result<()> {
     .context("the churn benchmark")
 }
 
+/// The reset program's cost per reset: the kernel_reasons test's ignored
+/// `reset_cost`.
+fn bench_resets(binary: &Path) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the reset benchmark creates network namespaces and reads BPF statistics: run it as root (sudo -E cargo xtask bench --resets)"
+        );
+    }
+    let object = workspace_root()
+        .join("target/ebpf")
+        .join(EBPF_TARGET)
+        .join("release/teardown");
+    say("resets: refused connections through a veth, the reset program's cost per reset");
+    run_command(
+        host_cargo(&object)
+            .args([
+                "test",
+                "--package",
+                "teardown",
+                "--test",
+                "kernel_reasons",
+                "--",
+            ])
+            .args(["--ignored", "--exact", "reset_cost", "--nocapture"])
+            .env("TEARDOWN_BENCH_BIN", binary),
+    )
+    .context("the reset benchmark")
+}
+
 fn lint() -> anyhow::Result<()> {
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;
@@ -432,12 +466,22 @@ fn main() -> ExitCode {
                 })
             }),
         Task::Test { args } => test(&args),
-        Task::Bench { churn, args } => build_release().and_then(|binary| {
+        Task::Bench {
+            churn,
+            resets,
+            args,
+        } => build_release().and_then(|binary| {
             let mut full = vec![OsString::from("bench"), OsString::from("--json-out")];
             full.push(workspace_root().join("target/bench/xdp.json").into());
             full.extend(args);
             run_teardown(&binary, &full)?;
-            if churn { bench_churn(&binary) } else { Ok(()) }
+            if churn {
+                bench_churn(&binary)?;
+            }
+            if resets {
+                bench_resets(&binary)?;
+            }
+            Ok(())
         }),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Lint => lint(),

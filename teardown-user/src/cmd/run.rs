@@ -7,7 +7,10 @@ use teardown_common::conn::Timeouts;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    conn::tracker::{Clock, Ended, Tracker, monotonic_now_ns},
+    conn::{
+        resets::KernelReasons,
+        tracker::{Clock, Ended, Tracker, monotonic_now_ns},
+    },
     flood::{AlertEvent, AlertWatch, DetectConfig},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     report::dashboard::{self, KeyOutcome, Live},
@@ -393,6 +396,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         received: start.received,
         sent: start.sent,
     };
+    // The kernel's reasons before the packets: a reset sent as soon as the
+    // programs see traffic finds its program in place. What it cannot do on
+    // this kernel is said after the "watching" line.
+    let (mut reasons, reason_notes) = KernelReasons::start(&mut kernel);
     let mode = kernel.attach(&options.iface, options.mode)?;
     if egress {
         kernel.attach_egress(&options.iface)?;
@@ -409,6 +416,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         "teardown: watching {} ({attachment}), every {:?}; Ctrl-C to stop",
         options.iface, options.interval
     ));
+    for note in &reason_notes {
+        say(format_args!("{note}"));
+    }
     if let Some(metrics) = &metrics {
         say(format_args!(
             "teardown: Prometheus metrics at http://{}/metrics",
@@ -460,12 +470,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Resets first: a record ending now finds the reset sent before.
+        reasons.poll(kernel_now());
         tracker.drain_events(&mut events, &mut ended);
         tracker.take_changes(&table);
         tracker.expire(kernel_now(), &table, &mut ended);
+        reasons.claim(&mut ended);
         output.emit(&ended, &mut screen);
         ended.clear();
-        let alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        let mut alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        reasons.annotate(&mut alert_events);
         output.emit_alerts(&alert_events, &mut screen);
         if !alert_events.is_empty() {
             screen.set_active_alerts(alerts.active_lines());
@@ -488,6 +502,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             since,
             &tracker,
             alert_figures(&alerts)?,
+            reasons.figures(&kernel)?,
             output.lines_lost(),
         );
         if let Some(metrics) = &metrics {
@@ -524,8 +539,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let reader_gone = output.stdout.closed();
     // Connections still open are reported as they stand, as at the end of a
     // capture.
+    reasons.poll(kernel_now());
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
+    reasons.claim(&mut ended);
     output.emit(&ended, &mut screen);
     // After a dashboard, the records of connections still open (thousands
     // after a flood) would bury the totals: they are counted, and logged.
@@ -540,8 +557,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         ));
     }
     // Alerts still in progress end here, printed after the dashboard.
-    output.emit_alerts(&alerts.finish(), &mut screen);
+    let mut last_alerts = alerts.finish();
+    reasons.annotate(&mut last_alerts);
+    output.emit_alerts(&last_alerts, &mut screen);
     let last = read_kernel(&kernel, egress)?;
+    // Resets sent since the last poll count as unclaimed (the records are
+    // all out), so the figures add up.
+    reasons.poll(kernel_now());
+    let last_reasons = reasons.figures(&kernel)?;
     drop(table);
     drop(kernel);
     if reader_gone {
@@ -559,6 +582,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None,
         &tracker,
         alert_figures(&alerts)?,
+        last_reasons,
         output.lines_lost(),
     );
     if options.json {

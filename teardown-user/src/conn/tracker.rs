@@ -24,7 +24,7 @@ use teardown_common::{
     flow::FlowKey,
 };
 
-use crate::kernel::FlowTable;
+use crate::{conn::resets::KernelReset, kernel::FlowTable};
 
 /// A connection that ended, with why its record was closed out.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +32,10 @@ pub struct Ended {
     pub key: FlowKey,
     pub conn: Conn,
     pub reason: u8,
+    /// The kernel's account of the reset this host sent, when the reset
+    /// program saw one in the connection's lifetime
+    /// ([`ResetBook`](crate::conn::resets::ResetBook)).
+    pub kernel_reset: Option<KernelReset>,
 }
 
 /// Converts record times (kernel monotonic, or capture time) to Unix time.
@@ -193,6 +197,16 @@ impl Ended {
         if let Some(teardown) = close.teardown_ns {
             fields.insert("teardown".into(), json!(seconds(teardown)));
         }
+        if let Some(reset) = &self.kernel_reset {
+            fields.insert("rst_reason".into(), json!(reset.reason));
+            if let Some(state) = reset.state_name() {
+                fields.insert("rst_state".into(), json!(state));
+            }
+            if let Some(process) = &reset.process {
+                fields.insert("pid".into(), json!(process.pid));
+                fields.insert("comm".into(), json!(process.comm()));
+            }
+        }
         record
     }
 
@@ -210,13 +224,25 @@ impl Ended {
             .rst_cause
             .map(|cause| format!(" ({cause})"))
             .unwrap_or_default();
+        let kernel = match &self.kernel_reset {
+            Some(reset) => match &reset.process {
+                Some(process) => format!(
+                    " [kernel: {} by {}[{}]]",
+                    reset.reason,
+                    process.comm(),
+                    process.pid
+                ),
+                None => format!(" [kernel: {}]", reset.reason),
+            },
+            None => String::new(),
+        };
         let history = String::from_utf8_lossy(conn.history()).into_owned();
         let fmt = |addr: IpAddr, port: u16| match addr {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         };
         format!(
-            "conn {} -> {} {:<6} {}{by}{cause} {:.3}s pkts {}/{} history {} uid {}",
+            "conn {} -> {} {:<6} {}{by}{cause}{kernel} {:.3}s pkts {}/{} history {} uid {}",
             fmt(orig_h, orig_p),
             fmt(resp_h, resp_p),
             conn.conn_state(),
@@ -573,6 +599,7 @@ impl Tracker {
                 key: header.key,
                 conn: event.conn,
                 reason: header.reason as u8,
+                kernel_reset: None,
             };
             self.count(&ended, header.time_ns);
             out.push(ended);
@@ -611,6 +638,7 @@ impl Tracker {
                 key: slot.key,
                 conn: slot.conn,
                 reason,
+                kernel_reset: None,
             };
             if slot.conn.half_open() {
                 self.stats.half_open_closed += 1;
@@ -643,6 +671,7 @@ impl Tracker {
                 key: slot.key,
                 conn: slot.conn,
                 reason: end_reason::END_OF_INPUT,
+                kernel_reset: None,
             });
         }
         ended.sort_by_key(|ended| ended.conn.start_ns);
@@ -708,6 +737,7 @@ mod tests {
             key: key(client_port),
             conn,
             reason: end_reason::CLOSED,
+            kernel_reset: None,
         }
     }
 
@@ -942,6 +972,7 @@ mod tests {
             key: key(40002),
             conn: Conn::zeroed(),
             reason: end_reason::END_OF_INPUT,
+            kernel_reset: None,
         };
         assert!(empty.json(&Clock::Capture).get("history").is_none());
     }

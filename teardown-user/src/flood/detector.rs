@@ -322,6 +322,7 @@ impl Scope {
             triggers: self.last.triggers,
             started_ns: alert.started_ns,
             now_ns: now,
+            host: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use super::target::AlertTarget;
+use crate::kernel::netstat::HandshakeDrops;
 use crate::output::short_count;
 
 /// Where an alert is in its life.
@@ -82,6 +83,11 @@ pub struct AlertEvent {
     pub triggers: Triggers,
     pub started_ns: u64,
     pub now_ns: u64,
+    /// What the host's own TCP stack did with handshakes since the alert
+    /// started (this namespace's `/proc/net/netstat`): dropping them on
+    /// full queues, or coping with SYN cookies. Filled in by the run loop;
+    /// `None` where the counters cannot be read.
+    pub host: Option<HandshakeDrops>,
 }
 
 fn round_to(value: f64, decimals: i32) -> f64 {
@@ -142,6 +148,11 @@ impl AlertEvent {
             "distinct_sources": self.distinct_sources.map(f64::round),
             "top_sources": top,
             "triggers": self.triggers.names(),
+            "host": self.host.map(|host| {
+                let mut value = json!(host);
+                value["verdict"] = json!(host.verdict());
+                value
+            }),
         })
     }
 
@@ -182,8 +193,13 @@ impl AlertEvent {
                 .collect();
             format!("; top {}", list.join(", "))
         };
+        let host = self
+            .host
+            .and_then(|host| host.verdict())
+            .map(|verdict| format!("; {verdict}"))
+            .unwrap_or_default();
         format!(
-            "SYN FLOOD {} {target}{when}{triggers}  {} SYN/s (peak {}, baseline {}), {ratio} completed, {} half-open{distinct}{top}",
+            "SYN FLOOD {} {target}{when}{triggers}  {} SYN/s (peak {}, baseline {}), {ratio} completed, {} half-open{distinct}{top}{host}",
             self.phase.name(),
             short_count(self.syn_rate),
             short_count(self.peak_syn_rate),
@@ -220,6 +236,7 @@ mod tests {
             },
             started_ns: 5 * 1_000_000_000,
             now_ns: 5 * 1_000_000_000,
+            host: None,
         }
     }
 
@@ -241,6 +258,7 @@ mod tests {
             "triggers",
             "started",
             "duration",
+            "host",
         ] {
             assert!(value.get(key).is_some(), "no {key} in {value}");
         }
@@ -272,6 +290,42 @@ mod tests {
         assert_eq!(value["completion_ratio"], Value::Null);
         assert_eq!(value["duration"], 2.0);
         assert_eq!(value["started"], 1_700_000_000.5);
+    }
+
+    #[test]
+    fn the_host_verdict_says_dropping_or_coping() {
+        let mut event = sample_event();
+        assert_eq!(event.json(0.0)["host"], Value::Null);
+        event.host = Some(HandshakeDrops {
+            listen_overflows: 120,
+            listen_drops: 120,
+            ..HandshakeDrops::default()
+        });
+        let value = event.json(0.0);
+        assert_eq!(value["host"]["listen_overflows"], 120);
+        assert_eq!(
+            value["host"]["verdict"],
+            "host dropping handshakes: 120 dropped on full queues"
+        );
+        assert!(
+            event
+                .human_line()
+                .ends_with("; host dropping handshakes: 120 dropped on full queues"),
+            "{}",
+            event.human_line()
+        );
+        event.host = Some(HandshakeDrops {
+            syncookies_sent: 5_000,
+            ..HandshakeDrops::default()
+        });
+        assert!(
+            event
+                .human_line()
+                .ends_with("; host coping: 5000 SYN cookies sent, no handshake dropped")
+        );
+        // Counters that did not move add nothing to the line.
+        event.host = Some(HandshakeDrops::default());
+        assert!(!event.human_line().contains("host"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub(crate) mod testing;
 mod watch;
 
 pub use config::{DetectConfig, SOURCE_CAPACITY};
-pub use events::AlertEvent;
+pub use events::{AlertEvent, Phase};
 /// For `cli_detect`'s test-only destination parser.
 #[cfg(test)]
 pub use target::{TargetKey, TargetParseError};

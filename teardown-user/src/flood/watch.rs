@@ -241,6 +241,7 @@ mod tests {
             },
             started_ns: 1_000_000_000,
             now_ns: 3_000_000_000,
+            host: None,
         }
     }
 

@@ -1,5 +1,10 @@
 //! Loading the embedded eBPF object, attaching it, and reading its maps.
 
+mod btf;
+pub mod netstat;
+pub mod reasons;
+mod tracefs;
+
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _},

@@ -20,7 +20,7 @@ use teardown_common::{
     events::FlowStats,
 };
 
-use crate::conn::tracker::Tracker;
+use crate::{conn::tracker::Tracker, kernel::netstat::HandshakeDrops};
 
 /// Everything one tick of `teardown run` shows, in every view.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -43,6 +43,10 @@ pub struct Figures {
     pub flows: FlowFigures,
     /// SYN-flood alerts.
     pub alerts: AlertFigures,
+    /// The kernel's own reasons: resets the host sent, and the handshakes
+    /// its stack dropped or answered with cookies.
+    #[serde(rename = "kernel_reasons")]
+    pub reasons: ReasonFigures,
     /// Lines each output could not write: stdout, then the log if any.
     pub lines_lost: LinesLost,
     /// About the run, for the views that show it (not in the JSON).
@@ -243,6 +247,60 @@ impl Serialize for PortFigures {
     }
 }
 
+/// The kernel's own reasons (`kernel_reasons` in JSON).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReasonFigures {
+    /// Whether the reset program is attached (`tcp:tcp_send_reset`); without
+    /// it records carry the wire's reasons only.
+    pub resets_watched: bool,
+    /// Resets the host sent since the start, by the kernel's reason (the
+    /// ones that occurred).
+    pub resets_sent: BTreeMap<&'static str, u64>,
+    /// The same resets by local port and reason (a bounded list, the rest
+    /// in `other`): `{"8080": {"NO_SOCKET": 3}, "other": 0}`.
+    pub resets_by_port: ResetPorts,
+    /// Reset events the ring buffer had no room for (still counted above,
+    /// but no record got their reason).
+    pub reset_events_lost: u64,
+    /// Resets no record claimed: their connection never crossed the watched
+    /// interface, or was not tracked, or the host reset it again.
+    pub resets_unclaimed: u64,
+    /// Every reason the running kernel names: Prometheus lists them all,
+    /// zeros included.
+    #[serde(skip)]
+    pub reason_names: Vec<&'static str>,
+    /// The host stack's handshake drops and SYN cookies since the start,
+    /// where `/proc/net/netstat` can be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshakes: Option<HandshakeDrops>,
+}
+
+/// Resets by local port and reason, bounded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResetPorts {
+    pub listed: Vec<(u16, &'static str, u64)>,
+    pub other: u64,
+}
+
+impl Serialize for ResetPorts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut ports: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for (port, reason, count) in &self.listed {
+            ports
+                .entry(port.to_string())
+                .or_default()
+                .insert(reason, *count);
+        }
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(ports.len() + 1))?;
+        for (port, reasons) in &ports {
+            map.serialize_entry(port, reasons)?;
+        }
+        map.serialize_entry("other", &self.other)?;
+        map.end()
+    }
+}
+
 pub use crate::flood::AlertState;
 
 /// SYN-flood alerts: the summary (the JSON `alerts` object) and what the
@@ -354,6 +412,7 @@ impl Figures {
             egress: egress.then(Traffic::zero),
             flows: FlowFigures::default(),
             alerts: AlertFigures::default(),
+            reasons: ReasonFigures::default(),
             lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
             run,
             endpoint_drops: EndpointDrops::default(),
@@ -376,6 +435,7 @@ impl Figures {
         previous: Option<(&Reading, f64)>,
         tracker: &Tracker,
         alerts: AlertFigures,
+        reasons: ReasonFigures,
         lines_lost: LinesLost,
     ) -> Figures {
         let rates = |now: &Tallies, before: Option<&Tallies>, seconds: f64| {
@@ -406,6 +466,7 @@ impl Figures {
             egress,
             flows: FlowFigures::new(&now.flow, tracker),
             alerts,
+            reasons,
             lines_lost,
             run: run.clone(),
             endpoint_drops: EndpointDrops::default(),
@@ -505,6 +566,42 @@ pub mod tests {
         figures
     }
 
+    #[test]
+    fn the_kernels_reasons_serialize_by_reason_and_by_port() {
+        let mut figures = busy_figures();
+        figures.reasons = ReasonFigures {
+            resets_watched: true,
+            resets_sent: [("NO_SOCKET", 3), ("TCP_STATE", 1)].into_iter().collect(),
+            resets_by_port: ResetPorts {
+                listed: vec![
+                    (8080, "NO_SOCKET", 2),
+                    (8080, "TCP_STATE", 1),
+                    (22, "NO_SOCKET", 1),
+                ],
+                other: 0,
+            },
+            reset_events_lost: 0,
+            resets_unclaimed: 1,
+            reason_names: vec!["NO_SOCKET", "TCP_STATE"],
+            handshakes: None,
+        };
+        let value = serde_json::to_value(&figures).expect("serializes");
+        assert_eq!(
+            value["kernel_reasons"],
+            json!({
+                "resets_watched": true,
+                "resets_sent": {"NO_SOCKET": 3, "TCP_STATE": 1},
+                "resets_by_port": {
+                    "22": {"NO_SOCKET": 1},
+                    "8080": {"NO_SOCKET": 2, "TCP_STATE": 1},
+                    "other": 0
+                },
+                "reset_events_lost": 0,
+                "resets_unclaimed": 1
+            })
+        );
+    }
+
     /// The keys and shapes of the `stats` object (less `event`), as the
     /// tests in `tests/` read them.
     #[test]
@@ -524,6 +621,7 @@ pub mod tests {
                 "flows",
                 "iface",
                 "interval",
+                "kernel_reasons",
                 "lines_lost",
                 "rates",
                 "totals",

@@ -1,13 +1,16 @@
 //! The JSON view: `stats` lines at each report and the `final` line, from
 //! [`Figures`]. The `stats` object is the figures serialized (their serde
 //! attributes are its schema) with `"event": "stats"`; `final` is the subset
-//! that makes sense once teardown has stopped: no rates, no alerts.
+//! that makes sense once teardown has stopped: no rates, no alerts (the
+//! kernel's reasons are totals, so they stay).
 
 use serde::Serialize;
 
 use teardown_common::counters::Counters;
 
-use crate::report::figures::{Figures, FlowFigures, LinesLost, Traffic, serialize_totals};
+use crate::report::figures::{
+    Figures, FlowFigures, LinesLost, ReasonFigures, Traffic, serialize_totals,
+};
 
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -25,6 +28,7 @@ struct Final<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     egress: Option<EgressTotals>,
     flows: &'a FlowFigures,
+    kernel_reasons: &'a ReasonFigures,
     lines_lost: &'a LinesLost,
 }
 
@@ -75,6 +79,7 @@ pub fn final_line(figures: &Figures) -> String {
             totals: totals(egress),
         }),
         flows: &figures.flows,
+        kernel_reasons: &figures.reasons,
         lines_lost: &figures.lines_lost,
     })
 }
@@ -128,6 +133,7 @@ mod tests {
                 "event",
                 "flows",
                 "iface",
+                "kernel_reasons",
                 "lines_lost",
                 "totals",
                 "ts"

@@ -6,7 +6,7 @@
 use teardown_common::counters::{Counter, Counters};
 
 use crate::{
-    report::figures::{Figures, FlowFigures, LinesLost, PortFigures, Traffic},
+    report::figures::{Figures, FlowFigures, LinesLost, PortFigures, ReasonFigures, Traffic},
     report::output::{self, push_line, short_count},
 };
 
@@ -114,6 +114,39 @@ fn flows_and_lines_lost(flows: &FlowFigures, lost: &LinesLost) -> String {
     format!("{}; lines lost {}", flow_line(flows), lost.join(", "))
 }
 
+/// The kernel's reasons in one line: resets sent by reason, and what the
+/// host's stack did with handshakes it could not take. `None` while there
+/// is nothing to say (no reset sent, no handshake dropped, no cookie).
+fn reasons_line(reasons: &ReasonFigures) -> Option<String> {
+    let mut parts = Vec::new();
+    if reasons.resets_sent.values().any(|count| *count > 0) {
+        let by_reason: Vec<String> = reasons
+            .resets_sent
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        parts.push(format!(
+            "resets sent: {} (unclaimed {}, events lost {})",
+            by_reason.join(", "),
+            reasons.resets_unclaimed,
+            reasons.reset_events_lost
+        ));
+    }
+    if let Some(handshakes) = &reasons.handshakes
+        && (handshakes.dropped() > 0 || handshakes.syncookies_sent > 0)
+    {
+        parts.push(format!(
+            "handshakes dropped by the host: {} listen overflows, {} listen drops, {} on a full SYN queue; SYN cookies sent {}, completed {}",
+            handshakes.listen_overflows,
+            handshakes.listen_drops,
+            handshakes.syn_queue_full_drops,
+            handshakes.syncookies_sent,
+            handshakes.syncookies_recv
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// A report's lines: the header every [`HEADER_EVERY`] rows (`row` counts
 /// the reports so far), the rates (and `sent` rates), the `flows:` line.
 pub fn report(figures: &Figures, row_number: usize) -> String {
@@ -129,6 +162,9 @@ pub fn report(figures: &Figures, row_number: usize) -> String {
         &mut text,
         flows_and_lines_lost(&figures.flows, &figures.lines_lost),
     );
+    if let Some(line) = reasons_line(&figures.reasons) {
+        push_line(&mut text, line);
+    }
     text
 }
 
@@ -149,6 +185,9 @@ pub fn final_totals(figures: &Figures) -> String {
         &mut text,
         flows_and_lines_lost(&figures.flows, &figures.lines_lost),
     );
+    if let Some(line) = reasons_line(&figures.reasons) {
+        push_line(&mut text, line);
+    }
     text
 }
 
@@ -214,6 +253,30 @@ mod tests {
         assert!(text.starts_with("final totals on eth0:\n"), "{text}");
         assert!(text.contains(" out\n"), "{text}");
         assert!(text.ends_with("; lines lost stdout 0, log 12\n"), "{text}");
+    }
+
+    #[test]
+    fn the_kernels_reasons_get_a_line_when_there_is_something_to_say() {
+        let mut figures = busy_figures();
+        assert_eq!(reasons_line(&figures.reasons), None);
+        figures.reasons.resets_sent.insert("NO_SOCKET", 2);
+        figures.reasons.resets_sent.insert("TCP_ABORT_ON_CLOSE", 1);
+        figures.reasons.resets_unclaimed = 1;
+        figures.reasons.handshakes = Some(crate::kernel::netstat::HandshakeDrops {
+            listen_overflows: 28,
+            listen_drops: 28,
+            ..Default::default()
+        });
+        let text = report(&figures, 1);
+        assert_eq!(
+            text.lines().last().unwrap(),
+            "resets sent: NO_SOCKET 2, TCP_ABORT_ON_CLOSE 1 (unclaimed 1, events lost 0); handshakes dropped by the host: 28 listen overflows, 28 listen drops, 0 on a full SYN queue; SYN cookies sent 0, completed 0"
+        );
+        assert!(final_totals(&figures).ends_with("completed 0\n"));
+        // Counters read but nothing dropped: no line.
+        figures.reasons.resets_sent.clear();
+        figures.reasons.handshakes = Some(Default::default());
+        assert_eq!(reasons_line(&figures.reasons), None);
     }
 
     #[test]

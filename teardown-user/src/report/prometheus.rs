@@ -316,6 +316,41 @@ pub fn render(figures: &Figures) -> String {
         figures.alerts.summary.started,
     );
 
+    let reasons = &figures.reasons;
+    if reasons.resets_watched {
+        let name = "teardown_resets_sent_total";
+        e.family(
+            name,
+            "counter",
+            "Resets this host sent, by the kernel's own reason (tcp:tcp_send_reset; names as the running kernel spells enum sk_rst_reason): NO_SOCKET (nothing listens or the connection is unknown), TCP_ABORT_ON_CLOSE (closed with unread data), TCP_ABORT_ON_DATA (data after a shutdown), TCP_TIMEWAIT_SOCKET, TCP_KEEPALIVE_TIMEOUT, TCP_STATE (an abort such as SO_LINGER 0), ... Every reason the kernel names is listed.",
+        );
+        for (reason, count) in with_known_keys(&reasons.reason_names, &reasons.resets_sent) {
+            e.sample(name, &[("reason", reason)], count);
+        }
+        e.single(
+            "teardown_reset_events_lost_total",
+            "counter",
+            "Reset events the ring buffer had no room for: counted in teardown_resets_sent_total, but no record got their reason.",
+            reasons.reset_events_lost,
+        );
+        e.single(
+            "teardown_resets_unclaimed_total",
+            "counter",
+            "Resets no connection record claimed: the connection never crossed the watched interface or was not tracked, or the host reset it more than once.",
+            reasons.resets_unclaimed,
+        );
+    }
+    if let Some(handshakes) = &reasons.handshakes {
+        for (stem, help, value) in handshakes.each() {
+            e.single(
+                &format!("teardown_host_{stem}_total"),
+                "counter",
+                &format!("The host's TCP stack (this network namespace, /proc/net/netstat) since teardown started: {help}."),
+                value,
+            );
+        }
+    }
+
     let name = "teardown_build_info";
     e.family(name, "gauge", "teardown's version; always 1.");
     e.sample(name, &[("version", figures.run.version)], 1);
