@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     conn::tracker::Ended,
+    kernel::netstat::HandshakeDrops,
     report::figures::{Figures, Traffic},
     report::output::short_count,
     report::plain::ROW_COUNTERS,
@@ -88,6 +89,12 @@ pub struct FlowFigures {
     /// may be thousands of ports).
     pub half_open_timeouts_by_port: Vec<(u16, u64)>,
     pub half_open_timeouts_other: u64,
+    /// Resets the host sent by the kernel's reason, most first (empty
+    /// without the reset program, or before the first reset).
+    pub resets_sent: Vec<(String, u64)>,
+    /// The host's handshake drops and SYN cookies since the start, when
+    /// any is non-zero.
+    pub handshakes: Option<HandshakeDrops>,
 }
 
 /// One ended connection, as the teardown list shows, sorts and filters it.
@@ -262,6 +269,11 @@ fn flow_figures(figures: &Figures) -> FlowFigures {
         lock_contended: flows.lock_contended,
         half_open_timeouts_by_port: ports,
         half_open_timeouts_other: other_ports,
+        resets_sent: most_first(&figures.reasons.resets_sent),
+        handshakes: figures
+            .reasons
+            .handshakes
+            .filter(|drops| drops.dropped() > 0 || drops.syncookies_sent > 0),
     }
 }
 
@@ -416,6 +428,21 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
     }
     if !ports.is_empty() {
         lines.push(format!("half-open timeouts by port {}", ports.join(" ")));
+    }
+    if !flows.resets_sent.is_empty() {
+        lines.push(format!(
+            "resets    {} (the kernel's reasons)",
+            counts(&flows.resets_sent)
+        ));
+    }
+    if let Some(drops) = &flows.handshakes {
+        lines.push(format!(
+            "host      handshakes dropped {} (listen overflows {}, SYN queue {}), SYN cookies sent {}",
+            drops.dropped(),
+            drops.listen_overflows,
+            drops.syn_queue_full_drops,
+            drops.syncookies_sent
+        ));
     }
     lines
 }
@@ -956,6 +983,7 @@ pub mod tests {
             },
             conn,
             reason: end_reason::CLOSED,
+            kernel_reset: None,
         }
     }
 
@@ -1193,6 +1221,34 @@ pub mod tests {
         assert_eq!(uptime(Duration::from_secs(59)), "0:00:59");
         assert_eq!(uptime(Duration::from_secs(3725)), "1:02:05");
         assert_eq!(uptime(Duration::from_secs(90_061)), "1d 01:01:01");
+    }
+
+    #[test]
+    fn the_kernels_reasons_have_rows_once_there_is_something_to_show() {
+        let mut figures = crate::report::figures::tests::busy_figures();
+        assert!(
+            !flow_lines(&flow_figures(&figures))
+                .iter()
+                .any(|line| line.starts_with("resets"))
+        );
+        figures.reasons.resets_sent.insert("NO_SOCKET", 2);
+        figures.reasons.resets_sent.insert("TCP_ABORT_ON_CLOSE", 5);
+        figures.reasons.handshakes = Some(HandshakeDrops {
+            listen_overflows: 28,
+            listen_drops: 28,
+            ..HandshakeDrops::default()
+        });
+        let lines = flow_lines(&flow_figures(&figures));
+        assert!(
+            lines.contains(
+                &"resets    TCP_ABORT_ON_CLOSE 5, NO_SOCKET 2 (the kernel's reasons)".to_string()
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"host      handshakes dropped 28 (listen overflows 28, SYN queue 0), SYN cookies sent 0".to_string()),
+            "{lines:?}"
+        );
     }
 
     #[test]
