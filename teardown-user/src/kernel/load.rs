@@ -1,59 +1,29 @@
-//! Loading the embedded eBPF object (split into load, attach and maps next).
+//! Loading the object: its globals and map sizes set for the options, the
+//! flow table's size checked against the memory available, and each
+//! program loaded (and verified) on first use, test runs included.
 
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{
-        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
-        tc::SchedClassifierLinkId, xdp::XdpLinkId,
-    },
+    maps::{Array, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use teardown_common::{
     conn::{Timeouts, likely_server_port_set},
-    counters::Tallies,
-    dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
-    events::{DEFAULT_MAX_FLOWS, FlowStats, SLOTS_PER_CHANGE_WORD, half_open_budget},
+    events::{DEFAULT_MAX_FLOWS, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
     table::{FlowSlot, set_shift, slots_for},
 };
-use thiserror::Error;
+
+use super::{Kernel, SetupError, is_permission_error};
 
 /// The eBPF object built from `teardown-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EBPF_OBJECT"));
-
-/// Problems the user can fix, each said in one line with what to do.
-#[derive(Debug, Error)]
-pub enum SetupError {
-    #[error(
-        "permission denied while {0}: run teardown as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
-    )]
-    Permission(&'static str),
-    #[error("no network interface named {0:?}: list them with `ip link`")]
-    UnknownInterface(String),
-    #[error(
-        "interface {0} already has an XDP program attached, left in place; remove it first (`ip link set dev {0} xdp off`) if it is not needed"
-    )]
-    AlreadyAttached(String),
-    #[error("interface {iface} does not support {mode} XDP: try --mode skb (generic XDP)")]
-    ModeUnsupported { iface: String, mode: &'static str },
-    #[error(
-        "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for the flow table ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows"
-    )]
-    TableTooLarge {
-        max_flows: u32,
-        needed_mib: u64,
-        slot_bytes: usize,
-        available_mib: u64,
-    },
-}
 
 /// Kernel memory a flow table of `slots` slots takes: the slots and the
 /// changed-slot bitmap.
@@ -118,148 +88,6 @@ mod table_size_tests {
     }
 }
 
-/// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// Native (driver) XDP if the interface supports it, generic otherwise.
-    Auto,
-    /// Native XDP, in the driver: fastest; fails if the driver lacks it.
-    Native,
-    /// Generic XDP, in the kernel's network stack: works everywhere, slower.
-    Skb,
-}
-
-/// The loaded eBPF object.
-pub struct Kernel {
-    ebpf: Ebpf,
-    slots: u32,
-    /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
-    /// them too).
-    xdp_link: Option<XdpLinkId>,
-    egress_link: Option<SchedClassifierLinkId>,
-}
-
-/// Maps an mmapable array map (`len` bytes of it) into this process.
-fn mmap_map(ebpf: &Ebpf, name: &str, len: usize) -> anyhow::Result<NonNull<u8>> {
-    let map = ebpf
-        .map(name)
-        .with_context(|| format!("eBPF object has no {name} map"))?;
-    let data: &MapData = match map {
-        aya::maps::Map::Array(data) => data,
-        _ => anyhow::bail!("{name} is not an array map"),
-    };
-    let fd = data.fd().as_fd().as_raw_fd();
-    // SAFETY: a shared read-write mapping of the map's memory, which the
-    // kernel allows for BPF_F_MMAPABLE arrays; `len` is within the map.
-    let address = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if address == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error()).with_context(|| format!("mapping the {name} map"));
-    }
-    NonNull::new(address.cast()).with_context(|| format!("mapping the {name} map"))
-}
-
-/// How many times [`FlowTable::read`] tries for a consistent copy.
-const SLOT_READ_TRIES: u32 = 100_000;
-
-/// The kernel's flow table as seen from user space (see
-/// `teardown_common::table`): records are read in place, and only
-/// [`FlowSlot::reported`] is ever written.
-pub struct FlowTable {
-    slots: NonNull<FlowSlot>,
-    len: usize,
-    changes: NonNull<u64>,
-    words: usize,
-    mappings: [(NonNull<u8>, usize); 2],
-}
-
-impl FlowTable {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// A consistent copy of slot `index`. The kernel may be writing it
-    /// meanwhile: the copy is kept only if the slot's sequence lock
-    /// ([`FlowSlot::lock`]) was even, and unchanged, around it; otherwise it
-    /// is taken again. A kernel writer holds a slot for a few microseconds
-    /// at most, so the retries end long before their bound; should they
-    /// not, the last copy is returned all the same.
-    pub fn read(&self, index: u32) -> Option<FlowSlot> {
-        if index as usize >= self.len {
-            return None;
-        }
-        // SAFETY: in bounds of the mapping; FlowSlot is plain data, any
-        // bytes are valid; `lock` is a 4-aligned u32 the kernel changes
-        // only atomically.
-        unsafe {
-            let slot = self.slots.as_ptr().add(index as usize);
-            let lock = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*slot).lock));
-            let mut copy = std::ptr::read_volatile(slot);
-            for _ in 0..SLOT_READ_TRIES {
-                let before = lock.load(Ordering::Acquire);
-                if before & 1 == 0 {
-                    copy = std::ptr::read_volatile(slot);
-                    fence(Ordering::Acquire);
-                    if lock.load(Ordering::Relaxed) == before {
-                        break;
-                    }
-                }
-                std::hint::spin_loop();
-            }
-            Some(copy)
-        }
-    }
-
-    /// Marks `generation` of slot `index` reported: the kernel may reuse the
-    /// slot and will not report that record itself.
-    pub fn mark_reported(&self, index: u32, generation: u32) {
-        if index as usize >= self.len {
-            return;
-        }
-        // SAFETY: in bounds; `reported` is a 4-aligned u32 only user space
-        // writes; the kernel reads it.
-        unsafe {
-            let slot = self.slots.as_ptr().add(index as usize);
-            let reported = std::ptr::addr_of_mut!((*slot).reported);
-            std::sync::atomic::AtomicU32::from_ptr(reported)
-                .store(generation, std::sync::atomic::Ordering::Release);
-        }
-    }
-
-    /// Calls `each` for every slot flagged since the last call, clearing
-    /// the flags.
-    pub fn take_changes(&self, mut each: impl FnMut(u32)) {
-        for word_index in 0..self.words {
-            // SAFETY: in bounds of the mapping; the kernel ORs bits in
-            // atomically, and swapping the word takes them all exactly once.
-            let word = unsafe { AtomicU64::from_ptr(self.changes.as_ptr().add(word_index)) };
-            let mut bits = word.swap(0, std::sync::atomic::Ordering::AcqRel);
-            while bits != 0 {
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                each(word_index as u32 * SLOTS_PER_CHANGE_WORD + bit);
-            }
-        }
-    }
-}
-
-impl Drop for FlowTable {
-    fn drop(&mut self) {
-        for (address, len) in self.mappings {
-            // SAFETY: each was mapped by mmap_map with this length.
-            unsafe { libc::munmap(address.as_ptr().cast(), len) };
-        }
-    }
-}
-
 /// Settings fixed when the object is loaded.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -311,30 +139,6 @@ impl Default for LoadOptions {
             clock: ClockMode::Coarse,
         }
     }
-}
-
-fn io_error_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        current = err.source();
-    }
-    None
-}
-
-fn os_error_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    io_error_in(err).and_then(io::Error::raw_os_error)
-}
-
-/// EPERM/EACCES mean missing privileges only for an unprivileged caller: for
-/// root, EACCES from BPF_PROG_LOAD is the verifier rejecting the program,
-/// and its log is the useful part of the error.
-fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    !root && matches!(os_error_of(err), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 impl Kernel {
@@ -449,33 +253,8 @@ impl Kernel {
             .context("setting the coarse clock's offset")
     }
 
-    /// The flow table and its changed-slot bitmap, mapped into this process.
-    pub fn flow_table(&mut self) -> anyhow::Result<FlowTable> {
-        let slots = self.slots as usize;
-        let table = mmap_map(
-            &self.ebpf,
-            names::FLOW_TABLE_MAP,
-            slots * size_of::<FlowSlot>(),
-        )?;
-        let changes = mmap_map(
-            &self.ebpf,
-            names::FLOW_CHANGES_MAP,
-            slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize) * 8,
-        )?;
-        Ok(FlowTable {
-            slots: table.cast(),
-            len: slots,
-            changes: changes.cast(),
-            words: slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize),
-            mappings: [
-                (table, slots * size_of::<FlowSlot>()),
-                (changes, slots.div_ceil(64) * 8),
-            ],
-        })
-    }
-
     /// The TC egress program, loaded on first use.
-    fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+    pub(super) fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
         let egress: &mut SchedClassifier = self
             .ebpf
             .program_mut(names::TC_EGRESS_PROGRAM)
@@ -494,48 +273,6 @@ impl Kernel {
         Ok(egress)
     }
 
-    /// Attaches the TC egress program to `iface` (TCX), so the host's own
-    /// segments reach the flow table. Lasts as long as this `Kernel`.
-    pub fn attach_egress(&mut self, iface: &str) -> anyhow::Result<()> {
-        match self.egress()?.attach(iface, TcAttachType::Egress) {
-            Ok(link) => {
-                self.egress_link = Some(link);
-                Ok(())
-            }
-            Err(err) if is_permission_error(&err) => {
-                Err(SetupError::Permission("attaching the TC egress program").into())
-            }
-            Err(err) => Err(err).with_context(|| {
-                format!("attaching the TC egress program to {iface} (use --direction ingress to watch ingress only)")
-            }),
-        }
-    }
-
-    /// Takes the event ring buffer out of the object (once).
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map(names::EVENTS_MAP)
-            .context("eBPF object has no event ring buffer")?;
-        RingBuf::try_from(map).context("opening the event ring buffer")
-    }
-
-    /// The flow-table statistics summed over all CPUs.
-    pub fn flow_stats(&self) -> anyhow::Result<FlowStats> {
-        let map = self
-            .ebpf
-            .map(names::FLOW_STATS_MAP)
-            .context("eBPF object has no flow statistics map")?;
-        let array = PerCpuArray::<&MapData, FlowStats>::try_from(map)
-            .context("opening the flow statistics map")?;
-        let per_cpu = array.get(&0, 0).context("reading the flow statistics")?;
-        let mut total = FlowStats::default();
-        for cpu in per_cpu.iter() {
-            total.add(cpu);
-        }
-        Ok(total)
-    }
-
     /// Loads the benchmark wrappers now, so their verification stays out
     /// of what the benchmark times. Only `teardown bench` needs them.
     pub fn load_bench_programs(&mut self) -> anyhow::Result<()> {
@@ -549,84 +286,8 @@ impl Kernel {
         Ok(())
     }
 
-    /// Sets the benchmark wrappers' frame change (see the eBPF `BENCH` map).
-    pub fn set_bench(&mut self, mode: u64, step: u64, first: u64) -> anyhow::Result<()> {
-        let mut bench: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(names::BENCH_MAP)
-                .context("eBPF object has no bench map")?,
-        )
-        .context("opening the bench map")?;
-        for (index, value) in [mode, 0, step, first].into_iter().enumerate() {
-            bench
-                .set(index as u32, value, 0)
-                .context("setting the bench map")?;
-        }
-        Ok(())
-    }
-
-    /// Every CPU's destination slots that have counted anything, as
-    /// (CPU, slot index, slot): one system call per slot index.
-    pub fn destinations(&self) -> anyhow::Result<Vec<(u32, u32, DestSlot)>> {
-        let map = self
-            .ebpf
-            .map(names::DESTINATIONS_MAP)
-            .context("eBPF object has no destination map")?;
-        let array = PerCpuArray::<&MapData, DestSlot>::try_from(map)
-            .context("opening the destination map")?;
-        let mut used = Vec::new();
-        for index in 0..DEST_SLOTS {
-            let per_cpu = array
-                .get(&index, 0)
-                .context("reading the destination map")?;
-            for (cpu, slot) in per_cpu.iter().enumerate() {
-                if slot.syns != 0 || slot.half_open_started != 0 || slot.completions != 0 {
-                    used.push((cpu as u32, index, *slot));
-                }
-            }
-        }
-        Ok(used)
-    }
-
-    /// Every CPU's ring of sampled SYN sources.
-    pub fn source_samples(&self) -> anyhow::Result<Vec<SampleRing>> {
-        let map = self
-            .ebpf
-            .map(names::SOURCE_SAMPLES_MAP)
-            .context("eBPF object has no source sample map")?;
-        let array = PerCpuArray::<&MapData, SampleRing>::try_from(map)
-            .context("opening the source sample map")?;
-        let per_cpu = array.get(&0, 0).context("reading the source samples")?;
-        Ok(per_cpu.iter().copied().collect())
-    }
-
-    /// Starts poll `epoch` for the destination sketches, with `sample_mask`
-    /// for the source samples (see `teardown_common::dest`).
-    pub fn set_detect_control(&mut self, epoch: u64, sample_mask: u64) -> anyhow::Result<()> {
-        let mut control: Array<&mut MapData, DetectControl> = Array::try_from(
-            self.ebpf
-                .map_mut(names::DETECT_CONTROL_MAP)
-                .context("eBPF object has no detection control map")?,
-        )
-        .context("opening the detection control map")?;
-        control
-            .set(0, DetectControl { epoch, sample_mask }, 0)
-            .context("setting the poll epoch")
-    }
-
-    /// Sets the clock the replay program runs on.
-    pub fn set_replay_clock(&mut self, ns: u64) -> anyhow::Result<()> {
-        let mut clock: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(names::REPLAY_CLOCK_MAP)
-                .context("eBPF object has no replay clock")?,
-        )
-        .context("opening the replay clock")?;
-        clock.set(0, ns, 0).context("setting the replay clock")
-    }
-
     /// The XDP program `name`, loaded on first use.
-    fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+    pub(super) fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
         let program = xdp_program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             match program.load() {
@@ -640,95 +301,6 @@ impl Kernel {
             }
         }
         Ok(program)
-    }
-
-    /// Attaches the counting program to `iface`; returns the mode it runs in.
-    /// The attachment lasts as long as this `Kernel`.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
-        let c_iface = std::ffi::CString::new(iface)
-            .map_err(|_| SetupError::UnknownInterface(iface.to_string()))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        if unsafe { libc::if_nametoindex(c_iface.as_ptr()) } == 0 {
-            return Err(SetupError::UnknownInterface(iface.to_string()).into());
-        }
-        let program = self.xdp(names::XDP_PROGRAM)?;
-        let attempts: &[(XdpMode, &'static str)] = match mode {
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Skb => &[(XdpMode::Skb, "generic")],
-        };
-        let mut last_error = None;
-        for &(xdp_mode, label) in attempts {
-            match program.attach(iface, xdp_mode) {
-                Ok(link) => {
-                    self.xdp_link = Some(link);
-                    return Ok(label);
-                }
-                Err(err) => match os_error_of(&err) {
-                    // Something is attached already, in this mode or the other.
-                    Some(libc::EBUSY) | Some(libc::EEXIST) => {
-                        return Err(SetupError::AlreadyAttached(iface.to_string()).into());
-                    }
-                    Some(libc::EPERM) | Some(libc::EACCES) => {
-                        return Err(SetupError::Permission("attaching XDP").into());
-                    }
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if xdp_mode == XdpMode::Driver => {
-                        last_error = Some(SetupError::ModeUnsupported {
-                            iface: iface.to_string(),
-                            mode: "native",
-                        });
-                    }
-                    _ => {
-                        return Err(err)
-                            .with_context(|| format!("attaching XDP ({label}) to {iface}"));
-                    }
-                },
-            }
-        }
-        Err(last_error
-            .map(anyhow::Error::from)
-            .unwrap_or_else(|| anyhow::anyhow!("attaching XDP to {iface} failed")))
-    }
-
-    /// Detaches the programs from the interface, keeping the maps: after it
-    /// nothing more is counted, so figures read next are final.
-    pub fn detach(&mut self) -> anyhow::Result<()> {
-        if let Some(link) = self.xdp_link.take() {
-            self.xdp(names::XDP_PROGRAM)?
-                .detach(link)
-                .context("detaching the XDP program")?;
-        }
-        if let Some(link) = self.egress_link.take() {
-            self.egress()?
-                .detach(link)
-                .context("detaching the TC egress program")?;
-        }
-        Ok(())
-    }
-
-    /// The tallies of what arrives, summed over all CPUs.
-    pub fn tallies(&self) -> anyhow::Result<Tallies> {
-        self.tallies_of(names::TALLIES_MAP)
-    }
-
-    /// The tallies of what the host sends (TC egress), summed over all CPUs.
-    pub fn egress_tallies(&self) -> anyhow::Result<Tallies> {
-        self.tallies_of(names::EGRESS_TALLIES_MAP)
-    }
-
-    fn tallies_of(&self, name: &str) -> anyhow::Result<Tallies> {
-        let map = self
-            .ebpf
-            .map(name)
-            .with_context(|| format!("eBPF object has no {name} map"))?;
-        let array =
-            PerCpuArray::<&MapData, Tallies>::try_from(map).context("opening the tallies map")?;
-        let per_cpu = array.get(&0, 0).context("reading the tallies map")?;
-        let mut total = Tallies::default();
-        for cpu in per_cpu.iter() {
-            total.add(cpu);
-        }
-        Ok(total)
     }
 
     /// The descriptor of program `name` (XDP or TC), loaded if need be, for

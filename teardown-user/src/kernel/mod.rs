@@ -1,5 +1,80 @@
-//! Loading the embedded eBPF object, attaching it, and reading its maps.
+//! The embedded eBPF object in the kernel: [`load`] loads it (globals,
+//! map sizes, the table-size check) and its programs, [`attach`] attaches
+//! them to an interface and detaches them, [`maps`] reads what they count
+//! (tallies, the flow table, the event ring buffer, the flood maps).
 
+mod attach;
 mod load;
+mod maps;
 
-pub use load::*;
+use std::io;
+
+use aya::{
+    Ebpf,
+    programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId},
+};
+use thiserror::Error;
+
+pub use attach::AttachMode;
+pub use load::{ClockMode, LoadOptions};
+pub use maps::FlowTable;
+
+/// Problems the user can fix, each said in one line with what to do.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error(
+        "permission denied while {0}: run teardown as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    )]
+    Permission(&'static str),
+    #[error("no network interface named {0:?}: list them with `ip link`")]
+    UnknownInterface(String),
+    #[error(
+        "interface {0} already has an XDP program attached, left in place; remove it first (`ip link set dev {0} xdp off`) if it is not needed"
+    )]
+    AlreadyAttached(String),
+    #[error("interface {iface} does not support {mode} XDP: try --mode skb (generic XDP)")]
+    ModeUnsupported { iface: String, mode: &'static str },
+    #[error(
+        "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for the flow table ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows"
+    )]
+    TableTooLarge {
+        max_flows: u32,
+        needed_mib: u64,
+        slot_bytes: usize,
+        available_mib: u64,
+    },
+}
+
+/// The loaded eBPF object.
+pub struct Kernel {
+    ebpf: Ebpf,
+    slots: u32,
+    /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
+    /// them too).
+    xdp_link: Option<XdpLinkId>,
+    egress_link: Option<SchedClassifierLinkId>,
+}
+
+fn io_error_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn os_error_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    io_error_in(err).and_then(io::Error::raw_os_error)
+}
+
+/// EPERM/EACCES mean missing privileges only for an unprivileged caller: for
+/// root, EACCES from BPF_PROG_LOAD is the verifier rejecting the program,
+/// and its log is the useful part of the error.
+fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    !root && matches!(os_error_of(err), Some(libc::EPERM) | Some(libc::EACCES))
+}
