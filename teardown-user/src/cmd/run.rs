@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Which way packets are watched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
     /// RSTs are seen too.

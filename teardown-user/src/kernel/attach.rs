@@ -8,7 +8,7 @@ use teardown_common::names;
 use super::{Kernel, SetupError, is_permission_error, os_error_of};
 
 /// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// Native (driver) XDP if the interface supports it, generic otherwise.
     Auto,

@@ -100,7 +100,7 @@ pub struct LoadOptions {
 }
 
 /// Which clock stamps the flow table's records.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClockMode {
     /// The jiffies counter: a plain load per packet, resolution one kernel
     /// tick (see `clock_getres(CLOCK_MONOTONIC_COARSE)`, 4 ms at HZ=250).

@@ -13,7 +13,7 @@
 //! and has not: idle connections cannot lock the scrapers out.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -28,40 +28,6 @@ use tokio::{
 };
 
 use crate::report::{figures::Figures, prometheus::render};
-
-/// Where `--metrics-addr` serves: an address, or `None` for `off`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MetricsAddr(pub Option<SocketAddr>);
-
-/// The default `--metrics-addr`: loopback only, so nothing is exposed to the
-/// network unless the user says so.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
-
-/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `off`.
-///
-/// Host names other than `localhost` are refused rather than resolved: the
-/// address decides who can read the metrics, so it is stated, not looked up.
-pub fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(MetricsAddr(None));
-    }
-    let usage = || {
-        format!(
-            "{text:?} is not an address: use HOST:PORT with an IP address, e.g. 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464 (every interface), or off"
-        )
-    };
-    if let Some(port) = text.strip_prefix("localhost:") {
-        let port: u16 = port.parse().map_err(|_| usage())?;
-        return Ok(MetricsAddr(Some(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            port,
-        )))));
-    }
-    text.parse::<SocketAddr>()
-        .map(|addr| MetricsAddr(Some(addr)))
-        .map_err(|_| usage())
-}
 
 /// The snapshot the server renders, shared with the run loop.
 pub type SharedSnapshot = Arc<Mutex<Figures>>;
@@ -439,29 +405,6 @@ mod tests {
             false,
             &[],
         )
-    }
-
-    #[test]
-    fn addresses_parse_and_bad_ones_say_how() {
-        let v4: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        assert_eq!(parse_addr(DEFAULT_ADDR), Ok(MetricsAddr(Some(v4))));
-        assert_eq!(parse_addr("localhost:9464"), Ok(MetricsAddr(Some(v4))));
-        assert_eq!(
-            parse_addr("[::1]:9464"),
-            Ok(MetricsAddr(Some("[::1]:9464".parse().unwrap())))
-        );
-        assert_eq!(parse_addr("off"), Ok(MetricsAddr(None)));
-        for bad in [
-            "",
-            "9464",
-            "127.0.0.1",
-            "example.com:80",
-            "1.2.3.4:99999",
-            "::1:80",
-        ] {
-            let err = parse_addr(bad).expect_err(bad);
-            assert!(err.contains("HOST:PORT") && !err.contains('\n'), "{err}");
-        }
     }
 
     #[test]
