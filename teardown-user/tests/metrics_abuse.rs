@@ -288,18 +288,13 @@ impl Outcome {
         )
     }
 
-    /// Every scrape of the test's own scraper answered, and all of
-    /// Prometheus' but at most one. Why one: a crowd that reconnects as fast
-    /// as it is evicted (about 7,000 connections a second here) leaves each
-    /// new connection the time of 32 arrivals, about 5 ms, to send its
-    /// request before it is the oldest incomplete one; Prometheus, run by
-    /// the same two busy cores, missed that once in nine (a CI run: `up` 8
-    /// of 9, the test's scraper 10 of 10). The code before eviction
-    /// answered none of them.
+    /// Every scrape answered, the test's own scraper's and Prometheus'
+    /// (its `up` series 1 for each of its scrapes).
     fn all_answered(&self) -> bool {
         let scrapes = self.prometheus_scrapes.clone().unwrap_or(0.0);
-        let up = self.prometheus_up.clone().unwrap_or(0.0);
-        self.answered == self.made && scrapes >= (PHASE.as_secs() - 2) as f64 && up >= scrapes - 1.0
+        self.answered == self.made
+            && scrapes >= (PHASE.as_secs() - 2) as f64
+            && self.prometheus_up == Ok(scrapes)
     }
 }
 

@@ -10,7 +10,8 @@
 //! so a slow or hostile client costs a file descriptor for a few seconds and
 //! never holds up the run loop. When every slot is taken, a newcomer takes
 //! the place of the connection that has had the longest to send its request
-//! and has not: idle connections cannot lock the scrapers out.
+//! and has not, once that one has had [`Limits::min_age`]: idle connections
+//! cannot lock the scrapers out, however fast they reconnect.
 
 use std::{
     net::SocketAddr,
@@ -60,6 +61,15 @@ pub struct Limits {
     /// newcomer may be the scraper, while a connection that has had the
     /// longest to send a request and has not is the likeliest to be idle.
     pub max_connections: usize,
+    /// No connection is evicted younger than this: when every slot is held
+    /// by a younger one, the next connection waits in the kernel's accept
+    /// queue until the oldest reaches it. So each connection has at least
+    /// this long to send its request however fast a crowd reconnects (with
+    /// eviction on arrival alone, a crowd reconnecting at 7,000 a second
+    /// left 32 slots' newcomers under 5 ms), and a scraper kept waiting in
+    /// the queue meanwhile has its request in by the time it is accepted,
+    /// answered at once.
+    pub min_age: Duration,
 }
 
 impl Limits {
@@ -74,6 +84,9 @@ impl Limits {
         write_timeout: Duration::from_secs(5),
         max_head: 8 * 1024,
         max_connections: 32,
+        // 32 slots: evictions at most 1,280 a second; a scraper queued
+        // behind a crowd of a thousand waits under a second.
+        min_age: Duration::from_millis(25),
     };
 }
 
@@ -175,19 +188,27 @@ pub async fn serve_with(listener: TcpListener, shared: SharedSnapshot, limits: L
             tokio::task::yield_now().await;
             connections.retain(|connection| !connection.task.is_finished());
         }
-        if connections.len() >= max {
+        while connections.len() >= max {
             // Still full: every slot is held by a client that has not
             // finished its request, or not taken its answer, since it came.
-            // The one that has had the longest goes, not the newcomer.
-            let oldest = connections
+            // The one that has had the longest goes, not the newcomer, once
+            // it has had `min_age`; until then the newcomer waits (and the
+            // connections behind it in the kernel's queue).
+            let Some((index, accepted)) = connections
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, c)| (c.answering.load(Ordering::Relaxed), c.accepted))
-                .map(|(index, _)| index);
-            if let Some(index) = oldest {
-                connections.swap_remove(index).task.abort();
-                lock(&shared).endpoint_drops.evicted += 1;
+                .map(|(index, c)| (index, c.accepted))
+            else {
+                break;
+            };
+            if accepted.elapsed() < limits.min_age {
+                tokio::time::sleep_until((accepted + limits.min_age).into()).await;
+                connections.retain(|connection| !connection.task.is_finished());
+                continue;
             }
+            connections.swap_remove(index).task.abort();
+            lock(&shared).endpoint_drops.evicted += 1;
         }
         let answering = Arc::new(AtomicBool::new(false));
         let task =
