@@ -69,7 +69,7 @@ const _: () = assert!(core::mem::size_of::<DetectControl>() == 16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DestSlot {
     /// The address as four words of its bytes in memory order
-    /// ([`crate::flow::words`]; IPv4 is IPv4-mapped).
+    /// ([`crate::addr::Addr16::words`]; IPv4 is IPv4-mapped).
     pub addr: [u32; 4],
     pub port: u32,
     /// Epoch of the last SYN (for [`TAKEOVER_IDLE_EPOCHS`]).
@@ -284,11 +284,11 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{v4_mapped, words};
+    use crate::addr::Addr16;
     use crate::sketch::hll_slot;
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> [u32; 4] {
-        words(v4_mapped([a, b, c, d]))
+        Addr16::v4_mapped([a, b, c, d]).words()
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Flow identity: one key for both directions of a TCP connection.
 
-use crate::parse::{IpPacket, IpVersion, PacketBytes, TcpSegment};
+use crate::{
+    addr::Addr16,
+    parse::{IpPacket, IpVersion, PacketBytes, TcpSegment},
+};
 
 /// A connection's endpoints in canonical order: the (address, port) pair that
 /// sorts lower is endpoint `a`, so both directions of a connection share one
@@ -8,8 +11,8 @@ use crate::parse::{IpPacket, IpVersion, PacketBytes, TcpSegment};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    pub addr_a: [u8; 16],
-    pub addr_b: [u8; 16],
+    pub addr_a: Addr16,
+    pub addr_b: Addr16,
     pub port_a: u16,
     pub port_b: u16,
     /// 4 or 6.
@@ -32,17 +35,9 @@ pub enum Direction {
     BToA,
 }
 
-/// An IPv4 address in IPv4-mapped IPv6 form.
-#[inline(always)]
-pub fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
-}
-
 /// Source and destination addresses of an IP packet, 16 bytes each.
 #[inline(always)]
-pub fn addresses<P: PacketBytes + ?Sized>(pkt: &P, ip: &IpPacket) -> Option<([u8; 16], [u8; 16])> {
+pub fn addresses<P: PacketBytes + ?Sized>(pkt: &P, ip: &IpPacket) -> Option<(Addr16, Addr16)> {
     addresses_at(pkt, ip.offset as usize, ip.version == IpVersion::V6)
 }
 
@@ -52,25 +47,20 @@ pub fn addresses_at<P: PacketBytes + ?Sized>(
     pkt: &P,
     offset: usize,
     is_v6: bool,
-) -> Option<([u8; 16], [u8; 16])> {
+) -> Option<(Addr16, Addr16)> {
     match is_v6 {
         false => {
             let pair = pkt.load::<8>(offset + 12)?;
             Some((
-                v4_mapped([pair[0], pair[1], pair[2], pair[3]]),
-                v4_mapped([pair[4], pair[5], pair[6], pair[7]]),
+                Addr16::v4_mapped([pair[0], pair[1], pair[2], pair[3]]),
+                Addr16::v4_mapped([pair[4], pair[5], pair[6], pair[7]]),
             ))
         }
-        true => Some((pkt.load::<16>(offset + 8)?, pkt.load::<16>(offset + 24)?)),
+        true => Some((
+            Addr16(pkt.load::<16>(offset + 8)?),
+            Addr16(pkt.load::<16>(offset + 24)?),
+        )),
     }
-}
-
-/// An address's bytes, in memory order, grouped as four native-endian words:
-/// the form [`FlowKey::from_words`] takes.
-#[inline(always)]
-pub fn words(addr: [u8; 16]) -> [u32; 4] {
-    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    [word(0), word(4), word(8), word(12)]
 }
 
 /// An address held as four native-endian words of its bytes in memory
@@ -101,8 +91,6 @@ impl FlowKey {
         let src_first = src_high < dst_high
             || (src_high == dst_high
                 && (src_low < dst_low || (src_low == dst_low && src_port <= dst_port)));
-        // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
-        let bytes = |words: [u32; 4]| unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
         let (a, port_a, b, port_b, direction) = if src_first {
             (src, src_port, dst, dst_port, Direction::AToB)
         } else {
@@ -110,8 +98,8 @@ impl FlowKey {
         };
         (
             FlowKey {
-                addr_a: bytes(a),
-                addr_b: bytes(b),
+                addr_a: Addr16::from_words(a),
+                addr_b: Addr16::from_words(b),
                 port_a,
                 port_b,
                 family,
@@ -159,13 +147,13 @@ impl FlowKey {
     /// Orders two endpoints into a key; the direction is that of src -> dst.
     #[inline(always)]
     pub fn from_endpoints(
-        src: [u8; 16],
+        src: Addr16,
         src_port: u16,
-        dst: [u8; 16],
+        dst: Addr16,
         dst_port: u16,
         family: u8,
     ) -> (FlowKey, Direction) {
-        Self::from_words(words(src), src_port, words(dst), dst_port, family)
+        Self::from_words(src.words(), src_port, dst.words(), dst_port, family)
     }
 }
 
@@ -210,8 +198,8 @@ mod tests {
         assert_eq!(key.family, 4);
         // 192.0.2.1 sorts below 192.0.2.2: the client is endpoint a.
         assert_eq!(direction, Direction::AToB);
-        assert_eq!(key.addr_a, v4_mapped(craft::CLIENT_V4));
-        assert_eq!(key.addr_b, v4_mapped(craft::SERVER_V4));
+        assert_eq!(key.addr_a, Addr16::v4_mapped(craft::CLIENT_V4));
+        assert_eq!(key.addr_b, Addr16::v4_mapped(craft::SERVER_V4));
         assert_eq!((key.port_a, key.port_b), (40000, 80));
         assert_eq!((key._pad8, key._pad16), (0, 0));
     }
@@ -219,12 +207,24 @@ mod tests {
     #[test]
     fn endpoints_order_as_bytes_then_port() {
         let pairs = [
-            (v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2])),
-            (v4_mapped([10, 0, 0, 2]), v4_mapped([9, 255, 0, 1])),
-            (v4_mapped([10, 0, 1, 0]), v4_mapped([10, 0, 0, 255])),
-            (craft::CLIENT_V6, craft::SERVER_V6),
-            (craft::SERVER_V6, craft::CLIENT_V6),
-            (v4_mapped([1, 2, 3, 4]), v4_mapped([1, 2, 3, 4])),
+            (
+                Addr16::v4_mapped([10, 0, 0, 1]),
+                Addr16::v4_mapped([10, 0, 0, 2]),
+            ),
+            (
+                Addr16::v4_mapped([10, 0, 0, 2]),
+                Addr16::v4_mapped([9, 255, 0, 1]),
+            ),
+            (
+                Addr16::v4_mapped([10, 0, 1, 0]),
+                Addr16::v4_mapped([10, 0, 0, 255]),
+            ),
+            (Addr16(craft::CLIENT_V6), Addr16(craft::SERVER_V6)),
+            (Addr16(craft::SERVER_V6), Addr16(craft::CLIENT_V6)),
+            (
+                Addr16::v4_mapped([1, 2, 3, 4]),
+                Addr16::v4_mapped([1, 2, 3, 4]),
+            ),
         ];
         for (src, dst) in pairs {
             for (sp, dp) in [(80, 5000), (5000, 80), (7, 7)] {
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn same_address_orders_by_port() {
-        let addr = v4_mapped([127, 0, 0, 1]);
+        let addr = Addr16::v4_mapped([127, 0, 0, 1]);
         let (key, direction) = FlowKey::from_endpoints(addr, 5000, addr, 80, 4);
         assert_eq!(direction, Direction::BToA);
         assert_eq!((key.port_a, key.port_b), (80, 5000));

@@ -6,6 +6,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod addr;
 pub mod conn;
 pub mod counters;
 #[cfg(any(test, feature = "craft"))]

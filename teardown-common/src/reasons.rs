@@ -9,6 +9,8 @@
 //! [`ResetLayout`] before attaching, and names the reasons from the format's
 //! `__print_symbolic` table.
 
+use crate::addr::Addr16;
+
 /// Reason numbers counted per CPU in the kernel: `enum sk_rst_reason` has
 /// 26 values on 6.18; numbers from here up share the last counter.
 pub const RESET_REASON_SLOTS: u32 = 64;
@@ -175,7 +177,7 @@ const AF_INET6: u16 = 10;
 /// version (4 or 6), the address (IPv4 in IPv4-mapped form, as
 /// [`crate::flow::FlowKey`] keeps it) and the port. `None` for any
 /// other family (the kernel leaves the bytes zero when it had no address).
-pub fn endpoint(sockaddr: &[u8; SOCKADDR_BYTES]) -> Option<(u8, [u8; 16], u16)> {
+pub fn endpoint(sockaddr: &[u8; SOCKADDR_BYTES]) -> Option<(u8, Addr16, u16)> {
     // The family is host-endian (x86 and BPF alike little-endian here); the
     // port and address are network order.
     let family = u16::from_le_bytes([sockaddr[0], sockaddr[1]]);
@@ -183,14 +185,14 @@ pub fn endpoint(sockaddr: &[u8; SOCKADDR_BYTES]) -> Option<(u8, [u8; 16], u16)> 
     match family {
         AF_INET => Some((
             4,
-            crate::flow::v4_mapped([sockaddr[4], sockaddr[5], sockaddr[6], sockaddr[7]]),
+            Addr16::v4_mapped([sockaddr[4], sockaddr[5], sockaddr[6], sockaddr[7]]),
             port,
         )),
         AF_INET6 => {
             // sin6_flowinfo (4 bytes) comes first.
             let mut address = [0u8; 16];
             address.copy_from_slice(&sockaddr[8..24]);
-            Some((6, address, port))
+            Some((6, Addr16(address), port))
         }
         _ => None,
     }
@@ -219,7 +221,7 @@ mod tests {
     #[test]
     fn an_ipv4_end_is_read_in_network_order() {
         let end = sockaddr(&[2, 0, 0x1f, 0x90, 192, 0, 2, 2]);
-        let expected = crate::flow::v4_mapped([192, 0, 2, 2]);
+        let expected = Addr16::v4_mapped([192, 0, 2, 2]);
         assert_eq!(endpoint(&end), Some((4, expected, 8080)));
     }
 
@@ -229,7 +231,7 @@ mod tests {
         let mut bytes = [0u8; 24];
         bytes[..8].copy_from_slice(&[10, 0, 0, 80, 0xff, 0xff, 0xff, 0xff]);
         bytes[8..].copy_from_slice(&address);
-        assert_eq!(endpoint(&sockaddr(&bytes)), Some((6, address, 80)));
+        assert_eq!(endpoint(&sockaddr(&bytes)), Some((6, Addr16(address), 80)));
     }
 
     #[test]

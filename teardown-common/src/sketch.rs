@@ -39,7 +39,7 @@ pub fn mix32(x: u32) -> u32 {
 const WORD_MULTIPLIERS: [u32; 4] = [0x9e37_79b1, 0x85eb_ca77, 0xc2b2_ae3d, 0x27d4_eb2f];
 
 /// Hashes an address held as four words of its bytes in memory order (what
-/// [`crate::flow::words`] and a BPF program's 4-byte loads give; IPv4 is
+/// [`crate::addr::Addr16::words`] and a BPF program's 4-byte loads give; IPv4 is
 /// IPv4-mapped, words `[0, 0, ffff-mapped, addr]`).
 ///
 /// A multiply-add of the words, then [`mix32`]: four multiplies, three adds
@@ -84,7 +84,7 @@ pub fn hll_add(registers: &mut [u8; HLL_REGISTERS], hash: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{v4_mapped, words};
+    use crate::addr::Addr16;
     use std::vec::Vec;
 
     /// splitmix64: deterministic test input.
@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn v4_words(addr: u32) -> [u32; 4] {
-        words(v4_mapped(addr.to_be_bytes()))
+        Addr16::v4_mapped(addr.to_be_bytes()).words()
     }
 
     #[test]

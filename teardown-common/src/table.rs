@@ -74,44 +74,6 @@ pub fn set_of(hash: u32, shift: u32) -> u32 {
     ((hash as u64) >> shift) as u32 & !(WAYS - 1)
 }
 
-/// An address's 16 bytes as two native-endian halves, in memory order: the
-/// form [`FlowSlot::direction_of`] and [`fold_address`] take. An IPv4
-/// address is IPv4-mapped: `[0, ipv4_half(addr)]`.
-#[inline(always)]
-pub fn halves(addr: [u8; 16]) -> [u64; 2] {
-    let half = |i: usize| {
-        u64::from_ne_bytes([
-            addr[i],
-            addr[i + 1],
-            addr[i + 2],
-            addr[i + 3],
-            addr[i + 4],
-            addr[i + 5],
-            addr[i + 6],
-            addr[i + 7],
-        ])
-    };
-    [half(0), half(8)]
-}
-
-/// [`halves`] back into the four words of [`crate::flow::words`].
-#[inline(always)]
-pub fn words_of(halves: &[u64; 2]) -> [u32; 4] {
-    let [a, b] = [halves[0].to_ne_bytes(), halves[1].to_ne_bytes()];
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-    ]
-}
-
-/// The second half of an IPv4-mapped address (`::ffff:a.b.c.d`).
-#[inline(always)]
-pub fn ipv4_half(addr: [u8; 4]) -> u64 {
-    u64::from_ne_bytes([0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]])
-}
-
 /// An address folded into one word: the XOR of its four 4-byte words. For
 /// an IPv4-mapped address that is the IPv4 address XOR a constant.
 #[inline(always)]
@@ -154,9 +116,9 @@ impl FlowKey {
     /// the connection.
     pub fn hash32(&self) -> u32 {
         flow_hash(
-            fold_address(&halves(self.addr_a)),
+            fold_address(&self.addr_a.halves()),
             self.port_a,
-            fold_address(&halves(self.addr_b)),
+            fold_address(&self.addr_b.halves()),
             self.port_b,
         )
     }
@@ -231,7 +193,7 @@ impl FlowSlot {
     }
 
     /// Whether the slot's live record is the connection of a packet from
-    /// `(src, src_port)` to `(dst, dst_port)` (addresses as [`halves`], IPv4
+    /// `(src, src_port)` to `(dst, dst_port)` (addresses as [`Addr16::halves`](crate::addr::Addr16::halves), IPv4
     /// mapped), and which way the packet travels: [`matched`]. The same
     /// answer as building the packet's canonical key
     /// ([`FlowKey::from_words`]) and calling [`Self::holds`], without
@@ -315,14 +277,15 @@ unsafe impl aya::Pod for FlowSlot {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::Addr16;
 
     #[test]
     fn halves_and_words_are_the_same_bytes() {
-        let addr: [u8; 16] = core::array::from_fn(|i| (i * 17 + 3) as u8);
-        assert_eq!(words_of(&halves(addr)), crate::flow::words(addr));
-        let v4 = crate::flow::v4_mapped([192, 0, 2, 1]);
-        assert_eq!(halves(v4), [0, ipv4_half([192, 0, 2, 1])]);
-        assert_eq!(words_of(&halves(v4)), crate::flow::words(v4));
+        let addr = Addr16(core::array::from_fn(|i| (i * 17 + 3) as u8));
+        assert_eq!(Addr16::words_of_halves(&addr.halves()), addr.words());
+        let v4 = Addr16::v4_mapped([192, 0, 2, 1]);
+        assert_eq!(v4.halves(), Addr16::v4_mapped_halves([192, 0, 2, 1]));
+        assert_eq!(Addr16::words_of_halves(&v4.halves()), v4.words());
     }
 
     #[test]
@@ -345,9 +308,9 @@ mod tests {
         let mut used = std::vec![0u32; (slots / WAYS) as usize];
         for port in 0..20_000u16 {
             let (key, _) = FlowKey::from_endpoints(
-                crate::flow::v4_mapped([10, 0, 0, 1]),
+                Addr16::v4_mapped([10, 0, 0, 1]),
                 port,
-                crate::flow::v4_mapped([10, 0, 0, 2]),
+                Addr16::v4_mapped([10, 0, 0, 2]),
                 80,
                 4,
             );
@@ -362,13 +325,12 @@ mod tests {
     /// would put them: no more records beyond a set's two ways.
     #[test]
     fn hash_spreads_typical_traffic_like_a_random_hash() {
-        use crate::flow::v4_mapped;
         let slots = 1 << 16;
-        let server = v4_mapped([192, 0, 2, 1]);
+        let server = Addr16::v4_mapped([192, 0, 2, 1]);
         let server6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let v4 = |client: u32, port: u16, server_port: u16| {
             FlowKey::from_endpoints(
-                v4_mapped(client.to_be_bytes()),
+                Addr16::v4_mapped(client.to_be_bytes()),
                 port,
                 server,
                 server_port,
@@ -379,14 +341,14 @@ mod tests {
         let v6 = |client: u32, at: usize| {
             let mut addr = server6;
             addr[at..at + 4].copy_from_slice(&client.to_be_bytes());
-            FlowKey::from_endpoints(addr, 40_000, server6, 443, 6).0
+            FlowKey::from_endpoints(Addr16(addr), 40_000, Addr16(server6), 443, 6).0
         };
         // Any client, any server, both IPv4.
         let pair = |client: u32, port: u16, server: u32, server_port: u16| {
             FlowKey::from_endpoints(
-                v4_mapped(client.to_be_bytes()),
+                Addr16::v4_mapped(client.to_be_bytes()),
                 port,
-                v4_mapped(server.to_be_bytes()),
+                Addr16::v4_mapped(server.to_be_bytes()),
                 server_port,
                 4,
             )
@@ -488,13 +450,13 @@ mod tests {
     #[test]
     fn halves_group_an_address_as_words_does() {
         let v4 = [192, 0, 2, 7];
-        assert_eq!(halves(crate::flow::v4_mapped(v4)), [0, ipv4_half(v4)]);
-        let v6: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
-        let w = crate::flow::words(v6);
+        assert_eq!(Addr16::v4_mapped(v4).halves(), Addr16::v4_mapped_halves(v4));
+        let v6 = Addr16(core::array::from_fn(|i| i as u8 * 17));
+        let w = v6.words();
         // SAFETY: same size, plain data.
-        let as_words = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves(v6)) };
+        let as_words = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(v6.halves()) };
         assert_eq!(as_words, w);
-        assert_eq!(fold_address(&halves(v6)), w[0] ^ w[1] ^ w[2] ^ w[3]);
+        assert_eq!(fold_address(&v6.halves()), w[0] ^ w[1] ^ w[2] ^ w[3]);
     }
 
     /// A deterministic stream of test values (xorshift64*).
@@ -517,9 +479,9 @@ mod tests {
         for client in 0..20_000u32 {
             let addr = (0x0a00_0000 + client).to_be_bytes();
             let (key, _) = FlowKey::from_endpoints(
-                crate::flow::v4_mapped(addr),
+                Addr16::v4_mapped(addr),
                 40_000,
-                crate::flow::v4_mapped([192, 0, 2, 1]),
+                Addr16::v4_mapped([192, 0, 2, 1]),
                 443,
                 4,
             );
@@ -528,8 +490,8 @@ mod tests {
         let max = *used.iter().max().unwrap();
         assert!(max < 30, "a set got {max} keys");
         // A:p-B:q and A:q-B:p are different connections.
-        let a = crate::flow::v4_mapped([10, 0, 0, 1]);
-        let b = crate::flow::v4_mapped([10, 0, 0, 2]);
+        let a = Addr16::v4_mapped([10, 0, 0, 1]);
+        let b = Addr16::v4_mapped([10, 0, 0, 2]);
         let mut same = 0;
         for p in 1000..2000u16 {
             let q = 80;
@@ -550,14 +512,14 @@ mod tests {
         for round in 0..4000 {
             let v6 = round % 2 == 1;
             let family = if v6 { 6 } else { 4 };
-            let address = |next: &mut dyn FnMut() -> u64| -> [u8; 16] {
+            let address = |next: &mut dyn FnMut() -> u64| -> Addr16 {
                 let mut bytes = (next() as u128 | (next() as u128) << 64).to_ne_bytes();
                 if !v6 {
-                    bytes = crate::flow::v4_mapped([bytes[0], bytes[1], bytes[2], bytes[3] % 4]);
+                    bytes = Addr16::v4_mapped([bytes[0], bytes[1], bytes[2], bytes[3] % 4]).0;
                 } else {
                     bytes[15] %= 4;
                 }
-                bytes
+                Addr16(bytes)
             };
             let (x, y) = (address(&mut next), address(&mut next));
             let (px, py) = ((next() % 3) as u16, (next() % 3) as u16);
@@ -595,7 +557,7 @@ mod tests {
                     } else {
                         matched::NONE
                     };
-                    let (src, dst) = (halves(src), halves(dst));
+                    let (src, dst) = (src.halves(), dst.halves());
                     let got = if v6 {
                         slot.direction_of::<true>(&src, sp, &dst, dp, family)
                     } else {
@@ -614,7 +576,7 @@ mod tests {
             // A key of the other family never matches.
             let other = if v6 { 4 } else { 6 };
             slot.reported = 0;
-            let (src, dst) = (halves(x), halves(y));
+            let (src, dst) = (x.halves(), y.halves());
             assert_eq!(
                 slot.direction_of::<true>(&src, px, &dst, py, other),
                 matched::NONE
@@ -626,7 +588,7 @@ mod tests {
 
     #[test]
     fn holds_compares_every_word() {
-        let (key, _) = FlowKey::from_endpoints([1; 16], 1, [2; 16], 2, 6);
+        let (key, _) = FlowKey::from_endpoints(Addr16([1; 16]), 1, Addr16([2; 16]), 2, 6);
         let mut slot = FlowSlot {
             key,
             generation: 1,
@@ -636,7 +598,7 @@ mod tests {
             conn: Conn::zeroed(),
         };
         assert!(slot.holds(&key) && !slot.is_free());
-        slot.key.addr_b[15] = 3;
+        slot.key.addr_b.0[15] = 3;
         assert!(!slot.holds(&key));
         slot.reported = 1;
         assert!(slot.is_free());

@@ -6,13 +6,14 @@
 //! ([`track_segment`]).
 
 use teardown_common::{
+    addr::Addr16,
     conn::Segment,
     flow::FlowKey,
     parse::{
         PacketBytes, TcpSegment,
         tcp_flags::{ACK, SYN},
     },
-    table::{WAYS, flow_hash, fold_address, halves, ipv4_half, matched, set_of, words_of},
+    table::{WAYS, flow_hash, fold_address, matched, set_of},
 };
 
 use crate::{
@@ -51,7 +52,7 @@ pub struct TrackInput {
     /// record ([`WAYS`] if none does).
     pub set: u64,
     pub way: u64,
-    /// Source and destination addresses as [`halves`] (IPv4 mapped).
+    /// Source and destination addresses as [`Addr16::halves`] (IPv4 mapped).
     pub src: [u64; 2],
     pub dst: [u64; 2],
     /// Filled in by [`track_segment`]: the connection's canonical key, and 1
@@ -93,14 +94,14 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool>(
             frame.load::<16>(ip_offset + 8),
             frame.load::<16>(ip_offset + 24),
         ) {
-            let (src, dst) = (halves(src), halves(dst));
+            let (src, dst) = (Addr16(src).halves(), Addr16(dst).halves());
             if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
                 look_up::<true>(tcp, ip_offset, &src, &dst, clock, syn_time);
             }
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
-        let src = [0, ipv4_half([pair[0], pair[1], pair[2], pair[3]])];
-        let dst = [0, ipv4_half([pair[4], pair[5], pair[6], pair[7]])];
+        let src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
+        let dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
         if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
             look_up::<false>(tcp, ip_offset, &src, &dst, clock, syn_time);
         }
@@ -128,7 +129,11 @@ fn admit(
     if tcp.flags & (SYN | ACK) != SYN {
         return Some(0);
     }
-    count_syn(&words_of(source), &words_of(dest), tcp.dst_port);
+    count_syn(
+        &Addr16::words_of_halves(source),
+        &Addr16::words_of_halves(dest),
+        tcp.dst_port,
+    );
     // Admission works in 100 ms windows: the coarse clock is plenty, and
     // the SYNs of a flood it refuses never pay for the precise one.
     if !admits_syn(clock.coarse()) {

@@ -7,7 +7,7 @@
 //! ([`count_for_responder`]) and in the flow statistics
 //! ([`count_half_open`]).
 
-use teardown_common::{dest::dest_index, flow::words, sketch::hash_addr, table::FlowSlot};
+use teardown_common::{dest::dest_index, sketch::hash_addr, table::FlowSlot};
 
 use crate::maps::{
     ADMISSION, DESTINATIONS, DETECT_CONTROL, HALF_OPEN_BUDGET, SOURCE_SAMPLES, setting, stats,
@@ -86,7 +86,7 @@ pub extern "C" fn count_for_responder(slot: *const FlowSlot, change: u32) -> i32
     } else {
         (&slot.key.addr_a, slot.key.port_a)
     };
-    let addr = words(*addr);
+    let addr = addr.words();
     let Some(dest) = DESTINATIONS.get_ptr_mut(dest_index(&addr, port)) else {
         return 0;
     };

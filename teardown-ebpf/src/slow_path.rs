@@ -17,6 +17,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_or};
 
 use teardown_common::{
+    addr::Addr16,
     conn::{Conn, Segment, end_reason, flip_at_creation},
     events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey},
@@ -43,13 +44,10 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         return 0;
     };
     // The canonical key, built only here: the fast path needs none.
-    // SAFETY: [u64; 2] and [u32; 4] have the same size, and any bits are
-    // valid: the same bytes, grouped as `words` groups them.
-    let words = |halves: [u64; 2]| unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(halves) };
     let (key, direction) = FlowKey::from_words(
-        words(input.src),
+        Addr16::words_of_halves(&input.src),
         input.src_port as u16,
-        words(input.dst),
+        Addr16::words_of_halves(&input.dst),
         input.dst_port as u16,
         input.family as u8,
     );

@@ -1,6 +1,7 @@
 //! teardown: watches every TCP connection end at XDP line rate.
 
 mod capture;
+mod cli;
 mod cli_detect;
 mod cmd;
 mod conn;
@@ -15,7 +16,7 @@ use teardown_common::conn::Timeouts;
 
 use crate::{
     cmd::{bench, replay, run},
-    report::{metrics_server as metrics, output},
+    report::output,
 };
 
 #[derive(Parser)]
@@ -42,7 +43,7 @@ enum Command {
         iface: String,
         /// XDP attach mode.
         #[arg(long, value_enum, default_value = "auto")]
-        mode: kernel::AttachMode,
+        mode: cli::ModeArg,
         /// Reporting interval: 1s, 500ms, 2m, or plain seconds.
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
@@ -56,7 +57,7 @@ enum Command {
         plain: bool,
         /// Watch both directions (XDP ingress and TC egress) or ingress only.
         #[arg(long, value_enum, default_value = "both")]
-        direction: run::Direction,
+        direction: cli::DirectionArg,
         #[command(flatten)]
         timers: TimerArgs,
         /// Connections the flow table holds (rounded up to a power of two),
@@ -72,15 +73,15 @@ enum Command {
         /// e.g. 4 ms, nearly free) or `precise` (nanoseconds, costs about as
         /// much again as the parse for every TCP packet).
         #[arg(long, value_enum, default_value = "coarse")]
-        clock: kernel::ClockMode,
+        clock: cli::ClockArg,
         /// Also append every connection record, as JSON, to this file.
         #[arg(long)]
         log: Option<PathBuf>,
         /// Serve Prometheus metrics at HOST:PORT (an IP address; 0.0.0.0:9464
         /// for every interface), or `off`.
-        #[arg(long, value_name = "HOST:PORT", default_value = metrics::DEFAULT_ADDR,
-              value_parser = metrics::parse_addr)]
-        metrics_addr: metrics::MetricsAddr,
+        #[arg(long, value_name = "HOST:PORT", default_value = cli::DEFAULT_METRICS_ADDR,
+              value_parser = cli::parse_metrics_addr)]
+        metrics_addr: cli::MetricsAddr,
         #[command(flatten)]
         detect: cli_detect::DetectArgs,
     },
@@ -234,14 +235,14 @@ fn main() -> ExitCode {
             .and_then(|runtime| {
                 runtime.block_on(run::run(run::RunOptions {
                     iface,
-                    mode,
+                    mode: mode.into(),
                     interval,
                     json,
                     plain,
-                    direction,
+                    direction: direction.into(),
                     timeouts: timers.timeouts(),
                     max_flows,
-                    clock,
+                    clock: clock.into(),
                     log,
                     metrics_addr: metrics_addr.0,
                     detect: detect.config(),

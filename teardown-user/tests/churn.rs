@@ -57,9 +57,9 @@ use std::{
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd},
-    process::{ChildStderr, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
@@ -505,36 +505,6 @@ fn teardown_binary() -> String {
     std::env::var("TEARDOWN_CHURN_BIN").unwrap_or_else(|_| teardown_bin().to_string())
 }
 
-/// Like [`start_teardown`], with another binary.
-fn start_teardown_from(
-    binary: &str,
-    ns: &str,
-    iface: &str,
-    extra: &[&str],
-) -> (ChildGuard, BufReader<ChildStderr>) {
-    let mut child = Command::new("ip")
-        .args([
-            "netns", "exec", ns, binary, "run", "--iface", iface, "--json",
-        ])
-        .args(["--interval", "100ms"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting teardown run");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
-    let guard = ChildGuard::new(child);
-    let mut line = String::new();
-    let read = stderr
-        .read_line(&mut line)
-        .expect("reading teardown's stderr");
-    assert!(
-        read > 0 && line.contains("watching"),
-        "teardown did not start watching {iface}: {line:?}"
-    );
-    (guard, stderr)
-}
-
 /// Sets sysctls in a namespace.
 fn sysctl(ns: &str, settings: &[&str]) {
     run(Command::new("ip")
@@ -604,73 +574,6 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// teardown run's stdout and stderr, read as they come (a full pipe would
-/// stall it), kept as lines.
-struct TeardownLines {
-    lines: Arc<Mutex<Vec<String>>>,
-    stdout: JoinHandle<()>,
-    stderr: JoinHandle<String>,
-}
-
-impl TeardownLines {
-    fn watch(teardown: &mut ChildGuard, stderr: BufReader<ChildStderr>) -> TeardownLines {
-        let stdout = teardown
-            .child
-            .as_mut()
-            .expect("teardown is running")
-            .stdout
-            .take()
-            .expect("stdout piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let stdout = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("lines lock").push(line);
-            }
-        });
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let mut stderr = stderr;
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        TeardownLines {
-            lines,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The flows of the latest stats line.
-    fn latest_flows(&self) -> Option<Value> {
-        let lines = self.lines.lock().expect("lines lock");
-        lines
-            .iter()
-            .rev()
-            .filter(|line| line.contains("\"stats\""))
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|value| value["event"] == "stats")
-            .map(|value| value["flows"].clone())
-    }
-
-    /// Stops teardown; returns its JSON lines and stderr.
-    fn finish(self, teardown: ChildGuard) -> (Vec<Value>, String) {
-        let _ = teardown.terminate();
-        self.stdout.join().expect("the stdout reader panicked");
-        let stderr = self.stderr.join().expect("the stderr reader panicked");
-        let lines = std::mem::take(&mut *self.lines.lock().expect("lines lock"));
-        let values = lines
-            .iter()
-            .map(|line| {
-                serde_json::from_str::<Value>(line)
-                    .unwrap_or_else(|err| panic!("teardown printed {line:?}, not JSON: {err}"))
-            })
-            .collect();
-        (values, stderr)
     }
 }
 
@@ -936,7 +839,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
     let binary = teardown_binary();
     let (mut teardown, stderr) =
         start_teardown_from(&binary, &lab.server_ns, &lab.server_if, &run_args);
-    let watched = TeardownLines::watch(&mut teardown, stderr);
+    let watched = JsonLines::watch(&mut teardown, stderr);
 
     let server = socket_addr(SERVER_V4, SERVICE_PORT);
     let listener = in_netns(&lab.server_ns, move || {
@@ -1023,7 +926,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
             .latest_flows()
             .is_some_and(|flows| flows["tracked"] == 0)
     });
-    let (lines, teardown_stderr) = watched.finish(teardown);
+    let (lines, _output, teardown_stderr) = watched.finish(teardown);
     let (packets, dropped, tcpdump_text) = tcpdump.stop();
 
     let replay_started = Instant::now();

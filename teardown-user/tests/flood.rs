@@ -12,12 +12,12 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::{ChildStderr, Command, Output, Stdio},
-    sync::{Arc, Mutex},
-    thread::{self, JoinHandle},
+    process::{Command, Stdio},
+    sync::Mutex,
+    thread,
     time::Duration,
 };
 
@@ -34,80 +34,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// teardown's JSON lines, read as they come so the test can wait for an
-/// event; everything read is kept for the checks after teardown stops.
-struct JsonLines {
-    lines: Arc<Mutex<Vec<Value>>>,
-    stdout_reader: JoinHandle<()>,
-    stderr_reader: JoinHandle<String>,
-}
-
-impl JsonLines {
-    /// Takes teardown's stdout, and drains its stderr so it never blocks on
-    /// a full pipe.
-    fn watch(teardown: &mut ChildGuard, stderr: BufReader<ChildStderr>) -> JsonLines {
-        let stdout = teardown
-            .child
-            .as_mut()
-            .expect("teardown is running")
-            .stdout
-            .take()
-            .expect("stdout piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let stdout_reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str::<Value>(&line)
-                    .unwrap_or_else(|err| panic!("teardown printed {line:?}, not JSON: {err}"));
-                sink.lock().expect("lines lock").push(value);
-            }
-        });
-        let stderr_reader = thread::spawn(move || {
-            let mut text = String::new();
-            let mut stderr = stderr;
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        JsonLines {
-            lines,
-            stdout_reader,
-            stderr_reader,
-        }
-    }
-
-    /// Waits until some line satisfies `wanted`; returns it, or None after
-    /// `timeout`.
-    fn wait_for(&self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
-        let mut found = None;
-        wait_until(timeout, || {
-            found = self
-                .lines
-                .lock()
-                .expect("lines lock")
-                .iter()
-                .find(|value| wanted(value))
-                .cloned();
-            found.is_some()
-        });
-        found
-    }
-
-    /// Stops teardown and returns every line it printed and its stderr.
-    fn finish(self, teardown: ChildGuard) -> (Vec<Value>, Output, String) {
-        let output = teardown.terminate();
-        self.stdout_reader
-            .join()
-            .expect("the stdout reader panicked");
-        let stderr = self
-            .stderr_reader
-            .join()
-            .expect("the stderr reader panicked");
-        let lines = std::mem::take(&mut *self.lines.lock().expect("lines lock"));
-        (lines, output, stderr)
-    }
 }
 
 fn events<'a>(lines: &'a [Value], event: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -679,12 +605,9 @@ fn a_burst_of_real_connections_above_the_syn_rate_floor_raises_no_alert() {
     // nothing any more (every record reported).
     thread::sleep(Duration::from_secs(5));
     wait_until(Duration::from_secs(10), || {
-        let lines = watched.lines.lock().expect("lines lock");
-        lines
-            .iter()
-            .rev()
-            .find(|value| value["event"] == "stats")
-            .is_some_and(|stats| stats["flows"]["tracked"] == 0)
+        watched
+            .latest_flows()
+            .is_some_and(|flows| flows["tracked"] == 0)
     });
     let (lines, _output, stderr) = watched.finish(teardown);
     let _ = tcpdump.terminate();

@@ -37,19 +37,6 @@ const UNANSWERED_QUERY: &str = "teardown_tcp_flag_segments_total{direction=\"in\
 /// Generous: Prometheus starts, then scrapes once a second.
 const PATIENCE: Duration = Duration::from_secs(120);
 
-/// Percent-encodes a PromQL query for a URL.
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `GET target` from 127.0.0.1:`port` inside `ns`: the status and body, or
 /// why there is none yet.
 fn http_get(ns: &str, port: u16, target: &str) -> Result<(u16, String), String> {
@@ -84,18 +71,8 @@ fn http_get(ns: &str, port: u16, target: &str) -> Result<(u16, String), String> 
 
 /// The value of an instant query's single series, or why there is none yet.
 fn query(ns: &str, promql: &str) -> Result<f64, String> {
-    let target = format!("/api/v1/query?query={}", url_encode(promql));
-    let (status, body) = http_get(ns, PROMETHEUS_PORT, &target)?;
-    let answer: Value =
-        serde_json::from_str(&body).map_err(|err| format!("HTTP {status}, {err}: {body}"))?;
-    let result = &answer["data"]["result"];
-    match result.as_array().map(Vec::as_slice) {
-        Some([series]) => series["value"][1]
-            .as_str()
-            .and_then(|value| value.parse().ok())
-            .ok_or_else(|| format!("no value in {series}")),
-        _ => Err(format!("HTTP {status}: not one series: {body}")),
-    }
+    let (status, body) = http_get(ns, PROMETHEUS_PORT, &prometheus::query_target(promql, None))?;
+    prometheus::single_value(status, &body)
 }
 
 /// The sample line for `sample` (name and labels) in an exposition text.

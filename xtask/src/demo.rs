@@ -25,7 +25,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{provision, remove_leftover_namespaces, run_command, say};
+use crate::{provision, remove_leftover_namespaces, say};
+
+#[path = "../../teardown-user/tests/support/lab.rs"]
+mod lab;
 
 /// Debian packages the demo runs: iproute2 for the namespaces, python3 for
 /// the server and clients, hping3 for the SYN flood.
@@ -103,59 +106,47 @@ fn stop_requested() -> anyhow::Result<()> {
     }
 }
 
-/// The two namespaces, deleted (with the veth pair and any XDP program in
-/// them) when dropped. Named `td-demo-<pid>-…` so a sweep can tell a dead
-/// demo's from a running one's, as for the tests' namespaces.
+/// The two namespaces ([`lab::Lab`], shared with the integration tests),
+/// deleted (with the veth pair and any XDP program in them) when dropped.
+/// Named `td-demo-<pid>-…` so a sweep can tell a dead demo's from a running
+/// one's, as for the tests' namespaces.
 struct DemoLab {
-    client_ns: String,
-    server_ns: String,
+    lab: lab::Lab,
+}
+
+impl std::ops::Deref for DemoLab {
+    type Target = lab::Lab;
+
+    fn deref(&self) -> &lab::Lab {
+        &self.lab
+    }
 }
 
 impl DemoLab {
     fn create() -> anyhow::Result<DemoLab> {
         let pid = std::process::id();
-        let lab = DemoLab {
+        let plan = lab::LabPlan {
             client_ns: format!("td-demo-{pid}-cli"),
             server_ns: format!("td-demo-{pid}-srv"),
+            client_if: CLIENT_IF.to_string(),
+            server_if: SERVER_IF.to_string(),
+            client_addrs: &[format!("{CLIENT_ADDR}/24")],
+            server_addrs: &[format!("{SERVER_ADDR}/24")],
+            link_options: &[],
         };
         say(&format!(
             "creating namespaces {} ({CLIENT_ADDR}) and {} ({SERVER_ADDR}) joined by a veth pair",
-            lab.client_ns, lab.server_ns
+            plan.client_ns, plan.server_ns
         ));
-        let ip = |args: &[&str]| {
-            run_command(Command::new("ip").args(args).stdout(Stdio::null()))
-                .context("setting up the demo's namespaces")
+        let lab = DemoLab {
+            lab: lab::Lab::create(&plan)
+                .map_err(anyhow::Error::msg)
+                .context("setting up the demo's namespaces")?,
         };
-        ip(&["netns", "add", &lab.client_ns])?;
-        ip(&["netns", "add", &lab.server_ns])?;
-        // Created inside the client namespace, the peer inside the server's:
-        // the host's own namespace never sees the pair.
-        ip(&[
-            "-n",
-            &lab.client_ns,
-            "link",
-            "add",
-            CLIENT_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            SERVER_IF,
-            "netns",
-            &lab.server_ns,
-        ])?;
-        for (ns, iface, addr) in [
-            (&lab.client_ns, CLIENT_IF, CLIENT_ADDR),
-            (&lab.server_ns, SERVER_IF, SERVER_ADDR),
-        ] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", iface])?;
-            ip(&["-n", ns, "link", "set", iface, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
         // The flood's SYN-ACKs go to random addresses: route them to the
         // client namespace, which drops them (it does not forward), as the
         // internet would for spoofed sources.
-        ip(&[
+        lab::ip(&[
             "-n",
             &lab.server_ns,
             "route",
@@ -163,27 +154,18 @@ impl DemoLab {
             "default",
             "via",
             CLIENT_ADDR,
-        ])?;
+        ])
+        .map_err(anyhow::Error::msg)
+        .context("setting up the demo's namespaces")?;
         Ok(lab)
-    }
-
-    /// `ip netns exec NS PROGRAM`.
-    fn exec(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns]).arg(program);
-        command
     }
 }
 
 impl Drop for DemoLab {
     fn drop(&mut self) {
-        for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        }
-        say(&format!(
-            "deleted namespaces {} and {}",
-            self.client_ns, self.server_ns
-        ));
+        let names = format!("{} and {}", self.lab.client_ns, self.lab.server_ns);
+        self.lab.delete();
+        say(&format!("deleted namespaces {names}"));
     }
 }
 

@@ -7,7 +7,7 @@ use teardown_common::{
         CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpVersion, MAX_L4_OFFSET,
         MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN, parse, parse_common,
     },
-    table::{flow_hash, fold_address, halves},
+    table::{flow_hash, fold_address},
 };
 
 /// Parses `frame` with the general parser and the common frame's shortcut
@@ -94,8 +94,8 @@ pub fn check(frame: &[u8]) {
             panic!("a TCP segment whose addresses are outside the frame: {parsed:?}");
         };
         let (a, b) = (
-            fold_address(&halves(key.addr_a)),
-            fold_address(&halves(key.addr_b)),
+            fold_address(&key.addr_a.halves()),
+            fold_address(&key.addr_b.halves()),
         );
         assert_eq!(
             flow_hash(a, key.port_a, b, key.port_b),

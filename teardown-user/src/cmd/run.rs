@@ -15,7 +15,7 @@ use crate::{
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     report::dashboard::{self, KeyOutcome, Live},
     report::figures::{
-        AlertFigures, AlertSummary, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
+        AlertFigures, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
     report::json,
     report::metrics_server::MetricsServer,
@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Which way packets are watched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
     /// RSTs are seen too.
@@ -310,8 +310,7 @@ fn calibrate_clock(kernel: &mut Kernel) -> anyhow::Result<i128> {
 /// The alert watch's figures, for [`Figures::assemble`].
 fn alert_figures(alerts: &AlertWatch) -> anyhow::Result<AlertFigures> {
     Ok(AlertFigures {
-        summary: serde_json::from_value::<AlertSummary>(alerts.summary_json())
-            .context("reading the alert watch's summary")?,
+        summary: alerts.summary(),
         states: alerts.states(),
         active_lines: alerts.active_lines(),
         summary_line: alerts.summary_line(),

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use teardown_common::addr::Addr16;
 use teardown_common::reasons::{
     RESET_REASON_SLOTS, ResetCounts, ResetEvent, endpoint, reset_flag, tcp_state,
 };
@@ -259,7 +260,7 @@ impl Process {
 }
 
 /// One end: address (IPv4-mapped for IPv4, as flow keys hold them) and port.
-type End = ([u8; 16], u16);
+type End = (Addr16, u16);
 
 /// A connection's two ends, in a fixed order whichever end sent.
 fn pair(family: u8, one: End, other: End) -> (u8, End, End) {
@@ -484,11 +485,7 @@ impl ResetBook {
 
 #[cfg(test)]
 mod tests {
-    use teardown_common::{
-        conn::Conn,
-        flow::{FlowKey, v4_mapped},
-        reasons::SOCKADDR_BYTES,
-    };
+    use teardown_common::{conn::Conn, flow::FlowKey, reasons::SOCKADDR_BYTES};
 
     use super::*;
 
@@ -521,8 +518,8 @@ mod tests {
     /// A record of client port `client_port` from `start` to `last`, keyed
     /// the client first as the kernel would have it either way.
     fn ended(client_port: u16, start: u64, last: u64, client_first: bool) -> Ended {
-        let client = (v4_mapped(CLIENT), client_port);
-        let server = (v4_mapped(SERVER), 8080);
+        let client = (Addr16::v4_mapped(CLIENT), client_port);
+        let server = (Addr16::v4_mapped(SERVER), 8080);
         let (a, b) = if client_first {
             (client, server)
         } else {

@@ -12,7 +12,7 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -81,14 +81,6 @@ pub fn monotonic_now_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-fn address(bytes: [u8; 16], family: u8) -> IpAddr {
-    if family == 4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    }
-}
-
 fn seconds(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1e6
 }
@@ -96,8 +88,8 @@ fn seconds(ns: u64) -> f64 {
 impl Ended {
     /// (originator, responder) as (address, port).
     pub fn endpoints(&self) -> ((IpAddr, u16), (IpAddr, u16)) {
-        let a = (address(self.key.addr_a, self.key.family), self.key.port_a);
-        let b = (address(self.key.addr_b, self.key.family), self.key.port_b);
+        let a = (self.key.addr_a.to_ip(self.key.family), self.key.port_a);
+        let b = (self.key.addr_b.to_ip(self.key.family), self.key.port_b);
         if self.conn.orig_is_a != 0 {
             (a, b)
         } else {
@@ -694,6 +686,7 @@ mod tests {
     };
 
     use super::*;
+    use teardown_common::addr::Addr16;
 
     const MS: u64 = 1_000_000;
 
@@ -703,8 +696,8 @@ mod tests {
         addr_a[12..].copy_from_slice(&[192, 0, 2, 1]);
         addr_b[12..].copy_from_slice(&[192, 0, 2, 2]);
         FlowKey {
-            addr_a,
-            addr_b,
+            addr_a: Addr16(addr_a),
+            addr_b: Addr16(addr_b),
             port_a: client_port,
             port_b: 8080,
             family: 4,

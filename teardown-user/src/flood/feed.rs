@@ -9,6 +9,7 @@ use std::{
 };
 
 use teardown_common::{
+    addr::Addr16,
     dest::{DestSlot, SAMPLE_RING_LEN, SampleRing, sample_mask_for},
     sketch::HLL_REGISTERS,
 };
@@ -40,16 +41,8 @@ const STALE_AFTER_POLLS: u64 = 45_000;
 /// CPUs' slots hold at once, about 5 MB.
 const MAX_DESTINATIONS: usize = 65_536;
 
-fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    bytes
-}
-
 fn target_of(words: &[u32; 4], port: u32) -> TargetKey {
-    TargetKey::from_mapped(address_bytes(words), port as u16)
+    TargetKey::from_mapped(Addr16::from_words(*words), port as u16)
 }
 
 /// A kernel slot's counts as last read.
@@ -280,7 +273,7 @@ impl DestinationFeed {
             for n in first..ring.written {
                 let sample = &ring.samples[(n % SAMPLE_RING_LEN as u64) as usize];
                 let target = target_of(&sample.dest, sample.dest_port);
-                let source = TargetKey::from_mapped(address_bytes(&sample.source), 0).addr;
+                let source = IpAddr::from(Addr16::from_words(sample.source));
                 sources.push((target, source));
             }
             *read = ring.written;
@@ -292,13 +285,10 @@ impl DestinationFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teardown_common::{
-        flow::{v4_mapped, words},
-        sketch::hash_addr,
-    };
+    use teardown_common::sketch::hash_addr;
 
     fn v4(last: u8) -> [u32; 4] {
-        words(v4_mapped([10, 0, 0, last]))
+        Addr16::v4_mapped([10, 0, 0, last]).words()
     }
 
     fn slot(dest: u8, port: u16, epoch: u32) -> DestSlot {

@@ -23,4 +23,4 @@ pub use events::{AlertEvent, Phase};
 /// For `cli_detect`'s test-only destination parser.
 #[cfg(test)]
 pub use target::{TargetKey, TargetParseError};
-pub use watch::{AlertState, AlertWatch};
+pub use watch::{AlertState, AlertSummary, AlertWatch};

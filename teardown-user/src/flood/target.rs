@@ -7,6 +7,8 @@ use std::{
     str::FromStr,
 };
 
+use teardown_common::addr::Addr16;
+
 /// A destination: address and port. IPv4-mapped IPv6 addresses are kept
 /// as IPv4 (see [`TargetKey::new`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,8 +26,8 @@ impl TargetKey {
         }
     }
 
-    /// From the kernel's form: 16 address bytes (IPv4 mapped) and a port.
-    pub fn from_mapped(addr: [u8; 16], port: u16) -> TargetKey {
+    /// From the kernel's form: an [`Addr16`] (IPv4 mapped) and a port.
+    pub fn from_mapped(addr: Addr16, port: u16) -> TargetKey {
         TargetKey::new(IpAddr::from(addr), port)
     }
 }
@@ -92,7 +94,7 @@ mod tests {
         assert_eq!(dest("[2001:db8::1]:80").to_string(), "[2001:db8::1]:80");
         // IPv4-mapped becomes IPv4, from text or from the kernel's bytes.
         assert_eq!(dest("[::ffff:10.0.0.1]:80").to_string(), "10.0.0.1:80");
-        let mapped = teardown_common::flow::v4_mapped([192, 0, 2, 1]);
+        let mapped = Addr16::v4_mapped([192, 0, 2, 1]);
         assert_eq!(
             TargetKey::from_mapped(mapped, 443).to_string(),
             "192.0.2.1:443"

@@ -21,11 +21,7 @@ pub fn splitmix(state: &mut u64) -> u64 {
 /// The hash the kernel computes for a source address, for filling and
 /// checking sketches in user space.
 pub fn source_hash(addr: IpAddr) -> u32 {
-    let bytes = match addr.to_canonical() {
-        IpAddr::V4(v4) => teardown_common::flow::v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    teardown_common::sketch::hash_addr(&teardown_common::flow::words(bytes))
+    teardown_common::sketch::hash_addr(&teardown_common::addr::Addr16::from(addr).words())
 }
 
 /// `ADDR:PORT`, which must parse.

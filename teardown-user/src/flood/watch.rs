@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{
     config::DetectConfig,
@@ -34,6 +34,19 @@ pub struct AlertState {
     pub target: String,
     /// Whether the alert is active now (it stays listed, inactive, after clearing).
     pub active: bool,
+}
+
+/// The detector's figures: the JSON `alerts` object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertSummary {
+    /// Targets whose alert is active now.
+    pub active: Vec<String>,
+    /// Alerts started since the start.
+    pub started: u64,
+    pub destinations_watched: u64,
+    pub destinations_dropped: u64,
+    pub destination_counts_dropped: u64,
+    pub counter_resets: u64,
 }
 
 pub struct AlertWatch {
@@ -174,17 +187,17 @@ impl AlertWatch {
         self.active.values()
     }
 
-    /// The detector's figures, for the stats object.
-    pub fn summary_json(&self) -> Value {
+    /// The detector's figures: the JSON `alerts` object.
+    pub fn summary(&self) -> AlertSummary {
         let stats = self.detector.stats();
-        json!({
-            "active": self.active.keys().collect::<Vec<_>>(),
-            "started": self.started,
-            "destinations_watched": self.detector.tracked_targets(),
-            "destinations_dropped": stats.targets_evicted,
-            "destination_counts_dropped": self.feed.dropped,
-            "counter_resets": stats.counter_resets,
-        })
+        AlertSummary {
+            active: self.active.keys().cloned().collect(),
+            started: self.started,
+            destinations_watched: self.detector.tracked_targets() as u64,
+            destinations_dropped: stats.targets_evicted,
+            destination_counts_dropped: self.feed.dropped,
+            counter_resets: stats.counter_resets,
+        }
     }
 
     /// One line for the human output: the alerts in progress, if any.
@@ -282,5 +295,8 @@ mod tests {
             [("*", true), ("10.99.0.2:8080", false)],
             "ended alerts stay listed, inactive"
         );
+        let summary = watch.summary();
+        assert_eq!(summary.active, ["*"], "the alert still in progress");
+        assert_eq!(summary.started, 2);
     }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use teardown_common::{
     counters::{Counter, Counters, Tallies},
     events::FlowStats,
@@ -301,7 +301,7 @@ impl Serialize for ResetPorts {
     }
 }
 
-pub use crate::flood::AlertState;
+pub use crate::flood::{AlertState, AlertSummary};
 
 /// SYN-flood alerts: the summary (the JSON `alerts` object) and what the
 /// other views show of them.
@@ -318,19 +318,6 @@ pub struct AlertFigures {
     /// The alerts in one line, as the alert watch words it: the plain output.
     #[serde(skip)]
     pub summary_line: String,
-}
-
-/// The detector's figures: the JSON `alerts` object.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AlertSummary {
-    /// Targets whose alert is active now.
-    pub active: Vec<String>,
-    /// Alerts started since the start.
-    pub started: u64,
-    pub destinations_watched: u64,
-    pub destinations_dropped: u64,
-    pub destination_counts_dropped: u64,
-    pub counter_resets: u64,
 }
 
 /// Lines each output could not write, by its key (`stdout`, `log`), in the
@@ -743,16 +730,27 @@ pub mod tests {
     }
 
     #[test]
-    fn alert_summaries_read_the_watch_json() {
-        let summary: AlertSummary = serde_json::from_value(json!({
-            "active": ["*"],
-            "started": 1,
-            "destinations_watched": 2,
-            "destinations_dropped": 3,
-            "destination_counts_dropped": 4,
-            "counter_resets": 5,
-        }))
-        .expect("the alert watch's summary");
+    fn alert_summaries_are_the_json_alerts_object() {
+        let summary = AlertSummary {
+            active: vec!["*".to_string()],
+            started: 1,
+            destinations_watched: 2,
+            destinations_dropped: 3,
+            destination_counts_dropped: 4,
+            counter_resets: 5,
+        };
+        assert_eq!(
+            serde_json::to_value(&summary).expect("serializes"),
+            json!({
+                "active": ["*"],
+                "started": 1,
+                "destinations_watched": 2,
+                "destinations_dropped": 3,
+                "destination_counts_dropped": 4,
+                "counter_resets": 5,
+            }),
+            "the alert watch's summary"
+        );
         assert_eq!(summary.counter_resets, 5);
         assert_eq!(summary.active, ["*"]);
     }

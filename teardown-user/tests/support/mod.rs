@@ -46,27 +46,27 @@ pub fn run(command: &mut Command) -> Output {
     output
 }
 
-fn ip(args: &[&str]) {
-    run(Command::new("ip").args(args));
-}
+pub mod lab;
+pub mod lines;
+pub mod prometheus;
+
+pub use lab::Lab;
+#[allow(
+    unused_imports,
+    reason = "only the tests that read teardown's lines use it"
+)]
+pub use lines::JsonLines;
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
-
-/// Two namespaces, client and server, joined by a veth pair, with IPv4 and
-/// IPv6 documentation addresses (192.0.2.0/24, 2001:db8::/64) that exist only
-/// inside them.
-pub struct Lab {
-    pub client_ns: String,
-    pub server_ns: String,
-    pub client_if: String,
-    pub server_if: String,
-}
 
 pub const CLIENT_V4: &str = "192.0.2.1";
 pub const SERVER_V4: &str = "192.0.2.2";
 pub const CLIENT_V6: &str = "2001:db8::1";
 pub const SERVER_V6: &str = "2001:db8::2";
 
+/// The tests' lab ([`lab::Lab`]): client and server namespaces joined by a
+/// veth pair, with IPv4 and IPv6 documentation addresses (192.0.2.0/24,
+/// 2001:db8::/64) that exist only inside them.
 impl Lab {
     pub fn new() -> Lab {
         Lab::with_link_options(&[])
@@ -90,52 +90,22 @@ impl Lab {
         let id = format!("{}{n}", pid % 100_000);
         // The namespaces carry the whole pid, so a sweep of leftovers
         // (`cargo xtask test`) can tell a dead run's from a live one's.
-        let lab = Lab {
+        Lab::create(&lab::LabPlan {
             client_ns: format!("td-c-{pid}-{n}"),
             server_ns: format!("td-s-{pid}-{n}"),
             client_if: format!("tdc{id}"),
             server_if: format!("tds{id}"),
-        };
-        ip(&["netns", "add", &lab.client_ns]);
-        ip(&["netns", "add", &lab.server_ns]);
-        let mut link = vec!["link", "add", &lab.client_if, "netns", &lab.client_ns];
-        link.extend_from_slice(options);
-        link.extend_from_slice(&["type", "veth", "peer", "name", &lab.server_if]);
-        link.extend_from_slice(&["netns", &lab.server_ns]);
-        link.extend_from_slice(options);
-        ip(&link);
-        for (ns, iface, v4, v6) in [
-            (&lab.client_ns, &lab.client_if, CLIENT_V4, CLIENT_V6),
-            (&lab.server_ns, &lab.server_if, SERVER_V4, SERVER_V6),
-        ] {
-            let in_ns = |args: &[&str]| {
-                let mut full = vec!["-n", ns.as_str()];
-                full.extend_from_slice(args);
-                ip(&full);
-            };
-            in_ns(&["addr", "add", &format!("{v4}/24"), "dev", iface]);
-            in_ns(&["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"]);
-            in_ns(&["link", "set", iface, "up"]);
-            in_ns(&["link", "set", "lo", "up"]);
-        }
-        lab
+            client_addrs: &[format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")],
+            server_addrs: &[format!("{SERVER_V4}/24"), format!("{SERVER_V6}/64")],
+            link_options: options,
+        })
+        .unwrap_or_else(|err| panic!("building the lab: {err}"))
     }
 
     /// `ip -d link show` of an interface, to see its XDP attachment.
     pub fn link_details(&self, ns: &str, iface: &str) -> String {
         let output = run(Command::new("ip").args(["-n", ns, "-d", "link", "show", iface]));
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its veth end (and the peer with it) and
-        // detaches any XDP program. Errors are ignored: this also runs while a
-        // failed test unwinds.
-        for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        }
     }
 }
 
@@ -174,16 +144,19 @@ pub fn start_teardown(
     iface: &str,
     extra: &[&str],
 ) -> (ChildGuard, BufReader<ChildStderr>) {
+    start_teardown_from(teardown_bin(), ns, iface, extra)
+}
+
+/// Like [`start_teardown`], with another binary.
+pub fn start_teardown_from(
+    binary: &str,
+    ns: &str,
+    iface: &str,
+    extra: &[&str],
+) -> (ChildGuard, BufReader<ChildStderr>) {
     let mut child = Command::new("ip")
         .args([
-            "netns",
-            "exec",
-            ns,
-            teardown_bin(),
-            "run",
-            "--iface",
-            iface,
-            "--json",
+            "netns", "exec", ns, binary, "run", "--iface", iface, "--json",
         ])
         .args(["--interval", "100ms"])
         .args(extra)

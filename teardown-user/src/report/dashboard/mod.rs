@@ -973,8 +973,8 @@ pub mod tests {
         }
         Ended {
             key: FlowKey {
-                addr_a,
-                addr_b,
+                addr_a: teardown_common::addr::Addr16(addr_a),
+                addr_b: teardown_common::addr::Addr16(addr_b),
                 port_a: 40000,
                 port_b: 8080,
                 family: 4,

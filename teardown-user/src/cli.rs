@@ -1,0 +1,138 @@
+//! The command line's own types: what clap parses, mapped onto the domain
+//! types ([`AttachMode`], [`Direction`], [`ClockMode`], the metrics
+//! address), so that clap stays out of the modules that do the work.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::{
+    cmd::run::Direction,
+    kernel::{AttachMode, ClockMode},
+};
+
+/// `--mode`: how to attach the XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Native (driver) XDP if the interface supports it, generic otherwise.
+    Auto,
+    /// Native XDP, in the driver: fastest; fails if the driver lacks it.
+    Native,
+    /// Generic XDP, in the kernel's network stack: works everywhere, slower.
+    Skb,
+}
+
+impl From<ModeArg> for AttachMode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Auto => AttachMode::Auto,
+            ModeArg::Native => AttachMode::Native,
+            ModeArg::Skb => AttachMode::Skb,
+        }
+    }
+}
+
+/// `--direction`: which way packets are watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectionArg {
+    /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
+    /// RSTs are seen too.
+    Both,
+    /// XDP only: for a mirror port that carries both directions.
+    Ingress,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(direction: DirectionArg) -> Self {
+        match direction {
+            DirectionArg::Both => Direction::Both,
+            DirectionArg::Ingress => Direction::Ingress,
+        }
+    }
+}
+
+/// `--clock`: which clock stamps the flow table's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockArg {
+    /// The jiffies counter: a plain load per packet, resolution one kernel
+    /// tick (see `clock_getres(CLOCK_MONOTONIC_COARSE)`, 4 ms at HZ=250).
+    Coarse,
+    /// bpf_ktime_get_ns: nanoseconds, at about the cost of a whole parse
+    /// per TCP packet on this kind of VM.
+    Precise,
+}
+
+impl From<ClockArg> for ClockMode {
+    fn from(clock: ClockArg) -> Self {
+        match clock {
+            ClockArg::Coarse => ClockMode::Coarse,
+            ClockArg::Precise => ClockMode::Precise,
+        }
+    }
+}
+
+/// Where `--metrics-addr` serves: an address, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// The default `--metrics-addr`: loopback only, so nothing is exposed to the
+/// network unless the user says so.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `off`.
+///
+/// Host names other than `localhost` are refused rather than resolved: the
+/// address decides who can read the metrics, so it is stated, not looked up.
+pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr(None));
+    }
+    let usage = || {
+        format!(
+            "{text:?} is not an address: use HOST:PORT with an IP address, e.g. 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464 (every interface), or off"
+        )
+    };
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        return Ok(MetricsAddr(Some(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port,
+        )))));
+    }
+    text.parse::<SocketAddr>()
+        .map(|addr| MetricsAddr(Some(addr)))
+        .map_err(|_| usage())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bad_ones_say_how() {
+        let v4: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        assert_eq!(
+            parse_metrics_addr(DEFAULT_METRICS_ADDR),
+            Ok(MetricsAddr(Some(v4)))
+        );
+        assert_eq!(
+            parse_metrics_addr("localhost:9464"),
+            Ok(MetricsAddr(Some(v4)))
+        );
+        assert_eq!(
+            parse_metrics_addr("[::1]:9464"),
+            Ok(MetricsAddr(Some("[::1]:9464".parse().unwrap())))
+        );
+        assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
+        for bad in [
+            "",
+            "9464",
+            "127.0.0.1",
+            "example.com:80",
+            "1.2.3.4:99999",
+            "::1:80",
+        ] {
+            let err = parse_metrics_addr(bad).expect_err(bad);
+            assert!(err.contains("HOST:PORT") && !err.contains('\n'), "{err}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Loading the object: its globals and map sizes set for the options, the
+//! flow table's size checked against the memory available, and each
+//! program loaded (and verified) on first use, test runs included.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use teardown_common::{
+    conn::{Timeouts, likely_server_port_set},
+    events::{DEFAULT_MAX_FLOWS, SLOTS_PER_CHANGE_WORD, half_open_budget},
+    names,
+    table::{FlowSlot, set_shift, slots_for},
+};
+
+use super::{Kernel, SetupError, is_permission_error};
+
+/// The eBPF object built from `teardown-ebpf`, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EBPF_OBJECT"));
+
+/// Kernel memory a flow table of `slots` slots takes: the slots and the
+/// changed-slot bitmap.
+pub fn table_bytes(slots: u32) -> u64 {
+    slots as u64 * std::mem::size_of::<FlowSlot>() as u64 + (slots as u64).div_ceil(8)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a table that would take more than half the memory available:
+/// the kernel would take it, and the host would suffer.
+fn check_table_fits(max_flows: u32, slots: u32) -> Result<(), SetupError> {
+    table_fits(max_flows, slots, memory_available())
+}
+
+/// [`check_table_fits`] for a given amount of available memory (`None`:
+/// unknown, so not refused).
+fn table_fits(max_flows: u32, slots: u32, available: Option<u64>) -> Result<(), SetupError> {
+    let needed = table_bytes(slots);
+    match available {
+        Some(available) if needed > available / 2 => Err(SetupError::TableTooLarge {
+            max_flows,
+            needed_mib: needed.div_ceil(1 << 20),
+            slot_bytes: std::mem::size_of::<FlowSlot>(),
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod table_size_tests {
+    use super::*;
+
+    #[test]
+    fn a_table_over_half_the_available_memory_is_refused_with_its_cost() {
+        const GIB: u64 = 1 << 30;
+        // The default table: 131072 slots of 344 bytes, 43 MiB, plus the bitmap.
+        assert_eq!(table_bytes(131_072), 131_072 * 344 + 131_072 / 8);
+        assert!(table_fits(131_072, 131_072, Some(GIB)).is_ok());
+        assert!(table_fits(131_072, 131_072, None).is_ok());
+        // The largest: 16M slots, 5.4 GiB: refused with 8 GiB available.
+        let refused = table_fits(16_777_216, 16_777_216, Some(8 * GIB)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "--max-flows 16777216 needs 5506 MiB of kernel memory for the flow table (344 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
+        );
+        assert!(table_fits(16_777_216, 16_777_216, Some(12 * GIB)).is_ok());
+    }
+
+    #[test]
+    fn meminfo_is_read() {
+        assert!(memory_available().is_some_and(|bytes| bytes > 0));
+    }
+}
+
+/// Settings fixed when the object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub timeouts: Timeouts,
+    /// Nanoseconds past a deadline before the kernel closes a record out on
+    /// the next packet instead of waiting for user space (0 for replays).
+    pub grace_ns: u64,
+    pub max_flows: u32,
+    pub clock: ClockMode,
+}
+
+/// Which clock stamps the flow table's records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockMode {
+    /// The jiffies counter: a plain load per packet, resolution one kernel
+    /// tick (see `clock_getres(CLOCK_MONOTONIC_COARSE)`, 4 ms at HZ=250).
+    #[default]
+    Coarse,
+    /// bpf_ktime_get_ns: nanoseconds, at about the cost of a whole parse
+    /// per TCP packet on this kind of VM.
+    Precise,
+}
+
+/// Nanoseconds per kernel tick: the resolution of CLOCK_MONOTONIC_COARSE,
+/// which advances with jiffies.
+fn ns_per_tick() -> anyhow::Result<u64> {
+    let mut resolution = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes the struct we pass.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) } != 0 {
+        return Err(io::Error::last_os_error()).context("reading the kernel tick length");
+    }
+    let ns = resolution.tv_sec as u64 * 1_000_000_000 + resolution.tv_nsec as u64;
+    anyhow::ensure!(
+        ns > 0 && ns <= 100_000_000,
+        "implausible kernel tick length {ns} ns; use --clock precise"
+    );
+    Ok(ns)
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            timeouts: Timeouts::ZEEK,
+            grace_ns: 0,
+            max_flows: DEFAULT_MAX_FLOWS,
+            clock: ClockMode::Coarse,
+        }
+    }
+}
+
+impl Kernel {
+    /// Loads the embedded object into the kernel: its maps, sized and set
+    /// for `options`; each program is loaded on first use.
+    pub fn load(options: &LoadOptions) -> anyhow::Result<Self> {
+        // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lifting it is
+        // harmless on newer ones.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads the struct we pass and nothing else.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let slots = slots_for(options.max_flows);
+        check_table_fits(options.max_flows, slots)?;
+        let tick = match options.clock {
+            ClockMode::Coarse => ns_per_tick()?,
+            ClockMode::Precise => 0,
+        };
+        let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
+        let budget = half_open_budget(slots, options.timeouts.syn_ns, cpus);
+        let mut ebpf = match EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
+            .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
+            .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)
+            .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
+            .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
+            .map_max_entries(names::FLOW_TABLE_MAP, slots)
+            .map_max_entries(
+                names::FLOW_CHANGES_MAP,
+                slots.div_ceil(SLOTS_PER_CHANGE_WORD),
+            )
+            .load(EBPF_OBJECT)
+        {
+            Ok(ebpf) => ebpf,
+            Err(err) if is_permission_error(&err) => {
+                return Err(SetupError::Permission("loading the eBPF object").into());
+            }
+            Err(err) => return Err(err).context("loading the eBPF object"),
+        };
+        // Programs are loaded (and verified, a second or more each) when
+        // first used: a replay needs one, a run two, the clock probe aside.
+        let mut ports: Array<&mut MapData, u64> = Array::try_from(
+            ebpf.map_mut(names::LIKELY_PORTS_MAP)
+                .context("eBPF object has no likely-ports map")?,
+        )
+        .context("opening the likely-ports map")?;
+        for (index, word) in likely_server_port_set().iter().enumerate() {
+            if *word != 0 {
+                ports
+                    .set(index as u32, *word, 0)
+                    .context("filling the likely-ports map")?;
+            }
+        }
+        let mut kernel = Kernel {
+            ebpf,
+            slots,
+            xdp_link: None,
+            egress_link: None,
+        };
+        kernel.set_clock_offset(tick)?;
+        Ok(kernel)
+    }
+
+    /// The flow table's clock now: CLOCK_MONOTONIC, in nanoseconds (the
+    /// coarse clock reads the same clock, as of the last tick).
+    pub fn kernel_clock_ns(&mut self) -> anyhow::Result<u64> {
+        Ok(self.probe_clocks()?.0)
+    }
+
+    /// Test-runs the clock probe: (precise clock, jiffies times the tick).
+    fn probe_clocks(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.test_run(names::CLOCK_PROBE_PROGRAM, &[0u8; 64])
+            .context("reading the kernel clock")?;
+        let map = self
+            .ebpf
+            .map(names::CLOCK_PROBE_MAP)
+            .context("eBPF object has no clock probe map")?;
+        let probe = Array::<&MapData, u64>::try_from(map).context("opening the clock probe")?;
+        Ok((
+            probe.get(&0, 0).context("reading the clock probe")?,
+            probe.get(&1, 0).context("reading the clock probe")?,
+        ))
+    }
+
+    /// Measures and sets the coarse clock's offset ([`names::CLOCK_OFFSET_MAP`]):
+    /// the smallest difference between the precise clock and jiffies times
+    /// the tick, over readings spread across two ticks, so that the coarse
+    /// clock reads the precise clock's time of the last tick, within an
+    /// eighth of a tick.
+    fn set_clock_offset(&mut self, tick_ns: u64) -> anyhow::Result<()> {
+        if tick_ns == 0 {
+            return Ok(());
+        }
+        let mut offset = u64::MAX;
+        for _ in 0..17 {
+            let (precise, coarse) = self.probe_clocks()?;
+            offset = offset.min(precise.wrapping_sub(coarse));
+            std::thread::sleep(std::time::Duration::from_nanos(tick_ns / 8));
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::CLOCK_OFFSET_MAP)
+            .context("eBPF object has no clock offset map")?;
+        let mut array =
+            Array::<&mut MapData, u64>::try_from(map).context("opening the clock offset map")?;
+        array
+            .set(0, offset, 0)
+            .context("setting the coarse clock's offset")
+    }
+
+    /// The TC egress program, loaded on first use.
+    pub(super) fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        let egress: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::TC_EGRESS_PROGRAM)
+            .context("eBPF object has no egress program")?
+            .try_into()
+            .context("the egress program is not a TC program")?;
+        if egress.fd().is_err() {
+            match egress.load() {
+                Ok(()) => {}
+                Err(err) if is_permission_error(&err) => {
+                    return Err(SetupError::Permission("loading the TC egress program").into());
+                }
+                Err(err) => return Err(err).context("loading the TC egress program"),
+            }
+        }
+        Ok(egress)
+    }
+
+    /// Loads the benchmark wrappers now, so their verification stays out
+    /// of what the benchmark times. Only `teardown bench` needs them.
+    pub fn load_bench_programs(&mut self) -> anyhow::Result<()> {
+        for name in [
+            names::XDP_BENCH_PROGRAM,
+            names::XDP_BENCH_MUTATE_PROGRAM,
+            names::XDP_BENCH_LOCK_PROGRAM,
+        ] {
+            self.xdp(name)?;
+        }
+        Ok(())
+    }
+
+    /// The XDP program `name`, loaded on first use.
+    pub(super) fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        let program = xdp_program(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            match program.load() {
+                Ok(()) => {}
+                Err(err) if is_permission_error(&err) => {
+                    return Err(SetupError::Permission("loading the XDP program").into());
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("loading XDP program {name}"));
+                }
+            }
+        }
+        Ok(program)
+    }
+
+    /// The descriptor of program `name` (XDP or TC), loaded if need be, for
+    /// BPF_PROG_TEST_RUN from threads of their own; valid while `self` is.
+    pub fn program_fd(&mut self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
+        // Programs load on first use.
+        if name == names::TC_EGRESS_PROGRAM {
+            self.egress()?;
+        } else {
+            self.xdp(name)?;
+        }
+        let program = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?;
+        Ok(program
+            .fd()
+            .with_context(|| format!("program {name} is not loaded"))?
+            .as_fd()
+            .as_raw_fd())
+    }
+
+    /// Runs `program` once over `frame` with BPF_PROG_TEST_RUN; returns its verdict.
+    pub fn test_run(&mut self, program: &str, frame: &[u8]) -> anyhow::Result<u32> {
+        let program = self.xdp(program)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value)
+    }
+
+    /// Runs `program` `repeat` times over `frame` in one BPF_PROG_TEST_RUN call;
+    /// returns the verdict and the kernel's mean time per run in nanoseconds.
+    ///
+    /// The kernel times only its loop around the program, so the call's fixed
+    /// cost (milliseconds here, which would swamp a ~20 ns program unless the
+    /// repeat count were huge) stays out. It reports whole nanoseconds, floored;
+    /// half a nanosecond is added back as the unbiased estimate of the true mean.
+    pub fn time_run(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, f64)> {
+        let program = self.xdp(program)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok((result.return_value, result.duration.as_nanos() as f64 + 0.5))
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))
+}
