@@ -1,6 +1,6 @@
 //! `teardown run`: attach to an interface and report live figures.
 
-use std::{fmt::Display, fs::File, path::PathBuf, time::Duration};
+use std::{fmt::Display, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use teardown_common::conn::Timeouts;
@@ -366,13 +366,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(path) => Some(Sink::new(
             "log",
             format!("the log file {}", path.display()),
-            LineOutput::file(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
-            ),
+            LineOutput::append_to(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?,
             false,
         )),
         None => None,
@@ -443,6 +438,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(EVENT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ended = Vec::new();
     // Taken last, once the signals that end the loop are caught, so the
     // terminal is given back on every way out (its guard drops).
@@ -458,6 +455,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = poll.tick() => false,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                match (&mut output.log, &options.log) {
+                    (Some(log), Some(path)) => log.reopen(path),
+                    _ => say("teardown: SIGHUP: no --log file to reopen; monitoring goes on"),
+                }
+                continue;
+            }
             key = screen.next_key() => {
                 // `q` ends the run as Ctrl-C does; other keys change the
                 // view, and wait for no tick.
