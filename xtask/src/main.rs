@@ -3,6 +3,7 @@
 
 mod demo;
 mod fuzz;
+mod install;
 mod provision;
 
 use std::{
@@ -29,6 +30,18 @@ struct Cli {
 enum Task {
     /// Build the eBPF object and the release binary target/release/teardown.
     Build,
+    /// Build, then install the binary, its man pages and its shell
+    /// completions under ROOT (bin/, share/man/man1/, share/bash-completion/,
+    /// share/zsh/, share/fish/).
+    Install {
+        /// Where to install.
+        #[arg(long, default_value = "/usr/local")]
+        root: PathBuf,
+    },
+    /// Build, then pack target/dist/teardown-VERSION-ARCH-linux.tar.gz: what
+    /// `install` puts under a root, the licences, the systemd unit and the
+    /// logrotate snippet.
+    Dist,
     /// Build, then run `teardown run` with the given arguments (as root).
     Run {
         /// Arguments for `teardown run`, e.g. --iface eth0 --json.
@@ -446,6 +459,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Build => build_release().map(|binary| say(&format!("built {}", binary.display()))),
+        Task::Install { root } => {
+            build_release().and_then(|binary| install::install(&binary, &root).map(|_| ()))
+        }
+        Task::Dist => build_release().and_then(|binary| install::dist(&binary).map(|_| ())),
         Task::Run { args } => build_release().and_then(|binary| {
             let mut full = vec![OsString::from("run")];
             full.extend(args);
