@@ -64,7 +64,7 @@ pub fn install(binary: &Path, root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Builds `target/dist/teardown-VERSION-ARCH-linux.tar.gz`: the tree
-/// [`install`] makes under `usr/local`, plus the licences, the README, and
+/// [`install`] makes under a root, plus the licences, the README, and
 /// `dist/` (systemd unit, logrotate snippet) under `share/teardown`.
 pub fn dist(binary: &Path) -> anyhow::Result<PathBuf> {
     let version = command_output(Command::new(binary).arg("--version"))?

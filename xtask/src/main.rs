@@ -261,7 +261,8 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
 
 /// Debian packages the tests use as judges and tools (nftables drops chosen
 /// packets inside the live tests' namespaces; prometheus scrapes the
-/// metrics endpoint; ethtool turns offloads off for the egress counts).
+/// metrics endpoint; ethtool turns offloads off for the egress counts;
+/// systemd's `systemd-analyze verify` checks the unit in dist/systemd).
 const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "tcpdump",
@@ -271,6 +272,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "hping3",
     "ethtool",
+    "systemd",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
