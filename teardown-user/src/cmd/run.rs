@@ -334,6 +334,12 @@ fn read_kernel(kernel: &Kernel, egress: bool) -> anyhow::Result<Reading> {
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let egress = options.direction == Direction::Both;
     let facts = RunFacts::starting_now(options.direction.name());
+    // Caught from the start: a SIGTERM just after the "watching" line (a
+    // service manager, a test) must end the run cleanly, not kill it, and
+    // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
+    // Signals that come before the loop are taken there at once.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // The outputs in use, by key: stdout, and the log with --log.
     let output_keys: &[&'static str] = if options.log.is_some() {
         &["stdout", "log"]
@@ -437,9 +443,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     ticker.tick().await; // the first tick is immediate
     let mut poll = tokio::time::interval(EVENT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ended = Vec::new();
     // Taken last, once the signals that end the loop are caught, so the
     // terminal is given back on every way out (its guard drops).
