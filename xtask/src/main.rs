@@ -64,7 +64,7 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Unit, replay and live tests (needs root, ../shared and a few Debian packages).
+    /// Unit, replay and live tests (needs root and a few Debian packages).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -87,7 +87,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Connection verdicts against Zeek's for ../shared/corpus/zeek: a table
+    /// Connection verdicts against Zeek's for testdata/corpus/zeek: a table
     /// per trace, the totals, and every disagreement with its reason.
     Accuracy,
     /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the frame parser,
