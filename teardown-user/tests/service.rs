@@ -6,6 +6,8 @@
 //! - The unit runs it as an unprivileged user with exactly CAP_BPF,
 //!   CAP_NET_ADMIN and CAP_PERFMON: with the three it watches, with any one
 //!   missing it says, in one line, which.
+//! - Without root, tracefs is closed: the kernel's reset reasons are off,
+//!   and the note says why.
 //! - The unit itself (`dist/systemd/teardown@.service`) passes
 //!   `systemd-analyze verify` and keeps to those capabilities and its
 //!   hardening.
@@ -331,4 +333,44 @@ fn the_unit_passes_systemd_analyze_verify() {
             .unwrap_or_else(|| panic!("no exposure level in: {text}"));
         assert!(score <= 3.0, "exposure {score}: {text}");
     }
+}
+
+/// Without root, tracefs (mode 0700) is closed, so the kernel's reset
+/// reasons are off: the note says why. `unshare --net` rather than the lab
+/// (`ip netns exec` mounts a fresh /sys without tracefs); the veth pair is
+/// made inside the new namespace and goes with it.
+#[test]
+fn a_run_without_root_says_tracefs_is_roots() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata("/sys/kernel/tracing").map(|m| m.permissions().mode());
+    if !matches!(mode, Ok(mode) if mode & 0o077 == 0) {
+        println!("skipped: /sys/kernel/tracing is not root's alone here ({mode:?})");
+        return;
+    }
+    let script = format!(
+        "ip link add tdt0 type veth peer name tdt1 && ip link set tdt0 up && ip link set tdt1 up && \
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+         --inh-caps=-all,+bpf,+net_admin,+perfmon --ambient-caps=-all,+bpf,+net_admin,+perfmon \
+         {} run -i tdt0 --metrics-addr off -j",
+        teardown_bin()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting unshare");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let guard = ChildGuard::new(child);
+    let mut first = String::new();
+    stderr.read_line(&mut first).expect("reading stderr");
+    assert!(first.contains("watching"), "{first:?}");
+    let output = guard.terminate();
+    assert!(output.status.success(), "{}", output.status);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("reading stderr");
+    assert!(
+        rest.contains("reset reasons are unavailable (tracefs at /sys/kernel/tracing can only be read by root)"),
+        "{rest}"
+    );
 }
