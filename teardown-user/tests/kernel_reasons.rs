@@ -230,6 +230,7 @@ fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
     thread::sleep(Duration::from_millis(500));
     let output = teardown.terminate();
     let overflows = nstat(&server_ns, "TcpExtListenOverflows");
+    let listen_drops = nstat(&server_ns, "TcpExtListenDrops");
     drop((kept, held_server_socket, keepalive_socket, backlog));
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -327,6 +328,14 @@ fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
         "{reasons}"
     );
     assert_eq!(reasons["handshakes"]["syncookies_sent"], 0, "{reasons}");
+    // And by listening port, from the listener's own count: all of the
+    // namespace's drops were the small listener's.
+    assert_eq!(
+        reasons["listen_drops_by_port"][BACKLOG_PORT.to_string()],
+        listen_drops,
+        "{reasons}"
+    );
+    assert_eq!(reasons["listen_drops_by_port"]["other"], 0, "{reasons}");
 }
 
 /// A non-blocking connect, left in progress.

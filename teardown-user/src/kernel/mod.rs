@@ -5,6 +5,7 @@
 
 mod attach;
 mod btf;
+pub mod listeners;
 mod load;
 mod maps;
 pub mod netstat;

@@ -273,7 +273,14 @@ pub struct ReasonFigures {
     /// where `/proc/net/netstat` can be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshakes: Option<HandshakeDrops>,
+    /// Handshake segments each listening port dropped since the start (the
+    /// listeners' own `sk_drops`, through `sock_diag`): at most
+    /// [`LISTEN_PORTS_LISTED`] ports, most first, the rest in `other`.
+    pub listen_drops_by_port: PortFigures,
 }
+
+/// Listening ports listed one by one in `listen_drops_by_port`.
+pub const LISTEN_PORTS_LISTED: usize = 32;
 
 /// Resets by local port and reason, bounded.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -571,6 +578,10 @@ pub mod tests {
             resets_unclaimed: 1,
             reason_names: vec!["NO_SOCKET", "TCP_STATE"],
             handshakes: None,
+            listen_drops_by_port: PortFigures {
+                listed: vec![(9207, 28)],
+                other: 0,
+            },
         };
         let value = serde_json::to_value(&figures).expect("serializes");
         assert_eq!(
@@ -584,7 +595,8 @@ pub mod tests {
                     "other": 0
                 },
                 "reset_events_lost": 0,
-                "resets_unclaimed": 1
+                "resets_unclaimed": 1,
+                "listen_drops_by_port": {"9207": 28, "other": 0}
             })
         );
     }

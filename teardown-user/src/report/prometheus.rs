@@ -340,6 +340,20 @@ pub fn render(figures: &Figures) -> String {
             reasons.resets_unclaimed,
         );
     }
+    let name = "teardown_listen_drops_total";
+    e.family(
+        name,
+        "counter",
+        "Handshake segments each listening port dropped since teardown started (the listeners' own sk_drops, read through sock_diag: a full accept queue, a full SYN queue with cookies off): at most 32 ports, and port=\"other\" (always present) for the rest.",
+    );
+    for (port, drops) in &reasons.listen_drops_by_port.listed {
+        e.sample(name, &[("port", &port.to_string())], drops);
+    }
+    e.sample(
+        name,
+        &[("port", "other")],
+        reasons.listen_drops_by_port.other,
+    );
     if let Some(handshakes) = &reasons.handshakes {
         for (stem, help, value) in handshakes.each() {
             e.single(

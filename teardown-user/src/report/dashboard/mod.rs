@@ -95,6 +95,8 @@ pub struct FlowFigures {
     /// The host's handshake drops and SYN cookies since the start, when
     /// any is non-zero.
     pub handshakes: Option<HandshakeDrops>,
+    /// Listening ports with drops, most first (a few), and the rest.
+    pub listen_drops: Vec<String>,
 }
 
 /// One ended connection, as the teardown list shows, sorts and filters it.
@@ -274,6 +276,10 @@ fn flow_figures(figures: &Figures) -> FlowFigures {
             .reasons
             .handshakes
             .filter(|drops| drops.dropped() > 0 || drops.syncookies_sent > 0),
+        listen_drops: crate::report::plain::half_open_ports_words(
+            &figures.reasons.listen_drops_by_port,
+            3,
+        ),
     }
 }
 
@@ -442,6 +448,12 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
             drops.listen_overflows,
             drops.syn_queue_full_drops,
             drops.syncookies_sent
+        ));
+    }
+    if !flows.listen_drops.is_empty() {
+        lines.push(format!(
+            "listen    drops by port {}",
+            flows.listen_drops.join(" ")
         ));
     }
     lines
