@@ -345,31 +345,14 @@ fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
 fn without_the_tracepoint_records_keep_the_wires_reasons() {
     let lab = Lab::new();
     let empty = TempDir::new("no-tracefs");
-    let mut child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            teardown_bin(),
-            "run",
-            "--json",
-        ])
-        .args(["--iface", &lab.server_if, "--interval", "100ms"])
-        .env("TEARDOWN_TRACEFS", &empty.0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting teardown");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
-    let teardown = ChildGuard::new(child);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut first).expect("teardown's first line");
-    assert!(first.contains("watching"), "{first}");
+    let mut command = teardown_command(teardown_bin(), &lab.server_ns, &lab.server_if, &[]);
+    command.env("TEARDOWN_TRACEFS", &empty.0);
+    let (teardown, mut stderr) = start_teardown_command(command, &lab.server_if);
     let refused = connect(&lab.client_ns, SERVER_V4, CLOSED_PORT).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     thread::sleep(Duration::from_millis(300));
     let output = teardown.terminate();
-    let mut said = first;
+    let mut said = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut said).expect("teardown's stderr");
     let unavailable: Vec<&str> = said
         .lines()
@@ -499,18 +482,7 @@ fn reset_cost() {
     // The release build (xtask sets TEARDOWN_BENCH_BIN): the test's own is
     // unoptimised, and its user space falls behind at this rate.
     let binary = std::env::var("TEARDOWN_BENCH_BIN").unwrap_or_else(|_| teardown_bin().to_string());
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.server_ns, &binary, "run", "--json"])
-        .args(["--iface", &lab.server_if, "--interval", "100ms"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting teardown");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
-    let teardown = ChildGuard::new(child);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("teardown's first line");
-    assert!(line.contains("watching"), "teardown did not start: {line}");
+    let (teardown, _stderr) = start_teardown_from(&binary, &lab.server_ns, &lab.server_if, &[]);
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(stats).expect("reading bpf_stats_enabled");
     std::fs::write(stats, "1").expect("enabling BPF statistics");
