@@ -14,9 +14,9 @@ pub struct FleetOptions {
 #[derive(clap::Args, Clone, Debug)]
 pub struct FleetArgs {
     /// Send every ended connection as an IPFIX record (RFC 7011, a biflow)
-    /// to the flow collector at HOST:PORT over UDP, e.g. 192.0.2.9:4739 or
-    /// [2001:db8::9]:4739 (see docs/ipfix.md). Records the socket cannot
-    /// take are counted (lines_lost.ipfix), never waited for.
+    /// to the flow collector at HOST:PORT over UDP, e.g. 192.0.2.9:4739 (an
+    /// IPv6 address in brackets; see docs/ipfix.md). Records the socket
+    /// cannot take are counted (lines_lost.ipfix), never waited for.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_collector)]
     ipfix: Option<SocketAddr>,
 }

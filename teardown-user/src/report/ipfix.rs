@@ -358,7 +358,7 @@ impl Encoder {
                 close_set(&mut body, set.take());
                 messages.push(self.finish(export_time, &mut body, &mut count));
             }
-            if !set.is_some_and(|(id, _)| id == template) {
+            if set.is_none_or(|(id, _)| id != template) {
                 close_set(&mut body, set.take());
                 set = Some((template, body.len()));
                 body.extend(template.to_be_bytes());
