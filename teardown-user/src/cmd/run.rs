@@ -342,7 +342,10 @@ fn read_kernel(kernel: &Kernel, egress: bool) -> anyhow::Result<Reading> {
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let egress = options.direction == Direction::Both;
-    let facts = RunFacts::starting_now(options.direction.name());
+    let facts = RunFacts {
+        flow_table_capacity: u64::from(teardown_common::table::slots_for(options.max_flows)),
+        ..RunFacts::starting_now(options.direction.name())
+    };
     // The outputs in use, by key: stdout, and the log with --log.
     let mut output_keys = vec!["stdout"];
     output_keys.extend(options.log.is_some().then_some("log"));

@@ -67,6 +67,9 @@ pub struct RunFacts {
     pub direction: &'static str,
     /// When teardown started, Unix seconds.
     pub start_time_seconds: f64,
+    /// Slots in the flow table (`--max-flows`, rounded up to a power of
+    /// two); 0 where there is no table (tests).
+    pub flow_table_capacity: u64,
 }
 
 impl RunFacts {
@@ -76,6 +79,7 @@ impl RunFacts {
             version: env!("CARGO_PKG_VERSION"),
             direction,
             start_time_seconds: unix_seconds(),
+            flow_table_capacity: 0,
         }
     }
 }
@@ -492,6 +496,7 @@ pub mod tests {
                 version: "0.1.0",
                 direction: "both",
                 start_time_seconds: 1_700_000_000.0,
+                flow_table_capacity: 131_072,
             },
             true,
             &["stdout", "log"],

@@ -216,6 +216,12 @@ pub fn render(figures: &Figures) -> String {
         flows.tracked,
     );
     e.single(
+        "teardown_flow_table_capacity",
+        "gauge",
+        "Connection records the flow table holds: --max-flows rounded up to a power of two. Compare with teardown_flows_tracked.",
+        figures.run.flow_table_capacity,
+    );
+    e.single(
         "teardown_flows_created_total",
         "counter",
         "Connection records created in the flow table.",
@@ -632,6 +638,7 @@ mod tests {
         assert!(busy.contains("teardown_half_open_connections 1\n"));
         assert!(busy.contains("teardown_events_lost_total 4\n"));
         assert!(busy.contains("teardown_output_lines_lost_total{output=\"stdout\"} 0\n"));
+        assert!(busy.contains("teardown_flow_table_capacity 131072\n"));
         assert!(busy.contains("teardown_output_lines_lost_total{output=\"log\"} 12\n"));
         // No --log: no log sample, rather than a 0 that looks measured.
         assert!(!text.contains("output=\"log\""), "{text}");
