@@ -1,14 +1,22 @@
-//! The CLI layer of the fleet outputs: `teardown run`'s `--ipfix` flag and
-//! its parser, mapped onto [`FleetOptions`]. The exporter
-//! (`report/ipfix.rs`) knows nothing of clap.
+//! The CLI layer of the fleet outputs: `teardown run`'s `--ipfix` and
+//! `--on-alert` flags and their parsers, mapped onto [`FleetOptions`]. The
+//! exporter (`report/ipfix.rs`) and the hooks (`report/hook.rs`) know
+//! nothing of clap.
 
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::{
+    net::{SocketAddr, ToSocketAddrs as _},
+    time::Duration,
+};
 
 /// What `teardown run` sends beyond its own outputs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetOptions {
     /// Send every ended connection as an IPFIX record to this collector.
     pub ipfix: Option<SocketAddr>,
+    /// Run this (`sh -c`) for every alert event, its JSON on stdin.
+    pub on_alert: Option<String>,
+    /// A hook still running after this is killed.
+    pub on_alert_timeout: Duration,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -19,12 +27,35 @@ pub struct FleetArgs {
     /// cannot take are counted (lines_lost.ipfix), never waited for.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_collector)]
     ipfix: Option<SocketAddr>,
+    /// Run CMD (with sh -c) for every SYN-flood alert event (start, update,
+    /// end), with the event's JSON line on its stdin and its phase in
+    /// $TEARDOWN_ALERT_PHASE. Never waited for: at most 8 run at once;
+    /// failures are counted (lines_lost.alert_hook).
+    #[arg(long, value_name = "CMD", value_parser = parse_command)]
+    on_alert: Option<String>,
+    /// A hook still running after this long is killed (with what it
+    /// started) and counted as failed.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = crate::parse_timeout, requires = "on_alert")]
+    on_alert_timeout: Duration,
 }
 
 impl FleetArgs {
     pub fn options(&self) -> FleetOptions {
-        FleetOptions { ipfix: self.ipfix }
+        FleetOptions {
+            ipfix: self.ipfix,
+            on_alert: self.on_alert.clone(),
+            on_alert_timeout: self.on_alert_timeout,
+        }
     }
+}
+
+/// `--on-alert`: any command but an empty one.
+pub fn parse_command(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the command is empty: give a shell command, e.g. 'logger -t teardown'".into());
+    }
+    Ok(text.to_string())
 }
 
 /// Parses a collector's address: `IP:PORT`, `[IPv6]:PORT`, or a host name

@@ -101,6 +101,14 @@ fn bad_flag_values() {
         ),
         (&["run", "--iface", "lo", "--ipfix", "4739"][..], "--ipfix"),
         (
+            &["run", "--iface", "lo", "--on-alert", " "][..],
+            "--on-alert",
+        ),
+        (
+            &["run", "--iface", "lo", "--on-alert-timeout", "5s"][..],
+            "--on-alert",
+        ),
+        (
             &["run", "--iface", "lo", "--ipfix", "127.0.0.1:0"][..],
             "HOST:PORT",
         ),

@@ -17,6 +17,7 @@ use crate::{
     report::figures::{
         AlertFigures, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
+    report::hook::AlertHook,
     report::ipfix::Exporter,
     report::json,
     report::metrics_server::MetricsServer,
@@ -211,6 +212,8 @@ struct Outputs {
     clock: Clock,
     /// `--ipfix`: connection records to a flow collector.
     ipfix: Option<Exporter>,
+    /// `--on-alert`: a command run for every alert event.
+    hook: Option<AlertHook>,
     /// Whether a failure to draw the dashboard was said already.
     dashboard_warned: bool,
 }
@@ -223,6 +226,7 @@ impl Outputs {
                 .chain(&self.log)
                 .map(|sink| (sink.key, sink.lost()))
                 .chain(self.ipfix.as_ref().map(|ipfix| ("ipfix", ipfix.lost())))
+                .chain(self.hook.as_ref().map(|hook| ("alert_hook", hook.failed())))
                 .collect(),
         )
     }
@@ -266,8 +270,14 @@ impl Outputs {
             if let Some(sink) = &mut self.log {
                 batch(sink, &mut log, &object);
             }
+            if let Some(hook) = &mut self.hook {
+                hook.run(event.phase.name(), &object);
+            }
         }
         self.flush(&out, &log);
+        if let Some(hook) = &mut self.hook {
+            hook.poll();
+        }
     }
 
     fn flush(&mut self, out: &str, log: &str) {
@@ -350,6 +360,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut output_keys = vec!["stdout"];
     output_keys.extend(options.log.is_some().then_some("log"));
     output_keys.extend(options.fleet.ipfix.is_some().then_some("ipfix"));
+    output_keys.extend(options.fleet.on_alert.is_some().then_some("alert_hook"));
     let output_keys = &output_keys[..];
     // Prometheus (metrics.rs): bound before anything is attached, so a taken
     // address fails the run with nothing to undo. It serves figures at 0
@@ -442,6 +453,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         log,
         clock: Clock::offset_from(kernel_now()),
         ipfix,
+        hook: options
+            .fleet
+            .on_alert
+            .clone()
+            .map(|command| AlertHook::new(command, options.fleet.on_alert_timeout)),
         dashboard_warned: false,
     };
     let mut tracker = Tracker::new(options.timeouts);
@@ -575,6 +591,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(ipfix) = &mut output.ipfix {
         // The last records get a moment to go out; the rest are counted.
         ipfix.finish(Duration::from_millis(500));
+    }
+    if let Some(hook) = &mut output.hook {
+        // The alerts' end events have just started their hooks.
+        hook.finish();
     }
     let last = read_kernel(&kernel, egress)?;
     // Resets sent since the last poll count as unclaimed (the records are

@@ -2,11 +2,12 @@
 //! its views, each a pure function of it: [`plain`] lines, [`json`] lines,
 //! the [`dashboard`] and the [`prometheus`] exposition, served by
 //! [`metrics_server`]; [`ipfix`] sends the connection records to a flow
-//! collector. [`output`] writes lines without letting a failing
+//! collector, and [`hook`] runs `--on-alert` commands. [`output`] writes lines without letting a failing
 //! output stop the watch.
 
 pub mod dashboard;
 pub mod figures;
+pub mod hook;
 pub mod ipfix;
 pub mod json;
 pub mod metrics_server;
