@@ -56,6 +56,10 @@ pub struct Figures {
     /// itself and fills them in when it serves the figures (not in the JSON).
     #[serde(skip)]
     pub endpoint_drops: EndpointDrops,
+    /// The process's own figures (`process_*`), read by the metrics
+    /// endpoint when it is given the figures (not in the JSON).
+    #[serde(skip)]
+    pub process: Option<crate::report::process::ProcessFigures>,
 }
 
 /// What stays the same for the whole run.
@@ -407,6 +411,7 @@ impl Figures {
             lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
             run,
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 
@@ -461,6 +466,7 @@ impl Figures {
             lines_lost,
             run: run.clone(),
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 }

@@ -13,4 +13,5 @@ pub mod json;
 pub mod metrics_server;
 pub mod output;
 pub mod plain;
+pub mod process;
 pub mod prometheus;

@@ -389,7 +389,53 @@ pub fn render(figures: &Figures) -> String {
     for (reason, count) in figures.endpoint_drops.by_reason() {
         e.sample(name, &[("reason", reason)], count);
     }
+    if let Some(process) = &figures.process {
+        process_families(&mut e, process);
+    }
     e.out
+}
+
+/// The standard `process_*` families, named and described as the client
+/// libraries export them.
+fn process_families(e: &mut Exposition, process: &crate::report::process::ProcessFigures) {
+    e.single(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        process.cpu_seconds,
+    );
+    e.single(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        process.resident_memory_bytes,
+    );
+    e.single(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        process.virtual_memory_bytes,
+    );
+    e.single(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        process.open_fds,
+    );
+    if let Some(max) = process.max_fds {
+        e.single(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
+        );
+    }
+    e.single(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        process.start_time_seconds,
+    );
 }
 
 /// `known` in order with their counts (0 if absent), then the map's other keys.
