@@ -41,7 +41,7 @@ impl ProcessFigures {
         // SAFETY: getrlimit writes the struct it is given.
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
         figures.max_fds =
-            (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64);
+            (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur);
         Some(figures)
     }
 }
