@@ -20,19 +20,9 @@ pub struct ProcessFigures {
 impl ProcessFigures {
     /// Now, from `/proc`; `None` where it cannot be read.
     pub fn read() -> Option<ProcessFigures> {
+        let (ticks, page, boot_time) = constants()?;
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let boot_time = boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
-        // SAFETY: sysconf only reads a configuration value.
-        let (ticks, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        if ticks <= 0 || page <= 0 {
-            return None;
-        }
-        let mut figures = parse_stat(&stat, ticks as f64, page as u64, boot_time)?;
+        let mut figures = parse_stat(&stat, ticks, page, boot_time)?;
         figures.open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
@@ -44,6 +34,24 @@ impl ProcessFigures {
             (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur);
         Some(figures)
     }
+}
+
+/// Clock ticks a second, the page size and the boot time: read once (they
+/// do not change while the process runs, and `/proc/stat` grows with the
+/// CPUs), so each reading costs only `/proc/self`.
+fn constants() -> Option<(f64, u64, f64)> {
+    static CONSTANTS: std::sync::OnceLock<Option<(f64, u64, f64)>> = std::sync::OnceLock::new();
+    *CONSTANTS.get_or_init(|| {
+        let boot_time = boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        // SAFETY: sysconf only reads a configuration value.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        (ticks > 0 && page > 0).then_some((ticks as f64, page as u64, boot_time))
+    })
 }
 
 /// `btime` of `/proc/stat`: when the system booted, Unix seconds.
