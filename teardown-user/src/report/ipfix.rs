@@ -463,6 +463,12 @@ impl Exporter {
             .iter()
             .map(|record| FlowRecord::from_ended(record, clock))
             .collect();
+        self.send(&records);
+    }
+
+    /// Queues `records` (with the templates when they are due) and sends
+    /// what the socket takes.
+    fn send(&mut self, records: &[FlowRecord]) {
         let templates = self.templates_at.is_none_or(|at| {
             at.elapsed() >= TEMPLATE_EVERY
                 || self.messages_since_templates >= TEMPLATE_EVERY_MESSAGES
@@ -471,7 +477,7 @@ impl Exporter {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as u32;
-        let messages = self.encoder.encode(now, &records, templates);
+        let messages = self.encoder.encode(now, records, templates);
         if templates {
             self.templates_at = Some(Instant::now());
             self.messages_since_templates = 0;
@@ -733,6 +739,32 @@ mod tests {
         );
         assert_eq!(history_flags(b"Sr"), [tcp::SYN, tcp::RST]);
         assert_eq!(history_flags(b""), [0, 0]);
+    }
+
+    /// The exporter's messages as a collector receives them: templates in
+    /// the first, again once 100 messages went without, and after a send
+    /// error; none in between.
+    #[test]
+    fn templates_go_first_and_again_periodically() {
+        let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut exporter = Exporter::start(collector.local_addr().unwrap()).unwrap();
+        let mut buffer = [0u8; 2048];
+        let mut next = |exporter: &mut Exporter| {
+            exporter.send(&[record_v4()]);
+            let n = collector.recv(&mut buffer).unwrap();
+            n > 18 && u16::from_be_bytes([buffer[16], buffer[17]]) == TEMPLATE_SET
+        };
+        assert!(next(&mut exporter), "the first message has the templates");
+        assert!(!next(&mut exporter));
+        exporter.messages_since_templates = TEMPLATE_EVERY_MESSAGES;
+        assert!(next(&mut exporter), "again after 100 messages");
+        assert!(!next(&mut exporter));
+        exporter.templates_at = None; // as a send error leaves it
+        assert!(next(&mut exporter), "again after an error");
+        assert_eq!(exporter.lost(), 0);
     }
 
     #[test]
