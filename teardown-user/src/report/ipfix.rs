@@ -399,7 +399,7 @@ fn close_set(body: &mut [u8], set: Option<(u16, usize)>) {
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot export IPFIX to {addr}: {source}")]
+#[error("cannot export IPFIX to {addr}")]
 pub struct ExporterError {
     addr: SocketAddr,
     source: io::Error,
@@ -765,6 +765,21 @@ mod tests {
         exporter.templates_at = None; // as a send error leaves it
         assert!(next(&mut exporter), "again after an error");
         assert_eq!(exporter.lost(), 0);
+    }
+
+    /// anyhow prints the cause after the message, once.
+    #[test]
+    fn a_collector_that_cannot_be_reached_says_so_once() {
+        let err = anyhow::Error::from(ExporterError {
+            addr: "[2001:db8::9]:4739".parse().unwrap(),
+            source: io::Error::from_raw_os_error(libc::ENETUNREACH),
+        });
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("cannot export IPFIX to [2001:db8::9]:4739: Network is unreachable"),
+            "{text}"
+        );
+        assert_eq!(text.matches("unreachable").count(), 1, "{text}");
     }
 
     #[test]
