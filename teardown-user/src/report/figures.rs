@@ -56,6 +56,10 @@ pub struct Figures {
     /// itself and fills them in when it serves the figures (not in the JSON).
     #[serde(skip)]
     pub endpoint_drops: EndpointDrops,
+    /// The process's own figures (`process_*`), read by the metrics
+    /// endpoint when it is given the figures (not in the JSON).
+    #[serde(skip)]
+    pub process: Option<crate::report::process::ProcessFigures>,
 }
 
 /// What stays the same for the whole run.
@@ -67,6 +71,9 @@ pub struct RunFacts {
     pub direction: &'static str,
     /// When teardown started, Unix seconds.
     pub start_time_seconds: f64,
+    /// Slots in the flow table (`--max-flows`, rounded up to a power of
+    /// two); 0 where there is no table (tests).
+    pub flow_table_capacity: u64,
 }
 
 impl RunFacts {
@@ -76,6 +83,7 @@ impl RunFacts {
             version: env!("CARGO_PKG_VERSION"),
             direction,
             start_time_seconds: unix_seconds(),
+            flow_table_capacity: 0,
         }
     }
 }
@@ -410,6 +418,7 @@ impl Figures {
             lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
             run,
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 
@@ -464,6 +473,7 @@ impl Figures {
             lines_lost,
             run: run.clone(),
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 }
@@ -499,6 +509,7 @@ pub mod tests {
                 version: "0.1.0",
                 direction: "both",
                 start_time_seconds: 1_700_000_000.0,
+                flow_table_capacity: 131_072,
             },
             true,
             &["stdout", "log"],
