@@ -3,6 +3,7 @@
 mod capture;
 mod cli;
 mod cli_detect;
+mod cli_fleet;
 mod cmd;
 mod conn;
 mod flood;
@@ -84,6 +85,8 @@ enum Command {
         metrics_addr: cli::MetricsAddr,
         #[command(flatten)]
         detect: cli_detect::DetectArgs,
+        #[command(flatten)]
+        fleet: cli_fleet::FleetArgs,
     },
     /// Feed every frame of pcap/pcapng files through the XDP program and print
     /// its counters, or (--connections) its connection records.
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
             log,
             metrics_addr,
             detect,
+            fleet,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -276,6 +280,7 @@ fn main() -> ExitCode {
                     log,
                     metrics_addr: metrics_addr.0,
                     detect: detect.config(),
+                    fleet: fleet.options(),
                 }))
             })
             .map(|()| true),

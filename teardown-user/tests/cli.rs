@@ -99,6 +99,19 @@ fn bad_flag_values() {
             &["run", "--iface", "lo", "--metrics-addr", "example.com:9464"][..],
             "HOST:PORT",
         ),
+        (&["run", "--iface", "lo", "--ipfix", "4739"][..], "--ipfix"),
+        (
+            &["run", "--iface", "lo", "--on-alert", " "][..],
+            "--on-alert",
+        ),
+        (
+            &["run", "--iface", "lo", "--on-alert-timeout", "5s"][..],
+            "--on-alert",
+        ),
+        (
+            &["run", "--iface", "lo", "--ipfix", "127.0.0.1:0"][..],
+            "HOST:PORT",
+        ),
         (
             &["run", "--iface", "lo", "--plain", "--json"][..],
             "cannot be used with",

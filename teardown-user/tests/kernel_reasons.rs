@@ -230,6 +230,7 @@ fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
     thread::sleep(Duration::from_millis(500));
     let output = teardown.terminate();
     let overflows = nstat(&server_ns, "TcpExtListenOverflows");
+    let listen_drops = nstat(&server_ns, "TcpExtListenDrops");
     drop((kept, held_server_socket, keepalive_socket, backlog));
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -327,6 +328,111 @@ fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
         "{reasons}"
     );
     assert_eq!(reasons["handshakes"]["syncookies_sent"], 0, "{reasons}");
+    // And by listening port, from the listener's own count: all of the
+    // namespace's drops were the small listener's.
+    assert_eq!(
+        reasons["listen_drops_by_port"][BACKLOG_PORT.to_string()],
+        listen_drops,
+        "{reasons}"
+    );
+    assert_eq!(reasons["listen_drops_by_port"]["other"], 0, "{reasons}");
+}
+
+/// A kernel without the tracepoint (stood in for by an empty tracefs):
+/// one line says so, and the run goes on with the wire's reasons: the
+/// refused connection's record has its `rst_cause` and no `rst_reason`.
+#[test]
+fn without_the_tracepoint_records_keep_the_wires_reasons() {
+    let lab = Lab::new();
+    let empty = TempDir::new("no-tracefs");
+    let mut command = teardown_command(teardown_bin(), &lab.server_ns, &lab.server_if, &[]);
+    command.env("TEARDOWN_TRACEFS", &empty.0);
+    let (teardown, mut stderr) = start_teardown_command(command, &lab.server_if);
+    let refused = connect(&lab.client_ns, SERVER_V4, CLOSED_PORT).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    thread::sleep(Duration::from_millis(300));
+    let output = teardown.terminate();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).expect("teardown's stderr");
+    let unavailable: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("reset reasons are unavailable"))
+        .collect();
+    assert_eq!(unavailable.len(), 1, "{said}");
+    assert!(
+        unavailable[0].contains("no tcp:tcp_send_reset tracepoint")
+            && unavailable[0].ends_with("records carry the wire's reasons only"),
+        "{said}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let record = lines
+        .iter()
+        .find(|line| line["event"] == "conn" && line["id.resp_p"] == CLOSED_PORT)
+        .unwrap_or_else(|| panic!("no record of the refused connection: {stdout}"));
+    assert_eq!(record["rst_cause"], "refused", "{record}");
+    assert!(record.get("rst_reason").is_none(), "{record}");
+    let last = lines
+        .iter()
+        .find(|line| line["event"] == "final")
+        .expect("a final line");
+    assert_eq!(last["kernel_reasons"]["resets_watched"], false, "{last}");
+}
+
+/// Killed outright, teardown leaves nothing attached: its tracepoint link
+/// is a file descriptor the kernel closes with the process, as are its XDP
+/// and TC links.
+#[test]
+fn a_killed_run_leaves_nothing_attached() {
+    let lab = Lab::new();
+    let (mut teardown, _stderr) = start_teardown(&lab.server_ns, &lab.server_if, &[]);
+    let child = teardown.child.take().expect("the child");
+    let pid = child.id();
+    // The programs behind teardown's links, from its descriptors' fdinfo.
+    let mut linked = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let info = std::fs::read_to_string(entry.expect("an fd").path()).unwrap_or_default();
+        if info.contains("link_type:") {
+            let program = info
+                .lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse::<u64>().ok());
+            linked.extend(program);
+        }
+    }
+    let loaded = || -> std::collections::BTreeSet<u64> {
+        let output = run(std::process::Command::new("bpftool").args(["prog", "show", "-j"]));
+        let programs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        programs
+            .iter()
+            .filter_map(|program| program["id"].as_u64())
+            .collect()
+    };
+    // The tracepoint, XDP and TC links.
+    assert!(
+        linked.len() >= 3,
+        "teardown {pid} holds links to {linked:?}"
+    );
+    assert!(linked.is_subset(&loaded()), "{linked:?}");
+    let mut child = child;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaping teardown");
+    // Programs are freed once their last link and descriptor are gone,
+    // which the kernel does as the process's files close.
+    let freed = wait_until(Duration::from_secs(5), || loaded().is_disjoint(&linked));
+    assert!(
+        freed,
+        "programs outlived teardown: {:?}",
+        linked.intersection(&loaded()).collect::<Vec<_>>()
+    );
+    let details = lab.link_details(&lab.server_ns, &lab.server_if);
+    assert!(
+        !details.contains("prog/xdp"),
+        "XDP left attached: {details}"
+    );
 }
 
 /// A non-blocking connect, left in progress.
@@ -376,18 +482,7 @@ fn reset_cost() {
     // The release build (xtask sets TEARDOWN_BENCH_BIN): the test's own is
     // unoptimised, and its user space falls behind at this rate.
     let binary = std::env::var("TEARDOWN_BENCH_BIN").unwrap_or_else(|_| teardown_bin().to_string());
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.server_ns, &binary, "run", "--json"])
-        .args(["--iface", &lab.server_if, "--interval", "100ms"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting teardown");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
-    let teardown = ChildGuard::new(child);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("teardown's first line");
-    assert!(line.contains("watching"), "teardown did not start: {line}");
+    let (teardown, _stderr) = start_teardown_from(&binary, &lab.server_ns, &lab.server_if, &[]);
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(stats).expect("reading bpf_stats_enabled");
     std::fs::write(stats, "1").expect("enabling BPF statistics");

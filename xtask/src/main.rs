@@ -272,6 +272,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "hping3",
     "ethtool",
+    "nfdump",
     "systemd",
 ];
 
@@ -283,7 +284,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint)",
+        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX)",
     )?;
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;

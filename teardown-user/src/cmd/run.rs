@@ -17,6 +17,8 @@ use crate::{
     report::figures::{
         AlertFigures, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
     },
+    report::hook::AlertHook,
+    report::ipfix::Exporter,
     report::json,
     report::metrics_server::MetricsServer,
     report::output::{self, LineOutput, Sink, push_line, say},
@@ -60,6 +62,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// SYN-flood detection thresholds.
     pub detect: DetectConfig,
+    /// IPFIX export (and alert hooks): `cli_fleet`.
+    pub fleet: crate::cli_fleet::FleetOptions,
 }
 
 /// How often ended connections are collected, whatever the report interval.
@@ -206,6 +210,10 @@ struct Outputs {
     stdout: Sink,
     log: Option<Sink>,
     clock: Clock,
+    /// `--ipfix`: connection records to a flow collector.
+    ipfix: Option<Exporter>,
+    /// `--on-alert`: a command run for every alert event.
+    hook: Option<AlertHook>,
     /// Whether a failure to draw the dashboard was said already.
     dashboard_warned: bool,
 }
@@ -217,6 +225,8 @@ impl Outputs {
             std::iter::once(&self.stdout)
                 .chain(&self.log)
                 .map(|sink| (sink.key, sink.lost()))
+                .chain(self.ipfix.as_ref().map(|ipfix| ("ipfix", ipfix.lost())))
+                .chain(self.hook.as_ref().map(|hook| ("alert_hook", hook.failed())))
                 .collect(),
         )
     }
@@ -241,6 +251,9 @@ impl Outputs {
             }
         }
         self.flush(&out, &log);
+        if let Some(ipfix) = &mut self.ipfix {
+            ipfix.export(ended, &self.clock);
+        }
     }
 
     /// Prints SYN-flood alert events, and appends them to the log file.
@@ -257,8 +270,14 @@ impl Outputs {
             if let Some(sink) = &mut self.log {
                 batch(sink, &mut log, &object);
             }
+            if let Some(hook) = &mut self.hook {
+                hook.run(event.phase.name(), &object);
+            }
         }
         self.flush(&out, &log);
+        if let Some(hook) = &mut self.hook {
+            hook.poll();
+        }
     }
 
     fn flush(&mut self, out: &str, log: &str) {
@@ -333,7 +352,10 @@ fn read_kernel(kernel: &Kernel, egress: bool) -> anyhow::Result<Reading> {
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let egress = options.direction == Direction::Both;
-    let facts = RunFacts::starting_now(options.direction.name());
+    let facts = RunFacts {
+        flow_table_capacity: u64::from(teardown_common::table::slots_for(options.max_flows)),
+        ..RunFacts::starting_now(options.direction.name())
+    };
     // Caught from the start: a SIGTERM just after the "watching" line (a
     // service manager, a test) must end the run cleanly, not kill it, and
     // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
@@ -341,11 +363,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // The outputs in use, by key: stdout, and the log with --log.
-    let output_keys: &[&'static str] = if options.log.is_some() {
-        &["stdout", "log"]
-    } else {
-        &["stdout"]
-    };
+    let mut output_keys = vec!["stdout"];
+    output_keys.extend(options.log.is_some().then_some("log"));
+    output_keys.extend(options.fleet.ipfix.is_some().then_some("ipfix"));
+    output_keys.extend(options.fleet.on_alert.is_some().then_some("alert_hook"));
+    let output_keys = &output_keys[..];
     // Prometheus (metrics.rs): bound before anything is attached, so a taken
     // address fails the run with nothing to undo. It serves figures at 0
     // (with the sent counters and the outputs in use) until the first publish.
@@ -378,6 +400,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let ipfix = options.fleet.ipfix.map(Exporter::start).transpose()?;
     let mut kernel = Kernel::load(&LoadOptions {
         timeouts: options.timeouts,
         grace_ns: GRACE.as_nanos() as u64,
@@ -430,6 +453,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         stdout,
         log,
         clock: Clock::offset_from(kernel_now()),
+        ipfix,
+        hook: options
+            .fleet
+            .on_alert
+            .clone()
+            .map(|command| AlertHook::new(command, options.fleet.on_alert_timeout)),
         dashboard_warned: false,
     };
     let mut tracker = Tracker::new(options.timeouts);
@@ -566,6 +595,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut last_alerts = alerts.finish();
     reasons.annotate(&mut last_alerts);
     output.emit_alerts(&last_alerts, &mut screen);
+    if let Some(ipfix) = &mut output.ipfix {
+        // The last records get a moment to go out; the rest are counted.
+        ipfix.finish(Duration::from_millis(500));
+    }
+    if let Some(hook) = &mut output.hook {
+        // The alerts' end events have just started their hooks.
+        hook.finish();
+    }
     let last = read_kernel(&kernel, egress)?;
     // Resets sent since the last poll count as unclaimed (the records are
     // all out), so the figures add up.

@@ -20,10 +20,11 @@ use crate::{
     flood::{AlertEvent, Phase},
     kernel::{
         Kernel,
+        listeners::{self, Listeners},
         netstat::HandshakeDrops,
         reasons::{ReasonNames, ResetWatch},
     },
-    report::figures::{ReasonFigures, ResetPorts},
+    report::figures::{LISTEN_PORTS_LISTED, PortFigures, ReasonFigures, ResetPorts},
 };
 
 /// The kernel's reasons as a run follows them: the reset program's events
@@ -43,6 +44,8 @@ pub struct KernelReasons {
     handshakes_before: Option<HandshakeDrops>,
     /// The counters when each alert in progress started, by target.
     alert_starts: HashMap<String, HandshakeDrops>,
+    /// The listening sockets' drops when the run started.
+    listeners_at_start: Option<Listeners>,
 }
 
 impl KernelReasons {
@@ -84,6 +87,7 @@ impl KernelReasons {
                 handshakes_now: None,
                 handshakes_before: None,
                 alert_starts: HashMap::new(),
+                listeners_at_start: listeners::read().ok(),
             },
             notes,
         )
@@ -168,9 +172,28 @@ impl KernelReasons {
             (Some(now), Some(start)) => Some(now.since(start)),
             _ => None,
         };
+        let listen_drops_by_port = match (&self.listeners_at_start, listeners::read()) {
+            (Some(start), Ok(now)) => {
+                let mut ports: Vec<(u16, u64)> =
+                    listeners::drops_since(&now, start).into_iter().collect();
+                ports.sort_by_key(|(port, drops)| (std::cmp::Reverse(*drops), *port));
+                let other = ports
+                    .iter()
+                    .skip(LISTEN_PORTS_LISTED)
+                    .map(|(_, drops)| drops)
+                    .sum();
+                ports.truncate(LISTEN_PORTS_LISTED);
+                PortFigures {
+                    listed: ports,
+                    other,
+                }
+            }
+            _ => PortFigures::default(),
+        };
         if self.watch.is_none() {
             return Ok(ReasonFigures {
                 handshakes,
+                listen_drops_by_port,
                 ..ReasonFigures::default()
             });
         }
@@ -197,6 +220,7 @@ impl KernelReasons {
             resets_unclaimed: self.book.stats.unclaimed + self.book.stats.unaddressed,
             reason_names,
             handshakes,
+            listen_drops_by_port,
         })
     }
 }

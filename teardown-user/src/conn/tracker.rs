@@ -68,6 +68,15 @@ impl Clock {
         };
         (unix_ns as f64 / 1e3).round() / 1e6
     }
+
+    /// Unix milliseconds (IPFIX's `dateTimeMilliseconds`), 0 before the epoch.
+    pub fn unix_millis(&self, ns: u64) -> u64 {
+        let unix_ns = match self {
+            Clock::Capture => ns as i128,
+            Clock::Monotonic { offset_ns } => ns as i128 + offset_ns,
+        };
+        (unix_ns.max(0) / 1_000_000) as u64
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

@@ -6,6 +6,7 @@
 mod attach;
 mod btf;
 mod caps;
+pub mod listeners;
 mod load;
 mod maps;
 pub mod netstat;

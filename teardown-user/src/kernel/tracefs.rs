@@ -31,9 +31,14 @@ pub enum FormatError {
     NoNames { event: String, field: String },
 }
 
-/// Where tracefs is mounted: the usual places, or mounted at the first by
-/// us when it is not (as `perf` and `bpftrace` do).
+/// Where tracefs is mounted: `TEARDOWN_TRACEFS` when set (a tracefs
+/// mounted elsewhere; the tests point it at an empty directory to stand in
+/// for a kernel without the tracepoint), else the usual places, or mounted
+/// at the first by us when it is not (as `perf` and `bpftrace` do).
 pub fn tracefs_root() -> Result<PathBuf, FormatError> {
+    if let Some(root) = std::env::var_os("TEARDOWN_TRACEFS") {
+        return Ok(PathBuf::from(root));
+    }
     const PLACES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
     for place in PLACES {
         match std::fs::metadata(Path::new(place).join("events")) {

@@ -56,6 +56,10 @@ pub struct Figures {
     /// itself and fills them in when it serves the figures (not in the JSON).
     #[serde(skip)]
     pub endpoint_drops: EndpointDrops,
+    /// The process's own figures (`process_*`), read by the metrics
+    /// endpoint when it is given the figures (not in the JSON).
+    #[serde(skip)]
+    pub process: Option<crate::report::process::ProcessFigures>,
 }
 
 /// What stays the same for the whole run.
@@ -67,6 +71,9 @@ pub struct RunFacts {
     pub direction: &'static str,
     /// When teardown started, Unix seconds.
     pub start_time_seconds: f64,
+    /// Slots in the flow table (`--max-flows`, rounded up to a power of
+    /// two); 0 where there is no table (tests).
+    pub flow_table_capacity: u64,
 }
 
 impl RunFacts {
@@ -76,6 +83,7 @@ impl RunFacts {
             version: env!("CARGO_PKG_VERSION"),
             direction,
             start_time_seconds: unix_seconds(),
+            flow_table_capacity: 0,
         }
     }
 }
@@ -273,7 +281,14 @@ pub struct ReasonFigures {
     /// where `/proc/net/netstat` can be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshakes: Option<HandshakeDrops>,
+    /// Handshake segments each listening port dropped since the start (the
+    /// listeners' own `sk_drops`, through `sock_diag`): at most
+    /// [`LISTEN_PORTS_LISTED`] ports, most first, the rest in `other`.
+    pub listen_drops_by_port: PortFigures,
 }
+
+/// Listening ports listed one by one in `listen_drops_by_port`.
+pub const LISTEN_PORTS_LISTED: usize = 32;
 
 /// Resets by local port and reason, bounded.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -403,6 +418,7 @@ impl Figures {
             lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
             run,
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 
@@ -457,6 +473,7 @@ impl Figures {
             lines_lost,
             run: run.clone(),
             endpoint_drops: EndpointDrops::default(),
+            process: None,
         }
     }
 }
@@ -492,6 +509,7 @@ pub mod tests {
                 version: "0.1.0",
                 direction: "both",
                 start_time_seconds: 1_700_000_000.0,
+                flow_table_capacity: 131_072,
             },
             true,
             &["stdout", "log"],
@@ -571,6 +589,10 @@ pub mod tests {
             resets_unclaimed: 1,
             reason_names: vec!["NO_SOCKET", "TCP_STATE"],
             handshakes: None,
+            listen_drops_by_port: PortFigures {
+                listed: vec![(9207, 28)],
+                other: 0,
+            },
         };
         let value = serde_json::to_value(&figures).expect("serializes");
         assert_eq!(
@@ -584,7 +606,8 @@ pub mod tests {
                     "other": 0
                 },
                 "reset_events_lost": 0,
-                "resets_unclaimed": 1
+                "resets_unclaimed": 1,
+                "listen_drops_by_port": {"9207": 28, "other": 0}
             })
         );
     }

@@ -28,7 +28,7 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::report::{figures::Figures, prometheus::render};
+use crate::report::{figures::Figures, process::ProcessFigures, prometheus::render};
 
 /// The snapshot the server renders, shared with the run loop.
 pub type SharedSnapshot = Arc<Mutex<Figures>>;
@@ -100,7 +100,8 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` and starts serving `initial` (and what replaces it). A bind
     /// failure becomes one line naming the address and what to do.
-    pub async fn start(addr: SocketAddr, initial: Figures) -> anyhow::Result<Self> {
+    pub async fn start(addr: SocketAddr, mut initial: Figures) -> anyhow::Result<Self> {
+        initial.process = ProcessFigures::read();
         let listener = match TcpListener::bind(addr).await {
             Ok(listener) => listener,
             // `[::]` (`--metrics-addr :PORT`, every address) on a host
@@ -125,6 +126,7 @@ impl MetricsServer {
     /// Serves `figures` from now on. The connections this endpoint gave up
     /// on are its own count, kept across publications.
     pub fn publish(&self, mut figures: Figures) {
+        figures.process = ProcessFigures::read();
         let mut shared = lock(&self.shared);
         figures.endpoint_drops = shared.endpoint_drops;
         *shared = figures;

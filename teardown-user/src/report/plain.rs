@@ -144,6 +144,10 @@ fn reasons_line(reasons: &ReasonFigures) -> Option<String> {
             handshakes.syncookies_recv
         ));
     }
+    let ports = half_open_ports_words(&reasons.listen_drops_by_port, 3);
+    if !ports.is_empty() {
+        parts.push(format!("listen drops by port {}", ports.join(" ")));
+    }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
@@ -267,15 +271,20 @@ mod tests {
             listen_drops: 28,
             ..Default::default()
         });
+        figures.reasons.listen_drops_by_port = PortFigures {
+            listed: vec![(9207, 28)],
+            other: 0,
+        };
         let text = report(&figures, 1);
         assert_eq!(
             text.lines().last().unwrap(),
-            "resets sent: NO_SOCKET 2, TCP_ABORT_ON_CLOSE 1 (unclaimed 1, events lost 0); handshakes dropped by the host: 28 listen overflows, 28 listen drops, 0 on a full SYN queue; SYN cookies sent 0, completed 0"
+            "resets sent: NO_SOCKET 2, TCP_ABORT_ON_CLOSE 1 (unclaimed 1, events lost 0); handshakes dropped by the host: 28 listen overflows, 28 listen drops, 0 on a full SYN queue; SYN cookies sent 0, completed 0; listen drops by port 9207:28"
         );
-        assert!(final_totals(&figures).ends_with("completed 0\n"));
+        assert!(final_totals(&figures).ends_with("9207:28\n"));
         // Counters read but nothing dropped: no line.
         figures.reasons.resets_sent.clear();
         figures.reasons.handshakes = Some(Default::default());
+        figures.reasons.listen_drops_by_port = PortFigures::default();
         assert_eq!(reasons_line(&figures.reasons), None);
     }
 

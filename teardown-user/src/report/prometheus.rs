@@ -216,6 +216,12 @@ pub fn render(figures: &Figures) -> String {
         flows.tracked,
     );
     e.single(
+        "teardown_flow_table_capacity",
+        "gauge",
+        "Connection records the flow table holds: --max-flows rounded up to a power of two. Compare with teardown_flows_tracked.",
+        figures.run.flow_table_capacity,
+    );
+    e.single(
         "teardown_flows_created_total",
         "counter",
         "Connection records created in the flow table.",
@@ -340,6 +346,20 @@ pub fn render(figures: &Figures) -> String {
             reasons.resets_unclaimed,
         );
     }
+    let name = "teardown_listen_drops_total";
+    e.family(
+        name,
+        "counter",
+        "Handshake segments each listening port dropped since teardown started (the listeners' own sk_drops, read through sock_diag: a full accept queue, a full SYN queue with cookies off): at most 32 ports, and port=\"other\" (always present) for the rest.",
+    );
+    for (port, drops) in &reasons.listen_drops_by_port.listed {
+        e.sample(name, &[("port", &port.to_string())], drops);
+    }
+    e.sample(
+        name,
+        &[("port", "other")],
+        reasons.listen_drops_by_port.other,
+    );
     if let Some(handshakes) = &reasons.handshakes {
         for (stem, help, value) in handshakes.each() {
             e.single(
@@ -383,7 +403,53 @@ pub fn render(figures: &Figures) -> String {
     for (reason, count) in figures.endpoint_drops.by_reason() {
         e.sample(name, &[("reason", reason)], count);
     }
+    if let Some(process) = &figures.process {
+        process_families(&mut e, process);
+    }
     e.out
+}
+
+/// The standard `process_*` families, named and described as the client
+/// libraries export them.
+fn process_families(e: &mut Exposition, process: &crate::report::process::ProcessFigures) {
+    e.single(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        process.cpu_seconds,
+    );
+    e.single(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        process.resident_memory_bytes,
+    );
+    e.single(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        process.virtual_memory_bytes,
+    );
+    e.single(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        process.open_fds,
+    );
+    if let Some(max) = process.max_fds {
+        e.single(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
+        );
+    }
+    e.single(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        process.start_time_seconds,
+    );
 }
 
 /// `known` in order with their counts (0 if absent), then the map's other keys.
@@ -632,6 +698,7 @@ mod tests {
         assert!(busy.contains("teardown_half_open_connections 1\n"));
         assert!(busy.contains("teardown_events_lost_total 4\n"));
         assert!(busy.contains("teardown_output_lines_lost_total{output=\"stdout\"} 0\n"));
+        assert!(busy.contains("teardown_flow_table_capacity 131072\n"));
         assert!(busy.contains("teardown_output_lines_lost_total{output=\"log\"} 12\n"));
         // No --log: no log sample, rather than a 0 that looks measured.
         assert!(!text.contains("output=\"log\""), "{text}");

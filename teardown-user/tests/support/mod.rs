@@ -157,12 +157,30 @@ pub fn start_teardown_from(
     iface: &str,
     extra: &[&str],
 ) -> (ChildGuard, BufReader<ChildStderr>) {
-    let mut child = Command::new("ip")
+    start_teardown_command(teardown_command(binary, ns, iface, extra), iface)
+}
+
+/// The command [`start_teardown_from`] runs, for a caller that changes it
+/// (its environment, say) before [`start_teardown_command`].
+pub fn teardown_command(binary: &str, ns: &str, iface: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command
         .args([
             "netns", "exec", ns, binary, "run", "--iface", iface, "--json",
         ])
         .args(["--interval", "100ms"])
-        .args(extra)
+        .args(extra);
+    command
+}
+
+/// Starts a `teardown run` command with its output piped and waits until
+/// it says it is watching `iface`. Returns the guard and its remaining
+/// stderr.
+pub fn start_teardown_command(
+    mut command: Command,
+    iface: &str,
+) -> (ChildGuard, BufReader<ChildStderr>) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

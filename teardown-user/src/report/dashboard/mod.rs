@@ -84,6 +84,10 @@ pub struct FlowFigures {
     pub lock_contended: u64,
     /// Records `--log` could not write (a full disk), when there is a log.
     pub log_lines_lost: Option<u64>,
+    /// IPFIX records not sent, with `--ipfix`.
+    pub ipfix_records_lost: Option<u64>,
+    /// Alert events whose `--on-alert` hook failed.
+    pub alert_hooks_failed: Option<u64>,
     /// Half-open timeouts by responder port: the few with most, most
     /// first, and the sum of all the others (which, after a port sweep,
     /// may be thousands of ports).
@@ -95,6 +99,8 @@ pub struct FlowFigures {
     /// The host's handshake drops and SYN cookies since the start, when
     /// any is non-zero.
     pub handshakes: Option<HandshakeDrops>,
+    /// Listening ports with drops, most first (a few), and the rest.
+    pub listen_drops: Vec<String>,
 }
 
 /// One ended connection, as the teardown list shows, sorts and filters it.
@@ -265,6 +271,8 @@ fn flow_figures(figures: &Figures) -> FlowFigures {
         insert_failed: flows.insert_failed,
         evicted: flows.evicted,
         log_lines_lost: figures.lines_lost.of("log"),
+        ipfix_records_lost: figures.lines_lost.of("ipfix"),
+        alert_hooks_failed: figures.lines_lost.of("alert_hook"),
         syn_untracked: flows.syn_untracked,
         lock_contended: flows.lock_contended,
         half_open_timeouts_by_port: ports,
@@ -274,6 +282,10 @@ fn flow_figures(figures: &Figures) -> FlowFigures {
             .reasons
             .handshakes
             .filter(|drops| drops.dropped() > 0 || drops.syncookies_sent > 0),
+        listen_drops: crate::report::plain::half_open_ports_words(
+            &figures.reasons.listen_drops_by_port,
+            3,
+        ),
     }
 }
 
@@ -406,7 +418,7 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
         format!("closes    {}", counts(&flows.ended_by_close)),
         format!("states    {}", counts(&flows.ended_by_conn_state)),
         format!(
-            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}",
+            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}{}",
             flows.events_lost,
             flows.insert_failed,
             flows.evicted,
@@ -415,6 +427,14 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
             flows
                 .log_lines_lost
                 .map(|lost| format!(", log lines lost {lost}"))
+                .unwrap_or_default(),
+            flows
+                .ipfix_records_lost
+                .map(|lost| format!(", IPFIX records lost {lost}"))
+                .unwrap_or_default(),
+            flows
+                .alert_hooks_failed
+                .map(|failed| format!(", alert hooks failed {failed}"))
                 .unwrap_or_default()
         ),
     ];
@@ -442,6 +462,12 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
             drops.listen_overflows,
             drops.syn_queue_full_drops,
             drops.syncookies_sent
+        ));
+    }
+    if !flows.listen_drops.is_empty() {
+        lines.push(format!(
+            "listen    drops by port {}",
+            flows.listen_drops.join(" ")
         ));
     }
     lines
@@ -1154,6 +1180,13 @@ pub mod tests {
             [("graceful".to_string(), 7), ("refused".to_string(), 2)]
         );
         assert_eq!(snapshot.flows.log_lines_lost, Some(12));
+        assert_eq!(snapshot.flows.ipfix_records_lost, None, "no --ipfix");
+        let mut fleet = figures.clone();
+        fleet.lines_lost.0.extend([("ipfix", 3), ("alert_hook", 1)]);
+        let mut with_fleet = Snapshot::new("eth0".into(), "native XDP".into());
+        with_fleet.show(&fleet);
+        assert_eq!(with_fleet.flows.ipfix_records_lost, Some(3));
+        assert_eq!(with_fleet.flows.alert_hooks_failed, Some(1));
         assert_eq!(
             snapshot.flows.half_open_timeouts_by_port,
             [(8080, 12), (443, 3)]
