@@ -2,7 +2,7 @@
 //! types ([`AttachMode`], [`Direction`], [`ClockMode`], the metrics
 //! address), so that clap stays out of the modules that do the work.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::{
     cmd::run::Direction,
@@ -77,7 +77,10 @@ pub struct MetricsAddr(pub Option<SocketAddr>);
 /// network unless the user says so.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
-/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `off`.
+/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`,
+/// `:PORT` (every address: `[::]`, which takes IPv4 too unless the host
+/// says `net.ipv6.bindv6only=1`; `0.0.0.0` where the host has no IPv6), or
+/// `off`.
 ///
 /// Host names other than `localhost` are refused rather than resolved: the
 /// address decides who can read the metrics, so it is stated, not looked up.
@@ -88,9 +91,16 @@ pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     }
     let usage = || {
         format!(
-            "{text:?} is not an address: use HOST:PORT with an IP address, e.g. 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464 (every interface), or off"
+            "{text:?} is not an address: use HOST:PORT with an IP address, e.g. 127.0.0.1:9464, [::1]:9464 or :9464 (every address), or off"
         )
     };
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        return Ok(MetricsAddr(Some(SocketAddr::from((
+            Ipv6Addr::UNSPECIFIED,
+            port,
+        )))));
+    }
     if let Some(port) = text.strip_prefix("localhost:") {
         let port: u16 = port.parse().map_err(|_| usage())?;
         return Ok(MetricsAddr(Some(SocketAddr::from((
@@ -123,6 +133,10 @@ mod tests {
             Ok(MetricsAddr(Some("[::1]:9464".parse().unwrap())))
         );
         assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
+        assert_eq!(
+            parse_metrics_addr(":9464"),
+            Ok(MetricsAddr(Some("[::]:9464".parse().unwrap())))
+        );
         for bad in [
             "",
             "9464",
@@ -130,6 +144,10 @@ mod tests {
             "example.com:80",
             "1.2.3.4:99999",
             "::1:80",
+            ":",
+            ":http",
+            ":99999",
+            ":-1",
         ] {
             let err = parse_metrics_addr(bad).expect_err(bad);
             assert!(err.contains("HOST:PORT") && !err.contains('\n'), "{err}");

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use teardown_common::conn::Timeouts;
 
 use crate::{
-    cmd::{bench, replay, run},
+    cmd::{bench, manual, replay, run},
     report::output,
 };
 
@@ -43,14 +43,14 @@ enum Command {
         #[arg(long, short)]
         iface: String,
         /// XDP attach mode.
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, short, value_enum, default_value = "auto")]
         mode: cli::ModeArg,
-        /// Reporting interval: 1s, 500ms, 2m, or plain seconds.
+        /// Reporting interval: 1s, 500ms, 2m, 1m30s, or plain seconds.
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
         /// JSON lines instead of a table: one stats object per interval and
         /// one conn object per ended connection.
-        #[arg(long)]
+        #[arg(long, short)]
         json: bool,
         /// Scrolling lines even when stdout is a terminal, instead of the
         /// live dashboard (a pipe or file always gets lines).
@@ -78,8 +78,8 @@ enum Command {
         /// Also append every connection record, as JSON, to this file.
         #[arg(long)]
         log: Option<PathBuf>,
-        /// Serve Prometheus metrics at HOST:PORT (an IP address; 0.0.0.0:9464
-        /// for every interface), or `off`.
+        /// Serve Prometheus metrics at HOST:PORT (an IP address; :9464 for
+        /// every address), or `off`.
         #[arg(long, value_name = "HOST:PORT", default_value = cli::DEFAULT_METRICS_ADDR,
               value_parser = cli::parse_metrics_addr)]
         metrics_addr: cli::MetricsAddr,
@@ -92,7 +92,7 @@ enum Command {
     /// its counters, or (--connections) its connection records.
     Replay {
         /// One JSON object per file, on its own line.
-        #[arg(long)]
+        #[arg(long, short)]
         json: bool,
         /// Print one JSON record per TCP connection (Zeek conn.log fields and
         /// teardown's close explanation), timed on the capture's clock.
@@ -121,6 +121,22 @@ enum Command {
         #[arg(long)]
         contention: bool,
     },
+    #[command(flatten)]
+    Manual(ManualCommand),
+}
+
+/// Generating the manual (`cargo xtask install`).
+#[derive(Subcommand)]
+enum ManualCommand {
+    /// Print the shell completion script for SHELL on stdout, e.g.
+    /// `teardown completions bash > /etc/bash_completion.d/teardown`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (teardown.1, teardown-run.1, ...) into DIR.
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
 }
 
 /// When connections are reported ended.
@@ -154,10 +170,31 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     parse_duration(text, 3_600.0, "10ms to 1h")
 }
 
-/// A duration with a unit (ms, s, m, h) or in plain seconds, from 10 ms to
-/// `max_seconds`; `range` says so in the error.
+/// A duration from 10 ms to `max_seconds`; `range` says so in the error.
+///
+/// Plain seconds (`1.5`), one number with a unit (`250ms`, `0.5s`, `2m`,
+/// `1h`), or humantime's spans (`1m30s`, `1min`, `90sec`, `1h 30m`).
 fn parse_duration(text: &str, max_seconds: f64, range: &str) -> Result<Duration, String> {
     let text = text.trim();
+    let seconds = simple_seconds(text)
+        .or_else(|| {
+            humantime::parse_duration(text)
+                .ok()
+                .map(|duration| duration.as_secs_f64())
+        })
+        .ok_or_else(|| {
+            format!("{text:?} is not a duration: use e.g. 1s, 500ms, 2m, 1m30s or plain seconds")
+        })?;
+    if !(seconds.is_finite() && (0.01..=max_seconds).contains(&seconds)) {
+        return Err(format!("{text:?} is out of range: use {range}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Seconds in `text` when it is one number, possibly fractional, with at
+/// most one unit (ms, s, m, h): the forms humantime does not take (`1.5`,
+/// `0.5s`) and those it does (`2m`).
+fn simple_seconds(text: &str) -> Option<f64> {
     let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = text.strip_suffix('s') {
@@ -169,15 +206,8 @@ fn parse_duration(text: &str, max_seconds: f64, range: &str) -> Result<Duration,
     } else {
         (text, 1.0)
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 1s, 500ms or 2m"))?;
-    let seconds = value * unit_seconds;
-    if !(seconds.is_finite() && (0.01..=max_seconds).contains(&seconds)) {
-        return Err(format!("{text:?} is out of range: use {range}"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    let value: f64 = number.trim().parse().ok()?;
+    Some(value * unit_seconds)
 }
 
 /// Help and version go out as clap writes them; a usage error becomes one line.
@@ -283,6 +313,14 @@ fn main() -> ExitCode {
             json_out,
             contention_only: contention,
         }),
+        Command::Manual(ManualCommand::Completions { shell }) => {
+            use clap::CommandFactory as _;
+            manual::completions(Cli::command(), shell).map(|()| true)
+        }
+        Command::Manual(ManualCommand::ManPages { dir }) => {
+            use clap::CommandFactory as _;
+            manual::man_pages(Cli::command(), &dir).map(|_| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -317,6 +355,22 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_interval("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("0.5s"), Ok(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn human_durations_parse() {
+        use super::parse_timeout;
+        assert_eq!(parse_interval("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("1min"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_interval("90sec"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_timeout("2hours"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("1day"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_timeout("1day 1s").is_err());
+        assert!(parse_interval("1h1s").is_err());
     }
 
     #[test]
@@ -330,7 +384,9 @@ mod tests {
 
     #[test]
     fn bad_intervals_are_refused() {
-        for bad in ["0", "-1s", "abc", "", "5h", "nan", "2ms"] {
+        for bad in [
+            "0", "-1s", "abc", "", "5h", "nan", "inf", "2ms", "1m30", "1 parsec", "1y",
+        ] {
             assert!(parse_interval(bad).is_err(), "{bad} accepted");
         }
     }

@@ -1,4 +1,4 @@
-//! Connection verdicts against Zeek's: every trace in `../shared/corpus/zeek`
+//! Connection verdicts against Zeek's: every trace in `testdata/corpus/zeek`
 //! is replayed with `teardown replay --connections` (the kernel program on the
 //! capture's clock) and each row of Zeek's recorded `conn_state.tsv` is
 //! looked for among teardown's records. Prints a per-trace table and every

@@ -119,10 +119,94 @@ fn bad_flag_values() {
         (&["bench", "--repeat", "0"][..], "--repeat"),
         (&["run"][..], "--iface"),
         (&["replay"][..], "FILES"),
+        // The conventions of issue 15: short flags, human durations, `:PORT`.
+        (&["run", "-i", "lo", "-m", "turbo"][..], "--mode"),
+        (
+            &["run", "-i", "lo", "-j", "--plain"][..],
+            "cannot be used with",
+        ),
+        (
+            &["run", "-i", "lo", "--interval", "1m30"][..],
+            "not a duration",
+        ),
+        (
+            &["run", "-i", "lo", "--interval", "1h1s"][..],
+            "out of range",
+        ),
+        (
+            &["run", "-i", "lo", "--idle-timeout", "2days"][..],
+            "out of range",
+        ),
+        (
+            &["run", "-i", "lo", "--syn-timeout", "5 parsecs"][..],
+            "not a duration",
+        ),
+        (
+            &["run", "-i", "lo", "--alert-quiet", "1min30"][..],
+            "--alert-quiet",
+        ),
+        (&["run", "-i", "lo", "--metrics-addr", ":"][..], "HOST:PORT"),
+        (
+            &["run", "-i", "lo", "--metrics-addr", ":http"][..],
+            "HOST:PORT",
+        ),
+        (
+            &["run", "-i", "lo", "--metrics-addr", ":70000"][..],
+            "HOST:PORT",
+        ),
+        (&["completions", "tcsh"][..], "possible values"),
+        (&["completions"][..], "SHELL"),
     ] {
         let output = teardown(args);
         assert_one_line_error(&output, &[needle, "teardown --help"]);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// The conventional spellings parse: the run gets as far as the interface.
+#[test]
+fn short_flags_human_durations_and_every_address_parse() {
+    let output = teardown(&[
+        "run",
+        "-i",
+        "nosuchif0",
+        "-m",
+        "skb",
+        "-j",
+        "--interval",
+        "1m30s",
+        "--syn-timeout",
+        "90sec",
+        "--idle-timeout",
+        "1h 30min",
+        "--alert-quiet",
+        "1min",
+        "--metrics-addr",
+        ":0",
+    ]);
+    assert_one_line_error(&output, &["no network interface named \"nosuchif0\""]);
+    let output = teardown(&["replay", "-j", "/nonexistent/capture.pcap"]);
+    assert_one_line_error(&output, &["/nonexistent/capture.pcap"]);
+}
+
+#[test]
+fn version_and_completions() {
+    for flag in ["--version", "-V"] {
+        let output = teardown(&[flag]);
+        assert!(output.status.success(), "{flag}: {}", output.status);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            format!("teardown {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let output = teardown(&["completions", shell]);
+        assert!(output.status.success(), "{shell}: {}", output.status);
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            script.contains("metrics-addr") && script.contains("replay"),
+            "{shell}: {script}"
+        );
     }
 }
 
@@ -393,7 +477,9 @@ fn unparsable_metrics_addresses_name_the_flag() {
         "[::1]",
         "::1:9464",
         "localhost:http",
-        ":9464",
+        // `:9464` means every address (issue 15); a bad port after the
+        // colon is still refused.
+        ":94x64",
         "",
     ] {
         let output = run_with(&["--metrics-addr", address]);

@@ -2,7 +2,7 @@
 //! reader and the connection state machine with cargo-fuzz (libFuzzer).
 //!
 //! Each run seeds the corpora afresh (the fuzz harness's `seed` program
-//! reads every capture under `../shared/corpus` and adds crafted frames),
+//! reads every capture under `testdata/corpus` and adds crafted frames),
 //! builds the targets once, then runs each for the given time with its
 //! growing corpus in `fuzz/corpus/<target>` (kept between runs, not
 //! committed) and the seeds beside it. libFuzzer's output goes to
@@ -94,7 +94,7 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     let path = path_with(&provision::ensure_cargo_fuzz()?)?;
 
     let seeds = root.join("target/fuzz/seeds");
-    let captures = root.join("../shared/corpus");
+    let captures = root.join("testdata/corpus");
     if captures.is_dir() {
         say(&format!(
             "seeding the corpora from the captures under {} and crafted frames",

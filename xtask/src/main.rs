@@ -3,6 +3,7 @@
 
 mod demo;
 mod fuzz;
+mod install;
 mod provision;
 
 use std::{
@@ -29,6 +30,18 @@ struct Cli {
 enum Task {
     /// Build the eBPF object and the release binary target/release/teardown.
     Build,
+    /// Build, then install the binary, its man pages and its shell
+    /// completions under ROOT (bin/, share/man/man1/, share/bash-completion/,
+    /// share/zsh/, share/fish/).
+    Install {
+        /// Where to install.
+        #[arg(long, default_value = "/usr/local")]
+        root: PathBuf,
+    },
+    /// Build, then pack target/dist/teardown-VERSION-ARCH-linux.tar.gz: what
+    /// `install` puts under a root, the licences, the systemd unit and the
+    /// logrotate snippet.
+    Dist,
     /// Build, then run `teardown run` with the given arguments (as root).
     Run {
         /// Arguments for `teardown run`, e.g. --iface eth0 --json.
@@ -51,7 +64,7 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Unit, replay and live tests (needs root, ../shared and a few Debian packages).
+    /// Unit, replay and live tests (needs root and a few Debian packages).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -74,7 +87,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Connection verdicts against Zeek's for ../shared/corpus/zeek: a table
+    /// Connection verdicts against Zeek's for testdata/corpus/zeek: a table
     /// per trace, the totals, and every disagreement with its reason.
     Accuracy,
     /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the frame parser,
@@ -248,7 +261,8 @@ fn run_teardown(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
 
 /// Debian packages the tests use as judges and tools (nftables drops chosen
 /// packets inside the live tests' namespaces; prometheus scrapes the
-/// metrics endpoint; ethtool turns offloads off for the egress counts).
+/// metrics endpoint; ethtool turns offloads off for the egress counts;
+/// systemd's `systemd-analyze verify` checks the unit in dist/systemd).
 const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "tcpdump",
@@ -259,6 +273,7 @@ const TEST_PACKAGES: &[&str] = &[
     "hping3",
     "ethtool",
     "nfdump",
+    "systemd",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
@@ -447,6 +462,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Build => build_release().map(|binary| say(&format!("built {}", binary.display()))),
+        Task::Install { root } => {
+            build_release().and_then(|binary| install::install(&binary, &root).map(|_| ()))
+        }
+        Task::Dist => build_release().and_then(|binary| install::dist(&binary).map(|_| ())),
         Task::Run { args } => build_release().and_then(|binary| {
             let mut full = vec![OsString::from("run")];
             full.extend(args);

@@ -1,6 +1,6 @@
 //! `teardown run`: attach to an interface and report live figures.
 
-use std::{fmt::Display, fs::File, path::PathBuf, time::Duration};
+use std::{fmt::Display, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use teardown_common::conn::Timeouts;
@@ -356,6 +356,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         flow_table_capacity: u64::from(teardown_common::table::slots_for(options.max_flows)),
         ..RunFacts::starting_now(options.direction.name())
     };
+    // Caught from the start: a SIGTERM just after the "watching" line (a
+    // service manager, a test) must end the run cleanly, not kill it, and
+    // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
+    // Signals that come before the loop are taken there at once.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // The outputs in use, by key: stdout, and the log with --log.
     let mut output_keys = vec!["stdout"];
     output_keys.extend(options.log.is_some().then_some("log"));
@@ -388,13 +394,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(path) => Some(Sink::new(
             "log",
             format!("the log file {}", path.display()),
-            LineOutput::file(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
-            ),
+            LineOutput::append_to(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?,
             false,
         )),
         None => None,
@@ -471,7 +472,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     ticker.tick().await; // the first tick is immediate
     let mut poll = tokio::time::interval(EVENT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ended = Vec::new();
     // Taken last, once the signals that end the loop are caught, so the
     // terminal is given back on every way out (its guard drops).
@@ -487,6 +487,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = poll.tick() => false,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                match (&mut output.log, &options.log) {
+                    (Some(log), Some(path)) => log.reopen(path),
+                    _ => say("teardown: SIGHUP: no --log file to reopen; monitoring goes on"),
+                }
+                continue;
+            }
             key = screen.next_key() => {
                 // `q` ends the run as Ctrl-C does; other keys change the
                 // view, and wait for no tick.

@@ -5,6 +5,7 @@
 
 mod attach;
 mod btf;
+mod caps;
 pub mod listeners;
 mod load;
 mod maps;
@@ -27,9 +28,9 @@ pub use maps::FlowTable;
 /// Problems the user can fix, each said in one line with what to do.
 #[derive(Debug, Error)]
 pub enum SetupError {
-    #[error(
-        "permission denied while {0}: run teardown as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
-    )]
+    /// The advice names the capabilities the process lacks, read when the
+    /// error is said.
+    #[error("permission denied while {0}: {advice}", advice = caps::advice())]
     Permission(&'static str),
     #[error("no network interface named {0:?}: list them with `ip link`")]
     UnknownInterface(String),

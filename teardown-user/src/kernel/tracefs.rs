@@ -13,6 +13,11 @@ use std::{
 pub enum FormatError {
     #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing ({0})")]
     NoTracefs(std::io::Error),
+    /// Mounted, but closed to this process: tracefs is root's alone (mode
+    /// 0700) unless the administrator opened it, so a run without root (the
+    /// systemd unit, `setcap`) ends up here.
+    #[error("tracefs at {0} can only be read by root")]
+    Unreadable(&'static str),
     #[error("this kernel has no {0} tracepoint")]
     NoTracepoint(String),
     #[error("reading {path}: {source}")]
@@ -36,8 +41,12 @@ pub fn tracefs_root() -> Result<PathBuf, FormatError> {
     }
     const PLACES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
     for place in PLACES {
-        if Path::new(place).join("events").is_dir() {
-            return Ok(PathBuf::from(place));
+        match std::fs::metadata(Path::new(place).join("events")) {
+            Ok(metadata) if metadata.is_dir() => return Ok(PathBuf::from(place)),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(FormatError::Unreadable(place));
+            }
+            _ => {}
         }
     }
     let target = c"/sys/kernel/tracing";

@@ -102,9 +102,21 @@ impl MetricsServer {
     /// failure becomes one line naming the address and what to do.
     pub async fn start(addr: SocketAddr, mut initial: Figures) -> anyhow::Result<Self> {
         initial.process = ProcessFigures::read();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|err| bind_error(addr, &err))?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            // `[::]` (`--metrics-addr :PORT`, every address) on a host
+            // without IPv6: every IPv4 address is what is left of "every".
+            Err(err)
+                if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                    && err.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+            {
+                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+                TcpListener::bind(v4)
+                    .await
+                    .map_err(|err| bind_error(v4, &err))?
+            }
+            Err(err) => return Err(bind_error(addr, &err)),
+        };
         let addr = listener.local_addr().unwrap_or(addr);
         let shared = Arc::new(Mutex::new(initial));
         let task = tokio::spawn(serve(listener, shared.clone())).abort_handle();

@@ -18,6 +18,7 @@ use std::{
     fs::File,
     io::{self, Seek as _, SeekFrom, Write as _},
     os::fd::AsFd as _,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -101,6 +102,14 @@ impl LineOutput {
 
     pub fn file(file: File) -> LineOutput {
         LineOutput { file, cut: false }
+    }
+
+    /// A log file such as `--log`, opened for appending (created if need
+    /// be): at the start of a run, and again at every SIGHUP.
+    pub fn append_to(path: &Path) -> io::Result<LineOutput> {
+        Ok(LineOutput::file(
+            File::options().create(true).append(true).open(path)?,
+        ))
     }
 
     /// Writes `text`, whole lines each ending in `\n`, and returns how many
@@ -275,6 +284,30 @@ impl Sink {
         }
     }
 
+    /// Opens `path` again and writes there from now on (SIGHUP, after
+    /// logrotate renamed the file: the lines written so far stay in the
+    /// renamed file, the next ones go to a new file at `path`). If `path`
+    /// cannot be opened, the current file is kept. Says which on stderr, in
+    /// one line.
+    pub fn reopen(&mut self, path: &Path) {
+        match LineOutput::append_to(path) {
+            Ok(out) => {
+                // The old file is closed here: every line given to it so far
+                // was written (or counted lost) by `write`, which keeps no
+                // buffer.
+                self.out = out;
+                say(format_args!(
+                    "teardown: SIGHUP: reopened {}; the next records go there",
+                    self.name
+                ));
+            }
+            Err(err) => say(format_args!(
+                "teardown: warning: SIGHUP: cannot reopen {}: {err}; records keep going to the file already open",
+                self.name
+            )),
+        }
+    }
+
     /// Lines lost since the start.
     pub fn lost(&self) -> u64 {
         self.lost
@@ -386,6 +419,35 @@ mod tests {
 
     fn temp_path(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("teardown-output-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_reopened_log_goes_on_in_a_new_file_and_the_renamed_one_keeps_its_lines() {
+        let path = temp_path("reopen");
+        let rotated = temp_path("reopen-rotated");
+        let _ = std::fs::remove_file(&path);
+        let mut sink = Sink::new(
+            "log",
+            "the test log".to_string(),
+            LineOutput::append_to(&path).expect("opening the log"),
+            false,
+        );
+        sink.write("one\n");
+        std::fs::rename(&path, &rotated).expect("rotating the log");
+        sink.write("two\n");
+        sink.reopen(&path);
+        sink.write("three\n");
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("reading");
+        assert_eq!(read(&rotated), "one\ntwo\n");
+        assert_eq!(read(&path), "three\n");
+        assert_eq!(sink.lost(), 0);
+        // A path that cannot be opened keeps the file already open.
+        let _ = std::fs::remove_file(&path);
+        sink.reopen(std::path::Path::new("/nonexistent-dir/teardown.log"));
+        sink.write("four\n");
+        assert_eq!(read(&rotated), "one\ntwo\n");
+        assert_eq!(sink.lost(), 0);
+        let _ = std::fs::remove_file(&rotated);
     }
 
     #[test]

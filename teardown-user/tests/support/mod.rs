@@ -1,4 +1,4 @@
-//! Test support: the teardown binary, the shared corpus, network namespaces
+//! Test support: the teardown binary, the test data, network namespaces
 //! joined by a veth pair, and running code inside a namespace.
 //!
 //! Everything created here is removed by `Drop`, so a failing (panicking) test
@@ -19,17 +19,20 @@ pub fn teardown_bin() -> &'static str {
     env!("CARGO_BIN_EXE_teardown")
 }
 
-/// `../shared` beside the project (or TEARDOWN_SHARED_DIR).
+/// The test data: `testdata/` in the repository (captures, Zeek's verdicts,
+/// the tshark oracle; see its README for provenance), or
+/// `TEARDOWN_SHARED_DIR` when set (another folder with `corpus/` and
+/// `oracle/` laid out the same way, e.g. `../shared`).
 pub fn shared_dir() -> PathBuf {
     let dir = std::env::var_os("TEARDOWN_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata"));
     assert!(
         dir.join("corpus").is_dir(),
-        "the shared corpus is missing at {}: check out ../shared beside the project or set TEARDOWN_SHARED_DIR",
+        "the test data is missing at {}: it is testdata/ in the repository, or TEARDOWN_SHARED_DIR",
         dir.display()
     );
-    dir.canonicalize().expect("canonical shared dir")
+    dir.canonicalize().expect("canonical test data dir")
 }
 
 pub fn run(command: &mut Command) -> Output {
