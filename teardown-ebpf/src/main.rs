@@ -105,7 +105,15 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
 
 /// The live program, attached to the interface: every frame counted, every
 /// TCP segment tracked, on the host's clock.
-#[xdp]
+///
+/// Declared multi-buffer (`xdp.frags`, loaded with `BPF_F_XDP_HAS_FRAGS`):
+/// without it, native XDP on a veth turns GSO/TSO off on the peer and
+/// refuses MTUs above a page. The program reads headers only, all through
+/// [`Frame`]'s bounds-checked load against `data_end`, which in a
+/// multi-buffer frame is the end of the first (linear) buffer, where the
+/// headers are; a header that did not fit there reads as cut short, as in
+/// a truncated frame. It never touches the fragments.
+#[xdp(frags)]
 pub fn teardown(ctx: XdpContext) -> u32 {
     count_and_track(&ctx, &LiveClock);
     xdp_action::XDP_PASS
@@ -113,7 +121,8 @@ pub fn teardown(ctx: XdpContext) -> u32 {
 
 /// The same work on capture time: `teardown replay --connections` sets the
 /// clock before each packet, so every timeout runs on the capture's clock.
-#[xdp]
+/// Multi-buffer like [`teardown`], so both load and run alike.
+#[xdp(frags)]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
     count_and_track(&ctx, &ReplayClock);
     xdp_action::XDP_PASS

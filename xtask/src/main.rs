@@ -258,6 +258,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "hping3",
     "ethtool",
+    "iperf3",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
@@ -268,7 +269,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint)",
+        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, iperf3 measures bulk TCP over a veth)",
     )?;
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;
