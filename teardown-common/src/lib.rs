@@ -42,6 +42,12 @@ pub mod names {
     pub const XDP_BENCH_LOCK_PROGRAM: &str = "teardown_bench_lock";
     /// Array of 4 u64: the benchmark wrappers' settings.
     pub const BENCH_MAP: &str = "BENCH";
+    /// The TC egress program's work behind a per-run frame change, for benchmarks.
+    pub const TC_BENCH_PROGRAM: &str = "teardown_bench_egress";
+    /// The per-run frame change alone, in a TC program.
+    pub const TC_BENCH_MUTATE_PROGRAM: &str = "teardown_bench_egress_mutate";
+    /// A TC program that only lets the packet go on: the egress baseline.
+    pub const TC_BASELINE_PROGRAM: &str = "teardown_tc_baseline";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
     pub const XDP_BASELINE_PROGRAM: &str = "teardown_baseline";
     /// The XDP program with its clock read from [`REPLAY_CLOCK_MAP`], so a

@@ -135,6 +135,15 @@ const EGRESS_HEADER_BYTES: u32 = 128;
 /// flow table, and counted in tallies of their own ([`EGRESS_TALLIES`]).
 #[classifier]
 pub fn teardown_egress(ctx: TcContext) -> i32 {
+    egress_work(&ctx);
+    // Let the packet go on to whatever else is attached.
+    TC_ACT_UNSPEC
+}
+
+/// The egress program's work on one packet, also run by the benchmark's
+/// egress wrapper.
+#[inline(always)]
+pub(crate) fn egress_work(ctx: &TcContext) {
     let linear = ctx.data_end() - ctx.data();
     if (linear as u32) < EGRESS_HEADER_BYTES && ctx.len() > linear as u32 {
         // Headers may sit in paged data; failing to pull only means a shorter view.
@@ -152,8 +161,6 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
         unsafe { (*tallies).record(&counted) };
     }
-    // Let the packet go on to whatever else is attached.
-    TC_ACT_UNSPEC
 }
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the

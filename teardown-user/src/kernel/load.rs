@@ -255,19 +255,25 @@ impl Kernel {
 
     /// The TC egress program, loaded on first use.
     pub(super) fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        self.classifier(names::TC_EGRESS_PROGRAM)
+    }
+
+    /// The TC program `name` (the egress program or a benchmark's), loaded
+    /// on first use.
+    fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         let egress: &mut SchedClassifier = self
             .ebpf
-            .program_mut(names::TC_EGRESS_PROGRAM)
-            .context("eBPF object has no egress program")?
+            .program_mut(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?
             .try_into()
-            .context("the egress program is not a TC program")?;
+            .with_context(|| format!("program {name} is not a TC program"))?;
         if egress.fd().is_err() {
             match egress.load() {
                 Ok(()) => {}
                 Err(err) if is_permission_error(&err) => {
                     return Err(SetupError::Permission("loading the TC egress program").into());
                 }
-                Err(err) => return Err(err).context("loading the TC egress program"),
+                Err(err) => return Err(err).with_context(|| format!("loading TC program {name}")),
             }
         }
         Ok(egress)
@@ -282,6 +288,13 @@ impl Kernel {
             names::XDP_BENCH_LOCK_PROGRAM,
         ] {
             self.xdp(name)?;
+        }
+        for name in [
+            names::TC_BENCH_PROGRAM,
+            names::TC_BENCH_MUTATE_PROGRAM,
+            names::TC_BASELINE_PROGRAM,
+        ] {
+            self.classifier(name)?;
         }
         Ok(())
     }
@@ -307,8 +320,15 @@ impl Kernel {
     /// BPF_PROG_TEST_RUN from threads of their own; valid while `self` is.
     pub fn program_fd(&mut self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
         // Programs load on first use.
-        if name == names::TC_EGRESS_PROGRAM {
-            self.egress()?;
+        if [
+            names::TC_EGRESS_PROGRAM,
+            names::TC_BENCH_PROGRAM,
+            names::TC_BENCH_MUTATE_PROGRAM,
+            names::TC_BASELINE_PROGRAM,
+        ]
+        .contains(&name)
+        {
+            self.classifier(name)?;
         } else {
             self.xdp(name)?;
         }
