@@ -119,12 +119,13 @@ pub fn teardown(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The same work on capture time: `teardown replay --connections` sets the
-/// clock before each packet, so every timeout runs on the capture's clock.
+/// The same work on capture time: `teardown replay --connections` passes
+/// each packet's time in its XDP metadata ([`ReplayClock::of`]), so every
+/// timeout runs on the capture's clock.
 /// Multi-buffer like [`teardown`], so both load and run alike.
 #[xdp(frags)]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, &ReplayClock);
+    count_and_track(&ctx, &ReplayClock::of(ctx.metadata(), ctx.data()));
     xdp_action::XDP_PASS
 }
 

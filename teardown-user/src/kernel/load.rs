@@ -356,6 +356,41 @@ impl Kernel {
         Ok(result.return_value)
     }
 
+    /// Runs the replay program once over `frame` at capture time `now_ns`,
+    /// passed as 8 bytes of XDP metadata before the frame (the program's
+    /// `ReplayClock` reads it there): one system call per packet, where
+    /// setting the replay clock's map first took two. `buffer` is reused
+    /// between calls. Returns the verdict.
+    pub fn test_run_at(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        now_ns: u64,
+        buffer: &mut Vec<u8>,
+    ) -> anyhow::Result<u32> {
+        const META: usize = 8;
+        buffer.clear();
+        buffer.extend_from_slice(&now_ns.to_ne_bytes());
+        buffer.extend_from_slice(frame);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex; offsets into data_in, where the
+        // kernel wants the metadata first (data_meta 0) and data_end the
+        // whole input's length.
+        let mut ctx = [0u8; 24];
+        ctx[0..4].copy_from_slice(&(META as u32).to_ne_bytes());
+        ctx[4..8].copy_from_slice(&(buffer.len() as u32).to_ne_bytes());
+        let program = self.xdp(program)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(buffer),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value)
+    }
+
     /// Runs `program` `repeat` times over `frame` in one BPF_PROG_TEST_RUN call;
     /// returns the verdict and the kernel's mean time per run in nanoseconds.
     ///

@@ -269,17 +269,6 @@ impl Kernel {
             .context("setting the poll epoch")
     }
 
-    /// Sets the clock the replay program runs on.
-    pub fn set_replay_clock(&mut self, ns: u64) -> anyhow::Result<()> {
-        let mut clock: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(names::REPLAY_CLOCK_MAP)
-                .context("eBPF object has no replay clock")?,
-        )
-        .context("opening the replay clock")?;
-        clock.set(0, ns, 0).context("setting the replay clock")
-    }
-
     /// The tallies of what arrives, summed over all CPUs.
     pub fn tallies(&self) -> anyhow::Result<Tallies> {
         self.tallies_of(names::TALLIES_MAP)
