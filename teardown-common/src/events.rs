@@ -96,6 +96,12 @@ pub struct FlowStats {
     /// sequence lock). Expected to stay 0: the wait covers the longest
     /// update many times over.
     pub lock_contended: u64,
+    /// Pure SYN-ACKs of connections with no record (their SYN was not
+    /// tracked: under a SYN flood, the host's SYN-cookie replies to spoofed
+    /// SYNs) that found this CPU over its budget of new half-open records
+    /// ([`Admission`]): not tracked. The connection, if it is real, is
+    /// tracked from its next segment on.
+    pub synack_untracked: u64,
 }
 
 /// The window of the per-CPU budget of new half-open records.
@@ -127,6 +133,15 @@ pub const PRESSURE_THRESHOLD: u64 = 64;
 /// SYNs the budget refuses count as signs too, so a flood held at the
 /// budget stays under it). A legitimate connection whose SYN went
 /// untracked is tracked from its SYN-ACK on.
+///
+/// A pure SYN-ACK that finds no record would start one (for a connection
+/// whose SYN was missed), so it asks the same admission, from the same
+/// budget: under a flood, the host's replies to spoofed SYNs (SYN cookies)
+/// are looked up but do not fill the table one record each, and their
+/// refusals count as signs of pressure like the SYNs'. A real connection
+/// whose SYN and SYN-ACK both found the budget spent is tracked from its
+/// next segment on (a midstream record). Without pressure every such
+/// SYN-ACK is tracked, as before.
 ///
 /// Decided per CPU on the packets' own clock, so a replay of a capture
 /// admits what the live run did.
@@ -183,7 +198,37 @@ impl Admission {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 11 * 8);
+/// Buckets of the recent-SYN stamps ([`syn_stamp`]): a byte each, indexed
+/// by a connection's set in the flow table ([`syn_bucket`]).
+pub const SYN_STAMP_BUCKETS: usize = 65_536;
+
+/// The bucket of the stamp for the connection in flow-table set `set`
+/// (a set's first slot, always even).
+#[inline(always)]
+pub const fn syn_bucket(set: u32) -> usize {
+    (set as usize >> 1) & (SYN_STAMP_BUCKETS - 1)
+}
+
+/// The stamp an admitted SYN at `now` leaves in its bucket: its admission
+/// window, modulo 256.
+#[inline(always)]
+pub const fn syn_stamp(now: u64) -> u8 {
+    (now / HALF_OPEN_WINDOW_NS) as u8
+}
+
+/// Whether a bucket's `stamp` says a SYN was admitted there in this
+/// window, the one before, or the one after (the SYN's time came from the
+/// precise clock, `now` from the coarse one, up to a tick behind): a
+/// SYN-ACK answering it may have a record. False for a bucket no admitted
+/// SYN touched for a few windows, except once every 256 windows (25.6 s),
+/// when an old stamp comes round again: then the SYN-ACK is looked up, as
+/// without the stamps.
+#[inline(always)]
+pub const fn syn_recent(stamp: u8, now: u64) -> bool {
+    syn_stamp(now).wrapping_sub(stamp).wrapping_add(1) <= 2
+}
+
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 12 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
@@ -198,6 +243,7 @@ impl FlowStats {
         self.syn_untracked += other.syn_untracked;
         self.dest_collisions += other.dest_collisions;
         self.lock_contended += other.lock_contended;
+        self.synack_untracked += other.synack_untracked;
     }
 }
 
@@ -253,6 +299,23 @@ mod tests {
             admission.admit(t + 3 * WINDOW + i, budget);
         }
         assert!((0..1_000).all(|i| admission.admit(t + 4 * WINDOW + i, budget)));
+    }
+
+    #[test]
+    fn a_syn_stamp_is_recent_for_its_window_and_its_neighbours_only() {
+        let t = 1_000 * WINDOW + 5;
+        let stamp = syn_stamp(t);
+        assert!(syn_recent(stamp, t));
+        assert!(syn_recent(stamp, t + WINDOW));
+        assert!(
+            syn_recent(stamp, t - WINDOW),
+            "the precise clock runs ahead"
+        );
+        assert!(!syn_recent(stamp, t + 2 * WINDOW));
+        assert!(!syn_recent(stamp, t + 100 * WINDOW));
+        // Round again after 256 windows: looked up, which is safe.
+        assert!(syn_recent(stamp, t + 256 * WINDOW));
+        assert_eq!(syn_bucket(2 * SYN_STAMP_BUCKETS as u32 + 6), 3);
     }
 
     #[test]

@@ -42,10 +42,18 @@ pub mod names {
     pub const XDP_BENCH_LOCK_PROGRAM: &str = "teardown_bench_lock";
     /// Array of 4 u64: the benchmark wrappers' settings.
     pub const BENCH_MAP: &str = "BENCH";
+    /// The TC egress program's work behind a per-run frame change, for benchmarks.
+    pub const TC_BENCH_PROGRAM: &str = "teardown_bench_egress";
+    /// The per-run frame change alone, in a TC program.
+    pub const TC_BENCH_MUTATE_PROGRAM: &str = "teardown_bench_egress_mutate";
+    /// A TC program that only lets the packet go on: the egress baseline.
+    pub const TC_BASELINE_PROGRAM: &str = "teardown_tc_baseline";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
     pub const XDP_BASELINE_PROGRAM: &str = "teardown_baseline";
-    /// The XDP program with its clock read from [`REPLAY_CLOCK_MAP`], so a
-    /// replay runs the kernel's code on capture time.
+    /// The XDP program on a capture's clock, so a replay runs the kernel's
+    /// code on capture time: the time comes as 8 bytes of XDP metadata
+    /// before the frame (a native-endian u64), or, without metadata, from
+    /// [`REPLAY_CLOCK_MAP`].
     pub const XDP_REPLAY_PROGRAM: &str = "teardown_replay";
     /// The TC egress program: the host's own segments, into the same flow table.
     pub const TC_EGRESS_PROGRAM: &str = "teardown_egress";
@@ -67,7 +75,8 @@ pub mod names {
     pub const FLOW_STATS_MAP: &str = "FLOW_STATS";
     /// Array of [`crate::conn::PORT_SET_WORDS`] words: the likely server ports.
     pub const LIKELY_PORTS_MAP: &str = "LIKELY_PORTS";
-    /// Array with one u64: the packet time for the replay program.
+    /// Array with one u64: the packet time for the replay program when the
+    /// frame carries none in its metadata (`teardown replay` always passes it there).
     pub const REPLAY_CLOCK_MAP: &str = "REPLAY_CLOCK";
     /// Global: the [`crate::conn::Timeouts`] the kernel closes records with.
     pub const TIMEOUTS_GLOBAL: &str = "TIMEOUTS";

@@ -1,17 +1,18 @@
 //! The programs `teardown bench` test-runs to price the per-packet work:
 //! the counting program behind a frame mutator, the mutator alone, an
-//! uncontended slot lock, and an empty program to subtract.
+//! uncontended slot lock, and an empty program to subtract; and the same
+//! for the TC egress program.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, map, xdp},
     maps::Array,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 
 use crate::{
     clock::LiveClock,
-    count_and_track,
+    count_and_track, egress_work,
     lock::{try_lock, unlock},
     maps::FLOW_TABLE,
 };
@@ -19,17 +20,20 @@ use crate::{
 /// Settings of the benchmark wrappers: [mode, runs so far, sequence step,
 /// first sequence number]. Mode 0 leaves the frame alone; 1 gives it a new
 /// IPv4 source address each run (a random-source SYN flood); 2 advances its
-/// TCP sequence number by the step each run (in-order data).
+/// TCP sequence number by the step each run (in-order data); 3 gives it a
+/// new IPv4 destination address each run (the host's replies to such a
+/// flood).
 #[map]
 pub(crate) static BENCH: Array<u64> = Array::with_max_entries(4, 0);
 
 /// Offsets in an untagged IPv4 TCP frame, the only kind the wrappers change.
 const BENCH_IPV4_SOURCE: usize = 14 + 12;
+const BENCH_IPV4_DEST: usize = 14 + 16;
 const BENCH_TCP_SEQ: usize = 14 + 20 + 4;
 
-/// Changes the frame as [`BENCH`] says, before each run.
+/// Changes the frame `[start, end)` as [`BENCH`] says, before each run.
 #[inline(always)]
-fn bench_mutate(ctx: &XdpContext) {
+fn bench_mutate(start: usize, end: usize) {
     let (Some(mode), Some(runs)) = (BENCH.get(0).copied(), BENCH.get_ptr_mut(1)) else {
         return;
     };
@@ -38,8 +42,7 @@ fn bench_mutate(ctx: &XdpContext) {
         *runs += 1;
         *runs
     };
-    let start = ctx.data();
-    if start + BENCH_TCP_SEQ + 4 > ctx.data_end() {
+    if start + BENCH_TCP_SEQ + 4 > end {
         return;
     }
     match mode {
@@ -55,6 +58,11 @@ fn bench_mutate(ctx: &XdpContext) {
             // SAFETY: inside the frame, checked above.
             unsafe { ((start + BENCH_TCP_SEQ) as *mut [u8; 4]).write_unaligned(seq) };
         }
+        3 => {
+            let dest = teardown_common::sketch::mix32(run as u32).to_be_bytes();
+            // SAFETY: inside the frame, checked above.
+            unsafe { ((start + BENCH_IPV4_DEST) as *mut [u8; 4]).write_unaligned(dest) };
+        }
         _ => {}
     }
 }
@@ -62,7 +70,7 @@ fn bench_mutate(ctx: &XdpContext) {
 /// The counting program after [`bench_mutate`], for `teardown bench`.
 #[xdp]
 pub fn teardown_bench(ctx: XdpContext) -> u32 {
-    bench_mutate(&ctx);
+    bench_mutate(ctx.data(), ctx.data_end());
     count_and_track(&ctx, &LiveClock);
     xdp_action::XDP_PASS
 }
@@ -70,7 +78,7 @@ pub fn teardown_bench(ctx: XdpContext) -> u32 {
 /// [`bench_mutate`] alone: its cost, which `teardown bench` subtracts.
 #[xdp]
 pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
-    bench_mutate(&ctx);
+    bench_mutate(ctx.data(), ctx.data_end());
     xdp_action::XDP_PASS
 }
 
@@ -93,4 +101,26 @@ pub fn teardown_bench_lock(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn teardown_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The egress program's work after [`bench_mutate`], for `teardown bench`.
+/// TC programs may write packet data directly once it is bounds-checked.
+#[classifier]
+pub fn teardown_bench_egress(ctx: TcContext) -> i32 {
+    bench_mutate(ctx.data(), ctx.data_end());
+    egress_work(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// [`bench_mutate`] alone on a TC packet, whose cost the bench subtracts.
+#[classifier]
+pub fn teardown_bench_egress_mutate(ctx: TcContext) -> i32 {
+    bench_mutate(ctx.data(), ctx.data_end());
+    TC_ACT_UNSPEC
+}
+
+/// An empty TC program: the egress cases' baseline.
+#[classifier]
+pub fn teardown_tc_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }

@@ -42,12 +42,33 @@ impl FlowClock for LiveClock {
 }
 
 /// The capture's clock, set by `teardown replay` before each packet.
-pub(crate) struct ReplayClock;
+pub(crate) struct ReplayClock {
+    /// The packet's capture time, read once when the program starts.
+    pub(crate) now: u64,
+}
+
+impl ReplayClock {
+    /// The capture time `teardown replay` passes in the frame's XDP
+    /// metadata (8 bytes before the frame, a native-endian u64: one system
+    /// call per packet instead of a map update and a test run), else, from
+    /// a caller that passes none, [`REPLAY_CLOCK`]'s.
+    #[inline(always)]
+    pub(crate) fn of(meta: usize, data: usize) -> Self {
+        let now = if meta + 8 <= data {
+            // SAFETY: the 8 bytes of metadata, bounds-checked against the
+            // frame's start just above.
+            unsafe { (meta as *const u64).read_unaligned() }
+        } else {
+            REPLAY_CLOCK.get(0).copied().unwrap_or(0)
+        };
+        ReplayClock { now }
+    }
+}
 
 impl FlowClock for ReplayClock {
     #[inline(always)]
     fn coarse(&self) -> u64 {
-        REPLAY_CLOCK.get(0).copied().unwrap_or(0)
+        self.now
     }
 
     #[inline(always)]

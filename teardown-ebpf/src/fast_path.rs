@@ -8,10 +8,11 @@
 use teardown_common::{
     addr::Addr16,
     conn::Segment,
+    events::{syn_bucket, syn_recent, syn_stamp},
     flow::FlowKey,
     parse::{
         PacketBytes, TcpSegment,
-        tcp_flags::{ACK, SYN},
+        tcp_flags::{ACK, FIN, RST, SYN},
     },
     table::{WAYS, flow_hash, fold_address, matched, set_of},
 };
@@ -21,7 +22,7 @@ use crate::{
     flood::{admits_syn, count_syn},
     frame::Frame,
     lock::{try_lock, unlock},
-    maps::{FLOW_TABLE, SET_SHIFT, TRACK_INPUT, setting, stats, timeouts},
+    maps::{FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
     slow_path::track_segment,
 };
 
@@ -147,6 +148,21 @@ fn admit(
     Some(clock.precise())
 }
 
+/// Not a pure SYN-ACK.
+const SYNACK_NOT: u8 = 0;
+/// A pure SYN-ACK that asks admission if the probe finds no record.
+const SYNACK_ASK: u8 = 1;
+/// A pure SYN-ACK admission already let through.
+const SYNACK_ADMITTED: u8 = 2;
+
+/// A SYN-ACK with no record refused by admission: counted, not tracked.
+#[inline(always)]
+fn synack_untracked() {
+    if let Some(stats) = stats() {
+        stats.synack_untracked += 1;
+    }
+}
+
 /// Probes the two slots of the connection's set, comparing the packet's
 /// endpoints against each slot's key in both orders
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
@@ -172,6 +188,41 @@ fn look_up<const V6: bool>(
         tcp.dst_port,
     );
     let set = set_of(hash, setting!(SET_SHIFT));
+    // A pure SYN-ACK with no record would start one. Under a random-source
+    // SYN flood these are the host's SYN-cookie replies to the spoofed
+    // SYNs that admission refused: each would claim a set, evict a record
+    // and hand it to user space (about 400 ns), and even probing its set
+    // costs a cache miss or two in a large table. So an admitted SYN
+    // stamps its set's bucket ([`SYN_STAMPS`]); a SYN-ACK whose bucket has
+    // no recent stamp cannot be answering an admitted SYN that just came
+    // by, and asks the SYNs' admission ([`Admission`]) before any probe,
+    // from the same budget: without pressure it is admitted (and looked up
+    // as ever), under pressure beyond the budget it is counted and goes no
+    // further. One with a recent stamp is looked up first and asks only if
+    // it found no record.
+    //
+    // [`Admission`]: teardown_common::events::Admission
+    let mut synack = SYNACK_NOT;
+    if syn_time != 0 {
+        if let Some(stamps) = SYN_STAMPS.get_ptr_mut(0) {
+            // SAFETY: one byte of a shared map value, index masked into
+            // range; single-byte stores cannot tear (see SYN_STAMPS).
+            unsafe { (*stamps)[syn_bucket(set)] = syn_stamp(syn_time) };
+        }
+    } else if tcp.flags & (SYN | ACK | FIN | RST) == SYN | ACK {
+        synack = SYNACK_ASK;
+        if let Some(stamps) = SYN_STAMPS.get_ptr(0) {
+            let now = clock.coarse();
+            // SAFETY: as above, a load.
+            if !syn_recent(unsafe { (*stamps)[syn_bucket(set)] }, now) {
+                if !admits_syn(now) {
+                    synack_untracked();
+                    return;
+                }
+                synack = SYNACK_ADMITTED;
+            }
+        }
+    }
     let ip_len = (tcp.offset as u32)
         .wrapping_sub(ip_offset as u32)
         .wrapping_add(tcp.header_len as u32)
@@ -216,6 +267,12 @@ fn look_up<const V6: bool>(
             }
         }
         candidate += 1;
+    }
+    // A pure SYN-ACK the probe did not find (a bucket's stamp said it
+    // might have a record) asks admission now, unless it already did.
+    if way == WAYS && synack == SYNACK_ASK && !admits_syn(clock.coarse()) {
+        synack_untracked();
+        return;
     }
 
     let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {

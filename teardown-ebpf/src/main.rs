@@ -105,17 +105,27 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
 
 /// The live program, attached to the interface: every frame counted, every
 /// TCP segment tracked, on the host's clock.
-#[xdp]
+///
+/// Declared multi-buffer (`xdp.frags`, loaded with `BPF_F_XDP_HAS_FRAGS`):
+/// without it, native XDP on a veth turns GSO/TSO off on the peer and
+/// refuses MTUs above a page. The program reads headers only, all through
+/// [`Frame`]'s bounds-checked load against `data_end`, which in a
+/// multi-buffer frame is the end of the first (linear) buffer, where the
+/// headers are; a header that did not fit there reads as cut short, as in
+/// a truncated frame. It never touches the fragments.
+#[xdp(frags)]
 pub fn teardown(ctx: XdpContext) -> u32 {
     count_and_track(&ctx, &LiveClock);
     xdp_action::XDP_PASS
 }
 
-/// The same work on capture time: `teardown replay --connections` sets the
-/// clock before each packet, so every timeout runs on the capture's clock.
-#[xdp]
+/// The same work on capture time: `teardown replay --connections` passes
+/// each packet's time in its XDP metadata ([`ReplayClock::of`]), so every
+/// timeout runs on the capture's clock.
+/// Multi-buffer like [`teardown`], so both load and run alike.
+#[xdp(frags)]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, &ReplayClock);
+    count_and_track(&ctx, &ReplayClock::of(ctx.metadata(), ctx.data()));
     xdp_action::XDP_PASS
 }
 
@@ -126,6 +136,15 @@ const EGRESS_HEADER_BYTES: u32 = 128;
 /// flow table, and counted in tallies of their own ([`EGRESS_TALLIES`]).
 #[classifier]
 pub fn teardown_egress(ctx: TcContext) -> i32 {
+    egress_work(&ctx);
+    // Let the packet go on to whatever else is attached.
+    TC_ACT_UNSPEC
+}
+
+/// The egress program's work on one packet, also run by the benchmark's
+/// egress wrapper.
+#[inline(always)]
+pub(crate) fn egress_work(ctx: &TcContext) {
     let linear = ctx.data_end() - ctx.data();
     if (linear as u32) < EGRESS_HEADER_BYTES && ctx.len() > linear as u32 {
         // Headers may sit in paged data; failing to pull only means a shorter view.
@@ -143,8 +162,6 @@ pub fn teardown_egress(ctx: TcContext) -> i32 {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
         unsafe { (*tallies).record(&counted) };
     }
-    // Let the packet go on to whatever else is attached.
-    TC_ACT_UNSPEC
 }
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the

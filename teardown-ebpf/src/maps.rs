@@ -13,7 +13,10 @@ use teardown_common::{
     conn::{PORT_SET_WORDS, Timeouts},
     counters::Tallies,
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
-    events::{Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD},
+    events::{
+        Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD,
+        SYN_STAMP_BUCKETS,
+    },
     table::{FlowSlot, set_shift},
 };
 
@@ -77,6 +80,25 @@ pub(crate) static CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
 /// This CPU's admission of new half-open records.
 #[map]
 pub(crate) static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
+
+/// The recent-SYN stamps (`teardown_common::events::syn_stamp`), one byte
+/// per bucket of flow-table sets, shared by every CPU: an admitted SYN
+/// stamps its set's bucket with its window, so a SYN-ACK under pressure
+/// can tell, without probing the table, that no admitted SYN can have
+/// started its record (see `fast_path::look_up`).
+///
+/// Shared across CPUs without a lock: each access is a single byte load or
+/// store, which cannot tear. Two CPUs stamping one bucket at once both
+/// write a current window; whichever lands, the bucket reads as recent. A
+/// stale read can only be of an older stamp, written before: at worst a
+/// SYN-ACK is looked up for nothing (as without the stamps), or, for a SYN
+/// admitted on one CPU a moment before its SYN-ACK is seen on another and
+/// not yet visible there, the SYN-ACK goes to admission like a flood's,
+/// costing the record one segment under pressure, never memory safety.
+/// In practice the SYN-ACK follows its SYN through the network stack and
+/// a peer, whose queues order the store before it.
+#[map]
+pub(crate) static SYN_STAMPS: Array<[u8; SYN_STAMP_BUCKETS]> = Array::with_max_entries(1, 0);
 
 /// SYNs, completions and half-open records per destination, this CPU's
 /// own (see `teardown_common::dest`).

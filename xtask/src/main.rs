@@ -274,6 +274,7 @@ const TEST_PACKAGES: &[&str] = &[
     "ethtool",
     "nfdump",
     "systemd",
+    "iperf3",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
@@ -284,7 +285,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX)",
+        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX, iperf3 measures bulk TCP over a veth)",
     )?;
     let toolchain = ebpf_toolchain()?;
     let object = build_ebpf(&toolchain)?;

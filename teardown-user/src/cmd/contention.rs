@@ -65,7 +65,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Runs program `fd` `repeat` times over `frame` on this thread's CPU;
 /// returns its verdict and the kernel's mean ns per run. Only needs the
 /// program's descriptor, so threads can run programs of one object at once.
-fn test_run_fd(fd: RawFd, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u32)> {
+pub(crate) fn test_run_fd(fd: RawFd, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u32)> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestRunAttr {
         prog_fd: fd as u32,

@@ -257,6 +257,7 @@ pub fn connections_of(
     let mut ended = Vec::new();
     let mut warning = None;
     let mut clock = 0u64;
+    let mut buffer = Vec::new();
     for (read, record) in reader.enumerate() {
         let frames = read + 1;
         let record = match record {
@@ -276,10 +277,9 @@ pub fn connections_of(
         // Network time never goes backwards (Zeek's rule for reordered stamps).
         clock = clock.max(record.timestamp_ns);
         tracker.expire(clock, &table, &mut ended);
-        kernel.set_replay_clock(clock)?;
         let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
         kernel
-            .test_run(names::XDP_REPLAY_PROGRAM, fed)
+            .test_run_at(names::XDP_REPLAY_PROGRAM, fed, clock, &mut buffer)
             .with_context(|| format!("{}: frame {frames}", path.display()))?;
         tracker.drain_events(&mut events, &mut ended);
         tracker.take_changes(&table);

@@ -255,19 +255,25 @@ impl Kernel {
 
     /// The TC egress program, loaded on first use.
     pub(super) fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        self.classifier(names::TC_EGRESS_PROGRAM)
+    }
+
+    /// The TC program `name` (the egress program or a benchmark's), loaded
+    /// on first use.
+    fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         let egress: &mut SchedClassifier = self
             .ebpf
-            .program_mut(names::TC_EGRESS_PROGRAM)
-            .context("eBPF object has no egress program")?
+            .program_mut(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?
             .try_into()
-            .context("the egress program is not a TC program")?;
+            .with_context(|| format!("program {name} is not a TC program"))?;
         if egress.fd().is_err() {
             match egress.load() {
                 Ok(()) => {}
                 Err(err) if is_permission_error(&err) => {
                     return Err(SetupError::Permission("loading the TC egress program").into());
                 }
-                Err(err) => return Err(err).context("loading the TC egress program"),
+                Err(err) => return Err(err).with_context(|| format!("loading TC program {name}")),
             }
         }
         Ok(egress)
@@ -282,6 +288,13 @@ impl Kernel {
             names::XDP_BENCH_LOCK_PROGRAM,
         ] {
             self.xdp(name)?;
+        }
+        for name in [
+            names::TC_BENCH_PROGRAM,
+            names::TC_BENCH_MUTATE_PROGRAM,
+            names::TC_BASELINE_PROGRAM,
+        ] {
+            self.classifier(name)?;
         }
         Ok(())
     }
@@ -307,8 +320,15 @@ impl Kernel {
     /// BPF_PROG_TEST_RUN from threads of their own; valid while `self` is.
     pub fn program_fd(&mut self, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
         // Programs load on first use.
-        if name == names::TC_EGRESS_PROGRAM {
-            self.egress()?;
+        if [
+            names::TC_EGRESS_PROGRAM,
+            names::TC_BENCH_PROGRAM,
+            names::TC_BENCH_MUTATE_PROGRAM,
+            names::TC_BASELINE_PROGRAM,
+        ]
+        .contains(&name)
+        {
+            self.classifier(name)?;
         } else {
             self.xdp(name)?;
         }
@@ -329,6 +349,41 @@ impl Kernel {
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value)
+    }
+
+    /// Runs the replay program once over `frame` at capture time `now_ns`,
+    /// passed as 8 bytes of XDP metadata before the frame (the program's
+    /// `ReplayClock` reads it there): one system call per packet, where
+    /// setting the replay clock's map first took two. `buffer` is reused
+    /// between calls. Returns the verdict.
+    pub fn test_run_at(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        now_ns: u64,
+        buffer: &mut Vec<u8>,
+    ) -> anyhow::Result<u32> {
+        const META: usize = 8;
+        buffer.clear();
+        buffer.extend_from_slice(&now_ns.to_ne_bytes());
+        buffer.extend_from_slice(frame);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex; offsets into data_in, where the
+        // kernel wants the metadata first (data_meta 0) and data_end the
+        // whole input's length.
+        let mut ctx = [0u8; 24];
+        ctx[0..4].copy_from_slice(&(META as u32).to_ne_bytes());
+        ctx[4..8].copy_from_slice(&(buffer.len() as u32).to_ne_bytes());
+        let program = self.xdp(program)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(buffer),
+                ctx_in: Some(&ctx),
                 repeat: 1,
                 ..TestRunOptions::default()
             })

@@ -178,6 +178,8 @@ pub struct FlowFigures {
     pub events_lost: u64,
     /// SYNs over the half-open budget, not tracked.
     pub syn_untracked: u64,
+    /// SYN-ACKs with no record over the half-open budget, not tracked.
+    pub synack_untracked: u64,
     /// Segments given up on after a bounded wait for a held flow-table slot.
     pub lock_contended: u64,
     /// SYNs not counted per destination (their slot belonged to another).
@@ -206,6 +208,7 @@ impl FlowFigures {
             evicted: flow.evicted,
             events_lost: flow.events_lost,
             syn_untracked: flow.syn_untracked,
+            synack_untracked: flow.synack_untracked,
             lock_contended: flow.lock_contended,
             dest_collisions: flow.dest_collisions,
             truncated_segments: flow.truncated_segments,
@@ -683,6 +686,7 @@ pub mod tests {
                 "insert_failed",
                 "lock_contended",
                 "syn_untracked",
+                "synack_untracked",
                 "tracked",
                 "truncated_segments",
             ]

@@ -275,6 +275,12 @@ pub fn render(figures: &Figures) -> String {
         flows.syn_untracked,
     );
     e.single(
+        "teardown_synacks_untracked_total",
+        "counter",
+        "SYN-ACKs of connections with no record not tracked because the per-CPU budget of new half-open records was spent (the host's replies to a SYN flood).",
+        flows.synack_untracked,
+    );
+    e.single(
         "teardown_flow_lock_contended_total",
         "counter",
         "Segments not applied to their connection's record because another CPU held its flow-table slot past a bounded wait (dropped from the record, still in the packet counters).",

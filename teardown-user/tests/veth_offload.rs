@@ -1,0 +1,152 @@
+//! XDP on a veth and the peer's offloads (issue 14): the program declares
+//! multi-buffer support (`xdp.frags`), so native XDP on a veth accepts the
+//! peer's large MTUs; what each attach mode does to the peer's TSO, and
+//! bulk TCP throughput with teardown attached against none, measured with
+//! iperf3 when it is installed and printed, never asserted on.
+//!
+//! Run with `--nocapture` to see the figures. As root.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Lab, SERVER_V4, run, start_teardown, wait_until};
+
+/// `ethtool -k` of `iface` in `ns`: is TCP segmentation offload on?
+fn tso_on(ns: &str, iface: &str) -> bool {
+    let output = run(Command::new("ip").args(["netns", "exec", ns, "ethtool", "-k", iface]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("tcp-segmentation-offload:"))
+        .unwrap_or_else(|| panic!("no tcp-segmentation-offload line in ethtool -k: {text}"));
+    line.split(':').nth(1).is_some_and(|v| v.trim() == "on")
+}
+
+/// The largest MTU the kernel allows `iface` now (`ip -d link`'s maxmtu).
+fn max_mtu(lab: &Lab, ns: &str, iface: &str) -> u32 {
+    let details = lab.link_details(ns, iface);
+    details
+        .split_whitespace()
+        .skip_while(|word| *word != "maxmtu")
+        .nth(1)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no maxmtu in {details}"))
+}
+
+/// Bulk TCP from client to server for a few seconds, in Gbit/s; None if
+/// iperf3 is not installed (`cargo xtask provision` installs it).
+fn iperf3_gbits(lab: &Lab, seconds: u32) -> Option<f64> {
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        return None;
+    }
+    let mut server = support::ChildGuard::new(
+        lab.exec(&lab.server_ns, "iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting iperf3 -s"),
+    );
+    // The server listens within a moment; the client retries its connect.
+    std::thread::sleep(Duration::from_millis(300));
+    let output = run(lab.exec(&lab.client_ns, "iperf3").args([
+        "-c",
+        SERVER_V4,
+        "-p",
+        "5201",
+        "-J",
+        "-t",
+        &seconds.to_string(),
+    ]));
+    if let Some(mut child) = server.child.take() {
+        let _ = child.wait();
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("iperf3 -J output");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bits| bits / 1e9)
+}
+
+/// teardown attached in `mode`, and the kind of XDP attachment `ip link` shows.
+fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String) {
+    let (guard, _stderr) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", mode, "--metrics-addr", "off"],
+    );
+    let details = lab.link_details(&lab.server_ns, &lab.server_if);
+    let kind = if details.contains("xdpgeneric") {
+        "generic"
+    } else if details.contains("xdp") {
+        "native"
+    } else {
+        "none"
+    };
+    (guard, kind.to_string())
+}
+
+#[test]
+fn xdp_on_a_veth_and_the_peers_offloads() {
+    let lab = Lab::new();
+    const SECONDS: u32 = 4;
+    assert!(
+        tso_on(&lab.client_ns, &lab.client_if),
+        "a fresh veth has TSO on"
+    );
+    let none = iperf3_gbits(&lab, SECONDS);
+
+    // auto on a veth: native, as the driver supports it.
+    let (auto, kind) = attached_mode(&lab, "auto");
+    assert_eq!(kind, "native", "--mode auto on a veth");
+    drop(auto.terminate());
+
+    // Native: the program declares multi-buffer support, so the kernel
+    // lets the peer keep MTUs above a page (a program without it caps the
+    // peer at about 3.5 kB).
+    let (native, kind) = attached_mode(&lab, "native");
+    assert_eq!(kind, "native");
+    let native_max_mtu = max_mtu(&lab, &lab.client_ns, &lab.client_if);
+    assert!(
+        native_max_mtu > 16_384,
+        "peer's maxmtu {native_max_mtu} with native XDP: the program was not loaded with BPF_F_XDP_HAS_FRAGS"
+    );
+    // The veth driver clears the peer's software GSO (TSO) for any native
+    // XDP program, multi-buffer or not (veth_fix_features): reported, the
+    // kernel's choice, not ours.
+    let native_tso = tso_on(&lab.client_ns, &lab.client_if);
+    let native_gbits = iperf3_gbits(&lab, SECONDS);
+    drop(native.terminate());
+    assert!(
+        wait_until(Duration::from_secs(5), || tso_on(
+            &lab.client_ns,
+            &lab.client_if
+        )),
+        "the peer's TSO came back after teardown detached"
+    );
+
+    // Generic XDP leaves the peer's offloads alone.
+    let (skb, kind) = attached_mode(&lab, "skb");
+    assert_eq!(kind, "generic");
+    assert!(
+        tso_on(&lab.client_ns, &lab.client_if),
+        "generic XDP must leave the peer's TSO on"
+    );
+    let skb_gbits = iperf3_gbits(&lab, SECONDS);
+    drop(skb.terminate());
+
+    println!(
+        "veth peer: TSO with native XDP: {}; maxmtu with native XDP: {native_max_mtu}",
+        if native_tso { "on" } else { "off" }
+    );
+    match (none, native_gbits, skb_gbits) {
+        (Some(none), Some(native), Some(skb)) => println!(
+            "bulk TCP over the veth, {SECONDS} s each (iperf3; noisy on a shared machine): no program {none:.2} Gbit/s, native {native:.2} ({:.2}x), generic {skb:.2} ({:.2}x)",
+            native / none,
+            skb / none
+        ),
+        _ => println!("iperf3 not installed: throughput not measured"),
+    }
+}
