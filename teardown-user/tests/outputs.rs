@@ -204,23 +204,6 @@ impl Running {
     }
 }
 
-/// Connects from the client's namespace to each of `ports` on the server,
-/// where nothing listens: each connect is refused (a REJ record).
-fn refused_connects(lab: &Lab, ports: std::ops::Range<u16>) {
-    in_netns(&lab.client_ns, move || {
-        for port in ports {
-            let result =
-                TcpStream::connect_timeout(&socket_addr(SERVER_V4, port), Duration::from_secs(2));
-            assert!(
-                matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
-                "connect to {port}: {result:?}"
-            );
-        }
-    })
-    .join()
-    .expect("client thread");
-}
-
 /// `/metrics` from inside `ns`, where teardown serves it on `addr`.
 fn scrape(ns: &str, addr: String) -> String {
     in_netns(ns, move || {

@@ -16,7 +16,6 @@ mod support;
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -25,26 +24,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{
-    ChildGuard, Lab, SERVER_V4, TempDir, in_netns, socket_addr, teardown_bin, wait_until,
-};
-
-/// Connects from the client's namespace to each of `ports` on the server,
-/// where nothing listens: each connect is refused, one REJ record each.
-fn refused_connects(lab: &Lab, ports: std::ops::Range<u16>) {
-    in_netns(&lab.client_ns, move || {
-        for port in ports {
-            let result =
-                TcpStream::connect_timeout(&socket_addr(SERVER_V4, port), Duration::from_secs(2));
-            assert!(
-                matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
-                "connect to {port}: {result:?}"
-            );
-        }
-    })
-    .join()
-    .expect("client thread");
-}
+use support::{ChildGuard, Lab, TempDir, refused_connects, teardown_bin, wait_until};
 
 /// The responder ports of the connection records in the log file at `path`
 /// (every line must be whole JSON).

@@ -406,3 +406,22 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Connects from the client's namespace to each of `ports` on the server,
+/// where nothing listens: each connect is refused, one REJ record each.
+pub fn refused_connects(lab: &Lab, ports: std::ops::Range<u16>) {
+    in_netns(&lab.client_ns, move || {
+        for port in ports {
+            let result = std::net::TcpStream::connect_timeout(
+                &socket_addr(SERVER_V4, port),
+                Duration::from_secs(2),
+            );
+            assert!(
+                matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
+                "connect to {port}: {result:?}"
+            );
+        }
+    })
+    .join()
+    .expect("client thread");
+}
