@@ -234,11 +234,12 @@ fn every_way_of_ending_a_connection_is_reported_exactly() {
     let lab = Lab::new();
     let capture = std::env::temp_dir().join(format!("{}-conn.pcap", lab.server_ns));
     let tcpdump = start_tcpdump(&lab.server_ns, &lab.server_if, &capture);
-    let (teardown, _stderr) = start_teardown(
+    let (mut teardown, stderr) = start_teardown(
         &lab.server_ns,
         &lab.server_if,
         &["--mode", "native", "--idle-timeout", "3s"],
     );
+    let watched = JsonLines::watch(&mut teardown, stderr);
 
     let mut servers = Vec::new();
     for scenario in SCENARIOS {
@@ -255,28 +256,43 @@ fn every_way_of_ending_a_connection_is_reported_exactly() {
     for handle in clients.into_iter().chain(servers) {
         idle_sockets.extend(handle.join().expect("a scenario thread panicked"));
     }
-    // Closed connections are reported after the 5 s close delay; give them
-    // time, then stop (anything still open is reported at the stop).
-    thread::sleep(Duration::from_secs(6));
-    let output = teardown.terminate();
+    // Closed connections are reported after the 5 s close delay, the idle
+    // one 3 s after its last packet (found at the latest by its handshake's
+    // 5 s timer): wait for each scenario's record, or stop after 20 s
+    // (anything still open is then reported at the stop, and fails below).
+    for scenario in SCENARIOS {
+        let port = scenario as u16;
+        watched.wait_for(Duration::from_secs(20), |value| {
+            value["event"] == "conn" && value["id.resp_p"] == port
+        });
+    }
+    let (lines, _output, _stderr) = watched.finish(teardown);
     let _ = tcpdump.terminate();
     drop(idle_sockets);
     let packets = captured_packets(&capture);
     let _ = std::fs::remove_file(&capture);
 
-    let records = conn_records(&output);
+    let records = conn_records(&lines);
     for scenario in SCENARIOS {
         check_record(scenario, &records, &packets);
     }
-    check_nothing_lost(&output);
+    check_nothing_lost(&lines);
 }
 
 /// The `conn` objects teardown printed.
-fn conn_records(output: &std::process::Output) -> Vec<Value> {
+fn conn_records(lines: &[Value]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|value| value["event"] == "conn")
+        .cloned()
+        .collect()
+}
+
+/// Every JSON line teardown printed.
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["event"] == "conn")
         .collect()
 }
 
@@ -335,11 +351,9 @@ fn optional_str<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// teardown's final flow statistics: no event lost, no insert failed.
-fn check_nothing_lost(output: &std::process::Output) {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let final_event = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+fn check_nothing_lost(lines: &[Value]) {
+    let final_event = lines
+        .iter()
         .find(|value| value["event"] == "final")
         .expect("a final event");
     let final_flows = &final_event["flows"];
@@ -479,9 +493,9 @@ fn fins_that_cross_are_a_simultaneous_close() {
         "the client's FIN acknowledges the server's: the FINs did not cross: {fins:?}"
     );
 
-    let records = conn_records(&output);
+    let records = conn_records(&json_lines(&output));
     check_record(scenario, &records, &packets);
-    check_nothing_lost(&output);
+    check_nothing_lost(&json_lines(&output));
 }
 
 /// A SYN whose answers never arrive. The server listens, but its namespace
@@ -538,10 +552,10 @@ fn a_syn_whose_answers_are_dropped_is_half_open_after_the_syn_timeout() {
         to_server >= 2 && to_client == 0,
         "want a retransmitted SYN and no answer, tcpdump saw {to_server} to and {to_client} from the server"
     );
-    let records = conn_records(&output);
+    let records = conn_records(&json_lines(&output));
     let record = check_record(scenario, &records, &packets);
     assert_eq!(record["end_reason"], "syn_timeout", "{record}");
-    check_nothing_lost(&output);
+    check_nothing_lost(&json_lines(&output));
 }
 
 /// A RST for a connection the server no longer knows. The connection is set
@@ -590,7 +604,7 @@ fn a_reset_from_a_server_that_forgot_the_connection_is_unknown_connection() {
     let packets = captured_packets(&capture);
     let _ = std::fs::remove_file(&capture);
 
-    let records = conn_records(&output);
+    let records = conn_records(&json_lines(&output));
     check_record(scenario, &records, &packets);
-    check_nothing_lost(&output);
+    check_nothing_lost(&json_lines(&output));
 }
