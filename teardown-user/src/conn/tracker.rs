@@ -688,7 +688,7 @@ impl Tracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use teardown_common::{
         conn::Segment,
         parse::tcp_flags::{ACK, FIN, RST, SYN},
@@ -716,7 +716,7 @@ mod tests {
     }
 
     /// A record fed `packets`: (from the client, flags, seq, ack, payload, time).
-    fn record(client_port: u16, packets: &[(bool, u8, u32, u32, u32, u64)]) -> Ended {
+    pub(crate) fn record(client_port: u16, packets: &[(bool, u8, u32, u32, u32, u64)]) -> Ended {
         let timeouts = Timeouts::ZEEK;
         let mut conn = Conn::zeroed();
         for (i, &(from_a, flags, seq, ack, len, now)) in packets.iter().enumerate() {

@@ -903,11 +903,7 @@ impl Drop for Terminal {
 #[cfg(test)]
 pub mod tests {
     use crossterm::event::{KeyCode, KeyModifiers};
-    use teardown_common::{
-        conn::{Conn, Segment, Timeouts, end_reason},
-        flow::FlowKey,
-        parse::tcp_flags::{ACK, FIN, RST, SYN},
-    };
+    use teardown_common::parse::tcp_flags::{ACK, FIN, RST, SYN};
 
     use super::*;
 
@@ -973,44 +969,17 @@ pub mod tests {
         snapshot
     }
 
-    /// A record fed `packets`: (from the client, flags, seq, ack, payload).
+    /// A record fed `packets`: (from the client, flags, seq, ack, payload),
+    /// a millisecond apart.
     fn record(packets: &[(bool, u8, u32, u32, u32)]) -> Ended {
-        let mut addr_a = [0u8; 16];
-        let mut addr_b = [0u8; 16];
-        addr_a[12..].copy_from_slice(&[192, 0, 2, 1]);
-        addr_b[12..].copy_from_slice(&[192, 0, 2, 2]);
-        let mut conn = Conn::zeroed();
-        for (i, &(from_a, flags, seq, ack, len)) in packets.iter().enumerate() {
-            let segment = Segment {
-                flags,
-                seq,
-                ack,
-                window: 1000,
-                len,
-                ip_len: 40 + len,
-                src_port: if from_a { 40000 } else { 8080 },
-                dst_port: if from_a { 8080 } else { 40000 },
-            };
-            let now = 1_000_000 * (i as u64 + 1);
-            if i == 0 {
-                conn.init(from_a, &segment, false, now);
-            }
-            conn.update(from_a, &segment, now, &Timeouts::ZEEK);
-        }
-        Ended {
-            key: FlowKey {
-                addr_a: teardown_common::addr::Addr16(addr_a),
-                addr_b: teardown_common::addr::Addr16(addr_b),
-                port_a: 40000,
-                port_b: 8080,
-                family: 4,
-                _pad8: 0,
-                _pad16: 0,
-            },
-            conn,
-            reason: end_reason::CLOSED,
-            kernel_reset: None,
-        }
+        let timed: Vec<_> = packets
+            .iter()
+            .enumerate()
+            .map(|(i, &(from_a, flags, seq, ack, len))| {
+                (from_a, flags, seq, ack, len, 1_000_000 * (i as u64 + 1))
+            })
+            .collect();
+        crate::conn::tracker::tests::record(40000, &timed)
     }
 
     /// Real or debris is read from the record: the handshake, or talk both
