@@ -6,8 +6,29 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::{
     cmd::run::Direction,
+    flood::FloodRecords,
     kernel::{AttachMode, ClockMode},
 };
+
+/// `--flood-records`: what becomes of a SYN flood's one-sided records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloodRecordsArg {
+    /// While a destination's SYN-flood alert is active, its one-sided
+    /// records (S0, REJ, OTH, ...) are counted into one summary per
+    /// interval (`flood_debris`); real connections keep their records.
+    Summary,
+    /// Every record in full, flood or not.
+    Full,
+}
+
+impl From<FloodRecordsArg> for FloodRecords {
+    fn from(arg: FloodRecordsArg) -> Self {
+        match arg {
+            FloodRecordsArg::Summary => FloodRecords::Summary,
+            FloodRecordsArg::Full => FloodRecords::Full,
+        }
+    }
+}
 
 /// `--mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

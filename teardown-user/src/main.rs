@@ -78,6 +78,12 @@ enum Command {
         /// Also append every connection record, as JSON, to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// A SYN flood's one-sided records (S0, REJ, OTH from spoofed
+        /// sources): `summary` counts them into one `flood_debris` summary
+        /// per flooded destination and interval while its alert is active
+        /// (real connections keep their full records); `full` writes each.
+        #[arg(long, value_enum, default_value = "summary")]
+        flood_records: cli::FloodRecordsArg,
         /// Serve Prometheus metrics at HOST:PORT (an IP address; :9464 for
         /// every address), or `off`.
         #[arg(long, value_name = "HOST:PORT", default_value = cli::DEFAULT_METRICS_ADDR,
@@ -259,6 +265,7 @@ fn main() -> ExitCode {
             max_flows,
             clock,
             log,
+            flood_records,
             metrics_addr,
             detect,
             fleet,
@@ -278,6 +285,7 @@ fn main() -> ExitCode {
                     max_flows,
                     clock: clock.into(),
                     log,
+                    flood_records: flood_records.into(),
                     metrics_addr: metrics_addr.0,
                     detect: detect.config(),
                     fleet: fleet.options(),

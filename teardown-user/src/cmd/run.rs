@@ -11,7 +11,7 @@ use crate::{
         resets::KernelReasons,
         tracker::{Clock, Ended, Tracker, monotonic_now_ns},
     },
-    flood::{AlertEvent, AlertWatch, DetectConfig},
+    flood::{AlertEvent, AlertWatch, DebrisSummariser, DebrisSummary, DetectConfig, FloodRecords},
     kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
     report::dashboard::{self, KeyOutcome, Live},
     report::figures::{
@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub clock: ClockMode,
     /// Also append every connection record, as JSON, to this file.
     pub log: Option<PathBuf>,
+    /// A flood's one-sided records: summarised per target, or in full.
+    pub flood_records: FloodRecords,
     /// Serve Prometheus metrics here (`None`: `--metrics-addr off`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// SYN-flood detection thresholds.
@@ -118,6 +120,18 @@ impl Screen {
             Screen::Dashboard(dashboard) => {
                 dashboard.snapshot().show(figures);
                 dashboard.draw(clock_time())
+            }
+        }
+    }
+
+    /// A flood's debris summary: its line for the plain output, or `None`
+    /// when the dashboard took it.
+    fn summary(&mut self, summary: &DebrisSummary) -> Option<String> {
+        match self {
+            Screen::Plain { .. } => Some(summary.human_line()),
+            Screen::Dashboard(dashboard) => {
+                dashboard.snapshot().push_summary(summary);
+                None
             }
         }
     }
@@ -253,6 +267,32 @@ impl Outputs {
         self.flush(&out, &log);
         if let Some(ipfix) = &mut self.ipfix {
             ipfix.export(ended, &self.clock);
+        }
+    }
+
+    /// Prints the summaries of flood debris, appends them to the log file
+    /// and sends them to the collector, as [`Outputs::emit`] does records.
+    fn emit_summaries(&mut self, summaries: &[DebrisSummary], screen: &mut Screen) {
+        let (mut out, mut log) = (String::new(), String::new());
+        for summary in summaries {
+            if self.json || self.log.is_some() {
+                let object = summary.json().to_string();
+                if self.json {
+                    batch(&mut self.stdout, &mut out, &object);
+                }
+                if let Some(sink) = &mut self.log {
+                    batch(sink, &mut log, &object);
+                }
+            }
+            if !self.json
+                && let Some(line) = screen.summary(summary)
+            {
+                batch(&mut self.stdout, &mut out, line);
+            }
+        }
+        self.flush(&out, &log);
+        if let Some(ipfix) = &mut self.ipfix {
+            ipfix.export_summaries(summaries);
         }
     }
 
@@ -463,6 +503,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let mut tracker = Tracker::new(options.timeouts);
     tracker.watch_half_open_timeouts();
+    // A one-sided record begun during an alert ends at most the idle
+    // timeout and the kernel's grace after its last packet.
+    let mut debris = DebrisSummariser::new(
+        options.flood_records,
+        kernel_offset,
+        Duration::from_nanos(options.timeouts.idle_ns.max(options.timeouts.syn_ns)) + GRACE,
+        options.detect.top_sources,
+        unix_seconds(),
+    );
     // The latest report's reading: the next report's rates are measured
     // from it (the first one's from the start).
     let mut previous = start;
@@ -511,9 +560,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracker.take_changes(&table);
         tracker.expire(kernel_now(), &table, &mut ended);
         reasons.claim(&mut ended);
+        debris.take_debris(&mut ended);
         output.emit(&ended, &mut screen);
         ended.clear();
         let mut alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        debris.observe(&alert_events);
         reasons.annotate(&mut alert_events);
         output.emit_alerts(&alert_events, &mut screen);
         if !alert_events.is_empty() {
@@ -524,6 +575,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         if metrics.is_none() && !report {
             output.drawn(screen.refresh());
             continue;
+        }
+        if report {
+            // The interval's debris, before the stats line whose
+            // `records_summarised` they add up to.
+            let summaries = debris.summaries(unix_seconds(), monotonic_now_ns(), &output.clock);
+            output.emit_summaries(&summaries, &mut screen);
         }
         let now = read_kernel(&kernel, egress)?;
         let now_at = tokio::time::Instant::now();
@@ -539,6 +596,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             alert_figures(&alerts)?,
             reasons.figures(&kernel)?,
             output.lines_lost(),
+            debris.counts(),
         );
         if let Some(metrics) = &metrics {
             metrics.publish(figures.clone());
@@ -578,6 +636,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracker.drain_events(&mut events, &mut ended);
     tracker.finish(&table, &mut ended);
     reasons.claim(&mut ended);
+    debris.take_debris(&mut ended);
     output.emit(&ended, &mut screen);
     // After a dashboard, the records of connections still open (thousands
     // after a flood) would bury the totals: they are counted, and logged.
@@ -593,8 +652,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     // Alerts still in progress end here, printed after the dashboard.
     let mut last_alerts = alerts.finish();
+    debris.observe(&last_alerts);
     reasons.annotate(&mut last_alerts);
     output.emit_alerts(&last_alerts, &mut screen);
+    // The last debris, with the records still open at exit: summed up
+    // before the totals they add up to.
+    let summaries = debris.summaries(unix_seconds(), monotonic_now_ns(), &output.clock);
+    output.emit_summaries(&summaries, &mut screen);
     if let Some(ipfix) = &mut output.ipfix {
         // The last records get a moment to go out; the rest are counted.
         ipfix.finish(Duration::from_millis(500));
@@ -627,6 +691,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         alert_figures(&alerts)?,
         last_reasons,
         output.lines_lost(),
+        debris.counts(),
     );
     if options.json {
         output.stdout.write(&json::final_line(&figures));

@@ -106,6 +106,19 @@ impl Ended {
         }
     }
 
+    /// Whether this was a real connection: its handshake completed, or
+    /// (picked up mid-stream) both sides sent data. The rest is one-sided
+    /// debris: unanswered SYNs (`S0`), refusals (`REJ`), stray segments and
+    /// unacknowledged SYN-ACKs (`OTH`, `SH`, `S1` without the ACK), which a
+    /// SYN flood leaves by the hundred thousand. One judgement for the
+    /// dashboard's lists and the flood summaries (`flood/debris.rs`), so a
+    /// record is debris in both or in neither.
+    pub fn is_conversation(&self) -> bool {
+        let conn = &self.conn;
+        let two_sided_talk = conn.ep[ORIG].payload_bytes > 0 && conn.ep[1 - ORIG].payload_bytes > 0;
+        conn.handshake_completed() || two_sided_talk
+    }
+
     /// The responder's port: what "per destination port" counts use.
     pub fn resp_port(&self) -> u16 {
         self.endpoints().1.1

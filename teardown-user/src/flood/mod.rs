@@ -4,10 +4,12 @@
 //! destination and for all of them together, whether a flood is under way,
 //! with the sources estimated by [`hll`] (how many) and [`heavy`] (which
 //! ones); the [`events`] it returns are printed, and their states shown in
-//! the metrics. The thresholds are in [`config`]. The rule and its
+//! the metrics. The thresholds are in [`config`]. While an alert is
+//! active, [`debris`] sums up its flood's one-sided records per target. The rule and its
 //! reasoning: `docs/flood-detection.md`.
 
 mod config;
+mod debris;
 mod detector;
 mod events;
 mod feed;
@@ -19,6 +21,7 @@ pub(crate) mod testing;
 mod watch;
 
 pub use config::{DetectConfig, SOURCE_CAPACITY};
+pub use debris::{DebrisCounts, DebrisSummariser, DebrisSummary, FloodRecords};
 pub use events::{AlertEvent, Phase};
 /// For `cli_detect`'s test-only destination parser.
 #[cfg(test)]

@@ -20,7 +20,7 @@ use teardown_common::{
     events::FlowStats,
 };
 
-use crate::{conn::tracker::Tracker, kernel::netstat::HandshakeDrops};
+use crate::{conn::tracker::Tracker, flood::DebrisCounts, kernel::netstat::HandshakeDrops};
 
 /// Everything one tick of `teardown run` shows, in every view.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -193,6 +193,12 @@ pub struct FlowFigures {
     pub half_open_timeouts: PortFigures,
     /// Ports folded into `other` since the start.
     pub half_open_timeout_ports_folded: u64,
+    /// Ended records of a flood's debris counted into `flood_debris`
+    /// summaries instead of written in full (`--flood-records summary`):
+    /// with the full records, they make up every record ended.
+    pub records_summarised: u64,
+    /// `flood_debris` summaries made (one per target and interval).
+    pub debris_summaries: u64,
 }
 
 impl FlowFigures {
@@ -216,6 +222,8 @@ impl FlowFigures {
             ended_by_close: tracker.stats.by_close.clone(),
             half_open_timeouts: PortFigures { listed, other },
             half_open_timeout_ports_folded: ports.folded(),
+            records_summarised: 0,
+            debris_summaries: 0,
         }
     }
 
@@ -428,7 +436,8 @@ impl Figures {
     /// The one place the figures are put together: counters since
     /// `baseline`, rates since `previous` (the latest report's reading,
     /// `seconds` ago) when given, the flow table's figures with the
-    /// tracker's, the alerts and the outputs' losses.
+    /// tracker's and the flood debris summarised, the alerts and the
+    /// outputs' losses.
     #[expect(
         clippy::too_many_arguments,
         reason = "one argument per source of figures, each taken once"
@@ -443,6 +452,7 @@ impl Figures {
         alerts: AlertFigures,
         reasons: ReasonFigures,
         lines_lost: LinesLost,
+        debris: DebrisCounts,
     ) -> Figures {
         let rates = |now: &Tallies, before: Option<&Tallies>, seconds: f64| {
             before.map(|before| Rates {
@@ -470,7 +480,11 @@ impl Figures {
             interval: previous.map(|(_, seconds)| seconds.max(1e-9)),
             received,
             egress,
-            flows: FlowFigures::new(&now.flow, tracker),
+            flows: FlowFigures {
+                records_summarised: debris.records_summarised,
+                debris_summaries: debris.summaries,
+                ..FlowFigures::new(&now.flow, tracker)
+            },
             alerts,
             reasons,
             lines_lost,
@@ -675,6 +689,7 @@ pub mod tests {
             flow_keys,
             [
                 "created",
+                "debris_summaries",
                 "dest_collisions",
                 "ended_by_close",
                 "ended_by_conn_state",
@@ -685,6 +700,7 @@ pub mod tests {
                 "half_open_timeouts_by_port",
                 "insert_failed",
                 "lock_contended",
+                "records_summarised",
                 "syn_untracked",
                 "synack_untracked",
                 "tracked",

@@ -26,6 +26,7 @@ use teardown_common::conn::{ORIG, end_reason};
 
 use crate::{
     conn::tracker::{Clock, Ended},
+    flood::DebrisSummary,
     report::output::say,
 };
 
@@ -37,6 +38,10 @@ pub const TEMPLATE_SET: u16 = 2;
 pub const TEMPLATE_V4: u16 = 256;
 /// Template id of IPv6 records.
 pub const TEMPLATE_V6: u16 = 257;
+/// Template id of flood debris summaries to an IPv4 target.
+pub const TEMPLATE_DEBRIS_V4: u16 = 258;
+/// Template id of flood debris summaries to an IPv6 target.
+pub const TEMPLATE_DEBRIS_V6: u16 = 259;
 /// RFC 5103's enterprise number for reverse elements.
 pub const REVERSE_PEN: u32 = 29305;
 /// teardown's enterprise number: the documentation one (RFC 5612) until a
@@ -72,6 +77,8 @@ pub mod element {
     pub const RST_CAUSE: u16 = 5;
     pub const RST_REASON: u16 = 6;
     pub const UID: u16 = 7;
+    /// A debris summary's records by conn_state: `S0=18000,REJ=211`.
+    pub const DEBRIS_CONN_STATES: u16 = 8;
 }
 
 /// IANA's flowEndReason values (RFC 7012).
@@ -128,12 +135,38 @@ fn fields(v6: bool) -> Vec<Field> {
     fields
 }
 
-/// The template set announcing both templates: set header, then each
-/// template record (id, field count, field specifiers).
+/// The fields of a flood debris summary (RFC 7015's aggregated flow: one
+/// record stands for `deltaFlowCount` records to one destination), in
+/// order; `v6` picks the address element.
+fn debris_fields(v6: bool) -> Vec<Field> {
+    let (dst, len) = if v6 { (28, 16) } else { (12, 4) };
+    vec![
+        (152, 8, None), // flowStartMilliseconds: the first record's start
+        (153, 8, None), // flowEndMilliseconds: the last record's end
+        (dst, len, None),
+        (11, 2, None), // destinationTransportPort
+        (4, 1, None),  // protocolIdentifier
+        (3, 8, None),  // deltaFlowCount: the records summarised
+        (2, 8, None),  // packetDeltaCount, the sources'
+        (1, 8, None),  // octetDeltaCount, the sources'
+        (2, 8, Some(REVERSE_PEN)),
+        (1, 8, Some(REVERSE_PEN)),
+        (378, 8, None), // distinctCountOfSourceIPAddress (estimated)
+        (element::DEBRIS_CONN_STATES, VARIABLE, Some(TEARDOWN_PEN)),
+    ]
+}
+
+/// The template set announcing every template: set header, then each
+/// template record (id, field count, field specifiers): connection
+/// records (256, 257), then debris summaries (258, 259).
 pub fn template_set() -> Vec<u8> {
     let mut set = vec![0; SET_HEADER];
-    for (id, v6) in [(TEMPLATE_V4, false), (TEMPLATE_V6, true)] {
-        let fields = fields(v6);
+    for (id, fields) in [
+        (TEMPLATE_V4, fields(false)),
+        (TEMPLATE_V6, fields(true)),
+        (TEMPLATE_DEBRIS_V4, debris_fields(false)),
+        (TEMPLATE_DEBRIS_V6, debris_fields(true)),
+    ] {
         set.extend(id.to_be_bytes());
         set.extend((fields.len() as u16).to_be_bytes());
         for (element, length, enterprise) in fields {
@@ -290,6 +323,93 @@ impl FlowRecord {
     }
 }
 
+/// A data record of one of the templates.
+pub trait DataRecord {
+    /// Its template's id.
+    fn template(&self) -> u16;
+    /// Its bytes, in its template's order.
+    fn encode_into(&self, out: &mut Vec<u8>);
+}
+
+impl DataRecord for FlowRecord {
+    fn template(&self) -> u16 {
+        if self.is_v6() {
+            TEMPLATE_V6
+        } else {
+            TEMPLATE_V4
+        }
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode(out);
+    }
+}
+
+/// A flood debris summary as IPFIX carries it: one aggregated record per
+/// summary (the top sources stay in the JSON: a collector has no element
+/// for them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebrisRecord {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub destination: (IpAddr, u16),
+    pub records: u64,
+    /// The sources', then the target's.
+    pub packets: [u64; 2],
+    pub octets: [u64; 2],
+    pub distinct_sources: u64,
+    /// `S0=18000,REJ=211`.
+    pub conn_states: String,
+}
+
+impl DebrisRecord {
+    pub fn from_summary(summary: &DebrisSummary) -> DebrisRecord {
+        DebrisRecord {
+            start_ms: summary.first_ms,
+            end_ms: summary.last_ms.max(summary.first_ms),
+            destination: (summary.target_addr, summary.target_port),
+            records: summary.records,
+            packets: [summary.orig_pkts, summary.resp_pkts],
+            octets: [summary.orig_ip_bytes, summary.resp_ip_bytes],
+            distinct_sources: summary.distinct_sources,
+            conn_states: summary
+                .by_conn_state
+                .iter()
+                .map(|(state, count)| format!("{state}={count}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+impl DataRecord for DebrisRecord {
+    fn template(&self) -> u16 {
+        if self.destination.0.is_ipv6() {
+            TEMPLATE_DEBRIS_V6
+        } else {
+            TEMPLATE_DEBRIS_V4
+        }
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend(self.start_ms.to_be_bytes());
+        out.extend(self.end_ms.to_be_bytes());
+        match self.destination.0 {
+            IpAddr::V4(v4) => out.extend(v4.octets()),
+            IpAddr::V6(v6) => out.extend(v6.octets()),
+        }
+        out.extend(self.destination.1.to_be_bytes());
+        out.push(6); // TCP
+        out.extend(self.records.to_be_bytes());
+        for side in 0..2 {
+            out.extend(self.packets[side].to_be_bytes());
+            out.extend(self.octets[side].to_be_bytes());
+        }
+        out.extend(self.distinct_sources.to_be_bytes());
+        variable(out, self.conn_states.as_bytes());
+    }
+}
+
 /// A variable-length field (RFC 7011 section 7): one length byte below 255,
 /// else 255 and two length bytes. Longer than 65535 bytes is cut there.
 fn variable(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -328,10 +448,10 @@ impl Encoder {
     /// templates), each at most [`MAX_MESSAGE`] bytes (a record too large
     /// for one alone still goes, in a message of its own); the first starts
     /// with the template set when `templates`.
-    pub fn encode(
+    pub fn encode<R: DataRecord>(
         &mut self,
         export_time: u32,
-        records: &[FlowRecord],
+        records: &[R],
         templates: bool,
     ) -> Vec<Message> {
         let mut messages = Vec::new();
@@ -346,12 +466,8 @@ impl Encoder {
         let mut record_bytes = Vec::new();
         for record in records {
             record_bytes.clear();
-            record.encode(&mut record_bytes);
-            let template = if record.is_v6() {
-                TEMPLATE_V6
-            } else {
-                TEMPLATE_V4
-            };
+            record.encode_into(&mut record_bytes);
+            let template = record.template();
             let same_set = set.is_some_and(|(id, _)| id == template);
             let needed = record_bytes.len() + if same_set { 0 } else { SET_HEADER };
             if HEADER + body.len() + needed > MAX_MESSAGE && !body.is_empty() {
@@ -466,9 +582,19 @@ impl Exporter {
         self.send(&records);
     }
 
+    /// Queues the flood debris summaries, one aggregated record each, and
+    /// sends what the socket takes. They count in `lost` as records do.
+    pub fn export_summaries(&mut self, summaries: &[DebrisSummary]) {
+        if summaries.is_empty() {
+            return;
+        }
+        let records: Vec<DebrisRecord> = summaries.iter().map(DebrisRecord::from_summary).collect();
+        self.send(&records);
+    }
+
     /// Queues `records` (with the templates when they are due) and sends
     /// what the socket takes.
-    fn send(&mut self, records: &[FlowRecord]) {
+    fn send<R: DataRecord>(&mut self, records: &[R]) {
         let templates = self.templates_at.is_none_or(|at| {
             at.elapsed() >= TEMPLATE_EVERY
                 || self.messages_since_templates >= TEMPLATE_EVERY_MESSAGES
@@ -607,10 +733,26 @@ mod tests {
                 expected.extend([0x80, element, 0xff, 0xff, 0, 0, 0x7e, 0xd9]);
             }
         }
+        for (id, dst, len) in [(258u16, 12u16, 4u16), (259, 28, 16)] {
+            expected.extend(id.to_be_bytes());
+            expected.extend([0, 12]); // 9 standard, 2 reverse, 1 teardown
+            for (element, length) in [(152u16, 8u16), (153, 8), (dst, len), (11, 2), (4, 1)] {
+                expected.extend(element.to_be_bytes());
+                expected.extend(length.to_be_bytes());
+            }
+            expected.extend([0, 3, 0, 8, 0, 2, 0, 8, 0, 1, 0, 8]);
+            expected.extend([0x80, 2, 0, 8, 0, 0, 0x72, 0x79]);
+            expected.extend([0x80, 1, 0, 8, 0, 0, 0x72, 0x79]);
+            expected.extend([1, 0x7a, 0, 8]); // 378
+            expected.extend([0x80, 8, 0xff, 0xff, 0, 0, 0x7e, 0xd9]);
+        }
         let length = expected.len() as u16;
         expected[length_at..length_at + 2].copy_from_slice(&length.to_be_bytes());
         assert_eq!(set, expected);
-        assert_eq!(set.len(), 4 + 2 * (4 + 11 * 4 + 10 * 8));
+        assert_eq!(
+            set.len(),
+            4 + 2 * (4 + 11 * 4 + 10 * 8) + 2 * (4 + 9 * 4 + 3 * 8)
+        );
     }
 
     #[test]

@@ -210,6 +210,18 @@ pub fn render(figures: &Figures) -> String {
     }
 
     e.single(
+        "teardown_records_summarised_total",
+        "counter",
+        "Ended records of a SYN flood's one-sided debris (S0, REJ, OTH, ... to a destination under an active alert) counted into flood_debris summaries instead of written in full (--flood-records summary). Subtract from teardown_connections_ended_total for the full records written.",
+        flows.records_summarised,
+    );
+    e.single(
+        "teardown_flood_debris_summaries_total",
+        "counter",
+        "flood_debris summaries made: one per flooded destination and report interval with debris.",
+        flows.debris_summaries,
+    );
+    e.single(
         "teardown_flows_tracked",
         "gauge",
         "Connection records being tracked now.",

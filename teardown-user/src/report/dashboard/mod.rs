@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     conn::tracker::Ended,
+    flood::DebrisSummary,
     kernel::netstat::HandshakeDrops,
     report::figures::{Figures, Traffic},
     report::output::short_count,
@@ -51,6 +52,10 @@ pub use keys::{KeyOutcome, ViewState};
 /// ones and debris): more than any screen shows, so a taller window fills
 /// at once.
 const RECENT_TEARDOWNS_KEPT: usize = 256;
+
+/// Flooded targets whose latest debris summary is kept (the view shows
+/// two at most).
+const SUMMARIES_KEPT: usize = 8;
 
 /// Alert events kept, and at most shown.
 const ALERT_EVENTS_KEPT: usize = 64;
@@ -127,12 +132,11 @@ impl Teardown {
     /// handshake and what each side sent), never from its text.
     pub fn of(record: &Ended) -> Teardown {
         let conn = &record.conn;
-        let two_sided_talk = conn.ep[ORIG].payload_bytes > 0 && conn.ep[RESP].payload_bytes > 0;
         Teardown {
             line: record.human_line(),
             conn_state: conn.conn_state(),
             close: conn.close(record.reason).kind,
-            established: conn.handshake_completed() || two_sided_talk,
+            established: record.is_conversation(),
             duration_ns: conn.last_ns.saturating_sub(conn.start_ns),
             bytes: conn.size(ORIG) + conn.size(RESP),
             seq: 0,
@@ -171,6 +175,10 @@ pub struct Snapshot {
     /// Debris since the start, by conn_state, and in all.
     debris_by_state: BTreeMap<&'static str, u64>,
     debris_total: u64,
+    /// Of the debris, the records that came in flood summaries.
+    debris_summarised: u64,
+    /// The latest summary line of each flooded target, newest last.
+    debris_summaries: VecDeque<(String, String)>,
     /// Teardowns taken so far: the next one's `seq`.
     taken: u64,
 }
@@ -218,6 +226,35 @@ impl Snapshot {
             self.debris_total += 1;
             push_bounded(&mut self.debris, row, RECENT_TEARDOWNS_KEPT);
         }
+    }
+
+    /// Adds a flood's debris summary: its records count as debris, as
+    /// they would one by one, and its line is the target's latest.
+    pub fn push_summary(&mut self, summary: &DebrisSummary) {
+        for (state, count) in &summary.by_conn_state {
+            *self.debris_by_state.entry(state).or_default() += count;
+        }
+        self.debris_total += summary.records;
+        self.debris_summarised += summary.records;
+        let target = summary.target.to_string();
+        self.debris_summaries.retain(|(kept, _)| *kept != target);
+        push_bounded(
+            &mut self.debris_summaries,
+            (target, summary.human_line()),
+            SUMMARIES_KEPT,
+        );
+    }
+
+    /// Debris records that came in flood summaries, and the latest summary
+    /// line of each target, newest first.
+    pub fn summaries(&self) -> (u64, impl Iterator<Item = &str>) {
+        (
+            self.debris_summarised,
+            self.debris_summaries
+                .iter()
+                .rev()
+                .map(|(_, line)| line.as_str()),
+        )
     }
 
     /// The teardowns kept, both lists, oldest first within each.

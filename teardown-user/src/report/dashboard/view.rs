@@ -195,12 +195,21 @@ fn debris_line(snapshot: &Snapshot) -> Option<String> {
         .take(4)
         .map(|(state, count)| format!("{state} {}", grouped(*count)))
         .collect();
+    let (summarised, _) = snapshot.summaries();
+    let summarised = if summarised > 0 {
+        format!(", {} of them in flood summaries", grouped(summarised))
+    } else {
+        String::new()
+    };
     Some(format!(
-        "  + {} one-sided, no handshake ({}): the newest dimmed below; f lists them",
+        "  + {} one-sided, no handshake ({}){summarised}: the newest dimmed below; f lists them",
         grouped(total),
         states.join(", ")
     ))
 }
+
+/// Flood summaries shown under the debris line, at most.
+const SUMMARIES_SHOWN: usize = 2;
 
 /// Every row of the frame, at most `height`, each at most `width` wide.
 fn rows<'a>(
@@ -277,6 +286,15 @@ fn rows<'a>(
                 Style::new().add_modifier(Modifier::DIM),
                 width,
             ));
+            // The newest flood summaries: what the records not listed one
+            // by one amount to, per target.
+            for line in snapshot.summaries().1.take(SUMMARIES_SHOWN) {
+                rows.push(styled(
+                    format!("  {line}"),
+                    Style::new().add_modifier(Modifier::DIM),
+                    width,
+                ));
+            }
         }
         if list.is_empty() && debris.is_empty() {
             rows.push(plain("  none", width));
