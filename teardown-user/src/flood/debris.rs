@@ -6,7 +6,8 @@
 //! real connection ([`Ended::is_conversation`]) keeps its full record.
 //!
 //! Which records: one-sided, to the alert's destination (address and
-//! port), whose first packet came while its alert was active (from
+//! port; or from it, where a lone SYN-ACK made Zeek's rule guess the host
+//! the originator), whose first packet came while its alert was active (from
 //! [`LOOKBACK`] before its start, as the flood's first SYNs precede the
 //! alert they cause, to its end). The record may end long after the alert:
 //! a half-open record ends `--syn-timeout` later, an unanswered SYN-ACK
@@ -255,9 +256,15 @@ impl Pile {
         })
     }
 
-    fn add(&mut self, record: &Ended) {
+    fn add(&mut self, record: &Ended, target: TargetKey) {
         let conn = &record.conn;
-        let ((source, _), _) = record.endpoints();
+        // The source is the end that is not the target.
+        let ((orig, orig_port), resp) = record.endpoints();
+        let source = if TargetKey::new(orig, orig_port) == target {
+            resp.0
+        } else {
+            orig
+        };
         self.records += 1;
         *self.by_conn_state.entry(conn.conn_state()).or_default() += 1;
         *self
@@ -438,14 +445,23 @@ impl DebrisSummariser {
             if record.is_conversation() {
                 return true;
             }
-            let (_, (addr, port)) = record.endpoints();
-            let Some(pile) = self.piles.get_mut(&TargetKey::new(addr, port)) else {
+            // The target is the responder; or, where the originator was
+            // guessed (a lone SYN-ACK of the host's to a spoofed source,
+            // whose SYN went untracked, read by Zeek's rule as coming from
+            // the originator), the originator.
+            let (orig, resp) = record.endpoints();
+            let Some((target, pile)) = [resp, orig]
+                .into_iter()
+                .find(|(addr, port)| self.piles.contains_key(&TargetKey::new(*addr, *port)))
+                .map(|(addr, port)| TargetKey::new(addr, port))
+                .and_then(|target| Some((target, self.piles.get_mut(&target)?)))
+            else {
                 return true;
             };
             if !pile.covers(record.conn.start_ns) {
                 return true;
             }
-            pile.add(record);
+            pile.add(record, target);
             self.counts.records_summarised += 1;
             false
         });
