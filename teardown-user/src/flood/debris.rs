@@ -506,3 +506,180 @@ impl DebrisSummariser {
         self.counts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use teardown_common::parse::tcp_flags::{ACK, FIN, SYN};
+
+    use super::*;
+    use crate::{
+        conn::tracker::tests::record,
+        flood::{
+            events::{AlertEvent, Triggers},
+            testing::dest,
+        },
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// An alert event on `target` at `now_ns`, started at `started_ns`.
+    fn alert(phase: Phase, target: AlertTarget, started_ns: u64, now_ns: u64) -> AlertEvent {
+        AlertEvent {
+            phase,
+            target,
+            syn_rate: 50_000.0,
+            peak_syn_rate: 50_000.0,
+            baseline_syn_rate: 10.0,
+            completion_ratio: Some(0.0),
+            half_open: 100,
+            top_sources: Vec::new(),
+            distinct_sources: Some(1000.0),
+            triggers: Triggers {
+                syn_rate: true,
+                half_open: false,
+            },
+            started_ns,
+            now_ns,
+            host: None,
+        }
+    }
+
+    /// A lone SYN from 192.0.2.1:`port` to 192.0.2.2:8080 at `at_ns`.
+    fn syn(port: u16, at_ns: u64) -> Ended {
+        record(port, &[(true, SYN, 1000, 0, 0, at_ns)])
+    }
+
+    /// A whole conversation from 192.0.2.1:`port`, starting at `at_ns`.
+    fn conversation(port: u16, at_ns: u64) -> Ended {
+        let (c, s) = (1000u32, 5000u32);
+        record(
+            port,
+            &[
+                (true, SYN, c, 0, 0, at_ns),
+                (false, SYN | ACK, s, c + 1, 0, at_ns + 1),
+                (true, ACK, c + 1, s + 1, 0, at_ns + 2),
+                (true, FIN | ACK, c + 1, s + 1, 0, at_ns + 3),
+                (false, FIN | ACK, s + 1, c + 2, 0, at_ns + 4),
+                (true, ACK, c + 2, s + 2, 0, at_ns + 5),
+            ],
+        )
+    }
+
+    fn summariser(mode: FloodRecords) -> DebrisSummariser {
+        // The records' clock is CLOCK_MONOTONIC here.
+        DebrisSummariser::new(mode, 0, Duration::from_secs(300), 5, 0.0)
+    }
+
+    const CLOCK: Clock = Clock::Monotonic { offset_ns: 0 };
+
+    /// During an alert, one-sided records to its target are summarised,
+    /// real ones and those to other targets or from before the alert are
+    /// not, and every count adds up.
+    #[test]
+    fn debris_of_an_alert_is_summarised_and_adds_up() {
+        let target = dest("192.0.2.2:8080");
+        let mut debris = summariser(FloodRecords::Summary);
+        debris.observe(&[alert(
+            Phase::Start,
+            AlertTarget::Dest(target),
+            10 * SECOND,
+            10 * SECOND,
+        )]);
+        let mut ended = vec![
+            syn(40_000, 5 * SECOND),    // long before the alert: written
+            syn(40_001, 9_500_000_000), // within the lookback: summarised
+            syn(40_002, 11 * SECOND),
+            conversation(40_003, 11 * SECOND), // real: written
+            syn(40_004, 11 * SECOND),
+        ];
+        debris.take_debris(&mut ended);
+        let left: Vec<u16> = ended.iter().map(|record| record.endpoints().0.1).collect();
+        assert_eq!(left, [40_000, 40_003]);
+        assert_eq!(debris.counts().records_summarised, 3);
+
+        let summaries = debris.summaries(1.0, 12 * SECOND, &CLOCK);
+        assert_eq!(summaries.len(), 1);
+        let summary = &summaries[0];
+        assert_eq!(summary.target, target);
+        assert_eq!(summary.records, 3);
+        assert_eq!(summary.by_conn_state.values().sum::<u64>(), 3);
+        assert_eq!(summary.by_close.values().sum::<u64>(), 3);
+        assert_eq!(summary.by_conn_state.get("S0"), Some(&3));
+        assert_eq!((summary.orig_pkts, summary.resp_pkts), (3, 0));
+        assert!(summary.alert_active);
+        // One source sent all three: it is the top source.
+        assert_eq!(summary.top_sources.len(), 1, "{summary:?}");
+        assert_eq!(summary.top_sources[0].records, 3);
+        assert_eq!(summary.distinct_sources, 1);
+        let json = summary.json();
+        assert_eq!(json["event"], "flood_debris");
+        assert_eq!(json["target"], "192.0.2.2:8080");
+        assert_eq!(json["by_conn_state"]["S0"], 3);
+        assert!(summary.human_line().starts_with(
+            "flood debris 192.0.2.2:8080 (alert active): 3 one-sided records in 1.0s (S0 3)"
+        ));
+        // Nothing new: no summary.
+        assert!(debris.summaries(2.0, 13 * SECOND, &CLOCK).is_empty());
+        assert_eq!(debris.counts().summaries, 1);
+    }
+
+    /// After the alert's end, records begun during it are still its debris
+    /// (a half-open record ends --syn-timeout later); records begun after
+    /// it are not; and the span is forgotten once no record of it can end.
+    #[test]
+    fn the_tail_of_a_flood_is_summarised_and_spans_are_forgotten() {
+        let target = AlertTarget::Dest(dest("192.0.2.2:8080"));
+        let mut debris = summariser(FloodRecords::Summary);
+        debris.observe(&[alert(Phase::Start, target, 10 * SECOND, 10 * SECOND)]);
+        debris.observe(&[alert(Phase::End, target, 10 * SECOND, 20 * SECOND)]);
+        let mut ended = vec![syn(40_000, 19 * SECOND), syn(40_001, 21 * SECOND)];
+        debris.take_debris(&mut ended);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].endpoints().0.1, 40_001);
+        let summaries = debris.summaries(1.0, 25 * SECOND, &CLOCK);
+        assert!(!summaries[0].alert_active);
+        // Past the idle timeout and the margin, the span is gone.
+        debris.summaries(2.0, 20 * SECOND + 311 * SECOND, &CLOCK);
+        let mut late = vec![syn(40_002, 15 * SECOND)];
+        debris.take_debris(&mut late);
+        assert_eq!(late.len(), 1, "no span left to match");
+        assert!(debris.piles.is_empty());
+    }
+
+    /// `--flood-records full`, and the `*` alert: nothing is summarised.
+    #[test]
+    fn full_records_and_the_all_alert_summarise_nothing() {
+        let target = AlertTarget::Dest(dest("192.0.2.2:8080"));
+        let mut full = summariser(FloodRecords::Full);
+        full.observe(&[alert(Phase::Start, target, 10 * SECOND, 10 * SECOND)]);
+        let mut ended = vec![syn(40_000, 11 * SECOND)];
+        full.take_debris(&mut ended);
+        assert_eq!(ended.len(), 1);
+        assert!(full.summaries(1.0, 12 * SECOND, &CLOCK).is_empty());
+
+        let mut all = summariser(FloodRecords::Summary);
+        all.observe(&[alert(
+            Phase::Start,
+            AlertTarget::All,
+            10 * SECOND,
+            10 * SECOND,
+        )]);
+        all.take_debris(&mut ended);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(all.counts(), DebrisCounts::default());
+    }
+
+    /// The table of targets stays bounded however many destinations alert.
+    #[test]
+    fn targets_are_bounded() {
+        let mut debris = summariser(FloodRecords::Summary);
+        for port in 0..(TARGETS_KEPT as u16 * 2) {
+            let target = AlertTarget::Dest(TargetKey::new([192, 0, 2, 2].into(), port));
+            debris.observe(&[
+                alert(Phase::Start, target, SECOND, SECOND),
+                alert(Phase::End, target, SECOND, 2 * SECOND + u64::from(port)),
+            ]);
+        }
+        assert_eq!(debris.piles.len(), TARGETS_KEPT);
+    }
+}

@@ -847,6 +847,48 @@ mod tests {
         assert_eq!(encoder.sequence, 4);
     }
 
+    /// A flood debris summary is one aggregated record of template 258,
+    /// field for field.
+    #[test]
+    fn a_debris_summary_is_one_aggregated_record() {
+        let record = DebrisRecord {
+            start_ms: 0x0102,
+            end_ms: 0x0304,
+            destination: (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 8080),
+            records: 18_211,
+            packets: [18_211, 9],
+            octets: [728_440, 396],
+            distinct_sources: 17_900,
+            conn_states: "REJ=211,S0=18000".into(),
+        };
+        assert_eq!(record.template(), TEMPLATE_DEBRIS_V4);
+        let mut bytes = Vec::new();
+        record.encode_into(&mut bytes);
+        let mut expected = Vec::new();
+        expected.extend(0x0102u64.to_be_bytes());
+        expected.extend(0x0304u64.to_be_bytes());
+        expected.extend([192, 0, 2, 2]);
+        expected.extend(8080u16.to_be_bytes());
+        expected.push(6);
+        for value in [18_211u64, 18_211, 728_440, 9, 396, 17_900] {
+            expected.extend(value.to_be_bytes());
+        }
+        expected.push(16);
+        expected.extend(b"REJ=211,S0=18000");
+        assert_eq!(bytes, expected);
+        let fixed: u16 = debris_fields(false)
+            .iter()
+            .map(|(_, length, _)| *length)
+            .filter(|length| *length != VARIABLE)
+            .sum();
+        assert_eq!(bytes.len(), fixed as usize + 1 + 16, "the template's sizes");
+
+        let mut encoder = Encoder::new();
+        let messages = encoder.encode(0, &[record], false);
+        assert_eq!(&messages[0].bytes[16..18], &[1, 2], "set 258");
+        assert_eq!(messages[0].records, 1);
+    }
+
     #[test]
     fn many_records_are_split_into_messages_that_fit_the_mtu() {
         let mut encoder = Encoder::new();
@@ -867,7 +909,7 @@ mod tests {
             sequence += message.records as u32;
         }
         assert_eq!(sequence, 100);
-        assert!(encoder.encode(0, &[], false).is_empty());
+        assert!(encoder.encode::<FlowRecord>(0, &[], false).is_empty());
     }
 
     #[test]

@@ -675,6 +675,54 @@ mod tests {
         assert!(!frame.contains("out /s"), "{frame}");
     }
 
+    /// A flood's summaries count as debris in the count line, their
+    /// latest line is shown under it, and the real connections stay listed.
+    #[test]
+    fn flood_summaries_count_as_debris_and_show_under_the_count_line() {
+        let mut snapshot = busy_snapshot();
+        let target = crate::flood::TargetKey::new([192, 0, 2, 2].into(), 8080);
+        let summary = |ts: f64, s0: u64| crate::flood::DebrisSummary {
+            ts,
+            target,
+            target_addr: target.addr,
+            target_port: target.port,
+            interval_start: ts - 1.0,
+            alert_active: true,
+            records: s0 + 11,
+            by_conn_state: [("S0", s0), ("REJ", 11)].into_iter().collect(),
+            by_close: [("half_open", s0), ("refused", 11)].into_iter().collect(),
+            orig_pkts: s0 + 11,
+            orig_ip_bytes: 40 * (s0 + 11),
+            resp_pkts: 11,
+            resp_ip_bytes: 440,
+            first_ms: 0,
+            last_ms: 0,
+            distinct_sources: s0,
+            top_sources: Vec::new(),
+        };
+        snapshot.push_summary(&summary(10.0, 18_000));
+        snapshot.push_summary(&summary(11.0, 20_000));
+        let buffer = render_buffer(&snapshot, &ViewState::default(), 160, 30);
+        let frame = text(&buffer);
+        assert!(
+            frame.contains(
+                "\n  + 38,022 one-sided, no handshake (S0 38,000, REJ 22), 38,022 of them in flood summaries: the newest dimmed below; f lists them\n"
+            ),
+            "{frame}"
+        );
+        // The target's latest summary only, dimmed.
+        let lines: Vec<&str> = frame
+            .lines()
+            .filter(|l| l.starts_with("  flood debris 192.0.2.2:8080"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{frame}");
+        assert!(lines[0].contains("20011 one-sided records"), "{frame}");
+        let style = row_style(&buffer, lines[0]);
+        assert!(style.add_modifier.contains(Modifier::DIM), "{style:?}");
+        let listed = frame.lines().filter(|l| l.contains(" SF ")).count();
+        assert!(listed >= 10, "{frame}");
+    }
+
     /// After a flood, the real connections fill the list and the debris is
     /// one line of counts; `f` lists the debris.
     #[test]
