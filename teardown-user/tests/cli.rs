@@ -92,6 +92,10 @@ fn bad_flag_values() {
         ),
         (&["run", "--iface", "lo", "--mode", "turbo"][..], "--mode"),
         (
+            &["run", "--iface", "lo", "--flood-records", "some"][..],
+            "--flood-records",
+        ),
+        (
             &["run", "--iface", "lo", "--metrics-addr", "localhost"][..],
             "--metrics-addr",
         ),

@@ -418,8 +418,9 @@ impl DebrisSummariser {
     }
 
     /// Forgets the target whose alert ended longest ago, if the table is
-    /// full; its piled-up records are kept... by not forgetting a target
-    /// with records waiting for their summary.
+    /// full. A target with records waiting for their summary is not
+    /// forgotten (they are counted already): the table may pass its bound
+    /// by those until the next summary empties them, which is one interval.
     fn make_room(&mut self) {
         if self.piles.len() < TARGETS_KEPT {
             return;

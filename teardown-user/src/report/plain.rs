@@ -78,10 +78,20 @@ pub fn half_open_ports_words(ports: &PortFigures, n: usize) -> Vec<String> {
 fn flow_line(flows: &FlowFigures) -> String {
     let ports = half_open_ports_words(&flows.half_open_timeouts, 3);
     format!(
-        "flows: {} tracked, {} half-open, {} ended; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
+        "flows: {} tracked, {} half-open, {} ended{}; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
         flows.tracked,
         flows.half_open,
         flows.ended(),
+        // Only once a flood was summarised: the line every report prints
+        // stays as it was otherwise.
+        if flows.records_summarised > 0 {
+            format!(
+                " ({} of them in {} flood debris summaries)",
+                flows.records_summarised, flows.debris_summaries
+            )
+        } else {
+            String::new()
+        },
         flows.events_lost,
         flows.insert_failed,
         flows.evicted,
