@@ -93,7 +93,7 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
     let target = format!("{SERVER_V4}:{FLOOD_PORT}");
 
     let port = FLOOD_PORT.to_string();
-    let mut hping = ChildGuard::new(
+    let hping = ChildGuard::new(
         Command::new("ip")
             .args(["netns", "exec", &lab.client_ns, "hping3", "-S", "--flood"])
             .args(["--rand-source", "-p", &port, SERVER_V4])
