@@ -57,8 +57,11 @@ fn run() -> Result<(), String> {
         let built = build(&out_dir)?;
         copy_if_changed(&built, &embedded)?;
     }
+    // Not TEARDOWN_EBPF_OBJECT: cargo also sets rustc-env variables for
+    // the programs it runs (`cargo test`, `cargo run`), and a cargo started
+    // from one of them would take the variable for a prebuilt object.
     println!(
-        "cargo::rustc-env=TEARDOWN_EBPF_OBJECT={}",
+        "cargo::rustc-env=TEARDOWN_EMBEDDED_OBJECT={}",
         embedded.display()
     );
     Ok(())

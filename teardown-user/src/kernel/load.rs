@@ -24,7 +24,7 @@ use super::{Kernel, SetupError, is_permission_error};
 
 /// The eBPF object built from `teardown-ebpf` by the build script, embedded
 /// at build time (empty when built with `AYA_BUILD_SKIP`).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EBPF_OBJECT"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EMBEDDED_OBJECT"));
 
 /// Kernel memory a flow table of `slots` slots takes: the slots and the
 /// changed-slot bitmap.
