@@ -2,6 +2,10 @@
 //! what is missing on the way.
 
 mod demo;
+// How teardown-ebpf is built, shared with teardown-user's build script,
+// which builds it: xtask installs its tools and lints it.
+#[path = "../../teardown-user/build/ebpf.rs"]
+mod ebpf;
 mod fuzz;
 mod install;
 mod provision;
@@ -28,8 +32,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Build the eBPF object and the release binary target/release/teardown.
+    /// Build the release binary target/release/teardown (its build script
+    /// builds the eBPF object it embeds), provisioning the tools first.
     Build,
+    /// Install what building the eBPF object needs: rust-src for the
+    /// nightly toolchain, and bpf-linker built against the nightly's LLVM
+    /// (under ~/.cache/teardown). Plain `cargo build` then works.
+    Provision,
     /// Build, then install the binary, its man pages and its shell
     /// completions under ROOT (bin/, share/man/man1/, share/bash-completion/,
     /// share/zsh/, share/fish/).
@@ -158,21 +167,14 @@ fn path_with(dir: &Path) -> anyhow::Result<OsString> {
     env::join_paths(paths).context("building PATH")
 }
 
-/// Everything the eBPF build needs, installed if missing.
-struct EbpfToolchain {
-    path: OsString,
+/// A host `cargo` command from the workspace root. teardown-user's build
+/// script builds the eBPF object with the tools [`provision::ebpf_tools`]
+/// installed.
+fn host_cargo() -> Command {
+    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.current_dir(workspace_root());
+    cargo
 }
-
-fn ebpf_toolchain() -> anyhow::Result<EbpfToolchain> {
-    provision::nightly_version()?;
-    provision::ensure_rust_src()?;
-    let linker_dir = provision::ensure_bpf_linker()?;
-    Ok(EbpfToolchain {
-        path: path_with(&linker_dir)?,
-    })
-}
-
-const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// What the outer cargo (`cargo xtask` runs on the stable toolchain) sets
 /// for its children, and must not leak into a nightly build.
@@ -183,56 +185,10 @@ const OUTER_TOOLCHAIN_VARS: &[&str] = &[
     "CARGO_ENCODED_RUSTFLAGS",
 ];
 
-impl EbpfToolchain {
-    /// `cargo +nightly SUBCOMMAND` for teardown-ebpf on the BPF target, with
-    /// bpf-linker on PATH and its own target directory.
-    fn cargo(&self, subcommand: &str) -> Command {
-        let root = workspace_root();
-        let mut cargo = Command::new("cargo");
-        cargo
-            .current_dir(&root)
-            .args([&format!("+{}", provision::NIGHTLY), subcommand])
-            .args([
-                "--package",
-                "teardown-ebpf",
-                "--release",
-                "--target",
-                EBPF_TARGET,
-            ])
-            .args(["-Z", "build-std=core", "--target-dir"])
-            .arg(root.join("target").join("ebpf"))
-            .env("PATH", &self.path);
-        for key in OUTER_TOOLCHAIN_VARS {
-            cargo.env_remove(key);
-        }
-        cargo
-    }
-}
-
-/// Compiles teardown-ebpf for the BPF target; returns the object's path.
-fn build_ebpf(toolchain: &EbpfToolchain) -> anyhow::Result<PathBuf> {
-    say("building the eBPF program (teardown-ebpf, bpfel-unknown-none, nightly)");
-    run_command(&mut toolchain.cargo("build")).context("building the eBPF program")?;
-    Ok(workspace_root()
-        .join("target/ebpf")
-        .join(EBPF_TARGET)
-        .join("release/teardown"))
-}
-
-/// A host `cargo` command that embeds `object`.
-fn host_cargo(object: &Path) -> Command {
-    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo
-        .current_dir(workspace_root())
-        .env("TEARDOWN_EBPF_OBJECT", object);
-    cargo
-}
-
 fn build_release() -> anyhow::Result<PathBuf> {
-    let toolchain = ebpf_toolchain()?;
-    let object = build_ebpf(&toolchain)?;
-    say("building target/release/teardown with the eBPF object embedded");
-    run_command(host_cargo(&object).args(["build", "--release", "--package", "teardown"]))
+    provision::ebpf_tools()?;
+    say("building target/release/teardown (its build script builds the eBPF object it embeds)");
+    run_command(host_cargo().args(["build", "--release", "--package", "teardown"]))
         .context("building teardown")?;
     Ok(workspace_root()
         .join("target")
@@ -287,11 +243,10 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
         TEST_PACKAGES,
         "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX, iperf3 measures bulk TCP over a veth)",
     )?;
-    let toolchain = ebpf_toolchain()?;
-    let object = build_ebpf(&toolchain)?;
+    provision::ebpf_tools()?;
     say("running unit, replay and live tests");
     let result = run_command(
-        host_cargo(&object)
+        host_cargo()
             .args([
                 "test",
                 "--workspace",
@@ -345,13 +300,9 @@ fn bench_churn(binary: &Path) -> anyhow::Result<()> {
         &["tcpdump", "iproute2"],
         "for the churn benchmark (tcpdump captures the link whose capture is replayed)",
     )?;
-    let object = workspace_root()
-        .join("target/ebpf")
-        .join(EBPF_TARGET)
-        .join("release/teardown");
     say("churn: real connections through a veth, teardown (release) on the server's side");
     run_command(
-        host_cargo(&object)
+        host_cargo()
             .args(["test", "--package", "teardown", "--test", "churn", "--"])
             .args(["--ignored", "--exact", "churn_rate", "--nocapture"])
             .env("TEARDOWN_CHURN_BIN", binary),
@@ -367,13 +318,9 @@ fn bench_resets(binary: &Path) -> anyhow::Result<()> {
             "the reset benchmark creates network namespaces and reads BPF statistics: run it as root (sudo -E cargo xtask bench --resets)"
         );
     }
-    let object = workspace_root()
-        .join("target/ebpf")
-        .join(EBPF_TARGET)
-        .join("release/teardown");
     say("resets: refused connections through a veth, the reset program's cost per reset");
     run_command(
-        host_cargo(&object)
+        host_cargo()
             .args([
                 "test",
                 "--package",
@@ -389,8 +336,7 @@ fn bench_resets(binary: &Path) -> anyhow::Result<()> {
 }
 
 fn lint() -> anyhow::Result<()> {
-    let toolchain = ebpf_toolchain()?;
-    let object = build_ebpf(&toolchain)?;
+    let linker_bin = provision::ebpf_tools()?;
     let root = workspace_root();
     say("cargo fmt --check");
     run_command(
@@ -400,7 +346,7 @@ fn lint() -> anyhow::Result<()> {
     )
     .context("formatting differs: run `cargo fmt --all`")?;
     say("clippy on the host crates");
-    run_command(host_cargo(&object).args([
+    run_command(host_cargo().args([
         "clippy",
         "--workspace",
         "--exclude",
@@ -412,8 +358,13 @@ fn lint() -> anyhow::Result<()> {
     ]))
     .context("clippy (host crates)")?;
     say("clippy on the eBPF crate, for its target");
-    run_command(toolchain.cargo("clippy").args(["--", "-D", "warnings"]))
-        .context("clippy (eBPF crate)")?;
+    // The build script's command, as clippy: the same flags, features and
+    // target directory, so the eBPF build is not repeated.
+    run_command(
+        ebpf::cargo(&root, &root.join("target/ebpf"), &linker_bin, "clippy")
+            .args(["--", "-D", "warnings"]),
+    )
+    .context("clippy (eBPF crate)")?;
     // fuzz/ is a workspace of its own (its targets only build under cargo
     // fuzz), so the commands above do not see it; it is held to the same
     // rules. Clippy checks it as ordinary code, on the stable toolchain.
@@ -442,7 +393,7 @@ fn lint() -> anyhow::Result<()> {
     // items to private ones resolve, and are allowed.
     say("cargo doc on the host crates, warnings denied");
     run_command(
-        host_cargo(&object)
+        host_cargo()
             .args([
                 "doc",
                 "--workspace",
@@ -463,6 +414,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Build => build_release().map(|binary| say(&format!("built {}", binary.display()))),
+        Task::Provision => provision::ebpf_tools().map(|linker| {
+            say(&format!(
+                "ready: the nightly toolchain with rust-src, and bpf-linker in {}; `cargo build` builds the eBPF object",
+                linker.display()
+            ))
+        }),
         Task::Install { root } => {
             build_release().and_then(|binary| install::install(&binary, &root).map(|_| ()))
         }

@@ -5,49 +5,36 @@
 //! LLVM (no matching LLVM comes from Debian); the tests need a few Debian
 //! packages. Each step checks first and only acts when something is missing.
 
-use std::{
-    env,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 
-use crate::{command_output, run_command, say};
+use crate::{ebpf, run_command, say};
 
 /// The toolchain that builds the eBPF crate (`-Z build-std`).
-pub const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = ebpf::NIGHTLY;
 
 /// The bpf-linker release and the LLVM feature matching the nightly's LLVM.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_VERSION: &str = ebpf::BPF_LINKER_VERSION;
 
-/// `rustc +nightly --version`, which names the LLVM the bitcode targets.
+/// `rustc --version` of the nightly, which names the LLVM the bitcode targets.
 pub fn nightly_version() -> anyhow::Result<String> {
-    let output = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "--version"])
-        .output()
-        .context("running rustc +nightly --version (is rustup installed?)")?;
-    if !output.status.success() {
-        bail!(
-            "no {NIGHTLY} Rust toolchain: install it with `rustup toolchain install {NIGHTLY} --component rust-src`"
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    ebpf::nightly_version().map_err(|err| anyhow!(err))
+}
+
+/// What the build script needs to build the eBPF object (`cargo xtask
+/// provision`): the nightly with rust-src, and bpf-linker for its LLVM.
+/// Returns the directory holding bpf-linker.
+pub fn ebpf_tools() -> anyhow::Result<PathBuf> {
+    nightly_version()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker()
 }
 
 /// Adds `rust-src` to the nightly toolchain if it is missing.
 pub fn ensure_rust_src() -> anyhow::Result<()> {
-    let installed = command_output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        NIGHTLY,
-    ]))?;
-    if installed
-        .lines()
-        .any(|line| line.trim().starts_with("rust-src"))
-    {
+    let sysroot = ebpf::nightly_sysroot().map_err(|err| anyhow!(err))?;
+    if ebpf::has_rust_src(&sysroot) {
         return Ok(());
     }
     say("installing rust-src for the nightly toolchain (needed for -Z build-std=core)");
@@ -61,35 +48,10 @@ pub fn ensure_rust_src() -> anyhow::Result<()> {
     .context("installing rust-src; by hand: rustup component add rust-src --toolchain nightly")
 }
 
-fn cache_root() -> PathBuf {
-    if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("teardown");
-    }
-    let home = env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache").join("teardown")
-}
-
-/// A directory-name-safe form of the nightly version string.
-fn cache_key(version: &str) -> String {
-    version
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// The shared LLVM library shipped inside the nightly toolchain, and its major version.
 fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
-    let sysroot =
-        command_output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
-    let lib = Path::new(sysroot.trim()).join("lib");
+    let sysroot = ebpf::nightly_sysroot().map_err(|err| anyhow!(err))?;
+    let lib = sysroot.join("lib");
     // `libLLVM.so.<major>.<minor>-rust-...` is the library; `libLLVM-<major>-...so`
     // beside it is a linker script.
     for entry in std::fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))? {
@@ -118,19 +80,9 @@ fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
 /// building it (about a minute) the first time for each nightly version.
 pub fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     let version = nightly_version()?;
-    let root = cache_root().join("bpf-linker").join(format!(
-        "{}-{}",
-        BPF_LINKER_VERSION,
-        cache_key(&version)
-    ));
+    let root = ebpf::bpf_linker_root(&version);
     let bin = root.join("bin");
-    let linker = bin.join("bpf-linker");
-    if linker.is_file()
-        && Command::new(&linker)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    {
+    if ebpf::bpf_linker_works(&bin) {
         return Ok(bin);
     }
     let (library, major) = nightly_llvm()?;
@@ -190,7 +142,9 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// is kept apart from `~/.cargo/bin` and pinned, so a fresh machine gets
 /// the version `cargo xtask fuzz` was written against.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let root = cache_root().join("cargo-fuzz").join(CARGO_FUZZ_VERSION);
+    let root = ebpf::cache_root()
+        .join("cargo-fuzz")
+        .join(CARGO_FUZZ_VERSION);
     let bin = root.join("bin");
     // cargo passes the subcommand's name first, as cargo-fuzz expects.
     if Command::new(bin.join("cargo-fuzz"))

@@ -22,8 +22,9 @@ use teardown_common::{
 
 use super::{Kernel, SetupError, is_permission_error};
 
-/// The eBPF object built from `teardown-ebpf`, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EBPF_OBJECT"));
+/// The eBPF object built from `teardown-ebpf` by the build script, embedded
+/// at build time (empty when built with `AYA_BUILD_SKIP`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EMBEDDED_OBJECT"));
 
 /// Kernel memory a flow table of `slots` slots takes: the slots and the
 /// changed-slot bitmap.
@@ -154,6 +155,12 @@ impl Kernel {
         // SAFETY: setrlimit reads the struct we pass and nothing else.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        // A build with AYA_BUILD_SKIP (for rust-analyzer, clippy) embeds none.
+        if EBPF_OBJECT.is_empty() {
+            anyhow::bail!(
+                "this teardown was built with AYA_BUILD_SKIP and holds no eBPF program: build it again without it"
+            );
+        }
         let slots = slots_for(options.max_flows);
         check_table_fits(options.max_flows, slots)?;
         let tick = match options.clock {
