@@ -13,10 +13,14 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    command_output, is_root, provision, remove_leftover_namespaces, run_command, run_teardown,
-    say, workspace_root,
+    command_output, is_root, provision, remove_leftover_namespaces, run_command, run_teardown, say,
+    workspace_root,
 };
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the demo includes the same file as its own private module; each keeps its copy rather than sharing one through main.rs"
+)]
 #[path = "../../teardown-user/tests/support/lab.rs"]
 mod lab;
 
@@ -53,7 +57,9 @@ pub fn build_peer_objects() -> anyhow::Result<PathBuf> {
         let object = out.join(format!("{name}.bpf.o"));
         run_command(
             Command::new("clang")
-                .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &include, "-c"])
+                .args([
+                    "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &include, "-c",
+                ])
                 .arg(&source)
                 .arg("-o")
                 .arg(&object),
@@ -275,7 +281,13 @@ struct ProgStats {
 }
 
 fn prog_stats(id: u32) -> anyhow::Result<ProgStats> {
-    let text = command_output(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"]))?;
+    let text = command_output(Command::new("bpftool").args([
+        "prog",
+        "show",
+        "id",
+        &id.to_string(),
+        "-j",
+    ]))?;
     let value: serde_json::Value = serde_json::from_str(&text).context("bpftool's JSON")?;
     Ok(ProgStats {
         name: value["name"].as_str().unwrap_or("?").to_string(),
@@ -333,7 +345,13 @@ impl<'a> Attached<'a> {
             teardown: None,
             ids: Vec::new(),
         };
-        let xdp_kind = |mode: &str| if mode == "skb" { "xdpgeneric" } else { "xdpdrv" };
+        let xdp_kind = |mode: &str| {
+            if mode == "skb" {
+                "xdpgeneric"
+            } else {
+                "xdpdrv"
+            }
+        };
         match setup {
             Setup::Nothing => {}
             Setup::Empty(mode) => {
@@ -353,7 +371,8 @@ impl<'a> Attached<'a> {
                 attached.ids = attached_xdp_id(&lab.server_link()?).into_iter().collect();
             }
             Setup::Teardown(mode) => {
-                let log = std::fs::File::create(workspace_root().join("target/bench/live-teardown.log"))?;
+                let log =
+                    std::fs::File::create(workspace_root().join("target/bench/live-teardown.log"))?;
                 let mut command = lab.exec(true, &binary.display().to_string());
                 command
                     .args(["run", "--iface", &lab.lab.server_if, "--mode", mode])
@@ -363,22 +382,25 @@ impl<'a> Attached<'a> {
                 let child = Background::spawn(&mut command, "teardown run")?;
                 let pid = child.pid();
                 attached.teardown = Some(child);
-                // Attached, and its programs all loaded: the set of program
-                // ids it holds unchanged for half a second (the TC egress
-                // program attaches after the XDP one).
-                let deadline = Instant::now() + Duration::from_secs(20);
-                let mut seen = (Vec::new(), Instant::now());
+                // Attached, and both its programs loaded: the XDP one and
+                // the TC egress one, which loads (verifies) a second or
+                // two after the first.
+                let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
-                    let ids = program_ids_of(pid);
-                    if ids != seen.0 {
-                        seen = (ids, Instant::now());
-                    } else if lab.server_link()?.contains("prog/xdp")
-                        && seen.1.elapsed() > Duration::from_millis(500)
+                    let kinds: Vec<String> = program_ids_of(pid)
+                        .into_iter()
+                        .filter_map(|id| prog_stats(id).ok())
+                        .map(|stats| stats.kind)
+                        .collect();
+                    if lab.server_link()?.contains("prog/xdp")
+                        && kinds.iter().any(|kind| kind == "sched_cls")
                     {
                         break;
                     }
                     if Instant::now() > deadline {
-                        bail!("teardown did not attach within 20 s (see target/bench/live-teardown.log)");
+                        bail!(
+                            "teardown did not attach its XDP and TC programs within 30 s (see target/bench/live-teardown.log)"
+                        );
                     }
                     thread::sleep(Duration::from_millis(100));
                 }
@@ -386,6 +408,7 @@ impl<'a> Attached<'a> {
                 // and the TC egress one; the replay and bench programs are
                 // not loaded by `run`).
                 attached.ids = program_ids_of(pid);
+                thread::sleep(Duration::from_millis(300));
             }
         }
         if let Some(mode) = setup.mode().filter(|mode| *mode != "auto") {
@@ -399,7 +422,10 @@ impl<'a> Attached<'a> {
     }
 
     fn stats(&self) -> Vec<ProgStats> {
-        self.ids.iter().filter_map(|id| prog_stats(*id).ok()).collect()
+        self.ids
+            .iter()
+            .filter_map(|id| prog_stats(*id).ok())
+            .collect()
     }
 
     /// teardown's CPU time so far (user + system), in clock ticks.
@@ -426,7 +452,11 @@ impl Drop for Attached<'_> {
                     "set",
                     "dev",
                     &self.lab.lab.server_if,
-                    if mode == "skb" { "xdpgeneric" } else { "xdpdrv" },
+                    if mode == "skb" {
+                        "xdpgeneric"
+                    } else {
+                        "xdpdrv"
+                    },
                     "off",
                 ])
                 .status();
@@ -434,8 +464,11 @@ impl Drop for Attached<'_> {
     }
 }
 
-/// ns per run of each program between two snapshots: (name, type, runs, ns/run).
-fn per_run(before: &[ProgStats], after: &[ProgStats]) -> Vec<(String, String, u64, f64)> {
+/// Each program that ran between two snapshots: (name, type, runs, ns/run).
+type ProgRuns = Vec<(String, String, u64, f64)>;
+
+/// ns per run of each program between two snapshots.
+fn per_run(before: &[ProgStats], after: &[ProgStats]) -> ProgRuns {
     before
         .iter()
         .zip(after)
@@ -446,7 +479,11 @@ fn per_run(before: &[ProgStats], after: &[ProgStats]) -> Vec<(String, String, u6
                 a.name.clone(),
                 a.kind.clone(),
                 runs,
-                if runs == 0 { 0.0 } else { ns as f64 / runs as f64 },
+                if runs == 0 {
+                    0.0
+                } else {
+                    ns as f64 / runs as f64
+                },
             )
         })
         .filter(|(_, _, runs, _)| *runs > 0)
@@ -475,8 +512,8 @@ struct Measured {
     setup: Setup,
     gbits: f64,
     synacks_per_s: f64,
-    bulk_progs: Vec<(String, String, u64, f64)>,
-    flood_progs: Vec<(String, String, u64, f64)>,
+    bulk_progs: ProgRuns,
+    flood_progs: ProgRuns,
     cpu_percent: Option<f64>,
 }
 
@@ -496,7 +533,14 @@ fn measure(
     let started = Instant::now();
     let mut flood = Background::spawn(
         lab.exec(false, "hping3")
-            .args(["--flood", "--rand-source", "-S", "-p", FLOOD_PORT, SERVER_ADDR])
+            .args([
+                "--flood",
+                "--rand-source",
+                "-S",
+                "-p",
+                FLOOD_PORT,
+                SERVER_ADDR,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         "hping3",
@@ -537,7 +581,7 @@ fn progs_text(progs: &[(String, String, u64, f64)]) -> String {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
@@ -589,7 +633,11 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
                 let link = lab.server_link()?;
                 say(&format!(
                     "live: --mode auto on a veth attaches {}",
-                    if link.contains("xdpgeneric") { "generic (skb)" } else { "native" }
+                    if link.contains("xdpgeneric") {
+                        "generic (skb)"
+                    } else {
+                        "native"
+                    }
                 ));
             }
             Err(err) => say(&format!("live: --mode auto: {err:#}")),
@@ -651,7 +699,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
             Some(empty) if empty != setup => format!("{:.2}x", value / med(empty, f)),
             _ => "-".into(),
         };
-        let ns_of = |pick: &dyn Fn(&Measured) -> &Vec<(String, String, u64, f64)>| {
+        let ns_of = |pick: &dyn Fn(&Measured) -> &ProgRuns| {
             let kinds = ["xdp", "sched_cls"];
             kinds
                 .iter()
@@ -684,7 +732,11 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
             vs_empty(flood, &|m| m.synacks_per_s),
             ns_of(&|m| &m.bulk_progs),
             ns_of(&|m| &m.flood_progs),
-            if cpu.is_empty() { "-".into() } else { format!("{:.1}", median(cpu)) }
+            if cpu.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.1}", median(cpu))
+            }
         );
     }
     drop(lab);
