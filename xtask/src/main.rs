@@ -295,6 +295,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nfdump",
     "systemd",
     "iperf3",
+    // teardown-user/tests/bench_peers.rs: the bench's C programs and xdp-filter's.
+    "clang",
+    "libbpf-dev",
+    "xdp-tools",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
