@@ -226,8 +226,7 @@ impl Wrapper {
             .as_raw_fd())
     }
 
-    /// Puts `program` in the slot the wrapper tail-calls, and zeroes its run
-    /// count.
+    /// Puts `program` in the slot the wrapper tail-calls.
     fn call(&mut self, program: &ProgramFd) -> anyhow::Result<()> {
         let mut slot = ProgramArray::try_from(
             self.ebpf
@@ -248,6 +247,7 @@ impl Wrapper {
         self.call(&empty)
     }
 
+    /// Zeroes the wrapper's run count (the source addresses start over).
     fn reset_runs(&mut self) -> anyhow::Result<()> {
         let mut runs: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
             self.ebpf
