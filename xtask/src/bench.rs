@@ -32,7 +32,7 @@ const PEER_PACKAGES: &[&str] = &["xdp-tools", "clang", "libbpf-dev", "linux-libc
 /// The bench's C programs, in `bench/peers/`, built to `target/bench/peers/NAME.bpf.o`.
 const PEER_SOURCES: &[&str] = &["conntrack", "peer_wrap", "empty"];
 
-/// The target's Debian multiarch name (for /usr/include/<multiarch>/asm).
+/// The target's Debian multiarch name (for `/usr/include/<multiarch>/asm`).
 fn multiarch() -> String {
     command_output(Command::new("gcc").arg("-print-multiarch"))
         .map(|s| s.trim().to_string())

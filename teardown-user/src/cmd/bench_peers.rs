@@ -42,7 +42,7 @@ pub struct PeersOptions {
     pub repeat: u32,
     pub rounds: u32,
     /// xdp-filter's program object (libxdp1 installs them as
-    /// /usr/lib/<arch>/bpf/xdpfilt_<policy>_<features>.o).
+    /// `/usr/lib/<arch>/bpf/xdpfilt_<policy>_<features>.o`).
     pub xdp_filter: PathBuf,
     /// The bench's conntrack (`bench/peers/conntrack.bpf.c`, built).
     pub conntrack: PathBuf,
