@@ -143,57 +143,56 @@ const MAP_FLAG_DST: u64 = 1 << 1;
 const MAP_FLAG_TCP: u64 = 1 << 2;
 const MAP_FLAG_UDP: u64 = 1 << 3;
 
-/// The configuration benchmarked, as xdp-filter's own commands would set it
-/// (`xdp-filter load IFACE` with the default policy `allow` and every
-/// feature, object xdpfilt_alw_all.o, then these deny rules): a few rules,
-/// none matching the bench's frames, so every frame is looked up in every
-/// table it has and passes, the common case on a host that filters.
-pub const XDP_FILTER_CONFIG: &str = "policy allow, features all (xdpfilt_alw_all.o); deny tcp dst ports 23, 445, 3389; deny udp dst port 11211; deny IPv4 src 198.51.100.7, 203.0.113.9; deny IPv6 src 2001:db8:bad::1; deny Ethernet src 02:00:5e:00:53:ff";
-
-fn configure_xdp_filter(peer: &mut Peer) -> anyhow::Result<()> {
+/// Configures xdp-filter as its own commands would (`xdp-filter load IFACE`
+/// with the default policy `allow` and every feature picks
+/// xdpfilt_alw_all.o; then a few deny rules): rules that none of the
+/// bench's frames match, so every frame is looked up in every table the
+/// object has and passes, the common case on a host that filters. An
+/// object built with fewer features (xdpfilt_alw_tcp.o, ...) lacks some of
+/// the tables; their rules are left out. Returns the configuration, said.
+fn configure_xdp_filter(peer: &mut Peer) -> anyhow::Result<String> {
     let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
     let all = |flags: u64| PerCpuValues::try_from(vec![flags; cpus]);
     // xdp-filter keys ports as the header's big-endian 16 bits, widened.
     let port_key = |port: u16| u32::from(u16::from_ne_bytes(port.to_be_bytes()));
-    {
-        let mut ports: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            peer.ebpf
-                .map_mut("filter_ports")
-                .context("xdp-filter's object has no filter_ports map")?,
-        )?;
+    let mut rules = Vec::new();
+    if let Some(map) = peer.ebpf.map_mut("filter_ports") {
+        let mut ports: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         for port in [23, 445, 3389] {
             ports.set(port_key(port), all(MAP_FLAG_DST | MAP_FLAG_TCP)?, 0)?;
         }
         ports.set(port_key(11211), all(MAP_FLAG_DST | MAP_FLAG_UDP)?, 0)?;
+        rules.push("deny tcp dst ports 23, 445, 3389; deny udp dst port 11211");
     }
-    {
-        let mut v4: PerCpuHashMap<_, u32, u64> = PerCpuHashMap::try_from(
-            peer.ebpf
-                .map_mut("filter_ipv4")
-                .context("xdp-filter's object has no filter_ipv4 map")?,
-        )?;
+    if let Some(map) = peer.ebpf.map_mut("filter_ipv4") {
+        let mut v4: PerCpuHashMap<_, u32, u64> = PerCpuHashMap::try_from(map)?;
         for address in [[198, 51, 100, 7], [203, 0, 113, 9]] {
             v4.insert(u32::from_ne_bytes(address), all(MAP_FLAG_SRC)?, 0)?;
         }
+        rules.push("deny IPv4 src 198.51.100.7, 203.0.113.9");
     }
-    {
-        let mut v6: PerCpuHashMap<_, [u8; 16], u64> = PerCpuHashMap::try_from(
-            peer.ebpf
-                .map_mut("filter_ipv6")
-                .context("xdp-filter's object has no filter_ipv6 map")?,
-        )?;
+    if let Some(map) = peer.ebpf.map_mut("filter_ipv6") {
+        let mut v6: PerCpuHashMap<_, [u8; 16], u64> = PerCpuHashMap::try_from(map)?;
         let address = "2001:db8:bad::1".parse::<std::net::Ipv6Addr>()?.octets();
         v6.insert(address, all(MAP_FLAG_SRC)?, 0)?;
+        rules.push("deny IPv6 src 2001:db8:bad::1");
     }
-    {
-        let mut eth: PerCpuHashMap<_, [u8; 6], u64> = PerCpuHashMap::try_from(
-            peer.ebpf
-                .map_mut("filter_ethernet")
-                .context("xdp-filter's object has no filter_ethernet map")?,
-        )?;
+    if let Some(map) = peer.ebpf.map_mut("filter_ethernet") {
+        let mut eth: PerCpuHashMap<_, [u8; 6], u64> = PerCpuHashMap::try_from(map)?;
         eth.insert([0x02, 0, 0x5e, 0, 0x53, 0xff], all(MAP_FLAG_SRC)?, 0)?;
+        rules.push("deny Ethernet src 02:00:5e:00:53:ff");
     }
-    Ok(())
+    if rules.is_empty() {
+        bail!(
+            "{}: no filter_ports, filter_ipv4, filter_ipv6 or filter_ethernet map: not an xdp-filter object",
+            peer.program
+        );
+    }
+    Ok(format!(
+        "program {}, policy allow; {}",
+        peer.program,
+        rules.join("; ")
+    ))
 }
 
 /// The tail-call wrapper that gives `new_syn`'s frame a new source address
@@ -292,7 +291,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
     kernel.load_bench_programs()?;
     kernel.set_detect_control(1, sample_mask_for(FLOOD_SYNS_PER_POLL))?;
     let mut filter = Peer::load("xdp-filter", &options.xdp_filter, &pins.dir)?;
-    configure_xdp_filter(&mut filter)?;
+    let filter_config = configure_xdp_filter(&mut filter)?;
     let conntrack = Peer::load("conntrack", &options.conntrack, &pins.dir)?;
     let mut wrapper = Wrapper::load(&options.wrapper)?;
     let peers = [&filter, &conntrack];
@@ -304,7 +303,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
         stats.previous
     );
     outln!(
-        "xdp-filter: {} ({XDP_FILTER_CONFIG})",
+        "xdp-filter: {} ({filter_config})",
         options.xdp_filter.display()
     );
     outln!(
@@ -490,7 +489,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
             "rounds": options.rounds,
             "xdp_filter": {
                 "object": options.xdp_filter,
-                "config": XDP_FILTER_CONFIG,
+                "config": filter_config,
             },
             "conntrack": { "object": options.conntrack },
             "results": rows,
