@@ -129,10 +129,11 @@ enum Command {
         /// and peer_wrap.bpf.o (built from bench/peers/).
         #[arg(long, value_name = "DIR")]
         peer_objects: Option<PathBuf>,
-        /// With --peers: xdp-filter's program object (default: libxdp's
-        /// xdpfilt_alw_all.o, found under /usr/lib/*/bpf or /usr/lib/bpf).
+        /// With --peers: an xdp-filter program object to compare, repeated
+        /// for more (default: libxdp's xdpfilt_alw_all.o and
+        /// xdpfilt_alw_tcp.o, found under /usr/lib/*/bpf or /usr/lib/bpf).
         #[arg(long, value_name = "FILE")]
-        xdp_filter_object: Option<PathBuf>,
+        xdp_filter_object: Vec<PathBuf>,
     },
     #[command(flatten)]
     Manual(ManualCommand),
@@ -324,8 +325,8 @@ fn main() -> ExitCode {
             peer_objects,
             xdp_filter_object,
         } => match (peers, peer_objects) {
-            (true, Some(dir)) => bench_peers::default_xdp_filter_object(xdp_filter_object)
-                .and_then(|xdp_filter| {
+            (true, Some(dir)) => {
+                bench_peers::xdp_filter_objects(xdp_filter_object).and_then(|xdp_filter| {
                     bench_peers::run(bench_peers::PeersOptions {
                         repeat,
                         rounds,
@@ -334,7 +335,8 @@ fn main() -> ExitCode {
                         wrapper: dir.join("peer_wrap.bpf.o"),
                         json_out,
                     })
-                }),
+                })
+            }
             _ => bench::run(bench::BenchOptions {
                 repeat,
                 rounds,

@@ -23,7 +23,9 @@ const CASES: &[&str] = &[
     "vlan_tcp",
     "new_syn",
 ];
-const PROGRAMS: &[&str] = &["teardown", "xdp-filter", "conntrack"];
+/// teardown, xdp-filter with every feature and with TCP ports only (the
+/// default objects), the bench's conntrack.
+const PROGRAMS: &[&str] = &["teardown", "xdp-filter", "xdp-filter-tcp", "conntrack"];
 
 fn build_objects(out: &Path) {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers");
@@ -70,7 +72,7 @@ fn peers_table_has_every_case_and_program() {
     );
 
     // The table: a row per case, in order, with the empty program's ns and
-    // three "+added (ratio x)" cells, then the verdict.
+    // a "+added (ratio x)" cell per program, then the verdict.
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|line| {
@@ -104,13 +106,16 @@ fn peers_table_has_every_case_and_program() {
             );
         }
         let verdict = words[2 + 2 * PROGRAMS.len()..].join(" ");
+        let named_peers_only = verdict
+            .strip_prefix("only ")
+            .is_some_and(|list| list.split(", ").all(|peer| PROGRAMS[1..].contains(&peer)));
         assert!(
-            ["both", "NEITHER", "xdp-filter only", "conntrack only"].contains(&verdict.as_str()),
+            verdict == "all" || verdict == "NONE" || named_peers_only,
             "verdict {verdict:?} in {row}"
         );
     }
     assert!(
-        stdout.contains("teardown cheaper than both peers (added ns) on "),
+        stdout.contains("teardown cheaper than every peer (added ns) on "),
         "{stdout}"
     );
 
@@ -144,11 +149,16 @@ fn peers_table_has_every_case_and_program() {
             assert_eq!(cheaper.contains(peer), teardown < added, "{row}");
         }
     }
-    assert!(
-        report["xdp_filter"]["config"]
-            .as_str()
-            .is_some_and(|c| c.contains("deny")),
-        "the benchmarked xdp-filter configuration is recorded"
-    );
+    assert_eq!(report["programs"], serde_json::json!(PROGRAMS));
+    let filters = report["xdp_filter"].as_array().expect("xdp_filter");
+    assert_eq!(filters.len(), 2, "{filters:?}");
+    for filter in filters {
+        assert!(
+            filter["config"]
+                .as_str()
+                .is_some_and(|c| c.contains("deny")),
+            "the benchmarked xdp-filter configuration is recorded: {filter}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

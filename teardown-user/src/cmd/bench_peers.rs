@@ -35,15 +35,13 @@ pub const PEER_CASES: &[&str] = &[
     "new_syn",
 ];
 
-/// The programs compared, in the table's column order.
-pub const PEER_PROGRAMS: &[&str] = &["teardown", "xdp-filter", "conntrack"];
-
 pub struct PeersOptions {
     pub repeat: u32,
     pub rounds: u32,
-    /// xdp-filter's program object (libxdp1 installs them as
+    /// xdp-filter's program objects, each with the name of its column
+    /// (libxdp1 installs them as
     /// `/usr/lib/<arch>/bpf/xdpfilt_<policy>_<features>.o`).
-    pub xdp_filter: PathBuf,
+    pub xdp_filter: Vec<(String, PathBuf)>,
     /// The bench's conntrack (`bench/peers/conntrack.bpf.c`, built).
     pub conntrack: PathBuf,
     /// The source-rewriting tail-call wrapper (`bench/peers/peer_wrap.bpf.c`).
@@ -95,13 +93,13 @@ impl Drop for PrivateBpfFs {
 
 /// A peer's object, loaded, and its XDP program's descriptor.
 struct Peer {
-    name: &'static str,
+    name: String,
     ebpf: Ebpf,
     program: String,
 }
 
 impl Peer {
-    fn load(name: &'static str, path: &Path, pins: &Path) -> anyhow::Result<Self> {
+    fn load(name: &str, path: &Path, pins: &Path) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins)
             .load_file(path)
@@ -118,7 +116,7 @@ impl Peer {
         xdp.load()
             .with_context(|| format!("loading {name}'s program {program}"))?;
         Ok(Peer {
-            name,
+            name: name.to_string(),
             ebpf,
             program,
         })
@@ -290,22 +288,35 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
     })?;
     kernel.load_bench_programs()?;
     kernel.set_detect_control(1, sample_mask_for(FLOOD_SYNS_PER_POLL))?;
-    let mut filter = Peer::load("xdp-filter", &options.xdp_filter, &pins.dir)?;
-    let filter_config = configure_xdp_filter(&mut filter)?;
-    let conntrack = Peer::load("conntrack", &options.conntrack, &pins.dir)?;
+    let mut peers = Vec::new();
+    let mut filter_configs = Vec::new();
+    let mut filter_lines = Vec::new();
+    for (name, path) in &options.xdp_filter {
+        // Each in a bpffs directory of its own: the objects' maps have the
+        // same names and would otherwise be shared through their pins.
+        let dir = pins.dir.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut filter = Peer::load(name, path, &dir)?;
+        let config = configure_xdp_filter(&mut filter)?;
+        filter_lines.push(format!("{name}: {} ({config})", path.display()));
+        filter_configs.push(json!({ "name": name, "object": path, "config": config }));
+        peers.push(filter);
+    }
+    peers.push(Peer::load("conntrack", &options.conntrack, &pins.dir)?);
     let mut wrapper = Wrapper::load(&options.wrapper)?;
-    let peers = [&filter, &conntrack];
+    let names: Vec<&str> = std::iter::once("teardown")
+        .chain(peers.iter().map(|peer| peer.name.as_str()))
+        .collect();
 
     outln!(
-        "per-packet cost side by side: kernel-timed BPF_PROG_TEST_RUN, {} runs x {} rounds, median; the same frames through an empty XDP program, teardown (--clock coarse, the program `teardown run` attaches), xdp-filter and the bench's conntrack, interleaved in each round; kernel.bpf_stats_enabled=0 for the run (was {})",
+        "per-packet cost side by side: kernel-timed BPF_PROG_TEST_RUN, {} runs x {} rounds, median; the same frames through an empty XDP program, teardown (--clock coarse, the program `teardown run` attaches), xdp-filter (by default with all its features, and with TCP ports only) and the bench's conntrack, interleaved in each round; kernel.bpf_stats_enabled=0 for the run (was {})",
         options.repeat,
         options.rounds,
         stats.previous
     );
-    outln!(
-        "xdp-filter: {} ({filter_config})",
-        options.xdp_filter.display()
-    );
+    for line in &filter_lines {
+        outln!("{line}");
+    }
     outln!(
         "conntrack: {} (LRU hash of 131072 flows; handshake fed first where the case has one, to every program)",
         options.conntrack.display()
@@ -313,14 +324,11 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
     outln!(
         "new_syn: a new IPv4 source every run; teardown through its bench wrapper, the peers through a tail-call wrapper, each wrapper's own cost measured alone and subtracted"
     );
-    outln!(
-        "\n{:<11} {:>8}  {:<18} {:<18} {:<18} teardown cheaper than",
-        "case",
-        "empty ns",
-        "teardown",
-        "xdp-filter",
-        "conntrack"
-    );
+    let mut header = format!("\n{:<11} {:>8} ", "case", "empty ns");
+    for name in &names {
+        header += &format!(" {name:<18}");
+    }
+    outln!("{header} teardown cheaper than");
 
     let all_cases = cases();
     let mut rows = Vec::new();
@@ -341,7 +349,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
         kernel.set_bench(0, 0, 0)?;
         for setup in &case.setup {
             kernel.test_run(names::XDP_BENCH_PROGRAM, setup)?;
-            for peer in peers {
+            for peer in &peers {
                 test_run_fd(peer.fd()?, setup, 1)?;
             }
         }
@@ -407,7 +415,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
                 )?;
                 for (i, peer) in peers.iter().enumerate() {
                     wrapper.call(&peer_program_fds[i])?;
-                    let with = timed(wrap_fd, frame, options.repeat, peer.name, case_name)?;
+                    let with = timed(wrap_fd, frame, options.repeat, &peer.name, case_name)?;
                     runs[i + 1].push(base + with - alone);
                 }
             } else {
@@ -416,7 +424,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
                         peer_fds[i],
                         frame,
                         options.repeat,
-                        peer.name,
+                        &peer.name,
                         case_name,
                     )?);
                 }
@@ -438,25 +446,24 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
             .iter()
             .zip(&figures[1..])
             .filter(|(_, figure)| teardown.added < figure.added)
-            .map(|(peer, _)| peer.name)
+            .map(|(peer, _)| peer.name.as_str())
             .collect();
-        let verdict = match beaten.len() {
-            2 => "both".to_string(),
-            0 => "NEITHER".to_string(),
-            _ => format!("{} only", beaten[0]),
-        };
-        if beaten.len() == peers.len() {
+        let verdict = if beaten.len() == peers.len() {
             cheaper_everywhere += 1;
+            "all".to_string()
+        } else if beaten.is_empty() {
+            "NONE".to_string()
+        } else {
+            format!("only {}", beaten.join(", "))
+        };
+        let mut row = format!("{case_name:<11} {base:>8.1} ");
+        for figure in &figures {
+            let cell = format!("{:+.1} ({:.2}x)", figure.added, figure.ns / base);
+            row += &format!(" {cell:<18}");
         }
-        let cell = |figure: &Figure| format!("{:+.1} ({:.2}x)", figure.added, figure.ns / base);
-        outln!(
-            "{case_name:<11} {base:>8.1}  {:<18} {:<18} {:<18} {verdict}",
-            cell(&figures[0]),
-            cell(&figures[1]),
-            cell(&figures[2])
-        );
+        outln!("{row} {verdict}");
         let mut programs = serde_json::Map::new();
-        for (name, figure) in PEER_PROGRAMS.iter().zip(&figures) {
+        for (name, figure) in names.iter().zip(&figures) {
             programs.insert(
                 (*name).to_string(),
                 json!({
@@ -475,7 +482,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
     }
     stats.still_off()?;
     outln!(
-        "\nteardown cheaper than both peers (added ns) on {cheaper_everywhere} of {} TCP frame cases",
+        "\nteardown cheaper than every peer (added ns) on {cheaper_everywhere} of {} TCP frame cases",
         PEER_CASES.len()
     );
     if let Some(path) = options.json_out {
@@ -487,13 +494,11 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
             "method": "kernel-timed BPF_PROG_TEST_RUN (whole ns + 0.5), median of rounds in which the empty program, teardown, xdp-filter and conntrack run in turn on the same frame, kernel.bpf_stats_enabled=0; new_syn through wrappers whose own cost is subtracted",
             "repeat": options.repeat,
             "rounds": options.rounds,
-            "xdp_filter": {
-                "object": options.xdp_filter,
-                "config": filter_config,
-            },
+            "programs": names,
+            "xdp_filter": filter_configs,
             "conntrack": { "object": options.conntrack },
             "results": rows,
-            "cheaper_than_both": cheaper_everywhere,
+            "cheaper_than_every_peer": cheaper_everywhere,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -503,20 +508,34 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `explicit`, or xdp-filter's object where libxdp1 installs it.
-pub fn default_xdp_filter_object(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = explicit {
-        return Ok(path);
+/// The xdp-filter objects to compare, each with its column's name:
+/// `explicit` ones (named by their file), or by default two of those
+/// libxdp1 installs: `xdpfilt_alw_all.o` (`xdp-filter load IFACE`, every
+/// feature, its default) as `xdp-filter`, and `xdpfilt_alw_tcp.o`
+/// (`--features tcp`, the port table only) as `xdp-filter-tcp`.
+pub fn xdp_filter_objects(explicit: Vec<PathBuf>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    if !explicit.is_empty() {
+        return Ok(explicit
+            .into_iter()
+            .map(|path| {
+                let stem = path
+                    .file_stem()
+                    .map(|stem| stem.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (stem, path)
+            })
+            .collect());
     }
-    const NAME: &str = "xdpfilt_alw_all.o";
-    let mut candidates = vec![PathBuf::from("/usr/lib/bpf").join(NAME)];
+    let mut dirs = vec![PathBuf::from("/usr/lib/bpf")];
     if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        candidates.extend(entries.flatten().map(|e| e.path().join("bpf").join(NAME)));
+        dirs.extend(entries.flatten().map(|e| e.path().join("bpf")));
     }
-    candidates
+    let dir = dirs
         .into_iter()
-        .find(|path| path.is_file())
-        .with_context(|| {
-            format!("no {NAME} under /usr/lib/*/bpf or /usr/lib/bpf: install xdp-tools (apt-get install xdp-tools), or pass --xdp-filter-object")
-        })
+        .find(|dir| dir.join("xdpfilt_alw_all.o").is_file())
+        .context("no xdpfilt_alw_all.o under /usr/lib/*/bpf or /usr/lib/bpf: install xdp-tools (apt-get install xdp-tools), or pass --xdp-filter-object")?;
+    Ok(vec![
+        ("xdp-filter".to_string(), dir.join("xdpfilt_alw_all.o")),
+        ("xdp-filter-tcp".to_string(), dir.join("xdpfilt_alw_tcp.o")),
+    ])
 }
