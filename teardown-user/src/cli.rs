@@ -33,7 +33,8 @@ impl From<FloodRecordsArg> for FloodRecords {
 /// `--mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
-    /// Native (driver) XDP if the interface supports it, generic otherwise.
+    /// Native (driver) XDP if the interface supports it, generic otherwise;
+    /// generic on a veth, where native XDP turns the peer's TSO off.
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use teardown_common::conn::Timeouts;
 
 use crate::{
-    cmd::{bench, manual, replay, run},
+    cmd::{bench, bench_peers, manual, replay, run},
     report::output,
 };
 
@@ -126,6 +126,20 @@ enum Command {
         /// each; fails unless the record counted every one.
         #[arg(long)]
         contention: bool,
+        /// Instead of the per-packet table, the side-by-side one: the same
+        /// frames through teardown, xdp-filter and the bench's conntrack
+        /// (`cargo xtask bench --peers` builds and passes the objects).
+        #[arg(long, requires = "peer_objects")]
+        peers: bool,
+        /// With --peers: the directory holding the bench's conntrack.bpf.o
+        /// and peer_wrap.bpf.o (built from bench/peers/).
+        #[arg(long, value_name = "DIR")]
+        peer_objects: Option<PathBuf>,
+        /// With --peers: an xdp-filter program object to compare, repeated
+        /// for more (default: libxdp's xdpfilt_alw_all.o and
+        /// xdpfilt_alw_tcp.o, found under /usr/lib/*/bpf or /usr/lib/bpf).
+        #[arg(long, value_name = "FILE")]
+        xdp_filter_object: Vec<PathBuf>,
     },
     #[command(flatten)]
     Manual(ManualCommand),
@@ -315,12 +329,29 @@ fn main() -> ExitCode {
             rounds,
             json_out,
             contention,
-        } => bench::run(bench::BenchOptions {
-            repeat,
-            rounds,
-            json_out,
-            contention_only: contention,
-        }),
+            peers,
+            peer_objects,
+            xdp_filter_object,
+        } => match (peers, peer_objects) {
+            (true, Some(dir)) => {
+                bench_peers::xdp_filter_objects(xdp_filter_object).and_then(|xdp_filter| {
+                    bench_peers::run(bench_peers::PeersOptions {
+                        repeat,
+                        rounds,
+                        xdp_filter,
+                        conntrack: dir.join("conntrack.bpf.o"),
+                        wrapper: dir.join("peer_wrap.bpf.o"),
+                        json_out,
+                    })
+                })
+            }
+            _ => bench::run(bench::BenchOptions {
+                repeat,
+                rounds,
+                json_out,
+                contention_only: contention,
+            }),
+        },
         Command::Manual(ManualCommand::Completions { shell }) => {
             use clap::CommandFactory as _;
             manual::completions(Cli::command(), shell).map(|()| true)

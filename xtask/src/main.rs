@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds, runs, tests and benchmarks teardown, provisioning
 //! what is missing on the way.
 
+mod bench;
 mod demo;
 // How teardown-ebpf is built, shared with teardown-user's build script,
 // which builds it: xtask installs its tools and lints it.
@@ -92,6 +93,25 @@ enum Task {
         /// connections. As root.
         #[arg(long)]
         resets: bool,
+        /// Instead of the per-packet table, the same frames through
+        /// teardown, xdp-filter (Debian's xdp-tools) and the bench's C
+        /// conntrack (bench/peers/, built with clang) side by side, in one
+        /// run; writes target/bench/peers.json. As root.
+        #[arg(long)]
+        peers: bool,
+        /// Instead of the per-packet table, live in two namespaces: bulk TCP
+        /// (iperf3) and a random-source SYN flood (hping3) with no program,
+        /// an empty XDP program and teardown (native and generic XDP);
+        /// ns per run of each attached program from the kernel's BPF
+        /// statistics, throughput ratios. As root.
+        #[arg(long)]
+        live: bool,
+        /// With --live: seconds of each bulk transfer and of each flood.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+        live_seconds: u64,
+        /// With --live: rounds over the configurations (medians are printed).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+        live_rounds: u32,
         /// Extra arguments for `teardown bench`, e.g. --repeat 200000.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -231,6 +251,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nfdump",
     "systemd",
     "iperf3",
+    // teardown-user/tests/bench_peers.rs: the bench's C programs and xdp-filter's.
+    "clang",
+    "libbpf-dev",
+    "xdp-tools",
 ];
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
@@ -447,8 +471,21 @@ fn main() -> ExitCode {
         Task::Bench {
             churn,
             resets,
+            peers,
+            live,
+            live_seconds,
+            live_rounds,
             args,
         } => build_release().and_then(|binary| {
+            if peers || live {
+                if peers {
+                    bench::peers(&binary, &args)?;
+                }
+                if live {
+                    bench::live(&binary, live_seconds, live_rounds)?;
+                }
+                return Ok(());
+            }
             let mut full = vec![OsString::from("bench"), OsString::from("--json-out")];
             full.push(workspace_root().join("target/bench/xdp.json").into());
             full.extend(args);

@@ -16,7 +16,7 @@ use crate::kernel::{ClockMode, Kernel, LoadOptions};
 use crate::report::output::outln;
 
 /// SYNs per 100 ms poll of the flood `new_syn` stands for (a million a second).
-const FLOOD_SYNS_PER_POLL: u64 = 100_000;
+pub(super) const FLOOD_SYNS_PER_POLL: u64 = 100_000;
 
 /// The contention case's fewest runs per CPU.
 const CONTENTION_MIN_REPEAT: u32 = 1_000_000;
@@ -33,7 +33,7 @@ pub struct BenchOptions {
 
 /// How a case's frame changes between runs (the eBPF `BENCH` map's modes).
 #[derive(Clone, Copy)]
-enum Change {
+pub(super) enum Change {
     None,
     /// A new IPv4 source address every run: each SYN a new connection.
     NewSource,
@@ -44,12 +44,12 @@ enum Change {
     },
 }
 
-struct Case {
-    name: &'static str,
+pub(super) struct Case {
+    pub(super) name: &'static str,
     /// Frames run once first (a handshake, so the connection is established).
-    setup: Vec<craft::Frame>,
-    frame: craft::Frame,
-    change: Change,
+    pub(super) setup: Vec<craft::Frame>,
+    pub(super) frame: craft::Frame,
+    pub(super) change: Change,
     /// At most this many times the empty program; None: reported only.
     goal: Option<f64>,
 }
@@ -106,7 +106,7 @@ fn handshake_of(base: impl Fn(u8) -> Spec<'static>, port: u16) -> Vec<craft::Fra
     ]
 }
 
-fn cases() -> Vec<Case> {
+pub(super) fn cases() -> Vec<Case> {
     use tcp_flags::{ACK, FIN, PSH, RST, SYN};
     let vlan = |flags| {
         let mut spec = Spec::tcp_v4(flags, 0);
@@ -230,15 +230,15 @@ const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `kernel.bpf_stats_enabled` held at 0 for the bench's run and put back
 /// as it was when dropped (on success and on error; not if the process is
 /// killed).
-struct StatsOff {
-    previous: String,
+pub(super) struct StatsOff {
+    pub(super) previous: String,
 }
 
 impl StatsOff {
     /// Switches the statistics off, or says in one line why it cannot:
     /// not root, or another process holds them on through a
     /// `BPF_ENABLE_STATS` descriptor, which the sysctl does not override.
-    fn switch() -> anyhow::Result<Self> {
+    pub(super) fn switch() -> anyhow::Result<Self> {
         let previous = std::fs::read_to_string(STATS_SYSCTL)
             .with_context(|| format!("reading {STATS_SYSCTL}"))?
             .trim()
@@ -257,7 +257,7 @@ impl StatsOff {
     }
 
     /// Fails if someone switched the statistics back on mid-run.
-    fn still_off(&self) -> anyhow::Result<()> {
+    pub(super) fn still_off(&self) -> anyhow::Result<()> {
         let now = std::fs::read_to_string(STATS_SYSCTL)
             .with_context(|| format!("reading {STATS_SYSCTL}"))?;
         if now.trim() != "0" {
@@ -299,7 +299,7 @@ fn stats_descriptor_holder() -> Option<u32> {
         })
 }
 
-fn median(samples: &mut [f64]) -> f64 {
+pub(super) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
     if samples.len().is_multiple_of(2) {

@@ -3,6 +3,7 @@
 //! the [`manual`] (man pages, shell completions).
 
 pub mod bench;
+pub mod bench_peers;
 pub mod contention;
 pub mod manual;
 pub mod replay;

@@ -1,0 +1,745 @@
+//! `cargo xtask bench --peers` and `--live` (issue 14): teardown beside
+//! its peers, kernel-timed per frame, and live in namespaces under iperf3
+//! and an hping3 SYN flood.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    command_output, is_root, provision, remove_leftover_namespaces, run_command, run_teardown, say,
+    workspace_root,
+};
+
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the demo includes the same file as its own private module; each keeps its copy rather than sharing one through main.rs"
+)]
+#[path = "../../teardown-user/tests/support/lab.rs"]
+mod lab;
+
+/// Debian packages the peers bench needs: xdp-tools (its xdp-filter; the
+/// program objects come with libxdp1, a dependency), clang and libbpf's
+/// headers for the bench's own C programs, the kernel's UAPI headers.
+const PEER_PACKAGES: &[&str] = &["xdp-tools", "clang", "libbpf-dev", "linux-libc-dev"];
+
+/// The bench's C programs, in `bench/peers/`, built to `target/bench/peers/NAME.bpf.o`.
+const PEER_SOURCES: &[&str] = &["conntrack", "peer_wrap", "empty"];
+
+/// The target's Debian multiarch name (for `/usr/include/<multiarch>/asm`).
+fn multiarch() -> String {
+    command_output(Command::new("gcc").arg("-print-multiarch"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{}-linux-gnu", std::env::consts::ARCH))
+}
+
+/// Builds the bench's C programs with clang (installing what is missing);
+/// returns the directory holding the objects.
+pub fn build_peer_objects() -> anyhow::Result<PathBuf> {
+    provision::ensure_packages(
+        PEER_PACKAGES,
+        "for the peers bench (xdp-filter's program, clang and libbpf headers for the bench's C conntrack)",
+    )?;
+    let root = workspace_root();
+    let out = root.join("target/bench/peers");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let include = format!("-I/usr/include/{}", multiarch());
+    for name in PEER_SOURCES {
+        let source = root.join("bench/peers").join(format!("{name}.bpf.c"));
+        let object = out.join(format!("{name}.bpf.o"));
+        run_command(
+            Command::new("clang")
+                .args([
+                    "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &include, "-c",
+                ])
+                .arg(&source)
+                .arg("-o")
+                .arg(&object),
+        )
+        .with_context(|| format!("building {}", source.display()))?;
+    }
+    Ok(out)
+}
+
+/// `teardown bench --peers`: teardown, xdp-filter and the bench's conntrack
+/// on the same frames, in one run.
+pub fn peers(binary: &Path, args: &[OsString]) -> anyhow::Result<()> {
+    let objects = build_peer_objects()?;
+    say("peers: the same frames through teardown, xdp-filter and the bench's conntrack");
+    let mut full = vec![
+        OsString::from("bench"),
+        "--peers".into(),
+        "--peer-objects".into(),
+        objects.into(),
+        "--json-out".into(),
+        workspace_root().join("target/bench/peers.json").into(),
+    ];
+    full.extend(args.iter().cloned());
+    run_teardown(binary, &full)
+}
+
+// ---------------------------------------------------------------------------
+// Live mode
+
+const LIVE_PACKAGES: &[&str] = &["iproute2", "iperf3", "hping3", "bpftool", "python3"];
+const CLIENT_ADDR: &str = "10.199.0.1";
+const SERVER_ADDR: &str = "10.199.0.2";
+const FLOOD_PORT: &str = "8080";
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` at 1 for the live run (run_time_ns and
+/// run_cnt per program), put back when dropped.
+struct StatsOn {
+    previous: String,
+}
+
+impl StatsOn {
+    fn switch() -> anyhow::Result<Self> {
+        let previous = std::fs::read_to_string(STATS_SYSCTL)
+            .with_context(|| format!("reading {STATS_SYSCTL}"))?
+            .trim()
+            .to_string();
+        std::fs::write(STATS_SYSCTL, "1").context("switching kernel.bpf_stats_enabled on")?;
+        Ok(StatsOn { previous })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::write(STATS_SYSCTL, &self.previous) {
+            say(&format!(
+                "could not restore kernel.bpf_stats_enabled to {}: {err}",
+                self.previous
+            ));
+        }
+    }
+}
+
+/// The namespaces, deleted when dropped (also on an error).
+struct LiveLab {
+    lab: lab::Lab,
+}
+
+impl LiveLab {
+    fn create() -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let plan = lab::LabPlan {
+            client_ns: format!("tdp-live-{pid}-cli"),
+            server_ns: format!("tdp-live-{pid}-srv"),
+            client_if: "tdpc".into(),
+            server_if: "tdps".into(),
+            client_addrs: &[format!("{CLIENT_ADDR}/24")],
+            server_addrs: &[format!("{SERVER_ADDR}/24")],
+            link_options: &[],
+        };
+        say(&format!(
+            "live: namespaces {} ({CLIENT_ADDR}) and {} ({SERVER_ADDR}) joined by a veth pair",
+            plan.client_ns, plan.server_ns
+        ));
+        let lab = LiveLab {
+            lab: lab::Lab::create(&plan).map_err(anyhow::Error::msg)?,
+        };
+        // SYN-ACKs to the flood's random sources go back to the client's
+        // namespace, which does not forward and drops them.
+        lab::ip(&[
+            "-n",
+            &lab.lab.server_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            CLIENT_ADDR,
+        ])
+        .map_err(anyhow::Error::msg)?;
+        Ok(lab)
+    }
+
+    fn exec(&self, server: bool, program: &str) -> Command {
+        let ns = if server {
+            &self.lab.server_ns
+        } else {
+            &self.lab.client_ns
+        };
+        self.lab.exec(ns, program)
+    }
+
+    /// The server interface's transmitted packets (SYN-ACKs under a flood).
+    fn server_tx_packets(&self) -> anyhow::Result<u64> {
+        let text = command_output(self.exec(true, "cat").arg(format!(
+            "/sys/class/net/{}/statistics/tx_packets",
+            self.lab.server_if
+        )))?;
+        Ok(text.trim().parse()?)
+    }
+
+    fn server_link(&self) -> anyhow::Result<String> {
+        command_output(Command::new("ip").args([
+            "-n",
+            &self.lab.server_ns,
+            "-d",
+            "link",
+            "show",
+            &self.lab.server_if,
+        ]))
+    }
+}
+
+impl Drop for LiveLab {
+    fn drop(&mut self) {
+        self.lab.delete();
+        say("live: deleted the namespaces");
+    }
+}
+
+/// A background process, killed (its whole process group) when dropped.
+struct Background {
+    child: Option<Child>,
+}
+
+impl Background {
+    fn spawn(command: &mut Command, what: &str) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let child = command
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Background { child: Some(child) })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = -(child.id() as i32);
+        // SAFETY: kill() on the process group of a child not yet reaped.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What is on the server's interface for a measurement.
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    Nothing,
+    Empty(&'static str),
+    Teardown(&'static str),
+}
+
+impl Setup {
+    fn label(self) -> String {
+        match self {
+            Setup::Nothing => "no program".into(),
+            Setup::Empty(mode) => format!("empty XDP, {mode}"),
+            Setup::Teardown(mode) => format!("teardown, {mode}"),
+        }
+    }
+
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            Setup::Nothing => None,
+            Setup::Empty(mode) | Setup::Teardown(mode) => Some(mode),
+        }
+    }
+}
+
+/// A program's cumulative run time and count (bpftool prog show).
+#[derive(Clone, Default)]
+struct ProgStats {
+    name: String,
+    kind: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+fn prog_stats(id: u32) -> anyhow::Result<ProgStats> {
+    let text = command_output(Command::new("bpftool").args([
+        "prog",
+        "show",
+        "id",
+        &id.to_string(),
+        "-j",
+    ]))?;
+    let value: serde_json::Value = serde_json::from_str(&text).context("bpftool's JSON")?;
+    Ok(ProgStats {
+        name: value["name"].as_str().unwrap_or("?").to_string(),
+        kind: value["type"].as_str().unwrap_or("?").to_string(),
+        run_time_ns: value["run_time_ns"].as_u64().unwrap_or(0),
+        run_cnt: value["run_cnt"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The BPF program ids a process holds descriptors of (its fdinfo's
+/// `prog_id`): teardown's own programs, whatever else runs on the machine.
+fn program_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        if let Ok(info) = std::fs::read_to_string(fd.path())
+            && let Some(id) = info
+                .lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// The XDP program id `ip -d link` shows on the server's interface.
+fn attached_xdp_id(link: &str) -> Option<u32> {
+    let mut words = link
+        .split_whitespace()
+        .skip_while(|word| !word.starts_with("prog/xdp"));
+    words.find(|word| *word == "id")?;
+    words.next()?.parse().ok()
+}
+
+/// The attachment for one configuration; detached when dropped.
+struct Attached<'a> {
+    lab: &'a LiveLab,
+    setup: Setup,
+    teardown: Option<Background>,
+    /// Programs to read statistics of.
+    ids: Vec<u32>,
+}
+
+impl<'a> Attached<'a> {
+    fn new(lab: &'a LiveLab, setup: Setup, binary: &Path, empty: &Path) -> anyhow::Result<Self> {
+        let mut attached = Attached {
+            lab,
+            setup,
+            teardown: None,
+            ids: Vec::new(),
+        };
+        let xdp_kind = |mode: &str| {
+            if mode == "skb" {
+                "xdpgeneric"
+            } else {
+                "xdpdrv"
+            }
+        };
+        match setup {
+            Setup::Nothing => {}
+            Setup::Empty(mode) => {
+                run_command(Command::new("ip").args([
+                    "-n",
+                    &lab.lab.server_ns,
+                    "link",
+                    "set",
+                    "dev",
+                    &lab.lab.server_if,
+                    xdp_kind(mode),
+                    "obj",
+                    &empty.display().to_string(),
+                    "sec",
+                    "xdp",
+                ]))?;
+                attached.ids = attached_xdp_id(&lab.server_link()?).into_iter().collect();
+            }
+            Setup::Teardown(mode) => {
+                let log =
+                    std::fs::File::create(workspace_root().join("target/bench/live-teardown.log"))?;
+                let mut command = lab.exec(true, &binary.display().to_string());
+                command
+                    .args(["run", "--iface", &lab.lab.server_if, "--mode", mode])
+                    .args(["--json", "--metrics-addr", "off"])
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                let child = Background::spawn(&mut command, "teardown run")?;
+                let pid = child.pid();
+                attached.teardown = Some(child);
+                // Attached, and both its programs loaded: the XDP one and
+                // the TC egress one, which loads (verifies) a second or
+                // two after the first.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let kinds: Vec<String> = program_ids_of(pid)
+                        .into_iter()
+                        .filter_map(|id| prog_stats(id).ok())
+                        .map(|stats| stats.kind)
+                        .collect();
+                    if lab.server_link()?.contains("prog/xdp")
+                        && kinds.iter().any(|kind| kind == "sched_cls")
+                    {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "teardown did not attach its XDP and TC programs within 30 s (see target/bench/live-teardown.log)"
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+                // Its programs' ids, the attached ones only (the XDP program
+                // and the TC egress one; the replay and bench programs are
+                // not loaded by `run`).
+                attached.ids = program_ids_of(pid);
+                thread::sleep(Duration::from_millis(300));
+            }
+        }
+        if let Some(mode) = setup.mode().filter(|mode| *mode != "auto") {
+            let link = lab.server_link()?;
+            let generic = link.contains("xdpgeneric");
+            if generic != (mode == "skb") {
+                bail!("{} asked, but ip link shows: {link}", setup.label());
+            }
+        }
+        Ok(attached)
+    }
+
+    fn stats(&self) -> Vec<ProgStats> {
+        self.ids
+            .iter()
+            .filter_map(|id| prog_stats(*id).ok())
+            .collect()
+    }
+
+    /// teardown's CPU time so far (user + system), in clock ticks.
+    fn teardown_ticks(&self) -> Option<u64> {
+        let pid = self.teardown.as_ref()?.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if let Some(mut teardown) = self.teardown.take() {
+            teardown.stop();
+        }
+        if let Setup::Empty(mode) = self.setup {
+            let _ = Command::new("ip")
+                .args([
+                    "-n",
+                    &self.lab.lab.server_ns,
+                    "link",
+                    "set",
+                    "dev",
+                    &self.lab.lab.server_if,
+                    if mode == "skb" {
+                        "xdpgeneric"
+                    } else {
+                        "xdpdrv"
+                    },
+                    "off",
+                ])
+                .status();
+        }
+    }
+}
+
+/// Each program that ran between two snapshots: (name, type, runs, ns/run).
+type ProgRuns = Vec<(String, String, u64, f64)>;
+
+/// ns per run of each program between two snapshots.
+fn per_run(before: &[ProgStats], after: &[ProgStats]) -> ProgRuns {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let runs = a.run_cnt.saturating_sub(b.run_cnt);
+            let ns = a.run_time_ns.saturating_sub(b.run_time_ns);
+            (
+                a.name.clone(),
+                a.kind.clone(),
+                runs,
+                if runs == 0 {
+                    0.0
+                } else {
+                    ns as f64 / runs as f64
+                },
+            )
+        })
+        .filter(|(_, _, runs, _)| *runs > 0)
+        .collect()
+}
+
+fn iperf3_gbits(lab: &LiveLab, seconds: u64) -> anyhow::Result<f64> {
+    let text = command_output(lab.exec(false, "iperf3").args([
+        "-c",
+        SERVER_ADDR,
+        "-p",
+        "5201",
+        "-J",
+        "-t",
+        &seconds.to_string(),
+    ]))?;
+    let report: serde_json::Value = serde_json::from_str(&text).context("iperf3 -J")?;
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bits| bits / 1e9)
+        .context("iperf3 reported no received bits")
+}
+
+/// One configuration's figures in one round.
+struct Measured {
+    setup: Setup,
+    gbits: f64,
+    synacks_per_s: f64,
+    bulk_progs: ProgRuns,
+    flood_progs: ProgRuns,
+    cpu_percent: Option<f64>,
+}
+
+fn measure(
+    lab: &LiveLab,
+    setup: Setup,
+    binary: &Path,
+    empty: &Path,
+    seconds: u64,
+) -> anyhow::Result<Measured> {
+    let attached = Attached::new(lab, setup, binary, empty)?;
+    let before = attached.stats();
+    let gbits = iperf3_gbits(lab, seconds)?;
+    let after_bulk = attached.stats();
+    let ticks_before = attached.teardown_ticks();
+    let tx_before = lab.server_tx_packets()?;
+    let started = Instant::now();
+    let mut flood = Background::spawn(
+        lab.exec(false, "hping3")
+            .args([
+                "--flood",
+                "--rand-source",
+                "-S",
+                "-p",
+                FLOOD_PORT,
+                SERVER_ADDR,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "hping3",
+    )?;
+    thread::sleep(Duration::from_secs(seconds));
+    let tx_after = lab.server_tx_packets()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after_flood = attached.stats();
+    let ticks_after = attached.teardown_ticks();
+    flood.stop();
+    // Let the half-open connections' SYN-ACK retransmissions die down.
+    thread::sleep(Duration::from_secs(1));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Measured {
+        setup,
+        gbits,
+        synacks_per_s: (tx_after - tx_before) as f64 / elapsed,
+        bulk_progs: per_run(&before, &after_bulk),
+        flood_progs: per_run(&after_bulk, &after_flood),
+        cpu_percent: ticks_before
+            .zip(ticks_after)
+            .map(|(b, a)| (a - b) as f64 / hz / elapsed * 100.0),
+    })
+}
+
+fn progs_text(progs: &[(String, String, u64, f64)]) -> String {
+    if progs.is_empty() {
+        return "-".into();
+    }
+    progs
+        .iter()
+        .map(|(name, kind, runs, ns)| format!("{name} ({kind}) {ns:.0} ns x {runs}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// The live mode: in two namespaces joined by a veth, bulk TCP (iperf3)
+/// and a random-source SYN flood (hping3) with nothing, an empty XDP
+/// program, and teardown attached (native and generic XDP), interleaved
+/// over rounds; each attached program's ns per run from the kernel's BPF
+/// statistics, throughput ratios to the empty program and to none.
+pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the live bench creates network namespaces and reads BPF statistics: run it as root (sudo -E cargo xtask bench --live)"
+        );
+    }
+    provision::ensure_packages(
+        LIVE_PACKAGES,
+        "for the live bench (iperf3 bulk TCP, hping3 SYN flood, bpftool reads the programs' statistics)",
+    )?;
+    let objects = build_peer_objects()?;
+    let empty = objects.join("empty.bpf.o");
+    remove_leftover_namespaces("tdp-", "bench");
+    let stats = StatsOn::switch()?;
+    let lab = LiveLab::create()?;
+    let _iperf = Background::spawn(
+        lab.exec(true, "iperf3")
+            .args(["-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "iperf3 -s",
+    )?;
+    let _listener = Background::spawn(
+        lab.exec(true, "python3").args([
+            "-c",
+            &format!(
+                "import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{SERVER_ADDR}', {FLOOD_PORT}))\ns.listen(16)\ntime.sleep(86400)"
+            ),
+        ]),
+        "the flood's listener",
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    // Which mode `--mode auto` picks on a veth.
+    {
+        let auto = Attached::new(&lab, Setup::Teardown("auto"), binary, &empty);
+        match auto {
+            Ok(_) => {
+                let link = lab.server_link()?;
+                say(&format!(
+                    "live: --mode auto on a veth attaches {}",
+                    if link.contains("xdpgeneric") {
+                        "generic (skb)"
+                    } else {
+                        "native"
+                    }
+                ));
+            }
+            Err(err) => say(&format!("live: --mode auto: {err:#}")),
+        }
+    }
+    println!(
+        "live: {rounds} rounds x ({seconds} s iperf3 bulk + {seconds} s hping3 --flood --rand-source -S) per configuration, interleaved; kernel.bpf_stats_enabled=1 for the run (was {}), which adds its own ~15-30 ns to every program run; 2 shared cores: noisy",
+        stats.previous
+    );
+    let setups = [
+        Setup::Nothing,
+        Setup::Empty("native"),
+        Setup::Teardown("native"),
+        Setup::Empty("skb"),
+        Setup::Teardown("skb"),
+    ];
+    let mut all: Vec<Measured> = Vec::new();
+    for round in 1..=rounds {
+        for &setup in &setups {
+            let m = measure(&lab, setup, binary, &empty, seconds)
+                .with_context(|| format!("round {round}, {}", setup.label()))?;
+            println!(
+                "round {round} {:<18} bulk {:>6.2} Gbit/s [{}]  flood {:>8.0} SYN-ACK/s [{}]{}",
+                setup.label(),
+                m.gbits,
+                progs_text(&m.bulk_progs),
+                m.synacks_per_s,
+                progs_text(&m.flood_progs),
+                m.cpu_percent
+                    .map(|cpu| format!("  teardown CPU {cpu:.1} %"))
+                    .unwrap_or_default()
+            );
+            all.push(m);
+        }
+    }
+    let med = |setup: Setup, f: &dyn Fn(&Measured) -> f64| {
+        median(all.iter().filter(|m| m.setup == setup).map(f).collect())
+    };
+    let none_bulk = med(Setup::Nothing, &|m| m.gbits);
+    let none_flood = med(Setup::Nothing, &|m| m.synacks_per_s);
+    println!(
+        "\nmedians over {rounds} rounds\n{:<18} {:>11} {:>8} {:>9} {:>12} {:>8} {:>9}  {:<34} {:<34} {:>7}",
+        "configuration",
+        "bulk Gbit/s",
+        "vs none",
+        "vs empty",
+        "flood SYNACK/s",
+        "vs none",
+        "vs empty",
+        "ns/run in bulk (XDP; TC)",
+        "ns/run in flood (XDP; TC)",
+        "CPU %"
+    );
+    for &setup in &setups {
+        let bulk = med(setup, &|m| m.gbits);
+        let flood = med(setup, &|m| m.synacks_per_s);
+        let empty_of = setup.mode().map(Setup::Empty);
+        let vs_empty = |value: f64, f: &dyn Fn(&Measured) -> f64| match empty_of {
+            Some(empty) if empty != setup => format!("{:.2}x", value / med(empty, f)),
+            _ => "-".into(),
+        };
+        let ns_of = |pick: &dyn Fn(&Measured) -> &ProgRuns| {
+            let kinds = ["xdp", "sched_cls"];
+            kinds
+                .iter()
+                .map(|kind| {
+                    let values: Vec<f64> = all
+                        .iter()
+                        .filter(|m| m.setup == setup)
+                        .filter_map(|m| pick(m).iter().find(|p| p.1 == *kind).map(|p| p.3))
+                        .collect();
+                    if values.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}", median(values))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let cpu: Vec<f64> = all
+            .iter()
+            .filter(|m| m.setup == setup)
+            .filter_map(|m| m.cpu_percent)
+            .collect();
+        println!(
+            "{:<18} {bulk:>11.2} {:>8} {:>9} {flood:>12.0} {:>8} {:>9}  {:<34} {:<34} {:>7}",
+            setup.label(),
+            format!("{:.2}x", bulk / none_bulk),
+            vs_empty(bulk, &|m| m.gbits),
+            format!("{:.2}x", flood / none_flood),
+            vs_empty(flood, &|m| m.synacks_per_s),
+            ns_of(&|m| &m.bulk_progs),
+            ns_of(&|m| &m.flood_progs),
+            if cpu.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.1}", median(cpu))
+            }
+        );
+    }
+    drop(lab);
+    drop(stats);
+    Ok(())
+}
