@@ -128,18 +128,9 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     let _turn = one_at_a_time();
     let lab = Lab::new();
     // The server answers the spoofed sources (with SYN cookies, once its
-    // SYN queue is full) through the client, which drops what is not its
-    // own: the SYN-ACKs leave through teardown's egress program, as on a
-    // real host with a default route.
-    run(Command::new("ip").args([
-        "-n",
-        &lab.server_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        CLIENT_V4,
-    ]));
+    // SYN queue is full) through the client, which drops them.
+    lab.route_server_replies_via(CLIENT_V4)
+        .expect("routing the server's replies through the client");
     let server = socket_addr(SERVER_V4, FLOOD_PORT);
     let listener = in_netns(&lab.server_ns, move || {
         TcpListener::bind(server).expect("binding the server")

@@ -57,18 +57,10 @@ fn send(writer: &mut TcpStream, reader: &mut TcpStream, message: &[u8]) {
 #[test]
 fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
     let lab = Lab::new();
-    // The server's SYN-ACKs to spoofed sources leave through the client
-    // (which drops them), past teardown's egress program, as on a host
-    // with a default route.
-    run(Command::new("ip").args([
-        "-n",
-        &lab.server_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        CLIENT_V4,
-    ]));
+    // The server answers the spoofed sources (with SYN cookies, once its
+    // SYN queue is full) through the client, which drops them.
+    lab.route_server_replies_via(CLIENT_V4)
+        .expect("routing the server's replies through the client");
     let server = socket_addr(SERVER_V4, FLOOD_PORT);
     let listener = in_netns(&lab.server_ns, move || {
         TcpListener::bind(server).expect("binding the server")

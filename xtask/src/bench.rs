@@ -147,18 +147,10 @@ impl LiveLab {
         let lab = LiveLab {
             lab: lab::Lab::create(&plan).map_err(anyhow::Error::msg)?,
         };
-        // SYN-ACKs to the flood's random sources go back to the client's
-        // namespace, which does not forward and drops them.
-        lab::ip(&[
-            "-n",
-            &lab.lab.server_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            CLIENT_ADDR,
-        ])
-        .map_err(anyhow::Error::msg)?;
+        // SYN-ACKs to the flood's random sources.
+        lab.lab
+            .route_server_replies_via(CLIENT_ADDR)
+            .map_err(anyhow::Error::msg)?;
         Ok(lab)
     }
 

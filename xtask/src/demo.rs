@@ -143,20 +143,10 @@ impl DemoLab {
                 .map_err(anyhow::Error::msg)
                 .context("setting up the demo's namespaces")?,
         };
-        // The flood's SYN-ACKs go to random addresses: route them to the
-        // client namespace, which drops them (it does not forward), as the
-        // internet would for spoofed sources.
-        lab::ip(&[
-            "-n",
-            &lab.server_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            CLIENT_ADDR,
-        ])
-        .map_err(anyhow::Error::msg)
-        .context("setting up the demo's namespaces")?;
+        // The flood's SYN-ACKs go to random addresses.
+        lab.route_server_replies_via(CLIENT_ADDR)
+            .map_err(anyhow::Error::msg)
+            .context("setting up the demo's namespaces")?;
         Ok(lab)
     }
 }

@@ -91,6 +91,23 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Routes the server's replies to addresses off the link through the
+    /// client at `client_addr`, which drops them (it does not forward), as
+    /// the internet would for a flood's spoofed sources: the server's
+    /// SYN-ACKs then leave through its interface, past teardown's egress
+    /// program, as on a host with a default route.
+    pub fn route_server_replies_via(&self, client_addr: &str) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.server_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            client_addr,
+        ])
+    }
+
     /// `ip netns exec NS PROGRAM`.
     pub fn exec(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
