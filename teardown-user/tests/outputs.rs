@@ -712,5 +712,25 @@ fn bench_runs_to_its_end_when_its_reader_goes() {
         "bench with its reader gone: {}, stderr: {stderr}",
         output.status
     );
-    assert!(report.is_ok(), "no JSON report: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(
+        &report.unwrap_or_else(|err| panic!("no JSON report ({err}): {stderr}")),
+    )
+    .expect("the report is JSON");
+    // The verifier's work per program, as the kernel reports it: every
+    // program `run` and `replay` load, each accepted, so within the limit.
+    let verifier = report["verifier"].as_array().expect("a verifier section");
+    let programs: Vec<&str> = verifier
+        .iter()
+        .map(|row| row["program"].as_str().expect("a program name"))
+        .collect();
+    assert_eq!(programs, ["teardown", "teardown_egress", "teardown_replay"]);
+    for row in verifier {
+        let verified = row["verified_insns"]
+            .as_u64()
+            .expect("this kernel reports it");
+        assert!(
+            verified > 0 && verified <= row["limit"].as_u64().unwrap(),
+            "{row}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use teardown_common::{
     parse::{ethertype, tcp_flags},
 };
 
-use crate::kernel::{ClockMode, Kernel, LoadOptions};
+use crate::kernel::{ClockMode, Kernel, LoadOptions, VERIFIER_INSN_LIMIT};
 use crate::report::output::outln;
 
 /// SYNs per 100 ms poll of the flood `new_syn` stands for (a million a second).
@@ -299,6 +299,41 @@ fn stats_descriptor_holder() -> Option<u32> {
         })
 }
 
+/// The verifier's work to accept each program `teardown run` and
+/// `teardown replay` load, against its limit per program: every
+/// instruction added to a program's paths is paid for on each path, and
+/// a program over the limit does not load at all. Printed and returned
+/// for the JSON report.
+fn verifier_budget() -> anyhow::Result<serde_json::Value> {
+    let mut kernel = Kernel::load(&LoadOptions::default())?;
+    outln!(
+        "\nverifier: instructions processed to accept each program (limit {} per program)",
+        VERIFIER_INSN_LIMIT
+    );
+    let mut rows = Vec::new();
+    for name in [
+        names::XDP_PROGRAM,
+        names::TC_EGRESS_PROGRAM,
+        names::XDP_REPLAY_PROGRAM,
+    ] {
+        let verified = kernel.verified_insns(name)?;
+        match verified {
+            Some(count) => outln!(
+                "{name:<16} {count:>9} ({:.1} % of the limit, {} to spare)",
+                100.0 * count as f64 / VERIFIER_INSN_LIMIT as f64,
+                VERIFIER_INSN_LIMIT.saturating_sub(count)
+            ),
+            None => outln!("{name:<16} (the kernel does not report it)"),
+        }
+        rows.push(json!({
+            "program": name,
+            "verified_insns": verified,
+            "limit": VERIFIER_INSN_LIMIT,
+        }));
+    }
+    Ok(serde_json::Value::Array(rows))
+}
+
 pub(super) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
@@ -562,6 +597,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
             with_goal - over_goal
         );
     }
+    let verifier = verifier_budget()?;
     // Repeats beyond a few million only make the case longer: two CPUs
     // collide within the first thousands of runs.
     let (contention, exact) =
@@ -577,6 +613,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
             "repeat": options.repeat,
             "rounds": options.rounds,
             "results": results,
+            "verifier": verifier,
             "contention": contention,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")

@@ -26,6 +26,10 @@ use super::{Kernel, SetupError, is_permission_error};
 /// at build time (empty when built with `AYA_BUILD_SKIP`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EMBEDDED_OBJECT"));
 
+/// The verifier's limit on the instructions it processes per program
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`).
+pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
+
 /// Kernel memory a flow table of `slots` slots takes: the slots and the
 /// changed-slot bitmap.
 pub fn table_bytes(slots: u32) -> u64 {
@@ -348,6 +352,22 @@ impl Kernel {
             .with_context(|| format!("program {name} is not loaded"))?
             .as_fd()
             .as_raw_fd())
+    }
+
+    /// How many instructions the verifier processed to accept program
+    /// `name` (loaded if need be), out of its limit of
+    /// [`VERIFIER_INSN_LIMIT`] per program: the margin any change to the
+    /// program's paths has to fit in. `None` if the kernel does not say.
+    pub fn verified_insns(&mut self, name: &str) -> anyhow::Result<Option<u32>> {
+        self.program_fd(name)?;
+        let program = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?;
+        let info = program
+            .info()
+            .with_context(|| format!("reading program {name}'s information"))?;
+        Ok(info.verified_instruction_count())
     }
 
     /// Runs `program` once over `frame` with BPF_PROG_TEST_RUN; returns its verdict.

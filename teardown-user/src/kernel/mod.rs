@@ -22,7 +22,7 @@ use aya::{
 use thiserror::Error;
 
 pub use attach::AttachMode;
-pub use load::{ClockMode, LoadOptions};
+pub use load::{ClockMode, LoadOptions, VERIFIER_INSN_LIMIT};
 pub use maps::FlowTable;
 
 /// Problems the user can fix, each said in one line with what to do.
