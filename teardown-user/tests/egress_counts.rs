@@ -310,13 +310,7 @@ fn run_lab(one_segment: bool) -> Counts {
     // Listening before anything is watched: nothing is sent meanwhile.
     let listeners: Vec<TcpListener> = [SERVER_V4, SERVER_V6]
         .into_iter()
-        .map(|address| {
-            in_netns(&lab.server_ns, move || {
-                TcpListener::bind(socket_addr(address, OPEN_PORT)).expect("bind")
-            })
-            .join()
-            .expect("listener thread")
-        })
+        .map(|address| listen_in(&lab.server_ns, socket_addr(address, OPEN_PORT)))
         .collect();
     let (teardown, _stderr) =
         start_teardown(&lab.server_ns, &lab.server_if, &["--metrics-addr", "off"]);

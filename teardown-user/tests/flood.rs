@@ -132,11 +132,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     lab.route_server_replies_via(CLIENT_V4)
         .expect("routing the server's replies through the client");
     let server = socket_addr(SERVER_V4, FLOOD_PORT);
-    let listener = in_netns(&lab.server_ns, move || {
-        TcpListener::bind(server).expect("binding the server")
-    })
-    .join()
-    .expect("the listener thread panicked");
+    let listener = listen_in(&lab.server_ns, server);
 
     let canary_capture = std::env::temp_dir().join(format!("{}-canary.pcap", lab.server_ns));
     let flood_capture = std::env::temp_dir().join(format!("{}-flood.pcap", lab.server_ns));

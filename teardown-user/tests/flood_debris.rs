@@ -20,7 +20,7 @@ mod support;
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, TcpStream},
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -62,11 +62,7 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
     lab.route_server_replies_via(CLIENT_V4)
         .expect("routing the server's replies through the client");
     let server = socket_addr(SERVER_V4, FLOOD_PORT);
-    let listener = in_netns(&lab.server_ns, move || {
-        TcpListener::bind(server).expect("binding the server")
-    })
-    .join()
-    .expect("the listener thread panicked");
+    let listener = listen_in(&lab.server_ns, server);
     let (mut teardown, stderr) = start_teardown(
         &lab.server_ns,
         &lab.server_if,

@@ -105,11 +105,7 @@ fn counters_equal_what_real_tcp_connections_sent() {
         // Bound before any client connects (a listener bound in a thread
         // of its own raced the clients and was refused under load); the
         // socket stays in the server's namespace whatever thread serves it.
-        let listener = in_netns(&lab.server_ns, move || {
-            TcpListener::bind(bind).expect("bind")
-        })
-        .join()
-        .expect("bind thread");
+        let listener = listen_in(&lab.server_ns, bind);
         servers.push(std::thread::spawn(move || serve(listener, stop)));
     }
 

@@ -221,6 +221,16 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// A TCP listener on `addr` inside namespace `ns` (the socket keeps the
+/// namespace it was opened in).
+pub fn listen_in(ns: &str, addr: SocketAddr) -> std::net::TcpListener {
+    in_netns(ns, move || {
+        std::net::TcpListener::bind(addr).unwrap_or_else(|err| panic!("binding {addr}: {err}"))
+    })
+    .join()
+    .expect("the listener thread panicked")
+}
+
 /// Loads nftables rules into namespace `ns` (`nft -f -`). The rules belong to
 /// the namespace, so deleting it (Lab's `Drop`) removes them, even when a
 /// test fails.
