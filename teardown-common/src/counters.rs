@@ -8,6 +8,9 @@
 //! [`tally`] and [`Tallies::totals`], so they cannot drift.
 
 use crate::parse::{Fragment, IpVersion, Parsed, Payload, Transport, tcp_flags};
+use crate::tunnel::{
+    Decap, Inner, MAX_ENCAP_DEPTH, Tunnel, encap, inner_class, outcome as tunnel_outcome,
+};
 
 /// Declares the [`Counter`] enum together with its stable key and help text.
 macro_rules! counters {
@@ -81,6 +84,44 @@ counters! {
     /// Frames with a truncated or inconsistent Ethernet, VLAN, IP or TCP header
     /// (including TCP segments whose options are cut short).
     Malformed => "malformed",
+    /// Frames in which at least one encapsulation was opened (MPLS, PPPoE,
+    /// VN-Tag, 802.1ah, FabricPath, GRE, IP-in-IP, VXLAN, Geneve). The
+    /// counters above count such a frame by its outer headers only.
+    Tunnelled => "tunnelled",
+    /// TCP segments found inside encapsulations, each tracked as a
+    /// connection of its own (not in `tcp`, `syn`, ...).
+    TunnelledTcp => "tunnelled_tcp",
+    /// Frames with an MPLS label stack opened.
+    TunnelMpls => "tunnel_mpls",
+    /// Frames with a PPPoE session header opened.
+    TunnelPppoe => "tunnel_pppoe",
+    /// Frames with a Cisco VN-Tag opened.
+    TunnelVntag => "tunnel_vntag",
+    /// Frames with an 802.1ah (provider backbone bridging) I-TAG opened.
+    TunnelPbb => "tunnel_pbb",
+    /// Frames with a Cisco FabricPath header opened.
+    TunnelFabricpath => "tunnel_fabricpath",
+    /// Frames with a GRE header opened.
+    TunnelGre => "tunnel_gre",
+    /// Frames with IPv4 or IPv6 directly inside IPv4 or IPv6 opened.
+    TunnelIpip => "tunnel_ipip",
+    /// Frames with a VXLAN header opened.
+    TunnelVxlan => "tunnel_vxlan",
+    /// Frames with a Geneve header opened.
+    TunnelGeneve => "tunnel_geneve",
+    /// Tunnelled frames whose innermost payload is not TCP (UDP, ARP, ...).
+    TunnelOther => "tunnel_other",
+    /// Tunnelled frames with an encapsulation header, or a header inside it,
+    /// cut short or inconsistent (lengths claiming more than the tunnel
+    /// carries included).
+    TunnelMalformed => "tunnel_malformed",
+    /// Frames with more encapsulation layers (or MPLS labels, or VLAN tags
+    /// or IPv6 extension headers inside) than the parser follows.
+    TunnelTooDeep => "tunnel_too_deep",
+    /// Frames with an encapsulation recognised but not followed (GRE version
+    /// 1 or with routing, an unknown GRE or Geneve protocol, an MPLS or
+    /// PPPoE payload that is neither IP nor Ethernet).
+    TunnelUnsupported => "tunnel_unsupported",
 }
 
 /// Number of user-facing counters.
@@ -162,6 +203,24 @@ pub const TCP_SLOTS: usize = 512;
 /// Marks a frame without a TCP segment in [`Tally::tcp_slot`].
 pub const NO_TCP_SLOT: u16 = u16::MAX;
 
+/// Slots of [`Tallies::encap`]: tunnelled frames, frames by the kind of
+/// each layer opened (the slot is the [`encap`] kind), then what was found
+/// innermost.
+pub mod encap_slot {
+    /// Frames with at least one layer opened.
+    pub const TUNNELLED: usize = 0;
+    // Slots 1..=9: the encap kinds.
+    pub const TCP: usize = 10;
+    pub const OTHER: usize = 11;
+    pub const MALFORMED: usize = 12;
+    pub const TOO_DEEP: usize = 13;
+    pub const UNSUPPORTED: usize = 14;
+    pub const COUNT: usize = 16;
+    const _: () = assert!(COUNT.is_power_of_two());
+}
+
+const _: () = assert!(encap::COUNT <= encap_slot::TCP);
+
 /// The value of the single slot of the per-CPU `TALLIES` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,15 +229,72 @@ pub struct Tallies {
     pub frames: [u64; class::COUNT],
     /// TCP segments by `flags | (has_payload << 8)`.
     pub tcp: [u64; TCP_SLOTS],
+    /// Encapsulated frames (see [`encap_slot`]): only frames that carry a
+    /// tunnel touch these.
+    pub encap: [u64; encap_slot::COUNT],
 }
 
-const _: () = assert!(core::mem::size_of::<Tallies>() == 8 * (class::COUNT + TCP_SLOTS));
+const _: () = assert!(
+    core::mem::size_of::<Tallies>() == 8 * (class::COUNT + TCP_SLOTS + encap_slot::COUNT)
+);
 
 impl Default for Tallies {
     fn default() -> Self {
         Tallies {
             frames: [0; class::COUNT],
             tcp: [0; TCP_SLOTS],
+            encap: [0; encap_slot::COUNT],
+        }
+    }
+}
+
+/// What one encapsulated frame adds to [`Tallies::encap`]: the tunnelled
+/// total, each layer's kind, and the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapTally {
+    /// [`encap`] kinds of the layers (0: none).
+    pub layers: [u8; MAX_ENCAP_DEPTH],
+    /// An [`encap_slot`] outcome slot.
+    pub outcome: u8,
+    /// 1 if the innermost TCP segment's header was cut short (also malformed).
+    pub incomplete_tcp: u8,
+}
+
+/// What a frame's encapsulation adds to the tallies, from what
+/// [`crate::tunnel::decapsulate_in_place`] returned (`outcome`), the
+/// layers it gathered and the innermost frame; `None` if the frame carries
+/// no encapsulation.
+#[inline(always)]
+pub fn encap_tally_of(outcome: u8, tunnel: &Tunnel, innermost: &Inner) -> Option<EncapTally> {
+    let (slot, incomplete_tcp) = match outcome {
+        tunnel_outcome::NONE => return None,
+        tunnel_outcome::INNER => match innermost.class {
+            inner_class::TCP => (encap_slot::TCP, !innermost.segment.header_complete),
+            inner_class::MALFORMED => (encap_slot::MALFORMED, false),
+            inner_class::TOO_DEEP => (encap_slot::TOO_DEEP, false),
+            _ => (encap_slot::OTHER, false),
+        },
+        tunnel_outcome::MALFORMED => (encap_slot::MALFORMED, false),
+        tunnel_outcome::UNSUPPORTED => (encap_slot::UNSUPPORTED, false),
+        _ => (encap_slot::TOO_DEEP, false),
+    };
+    Some(EncapTally {
+        layers: tunnel.layers,
+        outcome: slot as u8,
+        incomplete_tcp: incomplete_tcp as u8,
+    })
+}
+
+/// [`encap_tally_of`] a [`Decap`], for the host.
+pub fn encap_tally(decap: &Decap) -> Option<EncapTally> {
+    let nothing = Inner::default();
+    match decap {
+        Decap::None => None,
+        Decap::Inner { tunnel, inner } => encap_tally_of(tunnel_outcome::INNER, tunnel, inner),
+        Decap::TooDeep { tunnel } => encap_tally_of(tunnel_outcome::TOO_DEEP, tunnel, &nothing),
+        Decap::Malformed { tunnel } => encap_tally_of(tunnel_outcome::MALFORMED, tunnel, &nothing),
+        Decap::Unsupported { tunnel } => {
+            encap_tally_of(tunnel_outcome::UNSUPPORTED, tunnel, &nothing)
         }
     }
 }
@@ -252,12 +368,36 @@ impl Tallies {
         }
     }
 
+    /// Adds one encapsulated frame's tally: a handful of bounds-checked
+    /// increments, paid only by frames that carry a tunnel.
+    #[inline(always)]
+    pub fn record_encap(&mut self, tally: &EncapTally) {
+        // Masked into range, a bound the verifier follows; the index made
+        // opaque first, or the compiler, having proved it small, drops
+        // the mask (and its own compares take forms the verifier does not).
+        let mut bump =
+            |slot: usize| self.encap[core::hint::black_box(slot) & (encap_slot::COUNT - 1)] += 1;
+        bump(encap_slot::TUNNELLED);
+        for &kind in &tally.layers {
+            if kind != 0 && (kind as usize) < encap::COUNT {
+                bump(kind as usize);
+            }
+        }
+        bump(tally.outcome as usize);
+        if tally.incomplete_tcp != 0 {
+            bump(encap_slot::MALFORMED);
+        }
+    }
+
     /// Element-wise sum, e.g. of the per-CPU copies.
     pub fn add(&mut self, other: &Tallies) {
         for (mine, theirs) in self.frames.iter_mut().zip(other.frames.iter()) {
             *mine = mine.wrapping_add(*theirs);
         }
         for (mine, theirs) in self.tcp.iter_mut().zip(other.tcp.iter()) {
+            *mine = mine.wrapping_add(*theirs);
+        }
+        for (mine, theirs) in self.encap.iter_mut().zip(other.encap.iter()) {
             *mine = mine.wrapping_add(*theirs);
         }
     }
@@ -269,6 +409,9 @@ impl Tallies {
             *out = out.wrapping_sub(*before);
         }
         for (out, before) in delta.tcp.iter_mut().zip(earlier.tcp.iter()) {
+            *out = out.wrapping_sub(*before);
+        }
+        for (out, before) in delta.encap.iter_mut().zip(earlier.encap.iter()) {
             *out = out.wrapping_sub(*before);
         }
         delta
@@ -351,6 +494,25 @@ impl Tallies {
                     c.add_to(counter, both);
                 }
             }
+        }
+        for (slot, counter) in [
+            (encap_slot::TUNNELLED, Counter::Tunnelled),
+            (encap::MPLS as usize, Counter::TunnelMpls),
+            (encap::PPPOE as usize, Counter::TunnelPppoe),
+            (encap::VNTAG as usize, Counter::TunnelVntag),
+            (encap::PBB as usize, Counter::TunnelPbb),
+            (encap::FABRICPATH as usize, Counter::TunnelFabricpath),
+            (encap::GRE as usize, Counter::TunnelGre),
+            (encap::IPIP as usize, Counter::TunnelIpip),
+            (encap::VXLAN as usize, Counter::TunnelVxlan),
+            (encap::GENEVE as usize, Counter::TunnelGeneve),
+            (encap_slot::TCP, Counter::TunnelledTcp),
+            (encap_slot::OTHER, Counter::TunnelOther),
+            (encap_slot::MALFORMED, Counter::TunnelMalformed),
+            (encap_slot::TOO_DEEP, Counter::TunnelTooDeep),
+            (encap_slot::UNSUPPORTED, Counter::TunnelUnsupported),
+        ] {
+            c.add_to(counter, self.encap[slot]);
         }
         c
     }

@@ -326,3 +326,236 @@ pub fn build(spec: &Spec) -> Frame {
     debug_assert!(w.frame.len >= ETH_HLEN);
     w.frame
 }
+
+/// Outer endpoints of the tunnels [`wrap`] builds.
+pub const TUNNEL_A_V4: [u8; 4] = [198, 51, 100, 1];
+pub const TUNNEL_B_V4: [u8; 4] = [198, 51, 100, 2];
+pub const TUNNEL_A_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+pub const TUNNEL_B_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+];
+
+/// One encapsulation layer for [`wrap`]. Layers that carry an IP datagram
+/// (IP-in-IP, GRE with an IP protocol, MPLS, PPPoE) take the inner frame's
+/// datagram (an untagged inner frame's bytes after its Ethernet header);
+/// the others carry the whole inner Ethernet frame.
+#[derive(Clone, Copy, Debug)]
+pub enum Encap<'a> {
+    /// VXLAN over UDP to `port`.
+    Vxlan { vni: u32, port: u16, outer_v6: bool },
+    /// Geneve over UDP 6081, with `options_len` bytes of options (a
+    /// multiple of 4); `ethernet`: carries the Ethernet frame (else the
+    /// datagram, by EtherType).
+    Geneve {
+        vni: u32,
+        options_len: u8,
+        ethernet: bool,
+        outer_v6: bool,
+    },
+    /// GRE version 0 with the optional fields whose flags are set;
+    /// `ethernet`: transparent Ethernet bridging.
+    Gre {
+        key: Option<u32>,
+        checksum: bool,
+        sequence: bool,
+        ethernet: bool,
+        outer_v6: bool,
+    },
+    /// The datagram directly in IPv4 or IPv6.
+    IpIp { outer_v6: bool },
+    /// A label stack, top first (the last gets the bottom-of-stack bit).
+    Mpls { labels: &'a [u32] },
+    /// A PPPoE session.
+    Pppoe { session: u16 },
+    /// A VN-Tag for virtual interface `vif`.
+    VnTag { vif: u16 },
+    /// An 802.1ah I-TAG and the customer's Ethernet header.
+    Pbb { isid: u32 },
+    /// A FabricPath header in front of the classical Ethernet frame.
+    FabricPath,
+}
+
+/// The inner frame's EtherType and datagram (for an untagged frame).
+fn datagram_of(inner: &[u8]) -> (u16, &[u8]) {
+    (u16::from_be_bytes([inner[12], inner[13]]), &inner[ETH_HLEN..])
+}
+
+impl Writer {
+    /// An outer IP header for `payload_len` bytes of protocol `protocol`.
+    fn outer_ip(&mut self, v6: bool, protocol: u8, payload_len: usize) {
+        if v6 {
+            w_put_v6(self, protocol, payload_len);
+        } else {
+            let start = self.frame.len;
+            self.put(&[0x45, 0]);
+            self.put_u16((20 + payload_len) as u16);
+            self.put(&[0x43, 0x21, 0, 0, 64, protocol, 0, 0]);
+            self.put(&TUNNEL_A_V4);
+            self.put(&TUNNEL_B_V4);
+            let checksum = internet_checksum(&self.frame.buf[start..start + 20]);
+            self.set_u16(start + 10, checksum);
+        }
+    }
+}
+
+fn w_put_v6(w: &mut Writer, protocol: u8, payload_len: usize) {
+    w.put(&[0x60, 0, 0, 0]);
+    w.put_u16(payload_len as u16);
+    w.put(&[protocol, 64]);
+    w.put(&TUNNEL_A_V6);
+    w.put(&TUNNEL_B_V6);
+}
+
+/// Wraps `inner` (an Ethernet frame) in one encapsulation `layer`, in an
+/// Ethernet frame with `outer_vlans` tags. Wrap a wrapped frame again for
+/// nesting. Panics if it would exceed [`MAX_FRAME`].
+pub fn wrap(inner: &[u8], layer: &Encap, outer_vlans: &[(u16, u16)]) -> Frame {
+    let mut w = Writer {
+        frame: Frame {
+            buf: [0; MAX_FRAME],
+            len: 0,
+        },
+    };
+    w.put(&[0x02, 0, 0, 0, 0, 0x12]);
+    w.put(&[0x02, 0, 0, 0, 0, 0x11]);
+    if let Encap::FabricPath = layer {
+        // The outer header's switch addresses are the MACs above; the tag,
+        // then the classical frame.
+        w.put_u16(crate::parse::ethertype::FABRICPATH);
+        w.put(&[0x00, 0x3f]);
+        w.put(inner);
+        return w.frame;
+    }
+    for &(tpid, vlan_id) in outer_vlans {
+        w.put_u16(tpid);
+        w.put_u16(vlan_id & 0x0fff);
+    }
+    let ip_type = |v6: bool| if v6 { ethertype::IPV6 } else { ethertype::IPV4 };
+    match *layer {
+        Encap::Vxlan {
+            vni,
+            port,
+            outer_v6,
+        } => {
+            w.put_u16(ip_type(outer_v6));
+            w.outer_ip(outer_v6, ip_proto::UDP, 16 + inner.len());
+            w.put_u16(49152);
+            w.put_u16(port);
+            w.put_u16((16 + inner.len()) as u16);
+            w.put(&[0, 0]);
+            w.put(&[0x08, 0, 0, 0]);
+            w.put(&(vni << 8).to_be_bytes());
+            w.put(inner);
+        }
+        Encap::Geneve {
+            vni,
+            options_len,
+            ethernet,
+            outer_v6,
+        } => {
+            let (protocol, body) = if ethernet {
+                (crate::parse::ethertype::TEB, inner)
+            } else {
+                datagram_of(inner)
+            };
+            let len = 16 + options_len as usize + body.len();
+            w.put_u16(ip_type(outer_v6));
+            w.outer_ip(outer_v6, ip_proto::UDP, len);
+            w.put_u16(49152);
+            w.put_u16(6081);
+            w.put_u16(len as u16);
+            w.put(&[0, 0]);
+            w.put(&[options_len / 4, 0]);
+            w.put_u16(protocol);
+            w.put(&(vni << 8).to_be_bytes());
+            for index in 0..options_len {
+                // Option class, type, length words: any bytes do, the
+                // parser steps over them by the length in the header.
+                w.put(&[index]);
+            }
+            w.put(body);
+        }
+        Encap::Gre {
+            key,
+            checksum,
+            sequence,
+            ethernet,
+            outer_v6,
+        } => {
+            let (protocol, body) = if ethernet {
+                (crate::parse::ethertype::TEB, inner)
+            } else {
+                datagram_of(inner)
+            };
+            let header_len =
+                4 + 4 * (checksum as usize + key.is_some() as usize + sequence as usize);
+            w.put_u16(ip_type(outer_v6));
+            w.outer_ip(outer_v6, ip_proto::GRE, header_len + body.len());
+            let flags = (checksum as u16) << 15
+                | (key.is_some() as u16) << 13
+                | (sequence as u16) << 12;
+            w.put_u16(flags);
+            w.put_u16(protocol);
+            if checksum {
+                w.put(&[0, 0, 0, 0]);
+            }
+            if let Some(key) = key {
+                w.put(&key.to_be_bytes());
+            }
+            if sequence {
+                w.put(&7u32.to_be_bytes());
+            }
+            w.put(body);
+        }
+        Encap::IpIp { outer_v6 } => {
+            let (protocol, body) = datagram_of(inner);
+            let ip_in = if protocol == ethertype::IPV6 {
+                ip_proto::IPV6
+            } else {
+                ip_proto::IPIP
+            };
+            w.put_u16(ip_type(outer_v6));
+            w.outer_ip(outer_v6, ip_in, body.len());
+            w.put(body);
+        }
+        Encap::Mpls { labels } => {
+            let (_, body) = datagram_of(inner);
+            w.put_u16(crate::parse::ethertype::MPLS_UNICAST);
+            for (index, &label) in labels.iter().enumerate() {
+                let bottom = (index + 1 == labels.len()) as u32;
+                w.put(&((label << 12) | (bottom << 8) | 64).to_be_bytes());
+            }
+            w.put(body);
+        }
+        Encap::Pppoe { session } => {
+            let (protocol, body) = datagram_of(inner);
+            w.put_u16(crate::parse::ethertype::PPPOE_SESSION);
+            w.put(&[0x11, 0]);
+            w.put_u16(session);
+            w.put_u16((2 + body.len()) as u16);
+            w.put_u16(if protocol == ethertype::IPV6 {
+                0x0057
+            } else {
+                0x0021
+            });
+            w.put(body);
+        }
+        Encap::VnTag { vif } => {
+            let (protocol, body) = datagram_of(inner);
+            w.put_u16(crate::parse::ethertype::VNTAG);
+            w.put_u16(0x8000 | (vif & 0x3fff));
+            w.put_u16(0);
+            w.put_u16(protocol);
+            w.put(body);
+        }
+        Encap::Pbb { isid } => {
+            w.put_u16(crate::parse::ethertype::PBB);
+            w.put(&(isid & 0x00ff_ffff).to_be_bytes());
+            w.put(inner);
+        }
+        Encap::FabricPath => unreachable!("handled above"),
+    }
+    w.frame
+}

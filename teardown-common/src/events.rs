@@ -102,6 +102,10 @@ pub struct FlowStats {
     /// ([`Admission`]): not tracked. The connection, if it is real, is
     /// tracked from its next segment on.
     pub synack_untracked: u64,
+    /// Connections seen through a tunnel when the kernel's table of
+    /// tunnels was full ([`crate::tunnel::TUNNEL_CAPACITY`]): their records
+    /// name the tunnel's kind only.
+    pub tunnels_unrecorded: u64,
 }
 
 /// The window of the per-CPU budget of new half-open records.
@@ -228,7 +232,7 @@ pub const fn syn_recent(stamp: u8, now: u64) -> bool {
     syn_stamp(now).wrapping_sub(stamp).wrapping_add(1) <= 2
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 12 * 8);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 13 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
@@ -244,6 +248,7 @@ impl FlowStats {
         self.dest_collisions += other.dest_collisions;
         self.lock_contended += other.lock_contended;
         self.synack_untracked += other.synack_untracked;
+        self.tunnels_unrecorded += other.tunnels_unrecorded;
     }
 }
 

@@ -18,6 +18,7 @@ pub mod parse;
 pub mod reasons;
 pub mod sketch;
 pub mod table;
+pub mod tunnel;
 
 /// Names of the maps and programs in the eBPF object, used by both sides.
 pub mod names {
@@ -109,4 +110,27 @@ pub mod names {
     pub const RESET_EVENTS_MAP: &str = "RESET_EVENTS";
     /// Per-CPU array with one [`crate::reasons::ResetCounts`].
     pub const RESET_COUNTS_MAP: &str = "RESET_COUNTS";
+    /// Array of [`crate::tunnel::TUNNEL_CAPACITY`]
+    /// [`crate::tunnel::Tunnel`]s: the tunnels records refer to
+    /// ([`crate::tunnel::TunnelRef`]), each written once.
+    pub const TUNNELS_MAP: &str = "TUNNELS";
+    /// Global: the [`crate::tunnel::TunnelPorts`] the parser opens tunnels with.
+    pub const TUNNEL_PORTS_GLOBAL: &str = "TUNNEL_PORTS";
+    /// Program array of the XDP tunnel programs, at [`tunnel_slot`]s: the
+    /// XDP programs tail-call them with frames that may carry a tunnel.
+    pub const TUNNEL_XDP_MAP: &str = "TUNNEL_XDP";
+    /// Program array with the TC tunnel program at 0.
+    pub const TUNNEL_TC_MAP: &str = "TUNNEL_TC";
+    /// The live XDP tunnel program (slot [`tunnel_slot::LIVE`]).
+    pub const XDP_TUNNEL_PROGRAM: &str = "teardown_tunnel";
+    /// The replay's XDP tunnel program (slot [`tunnel_slot::REPLAY`]).
+    pub const XDP_TUNNEL_REPLAY_PROGRAM: &str = "teardown_tunnel_replay";
+    /// The TC tunnel program.
+    pub const TC_TUNNEL_PROGRAM: &str = "teardown_tunnel_egress";
+
+    /// Slots of [`TUNNEL_XDP_MAP`].
+    pub mod tunnel_slot {
+        pub const LIVE: u32 = 0;
+        pub const REPLAY: u32 = 1;
+    }
 }

@@ -46,12 +46,19 @@ pub const TCP_READABLE_LEN: usize = 16;
 pub const MAX_VLAN_TAGS: usize = 2;
 /// How many IPv6 extension headers the parser walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
-/// Upper bound on any header offset the parser computes: 2 VLAN tags, a
-/// 60-byte IPv4 header or a 40-byte IPv6 header with 6 extension headers of at
-/// most 2048 bytes each. Bounding offsets keeps the verifier's range tracking
-/// finite.
-pub const MAX_L4_OFFSET: usize =
-    ETH_HLEN + MAX_VLAN_TAGS * VLAN_HLEN + IPV6_HLEN + MAX_IPV6_EXT_HEADERS * 2048;
+/// Upper bound on where an encapsulated frame may start
+/// ([`crate::tunnel`]): real encapsulation stacks start their inner frame
+/// within the first 200 bytes; one past this is counted as too deep.
+pub const MAX_INNER_START: usize = 512;
+/// Upper bound on any header offset the parser computes: an inner frame's
+/// start, 2 VLAN tags, a 60-byte IPv4 header or a 40-byte IPv6 header with
+/// 6 extension headers of at most 2048 bytes each. Bounding offsets keeps
+/// the verifier's range tracking finite.
+pub const MAX_L4_OFFSET: usize = MAX_INNER_START
+    + ETH_HLEN
+    + MAX_VLAN_TAGS * VLAN_HLEN
+    + IPV6_HLEN
+    + MAX_IPV6_EXT_HEADERS * 2048;
 
 pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
@@ -60,13 +67,31 @@ pub mod ethertype {
     pub const VLAN: u16 = 0x8100;
     /// 802.1ad service VLAN tag (QinQ outer tag).
     pub const QINQ: u16 = 0x88A8;
+    /// MPLS unicast and multicast label stacks.
+    pub const MPLS_UNICAST: u16 = 0x8847;
+    pub const MPLS_MULTICAST: u16 = 0x8848;
+    /// PPPoE session stage (RFC 2516).
+    pub const PPPOE_SESSION: u16 = 0x8864;
+    /// Cisco VN-Tag (802.1Qbh).
+    pub const VNTAG: u16 = 0x8926;
+    /// Provider backbone bridging's I-TAG (802.1ah).
+    pub const PBB: u16 = 0x88E7;
+    /// Cisco FabricPath's tag, in the outer header.
+    pub const FABRICPATH: u16 = 0x8903;
+    /// Transparent Ethernet bridging: an Ethernet frame (GRE, Geneve).
+    pub const TEB: u16 = 0x6558;
 }
 
 pub mod ip_proto {
     pub const HOPOPTS: u8 = 0;
+    /// IPv4 in IP.
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// IPv6 in IP.
+    pub const IPV6: u8 = 41;
     pub const ROUTING: u8 = 43;
+    pub const GRE: u8 = 47;
     pub const FRAGMENT: u8 = 44;
     pub const DSTOPTS: u8 = 60;
 }
@@ -152,7 +177,8 @@ pub struct TcpSegment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Tcp(TcpSegment),
-    /// Another transport (or one the parser does not step through, such as AH or ESP).
+    /// Another transport (or one the parser does not step through, such as
+    /// AH or ESP); its header starts at [`IpPacket::l4_offset`].
     Other {
         protocol: u8,
     },
@@ -174,10 +200,22 @@ pub struct IpPacket {
     pub offset: u16,
     pub fragment: Fragment,
     pub transport: Transport,
+    /// Where the transport header starts and the datagram ends (for the
+    /// tunnels of [`crate::tunnel`]); 0 when the IP headers are unusable.
+    /// Plain fields rather than the transport variant's: a variant's
+    /// fields are undefined on other variants' paths, which the BPF
+    /// verifier refuses where the compiler merges them.
+    pub l4_offset: u16,
+    pub end: u32,
+    /// The transport's protocol number (0 when the IP headers are unusable).
+    pub protocol: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload {
+    /// Neither IPv4 nor IPv6: the payload after the EtherType starts at
+    /// [`Parsed::network_offset`] (MPLS, PPPoE and link-layer shims are
+    /// opened from there by [`crate::tunnel`]).
     NonIp {
         ethertype: u16,
     },
@@ -194,6 +232,11 @@ pub struct Parsed {
     /// VLAN tags stepped over (at most [`MAX_VLAN_TAGS`]; one more when too deep).
     pub vlan_tags: u8,
     pub payload: Payload,
+    /// The link layer's last EtherType, and where the header after it
+    /// starts (both 0 if the link-layer header is cut short): plain fields
+    /// for [`crate::tunnel`], for the reason [`IpPacket::l4_offset`] gives.
+    pub network_type: u16,
+    pub network_offset: u16,
 }
 
 impl Parsed {
@@ -218,16 +261,49 @@ fn be16(bytes: [u8; 2]) -> u16 {
 /// Parses the headers of one Ethernet frame.
 #[inline(always)]
 pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Parsed {
-    let Some(type_bytes) = pkt.load::<2>(12) else {
-        return Parsed {
+    parse_link(pkt, ETH_HLEN - 2, usize::MAX)
+}
+
+/// What [`walk_link`] found ([`LinkWalk::status`]).
+pub mod link {
+    /// The EtherType after the tags is in [`super::LinkWalk::ethertype`].
+    pub const OK: u8 = 0;
+    /// The EtherType field is cut short.
+    pub const TRUNCATED_ETHERNET: u8 = 1;
+    /// A VLAN tag is cut short.
+    pub const TRUNCATED_VLAN: u8 = 2;
+    /// More VLAN tags than [`super::MAX_VLAN_TAGS`].
+    pub const TOO_DEEP: u8 = 3;
+}
+
+/// The link layer walked by [`walk_link`]: a flat struct, every field set
+/// on every path (see [`IpPacket::l4_offset`] for why that matters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkWalk {
+    /// A [`link`] status.
+    pub status: u8,
+    /// Tags stepped over.
+    pub vlan_tags: u8,
+    /// The last EtherType read.
+    pub ethertype: u16,
+    /// Where what follows it starts.
+    pub offset: usize,
+}
+
+/// Reads an Ethernet frame's EtherType field at `type_offset` and steps
+/// over at most [`MAX_VLAN_TAGS`] tags.
+#[inline(always)]
+pub fn walk_link<P: PacketBytes + ?Sized>(pkt: &P, type_offset: usize) -> LinkWalk {
+    let Some(type_bytes) = pkt.load::<2>(type_offset) else {
+        return LinkWalk {
+            status: link::TRUNCATED_ETHERNET,
             vlan_tags: 0,
-            payload: Payload::Malformed {
-                layer: Layer::Ethernet,
-            },
+            ethertype: 0,
+            offset: 0,
         };
     };
     let mut ethertype = be16(type_bytes);
-    let mut offset = ETH_HLEN;
+    let mut offset = type_offset + 2;
     let mut vlan_tags = 0u8;
 
     // Step over at most MAX_VLAN_TAGS tags; the fixed bound keeps the loop
@@ -239,9 +315,63 @@ pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Parsed {
         }
         // A tag is TCI (2 bytes) then the inner EtherType (2 bytes).
         let Some(inner) = pkt.load::<2>(offset + 2) else {
+            return LinkWalk {
+                status: link::TRUNCATED_VLAN,
+                vlan_tags,
+                ethertype: 0,
+                offset: 0,
+            };
+        };
+        ethertype = be16(inner);
+        offset += VLAN_HLEN;
+        vlan_tags += 1;
+        tag += 1;
+    }
+    let status = if ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
+        link::TOO_DEEP
+    } else {
+        link::OK
+    };
+    LinkWalk {
+        status,
+        vlan_tags,
+        ethertype,
+        offset,
+    }
+}
+
+/// Parses an Ethernet frame's headers from its EtherType field at
+/// `type_offset` (12 for a frame of its own; further in for a frame inside
+/// a tunnel), its IP datagram bounded by `limit`: an IP header claiming
+/// more than the tunnel that carries it is malformed. The same walk as
+/// [`walk_link`], written out: the kernel's verifier budget for the
+/// programs is nearly spent, and this form costs it fewer instructions.
+#[inline(always)]
+pub fn parse_link<P: PacketBytes + ?Sized>(pkt: &P, type_offset: usize, limit: usize) -> Parsed {
+    let Some(type_bytes) = pkt.load::<2>(type_offset) else {
+        return Parsed {
+            vlan_tags: 0,
+            payload: Payload::Malformed {
+                layer: Layer::Ethernet,
+            },
+            network_type: 0,
+            network_offset: 0,
+        };
+    };
+    let mut ethertype = be16(type_bytes);
+    let mut offset = type_offset + 2;
+    let mut vlan_tags = 0u8;
+    let mut tag = 0;
+    while tag < MAX_VLAN_TAGS {
+        if ethertype != ethertype::VLAN && ethertype != ethertype::QINQ {
+            break;
+        }
+        let Some(inner) = pkt.load::<2>(offset + 2) else {
             return Parsed {
                 vlan_tags,
                 payload: Payload::Malformed { layer: Layer::Vlan },
+                network_type: 0,
+                network_offset: 0,
             };
         };
         ethertype = be16(inner);
@@ -253,15 +383,32 @@ pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Parsed {
         return Parsed {
             vlan_tags: vlan_tags + 1,
             payload: Payload::VlanTooDeep,
+            network_type: ethertype,
+            network_offset: offset as u16,
         };
     }
+    Parsed {
+        vlan_tags,
+        payload: parse_network(pkt, ethertype, offset, limit),
+        network_type: ethertype,
+        network_offset: offset as u16,
+    }
+}
 
-    let payload = match ethertype {
-        ethertype::IPV4 => Payload::Ip(parse_ipv4(pkt, offset)),
-        ethertype::IPV6 => Payload::Ip(parse_ipv6(pkt, offset)),
+/// Parses what an EtherType (or a tunnel's protocol field, in EtherType
+/// numbers) says starts at `offset`.
+#[inline(always)]
+pub fn parse_network<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ethertype: u16,
+    offset: usize,
+    limit: usize,
+) -> Payload {
+    match ethertype {
+        ethertype::IPV4 => Payload::Ip(parse_ipv4(pkt, offset, limit)),
+        ethertype::IPV6 => Payload::Ip(parse_ipv6(pkt, offset, limit)),
         other => Payload::NonIp { ethertype: other },
-    };
-    Parsed { vlan_tags, payload }
+    }
 }
 
 #[inline(always)]
@@ -270,12 +417,18 @@ fn ip_packet(
     offset: usize,
     fragment: Fragment,
     transport: Transport,
+    l4_offset: usize,
+    end: usize,
+    protocol: u8,
 ) -> IpPacket {
     IpPacket {
         version,
         offset: offset as u16,
         fragment,
         transport,
+        l4_offset: l4_offset as u16,
+        end: end.min(u32::MAX as usize) as u32,
+        protocol,
     }
 }
 
@@ -285,8 +438,8 @@ fn malformed(layer: Layer, problem: Problem) -> Transport {
 }
 
 #[inline(always)]
-fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
-    let v4 = |fragment, transport| ip_packet(IpVersion::V4, offset, fragment, transport);
+fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> IpPacket {
+    let v4 = |fragment, transport| ip_packet(IpVersion::V4, offset, fragment, transport, 0, 0, 0);
     // Bytes 0..10: version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol.
     let Some(head) = pkt.load::<10>(offset) else {
         return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::Truncated));
@@ -313,6 +466,10 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
     } else {
         offset + total_len
     };
+    // Inside a tunnel, the datagram must fit in what carries it.
+    if ip_end > limit {
+        return v4(Fragment::Whole, malformed(Layer::Ipv4, Problem::BadLength));
+    }
     let frag_field = be16([head[6], head[7]]);
     let more_fragments = frag_field & 0x2000 != 0;
     let fragment_offset = frag_field & 0x1fff;
@@ -327,17 +484,18 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
         return v4(fragment, Transport::LaterFragment);
     }
     let protocol = head[9];
+    let l4_offset = offset + header_len;
     let transport = if protocol == ip_proto::TCP {
-        parse_tcp(pkt, offset + header_len, ip_end)
+        parse_tcp(pkt, l4_offset, ip_end)
     } else {
         Transport::Other { protocol }
     };
-    v4(fragment, transport)
+    ip_packet(IpVersion::V4, offset, fragment, transport, l4_offset, ip_end, protocol)
 }
 
 #[inline(always)]
-fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
-    let v6 = |fragment, transport| ip_packet(IpVersion::V6, offset, fragment, transport);
+fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> IpPacket {
+    let v6 = |fragment, transport| ip_packet(IpVersion::V6, offset, fragment, transport, 0, 0, 0);
     // Bytes 0..8: version/class/flow label, payload length, next header, hop limit.
     let Some(head) = pkt.load::<8>(offset) else {
         return v6(Fragment::Whole, malformed(Layer::Ipv6, Problem::Truncated));
@@ -360,6 +518,10 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
     } else {
         offset + IPV6_HLEN
     };
+    // Inside a tunnel, the datagram must fit in what carries it.
+    if ip_end > limit {
+        return v6(Fragment::Whole, malformed(Layer::Ipv6, Problem::BadLength));
+    }
 
     let mut next = head[6];
     let mut cursor = offset + IPV6_HLEN;
@@ -430,7 +592,7 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> IpPacket {
     } else {
         Transport::Other { protocol: next }
     };
-    v6(fragment, transport)
+    ip_packet(IpVersion::V6, offset, fragment, transport, cursor, ip_end, next)
 }
 
 /// Parses a TCP header at `offset`, inside an IP datagram ending at `ip_end`.

@@ -608,7 +608,15 @@ fn ah_and_udp_are_other_transports() {
         dst_port: 53,
     };
     let parsed = parse(&craft::build(&spec)[..]);
+    // The UDP header right after the 20-byte IPv4 header; the datagram is
+    // the 28 bytes of its headers.
     assert_eq!(transport_of(&parsed), Transport::Other { protocol: 17 });
+    // The UDP header right after the 20-byte IPv4 header; the datagram is
+    // the 28 bytes of its headers.
+    let Payload::Ip(ip) = parsed.payload else {
+        unreachable!()
+    };
+    assert_eq!((ip.l4_offset, ip.end), (34, 14 + 28));
     assert_eq!(counted(&parsed), ["packets", "ipv4", "other_transport"]);
 
     // Authentication header (51): not stepped through, as tshark's definition of
@@ -629,6 +637,7 @@ fn non_ip_ethertypes_are_counted_as_such() {
     });
     let parsed = parse(&arp[..]);
     assert_eq!(parsed.payload, Payload::NonIp { ethertype: 0x0806 });
+    assert_eq!(parsed.network_offset, 14);
     assert_eq!(counted(&parsed), ["packets", "non_ip"]);
     for ethertype in [0x88cc_u16, 0x8847, 0x8863, 0x0000, 0xffff, 0x05dc] {
         let mut frame = craft::build(&Spec::tcp_v4(SYN, 0)).to_vec();

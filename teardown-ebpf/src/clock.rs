@@ -39,6 +39,7 @@ impl FlowClock for LiveClock {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     }
+
 }
 
 /// The capture's clock, set by `teardown replay` before each packet.
@@ -75,4 +76,5 @@ impl FlowClock for ReplayClock {
     fn precise(&self) -> u64 {
         self.coarse()
     }
+
 }

@@ -47,7 +47,8 @@ pub struct TrackInput {
     pub flags: u64,
     /// 0 if the TCP header (options included) was cut short.
     pub header_complete: u64,
-    /// 4 or 6.
+    /// 4 or 6, with [`TUNNELLED`] if the segment came through a tunnel,
+    /// which this CPU's [`DECAP_STATE`](crate::maps::DECAP_STATE) describes.
     pub family: u64,
     /// First slot of the connection's set, and the way holding its live
     /// record ([`WAYS`] if none does).
@@ -63,6 +64,9 @@ pub struct TrackInput {
 }
 
 const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
+
+/// Set in [`TrackInput::family`] for a segment found inside a tunnel.
+pub const TUNNELLED: u64 = 0x100;
 
 /// The per-packet work: find the connection's slot and, for the common
 /// case, update it right here ([`Conn::update_established`]); anything else
@@ -275,19 +279,39 @@ fn look_up<const V6: bool>(
         return;
     }
 
+    // The slow path runs on the precise clock: a record's first and last
+    // packets (SYN, FIN, RST, the last ACK) nearly always come this way,
+    // so its duration is exact.
+    let now = if syn_time != 0 {
+        syn_time
+    } else {
+        clock.precise()
+    };
+    to_slow_path(tcp, ip_len, src, dst, family, set, way, false, now);
+}
+
+/// Hands a segment to the slow path ([`track_segment`]) through this
+/// CPU's [`TRACK_INPUT`]: `way` is the way of its set holding its record,
+/// or [`WAYS`] if none was found.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the segment's parts, kept in registers")]
+fn to_slow_path(
+    tcp: &TcpSegment,
+    ip_len: u32,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    family: u8,
+    set: u32,
+    way: u32,
+    tunnelled: bool,
+    now: u64,
+) {
     let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let input = unsafe { &mut *input };
-    // The slow path runs on the precise clock: a record's first and last
-    // packets (SYN, FIN, RST, the last ACK) nearly always come this way,
-    // so its duration is exact.
-    input.now = if syn_time != 0 {
-        syn_time
-    } else {
-        clock.precise()
-    };
+    input.now = now;
     input.seq = tcp.seq as u64;
     input.ack = tcp.ack as u64;
     input.len = tcp.payload_len as u64;
@@ -297,10 +321,67 @@ fn look_up<const V6: bool>(
     input.dst_port = tcp.dst_port as u64;
     input.flags = tcp.flags as u64;
     input.header_complete = tcp.header_complete as u64;
-    input.family = family as u64;
+    // A tunnelled segment's family carries TUNNELLED: one store fewer on
+    // every other path (the verifier counts each, on every path).
+    input.family = family as u64 | if tunnelled { TUNNELLED } else { 0 };
     input.set = set as u64;
     input.way = way as u64;
     input.src = *src;
     input.dst = *dst;
     track_segment(input);
+}
+
+/// A segment found inside a tunnel, straight to the slow path: SYNs
+/// counted and admitted as on the fast path, no probe of the table
+/// ([`track_segment`] looks under the slot locks itself). Tunnelled frames
+/// are opened in a global function of their own, and the fast path's
+/// probe after it, in the same program, trips the 6.18 verifier's
+/// precision tracking ("verifier bug: stack slot"); the slow path costs a
+/// tunnelled segment its locks instead.
+#[inline(always)]
+pub(crate) fn track_tunnelled(
+    frame: &Frame,
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    is_v6: bool,
+    clock: &impl FlowClock,
+) {
+    let (src, dst, family) = if is_v6 {
+        let (Some(src), Some(dst)) = (
+            frame.load::<16>(ip_offset + 8),
+            frame.load::<16>(ip_offset + 24),
+        ) else {
+            return;
+        };
+        (Addr16(src).halves(), Addr16(dst).halves(), 6)
+    } else {
+        let Some(pair) = frame.load::<8>(ip_offset + 12) else {
+            return;
+        };
+        (
+            Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]),
+            Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]),
+            4,
+        )
+    };
+    let Some(syn_time) = admit(tcp, &src, &dst, clock) else {
+        return;
+    };
+    let hash = flow_hash(
+        fold_address(&src),
+        tcp.src_port,
+        fold_address(&dst),
+        tcp.dst_port,
+    );
+    let set = set_of(hash, setting!(SET_SHIFT));
+    let ip_len = (tcp.offset as u32)
+        .wrapping_sub(ip_offset as u32)
+        .wrapping_add(tcp.header_len as u32)
+        .wrapping_add(tcp.payload_len);
+    let now = if syn_time != 0 {
+        syn_time
+    } else {
+        clock.precise()
+    };
+    to_slow_path(tcp, ip_len, &src, &dst, family, set, WAYS, true, now);
 }

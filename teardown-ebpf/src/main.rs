@@ -47,19 +47,32 @@ use aya_ebpf::{
     macros::{classifier, tracepoint, xdp},
     programs::{TcContext, TracePointContext, XdpContext},
 };
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    maps::PerCpuArray,
+};
 use teardown_common::{
-    counters::{Tally, tally, tally_common},
+    counters::{Tallies, Tally, class, encap_tally_of, tally, tally_common},
     parse::{CommonTcp, IpVersion, TcpSegment, parse, parse_common},
+    tunnel::{
+        DecapState, decapsulate_in_place, enter_layer, inner_class, outcome as tunnel_outcome,
+        step_layer,
+    },
 };
 
 use clock::{FlowClock, LiveClock, ReplayClock};
-use fast_path::track;
+use fast_path::{track, track_tunnelled};
 use frame::Frame;
-use maps::{CLOCK_PROBE, EGRESS_TALLIES, NS_PER_TICK, TALLIES, setting};
+use maps::{
+    CLOCK_PROBE, DECAP_STATE, EGRESS_TALLIES, NS_PER_TICK, TALLIES, TUNNEL_TC, TUNNEL_XDP, setting,
+    tunnel_ports,
+};
+use teardown_common::names::tunnel_slot;
 
 /// What the programs read of a frame: its tally, and its TCP segment with
 /// the IP header's offset and version. The common frame's shortcut first
-/// ([`parse_common`]), the general parser for the rest.
+/// ([`parse_common`]), the general parser for the rest. A frame with no
+/// TCP segment of its own may carry one in a tunnel: see [`may_be_tunnel`].
 #[inline(always)]
 fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
     match parse_common(frame) {
@@ -81,10 +94,270 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
     }
 }
 
-/// The XDP programs' work on one frame: its TCP segment to the flow table,
-/// then its tally.
+/// Whether a frame's outer headers stop where an encapsulation may start:
+/// a non-IP EtherType (MPLS, PPPoE, link-layer shims) or an IP transport
+/// other than TCP (GRE, IP-in-IP, UDP for VXLAN and Geneve). Decided on
+/// its tally alone; such a frame goes to a global function
+/// ([`tunnel_live_xdp`], [`tunnel_replay_xdp`], [`tunnel_tc`]) that reads
+/// it again and opens its layers, verified once on its own, so that the
+/// programs' own verification, and their common path, stay as they were.
 #[inline(always)]
-pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
+fn may_be_tunnel(counted: &Tally) -> bool {
+    let kind = counted.frame_class / 2;
+    kind == class::NON_IP
+        || (kind >= class::IP_BASE && (kind - class::IP_BASE) % 5 == class::OTHER_TRANSPORT)
+}
+
+/// Opens the encapsulations of a frame ([`decapsulate_in_place`]), one
+/// layer per call of `step_layer` and `enter_layer` (global functions,
+/// verified once rather than once per layer and path; `begin` parses the
+/// outer headers first), counts what it found in [`Tallies::encap`], and, for a TCP
+/// segment inside, calls `track_inner`. Each is a global function of its
+/// own: verified on its own, with nothing here touching the packet after
+/// a call (packet offsets worked out after a call to a global function
+/// trip the 6.18 verifier's precision tracking, "verifier bug: stack
+/// slot"), and none so large that its paths multiply past the verifier's
+/// limit.
+#[inline(always)]
+fn open_tunnel(
+    tallies: &PerCpuArray<Tallies>,
+    begin: impl Fn() -> u32,
+    step_layer: impl Fn(u64) -> u32,
+    enter_layer: impl Fn() -> u32,
+    track_inner: impl Fn() -> i32,
+) -> i32 {
+    let outcome = decapsulate_in_place(&mut (), tunnel_ports(), |_, depth| {
+        if depth == 0 && begin() == 0 {
+            return tunnel_outcome::NONE;
+        }
+        let stepped = step_layer(depth as u64) as u8;
+        if stepped != tunnel_outcome::OPENED {
+            return stepped;
+        }
+        enter_layer() as u8
+    });
+    if outcome == tunnel_outcome::NONE {
+        return 0;
+    }
+    let Some(state) = DECAP_STATE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time; the
+    // layers are opened.
+    let (counted, tcp_inside) = unsafe {
+        (
+            encap_tally_of(outcome, &(*state).tunnel, &(*state).inner),
+            outcome == tunnel_outcome::INNER && (*state).inner.class == inner_class::TCP,
+        )
+    };
+    if let (Some(counted), Some(tallies)) = (counted, tallies.get_ptr_mut(0)) {
+        // SAFETY: the per-CPU slot is only touched by this CPU, one
+        // program at a time.
+        unsafe { (*tallies).record_encap(&counted) };
+    }
+    if tcp_inside {
+        track_inner();
+    }
+    0
+}
+
+/// [`open_tunnel`] for the live XDP program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tunnel_live_xdp(ctx: *mut xdp_md) -> i32 {
+    open_tunnel(
+        &TALLIES,
+        || begin_tunnel_xdp(ctx),
+        |depth| step_layer_xdp(ctx, depth),
+        || enter_layer_xdp(ctx),
+        || track_inner_xdp(ctx, 0, 0),
+    )
+}
+
+/// [`open_tunnel`] for the replay program, on the capture's time.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tunnel_replay_xdp(ctx: *mut xdp_md, now: u64) -> i32 {
+    open_tunnel(
+        &TALLIES,
+        || begin_tunnel_xdp(ctx),
+        |depth| step_layer_xdp(ctx, depth),
+        || enter_layer_xdp(ctx),
+        || track_inner_xdp(ctx, 1, now),
+    )
+}
+
+/// [`open_tunnel`] for the TC egress program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tunnel_tc(skb: *mut __sk_buff) -> i32 {
+    open_tunnel(
+        &EGRESS_TALLIES,
+        || begin_tunnel_tc(skb),
+        |depth| step_layer_tc(skb, depth),
+        || enter_layer_tc(skb),
+        || track_inner_tc(skb),
+    )
+}
+
+/// The outer headers of an XDP program's frame, read into this CPU's
+/// [`DECAP_STATE`] ([`DecapState::begin`]): 1 if they stop where a tunnel
+/// may start.
+///
+/// [`DecapState::begin`]: teardown_common::tunnel::DecapState::begin
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn begin_tunnel_xdp(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return 0;
+    };
+    begin_tunnel(md.data as usize, md.data_end as usize)
+}
+
+/// [`begin_tunnel_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn begin_tunnel_tc(skb: *mut __sk_buff) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(buff) = (unsafe { skb.as_ref() }) else {
+        return 0;
+    };
+    begin_tunnel(buff.data as usize, buff.data_end as usize)
+}
+
+#[inline(always)]
+fn begin_tunnel(start: usize, end: usize) -> u32 {
+    let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; the caller holds no reference to it now.
+    let state = unsafe { &mut *state };
+    state.begin(&Frame { start, end }) as u32
+}
+
+/// The encapsulation header of an XDP program's frame that this CPU's
+/// [`DECAP_STATE`] stops at ([`step_layer`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn step_layer_xdp(ctx: *mut xdp_md, depth: u64) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return tunnel_outcome::NONE as u32;
+    };
+    with_state(md.data as usize, md.data_end as usize, |frame, state| {
+        step_layer(frame, state, depth as usize, tunnel_ports())
+    })
+}
+
+/// The frame inside the layer [`step_layer_xdp`] read ([`enter_layer`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn enter_layer_xdp(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return tunnel_outcome::NONE as u32;
+    };
+    with_state(md.data as usize, md.data_end as usize, |frame, state| {
+        enter_layer::<_, false>(frame, state)
+    })
+}
+
+/// [`step_layer_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn step_layer_tc(skb: *mut __sk_buff, depth: u64) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(buff) = (unsafe { skb.as_ref() }) else {
+        return tunnel_outcome::NONE as u32;
+    };
+    with_state(buff.data as usize, buff.data_end as usize, |frame, state| {
+        step_layer(frame, state, depth as usize, tunnel_ports())
+    })
+}
+
+/// [`enter_layer_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn enter_layer_tc(skb: *mut __sk_buff) -> u32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(buff) = (unsafe { skb.as_ref() }) else {
+        return tunnel_outcome::NONE as u32;
+    };
+    with_state(buff.data as usize, buff.data_end as usize, |frame, state| {
+        enter_layer::<_, false>(frame, state)
+    })
+}
+
+/// `work` on the frame `[start, end)` and this CPU's [`DECAP_STATE`].
+#[inline(always)]
+fn with_state(start: usize, end: usize, work: impl FnOnce(&Frame, &mut DecapState) -> u8) -> u32 {
+    let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
+        return tunnel_outcome::NONE as u32;
+    };
+    // SAFETY: this CPU's slot; the caller holds no reference to it now.
+    work(&Frame { start, end }, unsafe { &mut *state }) as u32
+}
+
+/// Tracks the TCP segment an XDP program's frame carries inside its
+/// tunnel ([`DECAP_STATE`] says where), as a connection of its own, on the
+/// host's clock or, with `replay` 1, at capture time `now`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return 0;
+    };
+    let frame = Frame {
+        start: md.data as usize,
+        end: md.data_end as usize,
+    };
+    if replay != 0 {
+        track_inner(&frame, &ReplayClock { now });
+    } else {
+        track_inner(&frame, &LiveClock);
+    }
+    0
+}
+
+/// [`track_inner_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_inner_tc(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(buff) = (unsafe { skb.as_ref() }) else {
+        return 0;
+    };
+    let frame = Frame {
+        start: buff.data as usize,
+        end: buff.data_end as usize,
+    };
+    track_inner(&frame, &LiveClock);
+    0
+}
+
+#[inline(always)]
+fn track_inner(frame: &Frame, clock: &impl FlowClock) {
+    let Some(state) = DECAP_STATE.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let inner = unsafe { &(*state).inner };
+    if let Some(segment) = inner.reparse(frame) {
+        // Opaque, as in the TC program's `track`: the compiler would drop
+        // the address loads' bounds checks, proved from the parse's, by
+        // reasoning the verifier does not follow.
+        let ip_offset = core::hint::black_box(inner.ip_offset as usize);
+        track_tunnelled(frame, &segment, ip_offset, inner.is_v6 != 0, clock);
+    }
+}
+
+/// The XDP programs' work on one frame: its TCP segment to the flow table,
+/// then its tally. True if the frame may carry a tunnel, which the caller
+/// then hands to its tunnel program ([`teardown_tunnel`]).
+#[inline(always)]
+pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool {
     let frame = &Frame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -96,10 +369,20 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
     // convention leaves four registers that survive a call).
     if let Some((ip_offset, is_v6, tcp)) = segment {
         track::<false>(frame, &tcp, ip_offset, is_v6, clock);
+        record_tally(&TALLIES, &counted);
+        return false;
     }
-    if let Some(tallies) = TALLIES.get_ptr_mut(0) {
+    // Only frames without TCP of their own pay for the question (the
+    // verifier's count of instructions grows with every path that asks).
+    record_tally(&TALLIES, &counted);
+    may_be_tunnel(&counted)
+}
+
+#[inline(always)]
+fn record_tally(tallies: &PerCpuArray<Tallies>, counted: &Tally) {
+    if let Some(tallies) = tallies.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
-        unsafe { (*tallies).record(&counted) };
+        unsafe { (*tallies).record(counted) };
     }
 }
 
@@ -114,8 +397,16 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) {
 /// headers are; a header that did not fit there reads as cut short, as in
 /// a truncated frame. It never touches the fragments.
 #[xdp(frags)]
+// Inlined into the wrapper the macro makes: as a function of its own it
+// would be a static subprogram, whose stack the 6.18 verifier\'s precision
+// tracking gets wrong ("verifier bug: stack slot").
+#[inline(always)]
 pub fn teardown(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, &LiveClock);
+    if count_and_track(&ctx, &LiveClock) {
+        // SAFETY: the program's own context; on failure (no program in
+        // the slot) the call returns and the frame passes as ever.
+        unsafe { TUNNEL_XDP.tail_call(&ctx, tunnel_slot::LIVE) };
+    }
     xdp_action::XDP_PASS
 }
 
@@ -124,27 +415,70 @@ pub fn teardown(ctx: XdpContext) -> u32 {
 /// timeout runs on the capture's clock.
 /// Multi-buffer like [`teardown`], so both load and run alike.
 #[xdp(frags)]
+// Inlined into the wrapper the macro makes: as a function of its own it
+// would be a static subprogram, whose stack the 6.18 verifier\'s precision
+// tracking gets wrong ("verifier bug: stack slot").
+#[inline(always)]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    count_and_track(&ctx, &ReplayClock::of(ctx.metadata(), ctx.data()));
+    if count_and_track(&ctx, &ReplayClock::of(ctx.metadata(), ctx.data())) {
+        // SAFETY: as in `teardown`.
+        unsafe { TUNNEL_XDP.tail_call(&ctx, tunnel_slot::REPLAY) };
+    }
     xdp_action::XDP_PASS
 }
 
-/// Bytes of headers the egress program wants in the linear part of the skb.
-const EGRESS_HEADER_BYTES: u32 = 128;
+/// Frames whose own headers carry no TCP but may carry a tunnel, handed
+/// on by [`teardown`] with a tail call: their layers opened and counted,
+/// the TCP segment inside tracked as a connection of its own, with its
+/// tunnel. A program of its own because the verifier's budget is per
+/// program, and [`teardown`]'s own work takes nine tenths of it.
+#[xdp(frags)]
+pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
+    tunnel_live_xdp(ctx.ctx);
+    xdp_action::XDP_PASS
+}
+
+/// [`teardown_tunnel`] on the capture's time, for [`teardown_replay`].
+#[xdp(frags)]
+pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
+    let clock = ReplayClock::of(ctx.metadata(), ctx.data());
+    tunnel_replay_xdp(ctx.ctx, clock.now);
+    xdp_action::XDP_PASS
+}
+
+/// [`teardown_tunnel`] for [`teardown_egress`].
+#[classifier]
+pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
+    tunnel_tc(ctx.skb.skb);
+    TC_ACT_UNSPEC
+}
+
+/// Bytes of headers the egress program wants in the linear part of the
+/// skb: enough for a TCP segment inside VXLAN over IPv6 with IPv6 inside
+/// (14 + 40 + 8 + 8 + 14 + 40 + 60 = 184).
+const EGRESS_HEADER_BYTES: u32 = 192;
 
 /// The host's own segments (SYN-ACKs, FINs, RSTs it sends), into the same
 /// flow table, and counted in tallies of their own ([`EGRESS_TALLIES`]).
 #[classifier]
+// Inlined into the wrapper the macro makes: as a function of its own it
+// would be a static subprogram, whose stack the 6.18 verifier\'s precision
+// tracking gets wrong ("verifier bug: stack slot").
+#[inline(always)]
 pub fn teardown_egress(ctx: TcContext) -> i32 {
-    egress_work(&ctx);
+    if egress_work(&ctx) {
+        // SAFETY: as in `teardown`.
+        unsafe { TUNNEL_TC.tail_call(&ctx, 0) };
+    }
     // Let the packet go on to whatever else is attached.
     TC_ACT_UNSPEC
 }
 
 /// The egress program's work on one packet, also run by the benchmark's
-/// egress wrapper.
+/// egress wrapper. True if the packet may carry a tunnel
+/// ([`teardown_tunnel_egress`]).
 #[inline(always)]
-pub(crate) fn egress_work(ctx: &TcContext) {
+pub(crate) fn egress_work(ctx: &TcContext) -> bool {
     let linear = ctx.data_end() - ctx.data();
     if (linear as u32) < EGRESS_HEADER_BYTES && ctx.len() > linear as u32 {
         // Headers may sit in paged data; failing to pull only means a shorter view.
@@ -157,11 +491,11 @@ pub(crate) fn egress_work(ctx: &TcContext) {
     let (counted, segment) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
         track::<true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+        record_tally(&EGRESS_TALLIES, &counted);
+        return false;
     }
-    if let Some(tallies) = EGRESS_TALLIES.get_ptr_mut(0) {
-        // SAFETY: the per-CPU slot is only touched by this CPU, and only here.
-        unsafe { (*tallies).record(&counted) };
-    }
+    record_tally(&EGRESS_TALLIES, &counted);
+    may_be_tunnel(&counted)
 }
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use teardown_common::{
     conn::{PORT_SET_WORDS, Timeouts},
@@ -18,6 +18,7 @@ use teardown_common::{
         SYN_STAMP_BUCKETS,
     },
     table::{FlowSlot, set_shift},
+    tunnel::{DecapState, TUNNEL_CAPACITY, Tunnel, TunnelPorts},
 };
 
 use crate::fast_path::TrackInput;
@@ -114,6 +115,49 @@ pub(crate) static SOURCE_SAMPLES: PerCpuArray<SampleRing> = PerCpuArray::with_ma
 #[map]
 pub(crate) static DETECT_CONTROL: Array<DetectControl> = Array::with_max_entries(1, 0);
 
+/// The XDP tunnel programs the XDP programs hand tunnelled frames to
+/// (`teardown_common::names::tunnel_slot`); user space fills it at load.
+/// Empty, the tail call fails and the frame passes untracked.
+#[map]
+pub(crate) static TUNNEL_XDP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// The TC tunnel program, at 0.
+#[map]
+pub(crate) static TUNNEL_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The tunnels records refer to, by the index
+/// [`TunnelRef`](teardown_common::tunnel::TunnelRef) holds; user space
+/// reads an entry when it reports a record that refers to it.
+///
+/// Shared by every CPU without a lock: an index is handed out once
+/// ([`TUNNEL_NEXT`], an atomic add), and only the CPU it was handed to
+/// writes its entry, before the index is published (in [`TUNNEL_IDS`] or
+/// a record); an entry is never written again.
+#[map]
+pub(crate) static TUNNELS: Array<Tunnel> = Array::with_max_entries(TUNNEL_CAPACITY, 0);
+
+/// Each tunnel's index in [`TUNNELS`], so that connections through one
+/// tunnel share its entry. The map's own locking orders concurrent
+/// inserts; a CPU whose insert loses a race uses the winner's index.
+#[map]
+pub(crate) static TUNNEL_IDS: HashMap<Tunnel, u32> = HashMap::with_max_entries(TUNNEL_CAPACITY, 0);
+
+/// The last index handed out in [`TUNNELS`] (index 0 means none).
+#[map]
+pub(crate) static TUNNEL_NEXT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The encapsulations of the frame this CPU is working on, opened layer by
+/// layer ([`DecapState`]); its tunnel goes on to the slow path, which
+/// records it if the segment starts a record.
+#[map]
+pub(crate) static DECAP_STATE: PerCpuArray<DecapState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which encapsulations the parser opens; user space sets it at load.
+/// Mutable for the same reason as [`TIMEOUTS`]. Read through
+/// [`tunnel_ports`].
+#[unsafe(no_mangle)]
+static mut TUNNEL_PORTS: TunnelPorts = TunnelPorts::DEFAULT;
+
 /// Timer settings; user space overrides them at load time. Mutable (in
 /// `.data`) only so the compiler reads it from the map instead of folding in
 /// the defaults; nothing writes it after load. Read through [`timeouts`].
@@ -175,4 +219,11 @@ pub(crate) fn timeouts() -> &'static Timeouts {
     // SAFETY: TIMEOUTS is never written after load; a reference to it rather
     // than a copy keeps 48 bytes off the BPF stack.
     unsafe { &*core::ptr::addr_of!(TIMEOUTS) }
+}
+
+/// The tunnel settings ([`TUNNEL_PORTS`]).
+#[inline(always)]
+pub(crate) fn tunnel_ports() -> &'static TunnelPorts {
+    // SAFETY: TUNNEL_PORTS is never written after load.
+    unsafe { &*core::ptr::addr_of!(TUNNEL_PORTS) }
 }

@@ -14,7 +14,9 @@
 //! [`TRACK_INPUT`](crate::maps::TRACK_INPUT), so they never see packet
 //! memory.
 
-use core::intrinsics::{AtomicOrdering, atomic_or};
+use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
 
 use teardown_common::{
     addr::Addr16,
@@ -22,14 +24,16 @@ use teardown_common::{
     events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey},
     table::{FlowSlot, WAYS},
+    tunnel::{TUNNEL_CAPACITY, TunnelRef},
 };
 
 use crate::{
-    fast_path::TrackInput,
+    fast_path::{TUNNELLED, TrackInput},
     flood::{count_for_responder, count_half_open, note_eviction, responder_change},
     lock::{lock_slot, unlock_slot},
     maps::{
-        EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, is_likely_server, setting, stats, timeouts,
+        DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, TUNNEL_IDS, TUNNEL_NEXT,
+        TUNNELS, is_likely_server, setting, stats, timeouts,
     },
 };
 
@@ -49,7 +53,7 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
         input.src_port as u16,
         Addr16::words_of_halves(&input.dst),
         input.dst_port as u16,
-        input.family as u8,
+        (input.family & 0xff) as u8,
     );
     input.key = key;
     input.from_a = (direction == Direction::AToB) as u64;
@@ -246,10 +250,60 @@ fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     slot.set_key(&input.key);
     slot.generation = slot.generation.wrapping_add(1);
     slot.conn.init(input.from_a != 0, &segment, flip, input.now);
+    if input.family & TUNNELLED != 0 {
+        slot.conn.tunnel = record_tunnel().to_bytes();
+    }
     if let Some(stats) = stats() {
         stats.created += 1;
     }
     mark_changed(index);
+}
+
+/// The reference to this CPU's tunnel ([`DECAP_STATE`]) for a new
+/// record: its index in [`TUNNELS`], taken the first time a connection
+/// comes through it. Out of line: only tunnelled connections pay for it.
+#[inline(never)]
+fn record_tunnel() -> TunnelRef {
+    let Some(state) = DECAP_STATE.get_ptr(0) else {
+        return TunnelRef::NONE;
+    };
+    // SAFETY: this CPU's slot, written by the parser for this frame.
+    let tunnel = unsafe { &(*state).tunnel };
+    // SAFETY: a lookup; the value is a plain u32.
+    if let Some(&index) = unsafe { TUNNEL_IDS.get(tunnel) } {
+        return TunnelRef(index);
+    }
+    let unrecorded = || {
+        if let Some(stats) = stats() {
+            stats.tunnels_unrecorded += 1;
+        }
+        TunnelRef(TunnelRef::UNRECORDED | tunnel.innermost() as u32)
+    };
+    let Some(next) = TUNNEL_NEXT.get_ptr_mut(0) else {
+        return unrecorded();
+    };
+    // SAFETY: an atomic add on a shared map value: each index is handed out once.
+    let index = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(next, 1) } + 1;
+    if index >= TUNNEL_CAPACITY as u64 {
+        return unrecorded();
+    }
+    let index = index as u32;
+    let Some(entry) = TUNNELS.get_ptr_mut(index) else {
+        return unrecorded();
+    };
+    // SAFETY: the entry of an index this CPU was just handed: no one else
+    // writes it, and no one reads it before the index is published below.
+    teardown_common::tunnel::copy(unsafe { &mut *entry }, tunnel);
+    if TUNNEL_IDS.insert(tunnel, &index, BPF_NOEXIST as u64).is_ok() {
+        return TunnelRef(index);
+    }
+    // Another CPU recorded the same tunnel meanwhile (or the map is full):
+    // its index, if there is one; this one's entry stays unused.
+    // SAFETY: a lookup, as above.
+    match unsafe { TUNNEL_IDS.get(tunnel) } {
+        Some(&winner) => TunnelRef(winner),
+        None => TunnelRef(index),
+    }
 }
 
 /// Applies the segment to the record in slot `index`, which this CPU holds,

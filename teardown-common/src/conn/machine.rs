@@ -136,7 +136,7 @@ impl Conn {
             rst_cause: 0,
             orig_is_a: 0,
             history_len: 0,
-            _pad: [0; 3],
+            tunnel: [0; 3],
             history: [0; HISTORY_CAP],
         }
     }

@@ -219,7 +219,9 @@ pub struct Conn {
     /// 1 if the originator is endpoint `a` of the flow key.
     pub orig_is_a: u8,
     pub history_len: u8,
-    pub _pad: [u8; 3],
+    /// The record's tunnel: its index in the kernel's table of tunnels
+    /// ([`crate::tunnel::TunnelRef`], 24 bits little-endian), 0 for none.
+    pub tunnel: [u8; 3],
     pub history: [u8; HISTORY_CAP],
 }
 

@@ -173,8 +173,15 @@ impl Kernel {
         };
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
         let budget = half_open_budget(slots, options.timeouts.syn_ns, cpus);
+        // TEARDOWN_VERIFIER_LOG=1 asks for the verifier's whole log when a
+        // program is refused (for whoever changes the kernel programs).
+        let log_level = if std::env::var_os("TEARDOWN_VERIFIER_LOG").is_some_and(|v| v == "1") {
+            aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS
+        } else {
+            aya::VerifierLogLevel::STATS
+        };
         let mut ebpf = match EbpfLoader::new()
-            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .verifier_log_level(log_level)
             .override_global(names::TIMEOUTS_GLOBAL, &options.timeouts, true)
             .override_global(names::GRACE_GLOBAL, &options.grace_ns, true)
             .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)

@@ -54,6 +54,8 @@ const _: fn(CloseKind) = |kind| match kind {
 const fn exposition(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
     const FLAGS: &str = "teardown_tcp_flag_segments_total";
     const IP: &str = "teardown_ip_packets_total";
+    const TUNNEL: &str = "teardown_tunnel_packets_total";
+    const TUNNEL_PROBLEM: &str = "teardown_tunnel_problem_packets_total";
     match counter {
         Counter::Packets => ("teardown_packets_total", None),
         Counter::NonIp => ("teardown_non_ip_packets_total", None),
@@ -76,6 +78,21 @@ const fn exposition(counter: Counter) -> (&'static str, Option<(&'static str, &'
         | Counter::Cwr => (FLAGS, Some(("flag", counter.key()))),
         Counter::OtherTransport => ("teardown_other_transport_packets_total", None),
         Counter::Malformed => ("teardown_malformed_packets_total", None),
+        Counter::Tunnelled => ("teardown_tunnelled_packets_total", None),
+        Counter::TunnelledTcp => ("teardown_tunnelled_tcp_segments_total", None),
+        Counter::TunnelMpls => (TUNNEL, Some(("kind", "mpls"))),
+        Counter::TunnelPppoe => (TUNNEL, Some(("kind", "pppoe"))),
+        Counter::TunnelVntag => (TUNNEL, Some(("kind", "vntag"))),
+        Counter::TunnelPbb => (TUNNEL, Some(("kind", "pbb"))),
+        Counter::TunnelFabricpath => (TUNNEL, Some(("kind", "fabricpath"))),
+        Counter::TunnelGre => (TUNNEL, Some(("kind", "gre"))),
+        Counter::TunnelIpip => (TUNNEL, Some(("kind", "ipip"))),
+        Counter::TunnelVxlan => (TUNNEL, Some(("kind", "vxlan"))),
+        Counter::TunnelGeneve => (TUNNEL, Some(("kind", "geneve"))),
+        Counter::TunnelOther => ("teardown_tunnelled_other_packets_total", None),
+        Counter::TunnelMalformed => (TUNNEL_PROBLEM, Some(("problem", "malformed"))),
+        Counter::TunnelTooDeep => (TUNNEL_PROBLEM, Some(("problem", "too_deep"))),
+        Counter::TunnelUnsupported => (TUNNEL_PROBLEM, Some(("problem", "unsupported"))),
     }
 }
 
@@ -87,6 +104,12 @@ fn labelled_family_help(family: &str) -> &'static str {
         }
         "teardown_tcp_flag_segments_total" => {
             "TCP segments by flag: syn (SYN without ACK), syn_ack, fin, rst, pure_ack (ACK only, no payload), data (with payload), psh, urg, ece, cwr. A segment counts under each that applies, so sum() over flag is not a segment count: see teardown_tcp_segments_total. direction in: arrived, out: sent by the host."
+        }
+        "teardown_tunnel_packets_total" => {
+            "Frames with an encapsulation layer of this kind opened (mpls, pppoe, vntag, pbb, fabricpath, gre, ipip, vxlan, geneve); a frame counts under each layer it has. direction in: arrived, out: sent by the host."
+        }
+        "teardown_tunnel_problem_packets_total" => {
+            "Tunnelled frames not followed to their TCP segment: malformed (an encapsulation header or one inside it cut short or inconsistent), too_deep (more layers, labels, tags or extension headers than followed), unsupported (recognised, not followed). direction in: arrived, out: sent by the host."
         }
         _ => "teardown counters.",
     }

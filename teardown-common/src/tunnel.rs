@@ -1,0 +1,1007 @@
+//! Encapsulations: the TCP connections inside tunnels and link-layer shims.
+//!
+//! [`crate::parse::parse`] reads a frame's own headers and stops where an
+//! encapsulation starts: an MPLS label stack, a PPPoE session, a VN-Tag,
+//! an 802.1ah I-TAG, a FabricPath header (all `Payload::NonIp`), or a GRE,
+//! IP-in-IP, VXLAN or Geneve packet (`Transport::Other`). [`decapsulate`]
+//! opens those, one layer at a time and at most [`MAX_ENCAP_DEPTH`] deep,
+//! and parses the frame inside with the same parser, so every header inside
+//! goes through the same bounds-checked reads and length checks as the
+//! outer ones. Each layer's own lengths are checked too, and the frame
+//! inside must fit in what carries it: a tunnel whose inner datagram claims
+//! more than the outer one holds is malformed, not trusted.
+//!
+//! A frame that stops inside an encapsulation header, or whose layers go
+//! deeper than the parser follows, is counted (`tunnel_malformed`,
+//! `tunnel_too_deep`), never trusted. The outer frame's own tallies are
+//! those of its outer headers: a VXLAN packet counts as UDP, an MPLS frame
+//! as non-IP, as tshark (the project's judge of flag counts) reads them;
+//! the TCP segments found inside are counted apart (`tunnelled_tcp`).
+
+use crate::addr::Addr16;
+use crate::parse::{
+    Fragment, IpVersion, MAX_INNER_START, PacketBytes, Payload, TcpSegment, Transport,
+    IpPacket, ETH_HLEN, ethertype, ip_proto, link, parse_network, walk_link,
+};
+
+/// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
+pub mod encap {
+    /// An MPLS label stack (RFC 3032); the id is the bottom label.
+    pub const MPLS: u8 = 1;
+    /// A PPPoE session (RFC 2516); the id is the session id.
+    pub const PPPOE: u8 = 2;
+    /// A Cisco VN-Tag; the id is the destination virtual interface.
+    pub const VNTAG: u8 = 3;
+    /// Provider backbone bridging (802.1ah); the id is the I-SID.
+    pub const PBB: u8 = 4;
+    /// Cisco FabricPath; no id.
+    pub const FABRICPATH: u8 = 5;
+    /// GRE (RFC 2784, 2890), version 0; the id is the key, if present.
+    pub const GRE: u8 = 6;
+    /// IPv4 or IPv6 directly in IPv4 or IPv6 (protocols 4 and 41); no id.
+    pub const IPIP: u8 = 7;
+    /// VXLAN (RFC 7348); the id is the VNI.
+    pub const VXLAN: u8 = 8;
+    /// Geneve (RFC 8926); the id is the VNI.
+    pub const GENEVE: u8 = 9;
+    /// Kinds, 0 included.
+    pub const COUNT: usize = 10;
+
+    /// The kind's name, as records and counters spell it.
+    pub const fn name(kind: u8) -> &'static str {
+        match kind {
+            MPLS => "mpls",
+            PPPOE => "pppoe",
+            VNTAG => "vntag",
+            PBB => "pbb",
+            FABRICPATH => "fabricpath",
+            GRE => "gre",
+            IPIP => "ipip",
+            VXLAN => "vxlan",
+            GENEVE => "geneve",
+            _ => "none",
+        }
+    }
+
+    /// Whether the kind carries its frame between two IP endpoints (whose
+    /// addresses the record keeps), rather than inside a link.
+    pub const fn is_ip_tunnel(kind: u8) -> bool {
+        matches!(kind, GRE | IPIP | VXLAN | GENEVE)
+    }
+}
+
+/// How many encapsulation layers are opened, one inside the other. A frame
+/// with more is counted as too deep.
+pub const MAX_ENCAP_DEPTH: usize = 3;
+/// How many MPLS labels a stack may have before it is counted as too deep.
+pub const MAX_MPLS_LABELS: usize = 8;
+/// Ports per UDP tunnel kind in [`TunnelPorts`].
+pub const TUNNEL_PORT_SLOTS: usize = 4;
+
+/// Which encapsulations are opened, and the UDP destination ports that
+/// mean VXLAN or Geneve. A kernel setting; 0 marks an unused port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelPorts {
+    /// 4789 (IANA), 8472 (Linux's and flannel's default).
+    pub vxlan: [u16; TUNNEL_PORT_SLOTS],
+    /// 6081 (IANA).
+    pub geneve: [u16; TUNNEL_PORT_SLOTS],
+    /// 0: open no encapsulation at all.
+    pub enabled: u32,
+    pub _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TunnelPorts>() == 24);
+
+impl TunnelPorts {
+    pub const DEFAULT: TunnelPorts = TunnelPorts {
+        vxlan: [4789, 8472, 0, 0],
+        geneve: [6081, 0, 0, 0],
+        enabled: 1,
+        _reserved: 0,
+    };
+
+    /// Opens nothing.
+    pub const OFF: TunnelPorts = TunnelPorts {
+        vxlan: [0; TUNNEL_PORT_SLOTS],
+        geneve: [0; TUNNEL_PORT_SLOTS],
+        enabled: 0,
+        _reserved: 0,
+    };
+
+    #[inline(always)]
+    fn has(ports: &[u16; TUNNEL_PORT_SLOTS], port: u16) -> bool {
+        port != 0
+            && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
+    }
+}
+
+impl Default for TunnelPorts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The tunnel a connection came through, as its record keeps it: the
+/// layers from the outermost in, the innermost layer's id, and the
+/// endpoints of the innermost IP tunnel (GRE, IP-in-IP, VXLAN, Geneve) in
+/// the direction of the frame they were read from.
+///
+/// The addresses are kept as [`Addr16::halves`]: 8-byte aligned words,
+/// which the kernel zeroes and copies with a few word stores (byte-aligned
+/// arrays become calls to `memset`/`memcpy`, which BPF has no BTF for).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    pub outer_src: [u64; 2],
+    pub outer_dst: [u64; 2],
+    /// VNI, GRE key, bottom MPLS label, PPPoE session, I-SID or VN-Tag
+    /// interface of the innermost layer (0 if it has none).
+    pub id: u32,
+    /// [`encap`] kinds, outermost first; 0 after the last.
+    pub layers: [u8; MAX_ENCAP_DEPTH],
+    /// 4 or 6: the outer endpoints' family; 0 when no IP tunnel was opened.
+    pub outer_family: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Tunnel>() == 40);
+
+impl Tunnel {
+    /// The innermost layer's kind (0 for none).
+    pub fn innermost(&self) -> u8 {
+        let mut kind = 0;
+        for &layer in &self.layers {
+            if layer != 0 {
+                kind = layer;
+            }
+        }
+        kind
+    }
+
+    /// The outer endpoints, as read from the frame (source, destination).
+    pub fn outer_endpoints(&self) -> (Addr16, Addr16) {
+        (
+            Addr16::from_words(Addr16::words_of_halves(&self.outer_src)),
+            Addr16::from_words(Addr16::words_of_halves(&self.outer_dst)),
+        )
+    }
+
+    /// The layers opened, outermost first.
+    pub fn depth(&self) -> usize {
+        self.layers.iter().take_while(|&&kind| kind != 0).count()
+    }
+}
+
+/// What [`decapsulate`] made of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decap {
+    /// Not an encapsulation the parser opens.
+    None,
+    /// The frame inside the tunnel, read.
+    Inner { tunnel: Tunnel, inner: Inner },
+    /// More layers than [`MAX_ENCAP_DEPTH`], an MPLS stack deeper than
+    /// [`MAX_MPLS_LABELS`], or an inner frame starting past
+    /// [`MAX_INNER_START`]: not followed.
+    TooDeep { tunnel: Tunnel },
+    /// An encapsulation header cut short, or whose lengths or fields are
+    /// inconsistent; `layers` ends with the kind that was.
+    Malformed { tunnel: Tunnel },
+    /// An encapsulation the parser recognises but does not follow (GRE
+    /// version 1 or with routing, an MPLS payload that is neither IP nor
+    /// Ethernet, a Geneve or GRE protocol other than IP or Ethernet).
+    Unsupported { tunnel: Tunnel },
+}
+
+impl Decap {
+    /// The tunnel, if any layer was recognised.
+    pub fn tunnel(&self) -> Option<&Tunnel> {
+        match self {
+            Decap::None => None,
+            Decap::Inner { tunnel, .. }
+            | Decap::TooDeep { tunnel }
+            | Decap::Malformed { tunnel }
+            | Decap::Unsupported { tunnel } => Some(tunnel),
+        }
+    }
+}
+
+/// Where the frame inside a layer starts: an Ethernet frame (or the rest
+/// of a link-layer header) whose EtherType field is at `offset` when
+/// `ethertype` is [`LINK`], else a header of that EtherType (IPv4, IPv6,
+/// MPLS, ...) at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Start {
+    ethertype: u16,
+    offset: usize,
+}
+
+/// [`Start::ethertype`] of a link-layer start.
+const LINK: u16 = 0;
+
+impl Start {
+    #[inline(always)]
+    fn link(type_offset: usize) -> Start {
+        Start {
+            ethertype: LINK,
+            offset: type_offset,
+        }
+    }
+
+    #[inline(always)]
+    fn network(ethertype: u16, offset: usize) -> Start {
+        Start { ethertype, offset }
+    }
+}
+
+/// What [`step`] made of the current frame: an [`outcome`]
+/// ([`outcome::NONE`]: not an encapsulation; [`outcome::OPENED`]: a layer
+/// of `kind` whose frame starts at `start` and must end by `limit`,
+/// `usize::MAX` if unknown; otherwise why the layer of `kind` was not).
+///
+/// Flat, every field set on every path: with an enum, one variant's
+/// fields are undefined on the others' paths, and where those paths merge
+/// the compiler may store any register for them, one the verifier knows
+/// to be uninitialised and refuses to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Step {
+    outcome: u8,
+    kind: u8,
+    id: u32,
+    start: Start,
+    limit: usize,
+}
+
+impl Step {
+    #[inline(always)]
+    fn done() -> Step {
+        Step::problem(outcome::NONE, 0)
+    }
+
+    #[inline(always)]
+    fn layer(kind: u8, id: u32, start: Start, limit: usize) -> Step {
+        Step {
+            outcome: outcome::OPENED,
+            kind,
+            id,
+            start,
+            limit,
+        }
+    }
+
+    #[inline(always)]
+    fn problem(outcome: u8, kind: u8) -> Step {
+        Step {
+            outcome,
+            kind,
+            id: 0,
+            start: Start::link(0),
+            limit: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn malformed(kind: u8) -> Step {
+        Step::problem(outcome::MALFORMED, kind)
+    }
+
+    #[inline(always)]
+    fn too_deep(kind: u8) -> Step {
+        Step::problem(outcome::TOO_DEEP, kind)
+    }
+
+    #[inline(always)]
+    fn unsupported(kind: u8) -> Step {
+        Step::problem(outcome::UNSUPPORTED, kind)
+    }
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
+}
+
+/// What opening a frame's encapsulations came to ([`decapsulate_in_place`]).
+pub mod outcome {
+    /// Not an encapsulation the parser opens.
+    pub const NONE: u8 = 0;
+    /// Opened: the frame inside is read ([`super::DecapState::inner`]).
+    pub const INNER: u8 = 1;
+    /// Too many layers, labels, or an inner frame starting too far in.
+    pub const TOO_DEEP: u8 = 2;
+    /// An encapsulation header cut short or inconsistent.
+    pub const MALFORMED: u8 = 3;
+    /// Recognised but not followed.
+    pub const UNSUPPORTED: u8 = 4;
+    /// [`super::open_layer`] only: one layer opened, look again.
+    pub const OPENED: u8 = 5;
+}
+
+/// Where a frame's headers stopped, as far as tunnels care ([`Cursor::stop`]).
+pub mod stop {
+    /// Nothing a tunnel could start at: TCP, a malformed header, a later
+    /// fragment, ...
+    pub const END: u8 = 0;
+    /// A payload of a non-IP EtherType at [`super::Cursor::offset`].
+    pub const NON_IP: u8 = 1;
+    /// A transport other than TCP ([`super::Cursor::protocol`]) at
+    /// [`super::Cursor::offset`], in an IP datagram.
+    pub const IP_OTHER: u8 = 2;
+}
+
+/// Where the frame being opened stopped: what [`open_layer`] needs of a
+/// parse, in plain fields (the kernel keeps it in a map between layers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// A [`stop`] value.
+    pub stop: u8,
+    /// [`stop::IP_OTHER`]: the IP protocol.
+    pub protocol: u8,
+    /// [`stop::IP_OTHER`]: 1 for IPv6.
+    pub is_v6: u8,
+    /// [`stop::IP_OTHER`]: 1 unless the datagram is a first fragment.
+    pub whole: u8,
+    /// [`stop::NON_IP`]: the EtherType.
+    pub ethertype: u16,
+    /// Where the payload (non-IP) or the transport header starts.
+    pub offset: u16,
+    /// [`stop::IP_OTHER`]: the IP header's offset.
+    pub ip_offset: u16,
+    pub _pad: u16,
+    /// [`stop::IP_OTHER`]: where the IP datagram ends.
+    pub end: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Cursor>() == 16);
+
+/// What the innermost frame read holds ([`DecapState::inner`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inner {
+    /// The TCP segment, if [`Inner::class`] is [`inner_class::TCP`].
+    pub segment: TcpSegment,
+    /// Its IP header's offset in the frame.
+    pub ip_offset: u16,
+    /// 1 for IPv6.
+    pub is_v6: u8,
+    /// An [`inner_class`] value.
+    pub class: u8,
+    /// Where the inner datagram had to end (`u32::MAX`: unknown), so the
+    /// kernel can read the segment again ([`Inner::reparse`]).
+    pub limit: u32,
+}
+
+impl Inner {
+    /// The TCP segment of a [`inner_class::TCP`] frame, read again from
+    /// the frame at its IP header: what the kernel does rather than keep
+    /// the copy in [`Inner::segment`]. The same parser at the same place
+    /// with the same bound: the same segment (a host test holds the two
+    /// to that).
+    #[inline(always)]
+    pub fn reparse<P: PacketBytes + ?Sized>(&self, pkt: &P) -> Option<TcpSegment> {
+        let ethertype = if self.is_v6 != 0 {
+            ethertype::IPV6
+        } else {
+            ethertype::IPV4
+        };
+        let limit = if self.limit == u32::MAX {
+            usize::MAX
+        } else {
+            self.limit as usize
+        };
+        match parse_network(pkt, ethertype, self.ip_offset as usize, limit) {
+            Payload::Ip(IpPacket {
+                transport: Transport::Tcp(segment),
+                ..
+            }) => Some(segment),
+            _ => None,
+        }
+    }
+}
+
+/// What an innermost frame is ([`Inner::class`]).
+pub mod inner_class {
+    pub const TCP: u8 = 0;
+    /// Another transport, a later fragment, a non-IP payload.
+    pub const OTHER: u8 = 1;
+    /// A header cut short or inconsistent.
+    pub const MALFORMED: u8 = 2;
+    /// VLAN tags or IPv6 extension headers beyond what the parser follows.
+    pub const TOO_DEEP: u8 = 3;
+}
+
+const EMPTY_SEGMENT: TcpSegment = TcpSegment {
+    flags: 0,
+    header_len: 0,
+    header_complete: false,
+    offset: 0,
+    src_port: 0,
+    dst_port: 0,
+    window: 0,
+    seq: 0,
+    ack: 0,
+    payload_len: 0,
+};
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            segment: EMPTY_SEGMENT,
+            ip_offset: 0,
+            is_v6: 0,
+            class: inner_class::OTHER,
+            limit: u32::MAX,
+        }
+    }
+}
+
+/// The work of opening one frame's encapsulations, layer by layer: where
+/// the current frame stopped, the tunnel gathered so far, and what the
+/// innermost frame read holds. `repr(C)`, plain fields: the kernel keeps
+/// it in a per-CPU map, and opens each layer in a function of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapState {
+    pub tunnel: Tunnel,
+    pub inner: Inner,
+    pub cursor: Cursor,
+    pub pending: Pending,
+}
+
+/// Where the frame inside the layer [`step_layer`] read starts
+/// ([`Start`], in plain fields), for [`enter_layer`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// 0: an Ethernet frame whose EtherType field is at `offset`.
+    pub ethertype: u16,
+    pub offset: u16,
+    /// `u32::MAX`: unknown.
+    pub limit: u32,
+}
+
+impl DecapState {
+    /// Starts on a frame: the tunnel empty, the cursor where its own
+    /// headers stop. False if they stop where no encapsulation can start
+    /// (a TCP segment, a malformed header): the common case.
+    #[inline(always)]
+    pub fn begin<P: PacketBytes + ?Sized>(&mut self, pkt: &P) -> bool {
+        clear(&mut self.tunnel);
+        self.take_in::<P, false>(pkt, Start::link(ETH_HLEN - 2), usize::MAX);
+        self.cursor.stop != stop::END
+    }
+
+    /// Reads the frame that starts at `start`, its datagram bounded by
+    /// `limit`, into the cursor and [`DecapState::inner`]: the same
+    /// parser as [`crate::parse::parse`] ([`walk_link`], [`parse_network`]),
+    /// read field by field where each is defined. With `SEGMENT`, a TCP
+    /// segment is copied into [`Inner::segment`]; the kernel reads it
+    /// again where it needs it ([`Inner::reparse`]). Nothing here is read
+    /// out of a merged parse result: the compiler may store registers for
+    /// the fields a path leaves undefined, which the verifier refuses.
+    #[inline(always)]
+    fn take_in<P: PacketBytes + ?Sized, const SEGMENT: bool>(
+        &mut self,
+        pkt: &P,
+        start: Start,
+        limit: usize,
+    ) {
+        clear(&mut self.cursor);
+        clear(&mut self.inner);
+        self.inner.class = inner_class::OTHER;
+        self.inner.limit = limit.min(u32::MAX as usize) as u32;
+        let (ethertype, offset) = if start.ethertype == LINK {
+            let walked = walk_link(pkt, start.offset);
+            match walked.status {
+                link::OK => (walked.ethertype, walked.offset),
+                link::TOO_DEEP => {
+                    self.inner.class = inner_class::TOO_DEEP;
+                    return;
+                }
+                _ => {
+                    self.inner.class = inner_class::MALFORMED;
+                    return;
+                }
+            }
+        } else {
+            (start.ethertype, start.offset)
+        };
+        if ethertype != ethertype::IPV4 && ethertype != ethertype::IPV6 {
+            self.cursor.stop = stop::NON_IP;
+            self.cursor.ethertype = ethertype;
+            self.cursor.offset = offset as u16;
+            return;
+        }
+        let Payload::Ip(ip) = parse_network(pkt, ethertype, offset, limit) else {
+            return;
+        };
+        self.inner.ip_offset = ip.offset;
+        self.inner.is_v6 = (ip.version == IpVersion::V6) as u8;
+        match ip.transport {
+            Transport::Tcp(segment) => {
+                self.inner.class = inner_class::TCP;
+                if SEGMENT {
+                    self.inner.segment = segment;
+                }
+            }
+            Transport::Other { .. } => {
+                self.cursor.stop = stop::IP_OTHER;
+                self.cursor.protocol = ip.protocol;
+                self.cursor.is_v6 = self.inner.is_v6;
+                self.cursor.whole = (ip.fragment == Fragment::Whole) as u8;
+                self.cursor.offset = ip.l4_offset;
+                self.cursor.ip_offset = ip.offset;
+                self.cursor.end = ip.end;
+            }
+            Transport::LaterFragment => {}
+            Transport::ChainTooLong => self.inner.class = inner_class::TOO_DEEP,
+            Transport::Malformed { .. } => self.inner.class = inner_class::MALFORMED,
+        }
+    }
+}
+
+/// Zeroes `value` a 4-byte word at a time. A plain assignment of a zeroed
+/// struct this size compiles, for BPF, to a call to `memset`, which the
+/// kernel cannot take (the object has no BTF for it); volatile stores are
+/// not merged into one.
+#[inline(always)]
+pub fn clear<T: Copy>(value: &mut T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let base = value as *mut T as *mut u32;
+    let mut word = 0;
+    while word < core::mem::size_of::<T>() / 4 {
+        // SAFETY: inside `value`, aligned (asserted above); any bits are a
+        // valid u32, and all-zero is valid for the types this is used on.
+        unsafe { core::ptr::write_volatile(base.add(word), 0) };
+        word += 1;
+    }
+}
+
+/// `*to = *from`, a 4-byte word at a time, for the reason [`clear`] gives.
+#[inline(always)]
+pub fn copy<T: Copy>(to: &mut T, from: &T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let (to, from) = (to as *mut T as *mut u32, from as *const T as *const u32);
+    let mut word = 0;
+    while word < core::mem::size_of::<T>() / 4 {
+        // SAFETY: inside both values, aligned (asserted above).
+        unsafe { core::ptr::write_volatile(to.add(word), core::ptr::read_volatile(from.add(word))) };
+        word += 1;
+    }
+}
+
+/// Opens the encapsulations of a frame, and reads the frame inside.
+/// Bounded: at most [`MAX_ENCAP_DEPTH`] layers, each with a bounded number
+/// of reads.
+pub fn decapsulate<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelPorts) -> Decap {
+    let mut state = DecapState::default();
+    if !state.begin(pkt) {
+        return Decap::None;
+    }
+    let result = decapsulate_in_place(&mut state, ports, |state, depth| {
+        open_layer::<P, true>(pkt, state, depth, ports)
+    });
+    let tunnel = state.tunnel;
+    match result {
+        outcome::NONE => Decap::None,
+        outcome::INNER => Decap::Inner {
+            tunnel,
+            inner: state.inner,
+        },
+        outcome::MALFORMED => Decap::Malformed { tunnel },
+        outcome::UNSUPPORTED => Decap::Unsupported { tunnel },
+        _ => Decap::TooDeep { tunnel },
+    }
+}
+
+/// The loop of [`decapsulate`], for a `state` [`DecapState::begin`] set up:
+/// `open` is [`open_layer`] (which the kernel calls as a function of its
+/// own, verified once). Returns an [`outcome`].
+#[inline(always)]
+pub fn decapsulate_in_place<S>(
+    state: &mut S,
+    ports: &TunnelPorts,
+    mut open: impl FnMut(&mut S, usize) -> u8,
+) -> u8 {
+    if ports.enabled == 0 {
+        return outcome::NONE;
+    }
+    let mut depth = 0;
+    while depth <= MAX_ENCAP_DEPTH {
+        match open(state, depth) {
+            outcome::OPENED => depth += 1,
+            outcome::NONE if depth == 0 => return outcome::NONE,
+            outcome::NONE => return outcome::INNER,
+            other => return other,
+        }
+    }
+    outcome::TOO_DEEP
+}
+
+/// Opens the encapsulation the current frame (at nesting `depth`) stops
+/// at, if it is one: the frame inside is parsed and becomes the current
+/// one, and the layer goes into the tunnel ([`outcome::OPENED`]).
+/// [`outcome::NONE`] if the current frame is not an encapsulation;
+/// otherwise why it could not be opened. [`step_layer`] then
+/// [`enter_layer`], which the kernel runs as two functions.
+///
+/// With `SEGMENT`, the innermost TCP segment is copied into
+/// [`Inner::segment`] (see [`DecapState::begin`]).
+#[inline(always)]
+pub fn open_layer<P: PacketBytes + ?Sized, const SEGMENT: bool>(
+    pkt: &P,
+    state: &mut DecapState,
+    depth: usize,
+    ports: &TunnelPorts,
+) -> u8 {
+    let stepped = step_layer(pkt, state, depth, ports);
+    if stepped != outcome::OPENED {
+        return stepped;
+    }
+    enter_layer::<P, SEGMENT>(pkt, state)
+}
+
+/// The first half of [`open_layer`]: the encapsulation header the cursor
+/// stops at, read into the tunnel, and where the frame inside starts left
+/// in [`DecapState::pending`] ([`outcome::OPENED`]).
+#[inline(always)]
+pub fn step_layer<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    state: &mut DecapState,
+    depth: usize,
+    ports: &TunnelPorts,
+) -> u8 {
+    let cursor = state.cursor;
+    let tunnel = &mut state.tunnel;
+    let step = step(pkt, &cursor, ports);
+    if step.outcome == outcome::NONE {
+        return outcome::NONE;
+    }
+    if step.outcome != outcome::OPENED {
+        push(tunnel, depth, step.kind);
+        return step.outcome;
+    }
+    if depth >= MAX_ENCAP_DEPTH {
+        return outcome::TOO_DEEP;
+    }
+    push(tunnel, depth, step.kind);
+    tunnel.id = step.id;
+    if encap::is_ip_tunnel(step.kind) {
+        // The endpoints of the IP header that carries this layer.
+        let at = cursor.ip_offset as usize;
+        if cursor.is_v6 != 0 {
+            if let (Some(src), Some(dst)) = (pkt.load::<16>(at + 8), pkt.load::<16>(at + 24)) {
+                tunnel.outer_src = Addr16(src).halves();
+                tunnel.outer_dst = Addr16(dst).halves();
+                tunnel.outer_family = 6;
+            }
+        } else if let Some(pair) = pkt.load::<8>(at + 12) {
+            tunnel.outer_src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
+            tunnel.outer_dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
+            tunnel.outer_family = 4;
+        }
+    }
+    if step.start.offset > MAX_INNER_START {
+        return outcome::TOO_DEEP;
+    }
+    state.pending = Pending {
+        ethertype: step.start.ethertype,
+        offset: step.start.offset as u16,
+        limit: step.limit.min(u32::MAX as usize) as u32,
+    };
+    outcome::OPENED
+}
+
+/// The second half of [`open_layer`]: the frame [`step_layer`] found,
+/// parsed into the cursor and [`DecapState::inner`].
+#[inline(always)]
+pub fn enter_layer<P: PacketBytes + ?Sized, const SEGMENT: bool>(
+    pkt: &P,
+    state: &mut DecapState,
+) -> u8 {
+    let pending = state.pending;
+    // Bounded again: the value may have made a round trip through memory.
+    if pending.offset as usize > MAX_INNER_START {
+        return outcome::TOO_DEEP;
+    }
+    let limit = if pending.limit == u32::MAX {
+        usize::MAX
+    } else {
+        pending.limit as usize
+    };
+    let start = Start {
+        ethertype: pending.ethertype,
+        offset: pending.offset as usize,
+    };
+    state.take_in::<P, SEGMENT>(pkt, start, limit);
+    outcome::OPENED
+}
+
+#[inline(always)]
+fn push(tunnel: &mut Tunnel, depth: usize, kind: u8) {
+    if let Some(layer) = tunnel.layers.get_mut(depth) {
+        *layer = kind;
+    }
+}
+
+/// Opens the encapsulation the cursor stops at, if it is one.
+#[inline(always)]
+fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) -> Step {
+    let offset = cursor.offset as usize;
+    match cursor.stop {
+        stop::NON_IP => match cursor.ethertype {
+            ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => mpls(pkt, offset),
+            ethertype::PPPOE_SESSION => pppoe(pkt, offset),
+            // VN-Tag: 4 bytes (direction, pointer, destination and source
+            // virtual interfaces), then the EtherType.
+            ethertype::VNTAG => match pkt.load::<4>(offset) {
+                Some(tag) => Step::layer(
+                    encap::VNTAG,
+                    (be16([tag[0], tag[1]]) & 0x3fff) as u32,
+                    Start::link(offset + 4),
+                    usize::MAX,
+                ),
+                None => Step::malformed(encap::VNTAG),
+            },
+            // 802.1ah: the I-TAG (flags and a 24-bit I-SID), then the
+            // customer's Ethernet header.
+            ethertype::PBB => match pkt.load::<4>(offset) {
+                Some(tag) => Step::layer(
+                    encap::PBB,
+                    u32::from_be_bytes([0, tag[1], tag[2], tag[3]]),
+                    Start::link(offset + 4 + 12),
+                    usize::MAX,
+                ),
+                None => Step::malformed(encap::PBB),
+            },
+            // FabricPath: the outer addresses, then the 4-byte tag whose
+            // first two bytes were read as the EtherType, then the
+            // classical Ethernet frame.
+            ethertype::FABRICPATH => Step::layer(
+                encap::FABRICPATH,
+                0,
+                Start::link(offset + 2 + 12),
+                usize::MAX,
+            ),
+            _ => Step::done(),
+        },
+        stop::IP_OTHER => {
+            // A first fragment's datagram is longer than what this packet
+            // holds: its inner lengths cannot be held to it.
+            let limit = if cursor.whole != 0 {
+                cursor.end as usize
+            } else {
+                usize::MAX
+            };
+            match cursor.protocol {
+                ip_proto::IPIP => Step::layer(
+                    encap::IPIP,
+                    0,
+                    Start::network(ethertype::IPV4, offset),
+                    limit,
+                ),
+                ip_proto::IPV6 => Step::layer(
+                    encap::IPIP,
+                    0,
+                    Start::network(ethertype::IPV6, offset),
+                    limit,
+                ),
+                ip_proto::GRE => gre(pkt, offset, limit),
+                ip_proto::UDP => udp(pkt, offset, limit, ports),
+                _ => Step::done(),
+            }
+        }
+        _ => Step::done(),
+    }
+}
+
+/// An MPLS label stack at `offset`: labels up to the one with the
+/// bottom-of-stack bit, then IPv4 or IPv6 by the first nibble, or a
+/// pseudowire's control word (first nibble 0) and an Ethernet frame.
+#[inline(always)]
+fn mpls<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
+    let mut cursor = offset;
+    let mut labels = 0;
+    while labels < MAX_MPLS_LABELS {
+        let Some(entry) = pkt.load::<4>(cursor) else {
+            return Step::malformed(encap::MPLS);
+        };
+        cursor += 4;
+        labels += 1;
+        if entry[2] & 0x01 != 0 {
+            let label = u32::from_be_bytes(entry) >> 12;
+            // Two bytes, though one is read: for a one-byte load, the
+            // compiler turns `at + 1 > end` into `at >= end`, from which
+            // the verifier learns no readable range. Whatever follows the
+            // stack is longer than two bytes.
+            let Some([first, _]) = pkt.load::<2>(cursor) else {
+                return Step::malformed(encap::MPLS);
+            };
+            let start = match first >> 4 {
+                4 => Start::network(ethertype::IPV4, cursor),
+                6 => Start::network(ethertype::IPV6, cursor),
+                // RFC 4385's control word, then the Ethernet frame.
+                0 => Start::link(cursor + 4 + 12),
+                _ => return Step::unsupported(encap::MPLS),
+            };
+            return Step::layer(encap::MPLS, label, start, usize::MAX);
+        }
+    }
+    Step::too_deep(encap::MPLS)
+}
+
+/// A PPPoE session header at `offset`: version and type 0x11, code 0, the
+/// session id, the payload length, then the PPP protocol (2 bytes).
+#[inline(always)]
+fn pppoe<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
+    let Some(head) = pkt.load::<8>(offset) else {
+        return Step::malformed(encap::PPPOE);
+    };
+    let length = be16([head[4], head[5]]) as usize;
+    if head[0] != 0x11 || head[1] != 0 || length < 2 {
+        return Step::malformed(encap::PPPOE);
+    }
+    let ethertype = match be16([head[6], head[7]]) {
+        0x0021 => ethertype::IPV4,
+        0x0057 => ethertype::IPV6,
+        // Link control, authentication and the rest: not a datagram.
+        _ => return Step::unsupported(encap::PPPOE),
+    };
+    Step::layer(
+        encap::PPPOE,
+        be16([head[2], head[3]]) as u32,
+        Start::network(ethertype, offset + 8),
+        // The length counts the PPP protocol and what follows it.
+        offset + 6 + length,
+    )
+}
+
+/// A GRE header at `offset` (version 0): flags and version, the protocol
+/// (an EtherType), then the checksum, key and sequence number, each 4
+/// bytes, if its flag is set.
+#[inline(always)]
+fn gre<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> Step {
+    let Some(head) = pkt.load::<4>(offset) else {
+        return Step::malformed(encap::GRE);
+    };
+    let flags = be16([head[0], head[1]]);
+    let protocol = be16([head[2], head[3]]);
+    // Version 1 is PPTP's enhanced GRE; routing (RFC 1701) carries
+    // variable source routes: neither is followed.
+    if flags & 0x0007 != 0 || flags & 0x4000 != 0 {
+        return Step::unsupported(encap::GRE);
+    }
+    let has_checksum = flags & 0x8000 != 0;
+    let has_key = flags & 0x2000 != 0;
+    let has_sequence = flags & 0x1000 != 0;
+    let key_at = offset + 4 + 4 * has_checksum as usize;
+    let header_len = 4 + 4 * (has_checksum as usize + has_key as usize + has_sequence as usize);
+    let id = if has_key {
+        match pkt.load::<4>(key_at) {
+            Some(key) => u32::from_be_bytes(key),
+            None => return Step::malformed(encap::GRE),
+        }
+    } else {
+        0
+    };
+    let inner = offset + header_len;
+    // The whole header in the frame and the datagram (two bytes checked:
+    // see `mpls`; what follows is longer).
+    if pkt.load::<2>(inner - 2).is_none() || inner > limit {
+        return Step::malformed(encap::GRE);
+    }
+    let start = match protocol {
+        ethertype::TEB => Start::link(inner + 12),
+        ethertype::IPV4
+        | ethertype::IPV6
+        | ethertype::MPLS_UNICAST
+        | ethertype::MPLS_MULTICAST => Start::network(protocol, inner),
+        _ => return Step::unsupported(encap::GRE),
+    };
+    Step::layer(encap::GRE, id, start, limit)
+}
+
+/// A UDP header at `offset`: VXLAN or Geneve by its destination port.
+#[inline(always)]
+fn udp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize, ports: &TunnelPorts) -> Step {
+    let Some(head) = pkt.load::<8>(offset) else {
+        return Step::done();
+    };
+    let dst_port = be16([head[2], head[3]]);
+    let kind = if TunnelPorts::has(&ports.vxlan, dst_port) {
+        encap::VXLAN
+    } else if TunnelPorts::has(&ports.geneve, dst_port) {
+        encap::GENEVE
+    } else {
+        return Step::done();
+    };
+    // The UDP length must cover its header and the tunnel's, and fit in
+    // the datagram.
+    let udp_len = be16([head[4], head[5]]) as usize;
+    let udp_end = offset + udp_len;
+    if udp_len < 16 || udp_end > limit {
+        return Step::malformed(kind);
+    }
+    let at = offset + 8;
+    let Some(tunnel) = pkt.load::<8>(at) else {
+        return Step::malformed(kind);
+    };
+    let vni = u32::from_be_bytes([0, tunnel[4], tunnel[5], tunnel[6]]);
+    if kind == encap::VXLAN {
+        // The I flag says the VNI is valid (RFC 7348); without it this is
+        // not VXLAN as specified.
+        if tunnel[0] & 0x08 == 0 {
+            return Step::malformed(kind);
+        }
+        return Step::layer(kind, vni, Start::link(at + 8 + 12), udp_end);
+    }
+    // Geneve: version (2 bits, 0) and options length in 4-byte words,
+    // flags, the protocol (an EtherType), the VNI; then the options.
+    if tunnel[0] >> 6 != 0 {
+        return Step::unsupported(kind);
+    }
+    let inner = at + 8 + (tunnel[0] & 0x3f) as usize * 4;
+    if inner > udp_end || pkt.load::<2>(inner - 2).is_none() {
+        return Step::malformed(kind);
+    }
+    let start = match be16([tunnel[2], tunnel[3]]) {
+        ethertype::TEB => Start::link(inner + 12),
+        protocol @ (ethertype::IPV4 | ethertype::IPV6) => Start::network(protocol, inner),
+        _ => return Step::unsupported(kind),
+    };
+    Step::layer(kind, vni, start, udp_end)
+}
+
+/// How many distinct tunnels the kernel's table holds: each (layers, id,
+/// outer endpoints) gets an index the first time a connection is seen
+/// through it, kept for the run. An overlay's tunnels are one per peer and
+/// VNI; past this many, records say only that they were tunnelled.
+pub const TUNNEL_CAPACITY: u32 = 65_536;
+
+/// A record's reference to its tunnel, as [`crate::conn::Conn::tunnel`]
+/// stores it: an index into the table of tunnels (1..[`TUNNEL_CAPACITY`]),
+/// or, with [`TunnelRef::UNRECORDED`] set, only the innermost kind (the
+/// table was full).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelRef(pub u32);
+
+impl TunnelRef {
+    pub const NONE: TunnelRef = TunnelRef(0);
+    /// Set when the table of tunnels was full: the low byte is the kind.
+    pub const UNRECORDED: u32 = 1 << 23;
+
+    #[inline(always)]
+    pub fn to_bytes(self) -> [u8; 3] {
+        let [a, b, c, _] = self.0.to_le_bytes();
+        [a, b, c]
+    }
+
+    #[inline(always)]
+    pub fn from_bytes(bytes: [u8; 3]) -> TunnelRef {
+        TunnelRef(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]))
+    }
+
+    /// The index in the table of tunnels, if the tunnel was recorded.
+    pub fn index(self) -> Option<u32> {
+        (self.0 != 0 && self.0 & Self::UNRECORDED == 0).then_some(self.0)
+    }
+
+    /// The innermost kind of a tunnel that could not be recorded.
+    pub fn unrecorded_kind(self) -> Option<u8> {
+        (self.0 & Self::UNRECORDED != 0).then_some(self.0 as u8)
+    }
+}
+
+const _: () = assert!(TUNNEL_CAPACITY < TunnelRef::UNRECORDED);
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, no padding (size asserted), every bit pattern valid.
+unsafe impl aya::Pod for Tunnel {}
+
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for TunnelPorts {}
+
+const _: () = assert!(core::mem::size_of::<Inner>() == 32);
+const _: () = assert!(core::mem::size_of::<DecapState>() == 40 + 32 + 16 + 8);
