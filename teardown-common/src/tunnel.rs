@@ -349,7 +349,8 @@ pub struct Cursor {
     /// [`stop::IP_OTHER`]: the IP header's offset.
     pub ip_offset: u16,
     pub _pad: u16,
-    /// [`stop::IP_OTHER`]: where the IP datagram ends.
+    /// [`stop::IP_OTHER`]: where the IP datagram ends; [`stop::NON_IP`]:
+    /// where what carries the payload ends (`u32::MAX`: unknown).
     pub end: u32,
 }
 
@@ -511,6 +512,9 @@ impl DecapState {
             self.cursor.stop = stop::NON_IP;
             self.cursor.ethertype = ethertype;
             self.cursor.offset = offset as u16;
+            // A layer without lengths of its own (MPLS, a link-layer shim)
+            // is still bounded by the tunnel around it.
+            self.cursor.end = self.inner.limit;
             return;
         }
         let Payload::Ip(ip) = parse_network(pkt, ethertype, offset, limit) else {
@@ -729,10 +733,16 @@ fn push(tunnel: &mut Tunnel, depth: usize, kind: u8) {
 #[inline(always)]
 fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) -> Step {
     let offset = cursor.offset as usize;
+    // Where what carries a non-IP payload ends: the frame inside must fit.
+    let carrier_end = if cursor.end == u32::MAX {
+        usize::MAX
+    } else {
+        cursor.end as usize
+    };
     match cursor.stop {
         stop::NON_IP => match cursor.ethertype {
-            ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => mpls(pkt, offset),
-            ethertype::PPPOE_SESSION => pppoe(pkt, offset),
+            ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => mpls(pkt, offset, carrier_end),
+            ethertype::PPPOE_SESSION => pppoe(pkt, offset, carrier_end),
             // VN-Tag: 4 bytes (direction, pointer, destination and source
             // virtual interfaces), then the EtherType.
             ethertype::VNTAG => match pkt.load::<4>(offset) {
@@ -740,7 +750,7 @@ fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) 
                     encap::VNTAG,
                     (be16([tag[0], tag[1]]) & 0x3fff) as u32,
                     Start::link(offset + 4),
-                    usize::MAX,
+                    carrier_end,
                 ),
                 None => Step::malformed(encap::VNTAG),
             },
@@ -751,7 +761,7 @@ fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) 
                     encap::PBB,
                     u32::from_be_bytes([0, tag[1], tag[2], tag[3]]),
                     Start::link(offset + 4 + 12),
-                    usize::MAX,
+                    carrier_end,
                 ),
                 None => Step::malformed(encap::PBB),
             },
@@ -762,7 +772,7 @@ fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) 
                 encap::FABRICPATH,
                 0,
                 Start::link(offset + 2 + 12),
-                usize::MAX,
+                carrier_end,
             ),
             _ => Step::done(),
         },
@@ -798,9 +808,10 @@ fn step<P: PacketBytes + ?Sized>(pkt: &P, cursor: &Cursor, ports: &TunnelPorts) 
 
 /// An MPLS label stack at `offset`: labels up to the one with the
 /// bottom-of-stack bit, then IPv4 or IPv6 by the first nibble, or a
-/// pseudowire's control word (first nibble 0) and an Ethernet frame.
+/// pseudowire's control word (first nibble 0) and an Ethernet frame,
+/// bounded by `limit`, where what carries the stack ends.
 #[inline(always)]
-fn mpls<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
+fn mpls<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> Step {
     let mut cursor = offset;
     let mut labels = 0;
     while labels < MAX_MPLS_LABELS {
@@ -825,21 +836,24 @@ fn mpls<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
                 0 => Start::link(cursor + 4 + 12),
                 _ => return Step::unsupported(encap::MPLS),
             };
-            return Step::layer(encap::MPLS, label, start, usize::MAX);
+            return Step::layer(encap::MPLS, label, start, limit);
         }
     }
     Step::too_deep(encap::MPLS)
 }
 
 /// A PPPoE session header at `offset`: version and type 0x11, code 0, the
-/// session id, the payload length, then the PPP protocol (2 bytes).
+/// session id, the payload length, then the PPP protocol (2 bytes). The
+/// payload must fit in `limit`, where what carries the session ends.
 #[inline(always)]
-fn pppoe<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
+fn pppoe<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> Step {
     let Some(head) = pkt.load::<8>(offset) else {
         return Step::malformed(encap::PPPOE);
     };
     let length = be16([head[4], head[5]]) as usize;
-    if head[0] != 0x11 || head[1] != 0 || length < 2 {
+    // The length counts the PPP protocol and what follows it.
+    let end = offset + 6 + length;
+    if head[0] != 0x11 || head[1] != 0 || length < 2 || end > limit {
         return Step::malformed(encap::PPPOE);
     }
     let ethertype = match be16([head[6], head[7]]) {
@@ -852,8 +866,7 @@ fn pppoe<P: PacketBytes + ?Sized>(pkt: &P, offset: usize) -> Step {
         encap::PPPOE,
         be16([head[2], head[3]]) as u32,
         Start::network(ethertype, offset + 8),
-        // The length counts the PPP protocol and what follows it.
-        offset + 6 + length,
+        end,
     )
 }
 
