@@ -20,8 +20,8 @@
 
 use crate::addr::Addr16;
 use crate::parse::{
-    Fragment, IpVersion, MAX_INNER_START, PacketBytes, Payload, TcpSegment, Transport,
-    IpPacket, ETH_HLEN, ethertype, ip_proto, link, parse_network, walk_link,
+    ETH_HLEN, Fragment, IpPacket, IpVersion, MAX_INNER_START, PacketBytes, Payload, TcpSegment,
+    Transport, ethertype, ip_proto, link, parse_network, walk_link,
 };
 
 /// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
@@ -112,8 +112,7 @@ impl TunnelPorts {
 
     #[inline(always)]
     fn has(ports: &[u16; TUNNEL_PORT_SLOTS], port: u16) -> bool {
-        port != 0
-            && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
+        port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
     }
 }
 
@@ -551,7 +550,7 @@ impl DecapState {
 /// not merged into one.
 #[inline(always)]
 pub fn clear<T: Copy>(value: &mut T) {
-    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let base = value as *mut T as *mut u32;
     let mut word = 0;
     while word < core::mem::size_of::<T>() / 4 {
@@ -565,12 +564,14 @@ pub fn clear<T: Copy>(value: &mut T) {
 /// `*to = *from`, a 4-byte word at a time, for the reason [`clear`] gives.
 #[inline(always)]
 pub fn copy<T: Copy>(to: &mut T, from: &T) {
-    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let (to, from) = (to as *mut T as *mut u32, from as *const T as *const u32);
     let mut word = 0;
     while word < core::mem::size_of::<T>() / 4 {
         // SAFETY: inside both values, aligned (asserted above).
-        unsafe { core::ptr::write_volatile(to.add(word), core::ptr::read_volatile(from.add(word))) };
+        unsafe {
+            core::ptr::write_volatile(to.add(word), core::ptr::read_volatile(from.add(word)))
+        };
         word += 1;
     }
 }
@@ -906,10 +907,9 @@ fn gre<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> Step {
     }
     let start = match protocol {
         ethertype::TEB => Start::link(inner + 12),
-        ethertype::IPV4
-        | ethertype::IPV6
-        | ethertype::MPLS_UNICAST
-        | ethertype::MPLS_MULTICAST => Start::network(protocol, inner),
+        ethertype::IPV4 | ethertype::IPV6 | ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => {
+            Start::network(protocol, inner)
+        }
         _ => return Step::unsupported(encap::GRE),
     };
     Step::layer(encap::GRE, id, start, limit)
