@@ -1,0 +1,1712 @@
+//! Decapsulation ([`decapsulate`]) on crafted frames: every encapsulation
+//! and the nestings that occur in practice read exactly; every frame cut at
+//! every offset; lengths and fields that lie; the depth limits; the
+//! configurable VXLAN and Geneve ports; every single-byte mutation of every
+//! crafted frame, with the common frame's shortcut (`parse_common`) and the
+//! kernel's split path (`step_layer` + `enter_layer` + `Inner::reparse`)
+//! held to the same answers.
+//!
+//! What a frame must decapsulate to is worked out here from how it was
+//! crafted (the header sizes of each protocol, [`Built`]), never by running
+//! the decapsulator a second time.
+//!
+//! The truncation contract, read from `tunnel.rs` and `parse.rs`: lengths
+//! come from headers, never from the frame's own length, so
+//!
+//! * a frame cut anywhere after the inner TCP header (options included)
+//!   decapsulates exactly as the whole frame;
+//! * cut after the inner header's first 16 bytes ([`TCP_READABLE_LEN`]:
+//!   ports, numbers, flags, window) but inside its options, it gives the
+//!   same segment with `header_complete` false and no payload length, as
+//!   the outer parser does for a plain frame;
+//! * cut before the outermost layer can be recognised (inside the outer
+//!   Ethernet header or VLAN tags, the outer IP header, or a UDP tunnel's
+//!   UDP header, whose destination port and length say what it is), it is
+//!   no encapsulation at all ([`Decap::None`]): the outer tallies count it
+//!   as the outer parser reads it;
+//! * anywhere else it is malformed: [`Decap::Malformed`], or an inner frame
+//!   of class [`inner_class::MALFORMED`], with the layers opened so far a
+//!   prefix of the whole frame's. One exception: cut inside a nested UDP
+//!   tunnel's UDP header, the inner datagram is a UDP datagram that is not
+//!   (yet) a tunnel, [`inner_class::OTHER`], as an outer one is `None`.
+
+use teardown_common::addr::Addr16;
+use teardown_common::counters::{class, encap_slot, encap_tally, tally, tally_common};
+use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
+use teardown_common::flow::addresses_at;
+use teardown_common::parse::{
+    CommonTcp, Fragment, MAX_INNER_START, MAX_VLAN_TAGS, TCP_READABLE_LEN, TcpSegment, VLAN_HLEN,
+    ethertype, ip_proto, parse, parse_common, tcp_flags,
+};
+use teardown_common::tunnel::{
+    self, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel, TunnelPorts,
+    decapsulate, encap, inner_class, outcome,
+};
+
+// The inner segment every crafted frame carries: values no header around
+// it has, so a segment read from the wrong place shows.
+const FLAGS: u8 = tcp_flags::PSH | tcp_flags::ACK;
+const SRC_PORT: u16 = 40_123;
+const DST_PORT: u16 = 8_443;
+const SEQ: u32 = 0xdead_beef;
+const ACK: u32 = 0x0102_0304;
+const TCP_OPTIONS: u8 = 12;
+const TCP_HEADER: usize = 20 + TCP_OPTIONS as usize;
+const PAYLOAD: u16 = 37;
+/// The window `craft::build` writes.
+const WINDOW: u16 = 64_240;
+
+const DEFAULT: TunnelPorts = TunnelPorts::DEFAULT;
+
+/// A crafted frame and what it must decapsulate to, worked out from its
+/// layout as it was wrapped.
+#[derive(Clone, Debug)]
+struct Built {
+    name: String,
+    frame: Vec<u8>,
+    /// Kinds, outermost first.
+    layers: Vec<u8>,
+    /// The innermost layer's id.
+    id: u32,
+    /// The innermost IP tunnel's outer family (4, 6), 0 if none.
+    outer_family: u8,
+    ip_offset: usize,
+    is_v6: bool,
+    tcp_offset: usize,
+    /// Whether a layer bounds the inner datagram. Every crafted layer ends
+    /// where the frame ends, so the bound is the frame's length.
+    bounded: bool,
+    /// The shortest cut at which the outermost layer is recognised.
+    recognised_at: usize,
+    /// Offsets of the UDP headers of UDP tunnels, outermost first.
+    udp_headers: Vec<usize>,
+}
+
+impl Built {
+    fn headers_end(&self) -> usize {
+        self.tcp_offset + TCP_HEADER
+    }
+}
+
+fn inner_spec(v6: bool) -> Spec<'static> {
+    let mut spec = if v6 {
+        Spec::tcp_v6(FLAGS, PAYLOAD)
+    } else {
+        Spec::tcp_v4(FLAGS, PAYLOAD)
+    };
+    spec.transport = CraftTransport::Tcp {
+        src_port: SRC_PORT,
+        dst_port: DST_PORT,
+        seq: SEQ,
+        ack: ACK,
+        flags: FLAGS,
+        options_len: TCP_OPTIONS,
+    };
+    spec
+}
+
+/// The untagged Ethernet frame every tunnel carries.
+fn plain(v6: bool) -> Built {
+    let ip_header = if v6 { 40 } else { 20 };
+    Built {
+        name: if v6 { "tcp6" } else { "tcp4" }.to_string(),
+        frame: craft::build(&inner_spec(v6)).to_vec(),
+        layers: Vec::new(),
+        id: 0,
+        outer_family: 0,
+        ip_offset: 14,
+        is_v6: v6,
+        tcp_offset: 14 + ip_header,
+        bounded: false,
+        recognised_at: 0,
+        udp_headers: Vec::new(),
+    }
+}
+
+fn family(v6: bool) -> u8 {
+    if v6 { 6 } else { 4 }
+}
+
+fn ip_header(v6: bool) -> usize {
+    if v6 { 40 } else { 20 }
+}
+
+/// `craft::wrap`, and where everything in the carried frame lands: layers
+/// that carry a datagram drop the carried frame's Ethernet header (offset
+/// 14 of the carried frame lands at the layer's payload), the others keep
+/// it (offset 0 lands there).
+fn wrap(carried: &Built, layer: Encap, vlans: &[(u16, u16)]) -> Built {
+    let frame = craft::wrap(&carried.frame, &layer, vlans).to_vec();
+    let tags = VLAN_HLEN * vlans.len();
+    let carried_type = u16::from_be_bytes([carried.frame[12], carried.frame[13]]);
+    // (kind, id, where the payload starts, whether it is a whole Ethernet
+    // frame, outer family, recognised at, UDP header, bounds the datagram)
+    let (kind, id, payload, ethernet, outer, recognised, udp, bounds) = match layer {
+        Encap::Vxlan { vni, outer_v6, .. } => {
+            let udp = 14 + tags + ip_header(outer_v6);
+            let f = family(outer_v6);
+            (
+                encap::VXLAN,
+                vni,
+                udp + 16,
+                true,
+                f,
+                udp + 8,
+                Some(udp),
+                true,
+            )
+        }
+        Encap::Geneve {
+            vni,
+            options_len,
+            ethernet,
+            outer_v6,
+        } => {
+            let udp = 14 + tags + ip_header(outer_v6);
+            let payload = udp + 16 + options_len as usize;
+            let f = family(outer_v6);
+            (
+                encap::GENEVE,
+                vni,
+                payload,
+                ethernet,
+                f,
+                udp + 8,
+                Some(udp),
+                true,
+            )
+        }
+        Encap::Gre {
+            key,
+            checksum,
+            sequence,
+            ethernet,
+            outer_v6,
+        } => {
+            let gre = 14 + tags + ip_header(outer_v6);
+            let len = 4 + 4 * (checksum as usize + key.is_some() as usize + sequence as usize);
+            let f = family(outer_v6);
+            let id = key.unwrap_or(0);
+            (encap::GRE, id, gre + len, ethernet, f, gre, None, true)
+        }
+        Encap::IpIp { outer_v6 } => {
+            let start = 14 + tags + ip_header(outer_v6);
+            let f = family(outer_v6);
+            (encap::IPIP, 0, start, false, f, start, None, true)
+        }
+        Encap::Mpls { labels } => {
+            let bottom = *labels.last().unwrap();
+            let payload = 14 + tags + 4 * labels.len();
+            (
+                encap::MPLS,
+                bottom,
+                payload,
+                false,
+                0,
+                14 + tags,
+                None,
+                false,
+            )
+        }
+        Encap::Pppoe { session } => {
+            let id = session as u32;
+            (
+                encap::PPPOE,
+                id,
+                14 + tags + 8,
+                false,
+                0,
+                14 + tags,
+                None,
+                true,
+            )
+        }
+        // Its EtherType after the tag stands for the carried frame's.
+        Encap::VnTag { vif } => {
+            let id = (vif & 0x3fff) as u32;
+            (
+                encap::VNTAG,
+                id,
+                14 + tags + 6,
+                false,
+                0,
+                14 + tags,
+                None,
+                false,
+            )
+        }
+        Encap::Pbb { isid } => {
+            let id = isid & 0x00ff_ffff;
+            (
+                encap::PBB,
+                id,
+                14 + tags + 4,
+                true,
+                0,
+                14 + tags,
+                None,
+                false,
+            )
+        }
+        Encap::FabricPath => {
+            assert!(vlans.is_empty(), "craft puts no tags before FabricPath");
+            (encap::FABRICPATH, 0, 16, true, 0, 14, None, false)
+        }
+    };
+    // What each layer can carry as a datagram (craft takes the carried
+    // frame's EtherType and what follows it).
+    let ip = carried_type == ethertype::IPV4 || carried_type == ethertype::IPV6;
+    let takes = match layer {
+        Encap::Gre {
+            ethernet: false, ..
+        } => ip || carried_type == ethertype::MPLS_UNICAST,
+        Encap::VnTag { .. } => carried_type != ethertype::VLAN && carried_type != ethertype::QINQ,
+        _ => ethernet || ip,
+    };
+    assert!(takes, "{:?} cannot carry {}", layer, carried.name);
+    // Where byte `x` of the carried frame lands.
+    let shift = if ethernet { payload } else { payload - 14 };
+    finish(
+        carried, frame, shift, kind, id, outer, recognised, udp, bounds,
+    )
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one layer's facts, each named at the two call sites"
+)]
+fn finish(
+    carried: &Built,
+    frame: Vec<u8>,
+    shift: usize,
+    kind: u8,
+    id: u32,
+    outer: u8,
+    recognised: usize,
+    udp: Option<usize>,
+    bounds: bool,
+) -> Built {
+    let mut layers = vec![kind];
+    layers.extend(&carried.layers);
+    let mut udp_headers: Vec<usize> = udp.into_iter().collect();
+    udp_headers.extend(carried.udp_headers.iter().map(|at| at + shift));
+    Built {
+        name: format!("{}/{}", encap::name(kind), carried.name),
+        frame,
+        layers,
+        id: if carried.layers.is_empty() {
+            id
+        } else {
+            carried.id
+        },
+        outer_family: if carried.outer_family != 0 {
+            carried.outer_family
+        } else {
+            outer
+        },
+        ip_offset: carried.ip_offset + shift,
+        is_v6: carried.is_v6,
+        tcp_offset: carried.tcp_offset + shift,
+        bounded: carried.bounded || bounds,
+        recognised_at: recognised,
+        udp_headers,
+    }
+}
+
+/// An MPLS pseudowire (which `craft::wrap` does not write): the label
+/// stack, RFC 4385's control word (first nibble 0), then the whole
+/// carried Ethernet frame.
+fn pseudowire(carried: &Built, labels: &[u32], vlans: &[(u16, u16)]) -> Built {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x22, 0x02, 0, 0, 0, 0, 0x21];
+    for &(tpid, vid) in vlans {
+        frame.extend(tpid.to_be_bytes());
+        frame.extend(vid.to_be_bytes());
+    }
+    frame.extend(ethertype::MPLS_UNICAST.to_be_bytes());
+    for (index, &label) in labels.iter().enumerate() {
+        let bottom = (index + 1 == labels.len()) as u32;
+        frame.extend(((label << 12) | (bottom << 8) | 255).to_be_bytes());
+    }
+    frame.extend([0x00, 0x00, 0x12, 0x34]); // control word, sequence 0x1234
+    let shift = frame.len();
+    frame.extend(&carried.frame);
+    let tags = VLAN_HLEN * vlans.len();
+    let bottom = *labels.last().unwrap();
+    finish(
+        carried,
+        frame,
+        shift,
+        encap::MPLS,
+        bottom,
+        0,
+        14 + tags,
+        None,
+        false,
+    )
+}
+
+fn vxlan(carried: &Built, outer_v6: bool) -> Built {
+    let layer = Encap::Vxlan {
+        vni: 0x00ab_cdef,
+        port: 4789,
+        outer_v6,
+    };
+    wrap(carried, layer, &[])
+}
+
+fn geneve(carried: &Built, options_len: u8, ethernet: bool, outer_v6: bool) -> Built {
+    let layer = Encap::Geneve {
+        vni: 0x0012_3456,
+        options_len,
+        ethernet,
+        outer_v6,
+    };
+    wrap(carried, layer, &[])
+}
+
+fn gre(carried: &Built, key: Option<u32>, checksum: bool, sequence: bool, ethernet: bool) -> Built {
+    let layer = Encap::Gre {
+        key,
+        checksum,
+        sequence,
+        ethernet,
+        outer_v6: false,
+    };
+    wrap(carried, layer, &[])
+}
+
+fn ipip(carried: &Built, outer_v6: bool) -> Built {
+    wrap(carried, Encap::IpIp { outer_v6 }, &[])
+}
+
+fn mpls(carried: &Built, labels: &'static [u32], vlans: &[(u16, u16)]) -> Built {
+    wrap(carried, Encap::Mpls { labels }, vlans)
+}
+
+fn pppoe(carried: &Built, vlans: &[(u16, u16)]) -> Built {
+    wrap(carried, Encap::Pppoe { session: 0x1d2c }, vlans)
+}
+
+const VLAN: &[(u16, u16)] = &[(ethertype::VLAN, 100)];
+const QINQ: &[(u16, u16)] = &[(ethertype::QINQ, 10), (ethertype::VLAN, 20)];
+const EIGHT_LABELS: &[u32] = &[11, 12, 13, 14, 15, 16, 17, 0xf_ffff];
+
+/// Every encapsulation, alone and in the nestings that occur in practice.
+fn catalogue() -> Vec<Built> {
+    let mut all = Vec::new();
+    for v6 in [false, true] {
+        let tcp = plain(v6);
+        // UDP tunnels.
+        for outer_v6 in [false, true] {
+            all.push(vxlan(&tcp, outer_v6));
+            let flannel = Encap::Vxlan {
+                vni: 1,
+                port: 8472,
+                outer_v6,
+            };
+            all.push(wrap(&tcp, flannel, &[]));
+            for options in [0, 4, 8, 252] {
+                all.push(geneve(&tcp, options, true, outer_v6));
+                all.push(geneve(&tcp, options, false, outer_v6));
+            }
+        }
+        // GRE, every flag combination, every payload, both outer families.
+        for outer_v6 in [false, true] {
+            for bits in 0..8u8 {
+                for payload in ["ip", "teb", "mpls"] {
+                    let layer = Encap::Gre {
+                        key: (bits & 1 != 0).then_some(0xfeed_f00d),
+                        checksum: bits & 2 != 0,
+                        sequence: bits & 4 != 0,
+                        ethernet: payload == "teb",
+                        outer_v6,
+                    };
+                    let carried = if payload == "mpls" {
+                        mpls(&tcp, &[300, 301], &[])
+                    } else {
+                        tcp.clone()
+                    };
+                    all.push(wrap(&carried, layer, &[]));
+                }
+            }
+        }
+        // IP in IP: 4in4, 6in4, 4in6, 6in6.
+        all.push(ipip(&tcp, false));
+        all.push(ipip(&tcp, true));
+        // MPLS: one label, a full stack, in a VLAN, in QinQ; a pseudowire.
+        all.push(mpls(&tcp, &[16], &[]));
+        all.push(mpls(&tcp, EIGHT_LABELS, &[]));
+        all.push(mpls(&tcp, &[1000, 2000], VLAN));
+        all.push(mpls(&tcp, &[1000], QINQ));
+        all.push(pseudowire(&tcp, &[77], &[]));
+        all.push(pseudowire(&tcp, &[77, 78, 79], VLAN));
+        // PPPoE, also under a VLAN and QinQ.
+        all.push(pppoe(&tcp, &[]));
+        all.push(pppoe(&tcp, VLAN));
+        all.push(pppoe(&tcp, QINQ));
+        // Link-layer shims.
+        all.push(wrap(&tcp, Encap::VnTag { vif: 0x3abc }, &[]));
+        all.push(wrap(&tcp, Encap::VnTag { vif: 0x0123 }, VLAN));
+        all.push(wrap(&tcp, Encap::Pbb { isid: 0x00fe_dcba }, &[]));
+        // 802.1ah as it is sent: behind the backbone's B-TAG (802.1ad).
+        all.push(wrap(
+            &tcp,
+            Encap::Pbb { isid: 0x0000_0042 },
+            &[(ethertype::QINQ, 7)],
+        ));
+        all.push(wrap(&tcp, Encap::FabricPath, &[]));
+        // Carried Ethernet frames with tags of their own.
+        let mut tagged = plain(v6);
+        let mut spec = inner_spec(v6);
+        spec.vlans = QINQ;
+        tagged.frame = craft::build(&spec).to_vec();
+        tagged.ip_offset += 8;
+        tagged.tcp_offset += 8;
+        all.push(vxlan(&tagged, false));
+        all.push(gre(&tagged, Some(9), false, false, true));
+        // Nestings.
+        all.push(vxlan(&mpls(&tcp, &[500], &[]), false));
+        all.push(vxlan(&pppoe(&tcp, QINQ), true));
+        all.push(geneve(&pseudowire(&tcp, &[5, 6], &[]), 8, true, false));
+        all.push(gre(&vxlan(&tcp, false), Some(3), true, true, false));
+        all.push(ipip(&gre(&tcp, None, false, false, false), true));
+        all.push(vxlan(&vxlan(&tcp, true), false));
+        all.push(vxlan(&geneve(&vxlan(&tcp, false), 4, false, true), false));
+        all.push(gre(&pppoe(&tcp, QINQ), Some(1), false, false, true));
+        all.push(gre(
+            &vxlan(&mpls(&tcp, &[7], &[]), false),
+            Some(1),
+            false,
+            false,
+            true,
+        ));
+        all.push(vxlan(&wrap(&tcp, Encap::VnTag { vif: 5 }, &[]), true));
+        all.push(geneve(&wrap(&tcp, Encap::FabricPath, &[]), 0, true, false));
+        all.push(gre(&ipip(&tcp, true), Some(2), false, true, false));
+        all.push(wrap(
+            &vxlan(&wrap(&tcp, Encap::Pbb { isid: 3 }, &[]), false),
+            Encap::VnTag { vif: 4 },
+            &[],
+        ));
+    }
+    all
+}
+
+fn segment(tcp_offset: usize, complete: bool) -> TcpSegment {
+    TcpSegment {
+        flags: FLAGS,
+        header_len: TCP_HEADER as u8,
+        header_complete: complete,
+        offset: tcp_offset as u16,
+        src_port: SRC_PORT,
+        dst_port: DST_PORT,
+        window: WINDOW,
+        seq: SEQ,
+        ack: ACK,
+        payload_len: if complete { PAYLOAD as u32 } else { 0 },
+    }
+}
+
+fn tunnel_of(layers: &[u8], id: u32, outer_family: u8) -> Tunnel {
+    let (outer_src, outer_dst) = match outer_family {
+        4 => (
+            Addr16::v4_mapped_halves(craft::TUNNEL_A_V4),
+            Addr16::v4_mapped_halves(craft::TUNNEL_B_V4),
+        ),
+        6 => (
+            Addr16(craft::TUNNEL_A_V6).halves(),
+            Addr16(craft::TUNNEL_B_V6).halves(),
+        ),
+        _ => ([0; 2], [0; 2]),
+    };
+    let mut kinds = [0; MAX_ENCAP_DEPTH];
+    kinds[..layers.len()].copy_from_slice(layers);
+    Tunnel {
+        outer_src,
+        outer_dst,
+        id,
+        layers: kinds,
+        outer_family,
+    }
+}
+
+/// What the whole frame must decapsulate to.
+fn expected(built: &Built) -> Decap {
+    Decap::Inner {
+        tunnel: tunnel_of(&built.layers, built.id, built.outer_family),
+        inner: Inner {
+            segment: segment(built.tcp_offset, true),
+            ip_offset: built.ip_offset as u16,
+            is_v6: built.is_v6 as u8,
+            class: inner_class::TCP,
+            limit: if built.bounded {
+                built.frame.len() as u32
+            } else {
+                u32::MAX
+            },
+        },
+    }
+}
+
+fn set16(frame: &mut [u8], at: usize, value: u16) {
+    frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+fn get16(frame: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+/// Whether the outcome counts as malformed: the layer itself, or the
+/// frame inside it.
+fn is_malformed(decap: &Decap) -> bool {
+    match decap {
+        Decap::Malformed { .. } => true,
+        Decap::Inner { inner, .. } => inner.class == inner_class::MALFORMED,
+        _ => false,
+    }
+}
+
+fn layers_of(decap: &Decap) -> Vec<u8> {
+    decap.tunnel().map_or(Vec::new(), |tunnel| {
+        tunnel
+            .layers
+            .iter()
+            .copied()
+            .take_while(|&kind| kind != 0)
+            .collect()
+    })
+}
+
+/// The kernel's way through the same frame: `begin`, then each layer in two
+/// halves, without the segment copy, the segment read again where it lies.
+/// Returns the outcome and the state.
+fn kernel_path(frame: &[u8], ports: &TunnelPorts) -> (u8, DecapState) {
+    let mut state = DecapState::default();
+    let result = tunnel::decapsulate_in_place(&mut state, ports, |state, depth| {
+        if depth == 0 && !state.begin(frame) {
+            return outcome::NONE;
+        }
+        let stepped = tunnel::step_layer(frame, state, depth, ports);
+        if stepped != outcome::OPENED {
+            return stepped;
+        }
+        tunnel::enter_layer::<_, false>(frame, state)
+    });
+    (result, state)
+}
+
+/// What holds of any frame's decapsulation, whatever its bytes: nothing
+/// reported outside the frame, an outcome consistent with the outer parse
+/// and with itself, the kernel's split path and the common frame's
+/// shortcut agreeing with it. Panics (with `context`) otherwise.
+fn check_invariants(
+    frame: &[u8],
+    decap: &Decap,
+    ports: &TunnelPorts,
+    context: &dyn Fn() -> String,
+) {
+    let parsed = parse(frame);
+
+    // The common frame's shortcut: where it answers, the frame is a plain
+    // TCP segment the parser reads the same way, with no tunnel to open.
+    if let Some(common) = parse_common(frame) {
+        let Some((ip, segment)) = parsed.tcp() else {
+            panic!("{}: shortcut read {common:?}, parser {parsed:?}", context());
+        };
+        assert_eq!(
+            (
+                parsed.vlan_tags,
+                ip.version,
+                ip.offset as usize,
+                ip.fragment,
+                *segment
+            ),
+            (
+                0,
+                common.version,
+                CommonTcp::IP_OFFSET,
+                Fragment::Whole,
+                common.segment
+            ),
+            "{}",
+            context()
+        );
+        assert_eq!(tally(&parsed), tally_common(&common), "{}", context());
+        assert_eq!(*decap, Decap::None, "{}: a common frame opened", context());
+    }
+
+    // The kernel and the host go the same way.
+    let (kernel_outcome, state) = kernel_path(frame, ports);
+    let host_outcome = match decap {
+        Decap::None => outcome::NONE,
+        Decap::Inner { .. } => outcome::INNER,
+        Decap::TooDeep { .. } => outcome::TOO_DEEP,
+        Decap::Malformed { .. } => outcome::MALFORMED,
+        Decap::Unsupported { .. } => outcome::UNSUPPORTED,
+    };
+    assert_eq!(kernel_outcome, host_outcome, "{}: {decap:?}", context());
+
+    let Some(tunnel) = decap.tunnel() else {
+        assert_eq!(encap_tally(decap), None);
+        return;
+    };
+    assert_eq!(state.tunnel, *tunnel, "{}: kernel's tunnel", context());
+
+    // Only frames the kernel hands to the tunnel programs: a non-IP
+    // payload, or an IP transport other than TCP.
+    let decoded = class::decode(tally(&parsed).frame_class as usize);
+    assert!(
+        decoded.kind == class::NON_IP
+            || decoded
+                .ip
+                .is_some_and(|(_, _, transport)| transport == class::OTHER_TRANSPORT),
+        "{}: opened a frame of class {decoded:?}: {decap:?}",
+        context()
+    );
+
+    // The layers: 1 to MAX_ENCAP_DEPTH known kinds, then zeros.
+    let depth = tunnel.depth();
+    assert!(
+        (1..=MAX_ENCAP_DEPTH).contains(&depth),
+        "{}: {decap:?}",
+        context()
+    );
+    assert!(
+        tunnel.layers[depth..].iter().all(|&kind| kind == 0),
+        "{}",
+        context()
+    );
+    assert!(
+        tunnel.layers[..depth]
+            .iter()
+            .all(|&kind| kind != 0 && (kind as usize) < encap::COUNT),
+        "{}: {decap:?}",
+        context()
+    );
+    assert!(matches!(tunnel.outer_family, 0 | 4 | 6), "{}", context());
+    if tunnel.outer_family == 0 {
+        assert_eq!((tunnel.outer_src, tunnel.outer_dst), ([0; 2], [0; 2]));
+    }
+
+    let tallied = encap_tally(decap).expect("a tunnel is tallied");
+    assert_eq!(tallied.layers, tunnel.layers);
+    let slot = tallied.outcome as usize;
+
+    let Decap::Inner { inner, .. } = decap else {
+        let expected_slot = match decap {
+            Decap::Malformed { .. } => encap_slot::MALFORMED,
+            Decap::Unsupported { .. } => encap_slot::UNSUPPORTED,
+            _ => encap_slot::TOO_DEEP,
+        };
+        assert_eq!(slot, expected_slot, "{}", context());
+        return;
+    };
+    // Every layer of an opened frame was opened: an IP tunnel's endpoints
+    // are known exactly when there is one.
+    let ip_tunnel = tunnel.layers.iter().any(|&kind| encap::is_ip_tunnel(kind));
+    assert_eq!(
+        ip_tunnel,
+        tunnel.outer_family != 0,
+        "{}: {decap:?}",
+        context()
+    );
+    assert_eq!(
+        (
+            state.inner.class,
+            state.inner.ip_offset,
+            state.inner.is_v6,
+            state.inner.limit
+        ),
+        (inner.class, inner.ip_offset, inner.is_v6, inner.limit),
+        "{}: kernel's inner frame",
+        context()
+    );
+    let expected_slot = match inner.class {
+        inner_class::TCP => encap_slot::TCP,
+        inner_class::OTHER => encap_slot::OTHER,
+        inner_class::MALFORMED => encap_slot::MALFORMED,
+        inner_class::TOO_DEEP => encap_slot::TOO_DEEP,
+        other => panic!("{}: inner class {other}", context()),
+    };
+    assert_eq!(slot, expected_slot, "{}", context());
+    if inner.class != inner_class::TCP {
+        return;
+    }
+
+    // A TCP segment inside: within the frame, within its datagram, within
+    // what carries it, and read again where it lies as the kernel does.
+    let segment = inner.segment;
+    let ip_offset = inner.ip_offset as usize;
+    let offset = segment.offset as usize;
+    let ip_header = if inner.is_v6 != 0 { 40 } else { 20 };
+    assert!(
+        ip_offset <= MAX_INNER_START + 2 + MAX_VLAN_TAGS * VLAN_HLEN,
+        "{}: inner IP header at {ip_offset}",
+        context()
+    );
+    assert!(offset >= ip_offset + ip_header, "{}: {decap:?}", context());
+    assert!(
+        offset + TCP_READABLE_LEN <= frame.len(),
+        "{}: {decap:?}",
+        context()
+    );
+    assert!((20..=60).contains(&segment.header_len), "{}", context());
+    if segment.header_complete {
+        assert!(
+            offset + segment.header_len as usize <= frame.len(),
+            "{}",
+            context()
+        );
+        if inner.limit != u32::MAX {
+            let end = offset + segment.header_len as usize + segment.payload_len as usize;
+            assert!(
+                end <= inner.limit as usize,
+                "{}: datagram past its carrier: {decap:?}",
+                context()
+            );
+        }
+    } else {
+        assert_eq!(segment.payload_len, 0, "{}", context());
+    }
+    assert_eq!(tallied.incomplete_tcp, !segment.header_complete as u8);
+    assert!(
+        addresses_at(frame, ip_offset, inner.is_v6 != 0).is_some(),
+        "{}: addresses outside the frame",
+        context()
+    );
+    assert_eq!(
+        inner.reparse(frame),
+        Some(segment),
+        "{}: read again",
+        context()
+    );
+    assert_eq!(
+        state.inner.reparse(frame),
+        Some(segment),
+        "{}: kernel",
+        context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The frames themselves.
+
+/// The crafter's output, checked against the protocols' layouts at the
+/// fields the decapsulator reads, so the other tests stand on frames that
+/// are what they say.
+#[test]
+fn crafted_frames_have_the_protocols_layouts() {
+    let tcp = plain(false);
+    // The inner frame: Ethernet, IPv4 (total length), TCP.
+    assert_eq!(get16(&tcp.frame, 12), 0x0800);
+    assert_eq!(
+        get16(&tcp.frame, 16) as usize,
+        20 + TCP_HEADER + PAYLOAD as usize
+    );
+    assert_eq!(tcp.frame.len(), 14 + 20 + TCP_HEADER + PAYLOAD as usize);
+    assert_eq!(get16(&tcp.frame, 34), SRC_PORT);
+    assert_eq!(tcp.frame[46] >> 4, (TCP_HEADER / 4) as u8);
+
+    // VXLAN (RFC 7348): UDP to 4789, length 8 + 8 + the frame; I flag; VNI.
+    let frame = vxlan(&tcp, false).frame;
+    assert_eq!(get16(&frame, 12), 0x0800);
+    assert_eq!(frame[14 + 9], ip_proto::UDP);
+    assert_eq!(get16(&frame, 16) as usize, frame.len() - 14);
+    assert_eq!(get16(&frame, 36), 4789);
+    assert_eq!(get16(&frame, 38) as usize, 16 + tcp.frame.len());
+    assert_eq!(frame[42], 0x08);
+    assert_eq!(&frame[46..49], &[0xab, 0xcd, 0xef]);
+    assert_eq!(&frame[50..], &tcp.frame[..]);
+
+    // Geneve (RFC 8926): options length in words, protocol, VNI, options.
+    let frame = geneve(&tcp, 8, false, true).frame;
+    assert_eq!(get16(&frame, 12), 0x86dd);
+    assert_eq!(frame[14 + 6], ip_proto::UDP);
+    assert_eq!(get16(&frame, 18) as usize, frame.len() - 54);
+    assert_eq!(get16(&frame, 56), 6081);
+    assert_eq!(frame[62], 2);
+    assert_eq!(get16(&frame, 64), 0x0800);
+    assert_eq!(&frame[66..69], &[0x12, 0x34, 0x56]);
+    assert_eq!(&frame[78..], &tcp.frame[14..]);
+
+    // GRE (RFC 2784, 2890) with C, K and S: checksum, key, sequence.
+    let frame = gre(&tcp, Some(0x0a0b_0c0d), true, true, false).frame;
+    assert_eq!(frame[14 + 9], ip_proto::GRE);
+    assert_eq!(get16(&frame, 34), 0xb000);
+    assert_eq!(get16(&frame, 36), 0x0800);
+    assert_eq!(&frame[42..46], &[0x0a, 0x0b, 0x0c, 0x0d]);
+    assert_eq!(&frame[50..], &tcp.frame[14..]);
+
+    // MPLS (RFC 3032): the bottom-of-stack bit on the last label only.
+    let frame = mpls(&tcp, &[1, 2, 3], VLAN).frame;
+    assert_eq!(get16(&frame, 12), ethertype::VLAN);
+    assert_eq!(get16(&frame, 16), 0x8847);
+    for (index, at) in [18, 22, 26].into_iter().enumerate() {
+        let entry = u32::from_be_bytes(frame[at..at + 4].try_into().unwrap());
+        assert_eq!(entry >> 12, index as u32 + 1);
+        assert_eq!(entry >> 8 & 1, (index == 2) as u32);
+    }
+    assert_eq!(&frame[30..], &tcp.frame[14..]);
+
+    // PPPoE session (RFC 2516): version/type, code, session, length from
+    // the PPP protocol on, protocol 0x0021 (IPv4), 0x0057 (IPv6).
+    let frame = pppoe(&tcp, QINQ).frame;
+    assert_eq!(get16(&frame, 20), 0x8864);
+    assert_eq!(&frame[22..24], &[0x11, 0]);
+    assert_eq!(get16(&frame, 24), 0x1d2c);
+    assert_eq!(get16(&frame, 26) as usize, frame.len() - 28);
+    assert_eq!(get16(&frame, 28), 0x0021);
+    assert_eq!(get16(&pppoe(&plain(true), &[]).frame, 20), 0x0057);
+
+    // 802.1ah: I-TAG with the I-SID, then the customer's frame whole.
+    let frame = wrap(&tcp, Encap::Pbb { isid: 0x00fe_dcba }, &[]).frame;
+    assert_eq!(get16(&frame, 12), 0x88e7);
+    assert_eq!(&frame[15..18], &[0xfe, 0xdc, 0xba]);
+    assert_eq!(&frame[18..], &tcp.frame[..]);
+
+    // VN-Tag: the tag, then the carried frame's EtherType and datagram.
+    let frame = wrap(&tcp, Encap::VnTag { vif: 0x3abc }, &[]).frame;
+    assert_eq!(get16(&frame, 12), 0x8926);
+    assert_eq!(get16(&frame, 14) & 0x3fff, 0x3abc);
+    assert_eq!(get16(&frame, 18), 0x0800);
+    assert_eq!(&frame[20..], &tcp.frame[14..]);
+
+    // FabricPath: the 4-byte tag after the outer addresses, then the frame.
+    let frame = wrap(&tcp, Encap::FabricPath, &[]).frame;
+    assert_eq!(get16(&frame, 12), 0x8903);
+    assert_eq!(&frame[16..], &tcp.frame[..]);
+}
+
+/// Every encapsulation and nesting decapsulates to the carried segment:
+/// 4-tuple, flags, numbers, lengths, the layers, the innermost id and the
+/// tunnel's outer endpoints exactly. The common frame's shortcut declines
+/// every one of them, and the outer parser finds no TCP in them.
+#[test]
+fn every_encapsulation_is_read_exactly() {
+    let all = catalogue();
+    for built in &all {
+        let decap = decapsulate(&built.frame[..], &DEFAULT);
+        assert_eq!(decap, expected(built), "{}", built.name);
+        let Decap::Inner { inner, .. } = decap else {
+            unreachable!()
+        };
+        let (src, dst) = addresses_at(&built.frame[..], built.ip_offset, built.is_v6).unwrap();
+        let (client, server) = if built.is_v6 {
+            (Addr16(craft::CLIENT_V6), Addr16(craft::SERVER_V6))
+        } else {
+            (
+                Addr16::v4_mapped(craft::CLIENT_V4),
+                Addr16::v4_mapped(craft::SERVER_V4),
+            )
+        };
+        assert_eq!((src, dst), (client, server), "{}", built.name);
+        assert_eq!(inner.reparse(&built.frame[..]), Some(inner.segment));
+        assert_eq!(parse_common(&built.frame[..]), None, "{}", built.name);
+        assert!(parse(&built.frame[..]).tcp().is_none(), "{}", built.name);
+        check_invariants(&built.frame, &decap, &DEFAULT, &|| built.name.clone());
+    }
+    // Each kind, as the outermost layer and inside another.
+    for kind in 1..encap::COUNT as u8 {
+        assert!(all.iter().any(|built| built.layers[0] == kind), "{kind}");
+        assert!(
+            all.iter().any(|built| built.layers[1..].contains(&kind)),
+            "{kind}"
+        );
+    }
+    assert!(
+        all.iter()
+            .any(|built| built.layers.len() == MAX_ENCAP_DEPTH)
+    );
+}
+
+/// Cut at every offset: the whole frame's answer once the inner TCP header
+/// is in; the flags (header incomplete, no payload) once its first 16 bytes
+/// are; before that no TCP, and either no encapsulation (before the
+/// outermost layer is recognisable) or a malformed one, whose layers are a
+/// prefix of the whole frame's and only grow with the cut.
+#[test]
+fn every_encapsulation_truncated_at_every_offset() {
+    for built in catalogue() {
+        let whole = expected(&built);
+        let Decap::Inner { tunnel, inner } = whole else {
+            unreachable!()
+        };
+        let mut deepest = 0;
+        for cut in 0..=built.frame.len() {
+            let frame = &built.frame[..cut];
+            let decap = decapsulate(frame, &DEFAULT);
+            let context = || format!("{} cut at {cut}: {decap:?}", built.name);
+            check_invariants(frame, &decap, &DEFAULT, &context);
+            assert_eq!(parse_common(frame), None, "{}", context());
+            if cut >= built.headers_end() {
+                assert_eq!(decap, whole, "{}", context());
+                continue;
+            }
+            if cut >= built.tcp_offset + TCP_READABLE_LEN {
+                let cut_short = Inner {
+                    segment: segment(built.tcp_offset, false),
+                    ..inner
+                };
+                assert_eq!(
+                    decap,
+                    Decap::Inner {
+                        tunnel,
+                        inner: cut_short
+                    },
+                    "{}",
+                    context()
+                );
+                continue;
+            }
+            if cut < built.recognised_at {
+                assert_eq!(decap, Decap::None, "{}", context());
+                continue;
+            }
+            let layers = layers_of(&decap);
+            assert!(
+                !layers.is_empty() && built.layers.starts_with(&layers),
+                "{}",
+                context()
+            );
+            assert!(
+                layers.len() >= deepest,
+                "{}: fewer layers than a shorter cut",
+                context()
+            );
+            deepest = layers.len();
+            // The UDP headers of layers inside the outermost.
+            let outer_udp = matches!(built.layers[0], encap::VXLAN | encap::GENEVE);
+            let in_nested_udp = built
+                .udp_headers
+                .iter()
+                .skip(outer_udp as usize)
+                .any(|&udp| (udp..udp + 8).contains(&cut));
+            let other_udp = matches!(
+                decap,
+                Decap::Inner { inner, .. } if inner.class == inner_class::OTHER
+            ) && in_nested_udp;
+            assert!(is_malformed(&decap) || other_udp, "{}", context());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lengths and fields that lie.
+
+fn vxlan4() -> Built {
+    vxlan(&plain(false), false)
+}
+
+/// Offsets in `vxlan4()`: outer IPv4 at 14, UDP at 34, VXLAN at 42, the
+/// carried frame at 50 (its IPv4 at 64, TCP at 84).
+const V4_UDP: usize = 34;
+
+#[test]
+fn udp_length_must_cover_the_tunnel_and_fit_the_datagram() {
+    let built = vxlan4();
+    let real = get16(&built.frame, V4_UDP + 4);
+    let vxlan_only = tunnel_of(&[encap::VXLAN], 0, 0);
+    for (claimed, malformed_layer) in [
+        (0, true),
+        (8, true),
+        (15, true),
+        // Past the IP datagram.
+        (real + 1, true),
+        (u16::MAX, true),
+        // Short of the carried frame: the frame inside is malformed.
+        (16, false),
+        (real - 1, false),
+    ] {
+        let mut frame = built.frame.clone();
+        set16(&mut frame, V4_UDP + 4, claimed);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        check_invariants(&frame, &decap, &DEFAULT, &|| {
+            format!("UDP length {claimed}")
+        });
+        if malformed_layer {
+            assert_eq!(
+                decap,
+                Decap::Malformed { tunnel: vxlan_only },
+                "UDP length {claimed}"
+            );
+        } else {
+            let Decap::Inner { tunnel, inner } = decap else {
+                panic!("UDP length {claimed}: {decap:?}");
+            };
+            assert_eq!(tunnel.layers, [encap::VXLAN, 0, 0]);
+            assert_eq!(inner.class, inner_class::MALFORMED, "UDP length {claimed}");
+        }
+    }
+    // The same for Geneve over IPv6 (UDP at 54).
+    let built = geneve(&plain(true), 8, false, true);
+    let real = get16(&built.frame, 54 + 4);
+    for claimed in [0, 15, real + 1] {
+        let mut frame = built.frame.clone();
+        set16(&mut frame, 54 + 4, claimed);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        assert_eq!(layers_of(&decap), [encap::GENEVE]);
+        assert!(
+            matches!(decap, Decap::Malformed { .. }),
+            "{claimed}: {decap:?}"
+        );
+    }
+    for claimed in [16, 16 + 8, real - 1] {
+        let mut frame = built.frame.clone();
+        set16(&mut frame, 54 + 4, claimed);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        assert!(is_malformed(&decap), "{claimed}: {decap:?}");
+    }
+}
+
+#[test]
+fn ip_lengths_that_lie_are_malformed() {
+    // The outer IPv4 datagram shorter than the UDP length.
+    let built = vxlan4();
+    let mut frame = built.frame.clone();
+    let total = get16(&frame, 16);
+    set16(&mut frame, 16, total - 1);
+    assert!(matches!(
+        decapsulate(&frame[..], &DEFAULT),
+        Decap::Malformed { .. }
+    ));
+    // The carried IPv4 datagram longer than the UDP datagram (at 64 + 2).
+    for claimed in [get16(&built.frame, 66) + 1, u16::MAX] {
+        let mut frame = built.frame.clone();
+        set16(&mut frame, 66, claimed);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        assert!(
+            matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::MALFORMED),
+            "inner total length {claimed}: {decap:?}"
+        );
+    }
+    // IP in IP, each family in each: the carried datagram longer than the
+    // outer one, and the outer shorter than the carried.
+    for (outer_v6, inner_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+        let built = ipip(&plain(inner_v6), outer_v6);
+        let outer_length = if outer_v6 { 14 + 4 } else { 14 + 2 };
+        let carried_at = 14 + ip_header(outer_v6);
+        let carried_length = carried_at + if inner_v6 { 4 } else { 2 };
+        let mut frame = built.frame.clone();
+        let value = get16(&frame, carried_length);
+        set16(&mut frame, carried_length, value + 1);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        assert!(
+            matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::MALFORMED),
+            "{outer_v6} {inner_v6}: {decap:?}"
+        );
+        let mut frame = built.frame.clone();
+        let value = get16(&frame, outer_length);
+        set16(&mut frame, outer_length, value - 1);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        assert!(
+            matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::MALFORMED),
+            "{outer_v6} {inner_v6}: {decap:?}"
+        );
+        check_invariants(&frame, &decap, &DEFAULT, &|| "ipip".into());
+    }
+    // GRE: the outer datagram ends inside the GRE header.
+    let built = gre(&plain(false), Some(1), true, true, false);
+    let mut frame = built.frame.clone();
+    set16(&mut frame, 16, 20 + 12);
+    assert_eq!(
+        decapsulate(&frame[..], &DEFAULT),
+        Decap::Malformed {
+            tunnel: tunnel_of(&[encap::GRE], 0, 0)
+        }
+    );
+}
+
+/// A datagram inside a layer without lengths of its own (MPLS, a VN-Tag,
+/// 802.1ah, FabricPath) is still bounded by whatever carries that layer:
+/// an inner IPv4 datagram claiming more than the UDP datagram the VXLAN
+/// frame arrived in is malformed however many layers lie between.
+#[test]
+fn a_datagram_is_bounded_by_every_layer_around_it() {
+    let tcp = plain(false);
+    let cases = [
+        vxlan(&mpls(&tcp, &[500], &[]), false),
+        vxlan(&wrap(&tcp, Encap::VnTag { vif: 1 }, &[]), false),
+        vxlan(&wrap(&tcp, Encap::Pbb { isid: 1 }, &[]), false),
+        vxlan(&wrap(&tcp, Encap::FabricPath, &[]), false),
+        vxlan(&pseudowire(&tcp, &[5], &[]), false),
+        gre(&mpls(&tcp, &[7, 8], &[]), None, false, false, false),
+        geneve(&wrap(&tcp, Encap::Pbb { isid: 1 }, &[]), 0, true, true),
+    ];
+    for built in cases {
+        // The carried IPv4 header's total length, one past what carries it.
+        let at = built.ip_offset + 2;
+        let mut frame = built.frame.clone();
+        let claimed = get16(&frame, at) + 1;
+        set16(&mut frame, at, claimed);
+        let decap = decapsulate(&frame[..], &DEFAULT);
+        check_invariants(&frame, &decap, &DEFAULT, &|| built.name.clone());
+        assert!(
+            matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::MALFORMED),
+            "{}: {decap:?}",
+            built.name
+        );
+    }
+    // PPPoE's own length inside a UDP datagram: no more than it holds.
+    let built = vxlan(&pppoe(&tcp, &[]), false);
+    let at = 50 + 14 + 4;
+    let mut frame = built.frame.clone();
+    let claimed = get16(&frame, at) + 1;
+    set16(&mut frame, at, claimed);
+    let decap = decapsulate(&frame[..], &DEFAULT);
+    assert!(is_malformed(&decap), "{decap:?}");
+    assert_eq!(layers_of(&decap), [encap::VXLAN, encap::PPPOE]);
+}
+
+#[test]
+fn pppoe_lengths_and_fields_that_lie_are_refused() {
+    let tcp = plain(false);
+    for vlans in [&[][..], QINQ] {
+        let built = pppoe(&tcp, vlans);
+        let head = 14 + VLAN_HLEN * vlans.len();
+        let pppoe_only = Decap::Malformed {
+            tunnel: tunnel_of(&[encap::PPPOE], 0, 0),
+        };
+        // Shorter than the PPP protocol field.
+        for claimed in [0, 1] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, head + 4, claimed);
+            assert_eq!(decapsulate(&frame[..], &DEFAULT), pppoe_only, "{claimed}");
+        }
+        // Shorter than the datagram it carries.
+        for claimed in [2, 22, get16(&built.frame, head + 4) - 1] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, head + 4, claimed);
+            let decap = decapsulate(&frame[..], &DEFAULT);
+            assert!(
+                matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::MALFORMED),
+                "{claimed}: {decap:?}"
+            );
+        }
+        // Not version 1 type 1, or not a session packet (code 0).
+        for (at, value) in [
+            (head, 0x12),
+            (head, 0x21),
+            (head + 1, 0x09),
+            (head + 1, 0xa7),
+        ] {
+            let mut frame = built.frame.clone();
+            frame[at] = value;
+            assert_eq!(
+                decapsulate(&frame[..], &DEFAULT),
+                pppoe_only,
+                "{at} {value:#x}"
+            );
+        }
+        // Link control, IPCP: recognised, not followed.
+        for protocol in [0xc021, 0x8021, 0x0281] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, head + 6, protocol);
+            assert_eq!(
+                decapsulate(&frame[..], &DEFAULT),
+                Decap::Unsupported {
+                    tunnel: tunnel_of(&[encap::PPPOE], 0, 0)
+                },
+                "{protocol:#x}"
+            );
+        }
+    }
+}
+
+#[test]
+fn geneve_option_lengths_that_lie_are_refused() {
+    for (outer_v6, options) in [(false, 0u8), (false, 8), (true, 252)] {
+        let built = geneve(&plain(false), options, true, outer_v6);
+        let head = 14 + ip_header(outer_v6) + 8;
+        let room = built.frame.len() - head - 8;
+        // Options past the UDP datagram (and the frame).
+        // (The length is 6 bits: at most 63 words.)
+        for words in [(room / 4 + 1).min(63) as u8, 63] {
+            if words as usize * 4 <= room {
+                continue;
+            }
+            let mut frame = built.frame.clone();
+            frame[head] = words;
+            assert_eq!(
+                decapsulate(&frame[..], &DEFAULT),
+                Decap::Malformed {
+                    tunnel: tunnel_of(&[encap::GENEVE], 0, 0)
+                },
+                "{options} bytes of options claiming {words} words"
+            );
+        }
+        // Any other length moves the carried frame: never the segment.
+        for words in 0..64u8 {
+            if words as usize * 4 == options as usize {
+                continue;
+            }
+            let mut frame = built.frame.clone();
+            frame[head] = words;
+            let decap = decapsulate(&frame[..], &DEFAULT);
+            check_invariants(&frame, &decap, &DEFAULT, &|| format!("{words} words"));
+            if let Decap::Inner { inner, .. } = decap {
+                assert_ne!(inner.class, inner_class::TCP, "{words} words: {decap:?}");
+            }
+        }
+        // Versions 1 to 3: recognised, not followed.
+        for version in 1..4u8 {
+            let mut frame = built.frame.clone();
+            frame[head] |= version << 6;
+            assert_eq!(
+                decapsulate(&frame[..], &DEFAULT),
+                Decap::Unsupported {
+                    tunnel: tunnel_of(&[encap::GENEVE], 0, 0)
+                }
+            );
+        }
+        // A protocol other than IP or Ethernet.
+        for protocol in [0x0806, 0x8847, 0x0000] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, head + 2, protocol);
+            assert!(
+                matches!(decapsulate(&frame[..], &DEFAULT), Decap::Unsupported { .. }),
+                "{protocol:#x}"
+            );
+        }
+    }
+}
+
+#[test]
+fn vxlan_without_its_i_flag_is_malformed() {
+    let built = vxlan4();
+    let mut frame = built.frame.clone();
+    frame[42] = 0x00;
+    assert_eq!(
+        decapsulate(&frame[..], &DEFAULT),
+        Decap::Malformed {
+            tunnel: tunnel_of(&[encap::VXLAN], 0, 0)
+        }
+    );
+    // Other flags and reserved bits are not judged.
+    frame[42] = 0xff;
+    assert_eq!(decapsulate(&frame[..], &DEFAULT), expected(&built));
+}
+
+/// Every GRE flag combination and payload is read exactly (the catalogue);
+/// here, flags that change the header's length without the bytes being
+/// there, versions other than 0 and routing, and unknown protocols.
+#[test]
+fn gre_flags_versions_and_protocols() {
+    let tcp = plain(false);
+    let gre_only = |decap: &Decap| layers_of(decap) == [encap::GRE];
+    for bits in 0..8u8 {
+        let (key, checksum, sequence) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
+        let built = gre(&tcp, key.then_some(5), checksum, sequence, false);
+        let flags_at = 34;
+        let flags = get16(&built.frame, flags_at);
+        // Versions 1 (PPTP) to 7, and routing present: not followed.
+        for version in 1..8u16 {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, flags_at, flags | version);
+            let decap = decapsulate(&frame[..], &DEFAULT);
+            assert!(matches!(decap, Decap::Unsupported { .. }) && gre_only(&decap));
+        }
+        let mut frame = built.frame.clone();
+        set16(&mut frame, flags_at, flags | 0x4000);
+        assert!(matches!(
+            decapsulate(&frame[..], &DEFAULT),
+            Decap::Unsupported { .. }
+        ));
+        // Each flag flipped: the header is longer or shorter than written,
+        // and the segment is not read from the wrong place.
+        for flag in [0x8000u16, 0x2000, 0x1000] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, flags_at, flags ^ flag);
+            let decap = decapsulate(&frame[..], &DEFAULT);
+            check_invariants(&frame, &decap, &DEFAULT, &|| format!("{bits} ^ {flag:#x}"));
+            assert!(gre_only(&decap), "{bits} ^ {flag:#x}: {decap:?}");
+            assert!(is_malformed(&decap), "{bits} ^ {flag:#x}: {decap:?}");
+        }
+        // Every flag on a frame that ends with the base header.
+        let mut frame = built.frame[..flags_at + 4].to_vec();
+        set16(&mut frame, 16, 24);
+        set16(&mut frame, flags_at, 0xb000);
+        assert!(matches!(
+            decapsulate(&frame[..], &DEFAULT),
+            Decap::Malformed { .. }
+        ));
+        // Protocols other than IP, Ethernet and MPLS.
+        for protocol in [0x880b, 0x0806, 0x88be, 0x0000] {
+            let mut frame = built.frame.clone();
+            set16(&mut frame, flags_at + 2, protocol);
+            let decap = decapsulate(&frame[..], &DEFAULT);
+            assert!(
+                matches!(decap, Decap::Unsupported { .. }),
+                "{protocol:#x}: {decap:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mpls_stacks_bottom_and_payloads() {
+    let tcp = plain(false);
+    // Eight labels are followed (the catalogue); the bottom-of-stack bit
+    // cleared on the eighth, or a ninth label, is too deep.
+    let built = mpls(&tcp, EIGHT_LABELS, &[]);
+    let mut frame = built.frame.clone();
+    frame[14 + 4 * 7 + 2] &= !1;
+    let mpls_only = tunnel_of(&[encap::MPLS], 0, 0);
+    assert_eq!(
+        decapsulate(&frame[..], &DEFAULT),
+        Decap::TooDeep { tunnel: mpls_only }
+    );
+    const NINE: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
+    assert_eq!(NINE.len(), MAX_MPLS_LABELS + 1);
+    let built = mpls(&tcp, NINE, VLAN);
+    assert_eq!(
+        decapsulate(&built.frame[..], &DEFAULT),
+        Decap::TooDeep { tunnel: mpls_only }
+    );
+    // No bottom of stack and nothing after it.
+    let built = mpls(&tcp, &[1, 2], &[]);
+    let mut frame = built.frame[..14 + 8].to_vec();
+    frame[14 + 6] &= !1;
+    assert_eq!(
+        decapsulate(&frame[..], &DEFAULT),
+        Decap::Malformed { tunnel: mpls_only }
+    );
+    // Inside VXLAN, too deep with both layers.
+    let built = vxlan(&mpls(&tcp, NINE, &[]), false);
+    assert_eq!(
+        decapsulate(&built.frame[..], &DEFAULT),
+        Decap::TooDeep {
+            tunnel: tunnel_of(&[encap::VXLAN, encap::MPLS], 0x00ab_cdef, 4)
+        }
+    );
+    // After the stack: neither IP nor a control word.
+    let built = mpls(&tcp, &[1], &[]);
+    for nibble in [1u8, 2, 3, 5, 7, 8, 0xf] {
+        let mut frame = built.frame.clone();
+        frame[18] = nibble << 4 | 5;
+        assert_eq!(
+            decapsulate(&frame[..], &DEFAULT),
+            Decap::Unsupported { tunnel: mpls_only },
+            "nibble {nibble}"
+        );
+    }
+    // The multicast EtherType is a label stack too.
+    let built = mpls(&tcp, &[42], &[]);
+    let mut frame = built.frame.clone();
+    set16(&mut frame, 12, ethertype::MPLS_MULTICAST);
+    assert_eq!(decapsulate(&frame[..], &DEFAULT), expected(&built));
+}
+
+#[test]
+fn carried_frames_too_deep_for_the_parser_are_named() {
+    // Three VLAN tags on the carried frame.
+    let mut spec = inner_spec(false);
+    spec.vlans = &[
+        (ethertype::QINQ, 1),
+        (ethertype::VLAN, 2),
+        (ethertype::VLAN, 3),
+    ];
+    let mut carried = plain(false);
+    carried.frame = craft::build(&spec).to_vec();
+    let decap = decapsulate(&vxlan(&carried, false).frame[..], &DEFAULT);
+    assert!(
+        matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::TOO_DEEP),
+        "{decap:?}"
+    );
+    // An IPv6 extension chain longer than the parser walks, in 6in4.
+    let mut spec = inner_spec(true);
+    spec.network = Network::Ipv6 {
+        src: craft::CLIENT_V6,
+        dst: craft::SERVER_V6,
+        extensions: &[ip_proto::DSTOPTS; 7],
+    };
+    let mut carried = plain(true);
+    carried.frame = craft::build(&spec).to_vec();
+    let decap = decapsulate(&ipip(&carried, false).frame[..], &DEFAULT);
+    assert!(
+        matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::TOO_DEEP),
+        "{decap:?}"
+    );
+    // Carried non-TCP: UDP and ARP are other.
+    let mut udp = inner_spec(false);
+    udp.transport = CraftTransport::Udp {
+        src_port: 53,
+        dst_port: 53,
+    };
+    let mut arp = inner_spec(false);
+    arp.network = Network::Arp;
+    for spec in [udp, arp] {
+        let mut carried = plain(false);
+        carried.frame = craft::build(&spec).to_vec();
+        let decap = decapsulate(&vxlan(&carried, true).frame[..], &DEFAULT);
+        assert!(
+            matches!(decap, Decap::Inner { inner, .. } if inner.class == inner_class::OTHER),
+            "{decap:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Depth.
+
+#[test]
+fn three_layers_are_opened_and_a_fourth_is_too_deep() {
+    let tcp = plain(false);
+    let three = vxlan(&vxlan(&vxlan(&tcp, false), true), false);
+    assert_eq!(decapsulate(&three.frame[..], &DEFAULT), expected(&three));
+    let four = vxlan(&three, false);
+    assert_eq!(
+        decapsulate(&four.frame[..], &DEFAULT),
+        Decap::TooDeep {
+            // The third layer's endpoints: the middle one, over IPv6.
+            tunnel: tunnel_of(&[encap::VXLAN; 3], 0x00ab_cdef, 6)
+        }
+    );
+    // Mixed kinds: GRE around VXLAN around IP-in-IP around VXLAN.
+    let mixed = gre(
+        &vxlan(&ipip(&vxlan(&tcp, true), false), false),
+        None,
+        false,
+        false,
+        false,
+    );
+    let decap = decapsulate(&mixed.frame[..], &DEFAULT);
+    assert!(matches!(decap, Decap::TooDeep { .. }), "{decap:?}");
+    assert_eq!(layers_of(&decap), [encap::GRE, encap::VXLAN, encap::IPIP]);
+    check_invariants(&mixed.frame, &decap, &DEFAULT, &|| "mixed".into());
+    // Four link-layer layers: PBB, VN-Tag, FabricPath, MPLS.
+    let links = wrap(
+        &wrap(
+            &wrap(&mpls(&tcp, &[1], &[]), Encap::FabricPath, &[]),
+            Encap::VnTag { vif: 2 },
+            &[],
+        ),
+        Encap::Pbb { isid: 3 },
+        &[],
+    );
+    let decap = decapsulate(&links.frame[..], &DEFAULT);
+    assert!(matches!(decap, Decap::TooDeep { .. }), "{decap:?}");
+    assert_eq!(
+        layers_of(&decap),
+        [encap::PBB, encap::VNTAG, encap::FABRICPATH]
+    );
+}
+
+/// The frame inside may start at [`MAX_INNER_START`] and no further:
+/// Geneve over IPv6 with the most options (252 bytes), carrying Geneve
+/// over IPv6 whose options put the carried IP header at 512, then 516.
+#[test]
+fn the_inner_frame_starts_within_max_inner_start() {
+    let tcp = plain(false);
+    // Outer: 14 + 40 + 8 + 8 + 252 = 322 to the carried Ethernet frame;
+    // in it, 14 + 40 + 8 + 8 + options to the carried datagram.
+    for (options, fits) in [(120u8, true), (124, false)] {
+        let built = geneve(&geneve(&tcp, options, false, true), 252, true, true);
+        assert_eq!(built.ip_offset, 322 + 70 + options as usize);
+        assert_eq!(built.ip_offset <= MAX_INNER_START, fits);
+        let decap = decapsulate(&built.frame[..], &DEFAULT);
+        check_invariants(&built.frame, &decap, &DEFAULT, &|| format!("{options}"));
+        if fits {
+            assert_eq!(decap, expected(&built));
+        } else {
+            assert_eq!(
+                decap,
+                Decap::TooDeep {
+                    tunnel: tunnel_of(&[encap::GENEVE, encap::GENEVE], 0x0012_3456, 6)
+                }
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ports and switches.
+
+#[test]
+fn only_the_configured_udp_ports_are_tunnels() {
+    let tcp = plain(false);
+    let on = |port: u16| vxlan_on(&tcp, port);
+    let custom = TunnelPorts {
+        vxlan: [9999, 0, 0, 0],
+        geneve: [0, 0, 0, 7777],
+        ..TunnelPorts::DEFAULT
+    };
+    // The defaults: 4789 and 8472 VXLAN, 6081 Geneve.
+    for port in [4789, 8472] {
+        assert!(matches!(
+            decapsulate(&on(port).frame[..], &DEFAULT),
+            Decap::Inner { .. }
+        ));
+        assert_eq!(
+            decapsulate(&on(port).frame[..], &custom),
+            Decap::None,
+            "{port}"
+        );
+    }
+    let built = on(9999);
+    assert_eq!(decapsulate(&built.frame[..], &DEFAULT), Decap::None);
+    assert_eq!(decapsulate(&built.frame[..], &custom), expected(&built));
+    // Port 0 is an empty slot, never a tunnel's port.
+    assert_eq!(decapsulate(&on(0).frame[..], &DEFAULT), Decap::None);
+    assert_eq!(decapsulate(&on(0).frame[..], &custom), Decap::None);
+    // A VXLAN frame on a Geneve port is read as Geneve (and is not one).
+    let mut swapped = custom;
+    swapped.geneve[0] = 9999;
+    swapped.vxlan[0] = 0;
+    let decap = decapsulate(&built.frame[..], &swapped);
+    assert_eq!(layers_of(&decap), [encap::GENEVE]);
+    assert_ne!(decap, expected(&built));
+    // Geneve on 7777.
+    let mut built = geneve(&tcp, 4, true, false);
+    set16(&mut built.frame, 36, 7777);
+    assert_eq!(decapsulate(&built.frame[..], &DEFAULT), Decap::None);
+    assert_eq!(decapsulate(&built.frame[..], &custom), expected(&built));
+    // The source port decides nothing.
+    let mut frame = on(1234).frame;
+    set16(&mut frame, 34, 4789);
+    assert_eq!(decapsulate(&frame[..], &DEFAULT), Decap::None);
+    // Switched off, nothing is opened, UDP or not.
+    for built in catalogue() {
+        assert_eq!(
+            decapsulate(&built.frame[..], &TunnelPorts::OFF),
+            Decap::None
+        );
+        let mut enabled_only = TunnelPorts::OFF;
+        enabled_only.enabled = 1;
+        let decap = decapsulate(&built.frame[..], &enabled_only);
+        if built.udp_headers.first() == Some(&(built.recognised_at - 8)) {
+            assert_eq!(decap, Decap::None, "{}", built.name);
+        } else if built.udp_headers.is_empty() {
+            assert_eq!(decap, expected(&built), "{}", built.name);
+        }
+    }
+}
+
+fn vxlan_on(carried: &Built, port: u16) -> Built {
+    let layer = Encap::Vxlan {
+        vni: 0x00ab_cdef,
+        port,
+        outer_v6: false,
+    };
+    wrap(carried, layer, &[])
+}
+
+// ---------------------------------------------------------------------------
+// Mutations.
+
+/// Every single-byte mutation (every position, every value) of `frames`:
+/// no panic, an outcome consistent with the outer parse and itself, the
+/// kernel's path agreeing, the common frame's shortcut declining or
+/// agreeing with the parser (and then no tunnel), and any TCP segment
+/// inside the frame, its datagram and what carries it. Returns the count
+/// of each outcome (none, inner, too deep, malformed, unsupported) and of
+/// mutants the shortcut read.
+fn sweep_single_bytes(frames: &[Built]) -> ([u64; 5], u64) {
+    let mut outcomes = [0u64; 5];
+    let mut shortcut = 0u64;
+    for built in frames {
+        let mut frame = built.frame.clone();
+        // Past the inner headers, bytes are payload: a few positions do.
+        let positions = (0..built.headers_end()).chain([built.headers_end(), frame.len() - 1]);
+        for at in positions {
+            let original = frame[at];
+            for value in 0..=255u8 {
+                if value == original {
+                    continue;
+                }
+                frame[at] = value;
+                let decap = decapsulate(&frame[..], &DEFAULT);
+                check_invariants(&frame, &decap, &DEFAULT, &|| {
+                    format!("{}: byte {at} = {value:#04x}: {decap:?}", built.name)
+                });
+                shortcut += parse_common(&frame[..]).is_some() as u64;
+                outcomes[match decap {
+                    Decap::None => 0,
+                    Decap::Inner { .. } => 1,
+                    Decap::TooDeep { .. } => 2,
+                    Decap::Malformed { .. } => 3,
+                    Decap::Unsupported { .. } => 4,
+                }] += 1;
+            }
+            frame[at] = original;
+        }
+    }
+    println!(
+        "{} frames; none, inner, too deep, malformed, unsupported: {outcomes:?}; shortcut read {shortcut}",
+        frames.len()
+    );
+    (outcomes, shortcut)
+}
+
+/// [`sweep_single_bytes`] over one frame of each shape in the catalogue:
+/// each sequence of layers, over each outer family, carrying each inner
+/// family (the catalogue's other frames differ in GRE's optional fields,
+/// Geneve's option lengths, VXLAN's port, MPLS labels and tags, all of
+/// which `every_single_byte_mutation_of_the_whole_catalogue` covers).
+#[test]
+fn every_single_byte_mutation_of_each_shape() {
+    let mut seen = std::collections::HashSet::new();
+    let shapes: Vec<Built> = catalogue()
+        .into_iter()
+        .filter(|built| seen.insert((built.layers.clone(), built.outer_family, built.is_v6)))
+        .collect();
+    let (outcomes, shortcut) = sweep_single_bytes(&shapes);
+    // The mutants reach every outcome, and the shortcut's answer too.
+    assert!(outcomes.iter().all(|&count| count > 0), "{outcomes:?}");
+    assert!(shortcut > 0);
+}
+
+/// [`sweep_single_bytes`] over the whole catalogue: about 7 million
+/// mutants, half a minute in a debug build; run with `--ignored`.
+#[test]
+#[ignore = "slow: run with --ignored"]
+fn every_single_byte_mutation_of_the_whole_catalogue() {
+    let (outcomes, shortcut) = sweep_single_bytes(&catalogue());
+    assert!(outcomes.iter().all(|&count| count > 0), "{outcomes:?}");
+    assert!(shortcut > 0);
+}
+
+/// xorshift64: the same cases on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Several bytes changed at once and the frame cut anywhere, at random,
+/// also with configured ports, under the same checks.
+#[test]
+fn random_mutations_and_cuts_of_encapsulated_frames() {
+    let seeds = catalogue();
+    let custom = TunnelPorts {
+        vxlan: [4789, 6081, 0, 0],
+        geneve: [8472, 0, 0, 0],
+        ..TunnelPorts::DEFAULT
+    };
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for case in 0..200_000 {
+        let built = &seeds[(rng.next() % seeds.len() as u64) as usize];
+        let mut frame = built.frame.clone();
+        for _ in 0..1 + rng.next() % 4 {
+            // Mostly in the headers.
+            let span = if rng.next().is_multiple_of(4) {
+                frame.len()
+            } else {
+                built.headers_end()
+            };
+            let at = (rng.next() % span as u64) as usize;
+            frame[at] = rng.next() as u8;
+        }
+        let cut = frame.len() - (rng.next() % (frame.len() as u64 / 2 + 1)) as usize;
+        let frame = &frame[..cut];
+        let ports = if case % 3 == 0 { &custom } else { &DEFAULT };
+        let decap = decapsulate(frame, ports);
+        check_invariants(frame, &decap, ports, &|| {
+            format!("case {case} ({}): {frame:02x?}: {decap:?}", built.name)
+        });
+    }
+}
