@@ -126,6 +126,11 @@ enum Command {
         /// each; fails unless the record counted every one.
         #[arg(long)]
         contention: bool,
+        /// Only the verifier's work to accept each program, against its
+        /// limit: seconds, where the whole bench takes minutes (for anyone
+        /// changing the programs).
+        #[arg(long, conflicts_with_all = ["contention", "peers"])]
+        verifier: bool,
         /// Instead of the per-packet table, the side-by-side one: the same
         /// frames through teardown, xdp-filter and the bench's conntrack
         /// (`cargo xtask bench --peers` builds and passes the objects).
@@ -325,6 +330,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench {
+            json_out,
+            verifier: true,
+            ..
+        } => bench::verifier_only(json_out),
+        Command::Bench {
             repeat,
             rounds,
             json_out,
@@ -332,6 +342,7 @@ fn main() -> ExitCode {
             peers,
             peer_objects,
             xdp_filter_object,
+            ..
         } => match (peers, peer_objects) {
             (true, Some(dir)) => {
                 bench_peers::xdp_filter_objects(xdp_filter_object).and_then(|xdp_filter| {

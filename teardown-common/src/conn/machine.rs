@@ -325,9 +325,11 @@ impl Conn {
         self.update_segment(from_a, segment, now, timeouts)
     }
 
-    /// Everything [`Conn::update`] does but [`Conn::count_gap`]. The kernel
-    /// runs the two as separate functions, each within the verifier's
-    /// limits.
+    /// Everything [`Conn::update`] does but [`Conn::count_gap`], in four
+    /// phases. The kernel runs [`Conn::count_gap`] and each phase as a
+    /// separate function: the verifier then checks each once, where in one
+    /// function the branches of each phase multiply with the others' (the
+    /// late flip alone doubled every path after it).
     #[inline(always)]
     pub fn update_segment(
         &mut self,
@@ -336,30 +338,58 @@ impl Conn {
         now: u64,
         timeouts: &Timeouts,
     ) -> Update {
-        let flags = segment.flags;
         let delete_at_before = self.delete_at_ns;
         let expire_chain_before = self.expire_chain_ns;
+        self.settle_roles(segment);
+        self.record_segment(from_a, segment, now);
+        let do_close = self.advance_state(from_a, segment, now, timeouts);
+        self.finish_segment(from_a, segment, do_close, timeouts);
+        Update {
+            rescheduled: self.delete_at_ns != delete_at_before
+                || self.expire_chain_ns != expire_chain_before,
+        }
+    }
+
+    /// Phase 1 of [`Conn::update_segment`]: a connection first seen at its
+    /// SYN-ACK learns from its next segment who the client is.
+    #[inline(always)]
+    pub fn settle_roles(&mut self, segment: &Segment) {
+        let flags = segment.flags;
         if self.flags & flag::SYN_ACK_FIRST != 0 && self.packets > 0 {
             self.flags &= !flag::SYN_ACK_FIRST;
             if !has(flags, SYN) && !has(flags, RST) && (has(flags, ACK) || segment.len > 0) {
                 self.flip_late();
             }
         }
+    }
+
+    /// Sequence space of a segment: Zeek's get_segment_len (SYN and FIN
+    /// occupy a sequence number; the data of a RST does not count). Returns
+    /// the segment's end.
+    #[inline(always)]
+    fn segment_end(segment: &Segment) -> u32 {
+        let flags = segment.flags;
+        let len = segment.len;
+        let mut seg_len = len + has(flags, SYN) as u32 + has(flags, FIN) as u32;
+        if has(flags, RST) {
+            seg_len -= len;
+        }
+        segment.seq.wrapping_add(seg_len)
+    }
+
+    /// Phase 2 of [`Conn::update_segment`]: the segment counted, its
+    /// history letters, sequence numbers, FIN and RST bookkeeping.
+    #[inline(always)]
+    pub fn record_segment(&mut self, from_a: bool, segment: &Segment, now: u64) {
+        let flags = segment.flags;
+        let base_seq = segment.seq;
+        let len = segment.len;
+        let seq_end = Self::segment_end(segment);
         let is_orig = self.from_orig(from_a);
         let (me, peer) = if is_orig { (ORIG, RESP) } else { (RESP, ORIG) };
         self.packets = self.packets.wrapping_add(1);
         let ordinal = self.packets;
         self.last_pkt_ns = now;
-
-        let base_seq = segment.seq;
-        let len = segment.len;
-        // Zeek's get_segment_len: SYN and FIN occupy a sequence number; the
-        // data of a RST does not count.
-        let mut seg_len = len + has(flags, SYN) as u32 + has(flags, FIN) as u32;
-        if has(flags, RST) {
-            seg_len -= len;
-        }
-        let seq_end = base_seq.wrapping_add(seg_len);
 
         self.init_endpoint(me, flags, base_seq, seq_end);
         let rel_seq = base_seq.wrapping_sub(self.ep[me & 1].start_seq);
@@ -422,9 +452,43 @@ impl Conn {
         }
 
         self.update_last_seq(is_orig, me, seq_end, flags, len);
+    }
 
-        let do_close =
-            self.update_state_machine(is_orig, me, peer, flags, base_seq, len, now, timeouts);
+    /// Phase 3 of [`Conn::update_segment`]: each side's TCP state (Zeek's
+    /// UpdateStateMachine). True if the segment closes the sender's side.
+    #[inline(always)]
+    pub fn advance_state(
+        &mut self,
+        from_a: bool,
+        segment: &Segment,
+        now: u64,
+        timeouts: &Timeouts,
+    ) -> bool {
+        let is_orig = self.from_orig(from_a);
+        let (me, peer) = if is_orig { (ORIG, RESP) } else { (RESP, ORIG) };
+        self.update_state_machine(
+            is_orig,
+            me,
+            peer,
+            segment.flags,
+            segment.seq,
+            segment.len,
+            now,
+            timeouts,
+        )
+    }
+
+    /// Phase 4 of [`Conn::update_segment`]: the sender's counts, and its
+    /// side closed if [`Conn::advance_state`] said so.
+    #[inline(always)]
+    pub fn finish_segment(
+        &mut self,
+        from_a: bool,
+        segment: &Segment,
+        do_close: bool,
+        timeouts: &Timeouts,
+    ) {
+        let len = segment.len;
         // A reversed handshake may have swapped the roles: find the sender again.
         let (me, peer) = if self.from_orig(from_a) {
             (ORIG, RESP)
@@ -439,10 +503,6 @@ impl Conn {
 
         if do_close {
             self.connection_closed(me, peer, timeouts);
-        }
-        Update {
-            rescheduled: self.delete_at_ns != delete_at_before
-                || self.expire_chain_ns != expire_chain_before,
         }
     }
 

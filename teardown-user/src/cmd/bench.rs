@@ -1,7 +1,7 @@
 //! `teardown bench`: the program's per-packet cost against an empty XDP
 //! program, both measured in the same run on the same frames.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
@@ -334,6 +334,27 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::Value::Array(rows))
 }
 
+/// `teardown bench --verifier`: the verifier's budget alone, and in JSON
+/// under `verifier` if asked.
+pub fn verifier_only(json_out: Option<PathBuf>) -> anyhow::Result<bool> {
+    let verifier = verifier_budget()?;
+    if let Some(path) = json_out {
+        write_report(&path, &json!({ "verifier": verifier }))?;
+    }
+    Ok(true)
+}
+
+fn write_report(path: &Path, report: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    outln!("wrote {}", path.display());
+    Ok(())
+}
+
 pub(super) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
@@ -604,10 +625,6 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
         crate::cmd::contention::run(options.repeat.max(CONTENTION_MIN_REPEAT))?;
     stats.still_off()?;
     if let Some(path) = options.json_out {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
         let report = json!({
             "method": "kernel-timed BPF_PROG_TEST_RUN (whole ns + 0.5), median of alternating rounds, kernel.bpf_stats_enabled=0; frames that change each run go through a wrapper whose own cost is subtracted, the others through the attached program",
             "repeat": options.repeat,
@@ -616,9 +633,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<bool> {
             "verifier": verifier,
             "contention": contention,
         });
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        outln!("wrote {}", path.display());
+        write_report(&path, &report)?;
     }
     if !exact {
         crate::report::output::say(
