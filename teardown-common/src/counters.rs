@@ -234,9 +234,8 @@ pub struct Tallies {
     pub encap: [u64; encap_slot::COUNT],
 }
 
-const _: () = assert!(
-    core::mem::size_of::<Tallies>() == 8 * (class::COUNT + TCP_SLOTS + encap_slot::COUNT)
-);
+const _: () =
+    assert!(core::mem::size_of::<Tallies>() == 8 * (class::COUNT + TCP_SLOTS + encap_slot::COUNT));
 
 impl Default for Tallies {
     fn default() -> Self {

@@ -379,7 +379,10 @@ pub enum Encap<'a> {
 
 /// The inner frame's EtherType and datagram (for an untagged frame).
 fn datagram_of(inner: &[u8]) -> (u16, &[u8]) {
-    (u16::from_be_bytes([inner[12], inner[13]]), &inner[ETH_HLEN..])
+    (
+        u16::from_be_bytes([inner[12], inner[13]]),
+        &inner[ETH_HLEN..],
+    )
 }
 
 impl Writer {
@@ -493,9 +496,8 @@ pub fn wrap(inner: &[u8], layer: &Encap, outer_vlans: &[(u16, u16)]) -> Frame {
                 4 + 4 * (checksum as usize + key.is_some() as usize + sequence as usize);
             w.put_u16(ip_type(outer_v6));
             w.outer_ip(outer_v6, ip_proto::GRE, header_len + body.len());
-            let flags = (checksum as u16) << 15
-                | (key.is_some() as u16) << 13
-                | (sequence as u16) << 12;
+            let flags =
+                (checksum as u16) << 15 | (key.is_some() as u16) << 13 | (sequence as u16) << 12;
             w.put_u16(flags);
             w.put_u16(protocol);
             if checksum {

@@ -490,7 +490,15 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> 
     } else {
         Transport::Other { protocol }
     };
-    ip_packet(IpVersion::V4, offset, fragment, transport, l4_offset, ip_end, protocol)
+    ip_packet(
+        IpVersion::V4,
+        offset,
+        fragment,
+        transport,
+        l4_offset,
+        ip_end,
+        protocol,
+    )
 }
 
 #[inline(always)]
@@ -592,7 +600,15 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize) -> 
     } else {
         Transport::Other { protocol: next }
     };
-    ip_packet(IpVersion::V6, offset, fragment, transport, cursor, ip_end, next)
+    ip_packet(
+        IpVersion::V6,
+        offset,
+        fragment,
+        transport,
+        cursor,
+        ip_end,
+        next,
+    )
 }
 
 /// Parses a TCP header at `offset`, inside an IP datagram ending at `ip_end`.

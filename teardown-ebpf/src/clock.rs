@@ -39,7 +39,6 @@ impl FlowClock for LiveClock {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     }
-
 }
 
 /// The capture's clock, set by `teardown replay` before each packet.
@@ -76,5 +75,4 @@ impl FlowClock for ReplayClock {
     fn precise(&self) -> u64 {
         self.coarse()
     }
-
 }

@@ -294,7 +294,10 @@ fn look_up<const V6: bool>(
 /// CPU's [`TRACK_INPUT`]: `way` is the way of its set holding its record,
 /// or [`WAYS`] if none was found.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the segment's parts, kept in registers")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the segment's parts, kept in registers"
+)]
 fn to_slow_path(
     tcp: &TcpSegment,
     ip_len: u32,

@@ -42,14 +42,14 @@ mod reset;
 mod slow_path;
 
 use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    maps::PerCpuArray,
+};
+use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_jiffies64,
     macros::{classifier, tracepoint, xdp},
     programs::{TcContext, TracePointContext, XdpContext},
-};
-use aya_ebpf::{
-    bindings::{__sk_buff, xdp_md},
-    maps::PerCpuArray,
 };
 use teardown_common::{
     counters::{Tallies, Tally, class, encap_tally_of, tally, tally_common},
@@ -98,9 +98,13 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
 /// a non-IP EtherType (MPLS, PPPoE, link-layer shims) or an IP transport
 /// other than TCP (GRE, IP-in-IP, UDP for VXLAN and Geneve). Decided on
 /// its tally alone; such a frame goes to a global function
-/// ([`tunnel_live_xdp`], [`tunnel_replay_xdp`], [`tunnel_tc`]) that reads
-/// it again and opens its layers, verified once on its own, so that the
-/// programs' own verification, and their common path, stay as they were.
+/// ([`open_tunnel_xdp`], [`open_tunnel_tc`]) that reads it again and opens
+/// its layers, verified once on its own, in a program reached by tail call
+/// ([`teardown_tunnel`]), so that the common path stays as it was; a TCP
+/// segment found inside then goes to another ([`track_inner_xdp`],
+/// [`track_inner_tc`]), called by that program itself rather than from
+/// inside the first, so that the chain of calls stays within the 512 bytes
+/// of stack the kernel allows.
 #[inline(always)]
 fn may_be_tunnel(counted: &Tally) -> bool {
     let kind = counted.frame_class / 2;
@@ -111,8 +115,8 @@ fn may_be_tunnel(counted: &Tally) -> bool {
 /// Opens the encapsulations of a frame ([`decapsulate_in_place`]), one
 /// layer per call of `step_layer` and `enter_layer` (global functions,
 /// verified once rather than once per layer and path; `begin` parses the
-/// outer headers first), counts what it found in [`Tallies::encap`], and, for a TCP
-/// segment inside, calls `track_inner`. Each is a global function of its
+/// outer headers first), and counts what it found in [`Tallies::encap`].
+/// Returns 1 if a TCP segment is inside. Each is a global function of its
 /// own: verified on its own, with nothing here touching the packet after
 /// a call (packet offsets worked out after a call to a global function
 /// trip the 6.18 verifier's precision tracking, "verifier bug: stack
@@ -124,7 +128,6 @@ fn open_tunnel(
     begin: impl Fn() -> u32,
     step_layer: impl Fn(u64) -> u32,
     enter_layer: impl Fn() -> u32,
-    track_inner: impl Fn() -> i32,
 ) -> i32 {
     let outcome = decapsulate_in_place(&mut (), tunnel_ports(), |_, depth| {
         if depth == 0 && begin() == 0 {
@@ -155,48 +158,30 @@ fn open_tunnel(
         // program at a time.
         unsafe { (*tallies).record_encap(&counted) };
     }
-    if tcp_inside {
-        track_inner();
-    }
-    0
+    tcp_inside as i32
 }
 
-/// [`open_tunnel`] for the live XDP program.
+/// [`open_tunnel`] for the XDP programs.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn tunnel_live_xdp(ctx: *mut xdp_md) -> i32 {
+pub extern "C" fn open_tunnel_xdp(ctx: *mut xdp_md) -> i32 {
     open_tunnel(
         &TALLIES,
         || begin_tunnel_xdp(ctx),
         |depth| step_layer_xdp(ctx, depth),
         || enter_layer_xdp(ctx),
-        || track_inner_xdp(ctx, 0, 0),
-    )
-}
-
-/// [`open_tunnel`] for the replay program, on the capture's time.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn tunnel_replay_xdp(ctx: *mut xdp_md, now: u64) -> i32 {
-    open_tunnel(
-        &TALLIES,
-        || begin_tunnel_xdp(ctx),
-        |depth| step_layer_xdp(ctx, depth),
-        || enter_layer_xdp(ctx),
-        || track_inner_xdp(ctx, 1, now),
     )
 }
 
 /// [`open_tunnel`] for the TC egress program.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn tunnel_tc(skb: *mut __sk_buff) -> i32 {
+pub extern "C" fn open_tunnel_tc(skb: *mut __sk_buff) -> i32 {
     open_tunnel(
         &EGRESS_TALLIES,
         || begin_tunnel_tc(skb),
         |depth| step_layer_tc(skb, depth),
         || enter_layer_tc(skb),
-        || track_inner_tc(skb),
     )
 }
 
@@ -271,9 +256,11 @@ pub extern "C" fn step_layer_tc(skb: *mut __sk_buff, depth: u64) -> u32 {
     let Some(buff) = (unsafe { skb.as_ref() }) else {
         return tunnel_outcome::NONE as u32;
     };
-    with_state(buff.data as usize, buff.data_end as usize, |frame, state| {
-        step_layer(frame, state, depth as usize, tunnel_ports())
-    })
+    with_state(
+        buff.data as usize,
+        buff.data_end as usize,
+        |frame, state| step_layer(frame, state, depth as usize, tunnel_ports()),
+    )
 }
 
 /// [`enter_layer_xdp`] for the TC program.
@@ -284,9 +271,11 @@ pub extern "C" fn enter_layer_tc(skb: *mut __sk_buff) -> u32 {
     let Some(buff) = (unsafe { skb.as_ref() }) else {
         return tunnel_outcome::NONE as u32;
     };
-    with_state(buff.data as usize, buff.data_end as usize, |frame, state| {
-        enter_layer::<_, false>(frame, state)
-    })
+    with_state(
+        buff.data as usize,
+        buff.data_end as usize,
+        |frame, state| enter_layer::<_, false>(frame, state),
+    )
 }
 
 /// `work` on the frame `[start, end)` and this CPU's [`DECAP_STATE`].
@@ -428,28 +417,36 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 }
 
 /// Frames whose own headers carry no TCP but may carry a tunnel, handed
-/// on by [`teardown`] with a tail call: their layers opened and counted,
-/// the TCP segment inside tracked as a connection of its own, with its
-/// tunnel. A program of its own because the verifier's budget is per
-/// program, and [`teardown`]'s own work takes nine tenths of it.
+/// on by [`teardown`] with a tail call: their layers opened and counted
+/// ([`open_tunnel_xdp`]), the TCP segment inside tracked as a connection
+/// of its own, with its tunnel ([`track_inner_xdp`]). A program of its own,
+/// entered by tail call, so that its chain of calls starts afresh: called
+/// from [`teardown`], its frames and the flow table's functions' under
+/// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    tunnel_live_xdp(ctx.ctx);
+    if open_tunnel_xdp(ctx.ctx) != 0 {
+        track_inner_xdp(ctx.ctx, 0, 0);
+    }
     xdp_action::XDP_PASS
 }
 
 /// [`teardown_tunnel`] on the capture's time, for [`teardown_replay`].
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
-    let clock = ReplayClock::of(ctx.metadata(), ctx.data());
-    tunnel_replay_xdp(ctx.ctx, clock.now);
+    let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
+    if open_tunnel_xdp(ctx.ctx) != 0 {
+        track_inner_xdp(ctx.ctx, 1, now);
+    }
     xdp_action::XDP_PASS
 }
 
 /// [`teardown_tunnel`] for [`teardown_egress`].
 #[classifier]
 pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
-    tunnel_tc(ctx.skb.skb);
+    if open_tunnel_tc(ctx.skb.skb) != 0 {
+        track_inner_tc(ctx.skb.skb);
+    }
     TC_ACT_UNSPEC
 }
 

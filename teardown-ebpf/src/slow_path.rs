@@ -32,8 +32,8 @@ use crate::{
     flood::{count_for_responder, count_half_open, note_eviction, responder_change},
     lock::{lock_slot, unlock_slot},
     maps::{
-        DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, TUNNEL_IDS, TUNNEL_NEXT,
-        TUNNELS, is_likely_server, setting, stats, timeouts,
+        DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, TUNNEL_IDS, TUNNEL_NEXT, TUNNELS,
+        is_likely_server, setting, stats, timeouts,
     },
 };
 
@@ -246,7 +246,10 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
 #[inline(always)]
 fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     let segment = segment_of(input);
-    let flip = flip_at_creation(&segment, is_likely_server);
+    // A segment whose TCP header was cut short is not looked at (see
+    // `apply`), not even for who is the client: Zeek too keeps such a
+    // connection as the packet's sender to its receiver.
+    let flip = input.header_complete != 0 && flip_at_creation(&segment, is_likely_server);
     slot.set_key(&input.key);
     slot.generation = slot.generation.wrapping_add(1);
     slot.conn.init(input.from_a != 0, &segment, flip, input.now);
@@ -294,7 +297,10 @@ fn record_tunnel() -> TunnelRef {
     // SAFETY: the entry of an index this CPU was just handed: no one else
     // writes it, and no one reads it before the index is published below.
     teardown_common::tunnel::copy(unsafe { &mut *entry }, tunnel);
-    if TUNNEL_IDS.insert(tunnel, &index, BPF_NOEXIST as u64).is_ok() {
+    if TUNNEL_IDS
+        .insert(tunnel, &index, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         return TunnelRef(index);
     }
     // Another CPU recorded the same tunnel meanwhile (or the map is full):
@@ -372,10 +378,11 @@ mod outcome {
 /// for this function alone in every program, of the 1,000,000 a program may
 /// take; the late flip's history shift alone doubled every path after it).
 /// No reference to the record is held across the calls: each phase writes
-/// it through its own pointer.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
+/// it through its own pointer. Inlined into [`track_segment`], so the
+/// phases' frames sit right under its own: a tunnelled segment's chain of
+/// calls is one deeper, and all their frames must fit in 512 bytes.
+#[inline(always)]
+fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(record), Some(_)) = (unsafe { conn.as_ref() }, unsafe { input.as_ref() }) else {
         return 0;

@@ -13,7 +13,10 @@ mod report;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use teardown_common::conn::Timeouts;
+use teardown_common::{
+    conn::Timeouts,
+    tunnel::{TUNNEL_PORT_SLOTS, TunnelPorts},
+};
 
 use crate::{
     cmd::{bench, bench_peers, manual, replay, run},
@@ -61,6 +64,8 @@ enum Command {
         direction: cli::DirectionArg,
         #[command(flatten)]
         timers: TimerArgs,
+        #[command(flatten)]
+        tunnels: TunnelArgs,
         /// Connections the flow table holds (rounded up to a power of two),
         /// at 344 bytes of kernel memory each (the default: 43 MiB). When a
         /// connection's two slots are taken, a one-sided record (half-open
@@ -106,6 +111,8 @@ enum Command {
         connections: bool,
         #[command(flatten)]
         timers: TimerArgs,
+        #[command(flatten)]
+        tunnels: TunnelArgs,
         /// Capture files (pcap or pcapng).
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -173,6 +180,65 @@ struct TimerArgs {
     /// A connection with no packets for this long is reported idle.
     #[arg(long, default_value = "5m", value_parser = parse_timeout)]
     idle_timeout: Duration,
+}
+
+/// Which tunnels are opened. The inner TCP connections of those opened
+/// get records of their own, with the tunnel they came through.
+#[derive(clap::Args, Clone, Debug)]
+struct TunnelArgs {
+    /// Open no encapsulation: MPLS, PPPoE, GRE, IP-in-IP, VXLAN and Geneve
+    /// frames are counted, their inner connections not tracked.
+    #[arg(long, conflicts_with_all = ["vxlan_port", "geneve_port"])]
+    no_tunnels: bool,
+    /// UDP destination port that carries VXLAN (repeat for up to 4; given,
+    /// they replace the defaults 4789 and 8472).
+    #[arg(long = "vxlan-port", value_name = "PORT", value_parser = parse_tunnel_port)]
+    vxlan_port: Vec<u16>,
+    /// UDP destination port that carries Geneve (repeat for up to 4;
+    /// given, they replace the default 6081).
+    #[arg(long = "geneve-port", value_name = "PORT", value_parser = parse_tunnel_port)]
+    geneve_port: Vec<u16>,
+}
+
+impl TunnelArgs {
+    fn ports(&self) -> anyhow::Result<TunnelPorts> {
+        if self.no_tunnels {
+            return Ok(TunnelPorts::OFF);
+        }
+        let mut ports = TunnelPorts::DEFAULT;
+        for (given, slots, flag) in [
+            (&self.vxlan_port, &mut ports.vxlan, "--vxlan-port"),
+            (&self.geneve_port, &mut ports.geneve, "--geneve-port"),
+        ] {
+            if given.is_empty() {
+                continue;
+            }
+            if given.len() > TUNNEL_PORT_SLOTS {
+                anyhow::bail!(
+                    "{flag} was given {} times; at most {TUNNEL_PORT_SLOTS} ports can be opened",
+                    given.len()
+                );
+            }
+            *slots = [0; TUNNEL_PORT_SLOTS];
+            slots[..given.len()].copy_from_slice(given);
+        }
+        if let Some(port) = ports
+            .vxlan
+            .iter()
+            .find(|port| **port != 0 && ports.geneve.contains(port))
+        {
+            anyhow::bail!("port {port} is given as both VXLAN and Geneve: choose one");
+        }
+        Ok(ports)
+    }
+}
+
+/// A UDP port for a tunnel: 1 to 65535.
+fn parse_tunnel_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("'{text}' is not a UDP port (1 to 65535)")),
+    }
 }
 
 impl TimerArgs {
@@ -281,6 +347,7 @@ fn main() -> ExitCode {
             plain,
             direction,
             timers,
+            tunnels,
             max_flows,
             clock,
             log,
@@ -288,11 +355,16 @@ fn main() -> ExitCode {
             metrics_addr,
             detect,
             fleet,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| {
+        } => tunnels
+            .ports()
+            .and_then(|tunnels| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .map(|runtime| (runtime, tunnels))
+            })
+            .and_then(|(runtime, tunnels)| {
                 runtime.block_on(run::run(run::RunOptions {
                     iface,
                     mode: mode.into(),
@@ -301,6 +373,7 @@ fn main() -> ExitCode {
                     plain,
                     direction: direction.into(),
                     timeouts: timers.timeouts(),
+                    tunnels,
                     max_flows,
                     clock: clock.into(),
                     log,
@@ -315,16 +388,20 @@ fn main() -> ExitCode {
             json,
             connections,
             timers,
+            tunnels,
             files,
         } => {
             if connections {
-                replay::run_connections(
-                    &files,
-                    &kernel::LoadOptions {
-                        timeouts: timers.timeouts(),
-                        ..kernel::LoadOptions::default()
-                    },
-                )
+                tunnels.ports().and_then(|tunnels| {
+                    replay::run_connections(
+                        &files,
+                        &kernel::LoadOptions {
+                            timeouts: timers.timeouts(),
+                            tunnels,
+                            ..kernel::LoadOptions::default()
+                        },
+                    )
+                })
             } else {
                 replay::run(&files, json)
             }

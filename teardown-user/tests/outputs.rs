@@ -723,7 +723,17 @@ fn bench_runs_to_its_end_when_its_reader_goes() {
         .iter()
         .map(|row| row["program"].as_str().expect("a program name"))
         .collect();
-    assert_eq!(programs, ["teardown", "teardown_egress", "teardown_replay"]);
+    assert_eq!(
+        programs,
+        [
+            "teardown",
+            "teardown_egress",
+            "teardown_replay",
+            "teardown_tunnel",
+            "teardown_tunnel_egress",
+            "teardown_tunnel_replay"
+        ]
+    );
     for row in verifier {
         let verified = row["verified_insns"]
             .as_u64()

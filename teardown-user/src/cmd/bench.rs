@@ -315,15 +315,18 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         names::XDP_PROGRAM,
         names::TC_EGRESS_PROGRAM,
         names::XDP_REPLAY_PROGRAM,
+        names::XDP_TUNNEL_PROGRAM,
+        names::TC_TUNNEL_PROGRAM,
+        names::XDP_TUNNEL_REPLAY_PROGRAM,
     ] {
         let verified = kernel.verified_insns(name)?;
         match verified {
             Some(count) => outln!(
-                "{name:<16} {count:>9} ({:.1} % of the limit, {} to spare)",
+                "{name:<22} {count:>9} ({:.1} % of the limit, {} to spare)",
                 100.0 * count as f64 / VERIFIER_INSN_LIMIT as f64,
                 VERIFIER_INSN_LIMIT.saturating_sub(count)
             ),
-            None => outln!("{name:<16} (the kernel does not report it)"),
+            None => outln!("{name:<22} (the kernel does not report it)"),
         }
         rows.push(json!({
             "program": name,

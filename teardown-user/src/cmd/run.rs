@@ -53,6 +53,8 @@ pub struct RunOptions {
     /// Scrolling lines even when stdout is a terminal (no dashboard).
     pub plain: bool,
     pub direction: Direction,
+    /// The encapsulations opened, and the ports of VXLAN and Geneve.
+    pub tunnels: teardown_common::tunnel::TunnelPorts,
     pub timeouts: Timeouts,
     pub max_flows: u32,
     pub clock: ClockMode,
@@ -446,6 +448,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         grace_ns: GRACE.as_nanos() as u64,
         max_flows: options.max_flows,
         clock: options.clock,
+        tunnels: options.tunnels,
     })?;
     let mut events = kernel.take_events()?;
     let table = kernel.flow_table()?;

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData},
+    maps::{Array, MapData, ProgramArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use teardown_common::{
@@ -18,6 +18,7 @@ use teardown_common::{
     events::{DEFAULT_MAX_FLOWS, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
     table::{FlowSlot, set_shift, slots_for},
+    tunnel::TunnelPorts,
 };
 
 use super::{Kernel, SetupError, is_permission_error};
@@ -102,6 +103,10 @@ pub struct LoadOptions {
     pub grace_ns: u64,
     pub max_flows: u32,
     pub clock: ClockMode,
+    /// The encapsulations opened, and the UDP ports of VXLAN and Geneve
+    /// ([`TunnelPorts::OFF`]: none; the tunnel programs are then not even
+    /// loaded).
+    pub tunnels: TunnelPorts,
 }
 
 /// Which clock stamps the flow table's records.
@@ -142,6 +147,7 @@ impl Default for LoadOptions {
             grace_ns: 0,
             max_flows: DEFAULT_MAX_FLOWS,
             clock: ClockMode::Coarse,
+            tunnels: TunnelPorts::DEFAULT,
         }
     }
 }
@@ -187,6 +193,7 @@ impl Kernel {
             .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)
             .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
             .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
+            .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
             .map_max_entries(
                 names::FLOW_CHANGES_MAP,
@@ -217,6 +224,7 @@ impl Kernel {
         let mut kernel = Kernel {
             ebpf,
             slots,
+            tunnels: options.tunnels,
             xdp_link: None,
             egress_link: None,
         };
@@ -293,8 +301,13 @@ impl Kernel {
                 }
                 Err(err) => return Err(err).with_context(|| format!("loading TC program {name}")),
             }
+            self.install_tunnel_program(name)?;
         }
-        Ok(egress)
+        self.ebpf
+            .program_mut(name)
+            .context("eBPF object lost a program")?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC program"))
     }
 
     /// Loads the benchmark wrappers now, so their verification stays out
@@ -330,8 +343,55 @@ impl Kernel {
                     return Err(err).with_context(|| format!("loading XDP program {name}"));
                 }
             }
+            self.install_tunnel_program(name)?;
         }
-        Ok(program)
+        xdp_program(&mut self.ebpf, name)
+    }
+
+    /// Loads the tunnel program the program `name` hands frames that may
+    /// carry a tunnel to, and puts it in the slot of the program array
+    /// that `name` tail-calls. Nothing for other programs, nor with
+    /// tunnels off: the tail call then finds no program and the frame
+    /// passes, counted but not opened.
+    fn install_tunnel_program(&mut self, name: &str) -> anyhow::Result<()> {
+        let (partner, array, slot) = match name {
+            names::XDP_PROGRAM => (
+                names::XDP_TUNNEL_PROGRAM,
+                names::TUNNEL_XDP_MAP,
+                names::tunnel_slot::LIVE,
+            ),
+            names::XDP_REPLAY_PROGRAM => (
+                names::XDP_TUNNEL_REPLAY_PROGRAM,
+                names::TUNNEL_XDP_MAP,
+                names::tunnel_slot::REPLAY,
+            ),
+            names::TC_EGRESS_PROGRAM => (names::TC_TUNNEL_PROGRAM, names::TUNNEL_TC_MAP, 0),
+            _ => return Ok(()),
+        };
+        if self.tunnels.enabled == 0 {
+            return Ok(());
+        }
+        let fd = if name == names::TC_EGRESS_PROGRAM {
+            self.classifier(partner)?.fd()?.try_clone()
+        } else {
+            let program = xdp_program(&mut self.ebpf, partner)?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .with_context(|| format!("loading XDP program {partner}"))?;
+            }
+            program.fd()?.try_clone()
+        }
+        .with_context(|| format!("duplicating program {partner}'s descriptor"))?;
+        let mut programs: ProgramArray<&mut MapData> = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(array)
+                .with_context(|| format!("eBPF object has no map {array}"))?,
+        )
+        .with_context(|| format!("opening program array {array}"))?;
+        programs
+            .set(slot, &fd, 0)
+            .with_context(|| format!("putting {partner} in {array}"))
     }
 
     /// The descriptor of program `name` (XDP or TC), loaded if need be, for
@@ -340,6 +400,7 @@ impl Kernel {
         // Programs load on first use.
         if [
             names::TC_EGRESS_PROGRAM,
+            names::TC_TUNNEL_PROGRAM,
             names::TC_BENCH_PROGRAM,
             names::TC_BENCH_MUTATE_PROGRAM,
             names::TC_BASELINE_PROGRAM,

@@ -55,6 +55,8 @@ pub enum SetupError {
 pub struct Kernel {
     ebpf: Ebpf,
     slots: u32,
+    /// What the tunnel programs open (`TunnelPorts::OFF`: they are not loaded).
+    tunnels: teardown_common::tunnel::TunnelPorts,
     /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
     /// them too).
     xdp_link: Option<XdpLinkId>,
