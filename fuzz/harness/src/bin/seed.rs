@@ -81,10 +81,10 @@ fn run(out: &Path, dirs: &[PathBuf]) -> std::io::Result<()> {
     // The encapsulated frames, and every frame seed (a capture's tunnels
     // among them).
     let tunnels = tunnel_frames();
-    let decap = write_all(
-        &target_dir("decapsulate")?,
-        tunnels.iter().chain(seeds.frames()),
-    )?;
+    let mut decap_seeds: Vec<&Vec<u8>> = tunnels.iter().chain(seeds.frames()).collect();
+    decap_seeds.sort();
+    decap_seeds.dedup();
+    let decap = write_all(&target_dir("decapsulate")?, decap_seeds.into_iter())?;
     println!(
         "seeds from {} capture files: capture_reader {}, parse_frame {frames}, conn_state {conversations}, decapsulate {decap}",
         files.len(),
