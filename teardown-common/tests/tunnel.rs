@@ -35,8 +35,8 @@ use teardown_common::counters::{class, encap_slot, encap_tally, tally, tally_com
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
 use teardown_common::parse::{
-    CommonTcp, Fragment, MAX_INNER_START, MAX_VLAN_TAGS, TCP_READABLE_LEN, TcpSegment, VLAN_HLEN,
-    ethertype, ip_proto, parse, parse_common, tcp_flags,
+    CommonTcp, Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, TcpSegment,
+    VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
 };
 use teardown_common::tunnel::{
     self, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel, TunnelPorts,
@@ -762,6 +762,18 @@ fn check_invariants(
             assert!(
                 end <= inner.limit as usize,
                 "{}: datagram past its carrier: {decap:?}",
+                context()
+            );
+        }
+        // Whatever lies between, a whole outer IP datagram bounds it too:
+        // a bound from the outer parser, independent of the layers' own.
+        if let Payload::Ip(outer) = parsed.payload
+            && outer.fragment == Fragment::Whole
+        {
+            let end = offset + segment.header_len as usize + segment.payload_len as usize;
+            assert!(
+                end <= outer.end as usize,
+                "{}: datagram past the outer one: {decap:?}",
                 context()
             );
         }

@@ -15,5 +15,6 @@ pub mod capture;
 
 pub mod captures;
 pub mod conversation;
+pub mod decap;
 pub mod frame;
 pub mod seeds;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use teardown_common::{
     conn::Segment,
-    craft::{self, Network, Spec, Transport as CraftTransport},
+    craft::{self, Encap, Network, Spec, Transport as CraftTransport},
     flow::{Direction, FlowKey},
     parse::{Payload, Transport, ethertype, ip_proto, parse, parse_common, tcp_flags},
 };
@@ -174,7 +174,7 @@ impl Seeds {
         for spec in [tagged, options, fragment, extensions, udp, arp] {
             frames.push(craft::build(&spec).to_vec());
         }
-        for frame in &frames {
+        for frame in frames.iter().chain(&tunnel_frames()) {
             self.add_frame(frame);
         }
         self.captures
@@ -341,6 +341,88 @@ pub fn pcapng_file(frames: &[Vec<u8>]) -> Vec<u8> {
         let mut body = (frame.len() as u32).to_le_bytes().to_vec();
         body.extend(frame);
         pcapng_block(&mut out, 3, &body);
+    }
+    out
+}
+
+/// Encapsulated frames: a TCP segment inside each kind of layer
+/// `craft::wrap` writes, alone and nested up to the depth limit and one
+/// past it, for the `decapsulate` target (and `parse_frame`).
+pub fn tunnel_frames() -> Vec<Vec<u8>> {
+    use tcp_flags::{ACK, SYN};
+    let vlan: &[(u16, u16)] = &[(ethertype::VLAN, 100)];
+    let qinq: &[(u16, u16)] = &[(ethertype::QINQ, 10), (ethertype::VLAN, 20)];
+    let mut out = Vec::new();
+    for inner in [
+        craft::build(&Spec::tcp_v4(SYN, 0)).to_vec(),
+        craft::build(&Spec::tcp_v6(ACK, 20)).to_vec(),
+    ] {
+        let mut layers: Vec<(Encap, &[(u16, u16)])> = Vec::new();
+        for outer_v6 in [false, true] {
+            layers.push((
+                Encap::Vxlan {
+                    vni: 42,
+                    port: 4789,
+                    outer_v6,
+                },
+                &[],
+            ));
+            for (options_len, ethernet) in [(0, true), (8, false)] {
+                let geneve = Encap::Geneve {
+                    vni: 7,
+                    options_len,
+                    ethernet,
+                    outer_v6,
+                };
+                layers.push((geneve, &[]));
+            }
+            for (key, checksum, sequence, ethernet) in
+                [(None, false, false, false), (Some(5), true, true, true)]
+            {
+                let gre = Encap::Gre {
+                    key,
+                    checksum,
+                    sequence,
+                    ethernet,
+                    outer_v6,
+                };
+                layers.push((gre, &[]));
+            }
+            layers.push((Encap::IpIp { outer_v6 }, &[]));
+        }
+        layers.push((Encap::Mpls { labels: &[16, 17] }, vlan));
+        layers.push((Encap::Pppoe { session: 3 }, qinq));
+        layers.push((Encap::VnTag { vif: 9 }, &[]));
+        layers.push((Encap::Pbb { isid: 1000 }, &[(ethertype::QINQ, 1)]));
+        layers.push((Encap::FabricPath, &[]));
+        for (layer, vlans) in &layers {
+            out.push(craft::wrap(&inner, layer, vlans).to_vec());
+        }
+        // Nested: MPLS in GRE, PPPoE and 802.1ah in VXLAN, and four VXLAN
+        // layers (one more than the parser opens).
+        let mpls = craft::wrap(&inner, &Encap::Mpls { labels: &[1] }, &[]);
+        let gre = Encap::Gre {
+            key: None,
+            checksum: false,
+            sequence: false,
+            ethernet: false,
+            outer_v6: false,
+        };
+        out.push(craft::wrap(&mpls, &gre, &[]).to_vec());
+        let vxlan = Encap::Vxlan {
+            vni: 1,
+            port: 8472,
+            outer_v6: false,
+        };
+        let pppoe = craft::wrap(&inner, &Encap::Pppoe { session: 1 }, &[]);
+        out.push(craft::wrap(&pppoe, &vxlan, &[]).to_vec());
+        let pbb = craft::wrap(&inner, &Encap::Pbb { isid: 2 }, &[]);
+        out.push(craft::wrap(&pbb, &vxlan, &[]).to_vec());
+        let mut nested = inner.clone();
+        for _ in 0..4 {
+            nested = craft::wrap(&nested, &vxlan, &[]).to_vec();
+            out.push(nested.clone());
+        }
     }
     out
 }

@@ -6,18 +6,19 @@
 
 use std::process::ExitCode;
 
-use teardown_fuzz_harness::{captures, conversation, frame};
+use teardown_fuzz_harness::{captures, conversation, decap, frame};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((target, files)) = args.split_first() else {
-        eprintln!("usage: check parse_frame|capture_reader|conn_state FILE...");
+        eprintln!("usage: check parse_frame|capture_reader|conn_state|decapsulate FILE...");
         return ExitCode::FAILURE;
     };
     let check: fn(&[u8]) = match target.as_str() {
         "parse_frame" => frame::check,
         "capture_reader" => captures::check,
         "conn_state" => conversation::check,
+        "decapsulate" => decap::check,
         other => {
             eprintln!("check: no target {other}");
             return ExitCode::FAILURE;

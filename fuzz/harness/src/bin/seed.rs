@@ -1,5 +1,6 @@
 //! `seed OUT DIR...`: writes seed corpora for the fuzz targets into
-//! OUT/capture_reader, OUT/parse_frame and OUT/conn_state (emptied first),
+//! OUT/capture_reader, OUT/parse_frame, OUT/conn_state and OUT/decapsulate
+//! (emptied first),
 //! from every capture file under the DIRs and from crafted frames. Run by
 //! `cargo xtask fuzz` before each fuzzing run; the fuzzer reads the seeds
 //! and keeps what adds coverage in its own corpus.
@@ -10,7 +11,7 @@ use std::{
     process::ExitCode,
 };
 
-use teardown_fuzz_harness::seeds::Seeds;
+use teardown_fuzz_harness::seeds::{Seeds, tunnel_frames};
 
 /// Files under `dir` (recursively) that look like captures, sorted so the
 /// seeds are the same on every run.
@@ -77,8 +78,15 @@ fn run(out: &Path, dirs: &[PathBuf]) -> std::io::Result<()> {
     }
     let frames = write_all(&target_dir("parse_frame")?, seeds.frames())?;
     let conversations = write_all(&target_dir("conn_state")?, seeds.conversations())?;
+    // The encapsulated frames, and every frame seed (a capture's tunnels
+    // among them).
+    let tunnels = tunnel_frames();
+    let mut decap_seeds: Vec<&Vec<u8>> = tunnels.iter().chain(seeds.frames()).collect();
+    decap_seeds.sort();
+    decap_seeds.dedup();
+    let decap = write_all(&target_dir("decapsulate")?, decap_seeds.into_iter())?;
     println!(
-        "seeds from {} capture files: capture_reader {}, parse_frame {frames}, conn_state {conversations}",
+        "seeds from {} capture files: capture_reader {}, parse_frame {frames}, conn_state {conversations}, decapsulate {decap}",
         files.len(),
         seeds.captures.len(),
     );

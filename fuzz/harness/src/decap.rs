@@ -1,0 +1,205 @@
+//! The `decapsulate` target: the tunnel decapsulator's promises about any
+//! bytes (the properties `teardown-common/tests/tunnel.rs` checks on
+//! crafted frames and their mutations).
+
+use teardown_common::{
+    counters::{class, encap_slot, encap_tally, tally},
+    flow::addresses_at,
+    parse::{
+        Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN, parse,
+        parse_common,
+    },
+    tunnel::{
+        Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate, decapsulate_in_place, encap,
+        enter_layer, inner_class, outcome, step_layer,
+    },
+};
+
+/// The ports the fuzzer's frames are opened with: the defaults, and a
+/// configuration that swaps the kinds' ports and adds others, so the same
+/// bytes take both UDP tunnels' paths.
+const PORTS: [TunnelPorts; 2] = [
+    TunnelPorts::DEFAULT,
+    TunnelPorts {
+        vxlan: [6081, 0, 9999, 1],
+        geneve: [4789, 8472, 0, 0],
+        ..TunnelPorts::DEFAULT
+    },
+];
+
+/// Decapsulates `frame` with each of [`PORTS`] and checks what the kernel
+/// relies on:
+///
+/// * nothing panics (the fuzz build keeps overflow checks on);
+/// * a tunnel is opened only in a frame the outer parser finds no TCP in
+///   and whose class the kernel hands to its tunnel programs (non-IP, or
+///   an IP transport other than TCP), and never where the common frame's
+///   shortcut (`parse_common`) answers;
+/// * the layers are 1 to [`MAX_ENCAP_DEPTH`] known kinds, and the tunnel's
+///   outer endpoints are known exactly when an IP tunnel was opened;
+/// * a TCP segment inside lies in the frame, its datagram inside what
+///   carries it (and, when the outer frame is a whole IP datagram, inside
+///   that: a bound the outer parser gives, independent of the layers
+///   between), its addresses readable, and reading it again where it
+///   lies (the kernel's `Inner::reparse`) gives the same segment;
+/// * the kernel's way through (`step_layer` and `enter_layer` without the
+///   segment copy) gives the same outcome, tunnel and inner frame;
+/// * the tally agrees with the outcome.
+pub fn check(frame: &[u8]) {
+    for ports in &PORTS {
+        check_with(frame, ports);
+    }
+    assert_eq!(decapsulate(frame, &TunnelPorts::OFF), Decap::None);
+}
+
+fn check_with(frame: &[u8], ports: &TunnelPorts) {
+    let decap = decapsulate(frame, ports);
+    let parsed = parse(frame);
+    if parse_common(frame).is_some() {
+        assert_eq!(decap, Decap::None, "the shortcut's frame opened");
+    }
+
+    // The kernel's path.
+    let mut state = DecapState::default();
+    let kernel = decapsulate_in_place(&mut state, ports, |state, depth| {
+        if depth == 0 && !state.begin(frame) {
+            return outcome::NONE;
+        }
+        let stepped = step_layer(frame, state, depth, ports);
+        if stepped != outcome::OPENED {
+            return stepped;
+        }
+        enter_layer::<_, false>(frame, state)
+    });
+    let host = match decap {
+        Decap::None => outcome::NONE,
+        Decap::Inner { .. } => outcome::INNER,
+        Decap::TooDeep { .. } => outcome::TOO_DEEP,
+        Decap::Malformed { .. } => outcome::MALFORMED,
+        Decap::Unsupported { .. } => outcome::UNSUPPORTED,
+    };
+    assert_eq!(kernel, host, "kernel path: {decap:?}");
+
+    let Some(tunnel) = decap.tunnel() else {
+        assert_eq!(encap_tally(&decap), None);
+        return;
+    };
+    assert_eq!(state.tunnel, *tunnel, "kernel path's tunnel: {decap:?}");
+    assert!(parsed.tcp().is_none(), "a tunnel in a TCP frame: {decap:?}");
+    let decoded = class::decode(tally(&parsed).frame_class as usize);
+    assert!(
+        decoded.kind == class::NON_IP
+            || decoded
+                .ip
+                .is_some_and(|(_, _, transport)| transport == class::OTHER_TRANSPORT),
+        "opened a frame of class {decoded:?}: {decap:?}"
+    );
+
+    let depth = tunnel.depth();
+    assert!((1..=MAX_ENCAP_DEPTH).contains(&depth), "{decap:?}");
+    assert!(
+        tunnel.layers[..depth]
+            .iter()
+            .all(|&kind| (kind as usize) < encap::COUNT)
+            && tunnel.layers[depth..].iter().all(|&kind| kind == 0),
+        "{decap:?}"
+    );
+    assert!(matches!(tunnel.outer_family, 0 | 4 | 6), "{decap:?}");
+
+    let tallied = encap_tally(&decap).expect("a tunnel is tallied");
+    assert_eq!(tallied.layers, tunnel.layers);
+    let Decap::Inner { inner, .. } = decap else {
+        let slot = match decap {
+            Decap::Malformed { .. } => encap_slot::MALFORMED,
+            Decap::Unsupported { .. } => encap_slot::UNSUPPORTED,
+            _ => encap_slot::TOO_DEEP,
+        };
+        assert_eq!(tallied.outcome as usize, slot, "{decap:?}");
+        return;
+    };
+    let ip_tunnel = tunnel.layers.iter().any(|&kind| encap::is_ip_tunnel(kind));
+    assert_eq!(ip_tunnel, tunnel.outer_family != 0, "{decap:?}");
+    assert_eq!(
+        (
+            state.inner.class,
+            state.inner.ip_offset,
+            state.inner.is_v6,
+            state.inner.limit
+        ),
+        (inner.class, inner.ip_offset, inner.is_v6, inner.limit),
+        "kernel path's inner frame: {decap:?}"
+    );
+    let slot = match inner.class {
+        inner_class::TCP => encap_slot::TCP,
+        inner_class::OTHER => encap_slot::OTHER,
+        inner_class::MALFORMED => encap_slot::MALFORMED,
+        inner_class::TOO_DEEP => encap_slot::TOO_DEEP,
+        other => panic!("inner class {other}: {decap:?}"),
+    };
+    assert_eq!(tallied.outcome as usize, slot, "{decap:?}");
+    if inner.class != inner_class::TCP {
+        return;
+    }
+
+    let segment = inner.segment;
+    let ip_offset = inner.ip_offset as usize;
+    let offset = segment.offset as usize;
+    let ip_header = if inner.is_v6 != 0 { 40 } else { 20 };
+    assert!(
+        ip_offset <= MAX_INNER_START + 2 + MAX_VLAN_TAGS * VLAN_HLEN,
+        "{decap:?}"
+    );
+    assert!(offset >= ip_offset + ip_header, "{decap:?}");
+    assert!(offset + TCP_READABLE_LEN <= frame.len(), "{decap:?}");
+    assert!((20..=60).contains(&segment.header_len), "{decap:?}");
+    if segment.header_complete {
+        let header_end = offset + segment.header_len as usize;
+        assert!(header_end <= frame.len(), "{decap:?}");
+        if inner.limit != u32::MAX {
+            assert!(
+                header_end + segment.payload_len as usize <= inner.limit as usize,
+                "a datagram past what carries it: {decap:?}"
+            );
+        }
+        if let Payload::Ip(outer) = parsed.payload
+            && outer.fragment == Fragment::Whole
+        {
+            assert!(
+                header_end + segment.payload_len as usize <= outer.end as usize,
+                "a datagram past the outer one ({}): {decap:?}",
+                outer.end
+            );
+        }
+    } else {
+        assert_eq!(segment.payload_len, 0, "{decap:?}");
+    }
+    assert_eq!(tallied.incomplete_tcp, !segment.header_complete as u8);
+    assert!(
+        addresses_at(frame, ip_offset, inner.is_v6 != 0).is_some(),
+        "addresses outside the frame: {decap:?}"
+    );
+    assert_eq!(inner.reparse(frame), Some(segment), "read again: {decap:?}");
+    assert_eq!(
+        state.inner.reparse(frame),
+        Some(segment),
+        "kernel path, read again: {decap:?}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+    use crate::seeds::tunnel_frames;
+
+    /// The seeds pass, whole and cut short.
+    #[test]
+    fn seeds_pass() {
+        let frames = tunnel_frames();
+        assert!(frames.len() > 20);
+        for frame in &frames {
+            for cut in 0..=frame.len() {
+                check(&frame[..cut]);
+            }
+        }
+    }
+}
