@@ -45,6 +45,12 @@ pub const TARGETS: &[Target] = &[
         name: "conn_state",
         max_len: 4 * 1024,
     },
+    // Encapsulated frames: up to three layers, the inner frame within 512
+    // bytes, then the inner headers (the parser's own room, as above).
+    Target {
+        name: "decapsulate",
+        max_len: 16 * 1024,
+    },
 ];
 
 /// libFuzzer's per-input time limit, in seconds: an input that takes this
