@@ -132,9 +132,10 @@ pub(crate) static TUNNEL_TC: ProgramArray = ProgramArray::with_max_entries(1, 0)
 /// Shared by every CPU without a lock: an index is handed out once
 /// ([`TUNNEL_NEXT`], an atomic add), and only the CPU it was handed to
 /// writes its entry, before the index is published (in [`TUNNEL_IDS`] or
-/// a record); an entry is never written again.
+/// a record); an entry is never written again. Mapped by user space,
+/// which reads a record's tunnel in place when the record ends.
 #[map]
-pub(crate) static TUNNELS: Array<Tunnel> = Array::with_max_entries(TUNNEL_CAPACITY, 0);
+pub(crate) static TUNNELS: Array<Tunnel> = Array::with_max_entries(TUNNEL_CAPACITY, BPF_F_MMAPABLE);
 
 /// Each tunnel's index in [`TUNNELS`], so that connections through one
 /// tunnel share its entry. The map's own locking orders concurrent

@@ -286,7 +286,11 @@ fn record_tunnel() -> TunnelRef {
         return unrecorded();
     };
     // SAFETY: an atomic add on a shared map value: each index is handed out once.
-    let index = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(next, 1) } + 1;
+    // SeqCst, not Relaxed: for a relaxed add this compiler emits the BPF
+    // add that returns nothing (no BPF_FETCH) and then uses the register
+    // it added as if it were the old value, so every CPU got index 2 (seen
+    // in the object's bytes: `db 70 ..` with an immediate of 0, not 1).
+    let index = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(next, 1) } + 1;
     if index >= TUNNEL_CAPACITY as u64 {
         return unrecorded();
     }

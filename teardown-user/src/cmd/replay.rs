@@ -281,10 +281,10 @@ pub fn connections_of(
         kernel
             .test_run_at(names::XDP_REPLAY_PROGRAM, fed, clock, &mut buffer)
             .with_context(|| format!("{}: frame {frames}", path.display()))?;
-        tracker.drain_events(&mut events, &mut ended);
+        tracker.drain_events(&mut events, &table, &mut ended);
         tracker.take_changes(&table);
     }
-    tracker.drain_events(&mut events, &mut ended);
+    tracker.drain_events(&mut events, &table, &mut ended);
     tracker.finish(&table, &mut ended);
     let stats = kernel.flow_stats()?;
     if stats.events_lost > 0 || stats.insert_failed > 0 || stats.evicted > 0 {

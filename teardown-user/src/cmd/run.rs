@@ -559,7 +559,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         };
         // Resets first: a record ending now finds the reset sent before.
         reasons.poll(kernel_now());
-        tracker.drain_events(&mut events, &mut ended);
+        tracker.drain_events(&mut events, &table, &mut ended);
         tracker.take_changes(&table);
         tracker.expire(kernel_now(), &table, &mut ended);
         reasons.claim(&mut ended);
@@ -636,7 +636,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Connections still open are reported as they stand, as at the end of a
     // capture.
     reasons.poll(kernel_now());
-    tracker.drain_events(&mut events, &mut ended);
+    tracker.drain_events(&mut events, &table, &mut ended);
     tracker.finish(&table, &mut ended);
     reasons.claim(&mut ended);
     debris.take_debris(&mut ended);

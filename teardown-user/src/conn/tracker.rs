@@ -22,6 +22,7 @@ use teardown_common::{
     conn::{Conn, ORIG, Timeouts, end_reason, flag},
     events::{EndedEvent, EventHeader, FlowStats, kind},
     flow::FlowKey,
+    tunnel::{Tunnel, encap},
 };
 
 use crate::{conn::resets::KernelReset, kernel::FlowTable};
@@ -36,6 +37,49 @@ pub struct Ended {
     /// program saw one in the connection's lifetime
     /// ([`ResetBook`](crate::conn::resets::ResetBook)).
     pub kernel_reset: Option<KernelReset>,
+    /// The tunnel the connection came through, for a connection found
+    /// inside one ([`FlowTable::tunnel`]).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// The names of a tunnel's layers, outermost first.
+pub fn layer_names(tunnel: &Tunnel) -> Vec<&'static str> {
+    tunnel
+        .layers
+        .iter()
+        .take_while(|kind| **kind != 0)
+        .map(|kind| encap::name(*kind))
+        .collect()
+}
+
+/// A tunnel's outer IP endpoints, source first as the frame had them, if
+/// an IP tunnel was opened.
+pub fn outer_endpoints(tunnel: &Tunnel) -> Option<(IpAddr, IpAddr)> {
+    if tunnel.outer_family == 0 {
+        return None;
+    }
+    let (src, dst) = tunnel.outer_endpoints();
+    Some((
+        src.to_ip(tunnel.outer_family),
+        dst.to_ip(tunnel.outer_family),
+    ))
+}
+
+/// A record's `tunnel`, in the spirit of Zeek's `tunnel_parents`, but
+/// self-contained: the layers (outermost first), the innermost layer's id
+/// (VNI, GRE key, MPLS label, PPPoE session, I-SID, VN-Tag interface),
+/// and the outer endpoints of the innermost IP tunnel.
+fn tunnel_json(tunnel: &Tunnel) -> Value {
+    let mut value = json!({ "layers": layer_names(tunnel) });
+    let fields = value.as_object_mut().expect("a JSON object");
+    if tunnel.id != 0 {
+        fields.insert("id".into(), json!(tunnel.id));
+    }
+    if let Some((src, dst)) = outer_endpoints(tunnel) {
+        fields.insert("outer_src".into(), json!(src.to_string()));
+        fields.insert("outer_dst".into(), json!(dst.to_string()));
+    }
+    value
 }
 
 /// Converts record times (kernel monotonic, or capture time) to Unix time.
@@ -211,6 +255,9 @@ impl Ended {
         if let Some(teardown) = close.teardown_ns {
             fields.insert("teardown".into(), json!(seconds(teardown)));
         }
+        if let Some(tunnel) = &self.tunnel {
+            fields.insert("tunnel".into(), tunnel_json(tunnel));
+        }
         if let Some(reset) = &self.kernel_reset {
             fields.insert("rst_reason".into(), json!(reset.reason));
             if let Some(state) = reset.state_name() {
@@ -222,6 +269,22 @@ impl Ended {
             }
         }
         record
+    }
+
+    /// The tunnel as the plain line says it: ` via vxlan 42 10.0.0.1>10.0.0.2`
+    /// (layers outermost first, the innermost's id, the outer endpoints).
+    fn tunnel_words(&self) -> String {
+        let Some(tunnel) = &self.tunnel else {
+            return String::new();
+        };
+        let mut words = format!(" via {}", layer_names(tunnel).join("/"));
+        if tunnel.id != 0 {
+            words += &format!(" {}", tunnel.id);
+        }
+        if let Some((src, dst)) = outer_endpoints(tunnel) {
+            words += &format!(" {src}>{dst}");
+        }
+        words
     }
 
     /// One readable line.
@@ -256,7 +319,7 @@ impl Ended {
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         };
         format!(
-            "conn {} -> {} {:<6} {}{by}{cause}{kernel} {:.3}s pkts {}/{} history {} uid {}",
+            "conn {} -> {} {:<6} {}{by}{cause}{kernel} {:.3}s pkts {}/{} history {} uid {}{}",
             fmt(orig_h, orig_p),
             fmt(resp_h, resp_p),
             conn.conn_state(),
@@ -266,6 +329,7 @@ impl Ended {
             conn.ep[1 - ORIG].pkts,
             if history.is_empty() { "-" } else { &history },
             self.uid(),
+            self.tunnel_words(),
         )
     }
 }
@@ -593,7 +657,12 @@ impl Tracker {
 
     /// Reads every pending event; records the kernel closed out are appended
     /// to `out`.
-    pub fn drain_events(&mut self, events: &mut RingBuf<MapData>, out: &mut Vec<Ended>) {
+    pub fn drain_events(
+        &mut self,
+        events: &mut RingBuf<MapData>,
+        table: &FlowTable,
+        out: &mut Vec<Ended>,
+    ) {
         while let Some(item) = events.next() {
             let bytes: &[u8] = &item;
             if bytes.len() < size_of::<EndedEvent>() {
@@ -614,6 +683,7 @@ impl Tracker {
                 conn: event.conn,
                 reason: header.reason as u8,
                 kernel_reset: None,
+                tunnel: table.tunnel(event.conn.tunnel),
             };
             self.count(&ended, header.time_ns);
             out.push(ended);
@@ -653,6 +723,7 @@ impl Tracker {
                 conn: slot.conn,
                 reason,
                 kernel_reset: None,
+                tunnel: table.tunnel(slot.conn.tunnel),
             };
             if slot.conn.half_open() {
                 self.stats.half_open_closed += 1;
@@ -686,6 +757,7 @@ impl Tracker {
                 conn: slot.conn,
                 reason: end_reason::END_OF_INPUT,
                 kernel_reset: None,
+                tunnel: table.tunnel(slot.conn.tunnel),
             });
         }
         ended.sort_by_key(|ended| ended.conn.start_ns);
@@ -753,6 +825,7 @@ pub(crate) mod tests {
             conn,
             reason: end_reason::CLOSED,
             kernel_reset: None,
+            tunnel: None,
         }
     }
 
@@ -988,6 +1061,7 @@ pub(crate) mod tests {
             conn: Conn::zeroed(),
             reason: end_reason::END_OF_INPUT,
             kernel_reset: None,
+            tunnel: None,
         };
         assert!(empty.json(&Clock::Capture).get("history").is_none());
     }

@@ -20,6 +20,7 @@ use teardown_common::{
     events::{FlowStats, SLOTS_PER_CHANGE_WORD},
     names,
     table::FlowSlot,
+    tunnel::{TUNNEL_CAPACITY, Tunnel, TunnelRef},
 };
 
 use super::Kernel;
@@ -63,12 +64,38 @@ pub struct FlowTable {
     len: usize,
     changes: NonNull<u64>,
     words: usize,
-    mappings: [(NonNull<u8>, usize); 2],
+    /// The kernel's table of tunnels (`TUNNELS`), which records refer to.
+    tunnels: NonNull<Tunnel>,
+    mappings: [(NonNull<u8>, usize); 3],
 }
 
 impl FlowTable {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The tunnel a record's connection came through
+    /// ([`Conn::tunnel`](teardown_common::conn::Conn::tunnel)), if any. An
+    /// entry is written once, by the CPU its index was handed to, before
+    /// any record refers to it; a record is read after the kernel let go
+    /// of it. A tunnel the kernel's table had no room for is known by its
+    /// innermost kind alone (the kernel counts those).
+    pub fn tunnel(&self, reference: [u8; 3]) -> Option<Tunnel> {
+        let reference = TunnelRef::from_bytes(reference);
+        if reference == TunnelRef::NONE {
+            return None;
+        }
+        match reference.index() {
+            Some(index) if index < TUNNEL_CAPACITY => {
+                // SAFETY: in bounds of the mapping; Tunnel is plain data.
+                Some(unsafe { std::ptr::read_volatile(self.tunnels.as_ptr().add(index as usize)) })
+            }
+            _ => {
+                let mut tunnel = Tunnel::default();
+                tunnel.layers[0] = (reference.0 & 0xff) as u8;
+                Some(tunnel)
+            }
+        }
     }
 
     /// A consistent copy of slot `index`. The kernel may be writing it
@@ -167,14 +194,18 @@ impl Kernel {
             names::FLOW_CHANGES_MAP,
             slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize) * 8,
         )?;
+        let tunnels_len = TUNNEL_CAPACITY as usize * size_of::<Tunnel>();
+        let tunnels = mmap_map(&self.ebpf, names::TUNNELS_MAP, tunnels_len)?;
         Ok(FlowTable {
             slots: table.cast(),
             len: slots,
             changes: changes.cast(),
             words: slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize),
+            tunnels: tunnels.cast(),
             mappings: [
                 (table, slots * size_of::<FlowSlot>()),
                 (changes, slots.div_ceil(64) * 8),
+                (tunnels, tunnels_len),
             ],
         })
     }
