@@ -20,8 +20,8 @@
 
 use crate::addr::Addr16;
 use crate::parse::{
-    ETH_HLEN, Fragment, IpPacket, IpVersion, MAX_INNER_START, PacketBytes, Payload, TcpSegment,
-    Transport, ethertype, ip_proto, link, parse_network, walk_link,
+    ETH_HLEN, Fragment, IpPacket, IpVersion, MAX_INNER_START, PacketBytes, Parsed, Payload,
+    TcpSegment, Transport, ethertype, ip_proto, link, parse_network, walk_link,
 };
 
 /// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
@@ -477,7 +477,8 @@ impl DecapState {
     /// parser as [`crate::parse::parse`] ([`walk_link`], [`parse_network`]),
     /// read field by field where each is defined. With `SEGMENT`, a TCP
     /// segment is copied into [`Inner::segment`]; the kernel reads it
-    /// again where it needs it ([`Inner::reparse`]). Nothing here is read
+    /// again where it needs it ([`Inner::reparse`]) and keeps only whether
+    /// its header is whole, for the tallies. Nothing here is read
     /// out of a merged parse result: the compiler may store registers for
     /// the fields a path leaves undefined, which the verifier refuses.
     #[inline(always)]
@@ -526,6 +527,11 @@ impl DecapState {
                 self.inner.class = inner_class::TCP;
                 if SEGMENT {
                     self.inner.segment = segment;
+                } else {
+                    // The kernel parses the segment again where it tracks
+                    // it; the tallies still need to know a header cut
+                    // short (`encap_tally_of`).
+                    self.inner.segment.header_complete = segment.header_complete;
                 }
             }
             Transport::Other { .. } => {
@@ -597,6 +603,47 @@ pub fn decapsulate<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelPorts) -> Dec
         outcome::MALFORMED => Decap::Malformed { tunnel },
         outcome::UNSUPPORTED => Decap::Unsupported { tunnel },
         _ => Decap::TooDeep { tunnel },
+    }
+}
+
+/// Whether a frame whose own headers carry no TCP segment may carry one in
+/// a tunnel: they stop at an EtherType or IP protocol that [`decapsulate`]
+/// opens, or at UDP to one of `ports`. Decided on what `parsed` already
+/// holds and, for UDP, one load of its ports, so that the kernel hands the
+/// tunnel program only these frames, and ARP, DNS or QUIC never pay for
+/// it. Never false where [`decapsulate`] would find a layer (a host test
+/// holds the two to that).
+#[inline(always)]
+pub fn may_carry_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    parsed: &Parsed,
+    ports: &TunnelPorts,
+) -> bool {
+    if ports.enabled == 0 {
+        return false;
+    }
+    match parsed.network_type {
+        ethertype::MPLS_UNICAST
+        | ethertype::MPLS_MULTICAST
+        | ethertype::PPPOE_SESSION
+        | ethertype::VNTAG
+        | ethertype::PBB
+        | ethertype::FABRICPATH => true,
+        ethertype::IPV4 | ethertype::IPV6 => match &parsed.payload {
+            Payload::Ip(ip) => match ip.protocol {
+                ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
+                // Both ports in one load: what follows a UDP header's
+                // ports is longer than two bytes (see `mpls` on loads).
+                ip_proto::UDP => pkt.load::<4>(ip.l4_offset as usize).is_some_and(|head| {
+                    let dst_port = be16([head[2], head[3]]);
+                    TunnelPorts::has(&ports.vxlan, dst_port)
+                        || TunnelPorts::has(&ports.geneve, dst_port)
+                }),
+                _ => false,
+            },
+            _ => false,
+        },
+        _ => false,
     }
 }
 

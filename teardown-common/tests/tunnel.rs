@@ -31,7 +31,9 @@
 //!   (yet) a tunnel, [`inner_class::OTHER`], as an outer one is `None`.
 
 use teardown_common::addr::Addr16;
-use teardown_common::counters::{class, encap_slot, encap_tally, tally, tally_common};
+use teardown_common::counters::{
+    class, encap_slot, encap_tally, encap_tally_of, tally, tally_common,
+};
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
 use teardown_common::parse::{
@@ -40,7 +42,7 @@ use teardown_common::parse::{
 };
 use teardown_common::tunnel::{
     self, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel, TunnelPorts,
-    decapsulate, encap, inner_class, outcome,
+    decapsulate, encap, inner_class, may_carry_tunnel, outcome,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -607,6 +609,16 @@ fn check_invariants(
 ) {
     let parsed = parse(frame);
 
+    // The kernel asks the tunnel program only about frames the cheap test
+    // lets through: it must let through every frame with a layer to open.
+    if !matches!(decap, Decap::None) && parsed.tcp().is_none() {
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "{}: decapsulated, but the kernel would not have asked: {parsed:?}",
+            context()
+        );
+    }
+
     // The common frame's shortcut: where it answers, the frame is a plain
     // TCP segment the parser reads the same way, with no tunnel to open.
     if let Some(common) = parse_common(frame) {
@@ -690,6 +702,14 @@ fn check_invariants(
 
     let tallied = encap_tally(decap).expect("a tunnel is tallied");
     assert_eq!(tallied.layers, tunnel.layers);
+    // The kernel tallies from its own state, without the segment copy: the
+    // same tally (a segment it did not copy is not thereby cut short).
+    assert_eq!(
+        encap_tally_of(kernel_outcome, &state.tunnel, &state.inner),
+        Some(tallied),
+        "{}: kernel's tally",
+        context()
+    );
     let slot = tallied.outcome as usize;
 
     let Decap::Inner { inner, .. } = decap else {

@@ -74,7 +74,7 @@ pub const TUNNELLED: u64 = 0x100;
 ///
 /// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
 #[inline(always)]
-pub(crate) fn track<const OPAQUE_OFFSET: bool>(
+pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
     frame: &Frame,
     tcp: &TcpSegment,
     ip_offset: usize,
@@ -101,14 +101,14 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool>(
         ) {
             let (src, dst) = (Addr16(src).halves(), Addr16(dst).halves());
             if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-                look_up::<true>(tcp, ip_offset, &src, &dst, clock, syn_time);
+                look_up::<true, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time);
             }
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
         let src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
         let dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
         if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-            look_up::<false>(tcp, ip_offset, &src, &dst, clock, syn_time);
+            look_up::<false, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time);
         }
     }
 }
@@ -176,7 +176,7 @@ fn synack_untracked() {
 ///
 /// [`FlowSlot::direction_of`]: teardown_common::table::FlowSlot::direction_of
 #[inline(always)]
-fn look_up<const V6: bool>(
+fn look_up<const V6: bool, const TUNNELLED: bool>(
     tcp: &TcpSegment,
     ip_offset: usize,
     src: &[u64; 2],
@@ -287,7 +287,7 @@ fn look_up<const V6: bool>(
     } else {
         clock.precise()
     };
-    to_slow_path(tcp, ip_len, src, dst, family, set, way, false, now);
+    to_slow_path(tcp, ip_len, src, dst, family, set, way, TUNNELLED, now);
 }
 
 /// Hands a segment to the slow path ([`track_segment`]) through this
@@ -332,59 +332,4 @@ fn to_slow_path(
     input.src = *src;
     input.dst = *dst;
     track_segment(input);
-}
-
-/// A segment found inside a tunnel, straight to the slow path: SYNs
-/// counted and admitted as on the fast path, no probe of the table
-/// ([`track_segment`] looks under the slot locks itself). Tunnelled frames
-/// are opened in a global function of their own, and the fast path's
-/// probe after it, in the same program, trips the 6.18 verifier's
-/// precision tracking ("verifier bug: stack slot"); the slow path costs a
-/// tunnelled segment its locks instead.
-#[inline(always)]
-pub(crate) fn track_tunnelled(
-    frame: &Frame,
-    tcp: &TcpSegment,
-    ip_offset: usize,
-    is_v6: bool,
-    clock: &impl FlowClock,
-) {
-    let (src, dst, family) = if is_v6 {
-        let (Some(src), Some(dst)) = (
-            frame.load::<16>(ip_offset + 8),
-            frame.load::<16>(ip_offset + 24),
-        ) else {
-            return;
-        };
-        (Addr16(src).halves(), Addr16(dst).halves(), 6)
-    } else {
-        let Some(pair) = frame.load::<8>(ip_offset + 12) else {
-            return;
-        };
-        (
-            Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]),
-            Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]),
-            4,
-        )
-    };
-    let Some(syn_time) = admit(tcp, &src, &dst, clock) else {
-        return;
-    };
-    let hash = flow_hash(
-        fold_address(&src),
-        tcp.src_port,
-        fold_address(&dst),
-        tcp.dst_port,
-    );
-    let set = set_of(hash, setting!(SET_SHIFT));
-    let ip_len = (tcp.offset as u32)
-        .wrapping_sub(ip_offset as u32)
-        .wrapping_add(tcp.header_len as u32)
-        .wrapping_add(tcp.payload_len);
-    let now = if syn_time != 0 {
-        syn_time
-    } else {
-        clock.precise()
-    };
-    to_slow_path(tcp, ip_len, &src, &dst, family, set, WAYS, true, now);
 }

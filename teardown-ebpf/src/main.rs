@@ -52,16 +52,16 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use teardown_common::{
-    counters::{Tallies, Tally, class, encap_tally_of, tally, tally_common},
+    counters::{Tallies, Tally, encap_tally_of, tally, tally_common},
     parse::{CommonTcp, IpVersion, TcpSegment, parse, parse_common},
     tunnel::{
-        DecapState, decapsulate_in_place, enter_layer, inner_class, outcome as tunnel_outcome,
-        step_layer,
+        DecapState, decapsulate_in_place, enter_layer, inner_class, may_carry_tunnel,
+        outcome as tunnel_outcome, step_layer,
     },
 };
 
 use clock::{FlowClock, LiveClock, ReplayClock};
-use fast_path::{track, track_tunnelled};
+use fast_path::track;
 use frame::Frame;
 use maps::{
     CLOCK_PROBE, DECAP_STATE, EGRESS_TALLIES, NS_PER_TICK, TALLIES, TUNNEL_TC, TUNNEL_XDP, setting,
@@ -69,12 +69,13 @@ use maps::{
 };
 use teardown_common::names::tunnel_slot;
 
-/// What the programs read of a frame: its tally, and its TCP segment with
-/// the IP header's offset and version. The common frame's shortcut first
-/// ([`parse_common`]), the general parser for the rest. A frame with no
-/// TCP segment of its own may carry one in a tunnel: see [`may_be_tunnel`].
+/// What the programs read of a frame: its tally, its TCP segment with the
+/// IP header's offset and version, and, for a frame with no TCP segment
+/// of its own, whether it may carry one in a tunnel ([`may_carry_tunnel`]:
+/// only such frames are handed to the tunnel program). The common frame's
+/// shortcut first ([`parse_common`]), the general parser for the rest.
 #[inline(always)]
-fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
+fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, bool) {
     match parse_common(frame) {
         Some(common) => (
             tally_common(&common),
@@ -83,33 +84,17 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>) {
                 common.version == IpVersion::V6,
                 common.segment,
             )),
+            false,
         ),
         None => {
             let parsed = parse(frame);
             let segment = parsed
                 .tcp()
                 .map(|(ip, tcp)| (ip.offset as usize, ip.version == IpVersion::V6, *tcp));
-            (tally(&parsed), segment)
+            let tunnel = segment.is_none() && may_carry_tunnel(frame, &parsed, tunnel_ports());
+            (tally(&parsed), segment, tunnel)
         }
     }
-}
-
-/// Whether a frame's outer headers stop where an encapsulation may start:
-/// a non-IP EtherType (MPLS, PPPoE, link-layer shims) or an IP transport
-/// other than TCP (GRE, IP-in-IP, UDP for VXLAN and Geneve). Decided on
-/// its tally alone; such a frame goes to a global function
-/// ([`open_tunnel_xdp`], [`open_tunnel_tc`]) that reads it again and opens
-/// its layers, verified once on its own, in a program reached by tail call
-/// ([`teardown_tunnel`]), so that the common path stays as it was; a TCP
-/// segment found inside then goes to another ([`track_inner_xdp`],
-/// [`track_inner_tc`]), called by that program itself rather than from
-/// inside the first, so that the chain of calls stays within the 512 bytes
-/// of stack the kernel allows.
-#[inline(always)]
-fn may_be_tunnel(counted: &Tally) -> bool {
-    let kind = counted.frame_class / 2;
-    kind == class::NON_IP
-        || (kind >= class::IP_BASE && (kind - class::IP_BASE) % 5 == class::OTHER_TRANSPORT)
 }
 
 /// Opens the encapsulations of a frame ([`decapsulate_in_place`]), one
@@ -334,11 +319,13 @@ fn track_inner(frame: &Frame, clock: &impl FlowClock) {
     // SAFETY: this CPU's slot, used by one program run at a time.
     let inner = unsafe { &(*state).inner };
     if let Some(segment) = inner.reparse(frame) {
-        // Opaque, as in the TC program's `track`: the compiler would drop
-        // the address loads' bounds checks, proved from the parse's, by
-        // reasoning the verifier does not follow.
-        let ip_offset = core::hint::black_box(inner.ip_offset as usize);
-        track_tunnelled(frame, &segment, ip_offset, inner.is_v6 != 0, clock);
+        // The same fast path as an untunnelled segment's, with the offset
+        // opaque to the optimiser as in the TC program (it would drop the
+        // address loads' bounds checks, proved from the parse's, by
+        // reasoning the verifier does not follow); a record it starts
+        // records its tunnel.
+        let ip_offset = inner.ip_offset as usize;
+        track::<true, true>(frame, &segment, ip_offset, inner.is_v6 != 0, clock);
     }
 }
 
@@ -351,20 +338,18 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment) = read_frame(frame);
+    let (counted, segment, tunnel) = read_frame(frame);
     // The flow table first, the tallies after: the tally is two small
     // numbers to keep across the table's lookups, where the segment's fields
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
     if let Some((ip_offset, is_v6, tcp)) = segment {
-        track::<false>(frame, &tcp, ip_offset, is_v6, clock);
+        track::<false, false>(frame, &tcp, ip_offset, is_v6, clock);
         record_tally(&TALLIES, &counted);
         return false;
     }
-    // Only frames without TCP of their own pay for the question (the
-    // verifier's count of instructions grows with every path that asks).
     record_tally(&TALLIES, &counted);
-    may_be_tunnel(&counted)
+    tunnel
 }
 
 #[inline(always)]
@@ -485,14 +470,14 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment) = read_frame(&frame);
+    let (counted, segment, tunnel) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
-        track::<true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+        track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
         record_tally(&EGRESS_TALLIES, &counted);
         return false;
     }
     record_tally(&EGRESS_TALLIES, &counted);
-    may_be_tunnel(&counted)
+    tunnel
 }
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the

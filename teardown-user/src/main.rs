@@ -403,7 +403,16 @@ fn main() -> ExitCode {
                     )
                 })
             } else {
-                replay::run(&files, json)
+                tunnels.ports().and_then(|tunnels| {
+                    replay::run(
+                        &files,
+                        json,
+                        &kernel::LoadOptions {
+                            tunnels,
+                            ..kernel::LoadOptions::default()
+                        },
+                    )
+                })
             }
         }
         Command::Bench {

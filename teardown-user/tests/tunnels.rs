@@ -260,6 +260,15 @@ fn replay(capture: &Path, extra: &[&str]) -> BTreeMap<u16, Value> {
     records
 }
 
+/// The counters of `teardown replay --json` (one file).
+fn counts(capture: &Path, extra: &[&str]) -> Value {
+    let output = run(Command::new(teardown_bin())
+        .args(["replay", "--json"])
+        .args(extra)
+        .arg(capture));
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
 /// Inner conversations tshark finds: (client port, frames).
 fn tshark_conversations(capture: &Path) -> BTreeMap<u16, usize> {
     let output = run(Command::new("tshark")
@@ -359,6 +368,27 @@ fn every_encapsulation_gives_the_inner_connection_its_record_and_its_tunnel() {
     // Tunnels off: the same capture gives no connection at all.
     let off = replay(&tunnel_capture, &["--no-tunnels"]);
     assert!(off.is_empty(), "--no-tunnels still opened: {off:?}");
+
+    // The counters: every frame a tunnelled TCP segment, none of them
+    // malformed; with tunnels off (counters only, no --connections) none
+    // opened.
+    let frames = tunnelled.len() as u64;
+    let on = counts(&tunnel_capture, &[]);
+    assert_eq!(
+        (
+            &on["tunnelled"],
+            &on["tunnelled_tcp"],
+            &on["tunnel_malformed"]
+        ),
+        (&json!(frames), &json!(frames), &json!(0)),
+        "tunnel counters: {on}"
+    );
+    let off = counts(&tunnel_capture, &["--no-tunnels"]);
+    assert_eq!(
+        (&off["tunnelled"], &off["tunnelled_tcp"], &off["frames"]),
+        (&json!(0), &json!(0), &json!(frames)),
+        "tunnel counters with --no-tunnels: {off}"
+    );
 
     // Ports replace the defaults: VXLAN on 4789 and 8472 is no longer
     // opened (nor a conversation inside it, under GRE or not), the others

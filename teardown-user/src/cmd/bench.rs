@@ -82,6 +82,16 @@ fn on_port(mut spec: Spec<'static>, port: u16, seq: u32, ack: u32) -> Spec<'stat
     spec
 }
 
+/// `frame` in VXLAN over IPv4 to port 4789, VNI 4242.
+fn in_vxlan(frame: &craft::Frame) -> craft::Frame {
+    let vxlan = craft::Encap::Vxlan {
+        vni: 4242,
+        port: 4789,
+        outer_v6: false,
+    };
+    craft::wrap(frame.as_bytes(), &vxlan, &[])
+}
+
 /// SYN (seq 1000), SYN-ACK (seq 5000), ACK: an established connection.
 fn handshake(v6: bool, port: u16) -> Vec<craft::Frame> {
     handshake_of(
@@ -202,6 +212,25 @@ pub(super) fn cases() -> Vec<Case> {
             setup: vec![],
             frame: craft::build(&on_port(Spec::tcp_v4(ACK, 0), 40108, 7001, 9001)),
             change: Change::NewSource,
+            goal: None,
+        },
+        // est_ack's segment inside VXLAN (UDP 4789, VNI 4242): the outer
+        // headers, the tail call to the tunnel program, the layers opened,
+        // the inner segment tracked. Issue 13 asks for at most twice
+        // est_ack's cost.
+        Case {
+            name: "vxlan_ack",
+            setup: handshake(false, 40109)
+                .iter()
+                .map(|frame| in_vxlan(frame))
+                .collect(),
+            frame: in_vxlan(&craft::build(&on_port(
+                Spec::tcp_v4(ACK, 0),
+                40109,
+                1001,
+                5001,
+            ))),
+            change: Change::None,
             goal: None,
         },
         Case {

@@ -194,9 +194,13 @@ impl Stdout {
 }
 
 /// `teardown replay`: returns whether every file could be read.
-pub fn run(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<bool> {
+pub fn run(
+    files: &[std::path::PathBuf],
+    json: bool,
+    options: &LoadOptions,
+) -> anyhow::Result<bool> {
     let mut out = Stdout::open()?;
-    let mut kernel = Kernel::load(&LoadOptions::default())?;
+    let mut kernel = Kernel::load(options)?;
     let mut all_read = true;
     let mut total = Counters::default();
     let mut total_frames = 0;
