@@ -69,8 +69,9 @@ enum Command {
         /// interface: each --iface has a table of this size. When a
         /// connection's two slots are taken, a one-sided record (half-open
         /// SYN, lone segment) is evicted for it, never a two-sided
-        /// connection; both are counted. Refused if the table would take
-        /// more than half the memory available (all of them together).
+        /// connection; both are counted. Refused if the tables (every
+        /// interface's together) would take more than half the memory
+        /// available.
         #[arg(long, default_value_t = teardown_common::events::DEFAULT_MAX_FLOWS,
               value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_flows: u32,
