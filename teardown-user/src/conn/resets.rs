@@ -566,6 +566,7 @@ mod tests {
             conn,
             reason: 0,
             kernel_reset: None,
+            iface: None,
         }
     }
 
