@@ -135,9 +135,66 @@ pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| usage())
 }
 
+/// Parses an `--iface` name: what the kernel accepts as one
+/// (`dev_valid_name`): 1 to 15 bytes, not `.` or `..`, without `/`, `:`
+/// or white space. Whether it exists is for the run to find out.
+pub fn parse_iface(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() < libc::IFNAMSIZ
+        && text != "."
+        && text != ".."
+        && !text
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an interface name: 1 to {} bytes without '/', ':' or spaces (list them with `ip link`)",
+            libc::IFNAMSIZ - 1
+        ))
+    }
+}
+
+/// The first name given more than once, if any.
+pub fn repeated(names: &[String]) -> Option<&str> {
+    names
+        .iter()
+        .enumerate()
+        .find(|(index, name)| names[..*index].contains(name))
+        .map(|(_, name)| name.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_are_checked_as_the_kernel_would() {
+        for good in ["eth0", "lo", "veth-a.100", "br_lan", "a", "fifteen-bytes-x"] {
+            assert_eq!(parse_iface(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "sixteen-bytes-xx",
+            "eth0:1",
+            "a/b",
+            "eth 0",
+            "eth0\n",
+            "nul\0",
+        ] {
+            let err = parse_iface(bad).expect_err(bad);
+            assert!(
+                err.contains("not an interface name") && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        assert_eq!(repeated(&names(&["eth0", "eth1"])), None);
+        assert_eq!(repeated(&names(&["eth0", "eth1", "eth0"])), Some("eth0"));
+    }
 
     #[test]
     fn addresses_parse_and_bad_ones_say_how() {

@@ -42,9 +42,12 @@ struct Cli {
 enum Command {
     /// Attach to an interface and print live counters until Ctrl-C or SIGTERM.
     Run {
-        /// Interface to watch, e.g. eth0.
-        #[arg(long, short)]
-        iface: String,
+        /// Interface to watch, e.g. eth0; repeat it to watch several in one
+        /// process (-i eth0 -i eth1). Each gets a flow table of its own, of
+        /// --max-flows connections, and every record says which it was on.
+        #[arg(long, short, required = true, value_name = "IFACE",
+              value_parser = cli::parse_iface)]
+        iface: Vec<String>,
         /// XDP attach mode.
         #[arg(long, short, value_enum, default_value = "auto")]
         mode: cli::ModeArg,
@@ -67,11 +70,13 @@ enum Command {
         #[command(flatten)]
         tunnels: TunnelArgs,
         /// Connections the flow table holds (rounded up to a power of two),
-        /// at 344 bytes of kernel memory each (the default: 43 MiB). When a
+        /// at 344 bytes of kernel memory each (the default: 43 MiB), per
+        /// interface: each --iface has a table of this size. When a
         /// connection's two slots are taken, a one-sided record (half-open
         /// SYN, lone segment) is evicted for it, never a two-sided
-        /// connection; both are counted. Refused if the table would take
-        /// more than half the memory available.
+        /// connection; both are counted. Refused if the tables (every
+        /// interface's together) would take more than half the memory
+        /// available.
         #[arg(long, default_value_t = teardown_common::events::DEFAULT_MAX_FLOWS,
               value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_flows: u32,
@@ -155,6 +160,23 @@ enum Command {
     },
     #[command(flatten)]
     Manual(ManualCommand),
+}
+
+impl Cli {
+    /// What clap cannot check one value at a time: an interface named
+    /// twice (it cannot be attached to twice).
+    fn checked(self) -> Result<Cli, clap::Error> {
+        if let Command::Run { iface, .. } = &self.command
+            && let Some(repeated) = cli::repeated(iface)
+        {
+            use clap::CommandFactory as _;
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("--iface {repeated} is given twice: name each interface once"),
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// Generating the manual (`cargo xtask install`).
@@ -334,7 +356,7 @@ fn one_line(message: &str) -> String {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().and_then(Cli::checked) {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
@@ -366,7 +388,7 @@ fn main() -> ExitCode {
             })
             .and_then(|(runtime, tunnels)| {
                 runtime.block_on(run::run(run::RunOptions {
-                    iface,
+                    interfaces: iface,
                     mode: mode.into(),
                     interval,
                     json,

@@ -45,6 +45,22 @@ fn unknown_interface() {
     );
 }
 
+/// Interfaces are all looked up before anything is loaded: a missing one
+/// among several is one line, whichever it is.
+#[test]
+fn unknown_interface_among_several() {
+    for args in [
+        &["run", "-i", "lo", "-i", "nosuchif0"][..],
+        &["run", "-i", "nosuchif0", "-i", "lo"][..],
+    ] {
+        let output = teardown(args);
+        assert_one_line_error(
+            &output,
+            &["no network interface named \"nosuchif0\"", "ip link"],
+        );
+    }
+}
+
 #[test]
 fn unreadable_and_non_capture_files_are_named_and_the_rest_still_replayed() {
     let shared = shared_dir();
@@ -158,6 +174,24 @@ fn bad_flag_values() {
             &["run", "-i", "lo", "--metrics-addr", ":70000"][..],
             "HOST:PORT",
         ),
+        // Several interfaces (-i repeated): each named once, each a name
+        // the kernel could have.
+        (&["run", "-i", "lo", "-i", "lo"][..], "given twice"),
+        (
+            &["run", "-i", "lo", "--iface", "eth0", "-i", "lo"][..],
+            "--iface lo is given twice",
+        ),
+        (&["run", "-i", ""][..], "not an interface name"),
+        (
+            &["run", "-i", "lo", "-i", "sixteen-bytes-xx"][..],
+            "not an interface name",
+        ),
+        (&["run", "-i", "eth0:1"][..], "not an interface name"),
+        (
+            &["run", "-i", "lo", "-i", "a/b"][..],
+            "not an interface name",
+        ),
+        (&["run", "-i", ".."][..], "not an interface name"),
         (&["completions", "tcsh"][..], "possible values"),
         (&["completions"][..], "SHELL"),
     ] {

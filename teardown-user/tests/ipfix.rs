@@ -116,7 +116,8 @@ fn history_flags(history: &str, originator: bool) -> u16 {
 }
 
 /// A small IPFIX decoder, for what nfdump leaves out: each data record's
-/// teardown elements (PEN 32473) by element id, with its source port. It
+/// teardown elements (PEN 32473) and interfaceName (82) by element id,
+/// with its source port. It
 /// learns the templates from the messages themselves.
 fn enterprise_elements(messages: &[Vec<u8>]) -> Vec<(u16, BTreeMap<u16, String>)> {
     // Template id -> fields (id, length, enterprise).
@@ -171,7 +172,8 @@ fn enterprise_elements(messages: &[Vec<u8>]) -> Vec<(u16, BTreeMap<u16, String>)
                         if pen == 0 && element == 7 {
                             source_port = be16(value, 0);
                         }
-                        if pen == 32473 {
+                        // teardown's elements, and interfaceName (82).
+                        if pen == 32473 || (pen == 0 && element == 82) {
                             strings.insert(element, String::from_utf8_lossy(value).into_owned());
                         }
                         pos += length;
@@ -362,6 +364,8 @@ fn nfcapd_collects_every_connection_as_teardown_records_it() {
         assert_eq!(strings[&5], text("rst_cause"), "{record}");
         assert_eq!(strings[&6], text("rst_reason"), "{record}");
         assert_eq!(strings[&7], text("uid"), "{record}");
+        assert_eq!(strings[&82], text("iface"), "{record}");
+        assert_eq!(strings[&82], lab.server_if, "{record}");
     }
     // The refused connection: a SYN answered by a RST, as nfdump has it.
     let refused = records

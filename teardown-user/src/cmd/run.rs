@@ -3,6 +3,7 @@
 use std::{fmt::Display, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use teardown_common::conn::Timeouts;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -12,10 +13,14 @@ use crate::{
         tracker::{Clock, Ended, Tracker, monotonic_now_ns},
     },
     flood::{AlertEvent, AlertWatch, DebrisSummariser, DebrisSummary, DetectConfig, FloodRecords},
-    kernel::{AttachMode, ClockMode, Kernel, LoadOptions},
+    kernel::{
+        AttachMode, ClockMode, FlowTable, Kernel, LoadOptions, SetupError, check_tables_fit,
+        interface_index,
+    },
     report::dashboard::{self, KeyOutcome, Live},
     report::figures::{
-        AlertFigures, Baseline, Figures, LinesLost, Reading, RunFacts, unix_seconds,
+        AlertFigures, Baseline, Figures, InterfaceSource, LinesLost, Reading, RunFacts,
+        unix_seconds,
     },
     report::hook::AlertHook,
     report::ipfix::Exporter,
@@ -46,7 +51,10 @@ impl Direction {
 }
 
 pub struct RunOptions {
-    pub iface: String,
+    /// The interfaces to watch (`--iface`, repeated): each gets a kernel
+    /// instance of its own (programs, maps, a flow table of `max_flows`).
+    /// Distinct and at least one (the command line sees to it).
+    pub interfaces: Vec<String>,
     pub mode: AttachMode,
     pub interval: Duration,
     pub json: bool,
@@ -93,7 +101,7 @@ impl Screen {
         if options.json || options.plain || !dashboard::stdout_can_show_dashboard() {
             return Ok(Screen::Plain { rows: 0 });
         }
-        let mut dashboard = Live::start(options.iface.clone(), attachment)?;
+        let mut dashboard = Live::start(options.interfaces.join(", "), attachment)?;
         dashboard.draw(clock_time())?;
         Ok(Screen::Dashboard(Box::new(dashboard)))
     }
@@ -392,12 +400,143 @@ fn read_kernel(kernel: &Kernel, egress: bool) -> anyhow::Result<Reading> {
     })
 }
 
+/// One interface watched: a kernel instance of its own (programs, maps,
+/// flow table), so each interface's counters and records are its own, and
+/// a connection a router forwards between two watched interfaces is a
+/// record on each rather than one record fed twice.
+struct Watched {
+    /// Its name, for the life of the process (every record carries it).
+    iface: &'static str,
+    // Declared before the kernel, so dropped before it.
+    events: RingBuf<MapData>,
+    table: FlowTable,
+    tracker: Tracker,
+    /// The flow table's clock minus CLOCK_MONOTONIC.
+    kernel_offset: i128,
+    /// Its counters before anything was attached.
+    baseline: Baseline,
+    /// The latest report's reading: the next report's rates are measured
+    /// from it (the first one's from the start).
+    previous: Reading,
+    /// How it is attached, e.g. `generic XDP + TC egress`, once it is.
+    attachment: String,
+    kernel: Kernel,
+}
+
+impl Watched {
+    /// Loads a kernel instance for `iface`, not attached yet, with the
+    /// alert watch's first poll epoch set.
+    fn load(
+        iface: &str,
+        load: &LoadOptions,
+        alerts: &AlertWatch,
+        egress: bool,
+        timeouts: Timeouts,
+    ) -> anyhow::Result<Watched> {
+        let iface: &'static str = Box::leak(iface.to_string().into_boxed_str());
+        let mut kernel = Kernel::load(load)?;
+        let events = kernel.take_events()?;
+        let table = kernel.flow_table()?;
+        let kernel_offset = calibrate_clock(&mut kernel)?;
+        alerts.start(&mut kernel)?;
+        // The counters' starting point, before anything is attached: a
+        // packet that arrives as soon as the program is attached must count.
+        let start = read_kernel(&kernel, egress)?;
+        let mut tracker = Tracker::on_interface(timeouts, iface);
+        tracker.watch_half_open_timeouts();
+        Ok(Watched {
+            iface,
+            events,
+            table,
+            tracker,
+            kernel_offset,
+            baseline: Baseline {
+                received: start.received,
+                sent: start.sent,
+            },
+            previous: start,
+            attachment: String::new(),
+            kernel,
+        })
+    }
+
+    /// The flow table's clock now.
+    fn kernel_now(&self) -> u64 {
+        (monotonic_now_ns() as i128 + self.kernel_offset).max(0) as u64
+    }
+
+    /// Attaches XDP (and TC egress when `egress`) to the interface.
+    fn attach(&mut self, mode: AttachMode, egress: bool) -> anyhow::Result<()> {
+        let mode = self.kernel.attach(self.iface, mode)?;
+        if egress {
+            self.kernel.attach_egress(self.iface)?;
+        }
+        self.attachment = format!(
+            "{mode} XDP{}",
+            if egress {
+                " + TC egress"
+            } else {
+                ", ingress only"
+            }
+        );
+        Ok(())
+    }
+
+    /// What the interface gives the figures, read `now`.
+    fn source<'a>(&'a self, now: &'a Reading, report: bool) -> InterfaceSource<'a> {
+        InterfaceSource {
+            iface: self.iface,
+            baseline: &self.baseline,
+            now,
+            previous: report.then_some(&self.previous),
+            tracker: &self.tracker,
+        }
+    }
+}
+
+/// Attaches every interface, in order. If one fails, those attached before
+/// it are detached again before its error is returned: a run that does not
+/// start leaves no program behind.
+fn attach_all(watched: &mut [Watched], mode: AttachMode, egress: bool) -> anyhow::Result<()> {
+    for index in 0..watched.len() {
+        if let Err(err) = watched[index].attach(mode, egress) {
+            for earlier in watched[..=index].iter_mut().rev() {
+                // Its own failure may have left the XDP half attached.
+                if let Err(detach) = earlier.kernel.detach() {
+                    say(format_args!(
+                        "teardown: {}: {detach:#}; `ip link set dev {} xdp off` removes it",
+                        earlier.iface, earlier.iface
+                    ));
+                }
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// How the interfaces are attached, in one phrase: the same for all
+/// (`generic XDP + TC egress`), or each one's.
+fn attachments(watched: &[Watched]) -> String {
+    match watched {
+        [first, rest @ ..] if rest.iter().all(|one| one.attachment == first.attachment) => {
+            first.attachment.clone()
+        }
+        _ => watched
+            .iter()
+            .map(|one| format!("{}: {}", one.iface, one.attachment))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let egress = options.direction == Direction::Both;
     let facts = RunFacts {
         flow_table_capacity: u64::from(teardown_common::table::slots_for(options.max_flows)),
         ..RunFacts::starting_now(options.direction.name())
     };
+    let names: Vec<&str> = options.interfaces.iter().map(String::as_str).collect();
     // Caught from the start: a SIGTERM just after the "watching" line (a
     // service manager, a test) must end the run cleanly, not kill it, and
     // SIGHUP reopens --log (logrotate renamed it) rather than ending the run.
@@ -417,7 +556,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(addr) => Some(
             MetricsServer::start(
                 addr,
-                Figures::zero(&options.iface, facts.clone(), egress, output_keys),
+                Figures::zero(&names, facts.clone(), egress, output_keys),
             )
             .await?,
         ),
@@ -443,44 +582,48 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let ipfix = options.fleet.ipfix.map(Exporter::start).transpose()?;
-    let mut kernel = Kernel::load(&LoadOptions {
+    // Before anything is loaded: a misspelt interface, or tables that would
+    // not fit together, cost nothing to undo.
+    let mut indexes: Vec<(u32, &str)> = Vec::new();
+    for iface in &names {
+        let index = interface_index(iface)?;
+        if let Some((_, same)) = indexes.iter().find(|(known, _)| *known == index) {
+            return Err(SetupError::SameInterface(same.to_string(), iface.to_string()).into());
+        }
+        indexes.push((index, iface));
+    }
+    check_tables_fit(options.max_flows, names.len() as u32)?;
+    let load = LoadOptions {
         timeouts: options.timeouts,
         grace_ns: GRACE.as_nanos() as u64,
         max_flows: options.max_flows,
         clock: options.clock,
         tunnels: options.tunnels,
-    })?;
-    let mut events = kernel.take_events()?;
-    let table = kernel.flow_table()?;
-    let kernel_offset = calibrate_clock(&mut kernel)?;
-    let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
-    alerts.start(&mut kernel)?;
-    // The counters' starting point, before anything is attached: a packet
-    // that arrives as soon as the program is attached must count.
-    let start = read_kernel(&kernel, egress)?;
-    let baseline = Baseline {
-        received: start.received,
-        sent: start.sent,
     };
+    let mut watched = names
+        .iter()
+        .map(|iface| Watched::load(iface, &load, &alerts, egress, options.timeouts))
+        .collect::<anyhow::Result<Vec<Watched>>>()?;
+    // The host's clock for what is not an interface's: the reset events,
+    // the flood debris, the records' Unix times.
+    let kernel_offset = watched[0].kernel_offset;
+    let kernel_now = || (monotonic_now_ns() as i128 + kernel_offset).max(0) as u64;
     // The kernel's reasons before the packets: a reset sent as soon as the
     // programs see traffic finds its program in place. What it cannot do on
-    // this kernel is said after the "watching" line.
-    let (mut reasons, reason_notes) = KernelReasons::start(&mut kernel);
-    let mode = kernel.attach(&options.iface, options.mode)?;
-    if egress {
-        kernel.attach_egress(&options.iface)?;
-    }
-    let attachment = format!(
-        "{mode} XDP{}",
-        if egress {
-            " + TC egress"
-        } else {
-            ", ingress only"
-        }
-    );
+    // this kernel is said after the "watching" line. The tracepoint sees
+    // every reset the host sends, whatever the interface: one instance
+    // watches it for all.
+    let (mut reasons, reason_notes) = KernelReasons::start(&mut watched[0].kernel);
+    attach_all(&mut watched, options.mode, egress)?;
+    let attachment = attachments(&watched);
+    let watching = match &watched[..] {
+        [only] => format!("{} ({attachment})", only.iface),
+        _ if !attachment.contains(": ") => format!("{} ({attachment})", names.join(", ")),
+        _ => attachment.clone(),
+    };
     say(format_args!(
-        "teardown: watching {} ({attachment}), every {:?}; Ctrl-C to stop",
-        options.iface, options.interval
+        "teardown: watching {watching}, every {:?}; Ctrl-C to stop",
+        options.interval
     ));
     for note in &reason_notes {
         say(format_args!("{note}"));
@@ -504,8 +647,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .map(|command| AlertHook::new(command, options.fleet.on_alert_timeout)),
         dashboard_warned: false,
     };
-    let mut tracker = Tracker::new(options.timeouts);
-    tracker.watch_half_open_timeouts();
     // A one-sided record begun during an alert ends at most the idle
     // timeout and the kernel's grace after its last packet.
     let mut debris = DebrisSummariser::new(
@@ -515,9 +656,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         options.detect.top_sources,
         unix_seconds(),
     );
-    // The latest report's reading: the next report's rates are measured
-    // from it (the first one's from the start).
-    let mut previous = start;
     let mut previous_at = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -559,14 +697,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         };
         // Resets first: a record ending now finds the reset sent before.
         reasons.poll(kernel_now());
-        tracker.drain_events(&mut events, &table, &mut ended);
-        tracker.take_changes(&table);
-        tracker.expire(kernel_now(), &table, &mut ended);
+        for one in &mut watched {
+            let now = one.kernel_now();
+            one.tracker.drain_events(&mut one.events, &one.table, &mut ended);
+            one.tracker.take_changes(&one.table);
+            one.tracker.expire(now, &one.table, &mut ended);
+        }
         reasons.claim(&mut ended);
         debris.take_debris(&mut ended);
         output.emit(&ended, &mut screen);
         ended.clear();
-        let mut alert_events = alerts.poll(&mut kernel, &mut tracker)?;
+        let mut alert_events = alerts.poll(
+            watched
+                .iter_mut()
+                .map(|one| (&mut one.kernel, &mut one.tracker)),
+        )?;
         debris.observe(&alert_events);
         reasons.annotate(&mut alert_events);
         output.emit_alerts(&alert_events, &mut screen);
@@ -585,19 +730,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             let summaries = debris.summaries(unix_seconds(), monotonic_now_ns(), &output.clock);
             output.emit_summaries(&summaries, &mut screen);
         }
-        let now = read_kernel(&kernel, egress)?;
+        let readings = watched
+            .iter()
+            .map(|one| read_kernel(&one.kernel, egress))
+            .collect::<anyhow::Result<Vec<Reading>>>()?;
         let now_at = tokio::time::Instant::now();
-        let since = report.then(|| (&previous, (now_at - previous_at).as_secs_f64()));
         // This tick's figures: every view below shows these.
         let figures = Figures::assemble(
-            &options.iface,
             &facts,
-            &baseline,
-            &now,
-            since,
-            &tracker,
+            &watched
+                .iter()
+                .zip(&readings)
+                .map(|(one, now)| one.source(now, report))
+                .collect::<Vec<_>>(),
+            report.then(|| (now_at - previous_at).as_secs_f64()),
             alert_figures(&alerts)?,
-            reasons.figures(&kernel)?,
+            reasons.figures(&watched[0].kernel)?,
             output.lines_lost(),
             debris.counts(),
         );
@@ -615,17 +763,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             output.drawn(drawn);
             screen.alert_summary(&figures, &mut output.stdout);
         }
-        previous = now;
+        for (one, now) in watched.iter_mut().zip(readings) {
+            one.previous = now;
+        }
         previous_at = now_at;
     }
     // Detached first, so the totals below count every packet that reached
-    // the program: read while it was still attached, a packet arriving
+    // the programs: read while they were still attached, a packet arriving
     // between the read and the detach went uncounted (the flood test's
     // exact Ip InReceives check saw one).
-    if let Err(err) = kernel.detach() {
-        // E.g. the interface went away, taking the attachments with it: the
-        // figures are final either way, so report them rather than fail.
-        say(format_args!("teardown: {err:#}"));
+    for one in &mut watched {
+        if let Err(err) = one.kernel.detach() {
+            // E.g. the interface went away, taking the attachments with
+            // it: the figures are final either way, so report them rather
+            // than fail.
+            say(format_args!("teardown: {}: {err:#}", one.iface));
+        }
     }
     // Whoever read stdout has gone (`| head -1` has its line): what follows
     // still goes to the log, but nothing is said, as `head`-style
@@ -636,8 +789,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Connections still open are reported as they stand, as at the end of a
     // capture.
     reasons.poll(kernel_now());
-    tracker.drain_events(&mut events, &table, &mut ended);
-    tracker.finish(&table, &mut ended);
+    for one in &mut watched {
+        one.tracker.drain_events(&mut one.events, &one.table, &mut ended);
+        one.tracker.finish(&one.table, &mut ended);
+    }
     reasons.claim(&mut ended);
     debris.take_debris(&mut ended);
     output.emit(&ended, &mut screen);
@@ -670,32 +825,35 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         // The alerts' end events have just started their hooks.
         hook.finish();
     }
-    let last = read_kernel(&kernel, egress)?;
+    let last = watched
+        .iter()
+        .map(|one| read_kernel(&one.kernel, egress))
+        .collect::<anyhow::Result<Vec<Reading>>>()?;
     // Resets sent since the last poll count as unclaimed (the records are
     // all out), so the figures add up.
     reasons.poll(kernel_now());
-    let last_reasons = reasons.figures(&kernel)?;
-    drop(table);
-    drop(kernel);
+    let last_reasons = reasons.figures(&watched[0].kernel)?;
+    let figures = Figures::assemble(
+        &facts,
+        &watched
+            .iter()
+            .zip(&last)
+            .map(|(one, now)| one.source(now, false))
+            .collect::<Vec<_>>(),
+        None,
+        alert_figures(&alerts)?,
+        last_reasons,
+        output.lines_lost(),
+        debris.counts(),
+    );
+    drop(watched);
     if reader_gone {
         if let Some(log) = &mut output.log {
             log.finish();
         }
         return Ok(());
     }
-    say(format_args!("teardown: detached from {}", options.iface));
-    let figures = Figures::assemble(
-        &options.iface,
-        &facts,
-        &baseline,
-        &last,
-        None,
-        &tracker,
-        alert_figures(&alerts)?,
-        last_reasons,
-        output.lines_lost(),
-        debris.counts(),
-    );
+    say(format_args!("teardown: detached from {}", names.join(", ")));
     if options.json {
         output.stdout.write(&json::final_line(&figures));
     } else {

@@ -567,6 +567,7 @@ mod tests {
             reason: 0,
             kernel_reset: None,
             tunnel: None,
+            iface: None,
         }
     }
 

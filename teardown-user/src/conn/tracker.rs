@@ -40,6 +40,9 @@ pub struct Ended {
     /// The tunnel the connection came through, for a connection found
     /// inside one ([`FlowTable::tunnel`]).
     pub tunnel: Option<Tunnel>,
+    /// The interface the record was kept on (`teardown run`: each
+    /// interface has its own flow table); `None` for a capture.
+    pub iface: Option<&'static str>,
 }
 
 /// The names of a tunnel's layers, outermost first.
@@ -171,7 +174,7 @@ impl Ended {
     /// Zeek's `uid` for the record: `C` and 17 base62 digits (101 bits; Zeek's
     /// hold 96). The digits come from a 128-bit hash of a per-process random seed and what identifies
     /// the record (its addresses, ports, first-packet time and initial
-    /// sequence numbers), so the record has one uid however often it is
+    /// sequence numbers, and the interface), so the record has one uid however often it is
     /// printed (screen, `--json`, `--log`), and uids differ across records
     /// and across runs.
     pub fn uid(&self) -> String {
@@ -190,6 +193,9 @@ impl Ended {
                 .hash(&mut hasher);
             (self.key.family, conn.orig_is_a, conn.start_ns).hash(&mut hasher);
             (conn.ep[0].start_seq, conn.ep[1].start_seq).hash(&mut hasher);
+            // A connection forwarded between two watched interfaces has a
+            // record on each: two records, two uids.
+            self.iface.hash(&mut hasher);
             hasher.finish()
         };
         base62_uid((word(0) as u128) << 64 | word(1) as u128)
@@ -258,6 +264,9 @@ impl Ended {
         if let Some(tunnel) = &self.tunnel {
             fields.insert("tunnel".into(), tunnel_json(tunnel));
         }
+        if let Some(iface) = self.iface {
+            fields.insert("iface".into(), json!(iface));
+        }
         if let Some(reset) = &self.kernel_reset {
             fields.insert("rst_reason".into(), json!(reset.reason));
             if let Some(state) = reset.state_name() {
@@ -271,13 +280,13 @@ impl Ended {
         record
     }
 
-    /// The tunnel as the plain line says it: ` via vxlan 42 10.0.0.1>10.0.0.2`
+    /// The tunnel as the plain line says it: ` tunnel vxlan 42 10.0.0.1>10.0.0.2`
     /// (layers outermost first, the innermost's id, the outer endpoints).
     fn tunnel_words(&self) -> String {
         let Some(tunnel) = &self.tunnel else {
             return String::new();
         };
-        let mut words = format!(" via {}", layer_names(tunnel).join("/"));
+        let mut words = format!(" tunnel {}", layer_names(tunnel).join("/"));
         if tunnel.id != 0 {
             words += &format!(" {}", tunnel.id);
         }
@@ -318,8 +327,12 @@ impl Ended {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         };
+        let via = self
+            .iface
+            .map(|iface| format!(" via {iface}"))
+            .unwrap_or_default();
         format!(
-            "conn {} -> {} {:<6} {}{by}{cause}{kernel} {:.3}s pkts {}/{} history {} uid {}{}",
+            "conn {} -> {} {:<6} {}{by}{cause}{kernel} {:.3}s pkts {}/{} history {}{via} uid {}{}",
             fmt(orig_h, orig_p),
             fmt(resp_h, resp_p),
             conn.conn_state(),
@@ -565,6 +578,9 @@ pub struct Tracker {
     /// [`Tracker::take_half_open_timeouts`], when someone asked for them:
     /// the kernel counts the other resolutions per destination itself.
     half_open_timeouts: Option<Vec<(IpAddr, u16)>>,
+    /// The interface whose flow table this tracker follows, stamped on
+    /// every record it ends.
+    iface: Option<&'static str>,
 }
 
 impl Tracker {
@@ -575,6 +591,15 @@ impl Tracker {
             known: HashMap::new(),
             stats: TrackerStats::default(),
             half_open_timeouts: None,
+            iface: None,
+        }
+    }
+
+    /// A tracker for the flow table of interface `iface`: its records say so.
+    pub fn on_interface(timeouts: Timeouts, iface: &'static str) -> Tracker {
+        Tracker {
+            iface: Some(iface),
+            ..Tracker::new(timeouts)
         }
     }
 
@@ -684,6 +709,7 @@ impl Tracker {
                 reason: header.reason as u8,
                 kernel_reset: None,
                 tunnel: table.tunnel(event.conn.tunnel),
+                iface: self.iface,
             };
             self.count(&ended, header.time_ns);
             out.push(ended);
@@ -724,6 +750,7 @@ impl Tracker {
                 reason,
                 kernel_reset: None,
                 tunnel: table.tunnel(slot.conn.tunnel),
+                iface: self.iface,
             };
             if slot.conn.half_open() {
                 self.stats.half_open_closed += 1;
@@ -758,6 +785,7 @@ impl Tracker {
                 reason: end_reason::END_OF_INPUT,
                 kernel_reset: None,
                 tunnel: table.tunnel(slot.conn.tunnel),
+                iface: self.iface,
             });
         }
         ended.sort_by_key(|ended| ended.conn.start_ns);
@@ -826,6 +854,7 @@ pub(crate) mod tests {
             reason: end_reason::CLOSED,
             kernel_reset: None,
             tunnel: None,
+            iface: None,
         }
     }
 
@@ -949,6 +978,33 @@ pub(crate) mod tests {
         assert_eq!(counts.listed().0.len(), 2);
     }
 
+    /// A record kept on an interface says which, in every output, and its
+    /// twin on another interface (a forwarded connection) is another
+    /// record with another uid; a capture's says none.
+    #[test]
+    fn records_name_their_interface() {
+        let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| 1_000 * MS + t * MS);
+        let capture = graceful(40000, times);
+        assert!(capture.json(&Clock::Capture).get("iface").is_none());
+        assert!(!capture.human_line().contains(" via "));
+        let eth0 = Ended {
+            iface: Some("eth0"),
+            ..capture
+        };
+        let eth1 = Ended {
+            iface: Some("eth1"),
+            ..capture
+        };
+        assert_eq!(eth0.json(&Clock::Capture)["iface"], "eth0");
+        let line = eth0.human_line();
+        assert!(
+            line.ends_with(&format!(" history ShADdFaf via eth0 uid {}", eth0.uid())),
+            "{line}"
+        );
+        assert_ne!(eth0.uid(), eth1.uid());
+        assert_ne!(eth0.uid(), capture.uid());
+    }
+
     #[test]
     fn uids_look_like_zeeks_and_are_stable_per_record_and_distinct_across_records() {
         let times = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| 1_000 * MS + t * MS);
@@ -1062,6 +1118,7 @@ pub(crate) mod tests {
             reason: end_reason::END_OF_INPUT,
             kernel_reset: None,
             tunnel: None,
+            iface: None,
         };
         assert!(empty.json(&Clock::Capture).get("history").is_none());
     }

@@ -59,6 +59,9 @@ pub struct AlertWatch {
     /// The latest event of each active alert, for the live view.
     active: BTreeMap<String, AlertEvent>,
     last_poll_ns: u64,
+    /// The kernel's per-CPU entries per map: how far apart the CPUs of two
+    /// kernel instances are numbered (see [`AlertWatch::poll`]).
+    cpus: u32,
 }
 
 impl AlertWatch {
@@ -72,6 +75,7 @@ impl AlertWatch {
             started: 0,
             active: BTreeMap::new(),
             last_poll_ns: 0,
+            cpus: aya::util::nr_cpus().map_or(1, |n| n as u32),
         })
     }
 
@@ -83,27 +87,39 @@ impl AlertWatch {
             .context("starting the SYN-flood counters")
     }
 
-    /// One poll: the alert events it causes. Nothing if the last poll was
-    /// less than [`MIN_POLL_GAP_NS`] ago.
-    pub fn poll(
+    /// One poll of every interface's kernel instance (with the tracker of
+    /// its flow table): the alert events it causes. Nothing if the last
+    /// poll was less than [`MIN_POLL_GAP_NS`] ago.
+    ///
+    /// Detection is the host's, per destination: each instance's per-CPU
+    /// destination slots are read as those of CPUs of their own (instance
+    /// `n`'s CPU `c` as `n * CPUs + c`), so a destination's SYNs add up
+    /// over the interfaces they arrive on.
+    pub fn poll<'a>(
         &mut self,
-        kernel: &mut Kernel,
-        tracker: &mut Tracker,
+        watched: impl Iterator<Item = (&'a mut Kernel, &'a mut Tracker)>,
     ) -> anyhow::Result<Vec<AlertEvent>> {
         if monotonic_now_ns().saturating_sub(self.last_poll_ns) < MIN_POLL_GAP_NS {
             return Ok(Vec::new());
         }
         let (epoch, mask) = self.feed.next_control();
-        kernel.set_detect_control(epoch, mask)?;
         let now_ns = monotonic_now_ns();
         self.last_poll_ns = now_ns;
-        let reading = KernelReading {
-            slots: kernel.destinations()?,
-            rings: kernel.source_samples()?,
-        };
-        let tick = self
-            .feed
-            .tick(now_ns, &reading, &tracker.take_half_open_timeouts());
+        let mut reading = KernelReading::default();
+        let mut timed_out = Vec::new();
+        let cpus = self.cpus;
+        for (instance, (kernel, tracker)) in (0u32..).zip(watched) {
+            kernel.set_detect_control(epoch, mask)?;
+            reading.slots.extend(
+                kernel
+                    .destinations()?
+                    .into_iter()
+                    .map(|(cpu, index, slot)| (instance * cpus + cpu, index, slot)),
+            );
+            reading.rings.extend(kernel.source_samples()?);
+            timed_out.extend(tracker.take_half_open_timeouts());
+        }
+        let tick = self.feed.tick(now_ns, &reading, &timed_out);
         let events = self.detector.observe(&tick);
         self.record(&events, now_ns);
         Ok(events)

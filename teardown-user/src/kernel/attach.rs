@@ -19,6 +19,18 @@ pub enum AttachMode {
     Skb,
 }
 
+/// The index of interface `iface` in this network namespace; an error
+/// if there is none.
+pub fn interface_index(iface: &str) -> Result<u32, SetupError> {
+    let unknown = || SetupError::UnknownInterface(iface.to_string());
+    let c_iface = std::ffi::CString::new(iface).map_err(|_| unknown())?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_iface.as_ptr()) } {
+        0 => Err(unknown()),
+        index => Ok(index),
+    }
+}
+
 impl Kernel {
     /// Attaches the TC egress program to `iface` (TCX), so the host's own
     /// segments reach the flow table. Lasts as long as this `Kernel`.
@@ -40,12 +52,7 @@ impl Kernel {
     /// Attaches the counting program to `iface`; returns the mode it runs in.
     /// The attachment lasts as long as this `Kernel`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
-        let c_iface = std::ffi::CString::new(iface)
-            .map_err(|_| SetupError::UnknownInterface(iface.to_string()))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        if unsafe { libc::if_nametoindex(c_iface.as_ptr()) } == 0 {
-            return Err(SetupError::UnknownInterface(iface.to_string()).into());
-        }
+        interface_index(iface)?;
         let program = self.xdp(names::XDP_PROGRAM)?;
         let attempts: &[(XdpMode, &'static str)] = match mode {
             // A veth is the exception: native XDP there costs the sender

@@ -50,16 +50,30 @@ fn memory_available() -> Option<u64> {
 /// Refuses a table that would take more than half the memory available:
 /// the kernel would take it, and the host would suffer.
 fn check_table_fits(max_flows: u32, slots: u32) -> Result<(), SetupError> {
-    table_fits(max_flows, slots, memory_available())
+    table_fits(max_flows, slots, 1, memory_available())
 }
 
-/// [`check_table_fits`] for a given amount of available memory (`None`:
+/// Refuses `tables` flow tables of `--max-flows` (one per interface a run
+/// watches) that would together take more than half the memory available,
+/// before any is loaded: loaded one by one, each would be checked against
+/// what the ones before it left.
+pub fn check_tables_fit(max_flows: u32, tables: u32) -> Result<(), SetupError> {
+    table_fits(max_flows, slots_for(max_flows), tables, memory_available())
+}
+
+/// [`check_tables_fit`] for a given amount of available memory (`None`:
 /// unknown, so not refused).
-fn table_fits(max_flows: u32, slots: u32, available: Option<u64>) -> Result<(), SetupError> {
-    let needed = table_bytes(slots);
+fn table_fits(
+    max_flows: u32,
+    slots: u32,
+    tables: u32,
+    available: Option<u64>,
+) -> Result<(), SetupError> {
+    let needed = table_bytes(slots).saturating_mul(u64::from(tables));
     match available {
         Some(available) if needed > available / 2 => Err(SetupError::TableTooLarge {
             max_flows,
+            tables,
             needed_mib: needed.div_ceil(1 << 20),
             slot_bytes: std::mem::size_of::<FlowSlot>(),
             available_mib: available >> 20,
@@ -77,15 +91,23 @@ mod table_size_tests {
         const GIB: u64 = 1 << 30;
         // The default table: 131072 slots of 344 bytes, 43 MiB, plus the bitmap.
         assert_eq!(table_bytes(131_072), 131_072 * 344 + 131_072 / 8);
-        assert!(table_fits(131_072, 131_072, Some(GIB)).is_ok());
-        assert!(table_fits(131_072, 131_072, None).is_ok());
+        assert!(table_fits(131_072, 131_072, 1, Some(GIB)).is_ok());
+        assert!(table_fits(131_072, 131_072, 1, None).is_ok());
         // The largest: 16M slots, 5.4 GiB: refused with 8 GiB available.
-        let refused = table_fits(16_777_216, 16_777_216, Some(8 * GIB)).unwrap_err();
+        let refused = table_fits(16_777_216, 16_777_216, 1, Some(8 * GIB)).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "--max-flows 16777216 needs 5506 MiB of kernel memory for the flow table (344 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
         );
-        assert!(table_fits(16_777_216, 16_777_216, Some(12 * GIB)).is_ok());
+        assert!(table_fits(16_777_216, 16_777_216, 1, Some(12 * GIB)).is_ok());
+        // One table per interface: three of 2M slots (688 MiB each) do
+        // not fit in 4 GiB, where one does.
+        assert!(table_fits(2_097_152, 2_097_152, 1, Some(4 * GIB)).is_ok());
+        let refused = table_fits(2_097_152, 2_097_152, 3, Some(4 * GIB)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "--max-flows 2097152 needs 2065 MiB of kernel memory for 3 flow tables, one per interface (344 bytes a connection), more than half of the 4096 MiB available: choose a smaller --max-flows or fewer interfaces"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ use aya::{
 };
 use thiserror::Error;
 
-pub use attach::AttachMode;
-pub use load::{ClockMode, LoadOptions, VERIFIER_INSN_LIMIT};
+pub use attach::{AttachMode, interface_index};
+pub use load::{ClockMode, LoadOptions, VERIFIER_INSN_LIMIT, check_tables_fit};
 pub use maps::FlowTable;
 
 /// Problems the user can fix, each said in one line with what to do.
@@ -35,20 +35,36 @@ pub enum SetupError {
     #[error("no network interface named {0:?}: list them with `ip link`")]
     UnknownInterface(String),
     #[error(
+        "--iface {0} and --iface {1} are the same interface (one is an altname of the other): name it once"
+    )]
+    SameInterface(String, String),
+    #[error(
         "interface {0} already has an XDP program attached, left in place; remove it first (`ip link set dev {0} xdp off`) if it is not needed"
     )]
     AlreadyAttached(String),
     #[error("interface {iface} does not support {mode} XDP: try --mode skb (generic XDP)")]
     ModeUnsupported { iface: String, mode: &'static str },
     #[error(
-        "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for the flow table ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows"
+        "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for {tables} ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows{fewer}",
+        tables = tables_phrase(.tables),
+        fewer = if *.tables > 1 { " or fewer interfaces" } else { "" }
     )]
     TableTooLarge {
         max_flows: u32,
+        /// Flow tables of that size: one per interface watched.
+        tables: u32,
         needed_mib: u64,
         slot_bytes: usize,
         available_mib: u64,
     },
+}
+
+/// "the flow table", or how many there are, one per interface.
+fn tables_phrase(tables: &u32) -> String {
+    match tables {
+        1 => "the flow table".to_string(),
+        n => format!("{n} flow tables, one per interface"),
+    }
 }
 
 /// The loaded eBPF object.

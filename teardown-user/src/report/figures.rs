@@ -27,20 +27,29 @@ use crate::{conn::tracker::Tracker, flood::DebrisCounts, kernel::netstat::Handsh
 pub struct Figures {
     /// When the figures were taken, Unix seconds.
     pub ts: f64,
-    /// The interface watched.
+    /// The interface watched; with several, their names joined by commas
+    /// (each one's own figures are in `interfaces`).
     pub iface: String,
     /// Seconds the rates are measured over (the report interval); `None`
     /// when the figures carry no rates (between reports, at the end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<f64>,
-    /// What arrived (XDP): `totals` and, at a report, `rates`.
+    /// What arrived (XDP): `totals` and, at a report, `rates`; with several
+    /// interfaces, the sum of theirs.
     #[serde(flatten)]
     pub received: Traffic,
     /// What the host sent (TC egress); `None` with `--direction ingress`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<Traffic>,
-    /// The flow table's figures and the connections ended.
+    /// The flow table's figures and the connections ended (summed over the
+    /// interfaces), with the flood debris summarised, which is the host's.
     pub flows: FlowFigures,
+    /// Each interface's own figures, one per `--iface` in the order given:
+    /// the views that break figures down by interface (Prometheus's
+    /// `iface` label) read these. In the JSON only when there are several;
+    /// with one, the top level is that interface's.
+    #[serde(skip_serializing_if = "single_interface")]
+    pub interfaces: Vec<InterfaceFigures>,
     /// SYN-flood alerts.
     pub alerts: AlertFigures,
     /// The kernel's own reasons: resets the host sent, and the handshakes
@@ -62,6 +71,109 @@ pub struct Figures {
     pub process: Option<crate::report::process::ProcessFigures>,
 }
 
+/// Whether there is one interface at most: its figures are the top level's.
+fn single_interface(interfaces: &[InterfaceFigures]) -> bool {
+    interfaces.len() < 2
+}
+
+/// One interface's own figures: what its kernel instance (its programs and
+/// flow table, each interface has its own) counted, and the connections its
+/// records ended. The host's own figures (alerts, the kernel's reasons, the
+/// outputs, flood debris) are not per interface.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InterfaceFigures {
+    pub iface: String,
+    /// What arrived on it (XDP): `totals` and, at a report, `rates`.
+    #[serde(flatten)]
+    pub received: Traffic,
+    /// What the host sent through it (TC egress).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Traffic>,
+    /// Its flow table's figures and the connections ended on it
+    /// (`records_summarised` and `debris_summaries` are the host's: 0 here).
+    pub flows: FlowFigures,
+}
+
+impl InterfaceFigures {
+    /// At zero, before the first reading.
+    fn zero(iface: &str, egress: bool) -> InterfaceFigures {
+        InterfaceFigures {
+            iface: iface.to_string(),
+            received: Traffic::zero(),
+            egress: egress.then(Traffic::zero),
+            flows: FlowFigures::default(),
+        }
+    }
+
+    /// The interface's counters since its baseline, rates since its
+    /// previous reading `seconds` ago when given, and its tracker's figures.
+    fn assemble(source: &InterfaceSource<'_>, seconds: Option<f64>) -> InterfaceFigures {
+        let rates = |now: &Tallies, before: Option<&Tallies>| {
+            seconds.zip(before).map(|(seconds, before)| Rates {
+                delta: now.since(before).totals(),
+                seconds: seconds.max(1e-9),
+            })
+        };
+        let (now, previous) = (source.now, source.previous);
+        let received = Traffic {
+            totals: now.received.since(&source.baseline.received).totals(),
+            rates: rates(&now.received, previous.map(|before| &before.received)),
+        };
+        let egress = match (&now.sent, &source.baseline.sent) {
+            (Some(sent), Some(start)) => Some(Traffic {
+                totals: sent.since(start).totals(),
+                rates: rates(sent, previous.and_then(|before| before.sent.as_ref())),
+            }),
+            _ => None,
+        };
+        InterfaceFigures {
+            iface: source.iface.to_string(),
+            received,
+            egress,
+            flows: FlowFigures::new(&now.flow, source.tracker),
+        }
+    }
+}
+
+/// What one interface gives a tick's figures: its kernel instance's
+/// readings and its tracker.
+pub struct InterfaceSource<'a> {
+    pub iface: &'a str,
+    /// Its counters before anything was attached.
+    pub baseline: &'a Baseline,
+    pub now: &'a Reading,
+    /// The latest report's reading, for rates.
+    pub previous: Option<&'a Reading>,
+    pub tracker: &'a Tracker,
+}
+
+/// `counters` added to `sum`, counter by counter.
+fn add_counters(sum: &mut Counters, counters: &Counters) {
+    for (sum, value) in sum.values.iter_mut().zip(counters.values.iter()) {
+        *sum = sum.wrapping_add(*value);
+    }
+}
+
+impl Traffic {
+    /// Several interfaces' traffic, added up: the totals, and the rates if
+    /// every one has them (they are measured over the same interval).
+    fn sum<'a>(all: impl Iterator<Item = &'a Traffic> + Clone) -> Traffic {
+        let mut totals = Counters::default();
+        for traffic in all.clone() {
+            add_counters(&mut totals, &traffic.totals);
+        }
+        let rates = all
+            .map(|traffic| traffic.rates)
+            .reduce(|sum, rates| {
+                let (mut sum, rates) = (sum?, rates?);
+                add_counters(&mut sum.delta, &rates.delta);
+                Some(sum)
+            })
+            .flatten();
+        Traffic { totals, rates }
+    }
+}
+
 /// What stays the same for the whole run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunFacts {
@@ -71,8 +183,8 @@ pub struct RunFacts {
     pub direction: &'static str,
     /// When teardown started, Unix seconds.
     pub start_time_seconds: f64,
-    /// Slots in the flow table (`--max-flows`, rounded up to a power of
-    /// two); 0 where there is no table (tests).
+    /// Slots in each interface's flow table (`--max-flows`, rounded up to
+    /// a power of two); 0 where there is no table (tests).
     pub flow_table_capacity: u64,
 }
 
@@ -231,6 +343,40 @@ impl FlowFigures {
     pub fn ended(&self) -> u64 {
         self.ended_by_close.values().sum()
     }
+
+    /// Several interfaces' flow figures, added up: every count, and the
+    /// half-open timeouts port by port (at most as many ports listed as
+    /// one interface lists, the rest in `other`).
+    fn sum<'a>(all: impl Iterator<Item = &'a FlowFigures> + Clone) -> FlowFigures {
+        let mut sum = FlowFigures::default();
+        for flows in all.clone() {
+            sum.tracked += flows.tracked;
+            sum.created += flows.created;
+            sum.half_open += flows.half_open;
+            sum.insert_failed += flows.insert_failed;
+            sum.evicted += flows.evicted;
+            sum.events_lost += flows.events_lost;
+            sum.syn_untracked += flows.syn_untracked;
+            sum.synack_untracked += flows.synack_untracked;
+            sum.lock_contended += flows.lock_contended;
+            sum.dest_collisions += flows.dest_collisions;
+            sum.truncated_segments += flows.truncated_segments;
+            for (state, count) in &flows.ended_by_conn_state {
+                *sum.ended_by_conn_state.entry(state).or_default() += count;
+            }
+            for (close, count) in &flows.ended_by_close {
+                *sum.ended_by_close.entry(close).or_default() += count;
+            }
+            sum.half_open_timeout_ports_folded += flows.half_open_timeout_ports_folded;
+            sum.records_summarised += flows.records_summarised;
+            sum.debris_summaries += flows.debris_summaries;
+        }
+        sum.half_open_timeouts = PortFigures::sum(
+            all.map(|flows| &flows.half_open_timeouts),
+            crate::conn::tracker::HALF_OPEN_PORTS_LISTED,
+        );
+        sum
+    }
 }
 
 /// Half-open timeouts by responder port: the listed ports (at most
@@ -244,6 +390,31 @@ pub struct PortFigures {
 }
 
 impl PortFigures {
+    /// Several lists added up port by port: the `listed` ports with most,
+    /// ties by port, and `other` holding the rest, so the sum still adds up.
+    fn sum<'a>(all: impl Iterator<Item = &'a PortFigures>, listed: usize) -> PortFigures {
+        let mut by_port: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut other = 0;
+        for ports in all {
+            for (port, count) in &ports.listed {
+                *by_port.entry(*port).or_default() += count;
+            }
+            other += ports.other;
+        }
+        let mut ports: Vec<(u16, u64)> = by_port.into_iter().collect();
+        ports.sort_by_key(|(port, count)| (std::cmp::Reverse(*count), *port));
+        other += ports
+            .iter()
+            .skip(listed)
+            .map(|(_, count)| count)
+            .sum::<u64>();
+        ports.truncate(listed);
+        PortFigures {
+            listed: ports,
+            other,
+        }
+    }
+
     /// The `n` ports with most timeouts, and the sum of all the others.
     pub fn top(&self, n: usize) -> (Vec<(u16, u64)>, u64) {
         let shown = &self.listed[..n.min(self.listed.len())];
@@ -413,17 +584,27 @@ pub struct Baseline {
 
 impl Figures {
     /// Figures at zero, before the first reading: what the metrics endpoint
-    /// serves until the run loop publishes. `egress` says whether the sent
-    /// counters are watched, and `outputs` the outputs in use (their
-    /// samples are there, at 0, from the first scrape on).
-    pub fn zero(iface: &str, run: RunFacts, egress: bool, outputs: &[&'static str]) -> Figures {
+    /// serves until the run loop publishes. `interfaces` are the interfaces
+    /// watched, `egress` says whether the sent counters are watched, and
+    /// `outputs` the outputs in use (their samples are there, at 0, from
+    /// the first scrape on).
+    pub fn zero(
+        interfaces: &[&str],
+        run: RunFacts,
+        egress: bool,
+        outputs: &[&'static str],
+    ) -> Figures {
         Figures {
             ts: run.start_time_seconds,
-            iface: iface.to_string(),
+            iface: interfaces.join(","),
             interval: None,
             received: Traffic::zero(),
             egress: egress.then(Traffic::zero),
             flows: FlowFigures::default(),
+            interfaces: interfaces
+                .iter()
+                .map(|iface| InterfaceFigures::zero(iface, egress))
+                .collect(),
             alerts: AlertFigures::default(),
             reasons: ReasonFigures::default(),
             lines_lost: LinesLost(outputs.iter().map(|key| (*key, 0)).collect()),
@@ -433,58 +614,55 @@ impl Figures {
         }
     }
 
-    /// The one place the figures are put together: counters since
-    /// `baseline`, rates since `previous` (the latest report's reading,
-    /// `seconds` ago) when given, the flow table's figures with the
-    /// tracker's and the flood debris summarised, the alerts and the
-    /// outputs' losses.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per source of figures, each taken once"
-    )]
+    /// The one place the figures are put together: each interface's
+    /// counters since its baseline, rates since its previous reading
+    /// (`seconds` ago, at a report) and its flow figures with its
+    /// tracker's; their sum; the flood debris summarised, the alerts, the
+    /// kernel's reasons and the outputs' losses, which are the host's.
     pub fn assemble(
-        iface: &str,
         run: &RunFacts,
-        baseline: &Baseline,
-        now: &Reading,
-        previous: Option<(&Reading, f64)>,
-        tracker: &Tracker,
+        interfaces: &[InterfaceSource<'_>],
+        seconds: Option<f64>,
         alerts: AlertFigures,
         reasons: ReasonFigures,
         lines_lost: LinesLost,
         debris: DebrisCounts,
     ) -> Figures {
-        let rates = |now: &Tallies, before: Option<&Tallies>, seconds: f64| {
-            before.map(|before| Rates {
-                delta: now.since(before).totals(),
-                seconds: seconds.max(1e-9),
-            })
-        };
-        let received = Traffic {
-            totals: now.received.since(&baseline.received).totals(),
-            rates: previous.and_then(|(before, seconds)| {
-                rates(&now.received, Some(&before.received), seconds)
-            }),
-        };
-        let egress = match (&now.sent, &baseline.sent) {
-            (Some(sent), Some(start)) => Some(Traffic {
-                totals: sent.since(start).totals(),
-                rates: previous
-                    .and_then(|(before, seconds)| rates(sent, before.sent.as_ref(), seconds)),
-            }),
-            _ => None,
+        let interfaces: Vec<InterfaceFigures> = interfaces
+            .iter()
+            .map(|source| InterfaceFigures::assemble(source, seconds))
+            .collect();
+        // One interface: its figures as they are (the sums would only
+        // reorder ties among its listed ports).
+        let (received, egress, flows) = match interfaces.as_slice() {
+            [only] => (only.received, only.egress, only.flows.clone()),
+            _ => (
+                Traffic::sum(interfaces.iter().map(|one| &one.received)),
+                interfaces
+                    .iter()
+                    .map(|one| one.egress.as_ref())
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|sent| !sent.is_empty())
+                    .map(|sent| Traffic::sum(sent.into_iter())),
+                FlowFigures::sum(interfaces.iter().map(|one| &one.flows)),
+            ),
         };
         Figures {
             ts: unix_seconds(),
-            iface: iface.to_string(),
-            interval: previous.map(|(_, seconds)| seconds.max(1e-9)),
+            iface: interfaces
+                .iter()
+                .map(|one| one.iface.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            interval: seconds.map(|seconds| seconds.max(1e-9)),
             received,
             egress,
             flows: FlowFigures {
                 records_summarised: debris.records_summarised,
                 debris_summaries: debris.summaries,
-                ..FlowFigures::new(&now.flow, tracker)
+                ..flows
             },
+            interfaces,
             alerts,
             reasons,
             lines_lost,
@@ -521,7 +699,7 @@ pub mod tests {
     /// Figures with every counter and figure set to something distinct.
     pub fn busy_figures() -> Figures {
         let mut figures = Figures::zero(
-            "eth0",
+            &["eth0"],
             RunFacts {
                 version: "0.1.0",
                 direction: "both",
@@ -585,7 +763,113 @@ pub mod tests {
             },
         ];
         figures.lines_lost = LinesLost(vec![("stdout", 0), ("log", 12)]);
+        figures.interfaces = vec![InterfaceFigures {
+            iface: "eth0".into(),
+            received: figures.received,
+            egress: figures.egress,
+            flows: figures.flows.clone(),
+        }];
         figures
+    }
+
+    /// Figures of two interfaces: `eth0` with 5 non-IP frames in, 3
+    /// records created, 2 graceful ends and a half-open timeout on port 80;
+    /// `eth1` with 7 frames in and 1 out, 4 records, 1 graceful and 3
+    /// aborted ends and timeouts on ports 80 and 443. At a report, over 2 s.
+    pub fn two_interface_figures() -> Figures {
+        let tallies = |non_ip: u64| {
+            let mut tallies = Tallies::default();
+            tallies.frames[teardown_common::counters::class::NON_IP as usize] = non_ip;
+            tallies
+        };
+        let reading = |received: u64, sent: u64, created: u64| Reading {
+            received: tallies(received),
+            sent: Some(tallies(sent)),
+            flow: FlowStats {
+                created,
+                ..FlowStats::default()
+            },
+        };
+        let baseline = Baseline {
+            received: tallies(0),
+            sent: Some(tallies(0)),
+        };
+        let (eth0_now, eth1_now) = (reading(5, 0, 3), reading(7, 1, 4));
+        let (eth0_before, eth1_before) = (reading(1, 0, 0), reading(7, 0, 0));
+        let mut eth0 = Tracker::new(Timeouts::ZEEK);
+        eth0.stats.by_close.insert("graceful", 2);
+        eth0.stats.half_open_by_port.add(80, 0);
+        let mut eth1 = Tracker::new(Timeouts::ZEEK);
+        eth1.stats.by_close.insert("graceful", 1);
+        eth1.stats.by_close.insert("abort", 3);
+        eth1.stats.half_open_by_port.add(80, 0);
+        eth1.stats.half_open_by_port.add(443, 0);
+        Figures::assemble(
+            &RunFacts::starting_now("both"),
+            &[
+                InterfaceSource {
+                    iface: "eth0",
+                    baseline: &baseline,
+                    now: &eth0_now,
+                    previous: Some(&eth0_before),
+                    tracker: &eth0,
+                },
+                InterfaceSource {
+                    iface: "eth1",
+                    baseline: &baseline,
+                    now: &eth1_now,
+                    previous: Some(&eth1_before),
+                    tracker: &eth1,
+                },
+            ],
+            Some(2.0),
+            AlertFigures::default(),
+            ReasonFigures::default(),
+            LinesLost(vec![("stdout", 0)]),
+            DebrisCounts::default(),
+        )
+    }
+
+    #[test]
+    fn several_interfaces_add_up_and_each_keeps_its_own() {
+        let figures = two_interface_figures();
+        assert_eq!(figures.iface, "eth0,eth1");
+        let packets = |traffic: &Traffic| traffic.totals.get(Counter::Packets);
+        assert_eq!(packets(&figures.received), 12);
+        assert_eq!(figures.received.per_second(Counter::Packets), 2.0);
+        assert_eq!(figures.egress.as_ref().map(packets), Some(1));
+        assert_eq!(figures.flows.created, 7);
+        assert_eq!(
+            figures.flows.ended_by_close,
+            [("abort", 3), ("graceful", 3)].into_iter().collect()
+        );
+        assert_eq!(figures.flows.half_open_timeouts.listed, [(80, 2), (443, 1)]);
+        let [eth0, eth1] = &figures.interfaces[..] else {
+            panic!("two interfaces: {:?}", figures.interfaces);
+        };
+        assert_eq!((eth0.iface.as_str(), eth1.iface.as_str()), ("eth0", "eth1"));
+        assert_eq!((packets(&eth0.received), packets(&eth1.received)), (5, 7));
+        assert_eq!(eth0.received.per_second(Counter::Packets), 2.0);
+        assert_eq!(eth1.received.per_second(Counter::Packets), 0.0);
+        assert_eq!((eth0.flows.created, eth1.flows.created), (3, 4));
+        assert_eq!(eth0.flows.half_open_timeouts.listed, [(80, 1)]);
+
+        // The stats object: the sum at the top, each interface in
+        // `interfaces`, in the order given.
+        let value = serde_json::to_value(&figures).expect("serializes");
+        assert_eq!(value["iface"], "eth0,eth1");
+        assert_eq!(value["totals"]["packets"], 12);
+        let interfaces = value["interfaces"].as_array().expect("an array");
+        assert_eq!(interfaces.len(), 2, "{value}");
+        assert_eq!(interfaces[1]["iface"], "eth1");
+        assert_eq!(interfaces[1]["totals"]["packets"], 7);
+        assert_eq!(interfaces[1]["egress"]["totals"]["packets"], 1);
+        assert_eq!(interfaces[1]["rates"]["packets"], 0.0);
+        assert_eq!(
+            interfaces[1]["flows"]["ended_by_close"],
+            json!({"abort": 3, "graceful": 1})
+        );
+        assert_eq!(interfaces[0]["flows"]["created"], 3);
     }
 
     #[test]

@@ -132,6 +132,9 @@ fn fields(v6: bool) -> Vec<Field> {
     ] {
         fields.push((id, VARIABLE, Some(TEARDOWN_PEN)));
     }
+    // interfaceName: the interface whose flow table kept the record (a
+    // run may watch several).
+    fields.push((82, VARIABLE, None));
     fields
 }
 
@@ -214,6 +217,8 @@ pub struct FlowRecord {
     pub rst_cause: String,
     pub rst_reason: String,
     pub uid: String,
+    /// The interface the record was kept on (empty for a capture's).
+    pub iface: String,
 }
 
 /// The TCP flags a side's segments carried, as far as Zeek's history
@@ -279,6 +284,7 @@ impl FlowRecord {
                 .map(|reset| reset.reason.to_string())
                 .unwrap_or_default(),
             uid: record.uid(),
+            iface: record.iface.unwrap_or_default().to_string(),
         }
     }
 
@@ -317,6 +323,7 @@ impl FlowRecord {
             &self.rst_cause,
             &self.rst_reason,
             &self.uid,
+            &self.iface,
         ] {
             variable(out, text.as_bytes());
         }
@@ -698,6 +705,7 @@ mod tests {
             rst_cause: String::new(),
             rst_reason: String::new(),
             uid: "Cabc".into(),
+            iface: "eth0".into(),
         }
     }
 
@@ -709,7 +717,7 @@ mod tests {
         expected.extend([0, 0]);
         for (id, src, dst, len) in [(256u16, 8u16, 12u16, 4u16), (257, 27, 28, 16)] {
             expected.extend(id.to_be_bytes());
-            expected.extend([0, 21]); // 14 standard and reverse, 7 teardown
+            expected.extend([0, 22]); // 15 standard and reverse, 7 teardown
             for (element, length) in [
                 (152u16, 8u16),
                 (153, 8),
@@ -732,6 +740,7 @@ mod tests {
             for element in 1..=7u8 {
                 expected.extend([0x80, element, 0xff, 0xff, 0, 0, 0x7e, 0xd9]);
             }
+            expected.extend([0, 82, 0xff, 0xff]); // interfaceName
         }
         for (id, dst, len) in [(258u16, 12u16, 4u16), (259, 28, 16)] {
             expected.extend(id.to_be_bytes());
@@ -751,7 +760,7 @@ mod tests {
         assert_eq!(set, expected);
         assert_eq!(
             set.len(),
-            4 + 2 * (4 + 11 * 4 + 10 * 8) + 2 * (4 + 9 * 4 + 3 * 8)
+            4 + 2 * (4 + 12 * 4 + 10 * 8) + 2 * (4 + 9 * 4 + 3 * 8)
         );
     }
 
@@ -768,7 +777,7 @@ mod tests {
         expected.extend([0, 0x12, 0, 0x13]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 0x2c]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 3, 0xe8]);
-        expected.extend(b"\x02SF\x08ShADadFf\x08graceful\x04orig\x00\x00\x04Cabc");
+        expected.extend(b"\x02SF\x08ShADadFf\x08graceful\x04orig\x00\x00\x04Cabc\x04eth0");
         assert_eq!(bytes, expected);
     }
 

@@ -28,8 +28,21 @@ struct Final<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     egress: Option<EgressTotals>,
     flows: &'a FlowFigures,
+    /// Each interface's totals, with several (as in the `stats` lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interfaces: Vec<FinalInterface<'a>>,
     kernel_reasons: &'a ReasonFigures,
     lines_lost: &'a LinesLost,
+}
+
+/// One interface's part of the `final` line.
+#[derive(Serialize)]
+struct FinalInterface<'a> {
+    iface: &'a str,
+    totals: Totals,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<EgressTotals>,
+    flows: &'a FlowFigures,
 }
 
 /// Only the totals of a [`Traffic`]: a map of counters.
@@ -79,6 +92,22 @@ pub fn final_line(figures: &Figures) -> String {
             totals: totals(egress),
         }),
         flows: &figures.flows,
+        interfaces: if figures.interfaces.len() > 1 {
+            figures
+                .interfaces
+                .iter()
+                .map(|one| FinalInterface {
+                    iface: &one.iface,
+                    totals: totals(&one.received),
+                    egress: one.egress.as_ref().map(|egress| EgressTotals {
+                        totals: totals(egress),
+                    }),
+                    flows: &one.flows,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
         kernel_reasons: &figures.reasons,
         lines_lost: &figures.lines_lost,
     })

@@ -435,7 +435,7 @@ mod tests {
     /// Figures at zero, without egress or outputs, as a test's starting point.
     fn zero(iface: &str, direction: &'static str) -> Figures {
         Figures::zero(
-            iface,
+            &[iface],
             crate::report::figures::RunFacts::starting_now(direction),
             false,
             &[],
@@ -520,7 +520,7 @@ mod tests {
         assert_eq!(body, render(&lock(&shared)));
 
         // What the run loop publishes is what the next scrape sees.
-        lock(&shared).flows.events_lost = 99;
+        lock(&shared).interfaces[0].flows.events_lost = 99;
         let response = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
         assert!(
             split(&response)
@@ -862,7 +862,7 @@ mod tests {
             .expect("bind an ephemeral port");
         lock(&server.shared).endpoint_drops.read_timeout = 3;
         let mut figures = busy_snapshot();
-        figures.flows.tracked = 77;
+        figures.interfaces[0].flows.tracked = 77;
         figures.endpoint_drops.read_timeout = 0;
         server.publish(figures);
         let response = exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n").await;
@@ -899,7 +899,7 @@ mod tests {
             .await
             .expect("bind an ephemeral port");
         assert_ne!(server.local_addr().port(), 0);
-        server.update(|s| s.flows.tracked = 5);
+        server.update(|s| s.interfaces[0].flows.tracked = 5);
         let response = exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n").await;
         assert!(response.contains("teardown_flows_tracked 5\n"));
     }

@@ -1,12 +1,14 @@
 //! The plain view: scrolling lines of `teardown run` (a pipe, a file, or
 //! `--plain`), from [`Figures`]: a row of per-second rates per report (and a
 //! `sent` row under it), the `flows:` line, the alert summary, and the final
-//! totals.
+//! totals; with several interfaces, those of each follow their sum's.
 
 use teardown_common::counters::{Counter, Counters};
 
 use crate::{
-    report::figures::{Figures, FlowFigures, LinesLost, PortFigures, ReasonFigures, Traffic},
+    report::figures::{
+        Figures, FlowFigures, InterfaceFigures, LinesLost, PortFigures, ReasonFigures, Traffic,
+    },
     report::output::{self, push_line, short_count},
 };
 
@@ -176,10 +178,31 @@ pub fn report(figures: &Figures, row_number: usize) -> String {
         &mut text,
         flows_and_lines_lost(&figures.flows, &figures.lines_lost),
     );
+    // With several interfaces, the rows above are their sum; each one's
+    // own follow, labelled with its name.
+    for one in several(figures) {
+        push_line(&mut text, row(&one.iface, &one.received));
+        if let Some(sent) = &one.egress {
+            push_line(&mut text, row("  sent", sent));
+        }
+        push_line(
+            &mut text,
+            format!("{} {}", one.iface, flow_line(&one.flows)),
+        );
+    }
     if let Some(line) = reasons_line(&figures.reasons) {
         push_line(&mut text, line);
     }
     text
+}
+
+/// Each interface's figures when there are several (with one, the
+/// figures' own are its).
+fn several(figures: &Figures) -> &[InterfaceFigures] {
+    match figures.interfaces.len() {
+        0 | 1 => &[],
+        _ => &figures.interfaces,
+    }
 }
 
 /// The alert summary that follows each report's lines.
@@ -199,6 +222,14 @@ pub fn final_totals(figures: &Figures) -> String {
         &mut text,
         flows_and_lines_lost(&figures.flows, &figures.lines_lost),
     );
+    for one in several(figures) {
+        text.push_str(&format!("totals on {}:\n", one.iface));
+        text.push_str(&match &one.egress {
+            Some(sent) => output::totals_table_both(&one.received.totals, &sent.totals),
+            None => output::totals_table(&one.received.totals),
+        });
+        push_line(&mut text, flow_line(&one.flows));
+    }
     if let Some(line) = reasons_line(&figures.reasons) {
         push_line(&mut text, line);
     }
@@ -296,6 +327,38 @@ mod tests {
         figures.reasons.handshakes = Some(Default::default());
         figures.reasons.listen_drops_by_port = PortFigures::default();
         assert_eq!(reasons_line(&figures.reasons), None);
+    }
+
+    #[test]
+    fn several_interfaces_get_rows_of_their_own_after_the_sum() {
+        let figures = crate::report::figures::tests::two_interface_figures();
+        let text = report(&figures, 1);
+        let lines: Vec<&str> = text.lines().collect();
+        // The sum (a row, a sent row, the flows), then each interface's.
+        assert_eq!(lines.len(), 9, "{text}");
+        assert!(
+            lines[2].starts_with("flows: 0 tracked, 0 half-open, 6 ended;"),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("eth0            2"), "{text}");
+        assert!(lines[4].starts_with("  sent"), "{text}");
+        assert!(
+            lines[5].starts_with("eth0 flows: 0 tracked, 0 half-open, 2 ended;"),
+            "{text}"
+        );
+        assert!(lines[6].starts_with("eth1            0"), "{text}");
+        assert!(
+            lines[8].starts_with("eth1 flows: 0 tracked, 0 half-open, 4 ended;"),
+            "{text}"
+        );
+        let totals = final_totals(&figures);
+        assert!(
+            totals.starts_with("final totals on eth0,eth1:\n"),
+            "{totals}"
+        );
+        assert!(totals.contains("\ntotals on eth1:\n"), "{totals}");
+        // One interface: no rows of its own, its figures are the report's.
+        assert_eq!(report(&busy_figures(), 1).lines().count(), 3);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use teardown_common::{conn::CloseKind, counters::Counter};
 
 use crate::{
     conn::tracker::{HALF_OPEN_PORT_QUIET, HALF_OPEN_PORTS_LISTED},
-    report::figures::Figures,
+    report::figures::{Figures, InterfaceFigures},
 };
 
 /// Zeek's conn_state values (docs/zeek-tcp-semantics.md), always exported.
@@ -165,11 +165,50 @@ impl Exposition {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
+
+    /// A family with one sample per interface (see [`interface_labels`]).
+    fn per_interface<T: Display>(
+        &mut self,
+        interfaces: &[InterfaceFigures],
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl Fn(&InterfaceFigures) -> T,
+    ) {
+        self.family(name, kind, help);
+        for one in interfaces {
+            self.sample(name, &interface_labels(interfaces, one, &[]), value(one));
+        }
+    }
+}
+
+/// The labels of interface `one`'s sample: `iface` first when several
+/// interfaces are watched, then `rest`. With one, none: its series stay
+/// what they were before teardown watched several (a label added to a
+/// series makes it another series, and `rate()` across an upgrade would
+/// break); `teardown_interface_info` names it.
+fn interface_labels<'a>(
+    interfaces: &[InterfaceFigures],
+    one: &'a InterfaceFigures,
+    rest: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut labels = Vec::with_capacity(rest.len() + 1);
+    if interfaces.len() > 1 {
+        labels.push(("iface", one.iface.as_str()));
+    }
+    labels.extend_from_slice(rest);
+    labels
 }
 
 /// The snapshot in the Prometheus text exposition format, version 0.0.4.
+///
+/// What each interface's kernel instance counts (packets, its flow table,
+/// the connections ended on it) has a sample per interface, labelled
+/// `iface` when there are several ([`interface_labels`]); the host's
+/// figures (alerts, the kernel's reasons, the outputs, flood debris, the
+/// process) have none.
 pub fn render(figures: &Figures) -> String {
-    let flows = &figures.flows;
+    let interfaces = &figures.interfaces[..];
     let mut e = Exposition {
         out: String::with_capacity(8 * 1024),
     };
@@ -197,16 +236,18 @@ pub fn render(figures: &Figures) -> String {
             _ => labelled_family_help(family),
         };
         e.family(family, "counter", help);
-        let directions = [
-            ("in", Some(&figures.received.totals)),
-            ("out", figures.egress.as_ref().map(|sent| &sent.totals)),
-        ];
-        for (direction, counters) in directions {
-            let Some(counters) = counters else { continue };
-            for &counter in members {
-                let mut labels = vec![("direction", direction)];
-                labels.extend(exposition(counter).1);
-                e.sample(family, &labels, counters.get(counter));
+        for one in interfaces {
+            let directions = [
+                ("in", Some(&one.received.totals)),
+                ("out", one.egress.as_ref().map(|sent| &sent.totals)),
+            ];
+            for (direction, counters) in directions {
+                let Some(counters) = counters else { continue };
+                for &counter in members {
+                    let mut labels = interface_labels(interfaces, one, &[("direction", direction)]);
+                    labels.extend(exposition(counter).1);
+                    e.sample(family, &labels, counters.get(counter));
+                }
             }
         }
     }
@@ -218,8 +259,11 @@ pub fn render(figures: &Figures) -> String {
         "counter",
         "TCP connections ended, by Zeek's conn_state.",
     );
-    for (state, count) in with_known_keys(CONN_STATES, &flows.ended_by_conn_state) {
-        e.sample(name, &[("conn_state", state)], count);
+    for one in interfaces {
+        for (state, count) in with_known_keys(CONN_STATES, &one.flows.ended_by_conn_state) {
+            let labels = interface_labels(interfaces, one, &[("conn_state", state)]);
+            e.sample(name, &labels, count);
+        }
     }
     let name = "teardown_connections_ended_by_close_total";
     e.family(
@@ -228,9 +272,16 @@ pub fn render(figures: &Figures) -> String {
         "TCP connections ended, by how they closed: graceful, half_closed, simultaneous, abort, refused, half_open, idle, open (still open when teardown stopped).",
     );
     let close_names: Vec<&str> = CLOSE_KINDS.iter().map(|kind| kind.name()).collect();
-    for (close, count) in with_known_keys(&close_names, &flows.ended_by_close) {
-        e.sample(name, &[("close", close)], count);
+    for one in interfaces {
+        for (close, count) in with_known_keys(&close_names, &one.flows.ended_by_close) {
+            e.sample(
+                name,
+                &interface_labels(interfaces, one, &[("close", close)]),
+                count,
+            );
+        }
     }
+    let flows = &figures.flows;
 
     e.single(
         "teardown_records_summarised_total",
@@ -244,29 +295,33 @@ pub fn render(figures: &Figures) -> String {
         "flood_debris summaries made: one per flooded destination and report interval with debris.",
         flows.debris_summaries,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flows_tracked",
         "gauge",
         "Connection records being tracked now.",
-        flows.tracked,
+        |one| one.flows.tracked,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flow_table_capacity",
         "gauge",
-        "Connection records the flow table holds: --max-flows rounded up to a power of two. Compare with teardown_flows_tracked.",
-        figures.run.flow_table_capacity,
+        "Connection records the interface's flow table holds (each interface has its own): --max-flows rounded up to a power of two. Compare with teardown_flows_tracked.",
+        |_| figures.run.flow_table_capacity,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flows_created_total",
         "counter",
         "Connection records created in the flow table.",
-        flows.created,
+        |one| one.flows.created,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_half_open_connections",
         "gauge",
         "Handshakes with a SYN sent and no answer yet.",
-        flows.half_open,
+        |one| one.flows.half_open,
     );
     // A bounded label set: the listed ports and `other`, always present
     // (0 until a handshake times out), which sums the rest.
@@ -278,60 +333,79 @@ pub fn render(figures: &Figures) -> String {
             "Handshakes that timed out half-open (SYN unanswered for --syn-timeout), by responder port: at most {HALF_OPEN_PORTS_LISTED} ports, those with most timeouts lately, each counted from when it was listed, and port=\"other\", the rest; the samples sum to every half-open timeout."
         ),
     );
-    for (port, count) in &flows.half_open_timeouts.listed {
-        e.sample(name, &[("port", &port.to_string())], count);
+    for one in interfaces {
+        let ports = &one.flows.half_open_timeouts;
+        for (port, count) in &ports.listed {
+            e.sample(
+                name,
+                &interface_labels(interfaces, one, &[("port", &port.to_string())]),
+                count,
+            );
+        }
+        e.sample(
+            name,
+            &interface_labels(interfaces, one, &[("port", "other")]),
+            ports.other,
+        );
     }
-    e.sample(name, &[("port", "other")], flows.half_open_timeouts.other);
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_half_open_timeout_ports_folded_total",
         "counter",
         &format!(
             "Ports whose half-open timeouts were folded into port=\"other\" of teardown_half_open_timeouts_total: to make room for another port, or after {} s without one.",
             HALF_OPEN_PORT_QUIET.as_secs()
         ),
-        flows.half_open_timeout_ports_folded,
+        |one| one.flows.half_open_timeout_ports_folded,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flow_insert_failures_total",
         "counter",
         "Segments the flow table found no slot for (both slots of the set held conversations): counted, not tracked; an untracked connection counts once per segment.",
-        flows.insert_failed,
+        |one| one.flows.insert_failed,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flows_evicted_total",
         "counter",
         "One-sided records (half-open SYNs, lone segments) evicted for a new connection before they ended.",
-        flows.evicted,
+        |one| one.flows.evicted,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_syns_untracked_total",
         "counter",
         "SYNs not tracked because the per-CPU budget of new half-open records was spent (a SYN flood).",
-        flows.syn_untracked,
+        |one| one.flows.syn_untracked,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_synacks_untracked_total",
         "counter",
         "SYN-ACKs of connections with no record not tracked because the per-CPU budget of new half-open records was spent (the host's replies to a SYN flood).",
-        flows.synack_untracked,
+        |one| one.flows.synack_untracked,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_flow_lock_contended_total",
         "counter",
         "Segments not applied to their connection's record because another CPU held its flow-table slot past a bounded wait (dropped from the record, still in the packet counters).",
-        flows.lock_contended,
+        |one| one.flows.lock_contended,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_syn_destination_collisions_total",
         "counter",
         "SYNs not counted per destination for flood detection: their slot in the kernel's per-CPU destination table belonged to another, active destination.",
-        flows.dest_collisions,
+        |one| one.flows.dest_collisions,
     );
-    e.single(
+    e.per_interface(
+        interfaces,
         "teardown_events_lost_total",
         "counter",
         "Kernel events dropped because the ring buffer was full.",
-        flows.events_lost,
+        |one| one.flows.events_lost,
     );
     let name = "teardown_output_lines_lost_total";
     e.family(
@@ -419,16 +493,15 @@ pub fn render(figures: &Figures) -> String {
     e.family(
         name,
         "gauge",
-        "The interface teardown watches and in which direction; always 1.",
+        "Each interface teardown watches and in which direction; always 1.",
     );
-    e.sample(
-        name,
-        &[
-            ("iface", figures.iface.as_str()),
-            ("direction", figures.run.direction),
-        ],
-        1,
-    );
+    for one in interfaces {
+        e.sample(
+            name,
+            &[("iface", &one.iface), ("direction", figures.run.direction)],
+            1,
+        );
+    }
     e.single(
         "teardown_start_time_seconds",
         "gauge",
@@ -522,7 +595,7 @@ mod tests {
     /// Figures at zero, without egress or outputs, as a test's starting point.
     fn zero(iface: &str, direction: &'static str) -> Figures {
         Figures::zero(
-            iface,
+            &[iface],
             crate::report::figures::RunFacts::starting_now(direction),
             false,
             &[],
@@ -574,7 +647,7 @@ mod tests {
         }
         let total = ports.total();
         let mut snapshot = zero("eth0", "both");
-        snapshot.flows = crate::report::figures::FlowFigures::new(
+        snapshot.interfaces[0].flows = crate::report::figures::FlowFigures::new(
             &teardown_common::events::FlowStats::default(),
             &tracker,
         );
@@ -754,6 +827,31 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    /// Each interface's figures under its own `iface` label, the host's
+    /// without one.
+    #[test]
+    fn several_interfaces_are_labelled_each_with_its_own() {
+        let text = render(&crate::report::figures::tests::two_interface_figures());
+        for sample in [
+            "teardown_packets_total{iface=\"eth0\",direction=\"in\"} 5\n",
+            "teardown_packets_total{iface=\"eth1\",direction=\"in\"} 7\n",
+            "teardown_packets_total{iface=\"eth1\",direction=\"out\"} 1\n",
+            "teardown_flows_created_total{iface=\"eth0\"} 3\n",
+            "teardown_flows_created_total{iface=\"eth1\"} 4\n",
+            "teardown_connections_ended_by_close_total{iface=\"eth0\",close=\"abort\"} 0\n",
+            "teardown_connections_ended_by_close_total{iface=\"eth1\",close=\"abort\"} 3\n",
+            "teardown_half_open_timeouts_total{iface=\"eth1\",port=\"443\"} 1\n",
+            "teardown_half_open_timeouts_total{iface=\"eth0\",port=\"other\"} 0\n",
+            "teardown_interface_info{iface=\"eth0\",direction=\"both\"} 1\n",
+            "teardown_interface_info{iface=\"eth1\",direction=\"both\"} 1\n",
+            "teardown_output_lines_lost_total{output=\"stdout\"} 0\n",
+            "teardown_records_summarised_total 0\n",
+        ] {
+            assert!(text.contains(sample), "{sample:?} missing from:\n{text}");
+        }
+        promtool_check(&text);
     }
 
     #[test]
