@@ -1,0 +1,1051 @@
+//! Live tunnels (issue 13): a real VXLAN overlay between two namespaces,
+//! teardown attached to the underlay (the server's veth end, XDP ingress
+//! and TC egress), real kernel TCP connections over the overlay closed
+//! gracefully, reset by either side and refused, IPv4 and IPv6 inside, over
+//! an IPv4 underlay (VNI 4242) and an IPv6 one (VNI 4343).
+//!
+//! Each connection must get exactly one record, live and from a tcpdump
+//! capture of the underlay replayed, with its overlay 4-tuple, the
+//! `conn_state` what its client and server did implies, the packet counts
+//! tshark finds in the capture, and `tunnel` naming the VXLAN layer, its
+//! VNI and the underlay endpoints of the frame that started it (the
+//! client's SYN, client underlay to server underlay). The tunnel counters
+//! must agree with the capture. A control run with `--no-tunnels` must
+//! give no record at all for the same traffic.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use support::{
+    ChildGuard, JsonLines, Lab,
+    lab::{LabPlan, ip},
+    *,
+};
+
+/// The underlay: the veth pair, IPv4 and IPv6.
+const CLIENT_UNDERLAY_V4: &str = "10.213.0.1";
+const SERVER_UNDERLAY_V4: &str = "10.213.0.2";
+const CLIENT_UNDERLAY_V6: &str = "fd00:213::1";
+const SERVER_UNDERLAY_V6: &str = "fd00:213::2";
+
+/// One VXLAN overlay: its device, VNI, the underlay addresses its frames
+/// travel between, and its own addresses (IPv4 and IPv6) at each end.
+struct Overlay {
+    vni: u32,
+    device: &'static str,
+    client_underlay: &'static str,
+    server_underlay: &'static str,
+    /// (client, server, prefix length) for IPv4, then IPv6.
+    inner: [(&'static str, &'static str, u8); 2],
+}
+
+const OVERLAYS: [Overlay; 2] = [
+    Overlay {
+        vni: 4242,
+        device: "vx4242",
+        client_underlay: CLIENT_UNDERLAY_V4,
+        server_underlay: SERVER_UNDERLAY_V4,
+        inner: [
+            ("10.214.0.1", "10.214.0.2", 24),
+            ("fd00:214::1", "fd00:214::2", 64),
+        ],
+    },
+    Overlay {
+        vni: 4343,
+        device: "vx4343",
+        client_underlay: CLIENT_UNDERLAY_V6,
+        server_underlay: SERVER_UNDERLAY_V6,
+        inner: [
+            ("10.215.0.1", "10.215.0.2", 24),
+            ("fd00:215::1", "fd00:215::2", 64),
+        ],
+    },
+];
+
+/// The VXLAN devices' MTU: under the veth's 1500 less the 70 bytes VXLAN
+/// over IPv6 adds (50 over IPv4).
+const OVERLAY_MTU: &str = "1400";
+
+/// How a connection ends; each has a server port of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Request, reply, the client closes first, the server then closes.
+    Graceful = 7001,
+    /// Request, reply, the client closes with SO_LINGER 0: a RST.
+    ResetByClient = 7002,
+    /// Request, then the server closes with SO_LINGER 0: a RST.
+    ResetByServer = 7003,
+    /// Nothing listens: the server's kernel answers the SYN with a RST.
+    Refused = 7004,
+}
+
+const KINDS: [Kind; 4] = [
+    Kind::Graceful,
+    Kind::ResetByClient,
+    Kind::ResetByServer,
+    Kind::Refused,
+];
+
+impl Kind {
+    fn from_port(port: u16) -> Option<Kind> {
+        KINDS.into_iter().find(|kind| *kind as u16 == port)
+    }
+
+    /// (conn_state, close, closed_by) Linux's behaviour implies: Zeek's SF
+    /// for both FINs, RSTO / RSTR for a RST from the originator /
+    /// responder after the handshake, REJ for a SYN answered with a RST.
+    fn expected(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Kind::Graceful => ("SF", "graceful", "orig"),
+            Kind::ResetByClient => ("RSTO", "abort", "orig"),
+            Kind::ResetByServer => ("RSTR", "abort", "resp"),
+            Kind::Refused => ("REJ", "refused", "resp"),
+        }
+    }
+}
+
+const REQUEST: [u8; 64] = [b'q'; 64];
+const REPLY: [u8; 200] = [b'r'; 200];
+
+/// Connections of each kind, per inner family, per overlay.
+const PER_KIND: usize = 5;
+
+/// One connection the test makes: the client binds its own port, so the
+/// 4-tuple is known before the first segment leaves.
+#[derive(Clone, Debug)]
+struct Conn {
+    kind: Kind,
+    vni: u32,
+    client_underlay: IpAddr,
+    server_underlay: IpAddr,
+    client: SocketAddr,
+    server: SocketAddr,
+}
+
+impl Conn {
+    /// The record's `tunnel`: the frame that started it is the client's SYN,
+    /// sent from the client's underlay address to the server's.
+    fn expected_tunnel(&self) -> Value {
+        json!({
+            "layers": ["vxlan"],
+            "id": self.vni,
+            "outer_src": self.client_underlay.to_string(),
+            "outer_dst": self.server_underlay.to_string(),
+        })
+    }
+}
+
+/// The connections: every kind, `per_kind` times, for each inner family of
+/// each overlay, client ports counted up from `first_port`.
+fn plan(per_kind: usize, first_port: u16) -> Vec<Conn> {
+    let mut conns = Vec::new();
+    let mut port = first_port;
+    for overlay in &OVERLAYS {
+        for (client, server, _) in overlay.inner {
+            for kind in KINDS {
+                for _ in 0..per_kind {
+                    conns.push(Conn {
+                        kind,
+                        vni: overlay.vni,
+                        client_underlay: overlay.client_underlay.parse().unwrap(),
+                        server_underlay: overlay.server_underlay.parse().unwrap(),
+                        client: socket_addr(client, port),
+                        server: socket_addr(server, kind as u16),
+                    });
+                    port += 1;
+                }
+            }
+        }
+    }
+    conns
+}
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// The underlay (a veth pair between two namespaces, removed with them when
+/// the [`Lab`] drops, even when the test fails) and the VXLAN overlays on it.
+fn vxlan_lab() -> Lab {
+    let pid = std::process::id();
+    let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+    let id = format!("{}{n}", pid % 100_000);
+    // `td-<role>-<pid>-<n>`: what `cargo xtask test` sweeps when a run was
+    // killed before its Drop could run.
+    let lab = Lab::create(&LabPlan {
+        client_ns: format!("td-vxc-{pid}-{n}"),
+        server_ns: format!("td-vxs-{pid}-{n}"),
+        client_if: format!("tdvxc{id}"),
+        server_if: format!("tdvxs{id}"),
+        client_addrs: &[
+            format!("{CLIENT_UNDERLAY_V4}/24"),
+            format!("{CLIENT_UNDERLAY_V6}/64"),
+        ],
+        server_addrs: &[
+            format!("{SERVER_UNDERLAY_V4}/24"),
+            format!("{SERVER_UNDERLAY_V6}/64"),
+        ],
+        link_options: &[],
+    })
+    .unwrap_or_else(|err| panic!("building the underlay: {err}"));
+    for overlay in &OVERLAYS {
+        for (ns, local, remote, client_side) in [
+            (
+                &lab.client_ns,
+                overlay.client_underlay,
+                overlay.server_underlay,
+                true,
+            ),
+            (
+                &lab.server_ns,
+                overlay.server_underlay,
+                overlay.client_underlay,
+                false,
+            ),
+        ] {
+            let vni = overlay.vni.to_string();
+            let steps: Vec<Vec<String>> = {
+                let mut steps = vec![
+                    [
+                        "link",
+                        "add",
+                        overlay.device,
+                        "type",
+                        "vxlan",
+                        "id",
+                        &vni,
+                        "dstport",
+                        "4789",
+                        "local",
+                        local,
+                        "remote",
+                        remote,
+                        "nolearning",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    ["link", "set", overlay.device, "mtu", OVERLAY_MTU]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                for (client, server, prefix) in overlay.inner {
+                    let address = format!("{}/{prefix}", if client_side { client } else { server });
+                    let mut add = vec!["addr".into(), "add".into(), address];
+                    add.extend(["dev", overlay.device].map(String::from));
+                    if client.contains(':') {
+                        add.push("nodad".into());
+                    }
+                    steps.push(add);
+                }
+                steps.push(
+                    ["link", "set", overlay.device, "up"]
+                        .map(String::from)
+                        .to_vec(),
+                );
+                steps
+            };
+            for step in steps {
+                let mut args = vec!["-n", ns.as_str()];
+                args.extend(step.iter().map(String::as_str));
+                ip(&args).unwrap_or_else(|err| panic!("building overlay {}: {err}", overlay.vni));
+            }
+        }
+    }
+    lab
+}
+
+/// The programs the test runs. Missing ones fail the test under CI
+/// (`CI=true`: `cargo xtask test` installs them); elsewhere it is skipped,
+/// saying so.
+fn tools_present() -> bool {
+    for (program, flag) in [("tcpdump", "--version"), ("tshark", "-v"), ("ip", "-V")] {
+        let found = Command::new(program)
+            .arg(flag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+                panic!("{program} is missing (CI=true): cargo xtask test installs it");
+            }
+            println!("skipped: {program} is not installed (cargo xtask test installs it)");
+            return false;
+        }
+    }
+    true
+}
+
+/// A TCP connection from `local` to `remote` (blocking, 5 s to connect, 10 s
+/// per read or write). Call from the client's namespace.
+fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: all zeroes is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match address {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for
+                // sockaddr_in.
+                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+    let family = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (local, local_len) = sockaddr(local);
+    let (remote, remote_len) = sockaddr(remote);
+    // SAFETY: plain socket calls on a descriptor the stream owns from its
+    // creation; the addresses are valid for their lengths.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        // SO_SNDTIMEO also bounds a blocking connect().
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, local_len) != 0
+            || libc::connect(fd, &remote as *const _ as *const libc::sockaddr, remote_len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(stream)
+    }
+}
+
+/// The client's side of one connection; `Err` says what went wrong.
+fn client(conn: &Conn) -> Result<(), String> {
+    let connected = connect_from(conn.client, conn.server);
+    let what = format!("{:?} {} -> {}", conn.kind, conn.client, conn.server);
+    if conn.kind == Kind::Refused {
+        return match connected {
+            Err(err) if err.kind() == ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{what}: want refused, got {other:?}")),
+        };
+    }
+    let mut stream = connected.map_err(|err| format!("{what}: connect: {err}"))?;
+    stream
+        .write_all(&REQUEST)
+        .map_err(|err| format!("{what}: request: {err}"))?;
+    match conn.kind {
+        Kind::Graceful | Kind::ResetByClient => {
+            let mut reply = [0u8; REPLY.len()];
+            stream
+                .read_exact(&mut reply)
+                .map_err(|err| format!("{what}: reply: {err}"))?;
+            if conn.kind == Kind::ResetByClient {
+                set_linger_zero(stream.as_raw_fd());
+                drop(stream); // the RST
+                return Ok(());
+            }
+            stream
+                .shutdown(Shutdown::Write)
+                .map_err(|err| format!("{what}: FIN: {err}"))?;
+            let mut rest = Vec::new();
+            match stream.read_to_end(&mut rest) {
+                Ok(0) => Ok(()),
+                other => Err(format!("{what}: want the server's FIN, got {other:?}")),
+            }
+        }
+        Kind::ResetByServer => match stream.read(&mut [0u8; 16]) {
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => Ok(()),
+            other => Err(format!("{what}: want the server's RST, got {other:?}")),
+        },
+        Kind::Refused => unreachable!(),
+    }
+}
+
+/// Runs every connection, one after the other, from the client's
+/// namespace.
+fn run_clients(lab: &Lab, conns: &[Conn]) {
+    let conns = conns.to_vec();
+    let failures = in_netns(&lab.client_ns, move || {
+        conns
+            .iter()
+            .filter_map(|conn| client(conn).err())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("the client thread panicked");
+    assert!(failures.is_empty(), "clients: {failures:#?}");
+}
+
+/// The server: listens on every overlay address at every port but the
+/// refused one and ends each connection as its port says, until told to
+/// stop. Returns what went wrong.
+/// Dropped without [`Server::stop`] (a failing test), it is told to stop
+/// all the same.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Vec<String>>>,
+}
+
+impl Server {
+    fn start(lab: &Lab) -> Server {
+        let mut listeners = Vec::new();
+        for overlay in &OVERLAYS {
+            for (_, server, _) in overlay.inner {
+                for kind in [Kind::Graceful, Kind::ResetByClient, Kind::ResetByServer] {
+                    // Bound before any client connects; the socket stays in
+                    // the server's namespace whatever thread serves it.
+                    let listener = listen_in(&lab.server_ns, socket_addr(server, kind as u16));
+                    listener.set_nonblocking(true).expect("nonblocking");
+                    listeners.push((listener, kind));
+                }
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || serve(&listeners, &stop_flag));
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("the server runs");
+        thread.join().expect("the server thread panicked")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(listeners: &[(TcpListener, Kind)], stop: &AtomicBool) -> Vec<String> {
+    let mut failures = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let mut idle = true;
+        for (listener, kind) in listeners {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    idle = false;
+                    if let Err(err) = serve_one(stream, *kind) {
+                        failures.push(format!("{kind:?} from {peer}: {err}"));
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => failures.push(format!("accept: {err}")),
+            }
+        }
+        if idle {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    failures
+}
+
+fn serve_one(mut stream: TcpStream, kind: Kind) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = [0u8; REQUEST.len()];
+    stream.read_exact(&mut request)?;
+    if kind == Kind::ResetByServer {
+        set_linger_zero(stream.as_raw_fd());
+        return Ok(()); // dropped: the RST
+    }
+    stream.write_all(&REPLY)?;
+    let mut rest = Vec::new();
+    match (kind, stream.read_to_end(&mut rest)) {
+        // The client's FIN; dropping the stream sends ours.
+        (Kind::Graceful, Ok(0)) => Ok(()),
+        (Kind::ResetByClient, Err(err)) if err.kind() == ErrorKind::ConnectionReset => Ok(()),
+        (_, other) => Err(std::io::Error::other(format!(
+            "want the client's {}, got {other:?}",
+            if kind == Kind::Graceful { "FIN" } else { "RST" }
+        ))),
+    }
+}
+
+/// One frame of the capture with VXLAN inside, as tshark decodes it.
+#[derive(Debug)]
+struct Frame {
+    vni: u32,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    /// The inner TCP segment, if there is one: (source, destination, SYN
+    /// without ACK).
+    tcp: Option<(SocketAddr, SocketAddr, bool)>,
+}
+
+/// Every VXLAN frame of the capture, in order, decoded by tshark (UDP 4789
+/// is VXLAN to it by default).
+fn captured_frames(capture: &Path) -> Vec<Frame> {
+    let output = run(Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(capture)
+        .args(["-Y", "vxlan", "-T", "fields", "-E", "separator=/t"])
+        .args(["-e", "frame.protocols", "-e", "vxlan.vni"])
+        .args([
+            "-e", "ip.src", "-e", "ip.dst", "-e", "ipv6.src", "-e", "ipv6.dst",
+        ])
+        .args(["-e", "tcp.srcport", "-e", "tcp.dstport"])
+        .args(["-e", "tcp.flags.syn", "-e", "tcp.flags.ack"]));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [
+                protocols,
+                vni,
+                ip_src,
+                ip_dst,
+                ip6_src,
+                ip6_dst,
+                sport,
+                dport,
+                syn,
+                ack,
+            ] = fields[..]
+            else {
+                panic!("tshark line {line:?}: want 10 fields");
+            };
+            // tshark lists each field's occurrences outermost first; the
+            // protocol list says which family each IP header is.
+            let list = |text: &str| -> Vec<IpAddr> {
+                text.split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(|a| a.parse().unwrap_or_else(|_| panic!("{a:?} in {line:?}")))
+                    .collect()
+            };
+            let (mut v4, mut v6) = (
+                list(ip_src).into_iter().zip(list(ip_dst)),
+                list(ip6_src).into_iter().zip(list(ip6_dst)),
+            );
+            let mut headers = protocols
+                .split(':')
+                .filter(|p| *p == "ip" || *p == "ipv6")
+                .map(|p| {
+                    if p == "ip" { v4.next() } else { v6.next() }
+                        .unwrap_or_else(|| panic!("{p} addresses in {line:?}"))
+                });
+            let (outer_src, outer_dst) = headers.next().expect("an outer IP header");
+            let inner = headers.next();
+            let tcp = match (inner, sport.parse::<u16>(), dport.parse::<u16>()) {
+                (Some((src, dst)), Ok(sport), Ok(dport)) => Some((
+                    SocketAddr::new(src, sport),
+                    SocketAddr::new(dst, dport),
+                    syn == "1" && ack == "0",
+                )),
+                _ => None,
+            };
+            Frame {
+                vni: vni
+                    .parse()
+                    .unwrap_or_else(|_| panic!("VNI {vni:?} in {line:?}")),
+                outer_src,
+                outer_dst,
+                tcp,
+            }
+        })
+        .collect()
+}
+
+/// One connection in the capture.
+#[derive(Debug)]
+struct CapturedConn {
+    /// Its first frame's VNI and outer endpoints, and whether that frame
+    /// is the client's SYN.
+    vni: u32,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    client_syn_first: bool,
+    /// Segments client to server, server to client.
+    to_server: u64,
+    to_client: u64,
+}
+
+/// What the capture says of each connection and of the whole link.
+struct Captured {
+    /// Per (client, server).
+    conns: BTreeMap<(SocketAddr, SocketAddr), CapturedConn>,
+    /// VXLAN frames with TCP inside, arriving at / leaving the server.
+    tcp_in: u64,
+    tcp_out: u64,
+    /// All VXLAN frames, arriving at / leaving the server.
+    vxlan_in: u64,
+    vxlan_out: u64,
+}
+
+fn captured(capture: &Path) -> Captured {
+    let server_underlay: [IpAddr; 2] = [
+        SERVER_UNDERLAY_V4.parse().unwrap(),
+        SERVER_UNDERLAY_V6.parse().unwrap(),
+    ];
+    let mut result = Captured {
+        conns: BTreeMap::new(),
+        tcp_in: 0,
+        tcp_out: 0,
+        vxlan_in: 0,
+        vxlan_out: 0,
+    };
+    for frame in captured_frames(capture) {
+        let arriving = server_underlay.contains(&frame.outer_dst);
+        assert!(
+            arriving || server_underlay.contains(&frame.outer_src),
+            "a frame neither to nor from the server's underlay: {frame:?}"
+        );
+        if arriving {
+            result.vxlan_in += 1;
+        } else {
+            result.vxlan_out += 1;
+        }
+        let Some((src, dst, syn)) = frame.tcp else {
+            continue;
+        };
+        if arriving {
+            result.tcp_in += 1;
+        } else {
+            result.tcp_out += 1;
+        }
+        // The server is the end at one of the service ports.
+        let to_server = Kind::from_port(dst.port()).is_some();
+        let key = if to_server { (src, dst) } else { (dst, src) };
+        let entry = result.conns.entry(key).or_insert(CapturedConn {
+            vni: frame.vni,
+            outer_src: frame.outer_src,
+            outer_dst: frame.outer_dst,
+            client_syn_first: syn && to_server,
+            to_server: 0,
+            to_client: 0,
+        });
+        if to_server {
+            entry.to_server += 1;
+        } else {
+            entry.to_client += 1;
+        }
+    }
+    result
+}
+
+fn ip_of(record: &Value, field: &str) -> Option<IpAddr> {
+    record[field].as_str().and_then(|text| text.parse().ok())
+}
+
+/// The conn records among teardown's JSON lines.
+fn conn_records(lines: &[Value]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|value| value["event"] == "conn")
+        .cloned()
+        .collect()
+}
+
+fn is_record_of(record: &Value, conn: &Conn) -> bool {
+    record["event"] == "conn"
+        && ip_of(record, "id.orig_h") == Some(conn.client.ip())
+        && record["id.orig_p"] == conn.client.port()
+        && ip_of(record, "id.resp_h") == Some(conn.server.ip())
+        && record["id.resp_p"] == conn.server.port()
+}
+
+/// Each connection has exactly one record (and there is no other), with
+/// its state, close, tunnel and tshark's packet counts.
+fn check_records(source: &str, records: &[Value], conns: &[Conn], captured: &Captured) {
+    for conn in conns {
+        let matching: Vec<&Value> = records.iter().filter(|r| is_record_of(r, conn)).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "{source}: one record for {conn:?}, got {matching:#?}"
+        );
+        let record = matching[0];
+        let (state, close, closed_by) = conn.kind.expected();
+        assert_eq!(
+            (
+                record["conn_state"].as_str(),
+                record["close"].as_str(),
+                record["closed_by"].as_str(),
+                &record["orig_guessed"],
+            ),
+            (Some(state), Some(close), Some(closed_by), &json!(false)),
+            "{source}: {conn:?}: {record}"
+        );
+        assert_eq!(
+            record["tunnel"],
+            conn.expected_tunnel(),
+            "{source}: the tunnel of {conn:?}: {record}"
+        );
+        let seen = &captured.conns[&(conn.client, conn.server)];
+        assert_eq!(
+            (record["orig_pkts"].as_u64(), record["resp_pkts"].as_u64()),
+            (Some(seen.to_server), Some(seen.to_client)),
+            "{source}: packets of {conn:?} against tshark's count of the underlay: {record}"
+        );
+    }
+    assert_eq!(
+        records.len(),
+        conns.len(),
+        "{source}: records for connections the test did not make: {records:#?}"
+    );
+}
+
+/// The premise, from the capture alone: every connection is there, started
+/// by its client's SYN inside VXLAN with its overlay's VNI, from the
+/// client's underlay address to the server's; nothing else is.
+fn check_capture(captured: &Captured, conns: &[Conn]) {
+    for conn in conns {
+        let Some(seen) = captured.conns.get(&(conn.client, conn.server)) else {
+            panic!("{conn:?} is not in the capture");
+        };
+        assert_eq!(
+            (
+                seen.vni,
+                seen.outer_src,
+                seen.outer_dst,
+                seen.client_syn_first
+            ),
+            (conn.vni, conn.client_underlay, conn.server_underlay, true),
+            "the first captured frame of {conn:?}: {seen:?}"
+        );
+        // The SYN; with a handshake, its ACK and the request too.
+        let least = if conn.kind == Kind::Refused { 1 } else { 3 };
+        assert!(
+            seen.to_server >= least && seen.to_client >= 1,
+            "{conn:?}: {seen:?}"
+        );
+    }
+    assert_eq!(
+        captured.conns.len(),
+        conns.len(),
+        "TCP connections in the capture the test did not make"
+    );
+}
+
+/// A counter of teardown's final JSON totals.
+fn counter(totals: &Value, name: &str) -> u64 {
+    totals[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {totals}"))
+}
+
+/// `/metrics` from inside `ns` (teardown's default address, 127.0.0.1:9464).
+fn scrape(ns: &str) -> String {
+    in_netns(ns, move || {
+        let mut stream = TcpStream::connect("127.0.0.1:9464").expect("connecting to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("sending the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("reading the response");
+        response
+    })
+    .join()
+    .expect("scrape thread")
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+/// Starts tcpdump on the underlay, every UDP frame whole (the helper's
+/// 128-byte snap length would cut VXLAN over IPv6 inside its inner TCP
+/// header; tcpdump takes the last `-s`).
+fn start_capture(lab: &Lab, capture: &Path) -> ChildGuard {
+    start_tcpdump_with(&lab.server_ns, &lab.server_if, capture, &["-s", "0"], "udp")
+}
+
+#[test]
+fn vxlan_overlay_connections_get_their_records_live_and_replayed() {
+    if !tools_present() {
+        return;
+    }
+    let lab = vxlan_lab();
+    let dir = TempDir::new("teardown-tunnel-live");
+    let capture = dir.join("underlay.pcap");
+    let server = Server::start(&lab);
+    // The premise: the overlays carry TCP (and their neighbours are
+    // resolved before anything is watched).
+    let mut warm_up = plan(1, 39_000);
+    warm_up.retain(|conn| conn.kind == Kind::Graceful);
+    run_clients(&lab, &warm_up);
+
+    let tcpdump = start_capture(&lab, &capture);
+    let (mut teardown, stderr) = start_teardown(&lab.server_ns, &lab.server_if, &[]);
+    let watched = JsonLines::watch(&mut teardown, stderr);
+
+    let conns = plan(PER_KIND, 41_000);
+    run_clients(&lab, &conns);
+    // Closed connections are reported after the 5 s close delay.
+    for conn in &conns {
+        watched.wait_for(Duration::from_secs(30), |value| is_record_of(value, conn));
+    }
+    // The metrics while it runs (stats every 100 ms: all traffic ended
+    // seconds ago).
+    let metrics = scrape(&lab.server_ns);
+    let (lines, _output, teardown_stderr) = watched.finish(teardown);
+    // tcpdump flushes every packet (-U); give it a moment for the last.
+    thread::sleep(Duration::from_millis(300));
+    let _ = tcpdump.terminate();
+    let server_failures = server.stop();
+    assert!(server_failures.is_empty(), "server: {server_failures:#?}");
+
+    let captured = captured(&capture);
+    check_capture(&captured, &conns);
+
+    // Live.
+    let live = conn_records(&lines);
+    check_records("live", &live, &conns, &captured);
+    let final_event = lines
+        .iter()
+        .find(|value| value["event"] == "final")
+        .unwrap_or_else(|| panic!("no final event; stderr: {teardown_stderr}"));
+    let flows = &final_event["flows"];
+    assert_eq!(flows["events_lost"], 0, "{flows}");
+    assert_eq!(flows["insert_failed"], 0, "{flows}");
+    assert_eq!(flows["created"], conns.len(), "{flows}");
+
+    // Replayed from the capture of the underlay.
+    let replayed = run(Command::new(teardown_bin())
+        .args(["replay", "--connections", "--json"])
+        .arg(&capture));
+    let replayed: Vec<Value> = String::from_utf8_lossy(&replayed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect();
+    check_records("replay", &conn_records(&replayed), &conns, &captured);
+    // The control, replayed: without tunnels, no connection at all.
+    let untunnelled = run(Command::new(teardown_bin())
+        .args(["replay", "--connections", "--json", "--no-tunnels"])
+        .arg(&capture));
+    let untunnelled = String::from_utf8_lossy(&untunnelled.stdout);
+    assert!(
+        !untunnelled.contains("\"conn\""),
+        "replay --no-tunnels gave records: {untunnelled}"
+    );
+    let replay_counts = run(Command::new(teardown_bin())
+        .args(["replay", "--json"])
+        .arg(&capture));
+    let replay_totals: Value =
+        serde_json::from_slice(&replay_counts.stdout).expect("replay --json gives one object");
+
+    // The counters. The JSON totals are ingress (XDP), `egress.totals` TC
+    // egress; VXLAN frames count by their outer headers in `packets`, never
+    // in `tcp`, and their inner segments in `tunnelled_tcp`.
+    let ingress = &final_event["totals"];
+    let egress = &final_event["egress"]["totals"];
+    let mut problems = Vec::new();
+    for (direction, totals, tcp, vxlan) in [
+        ("in", ingress, captured.tcp_in, captured.vxlan_in),
+        ("out", egress, captured.tcp_out, captured.vxlan_out),
+    ] {
+        assert!(tcp > 0, "{direction}: no tunnelled TCP in the capture");
+        assert_eq!(
+            counter(totals, "tunnelled_tcp"),
+            tcp,
+            "{direction}: tunnelled TCP segments against tshark's count of the underlay: {totals}"
+        );
+        assert_eq!(counter(totals, "tcp"), 0, "{direction}: {totals}");
+        let tunnelled = counter(totals, "tunnelled");
+        assert_eq!(
+            counter(totals, "tunnel_vxlan"),
+            tunnelled,
+            "{direction}: {totals}"
+        );
+        // Frames that are neither TCP nor VXLAN inside (ARP, neighbour
+        // discovery) may come and go around the run's ends: at most what
+        // tcpdump, started first and stopped last, saw.
+        assert!(
+            tunnelled >= tcp && tunnelled <= vxlan,
+            "{direction}: {tunnelled} tunnelled frames, the capture has {tcp} with TCP of {vxlan}: {totals}"
+        );
+        for other in ["tunnel_too_deep", "tunnel_unsupported"] {
+            assert_eq!(counter(totals, other), 0, "{direction}: {totals}");
+        }
+        for other in [
+            "tunnel_mpls",
+            "tunnel_pppoe",
+            "tunnel_gre",
+            "tunnel_ipip",
+            "tunnel_geneve",
+        ] {
+            assert_eq!(counter(totals, other), 0, "{direction}: {totals}");
+        }
+        // Prometheus, scraped before the stop.
+        let series = |name: &str, labels: &str| {
+            let series = format!("{name}{{direction=\"{direction}\"{labels}}}");
+            sample(&metrics, &series).unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        };
+        assert_eq!(
+            series("teardown_tunnelled_tcp_segments_total", ""),
+            tcp,
+            "{direction}: Prometheus tunnelled TCP segments against tshark's count"
+        );
+        let vxlan_metric = series("teardown_tunnel_packets_total", ",kind=\"vxlan\"");
+        assert!(
+            vxlan_metric >= tcp && vxlan_metric <= tunnelled,
+            "{direction}: Prometheus VXLAN frames {vxlan_metric}, {tcp} with TCP, {tunnelled} at the stop"
+        );
+        // PRODUCT BUG (issue 13, found by this test): every tunnelled TCP
+        // segment is also counted malformed. The kernel opens the layers
+        // with `enter_layer::<_, false>` (teardown-ebpf/src/main.rs), which
+        // leaves `Inner::segment` cleared (it reads the segment again
+        // later), but `encap_tally_of` (teardown-common/src/counters.rs)
+        // takes `!innermost.segment.header_complete` of that cleared copy
+        // as "TCP header cut short" and bumps the MALFORMED slot too; live
+        // and replayed alike (replay runs the same program). Checked last,
+        // so that everything else above is checked first.
+        let malformed = counter(totals, "tunnel_malformed");
+        let malformed_metric = series(
+            "teardown_tunnel_problem_packets_total",
+            ",problem=\"malformed\"",
+        );
+        if malformed != 0 || malformed_metric != 0 {
+            problems.push(format!(
+                "{direction}: tunnel_malformed {malformed} (Prometheus {malformed_metric}), want 0: no frame of the capture is cut short; tunnelled_tcp is {tcp}"
+            ));
+        }
+        let other = counter(totals, "tunnel_other");
+        if tunnelled != tcp + other + malformed {
+            problems.push(format!(
+                "{direction}: tunnelled {tunnelled} is not tunnelled_tcp {tcp} + tunnel_other {other} + tunnel_malformed {malformed}"
+            ));
+        }
+    }
+    assert_eq!(
+        (
+            counter(&replay_totals, "snapped_frames"),
+            counter(&replay_totals, "not_passed")
+        ),
+        (0, 0),
+        "replay: every frame whole and passed: {replay_totals}"
+    );
+    assert_eq!(
+        counter(&replay_totals, "tunnelled_tcp"),
+        captured.tcp_in + captured.tcp_out,
+        "replay: tunnelled TCP segments against tshark's count: {replay_totals}"
+    );
+    assert_eq!(
+        counter(&replay_totals, "tunnelled"),
+        captured.vxlan_in + captured.vxlan_out,
+        "replay: tunnelled frames against tshark's count: {replay_totals}"
+    );
+    // PRODUCT BUG, as above, in replay.
+    if counter(&replay_totals, "tunnel_malformed") != 0 {
+        problems.push(format!(
+            "replay: tunnel_malformed {}, want 0 (tunnelled_tcp {})",
+            replay_totals["tunnel_malformed"], replay_totals["tunnelled_tcp"]
+        ));
+    }
+    // PRODUCT BUG (second, found by this test): `replay` without
+    // `--connections` accepts `--no-tunnels` (and `--vxlan-port`,
+    // `--geneve-port`) but ignores them: teardown-user/src/main.rs hands
+    // the tunnel ports to `replay::run_connections` only, `replay::run`
+    // takes none, so the counters still open every tunnel, where
+    // `run --no-tunnels` (the control test) opens none.
+    let untunnelled_counts = run(Command::new(teardown_bin())
+        .args(["replay", "--json", "--no-tunnels"])
+        .arg(&capture));
+    let untunnelled_totals: Value =
+        serde_json::from_slice(&untunnelled_counts.stdout).expect("replay --json gives one object");
+    for name in ["tunnelled", "tunnelled_tcp", "tunnel_vxlan"] {
+        if counter(&untunnelled_totals, name) != 0 {
+            problems.push(format!(
+                "replay --no-tunnels: {name} {}, want 0 (no encapsulation opened)",
+                untunnelled_totals[name]
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "PRODUCT BUGS in the tunnel counters (every tunnelled TCP segment also counted \
+         malformed; replay's counters ignore --no-tunnels): {problems:#?}"
+    );
+}
+
+/// The control: the same traffic with `--no-tunnels` gives no record at all
+/// (the underlay carries no TCP of its own), while the connections did
+/// cross the watched link.
+#[test]
+fn without_tunnels_overlay_connections_get_no_records() {
+    if !tools_present() {
+        return;
+    }
+    let lab = vxlan_lab();
+    let server = Server::start(&lab);
+    let (mut teardown, stderr) = start_teardown(&lab.server_ns, &lab.server_if, &["--no-tunnels"]);
+    let watched = JsonLines::watch(&mut teardown, stderr);
+    let conns = plan(2, 42_000);
+    run_clients(&lab, &conns);
+    // What is still open is reported at the stop; nothing may be.
+    thread::sleep(Duration::from_secs(1));
+    let (lines, _output, _stderr) = watched.finish(teardown);
+    let server_failures = server.stop();
+    assert!(server_failures.is_empty(), "server: {server_failures:#?}");
+
+    let records = conn_records(&lines);
+    assert!(
+        records.is_empty(),
+        "--no-tunnels: records for overlay connections: {records:#?}"
+    );
+    let final_event = lines
+        .iter()
+        .find(|value| value["event"] == "final")
+        .expect("a final event");
+    assert_eq!(final_event["flows"]["created"], 0, "{final_event}");
+    // The premise: the traffic crossed the watched link, as UDP, no TCP.
+    let ingress = &final_event["totals"];
+    assert!(
+        counter(ingress, "other_transport") >= conns.len() as u64,
+        "{ingress}"
+    );
+    // No encapsulation opened, so none counted as opened either way.
+    for totals in [ingress, &final_event["egress"]["totals"]] {
+        for name in ["tcp", "tunnelled", "tunnelled_tcp", "tunnel_vxlan"] {
+            assert_eq!(counter(totals, name), 0, "{name}: {totals}");
+        }
+    }
+}
