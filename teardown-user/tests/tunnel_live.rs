@@ -877,7 +877,6 @@ fn vxlan_overlay_connections_get_their_records_live_and_replayed() {
     // in `tcp`, and their inner segments in `tunnelled_tcp`.
     let ingress = &final_event["totals"];
     let egress = &final_event["egress"]["totals"];
-    let mut problems = Vec::new();
     for (direction, totals, tcp, vxlan) in [
         ("in", ingress, captured.tcp_in, captured.vxlan_in),
         ("out", egress, captured.tcp_out, captured.vxlan_out),
@@ -929,31 +928,25 @@ fn vxlan_overlay_connections_get_their_records_live_and_replayed() {
             vxlan_metric >= tcp && vxlan_metric <= tunnelled,
             "{direction}: Prometheus VXLAN frames {vxlan_metric}, {tcp} with TCP, {tunnelled} at the stop"
         );
-        // PRODUCT BUG (issue 13, found by this test): every tunnelled TCP
-        // segment is also counted malformed. The kernel opens the layers
-        // with `enter_layer::<_, false>` (teardown-ebpf/src/main.rs), which
-        // leaves `Inner::segment` cleared (it reads the segment again
-        // later), but `encap_tally_of` (teardown-common/src/counters.rs)
-        // takes `!innermost.segment.header_complete` of that cleared copy
-        // as "TCP header cut short" and bumps the MALFORMED slot too; live
-        // and replayed alike (replay runs the same program). Checked last,
-        // so that everything else above is checked first.
+        // No frame of the capture is cut short: none counted malformed
+        // (every tunnelled segment once was, by a tally that read a
+        // segment the kernel had not copied).
         let malformed = counter(totals, "tunnel_malformed");
         let malformed_metric = series(
             "teardown_tunnel_problem_packets_total",
             ",problem=\"malformed\"",
         );
-        if malformed != 0 || malformed_metric != 0 {
-            problems.push(format!(
-                "{direction}: tunnel_malformed {malformed} (Prometheus {malformed_metric}), want 0: no frame of the capture is cut short; tunnelled_tcp is {tcp}"
-            ));
-        }
+        assert_eq!(
+            (malformed, malformed_metric),
+            (0, 0),
+            "{direction}: tunnel_malformed (and Prometheus), want 0: no frame of the capture is cut short; tunnelled_tcp is {tcp}"
+        );
         let other = counter(totals, "tunnel_other");
-        if tunnelled != tcp + other + malformed {
-            problems.push(format!(
-                "{direction}: tunnelled {tunnelled} is not tunnelled_tcp {tcp} + tunnel_other {other} + tunnel_malformed {malformed}"
-            ));
-        }
+        assert_eq!(
+            tunnelled,
+            tcp + other + malformed,
+            "{direction}: tunnelled is not tunnelled_tcp + tunnel_other + tunnel_malformed: {totals}"
+        );
     }
     assert_eq!(
         (
@@ -973,37 +966,25 @@ fn vxlan_overlay_connections_get_their_records_live_and_replayed() {
         captured.vxlan_in + captured.vxlan_out,
         "replay: tunnelled frames against tshark's count: {replay_totals}"
     );
-    // PRODUCT BUG, as above, in replay.
-    if counter(&replay_totals, "tunnel_malformed") != 0 {
-        problems.push(format!(
-            "replay: tunnel_malformed {}, want 0 (tunnelled_tcp {})",
-            replay_totals["tunnel_malformed"], replay_totals["tunnelled_tcp"]
-        ));
-    }
-    // PRODUCT BUG (second, found by this test): `replay` without
-    // `--connections` accepts `--no-tunnels` (and `--vxlan-port`,
-    // `--geneve-port`) but ignores them: teardown-user/src/main.rs hands
-    // the tunnel ports to `replay::run_connections` only, `replay::run`
-    // takes none, so the counters still open every tunnel, where
-    // `run --no-tunnels` (the control test) opens none.
+    assert_eq!(
+        counter(&replay_totals, "tunnel_malformed"),
+        0,
+        "replay: no frame cut short: {replay_totals}"
+    );
+    // The counters alone (no --connections) honour --no-tunnels too, as
+    // `run --no-tunnels` does (the control test).
     let untunnelled_counts = run(Command::new(teardown_bin())
         .args(["replay", "--json", "--no-tunnels"])
         .arg(&capture));
     let untunnelled_totals: Value =
         serde_json::from_slice(&untunnelled_counts.stdout).expect("replay --json gives one object");
     for name in ["tunnelled", "tunnelled_tcp", "tunnel_vxlan"] {
-        if counter(&untunnelled_totals, name) != 0 {
-            problems.push(format!(
-                "replay --no-tunnels: {name} {}, want 0 (no encapsulation opened)",
-                untunnelled_totals[name]
-            ));
-        }
+        assert_eq!(
+            counter(&untunnelled_totals, name),
+            0,
+            "replay --no-tunnels: {name}, want 0 (no encapsulation opened): {untunnelled_totals}"
+        );
     }
-    assert!(
-        problems.is_empty(),
-        "PRODUCT BUGS in the tunnel counters (every tunnelled TCP segment also counted \
-         malformed; replay's counters ignore --no-tunnels): {problems:#?}"
-    );
 }
 
 /// The control: the same traffic with `--no-tunnels` gives no record at all
