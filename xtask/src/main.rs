@@ -251,6 +251,9 @@ const TEST_PACKAGES: &[&str] = &[
     "nfdump",
     "systemd",
     "iperf3",
+    // `bpftool net` lists what is attached (outputs, multi_iface),
+    // `bpftool prog` the programs' statistics (kernel_reasons).
+    "bpftool",
     // teardown-user/tests/bench_peers.rs: the bench's C programs and xdp-filter's.
     "clang",
     "libbpf-dev",
@@ -265,7 +268,7 @@ fn test(args: &[OsString]) -> anyhow::Result<()> {
     }
     provision::ensure_packages(
         TEST_PACKAGES,
-        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX, iperf3 measures bulk TCP over a veth)",
+        "for the tests (tshark is the reference for flag counts, nftables drops packets in live tests, prometheus scrapes the metrics endpoint, nfdump collects IPFIX, iperf3 measures bulk TCP over a veth, bpftool lists what is attached)",
     )?;
     provision::ebpf_tools()?;
     say("running unit, replay and live tests");

@@ -699,7 +699,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         reasons.poll(kernel_now());
         for one in &mut watched {
             let now = one.kernel_now();
-            one.tracker.drain_events(&mut one.events, &one.table, &mut ended);
+            one.tracker
+                .drain_events(&mut one.events, &one.table, &mut ended);
             one.tracker.take_changes(&one.table);
             one.tracker.expire(now, &one.table, &mut ended);
         }
@@ -790,7 +791,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // capture.
     reasons.poll(kernel_now());
     for one in &mut watched {
-        one.tracker.drain_events(&mut one.events, &one.table, &mut ended);
+        one.tracker
+            .drain_events(&mut one.events, &one.table, &mut ended);
         one.tracker.finish(&one.table, &mut ended);
     }
     reasons.claim(&mut ended);
