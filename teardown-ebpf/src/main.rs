@@ -177,6 +177,10 @@ pub extern "C" fn open_tunnel_tc(skb: *mut __sk_buff) -> i32 {
 /// [`DecapState::begin`]: teardown_common::tunnel::DecapState::begin
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn begin_tunnel_xdp(ctx: *mut xdp_md) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(md) = (unsafe { ctx.as_ref() }) else {
@@ -188,6 +192,10 @@ pub extern "C" fn begin_tunnel_xdp(ctx: *mut xdp_md) -> u32 {
 /// [`begin_tunnel_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn begin_tunnel_tc(skb: *mut __sk_buff) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(buff) = (unsafe { skb.as_ref() }) else {
@@ -210,6 +218,10 @@ fn begin_tunnel(start: usize, end: usize) -> u32 {
 /// [`DECAP_STATE`] stops at ([`step_layer`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn step_layer_xdp(ctx: *mut xdp_md, depth: u64) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(md) = (unsafe { ctx.as_ref() }) else {
@@ -223,6 +235,10 @@ pub extern "C" fn step_layer_xdp(ctx: *mut xdp_md, depth: u64) -> u32 {
 /// The frame inside the layer [`step_layer_xdp`] read ([`enter_layer`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn enter_layer_xdp(ctx: *mut xdp_md) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(md) = (unsafe { ctx.as_ref() }) else {
@@ -236,6 +252,10 @@ pub extern "C" fn enter_layer_xdp(ctx: *mut xdp_md) -> u32 {
 /// [`step_layer_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn step_layer_tc(skb: *mut __sk_buff, depth: u64) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(buff) = (unsafe { skb.as_ref() }) else {
@@ -251,6 +271,10 @@ pub extern "C" fn step_layer_tc(skb: *mut __sk_buff, depth: u64) -> u32 {
 /// [`enter_layer_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn enter_layer_tc(skb: *mut __sk_buff) -> u32 {
     // SAFETY: null-checked; the program's own context.
     let Some(buff) = (unsafe { skb.as_ref() }) else {
@@ -259,7 +283,7 @@ pub extern "C" fn enter_layer_tc(skb: *mut __sk_buff) -> u32 {
     with_state(
         buff.data as usize,
         buff.data_end as usize,
-        |frame, state| enter_layer::<_, false>(frame, state),
+        enter_layer::<_, false>,
     )
 }
 
@@ -278,6 +302,10 @@ fn with_state(start: usize, end: usize, work: impl FnOnce(&Frame, &mut DecapStat
 /// host's clock or, with `replay` 1, at capture time `now`.
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
     // SAFETY: null-checked; the program's own context.
     let Some(md) = (unsafe { ctx.as_ref() }) else {
@@ -298,6 +326,10 @@ pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i3
 /// [`track_inner_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
 pub extern "C" fn track_inner_tc(skb: *mut __sk_buff) -> i32 {
     // SAFETY: null-checked; the program's own context.
     let Some(buff) = (unsafe { skb.as_ref() }) else {

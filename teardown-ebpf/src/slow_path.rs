@@ -301,10 +301,7 @@ fn record_tunnel() -> TunnelRef {
     // SAFETY: the entry of an index this CPU was just handed: no one else
     // writes it, and no one reads it before the index is published below.
     teardown_common::tunnel::copy(unsafe { &mut *entry }, tunnel);
-    if TUNNEL_IDS
-        .insert(tunnel, &index, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+    if TUNNEL_IDS.insert(tunnel, index, BPF_NOEXIST as u64).is_ok() {
         return TunnelRef(index);
     }
     // Another CPU recorded the same tunnel meanwhile (or the map is full):

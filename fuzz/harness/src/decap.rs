@@ -3,7 +3,7 @@
 //! crafted frames and their mutations).
 
 use teardown_common::{
-    counters::{class, encap_slot, encap_tally, tally},
+    counters::{class, encap_slot, encap_tally, encap_tally_of, tally},
     flow::addresses_at,
     parse::{
         Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN, parse,
@@ -11,7 +11,7 @@ use teardown_common::{
     },
     tunnel::{
         Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate, decapsulate_in_place, encap,
-        enter_layer, inner_class, outcome, step_layer,
+        enter_layer, inner_class, may_carry_tunnel, outcome, step_layer,
     },
 };
 
@@ -43,7 +43,9 @@ const PORTS: [TunnelPorts; 2] = [
 ///   between), its addresses readable, and reading it again where it
 ///   lies (the kernel's `Inner::reparse`) gives the same segment;
 /// * the kernel's way through (`step_layer` and `enter_layer` without the
-///   segment copy) gives the same outcome, tunnel and inner frame;
+///   segment copy) gives the same outcome, tunnel, inner frame and tally;
+/// * the kernel's cheap test (`may_carry_tunnel`), which decides whether
+///   its tunnel program is asked at all, lets every opened frame through;
 /// * the tally agrees with the outcome.
 pub fn check(frame: &[u8]) {
     for ports in &PORTS {
@@ -86,6 +88,15 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
     };
     assert_eq!(state.tunnel, *tunnel, "kernel path's tunnel: {decap:?}");
     assert!(parsed.tcp().is_none(), "a tunnel in a TCP frame: {decap:?}");
+    assert!(
+        may_carry_tunnel(frame, &parsed, ports),
+        "opened, but the kernel would not have asked: {decap:?}"
+    );
+    assert_eq!(
+        encap_tally_of(kernel, &state.tunnel, &state.inner),
+        encap_tally(&decap),
+        "kernel path's tally: {decap:?}"
+    );
     let decoded = class::decode(tally(&parsed).frame_class as usize);
     assert!(
         decoded.kind == class::NON_IP

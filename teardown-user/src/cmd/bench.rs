@@ -220,10 +220,7 @@ pub(super) fn cases() -> Vec<Case> {
         // est_ack's cost.
         Case {
             name: "vxlan_ack",
-            setup: handshake(false, 40109)
-                .iter()
-                .map(|frame| in_vxlan(frame))
-                .collect(),
+            setup: handshake(false, 40109).iter().map(in_vxlan).collect(),
             frame: in_vxlan(&craft::build(&on_port(
                 Spec::tcp_v4(ACK, 0),
                 40109,

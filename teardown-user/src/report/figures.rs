@@ -297,6 +297,9 @@ pub struct FlowFigures {
     /// SYNs not counted per destination (their slot belonged to another).
     pub dest_collisions: u64,
     pub truncated_segments: u64,
+    /// Connections inside a tunnel first seen when the kernel's table of
+    /// tunnels was full: their records name the tunnel's kind only.
+    pub tunnels_unrecorded: u64,
     /// Connections ended, by Zeek's conn_state and by teardown's close kind.
     pub ended_by_conn_state: BTreeMap<&'static str, u64>,
     pub ended_by_close: BTreeMap<&'static str, u64>,
@@ -330,6 +333,7 @@ impl FlowFigures {
             lock_contended: flow.lock_contended,
             dest_collisions: flow.dest_collisions,
             truncated_segments: flow.truncated_segments,
+            tunnels_unrecorded: flow.tunnels_unrecorded,
             ended_by_conn_state: tracker.stats.by_conn_state.clone(),
             ended_by_close: tracker.stats.by_close.clone(),
             half_open_timeouts: PortFigures { listed, other },
@@ -361,6 +365,7 @@ impl FlowFigures {
             sum.lock_contended += flows.lock_contended;
             sum.dest_collisions += flows.dest_collisions;
             sum.truncated_segments += flows.truncated_segments;
+            sum.tunnels_unrecorded += flows.tunnels_unrecorded;
             for (state, count) in &flows.ended_by_conn_state {
                 *sum.ended_by_conn_state.entry(state).or_default() += count;
             }
@@ -989,6 +994,7 @@ pub mod tests {
                 "synack_untracked",
                 "tracked",
                 "truncated_segments",
+                "tunnels_unrecorded",
             ]
         );
         assert_eq!(

@@ -80,7 +80,7 @@ pub fn half_open_ports_words(ports: &PortFigures, n: usize) -> Vec<String> {
 fn flow_line(flows: &FlowFigures) -> String {
     let ports = half_open_ports_words(&flows.half_open_timeouts, 3);
     format!(
-        "flows: {} tracked, {} half-open, {} ended{}; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}",
+        "flows: {} tracked, {} half-open, {} ended{}; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}{}",
         flows.tracked,
         flows.half_open,
         flows.ended(),
@@ -103,6 +103,14 @@ fn flow_line(flows: &FlowFigures) -> String {
             format!(
                 ", SYNs not counted per destination {}",
                 flows.dest_collisions
+            )
+        } else {
+            String::new()
+        },
+        if flows.tunnels_unrecorded > 0 {
+            format!(
+                ", tunnels not recorded (table full) {}",
+                flows.tunnels_unrecorded
             )
         } else {
             String::new()

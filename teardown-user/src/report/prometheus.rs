@@ -388,6 +388,13 @@ pub fn render(figures: &Figures) -> String {
     );
     e.per_interface(
         interfaces,
+        "teardown_tunnels_unrecorded_total",
+        "counter",
+        "Connections inside a tunnel first seen while the kernel's table of tunnels was full: their records name the tunnel's kind, not its id or endpoints.",
+        |one| one.flows.tunnels_unrecorded,
+    );
+    e.per_interface(
+        interfaces,
         "teardown_flow_lock_contended_total",
         "counter",
         "Segments not applied to their connection's record because another CPU held its flow-table slot past a bounded wait (dropped from the record, still in the packet counters).",
