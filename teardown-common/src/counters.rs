@@ -355,6 +355,26 @@ pub fn tally_common(common: &crate::parse::CommonTcp) -> Tally {
     }
 }
 
+/// What a frame [`crate::tunnel::parse_common_overlay`] read adds to the
+/// tallies, as [`tally`] of what [`crate::parse::parse`] makes of it: its
+/// outer headers, untagged IPv4, whole, a transport other than TCP.
+pub const OVERLAY_OUTER_TALLY: Tally = Tally {
+    frame_class: (class::IP_BASE + class::OTHER_TRANSPORT) * 2,
+    tcp_slot: NO_TCP_SLOT,
+};
+
+/// What the same frame adds to [`Tallies::encap`], as [`encap_tally_of`]
+/// of what the decapsulator makes of it: one layer of `kind`, a whole TCP
+/// segment inside.
+#[inline(always)]
+pub fn overlay_encap_tally(kind: u8) -> EncapTally {
+    EncapTally {
+        layers: [kind, 0, 0],
+        outcome: encap_slot::TCP as u8,
+        incomplete_tcp: 0,
+    }
+}
+
 impl Tallies {
     /// Adds one frame's tally: two bounds-checked increments.
     #[inline(always)]

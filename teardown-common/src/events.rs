@@ -148,7 +148,14 @@ pub const PRESSURE_THRESHOLD: u64 = 64;
 /// SYN-ACK is tracked, as before.
 ///
 /// Decided per CPU on the packets' own clock, so a replay of a capture
-/// admits what the live run did.
+/// admits what the live run did. But the table is one, whichever CPU a
+/// flood's packets arrive on: a window under pressure on any CPU is
+/// stamped in a value all CPUs share (`table_pressure`, the window's
+/// number plus one), and a CPU entering a new window is limited if the
+/// window before it, or this one, was under pressure on any CPU. Without
+/// it a CPU the flood moves to (the scheduler moves the sender, an idle
+/// CPU takes a softirq) would start unlimited and admit a whole window of
+/// the flood, tens of thousands of SYNs, each evicting a record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Admission {
@@ -166,29 +173,46 @@ const _: () = assert!(core::mem::size_of::<Admission>() == 4 * 8);
 
 impl Admission {
     #[inline(always)]
-    fn roll(&mut self, now: u64) {
+    fn roll(&mut self, now: u64, table_pressure: u64) {
         let window = now / HALF_OPEN_WINDOW_NS;
         // Only forward: SYNs are admitted on the coarse clock, which runs
         // up to a tick behind the precise one that stamps evictions, so a
         // window boundary may be seen from both sides in turn; going back
         // would throw the window's counts away.
         if window > self.window {
-            // Pressure carries over from the window just before only.
-            self.limited = (window == self.window.wrapping_add(1)
-                && self.pressure >= PRESSURE_THRESHOLD) as u64;
+            // Pressure carries over from the window just before only: this
+            // CPU's own, or any CPU's (its stamp is that window plus one,
+            // or this window's, plus one).
+            let own = window == self.window.wrapping_add(1) && self.pressure >= PRESSURE_THRESHOLD;
+            let shared = table_pressure >= window;
+            self.limited = (own || shared) as u64;
             self.window = window;
             self.syns = 0;
             self.pressure = 0;
         }
     }
 
-    /// Whether a pure SYN at `now` may be looked up and tracked.
+    /// One more sign of pressure; the window's stamp for every CPU once
+    /// there are enough (one store per window).
     #[inline(always)]
-    pub fn admit(&mut self, now: u64, budget: u64) -> bool {
-        self.roll(now);
+    fn press(&mut self, table_pressure: &mut u64) {
+        self.pressure += 1;
+        if self.pressure == PRESSURE_THRESHOLD {
+            let stamp = self.window.wrapping_add(1);
+            if stamp > *table_pressure {
+                *table_pressure = stamp;
+            }
+        }
+    }
+
+    /// Whether a pure SYN at `now` may be looked up and tracked;
+    /// `table_pressure` is the stamp all CPUs share.
+    #[inline(always)]
+    pub fn admit(&mut self, now: u64, budget: u64, table_pressure: &mut u64) -> bool {
+        self.roll(now, *table_pressure);
         self.syns += 1;
         if self.limited != 0 && self.syns > budget {
-            self.pressure += 1;
+            self.press(table_pressure);
             return false;
         }
         true
@@ -196,9 +220,9 @@ impl Admission {
 
     /// A half-open or one-sided record pushed out of the table at `now`.
     #[inline(always)]
-    pub fn note_eviction(&mut self, now: u64) {
-        self.roll(now);
-        self.pressure += 1;
+    pub fn note_eviction(&mut self, now: u64, table_pressure: &mut u64) {
+        self.roll(now, *table_pressure);
+        self.press(table_pressure);
     }
 }
 
@@ -272,38 +296,40 @@ mod tests {
     #[test]
     fn a_burst_of_syns_is_admitted_whole_without_pressure() {
         let mut admission = Admission::default();
+        let mut shared = 0;
         let start = 1_000 * WINDOW;
         for i in 0..100_000 {
-            assert!(admission.admit(start + i, 16), "SYN {i}");
+            assert!(admission.admit(start + i, 16, &mut shared), "SYN {i}");
         }
     }
 
     #[test]
     fn pressure_limits_the_next_window_and_lasts_while_its_signs_do() {
         let mut admission = Admission::default();
+        let mut shared = 0;
         let budget = 100;
         let t = 1_000 * WINDOW;
         // Window 0: a flood fills the table and pushes records out.
         for i in 0..1_000 {
-            assert!(admission.admit(t + i, budget));
-            admission.note_eviction(t + i);
+            assert!(admission.admit(t + i, budget, &mut shared));
+            admission.note_eviction(t + i, &mut shared);
         }
         // Window 1: under the budget.
         let admitted = (0..1_000)
-            .filter(|i| admission.admit(t + WINDOW + i, budget))
+            .filter(|i| admission.admit(t + WINDOW + i, budget, &mut shared))
             .count();
         assert_eq!(admitted, budget as usize);
         // Window 2: the refused SYNs of window 1 keep it limited.
         let admitted = (0..1_000)
-            .filter(|i| admission.admit(t + 2 * WINDOW + i, budget))
+            .filter(|i| admission.admit(t + 2 * WINDOW + i, budget, &mut shared))
             .count();
         assert_eq!(admitted, budget as usize);
         // Window 3: the flood stopped in window 2's wake: a few SYNs, no
         // evictions; window 4 is free again.
         for i in 0..10 {
-            admission.admit(t + 3 * WINDOW + i, budget);
+            admission.admit(t + 3 * WINDOW + i, budget, &mut shared);
         }
-        assert!((0..1_000).all(|i| admission.admit(t + 4 * WINDOW + i, budget)));
+        assert!((0..1_000).all(|i| admission.admit(t + 4 * WINDOW + i, budget, &mut shared)));
     }
 
     #[test]
@@ -324,30 +350,65 @@ mod tests {
     }
 
     #[test]
+    fn pressure_on_one_cpu_limits_another_that_the_flood_moves_to() {
+        // One table, two CPUs, one stamp they share.
+        let (mut first, mut second) = (Admission::default(), Admission::default());
+        let mut shared = 0;
+        let budget = 100;
+        let t = 1_000 * WINDOW;
+        // The flood arrives on the first CPU and fills the table.
+        for i in 0..1_000 {
+            first.admit(t + i, budget, &mut shared);
+            first.note_eviction(t + i, &mut shared);
+        }
+        // The second CPU saw nothing since long before; the flood moves
+        // to it in the next window: limited from its first SYN.
+        second.admit(t - 50 * WINDOW, budget, &mut shared);
+        let admitted = (0..1_000)
+            .filter(|i| second.admit(t + WINDOW + i, budget, &mut shared))
+            .count();
+        assert_eq!(admitted, budget as usize);
+        // Its refusals keep both limited, the first CPU too, though it
+        // had nothing in that window.
+        let admitted = (0..1_000)
+            .filter(|i| first.admit(t + 2 * WINDOW + i, budget, &mut shared))
+            .count();
+        assert_eq!(admitted, budget as usize);
+        // Once no CPU sees pressure for a window, both are free again.
+        for i in 0..10 {
+            second.admit(t + 3 * WINDOW + i, budget, &mut shared);
+        }
+        assert!((0..1_000).all(|i| second.admit(t + 4 * WINDOW + i, budget, &mut shared)));
+        assert!((0..1_000).all(|i| first.admit(t + 5 * WINDOW + i, budget, &mut shared)));
+    }
+
+    #[test]
     fn pressure_does_not_carry_over_a_quiet_window() {
         let mut admission = Admission::default();
+        let mut shared = 0;
         let t = 1_000 * WINDOW;
         for i in 0..PRESSURE_THRESHOLD {
-            admission.note_eviction(t + i);
+            admission.note_eviction(t + i, &mut shared);
         }
         // The next SYN comes two windows later: no limit.
-        assert!((0..1_000).all(|i| admission.admit(t + 2 * WINDOW + i, 1)));
+        assert!((0..1_000).all(|i| admission.admit(t + 2 * WINDOW + i, 1, &mut shared)));
     }
 
     #[test]
     fn a_boundary_seen_from_both_clocks_keeps_the_window() {
         let mut admission = Admission::default();
+        let mut shared = 0;
         let budget = 100;
         let t = 1_000 * WINDOW;
         for i in 0..1_000 {
-            admission.note_eviction(t + i);
+            admission.note_eviction(t + i, &mut shared);
         }
         // Window 1 under the budget, with SYNs on the coarse clock still
         // reading window 0 after evictions stamped in window 1.
         let next = t + WINDOW;
-        admission.note_eviction(next);
+        admission.note_eviction(next, &mut shared);
         let admitted = (0..1_000)
-            .filter(|i| admission.admit(next - 1 + (i % 2), budget))
+            .filter(|i| admission.admit(next - 1 + (i % 2), budget, &mut shared))
             .count();
         assert_eq!(admitted, budget as usize);
     }
@@ -355,10 +416,11 @@ mod tests {
     #[test]
     fn fewer_signs_than_the_threshold_do_not_limit() {
         let mut admission = Admission::default();
+        let mut shared = 0;
         let t = 1_000 * WINDOW;
         for i in 0..PRESSURE_THRESHOLD - 1 {
-            admission.note_eviction(t + i);
+            admission.note_eviction(t + i, &mut shared);
         }
-        assert!((0..1_000).all(|i| admission.admit(t + WINDOW + i, 1)));
+        assert!((0..1_000).all(|i| admission.admit(t + WINDOW + i, 1, &mut shared)));
     }
 }

@@ -696,12 +696,25 @@ impl CommonTcp {
 /// host test holds the two to that, over mutated frames).
 #[inline(always)]
 pub fn parse_common<P: PacketBytes + ?Sized>(pkt: &P) -> Option<CommonTcp> {
-    const V4_TCP: usize = ETH_HLEN + IPV4_MIN_HLEN;
-    const V6_TCP: usize = ETH_HLEN + IPV6_HLEN;
-    let ethertype = be16(pkt.load::<2>(12)?);
+    parse_common_at(pkt, 0, usize::MAX)
+}
+
+/// [`parse_common`] of the Ethernet frame at `link` (its offsets, and the
+/// segment's, from the start of `pkt`), its datagram inside `limit`, where
+/// what carries it ends: the common frame inside a tunnel (see
+/// `crate::tunnel::parse_common_overlay`). At `link` 0 with no limit, the
+/// same code as [`parse_common`]'s, constants folded.
+#[inline(always)]
+pub fn parse_common_at<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    link: usize,
+    limit: usize,
+) -> Option<CommonTcp> {
+    let ip_offset = link + ETH_HLEN;
+    let ethertype = be16(pkt.load::<2>(link + 12)?);
     let (version, tcp_offset, ip_end) = if ethertype == ethertype::IPV4 {
         // Version 4, IHL 5; protocol; no fragment (neither MF nor an offset).
-        let ip = pkt.load::<IPV4_MIN_HLEN>(ETH_HLEN)?;
+        let ip = pkt.load::<IPV4_MIN_HLEN>(ip_offset)?;
         let total_len = be16([ip[2], ip[3]]) as usize;
         if ip[0] != 0x45
             || ip[9] != ip_proto::TCP
@@ -710,18 +723,31 @@ pub fn parse_common<P: PacketBytes + ?Sized>(pkt: &P) -> Option<CommonTcp> {
         {
             return None;
         }
-        (IpVersion::V4, V4_TCP, ETH_HLEN + total_len)
+        (
+            IpVersion::V4,
+            ip_offset + IPV4_MIN_HLEN,
+            ip_offset + total_len,
+        )
     } else if ethertype == ethertype::IPV6 {
         // Version 6; TCP right after the fixed header; a payload length.
-        let ip = pkt.load::<8>(ETH_HLEN)?;
+        let ip = pkt.load::<8>(ip_offset)?;
         let payload_len = be16([ip[4], ip[5]]) as usize;
         if ip[0] >> 4 != 6 || ip[6] != ip_proto::TCP || payload_len == 0 {
             return None;
         }
-        (IpVersion::V6, V6_TCP, V6_TCP + payload_len)
+        (
+            IpVersion::V6,
+            ip_offset + IPV6_HLEN,
+            ip_offset + IPV6_HLEN + payload_len,
+        )
     } else {
         return None;
     };
+    // Inside a tunnel, the datagram must fit in what carries it (the
+    // general parser calls anything else malformed).
+    if ip_end > limit {
+        return None;
+    }
     let head = pkt.load::<TCP_READABLE_LEN>(tcp_offset)?;
     let header_len = (head[12] >> 4) as usize * 4;
     let header_end = tcp_offset + header_len;

@@ -20,8 +20,9 @@
 
 use crate::addr::Addr16;
 use crate::parse::{
-    ETH_HLEN, Fragment, IpPacket, IpVersion, MAX_INNER_START, PacketBytes, Parsed, Payload,
-    TcpSegment, Transport, ethertype, ip_proto, link, parse_network, walk_link,
+    CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IpPacket, IpVersion, MAX_INNER_START,
+    PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
+    parse_common_at, parse_network, walk_link,
 };
 
 /// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
@@ -1011,6 +1012,86 @@ fn udp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize, ports: &Tu
         _ => return Step::unsupported(kind),
     };
     Step::layer(kind, vni, start, udp_end)
+}
+
+/// The frame an overlay network's traffic nearly always is, read by
+/// [`parse_common_overlay`]: the tunnel, and the common TCP frame inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommonOverlay {
+    /// As [`decapsulate`] reports it: one VXLAN or Geneve layer, its VNI,
+    /// the outer IPv4 endpoints.
+    pub tunnel: Tunnel,
+    /// The inner segment, its offsets from the start of the outer frame.
+    pub inner: CommonTcp,
+}
+
+impl CommonOverlay {
+    /// The inner IP header's offset: outer Ethernet, IPv4 without options,
+    /// UDP, the 8-byte VXLAN or Geneve header, inner Ethernet.
+    pub const INNER_IP_OFFSET: usize = ETH_HLEN + IPV4_MIN_HLEN + 8 + 8 + ETH_HLEN;
+}
+
+/// Reads the frame an overlay network's traffic nearly always is, without
+/// the decapsulator's layer-by-layer bookkeeping: untagged Ethernet, IPv4
+/// without options, whole, UDP to a VXLAN port (the I flag set) or a
+/// Geneve port (version 0, no options, Ethernet inside), and inside it the
+/// common TCP frame ([`parse_common_at`]) within the UDP datagram. As
+/// [`crate::parse::parse_common`] is to the general parser: a few wide
+/// loads and compares, `None` for any other frame (the tunnel programs
+/// then open it), and where it answers, it answers as [`decapsulate`]
+/// does: the same tunnel, the same inner segment (a host test holds the
+/// two to that, over every single-byte mutation of such frames).
+#[inline(always)]
+pub fn parse_common_overlay<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+) -> Option<CommonOverlay> {
+    const OUTER_IP: usize = ETH_HLEN;
+    const UDP: usize = OUTER_IP + IPV4_MIN_HLEN;
+    const INNER_LINK: usize = UDP + 8 + 8;
+    if be16(pkt.load::<2>(12)?) != ethertype::IPV4 {
+        return None;
+    }
+    let ip = pkt.load::<IPV4_MIN_HLEN>(OUTER_IP)?;
+    let total_len = be16([ip[2], ip[3]]) as usize;
+    if ip[0] != 0x45
+        || ip[9] != ip_proto::UDP
+        || be16([ip[6], ip[7]]) & 0x3fff != 0
+        || total_len < IPV4_MIN_HLEN
+    {
+        return None;
+    }
+    // The UDP header and the tunnel's, read at once.
+    let head = pkt.load::<16>(UDP)?;
+    let dst_port = be16([head[2], head[3]]);
+    let udp_end = UDP + be16([head[4], head[5]]) as usize;
+    if udp_end < INNER_LINK || udp_end > OUTER_IP + total_len {
+        return None;
+    }
+    let kind = if TunnelPorts::has(&ports.vxlan, dst_port) {
+        if head[8] & 0x08 == 0 {
+            return None;
+        }
+        encap::VXLAN
+    } else if TunnelPorts::has(&ports.geneve, dst_port) {
+        if head[8] != 0 || be16([head[10], head[11]]) != ethertype::TEB {
+            return None;
+        }
+        encap::GENEVE
+    } else {
+        return None;
+    };
+    let inner = parse_common_at(pkt, INNER_LINK, udp_end)?;
+    Some(CommonOverlay {
+        tunnel: Tunnel {
+            outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
+            outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
+            id: u32::from_be_bytes([0, head[12], head[13], head[14]]),
+            layers: [kind, 0, 0],
+            outer_family: 4,
+        },
+        inner,
+    })
 }
 
 /// How many distinct tunnels the kernel's table holds: each (layers, id,

@@ -32,17 +32,18 @@
 
 use teardown_common::addr::Addr16;
 use teardown_common::counters::{
-    class, encap_slot, encap_tally, encap_tally_of, tally, tally_common,
+    OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, overlay_encap_tally,
+    tally, tally_common,
 };
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
 use teardown_common::parse::{
-    CommonTcp, Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, TcpSegment,
-    VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
+    CommonTcp, Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN,
+    TcpSegment, VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
 };
 use teardown_common::tunnel::{
-    self, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel, TunnelPorts,
-    decapsulate, encap, inner_class, may_carry_tunnel, outcome,
+    self, CommonOverlay, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
+    TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome, parse_common_overlay,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -647,6 +648,43 @@ fn check_invariants(
         assert_eq!(*decap, Decap::None, "{}: a common frame opened", context());
     }
 
+    // The common overlay frame's shortcut: where it answers, the
+    // decapsulator finds the same tunnel and the same inner segment, and
+    // the tallies are the same.
+    if let Some(overlay) = parse_common_overlay(frame, ports) {
+        let Decap::Inner { tunnel, inner } = decap else {
+            panic!(
+                "{}: overlay shortcut read {overlay:?}, decapsulator {decap:?}",
+                context()
+            );
+        };
+        assert_eq!(
+            (
+                *tunnel,
+                inner.class,
+                inner.ip_offset as usize,
+                inner.is_v6 != 0,
+                inner.segment
+            ),
+            (
+                overlay.tunnel,
+                inner_class::TCP,
+                CommonOverlay::INNER_IP_OFFSET,
+                overlay.inner.version == IpVersion::V6,
+                overlay.inner.segment
+            ),
+            "{}: overlay shortcut",
+            context()
+        );
+        assert_eq!(tally(&parsed), OVERLAY_OUTER_TALLY, "{}", context());
+        assert_eq!(
+            encap_tally(decap),
+            Some(overlay_encap_tally(overlay.tunnel.layers[0])),
+            "{}",
+            context()
+        );
+    }
+
     // The kernel and the host go the same way.
     let (kernel_outcome, state) = kernel_path(frame, ports);
     let host_outcome = match decap {
@@ -956,6 +994,53 @@ fn every_encapsulation_is_read_exactly() {
 /// are; before that no TCP, and either no encapsulation (before the
 /// outermost layer is recognisable) or a malformed one, whose layers are a
 /// prefix of the whole frame's and only grow with the cut.
+/// The overlay shortcut answers for the frames it is for (VXLAN, and
+/// Geneve without options carrying Ethernet, over untagged IPv4, the
+/// common TCP frame inside), and for no other crafted frame: the kernel's fast way
+/// for overlays is taken where it should be, and `check_invariants` holds
+/// it to the decapsulator's answer there.
+#[test]
+fn the_overlay_shortcut_answers_for_common_overlay_frames_only() {
+    let mut answered = Vec::new();
+    for built in catalogue() {
+        let overlay = parse_common_overlay(built.frame.as_slice(), &DEFAULT);
+        // Untagged outside (the inner IP header where the shortcut reads
+        // it), no Geneve options.
+        let expected = built.layers.len() == 1
+            && built.outer_family == 4
+            && (built.layers[0] == encap::VXLAN || built.layers[0] == encap::GENEVE)
+            && built.ip_offset == CommonOverlay::INNER_IP_OFFSET;
+        assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
+        if let Some(overlay) = overlay {
+            assert_eq!(
+                (overlay.inner.segment.offset as usize, overlay.tunnel.id),
+                (built.tcp_offset, built.id),
+                "{}",
+                built.name
+            );
+            answered.push(built.name);
+        }
+    }
+    // VXLAN on both default ports and Geneve without options, each
+    // around IPv4 and IPv6.
+    assert_eq!(answered.len(), 6, "{answered:?}");
+    // Tunnels off, or the port not configured: no answer.
+    let vxlan = vxlan4();
+    assert!(parse_common_overlay(vxlan.frame.as_slice(), &DEFAULT).is_some());
+    assert_eq!(
+        parse_common_overlay(vxlan.frame.as_slice(), &TunnelPorts::OFF),
+        None
+    );
+    let elsewhere = TunnelPorts {
+        vxlan: [4790, 0, 0, 0],
+        ..DEFAULT
+    };
+    assert_eq!(
+        parse_common_overlay(vxlan.frame.as_slice(), &elsewhere),
+        None
+    );
+}
+
 #[test]
 fn every_encapsulation_truncated_at_every_offset() {
     for built in catalogue() {

@@ -10,7 +10,8 @@
 use teardown_common::{dest::dest_index, sketch::hash_addr, table::FlowSlot};
 
 use crate::maps::{
-    ADMISSION, DESTINATIONS, DETECT_CONTROL, HALF_OPEN_BUDGET, SOURCE_SAMPLES, setting, stats,
+    ADMISSION, DESTINATIONS, DETECT_CONTROL, HALF_OPEN_BUDGET, SOURCE_SAMPLES, TABLE_PRESSURE,
+    setting, stats,
 };
 
 /// Counts a pure SYN for its destination: the SYN count, the source sketch
@@ -44,12 +45,15 @@ pub(crate) fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
 /// [`Admission`]: teardown_common::events::Admission
 #[inline(always)]
 pub(crate) fn admits_syn(now: u64) -> bool {
-    let Some(admission) = ADMISSION.get_ptr_mut(0) else {
+    let (Some(admission), Some(table_pressure)) =
+        (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
+    else {
         return true;
     };
     let budget: u64 = setting!(HALF_OPEN_BUDGET);
-    // SAFETY: this CPU's slot, one program run at a time.
-    unsafe { (*admission).admit(now, budget) }
+    // SAFETY: this CPU's slot, one program run at a time; the shared stamp
+    // is one u64, read and written whole (see TABLE_PRESSURE).
+    unsafe { (*admission).admit(now, budget, &mut *table_pressure) }
 }
 
 /// A record pushed out of the table: a sign of pressure for [`Admission`].
@@ -57,9 +61,11 @@ pub(crate) fn admits_syn(now: u64) -> bool {
 /// [`Admission`]: teardown_common::events::Admission
 #[inline(always)]
 pub(crate) fn note_eviction(now: u64) {
-    if let Some(admission) = ADMISSION.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, one program run at a time.
-        unsafe { (*admission).note_eviction(now) };
+    if let (Some(admission), Some(table_pressure)) =
+        (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
+    {
+        // SAFETY: as in `admits_syn`.
+        unsafe { (*admission).note_eviction(now, &mut *table_pressure) };
     }
 }
 

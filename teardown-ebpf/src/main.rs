@@ -52,11 +52,14 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use teardown_common::{
-    counters::{Tallies, Tally, encap_tally_of, tally, tally_common},
+    counters::{
+        OVERLAY_OUTER_TALLY, Tallies, Tally, encap_tally_of, overlay_encap_tally, tally,
+        tally_common,
+    },
     parse::{CommonTcp, IpVersion, TcpSegment, parse, parse_common},
     tunnel::{
-        DecapState, decapsulate_in_place, enter_layer, inner_class, may_carry_tunnel,
-        outcome as tunnel_outcome, step_layer,
+        CommonOverlay, DecapState, decapsulate_in_place, encap, enter_layer, inner_class,
+        may_carry_tunnel, outcome as tunnel_outcome, parse_common_overlay, step_layer,
     },
 };
 
@@ -69,31 +72,75 @@ use maps::{
 };
 use teardown_common::names::tunnel_slot;
 
+/// What [`read_frame`] says follows a frame's tally and segment: nothing,
+/// or (no TCP segment of its own) that it may carry one in a tunnel; or,
+/// for a segment read by the overlay shortcut, the [`encap`] kind of its
+/// one layer (VXLAN or Geneve, both above these two).
+mod next {
+    pub const NOTHING: u8 = 0;
+    pub const MAY_TUNNEL: u8 = 1;
+}
+
+const _: () = assert!(encap::VXLAN > next::MAY_TUNNEL && encap::GENEVE > next::MAY_TUNNEL);
+
 /// What the programs read of a frame: its tally, its TCP segment with the
-/// IP header's offset and version, and, for a frame with no TCP segment
-/// of its own, whether it may carry one in a tunnel ([`may_carry_tunnel`]:
-/// only such frames are handed to the tunnel program). The common frame's
-/// shortcut first ([`parse_common`]), the general parser for the rest.
+/// IP header's offset and version, and what follows ([`next`]). The
+/// common frame's shortcut first ([`parse_common`]); then the common
+/// overlay frame's ([`parse_common_overlay`]: VXLAN or Geneve over IPv4,
+/// the common frame inside), its tunnel left in this CPU's
+/// [`DECAP_STATE`] for a record it starts; the general parser for the
+/// rest, and for a frame with no TCP segment of its own, whether it may
+/// carry one in a tunnel ([`may_carry_tunnel`]: only such frames are
+/// handed to the tunnel program).
 #[inline(always)]
-fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, bool) {
-    match parse_common(frame) {
-        Some(common) => (
+fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
+    if let Some(common) = parse_common(frame) {
+        return (
             tally_common(&common),
             Some((
                 CommonTcp::IP_OFFSET,
                 common.version == IpVersion::V6,
                 common.segment,
             )),
-            false,
-        ),
-        None => {
-            let parsed = parse(frame);
-            let segment = parsed
-                .tcp()
-                .map(|(ip, tcp)| (ip.offset as usize, ip.version == IpVersion::V6, *tcp));
-            let tunnel = segment.is_none() && may_carry_tunnel(frame, &parsed, tunnel_ports());
-            (tally(&parsed), segment, tunnel)
+            next::NOTHING,
+        );
+    }
+    let ports = tunnel_ports();
+    if let Some(overlay) = parse_common_overlay(frame, ports) {
+        if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used by one program run at a time.
+            unsafe { (*state).tunnel = overlay.tunnel };
         }
+        return (
+            OVERLAY_OUTER_TALLY,
+            Some((
+                CommonOverlay::INNER_IP_OFFSET,
+                overlay.inner.version == IpVersion::V6,
+                overlay.inner.segment,
+            )),
+            overlay.tunnel.layers[0],
+        );
+    }
+    let parsed = parse(frame);
+    let segment = parsed
+        .tcp()
+        .map(|(ip, tcp)| (ip.offset as usize, ip.version == IpVersion::V6, *tcp));
+    let next = if segment.is_none() && may_carry_tunnel(frame, &parsed, ports) {
+        next::MAY_TUNNEL
+    } else {
+        next::NOTHING
+    };
+    (tally(&parsed), segment, next)
+}
+
+/// Counts a segment the overlay shortcut read in [`Tallies::encap`], as
+/// the tunnel program would have: one layer of `kind`, TCP inside.
+#[inline(always)]
+fn record_overlay(tallies: &PerCpuArray<Tallies>, kind: u8) {
+    if let Some(tallies) = tallies.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is only touched by this CPU, one
+        // program at a time.
+        unsafe { (*tallies).record_encap(&overlay_encap_tally(kind)) };
     }
 }
 
@@ -370,18 +417,25 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment, tunnel) = read_frame(frame);
+    let (counted, segment, next) = read_frame(frame);
     // The flow table first, the tallies after: the tally is two small
     // numbers to keep across the table's lookups, where the segment's fields
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
     if let Some((ip_offset, is_v6, tcp)) = segment {
+        if next > next::MAY_TUNNEL {
+            // Inside a tunnel: a record it starts records the tunnel.
+            track::<false, true>(frame, &tcp, ip_offset, is_v6, clock);
+            record_tally(&TALLIES, &counted);
+            record_overlay(&TALLIES, next);
+            return false;
+        }
         track::<false, false>(frame, &tcp, ip_offset, is_v6, clock);
         record_tally(&TALLIES, &counted);
         return false;
     }
     record_tally(&TALLIES, &counted);
-    tunnel
+    next == next::MAY_TUNNEL
 }
 
 #[inline(always)]
@@ -502,14 +556,20 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment, tunnel) = read_frame(&frame);
+    let (counted, segment, next) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
+        if next > next::MAY_TUNNEL {
+            track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+            record_tally(&EGRESS_TALLIES, &counted);
+            record_overlay(&EGRESS_TALLIES, next);
+            return false;
+        }
         track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
         record_tally(&EGRESS_TALLIES, &counted);
         return false;
     }
     record_tally(&EGRESS_TALLIES, &counted);
-    tunnel
+    next == next::MAY_TUNNEL
 }
 
 /// Reads the clocks into [`CLOCK_PROBE`]: the precise clock, and the

@@ -82,6 +82,15 @@ pub(crate) static CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
 
+/// The last admission window under pressure on any CPU, plus one
+/// (`Admission::admit`): the table is shared, so its pressure is too.
+/// Written at most once per window per CPU, read with each SYN admitted.
+/// Both CPUs may store at once; a u64 store is never torn, and the values
+/// raced are window numbers a window apart at most, either of which
+/// limits the next window.
+#[map]
+pub(crate) static TABLE_PRESSURE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The recent-SYN stamps (`teardown_common::events::syn_stamp`), one byte
 /// per bucket of flow-table sets, shared by every CPU: an admitted SYN
 /// stamps its set's bucket with its window, so a SYN-ACK under pressure

@@ -3,7 +3,10 @@
 //! crafted frames and their mutations).
 
 use teardown_common::{
-    counters::{class, encap_slot, encap_tally, encap_tally_of, tally},
+    counters::{
+        OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, overlay_encap_tally,
+        tally,
+    },
     flow::addresses_at,
     parse::{
         Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN, parse,
@@ -11,7 +14,7 @@ use teardown_common::{
     },
     tunnel::{
         Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate, decapsulate_in_place, encap,
-        enter_layer, inner_class, may_carry_tunnel, outcome, step_layer,
+        enter_layer, inner_class, may_carry_tunnel, outcome, parse_common_overlay, step_layer,
     },
 };
 
@@ -46,7 +49,11 @@ const PORTS: [TunnelPorts; 2] = [
 ///   segment copy) gives the same outcome, tunnel, inner frame and tally;
 /// * the kernel's cheap test (`may_carry_tunnel`), which decides whether
 ///   its tunnel program is asked at all, lets every opened frame through;
-/// * the tally agrees with the outcome.
+/// * the tally agrees with the outcome;
+/// * where the common overlay frame's shortcut (`parse_common_overlay`,
+///   which the kernel's main programs try first) answers, the
+///   decapsulator finds the same tunnel and inner segment, and the
+///   tallies are the same.
 pub fn check(frame: &[u8]) {
     for ports in &PORTS {
         check_with(frame, ports);
@@ -59,6 +66,23 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
     let parsed = parse(frame);
     if parse_common(frame).is_some() {
         assert_eq!(decap, Decap::None, "the shortcut's frame opened");
+    }
+
+    if let Some(overlay) = parse_common_overlay(frame, ports) {
+        let Decap::Inner { tunnel, inner } = decap else {
+            panic!("overlay shortcut read {overlay:?}, decapsulator {decap:?}");
+        };
+        assert_eq!(tunnel, overlay.tunnel, "overlay shortcut's tunnel");
+        assert_eq!(
+            (inner.class, inner.segment),
+            (inner_class::TCP, overlay.inner.segment),
+            "overlay shortcut's segment"
+        );
+        assert_eq!(tally(&parsed), OVERLAY_OUTER_TALLY);
+        assert_eq!(
+            encap_tally(&decap),
+            Some(overlay_encap_tally(overlay.tunnel.layers[0]))
+        );
     }
 
     // The kernel's path.

@@ -309,9 +309,14 @@ impl Outputs {
     /// Prints SYN-flood alert events, and appends them to the log file.
     fn emit_alerts(&mut self, events: &[AlertEvent], screen: &mut Screen) {
         let (mut out, mut log) = (String::new(), String::new());
+        // The monotonic clock read against the wall clock once: each event
+        // is stamped with its own poll's time, not with the moment it is
+        // written (a busy host may write it a while later), so that every
+        // event of an alert says the same `started`.
+        let (unix_now, monotonic_now) = (unix_seconds(), monotonic_now_ns());
         for event in events {
-            // Events are made at the poll that just ran: now.
-            let object = event.json(unix_seconds()).to_string();
+            let ts = unix_now - monotonic_now.saturating_sub(event.now_ns) as f64 / 1e9;
+            let object = event.json(ts).to_string();
             if self.json {
                 batch(&mut self.stdout, &mut out, &object);
             } else if let Some(line) = screen.alert_event(event.human_line()) {
