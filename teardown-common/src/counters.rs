@@ -355,13 +355,19 @@ pub fn tally_common(common: &crate::parse::CommonTcp) -> Tally {
     }
 }
 
-/// What a frame [`crate::tunnel::parse_common_overlay`] read adds to the
-/// tallies, as [`tally`] of what [`crate::parse::parse`] makes of it: its
-/// outer headers, untagged IPv4, whole, a transport other than TCP.
-pub const OVERLAY_OUTER_TALLY: Tally = Tally {
-    frame_class: (class::IP_BASE + class::OTHER_TRANSPORT) * 2,
-    tcp_slot: NO_TCP_SLOT,
-};
+/// What a frame [`crate::tunnel::read_common_other`] read adds to the
+/// tallies, as [`tally`] of what [`crate::parse::parse`] makes of it:
+/// untagged, IPv4 (`v6` false) or IPv6, whole, a transport other than TCP.
+#[inline(always)]
+pub const fn other_ip_tally(v6: bool) -> Tally {
+    Tally {
+        frame_class: (class::IP_BASE + v6 as u8 * 10 + class::OTHER_TRANSPORT) * 2,
+        tcp_slot: NO_TCP_SLOT,
+    }
+}
+
+/// The tally of the common overlay frame's outer headers (IPv4, UDP).
+pub const OVERLAY_OUTER_TALLY: Tally = other_ip_tally(false);
 
 /// What the same frame adds to [`Tallies::encap`], as [`encap_tally_of`]
 /// of what the decapsulator makes of it: one layer of `kind`, a whole TCP

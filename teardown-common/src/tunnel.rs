@@ -20,7 +20,7 @@
 
 use crate::addr::Addr16;
 use crate::parse::{
-    CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IpPacket, IpVersion, MAX_INNER_START,
+    CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
     PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
     parse_common_at, parse_network, walk_link,
 };
@@ -1031,58 +1031,117 @@ impl CommonOverlay {
     pub const INNER_IP_OFFSET: usize = ETH_HLEN + IPV4_MIN_HLEN + 8 + 8 + ETH_HLEN;
 }
 
-/// Reads the frame an overlay network's traffic nearly always is, without
-/// the decapsulator's layer-by-layer bookkeeping: untagged Ethernet, IPv4
-/// without options, whole, UDP to a VXLAN port (the I flag set) or a
-/// Geneve port (version 0, no options, Ethernet inside), and inside it the
-/// common TCP frame ([`parse_common_at`]) within the UDP datagram. As
-/// [`crate::parse::parse_common`] is to the general parser: a few wide
-/// loads and compares, `None` for any other frame (the tunnel programs
-/// then open it), and where it answers, it answers as [`decapsulate`]
-/// does: the same tunnel, the same inner segment (a host test holds the
-/// two to that, over every single-byte mutation of such frames).
+/// What [`read_common_other`] makes of a frame with no TCP of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommonOther {
+    /// The common overlay frame, and the TCP segment inside it.
+    Overlay(CommonOverlay),
+    /// An untagged, whole datagram, IPv4 without options or IPv6 with UDP
+    /// right after its header, whose transport is not TCP: its tally is
+    /// `crate::counters::other_ip_tally(v6)`, and it may carry a tunnel
+    /// exactly when [`may_carry_tunnel`] says so of it.
+    Plain { v6: bool, may_tunnel: bool },
+}
+
+/// Reads the common frame without TCP of its own (UDP, ICMP, ... over
+/// untagged IPv4 without options, UDP over IPv6) without the general
+/// parser: a few wide loads and compares, as [`crate::parse::parse_common`]
+/// reads plain TCP. A datagram to a VXLAN port (the I flag set) or a
+/// Geneve port (version 0, no options, Ethernet inside) whose inner frame
+/// is the common TCP frame ([`parse_common_at`]), within the UDP datagram,
+/// is the common overlay frame: its tunnel and segment. `None` for any
+/// other frame, which the general parser then reads. Where it answers, it
+/// answers as the general parser and [`decapsulate`] do: the same tally,
+/// the same answer to [`may_carry_tunnel`], the same tunnel and inner
+/// segment (host tests hold it to that, over every single-byte mutation
+/// of tunnelled frames, and the `decapsulate` fuzz target over any bytes).
 #[inline(always)]
-pub fn parse_common_overlay<P: PacketBytes + ?Sized>(
+pub fn read_common_other<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
-) -> Option<CommonOverlay> {
+) -> Option<CommonOther> {
     const OUTER_IP: usize = ETH_HLEN;
     const UDP: usize = OUTER_IP + IPV4_MIN_HLEN;
     const INNER_LINK: usize = UDP + 8 + 8;
-    if be16(pkt.load::<2>(12)?) != ethertype::IPV4 {
+    const UDP_V6: usize = OUTER_IP + IPV6_HLEN;
+    let ethertype = be16(pkt.load::<2>(12)?);
+    if ethertype == ethertype::IPV6 {
+        // The whole fixed header in the frame, version 6, UDP next.
+        let ip = pkt.load::<IPV6_HLEN>(OUTER_IP)?;
+        if ip[0] >> 4 != 6 || ip[6] != ip_proto::UDP {
+            return None;
+        }
+        let may_tunnel = ports.enabled != 0
+            && pkt.load::<4>(UDP_V6).is_some_and(|head| {
+                let dst_port = be16([head[2], head[3]]);
+                TunnelPorts::has(&ports.vxlan, dst_port)
+                    || TunnelPorts::has(&ports.geneve, dst_port)
+            });
+        return Some(CommonOther::Plain {
+            v6: true,
+            may_tunnel,
+        });
+    }
+    if ethertype != ethertype::IPV4 {
         return None;
     }
     let ip = pkt.load::<IPV4_MIN_HLEN>(OUTER_IP)?;
     let total_len = be16([ip[2], ip[3]]) as usize;
+    // IHL 5, not TCP, whole; a total length of 0 (TSO) or one that holds
+    // the header, as the general parser wants.
     if ip[0] != 0x45
-        || ip[9] != ip_proto::UDP
+        || ip[9] == ip_proto::TCP
         || be16([ip[6], ip[7]]) & 0x3fff != 0
-        || total_len < IPV4_MIN_HLEN
+        || (total_len != 0 && total_len < IPV4_MIN_HLEN)
     {
         return None;
     }
-    // The UDP header and the tunnel's, read at once.
-    let head = pkt.load::<16>(UDP)?;
-    let dst_port = be16([head[2], head[3]]);
-    let udp_end = UDP + be16([head[4], head[5]]) as usize;
-    if udp_end < INNER_LINK || udp_end > OUTER_IP + total_len {
-        return None;
+    let plain = |may_tunnel| {
+        Some(CommonOther::Plain {
+            v6: false,
+            may_tunnel,
+        })
+    };
+    if ports.enabled == 0 {
+        return plain(false);
     }
+    match ip[9] {
+        ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => return plain(true),
+        ip_proto::UDP => {}
+        _ => return plain(false),
+    }
+    // The UDP header and the tunnel's, read at once; a datagram too short
+    // for both is no overlay frame, but its ports may still say tunnel.
+    let Some(head) = pkt.load::<16>(UDP) else {
+        return plain(pkt.load::<4>(UDP).is_some_and(|head| {
+            let dst_port = be16([head[2], head[3]]);
+            TunnelPorts::has(&ports.vxlan, dst_port) || TunnelPorts::has(&ports.geneve, dst_port)
+        }));
+    };
+    let dst_port = be16([head[2], head[3]]);
     let kind = if TunnelPorts::has(&ports.vxlan, dst_port) {
-        if head[8] & 0x08 == 0 {
-            return None;
-        }
         encap::VXLAN
     } else if TunnelPorts::has(&ports.geneve, dst_port) {
-        if head[8] != 0 || be16([head[10], head[11]]) != ethertype::TEB {
-            return None;
-        }
         encap::GENEVE
     } else {
-        return None;
+        return plain(false);
     };
-    let inner = parse_common_at(pkt, INNER_LINK, udp_end)?;
-    Some(CommonOverlay {
+    // From here on a tunnel: the tunnel program opens whatever the
+    // shortcut does not read.
+    let udp_end = UDP + be16([head[4], head[5]]) as usize;
+    let tunnel_fits = total_len != 0 && udp_end >= INNER_LINK && udp_end <= OUTER_IP + total_len;
+    let header_read = if kind == encap::VXLAN {
+        head[8] & 0x08 != 0
+    } else {
+        head[8] == 0 && be16([head[10], head[11]]) == ethertype::TEB
+    };
+    if !tunnel_fits || !header_read {
+        return plain(true);
+    }
+    let Some(inner) = parse_common_at(pkt, INNER_LINK, udp_end) else {
+        return plain(true);
+    };
+    Some(CommonOther::Overlay(CommonOverlay {
         tunnel: Tunnel {
             outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
             outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
@@ -1091,7 +1150,19 @@ pub fn parse_common_overlay<P: PacketBytes + ?Sized>(
             outer_family: 4,
         },
         inner,
-    })
+    }))
+}
+
+/// The overlay frame [`read_common_other`] reads, if the frame is one.
+#[inline(always)]
+pub fn parse_common_overlay<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+) -> Option<CommonOverlay> {
+    match read_common_other(pkt, ports) {
+        Some(CommonOther::Overlay(overlay)) => Some(overlay),
+        _ => None,
+    }
 }
 
 /// How many distinct tunnels the kernel's table holds: each (layers, id,

@@ -32,8 +32,8 @@
 
 use teardown_common::addr::Addr16;
 use teardown_common::counters::{
-    OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, overlay_encap_tally,
-    tally, tally_common,
+    OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, other_ip_tally,
+    overlay_encap_tally, tally, tally_common,
 };
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
@@ -42,8 +42,9 @@ use teardown_common::parse::{
     TcpSegment, VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
 };
 use teardown_common::tunnel::{
-    self, CommonOverlay, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
-    TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome, parse_common_overlay,
+    self, CommonOther, CommonOverlay, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS,
+    Tunnel, TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome,
+    parse_common_overlay, read_common_other,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -648,6 +649,29 @@ fn check_invariants(
         assert_eq!(*decap, Decap::None, "{}: a common frame opened", context());
     }
 
+    // The common frame without TCP: where the shortcut calls it plain, the
+    // general parser finds no TCP, tallies it the same, and the kernel's
+    // cheap test says the same of it; a frame it says carries no tunnel
+    // has none.
+    if let Some(CommonOther::Plain { v6, may_tunnel }) = read_common_other(frame, ports) {
+        assert!(parsed.tcp().is_none(), "{}: plain, but TCP", context());
+        assert_eq!(
+            tally(&parsed),
+            other_ip_tally(v6),
+            "{}: plain tally",
+            context()
+        );
+        assert_eq!(
+            may_tunnel,
+            may_carry_tunnel(frame, &parsed, ports),
+            "{}: plain frame's tunnel question",
+            context()
+        );
+        if !may_tunnel {
+            assert_eq!(*decap, Decap::None, "{}: plain frame opened", context());
+        }
+    }
+
     // The common overlay frame's shortcut: where it answers, the
     // decapsulator finds the same tunnel and the same inner segment, and
     // the tallies are the same.
@@ -1039,6 +1063,59 @@ fn the_overlay_shortcut_answers_for_common_overlay_frames_only() {
         parse_common_overlay(vxlan.frame.as_slice(), &elsewhere),
         None
     );
+}
+
+/// Plain UDP, the frame most non-TCP traffic is (DNS, QUIC), is read by
+/// the shortcut too, over IPv4 and IPv6, to a tunnel port or not, and its
+/// every single-byte mutation and cut holds to the general parser.
+#[test]
+fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
+    for v6 in [false, true] {
+        for (dst_port, tunnel_port) in [(53, false), (443, false), (4789, true), (6081, true)] {
+            let mut spec = if v6 {
+                Spec::tcp_v6(0, 40)
+            } else {
+                Spec::tcp_v4(0, 40)
+            };
+            spec.transport = CraftTransport::Udp {
+                src_port: 40_000,
+                dst_port,
+            };
+            let frame = craft::build(&spec).to_vec();
+            let read = read_common_other(frame.as_slice(), &DEFAULT);
+            assert_eq!(
+                read,
+                Some(CommonOther::Plain {
+                    v6,
+                    may_tunnel: tunnel_port
+                }),
+                "UDP to {dst_port}, IPv6 {v6}"
+            );
+            assert_eq!(
+                read_common_other(frame.as_slice(), &TunnelPorts::OFF),
+                Some(CommonOther::Plain {
+                    v6,
+                    may_tunnel: false
+                })
+            );
+            let name = format!("udp {dst_port} v6 {v6}");
+            for cut in 0..=frame.len() {
+                let short = &frame[..cut];
+                let decap = decapsulate(short, &DEFAULT);
+                check_invariants(short, &decap, &DEFAULT, &|| format!("{name} cut at {cut}"));
+            }
+            for at in 0..frame.len() {
+                for value in [0x00, 0x01, 0x06, 0x11, 0x2f, 0x45, 0x86, 0xdd, 0xff] {
+                    let mut mutated = frame.clone();
+                    mutated[at] = value;
+                    let decap = decapsulate(mutated.as_slice(), &DEFAULT);
+                    check_invariants(&mutated, &decap, &DEFAULT, &|| {
+                        format!("{name} byte {at} = {value:#x}")
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[test]

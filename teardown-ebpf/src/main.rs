@@ -53,13 +53,13 @@ use aya_ebpf::{
 };
 use teardown_common::{
     counters::{
-        OVERLAY_OUTER_TALLY, Tallies, Tally, encap_tally_of, overlay_encap_tally, tally,
-        tally_common,
+        OVERLAY_OUTER_TALLY, Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally,
+        tally, tally_common,
     },
     parse::{CommonTcp, IpVersion, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOverlay, DecapState, decapsulate_in_place, encap, enter_layer, inner_class,
-        may_carry_tunnel, outcome as tunnel_outcome, parse_common_overlay, step_layer,
+        CommonOther, CommonOverlay, DecapState, decapsulate_in_place, encap, enter_layer,
+        inner_class, may_carry_tunnel, outcome as tunnel_outcome, read_common_other, step_layer,
     },
 };
 
@@ -106,20 +106,31 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
         );
     }
     let ports = tunnel_ports();
-    if let Some(overlay) = parse_common_overlay(frame, ports) {
-        if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot, used by one program run at a time.
-            unsafe { (*state).tunnel = overlay.tunnel };
+    match read_common_other(frame, ports) {
+        Some(CommonOther::Overlay(overlay)) => {
+            if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot, used by one program run at a time.
+                unsafe { (*state).tunnel = overlay.tunnel };
+            }
+            return (
+                OVERLAY_OUTER_TALLY,
+                Some((
+                    CommonOverlay::INNER_IP_OFFSET,
+                    overlay.inner.version == IpVersion::V6,
+                    overlay.inner.segment,
+                )),
+                overlay.tunnel.layers[0],
+            );
         }
-        return (
-            OVERLAY_OUTER_TALLY,
-            Some((
-                CommonOverlay::INNER_IP_OFFSET,
-                overlay.inner.version == IpVersion::V6,
-                overlay.inner.segment,
-            )),
-            overlay.tunnel.layers[0],
-        );
+        Some(CommonOther::Plain { v6, may_tunnel }) => {
+            let next = if may_tunnel {
+                next::MAY_TUNNEL
+            } else {
+                next::NOTHING
+            };
+            return (other_ip_tally(v6), None, next);
+        }
+        None => {}
     }
     let parsed = parse(frame);
     let segment = parsed

@@ -4,8 +4,8 @@
 
 use teardown_common::{
     counters::{
-        OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, overlay_encap_tally,
-        tally,
+        OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, other_ip_tally,
+        overlay_encap_tally, tally,
     },
     flow::addresses_at,
     parse::{
@@ -13,8 +13,9 @@ use teardown_common::{
         parse_common,
     },
     tunnel::{
-        Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate, decapsulate_in_place, encap,
-        enter_layer, inner_class, may_carry_tunnel, outcome, parse_common_overlay, step_layer,
+        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate,
+        decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel, outcome,
+        parse_common_overlay, read_common_other, step_layer,
     },
 };
 
@@ -53,7 +54,9 @@ const PORTS: [TunnelPorts; 2] = [
 /// * where the common overlay frame's shortcut (`parse_common_overlay`,
 ///   which the kernel's main programs try first) answers, the
 ///   decapsulator finds the same tunnel and inner segment, and the
-///   tallies are the same.
+///   tallies are the same; where it calls a frame plain
+///   (`read_common_other`), the general parser tallies it the same and
+///   the kernel's cheap test says the same of it.
 pub fn check(frame: &[u8]) {
     for ports in &PORTS {
         check_with(frame, ports);
@@ -68,6 +71,18 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         assert_eq!(decap, Decap::None, "the shortcut's frame opened");
     }
 
+    if let Some(CommonOther::Plain { v6, may_tunnel }) = read_common_other(frame, ports) {
+        assert!(parsed.tcp().is_none(), "plain, but TCP");
+        assert_eq!(tally(&parsed), other_ip_tally(v6), "plain tally");
+        assert_eq!(
+            may_tunnel,
+            may_carry_tunnel(frame, &parsed, ports),
+            "plain frame's tunnel question"
+        );
+        if !may_tunnel {
+            assert_eq!(decap, Decap::None, "plain frame opened");
+        }
+    }
     if let Some(overlay) = parse_common_overlay(frame, ports) {
         let Decap::Inner { tunnel, inner } = decap else {
             panic!("overlay shortcut read {overlay:?}, decapsulator {decap:?}");
