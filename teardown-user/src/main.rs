@@ -166,14 +166,23 @@ impl Cli {
     /// What clap cannot check one value at a time: an interface named
     /// twice (it cannot be attached to twice).
     fn checked(self) -> Result<Cli, clap::Error> {
+        use clap::CommandFactory as _;
         if let Command::Run { iface, .. } = &self.command
             && let Some(repeated) = cli::repeated(iface)
         {
-            use clap::CommandFactory as _;
             return Err(Cli::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!("--iface {repeated} is given twice: name each interface once"),
             ));
+        }
+        // The tunnel ports together (how many, none both kinds'): a usage
+        // error like any other, before anything is loaded.
+        if let Command::Run { tunnels, .. } | Command::Replay { tunnels, .. } = &self.command
+            && let Err(err) = tunnels.ports()
+        {
+            return Err(
+                Cli::command().error(clap::error::ErrorKind::ValueValidation, err.to_string())
+            );
         }
         Ok(self)
     }
@@ -249,7 +258,9 @@ impl TunnelArgs {
             .iter()
             .find(|port| **port != 0 && ports.geneve.contains(port))
         {
-            anyhow::bail!("port {port} is given as both VXLAN and Geneve: choose one");
+            anyhow::bail!(
+                "port {port} would be both VXLAN (--vxlan-port, default 4789 and 8472) and Geneve (--geneve-port, default 6081): give it to one"
+            );
         }
         Ok(ports)
     }
