@@ -115,6 +115,28 @@ impl TunnelPorts {
     fn has(ports: &[u16; TUNNEL_PORT_SLOTS], port: u16) -> bool {
         port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
     }
+
+    /// The UDP tunnel a destination port carries: [`encap::VXLAN`],
+    /// [`encap::GENEVE`], or 0.
+    #[inline(always)]
+    pub fn kind_of(&self, dst_port: u16) -> u8 {
+        if Self::has(&self.vxlan, dst_port) {
+            encap::VXLAN
+        } else if Self::has(&self.geneve, dst_port) {
+            encap::GENEVE
+        } else {
+            0
+        }
+    }
+
+    /// Whether the UDP header at `offset` goes to a tunnel's port (its
+    /// ports in one load: what follows a UDP header's ports is longer than
+    /// two bytes, see `mpls` on loads).
+    #[inline(always)]
+    fn udp_to_tunnel<P: PacketBytes + ?Sized>(&self, pkt: &P, offset: usize) -> bool {
+        pkt.load::<4>(offset)
+            .is_some_and(|head| self.kind_of(be16([head[2], head[3]])) != 0)
+    }
 }
 
 impl Default for TunnelPorts {
@@ -633,13 +655,7 @@ pub fn may_carry_tunnel<P: PacketBytes + ?Sized>(
         ethertype::IPV4 | ethertype::IPV6 => match &parsed.payload {
             Payload::Ip(ip) => match ip.protocol {
                 ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
-                // Both ports in one load: what follows a UDP header's
-                // ports is longer than two bytes (see `mpls` on loads).
-                ip_proto::UDP => pkt.load::<4>(ip.l4_offset as usize).is_some_and(|head| {
-                    let dst_port = be16([head[2], head[3]]);
-                    TunnelPorts::has(&ports.vxlan, dst_port)
-                        || TunnelPorts::has(&ports.geneve, dst_port)
-                }),
+                ip_proto::UDP => ports.udp_to_tunnel(pkt, ip.l4_offset as usize),
                 _ => false,
             },
             _ => false,
@@ -969,14 +985,10 @@ fn udp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize, ports: &Tu
     let Some(head) = pkt.load::<8>(offset) else {
         return Step::done();
     };
-    let dst_port = be16([head[2], head[3]]);
-    let kind = if TunnelPorts::has(&ports.vxlan, dst_port) {
-        encap::VXLAN
-    } else if TunnelPorts::has(&ports.geneve, dst_port) {
-        encap::GENEVE
-    } else {
+    let kind = ports.kind_of(be16([head[2], head[3]]));
+    if kind == 0 {
         return Step::done();
-    };
+    }
     // The UDP length must cover its header and the tunnel's, and fit in
     // the datagram.
     let udp_len = be16([head[4], head[5]]) as usize;
@@ -1071,12 +1083,7 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
         if ip[0] >> 4 != 6 || ip[6] != ip_proto::UDP {
             return None;
         }
-        let may_tunnel = ports.enabled != 0
-            && pkt.load::<4>(UDP_V6).is_some_and(|head| {
-                let dst_port = be16([head[2], head[3]]);
-                TunnelPorts::has(&ports.vxlan, dst_port)
-                    || TunnelPorts::has(&ports.geneve, dst_port)
-            });
+        let may_tunnel = ports.enabled != 0 && ports.udp_to_tunnel(pkt, UDP_V6);
         return Some(CommonOther::Plain {
             v6: true,
             may_tunnel,
@@ -1113,19 +1120,12 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     // The UDP header and the tunnel's, read at once; a datagram too short
     // for both is no overlay frame, but its ports may still say tunnel.
     let Some(head) = pkt.load::<16>(UDP) else {
-        return plain(pkt.load::<4>(UDP).is_some_and(|head| {
-            let dst_port = be16([head[2], head[3]]);
-            TunnelPorts::has(&ports.vxlan, dst_port) || TunnelPorts::has(&ports.geneve, dst_port)
-        }));
+        return plain(ports.udp_to_tunnel(pkt, UDP));
     };
-    let dst_port = be16([head[2], head[3]]);
-    let kind = if TunnelPorts::has(&ports.vxlan, dst_port) {
-        encap::VXLAN
-    } else if TunnelPorts::has(&ports.geneve, dst_port) {
-        encap::GENEVE
-    } else {
+    let kind = ports.kind_of(be16([head[2], head[3]]));
+    if kind == 0 {
         return plain(false);
-    };
+    }
     // From here on a tunnel: the tunnel program opens whatever the
     // shortcut does not read.
     let udp_end = UDP + be16([head[4], head[5]]) as usize;
