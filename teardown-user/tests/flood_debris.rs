@@ -100,12 +100,45 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
 
     // The canary, during the alert: handshake, a line each way, a graceful
     // close by the client.
-    let mut client = in_netns(&lab.client_ns, move || {
-        TcpStream::connect_timeout(&server, Duration::from_secs(10)).expect("canary connect")
-    })
-    .join()
-    .expect("the canary thread panicked");
-    let (mut server_end, _) = listener.accept().expect("canary accept");
+    // Its handshake crosses the flood: the host answers with a SYN cookie,
+    // and the client's last ACK can be lost among the flood's packets,
+    // leaving the client connected and nothing to accept. So the accept
+    // waits 5 s at most, and a canary whose handshake was lost is replaced
+    // (3 tries), rather than the test waiting for ever; a lost one that
+    // completes later (its data validates the cookie) is not taken for it.
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let (mut client, mut server_end) = 'tries: {
+        for attempt in 1..=3 {
+            let client = in_netns(&lab.client_ns, move || {
+                TcpStream::connect_timeout(&server, Duration::from_secs(10))
+                    .expect("canary connect")
+            })
+            .join()
+            .expect("the canary thread panicked");
+            let me = client.local_addr().expect("canary address");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                match listener.accept() {
+                    // An earlier try's, completed late: not this canary.
+                    Ok((_, peer)) if peer != me => {}
+                    Ok((server_end, _)) => {
+                        server_end
+                            .set_nonblocking(false)
+                            .expect("blocking canary socket");
+                        break 'tries (client, server_end);
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(err) => panic!("canary accept: {err}"),
+                }
+            }
+            eprintln!("flood_debris: canary try {attempt}: its handshake was lost in the flood");
+        }
+        panic!("no canary accepted in 3 tries during the flood");
+    };
     for end in [&client, &server_end] {
         end.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
