@@ -536,11 +536,13 @@ fn a_syn_whose_answers_are_dropped_is_half_open_after_the_syn_timeout() {
     .join()
     .expect("the client thread panicked");
     assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
-    // The record times out 3 s after the first SYN, 1.5 s from now. Leave
-    // teardown 3.5 s more before stopping it (a record still open would be
-    // reported `open` at the stop, and fail below): with one second to
-    // spare, a loaded CI machine (four labs at once, a debug build) missed
-    // it twice in a day.
+    // The record times out 3 s after the first SYN, 1.5 s from now; the
+    // stop (3.5 s later) finds it ended either way. Nothing reads
+    // teardown's stdout until then: its stats lines (2 KB, ten a second)
+    // fill the pipe in about three seconds. That once stalled the whole
+    // monitoring loop, so a loaded CI machine saw the record still `open`
+    // three times; stdout is now written by a thread of its own
+    // (`outputs`' a_stdout_nobody_reads_does_not_stall_the_watch).
     thread::sleep(Duration::from_millis(5000));
     let output = teardown.terminate();
     let _ = tcpdump.terminate();

@@ -17,7 +17,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -492,6 +492,78 @@ fn a_full_stdout_does_not_stop_the_watch() {
         "{stderr:?}"
     );
     assert!(!stderr.iter().any(|line| line.contains("panicked")));
+}
+
+/// A stdout whose reader stops reading (a paused pager, a stalled
+/// collector) holds up nothing: with the pipe full, connections still end
+/// on time and reach the log, and once the reader reads again, stdout has
+/// every line. (Before: the monitoring loop itself waited in the write, so
+/// no record ended; a record due meanwhile came out `open` at the stop.)
+#[test]
+fn a_stdout_nobody_reads_does_not_stall_the_watch() {
+    let lab = Lab::new();
+    let dir = TempDir::new("teardown-outputs");
+    let log = dir.join("conn.log");
+    let log_arg = log.display().to_string();
+    let (mut reader, writer) = pipe();
+    let teardown = Running::start(
+        &lab,
+        &["--json", "--log", &log_arg, "--metrics-addr", "off"],
+        Some(Stdio::from(writer)),
+    );
+    // Stats lines, ten a second, fill the pipe (64 KiB, in pages, so
+    // somewhat less of whole lines) in a few seconds: full once what waits
+    // in it stops growing for a second.
+    let unread = |reader: &File| {
+        let mut bytes: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe.
+        let rc = unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut bytes) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        bytes
+    };
+    let mut last = (0, Instant::now());
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let now = unread(&reader);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            now > 32 * 1024 && last.1.elapsed() > Duration::from_secs(1)
+        }),
+        "stdout's pipe did not fill ({} bytes); stderr: {:?}",
+        unread(&reader),
+        teardown.stderr()
+    );
+    refused_connects(&lab, 7201..7203);
+    assert!(
+        wait_until(RECORD_PATIENCE, || log.exists()
+            && log_lines(&log).len() == 2),
+        "with stdout's pipe full, the records did not reach the log; stderr: {:?}",
+        teardown.stderr()
+    );
+    let draining = thread::spawn(move || {
+        let mut text = String::new();
+        reader.read_to_string(&mut text).expect("reading stdout");
+        text
+    });
+    let (status, _, stderr) = teardown.stop();
+    let text = draining.join().expect("the stdout reader");
+    assert!(status.success(), "{status}; stderr: {stderr:?}");
+    assert_nothing_bad(&stderr);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("whole JSON lines"))
+        .collect();
+    let records = lines
+        .iter()
+        .filter(|value| value["event"] == "conn" && value["conn_state"] == "REJ")
+        .count();
+    assert_eq!(records, 2, "stdout has both records");
+    let final_line = lines
+        .iter()
+        .find(|value| value["event"] == "final")
+        .expect("a final line");
+    assert_eq!(final_line["lines_lost"]["stdout"], 0, "{final_line}");
 }
 
 /// A pipe: (read end, write end).

@@ -26,7 +26,7 @@ use crate::{
     report::ipfix::Exporter,
     report::json,
     report::metrics_server::MetricsServer,
-    report::output::{self, LineOutput, Sink, push_line, say},
+    report::output::{self, LineOutput, QueuedSink, Sink, push_line, say},
     report::plain,
 };
 
@@ -78,6 +78,10 @@ pub struct RunOptions {
     pub fleet: crate::cli_fleet::FleetOptions,
 }
 
+/// How long the run's end waits for each output to write the lines it
+/// still holds (a reader that does not read costs them, counted and said).
+const OUTPUT_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How often ended connections are collected, whatever the report interval.
 const EVENT_POLL: Duration = Duration::from_millis(100);
 
@@ -120,7 +124,7 @@ impl Screen {
 
     /// One report interval's figures: rows of the table on `out`, or a
     /// redrawn dashboard (whose drawing may fail: see [`Outputs::drawn`]).
-    fn report(&mut self, figures: &Figures, out: &mut Sink) -> anyhow::Result<()> {
+    fn report(&mut self, figures: &Figures, out: &mut QueuedSink) -> anyhow::Result<()> {
         match self {
             Screen::Plain { rows } => {
                 out.write(&plain::report(figures, *rows));
@@ -170,7 +174,7 @@ impl Screen {
 
     /// The alert summary after each report's rows (the dashboard shows the
     /// alerts themselves).
-    fn alert_summary(&mut self, figures: &Figures, out: &mut Sink) {
+    fn alert_summary(&mut self, figures: &Figures, out: &mut QueuedSink) {
         if let Screen::Plain { .. } = self {
             out.write(&plain::alert_summary(figures));
         }
@@ -217,7 +221,7 @@ impl Screen {
 
 /// Adds `line` to the batch `text` for `sink`, writing the batch when it is
 /// full.
-fn batch(sink: &mut Sink, text: &mut String, line: impl Display) {
+fn batch(sink: &mut QueuedSink, text: &mut String, line: impl Display) {
     push_line(text, line);
     if text.len() >= output::BATCH_BYTES {
         sink.write(text);
@@ -231,8 +235,8 @@ fn batch(sink: &mut Sink, text: &mut String, line: impl Display) {
 /// not the watch. A closed stdout (`| head`) ends the run, quietly.
 struct Outputs {
     json: bool,
-    stdout: Sink,
-    log: Option<Sink>,
+    stdout: QueuedSink,
+    log: Option<QueuedSink>,
     clock: Clock,
     /// `--ipfix`: connection records to a flow collector.
     ipfix: Option<Exporter>,
@@ -570,20 +574,24 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut alerts = AlertWatch::new(options.detect.clone())?;
     // stdout before the log: were fd 1 closed (`>&-`), the log would be
     // opened as fd 1 and taken for stdout.
-    let stdout = Sink::new(
+    let stdout = QueuedSink::start(Sink::new(
         "stdout",
         "stdout".to_string(),
         LineOutput::stdout().context("stdout is not open")?,
         true,
-    );
+    ))
+    .context("starting the stdout writer")?;
     let log = match &options.log {
-        Some(path) => Some(Sink::new(
-            "log",
-            format!("the log file {}", path.display()),
-            LineOutput::append_to(path)
-                .with_context(|| format!("cannot open the log file {}", path.display()))?,
-            false,
-        )),
+        Some(path) => Some(
+            QueuedSink::start(Sink::new(
+                "log",
+                format!("the log file {}", path.display()),
+                LineOutput::append_to(path)
+                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
+                false,
+            ))
+            .context("starting the log writer")?,
+        ),
         None => None,
     };
     let ipfix = options.fleet.ipfix.map(Exporter::start).transpose()?;
@@ -793,11 +801,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // a `set -o pipefail` script for it.
     let reader_gone = output.stdout.closed();
     // Connections still open are reported as they stand, as at the end of a
-    // capture.
+    // capture; those whose time is up (a SYN timed out, an idle flow expired) end
+    // first, as they would have at the next poll: stopped just after the
+    // deadline, or while the loop was busy, the run still reports them as
+    // what they are, not as `open`.
     reasons.poll(kernel_now());
     for one in &mut watched {
+        let now = one.kernel_now();
         one.tracker
             .drain_events(&mut one.events, &one.table, &mut ended);
+        one.tracker.take_changes(&one.table);
+        one.tracker.expire(now, &one.table, &mut ended);
         one.tracker.finish(&one.table, &mut ended);
     }
     reasons.claim(&mut ended);
@@ -856,7 +870,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     drop(watched);
     if reader_gone {
         if let Some(log) = &mut output.log {
-            log.finish();
+            log.finish(OUTPUT_PATIENCE);
         }
         return Ok(());
     }
@@ -868,9 +882,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     // An output still failing at the end: its warning said when the
     // trouble began, and no "written again" note will say what it cost.
-    output.stdout.finish();
+    output.stdout.finish(OUTPUT_PATIENCE);
     if let Some(log) = &mut output.log {
-        log.finish();
+        log.finish(OUTPUT_PATIENCE);
     }
     Ok(())
 }

@@ -14,11 +14,17 @@
 //!   nothing but its output, stops with a one-line error.
 
 use std::{
+    collections::VecDeque,
     fmt::Display,
     fs::File,
     io::{self, Seek as _, SeekFrom, Write as _},
     os::fd::AsFd as _,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -329,11 +335,280 @@ impl Sink {
     pub fn closed(&self) -> bool {
         self.closed
     }
+}
+
+/// Bytes of lines a [`QueuedSink`] holds for a reader that is not keeping
+/// up (a paused `less`, a slow collector at the other end of a pipe): about
+/// fifty thousand records. Past that, lines are counted as lost.
+pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// A [`Sink`] written by a thread of its own, behind a queue of at most
+/// [`QUEUE_BYTES`]: `teardown run`'s outputs. A write to a pipe or a
+/// terminal blocks while its reader does not read; written from the
+/// monitoring loop, that would stop the loop itself: no record would end,
+/// no event be drained (the ring buffer then overflows), no Prometheus
+/// scrape be answered. Here the loop only queues the lines; a reader that
+/// falls further behind than the queue costs lines, counted in
+/// `lines_lost` and said on stderr, not the watch.
+pub struct QueuedSink {
+    /// The JSON key and Prometheus label: `stdout` or `log`.
+    pub key: &'static str,
+    name: String,
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    /// Bytes the queue may hold ([`QUEUE_BYTES`], less in tests).
+    capacity: usize,
+    /// Lines dropped because the queue was full.
+    dropped: u64,
+    warned_at: Option<Instant>,
+    /// Closed by the caller ([`QueuedSink::close`]).
+    closed: bool,
+}
+
+/// What the monitoring loop and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued, or the end asked for.
+    work: Condvar,
+    /// Signalled when the writer has finished a job and found the queue
+    /// empty, and when it has ended.
+    idle: Condvar,
+    /// The sink's own count of lines it could not write.
+    sink_lost: AtomicU64,
+    /// The reader went away (stdout): the run should end.
+    reader_gone: AtomicBool,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    bytes: usize,
+    /// The writer holds a job it took from the queue.
+    busy: bool,
+    /// The lines of that job.
+    busy_lines: u64,
+    /// No more jobs will come: the writer ends once the queue is empty.
+    ending: bool,
+    /// The writer has ended.
+    ended: bool,
+}
+
+enum Job {
+    Lines(String),
+    Reopen(PathBuf),
+}
+
+/// Counts the lines (newlines) of `text`.
+fn line_count(text: &str) -> u64 {
+    text.bytes().filter(|&b| b == b'\n').count() as u64
+}
+
+impl QueuedSink {
+    /// Starts the writer thread for `sink`.
+    pub fn start(sink: Sink) -> io::Result<QueuedSink> {
+        QueuedSink::with_capacity(sink, QUEUE_BYTES)
+    }
+
+    fn with_capacity(mut sink: Sink, capacity: usize) -> io::Result<QueuedSink> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+            sink_lost: AtomicU64::new(0),
+            reader_gone: AtomicBool::new(false),
+        });
+        let (key, name) = (sink.key, sink.name.clone());
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("teardown-{key}"))
+                .spawn(move || {
+                    while let Some(job) = shared.next_job() {
+                        match job {
+                            Job::Lines(text) => sink.write(&text),
+                            Job::Reopen(path) => sink.reopen(&path),
+                        }
+                        shared.sink_lost.store(sink.lost(), Ordering::Relaxed);
+                        if sink.closed() {
+                            shared.reader_gone.store(true, Ordering::Relaxed);
+                        }
+                        shared.job_done();
+                    }
+                    sink.finish();
+                    shared.writer_ended();
+                })?
+        };
+        Ok(QueuedSink {
+            key,
+            name,
+            shared,
+            writer: Some(writer),
+            capacity,
+            dropped: 0,
+            warned_at: None,
+            closed: false,
+        })
+    }
+
+    /// Queues whole lines (`text` ends in a newline). Never waits for the
+    /// writer: when the queue is full, `text`'s lines are counted as lost.
+    pub fn write(&mut self, text: &str) {
+        if self.closed() || text.is_empty() {
+            return;
+        }
+        let mut queue = self.shared.lock();
+        if queue.bytes + text.len() > self.capacity && !queue.jobs.is_empty() {
+            drop(queue);
+            self.dropped += line_count(text);
+            if self.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                self.warned_at = Some(Instant::now());
+                say(format_args!(
+                    "teardown: warning: {} is not read as fast as lines come ({} KiB wait for its reader); monitoring goes on, lines past that are counted as lost (lines_lost.{})",
+                    self.name,
+                    self.capacity / 1024,
+                    self.key
+                ));
+            }
+            return;
+        }
+        queue.bytes += text.len();
+        queue.jobs.push_back(Job::Lines(text.to_string()));
+        drop(queue);
+        self.shared.work.notify_one();
+    }
+
+    /// Opens `path` again once the lines queued so far are written (see
+    /// [`Sink::reopen`], which says on stderr what it did).
+    pub fn reopen(&mut self, path: &Path) {
+        self.shared
+            .lock()
+            .jobs
+            .push_back(Job::Reopen(path.to_path_buf()));
+        self.shared.work.notify_one();
+    }
+
+    /// Lines lost since the start: not written, or not queued.
+    pub fn lost(&self) -> u64 {
+        self.dropped + self.shared.sink_lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the reader has gone away (stdout only): the run should end.
+    pub fn closed(&self) -> bool {
+        self.closed || self.shared.reader_gone.load(Ordering::Relaxed)
+    }
 
     /// Marks the reader gone, for a failure seen elsewhere (the dashboard
     /// drawing on the same terminal).
     pub fn close(&mut self) {
         self.closed = true;
+    }
+
+    /// Waits until everything queued so far is written, at most `patience`;
+    /// returns whether it was.
+    pub fn flush(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        let mut queue = self.shared.lock();
+        while (!queue.jobs.is_empty() || queue.busy) && !queue.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            queue = match self.shared.idle.wait_timeout(queue, left) {
+                Ok((queue, _)) => queue,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// At the end of the run: writes what is queued, waiting at most
+    /// `patience` for a reader that does not read, and counts (and says)
+    /// the lines that could not be written in that time.
+    pub fn finish(&mut self, patience: Duration) {
+        self.shared.lock().ending = true;
+        self.shared.work.notify_one();
+        if self.flush(patience) {
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.join();
+            }
+            return;
+        }
+        // The writer is blocked in a write: it is left to the process's
+        // exit, and what it still holds is lost.
+        let queue = self.shared.lock();
+        let unwritten: u64 = if queue.busy { queue.busy_lines } else { 0 }
+            + queue
+                .jobs
+                .iter()
+                .map(|job| match job {
+                    Job::Lines(text) => line_count(text),
+                    Job::Reopen(_) => 0,
+                })
+                .sum::<u64>();
+        drop(queue);
+        if !self.closed() {
+            say(format_args!(
+                "teardown: {} was not read for {:?} at exit; {} queued lines were not written",
+                self.name, patience, unwritten
+            ));
+        }
+        self.dropped += unwritten;
+    }
+}
+
+impl Drop for QueuedSink {
+    fn drop(&mut self) {
+        // The writer ends on its own once the queue is written (or with
+        // the process); nothing here waits for it.
+        self.shared.lock().ending = true;
+        self.shared.work.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panicking writer thread cannot leave the queue half-changed
+        // (each change is one push or pop): its state stays usable.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next job for the writer, or `None` once the end is asked for
+    /// and the queue is empty.
+    fn next_job(&self) -> Option<Job> {
+        let mut queue = self.lock();
+        loop {
+            if let Some(job) = queue.jobs.pop_front() {
+                queue.busy_lines = 0;
+                if let Job::Lines(text) = &job {
+                    queue.bytes -= text.len();
+                    queue.busy_lines = line_count(text);
+                }
+                queue.busy = true;
+                return Some(job);
+            }
+            if queue.ending {
+                return None;
+            }
+            queue = match self.work.wait(queue) {
+                Ok(queue) => queue,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+    }
+
+    fn job_done(&self) {
+        let mut queue = self.lock();
+        queue.busy = false;
+        if queue.jobs.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    fn writer_ended(&self) {
+        self.lock().ended = true;
+        self.idle.notify_all();
     }
 }
 
@@ -565,6 +840,115 @@ mod tests {
         );
         assert!(lines[lines.len() - 3].chars().all(|c| c == 'x'));
         assert!(lines[lines.len() - 3].len() < line.len());
+    }
+
+    /// Lines numbered 0.., `width` bytes each with the newline.
+    fn numbered_lines(count: usize, width: usize) -> Vec<String> {
+        (0..count)
+            .map(|n| format!("{n:0>w$}\n", w = width - 1))
+            .collect()
+    }
+
+    /// A reader that does not read costs lines, never a wait: every write
+    /// returns while the pipe is full, what does not fit the queue is
+    /// counted, and once the reader reads, every line is either read whole,
+    /// in order, or counted lost.
+    #[test]
+    fn a_queued_sink_never_waits_for_its_reader() {
+        let (mut reader, writer) = pipe(0);
+        let sink = Sink::new(
+            "stdout",
+            "a test pipe".into(),
+            LineOutput::file(writer),
+            true,
+        );
+        let mut queued = QueuedSink::with_capacity(sink, 16 * 1024).expect("writer thread");
+        // 400 KB: six times what the pipe holds, and far more than the queue.
+        let lines = numbered_lines(4000, 100);
+        let (done, written) = std::sync::mpsc::channel();
+        let writing = std::thread::spawn(move || {
+            for line in &lines {
+                queued.write(line);
+            }
+            done.send(()).expect("the test waits");
+            queued
+        });
+        // Generous: the writes take milliseconds; a sink that waits for the
+        // reader never gets there, as nothing reads until after this.
+        written
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writes returned while nobody read the pipe");
+        let mut queued = writing.join().expect("the writing thread");
+        assert!(queued.lost() > 0, "the queue cannot hold 400 KB");
+        let draining = std::thread::spawn(move || {
+            let mut text = String::new();
+            reader.read_to_string(&mut text).expect("reading the pipe");
+            text
+        });
+        queued.finish(Duration::from_secs(60));
+        let lost = queued.lost();
+        drop(queued);
+        let text = draining.join().expect("the draining thread");
+        let read: Vec<u64> = text
+            .lines()
+            .map(|line| {
+                assert_eq!(line.len(), 99, "a whole line: {line:?}");
+                line.parse().expect("a number")
+            })
+            .collect();
+        assert!(read.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+        assert_eq!(read.len() as u64 + lost, 4000);
+    }
+
+    /// A reader that never reads does not hold up the end: `finish` waits
+    /// its patience, then counts what is still queued as lost.
+    #[test]
+    fn a_queued_sink_gives_up_at_the_end_on_a_reader_that_never_reads() {
+        let (reader, writer) = pipe(0);
+        let sink = Sink::new(
+            "stdout",
+            "a test pipe".into(),
+            LineOutput::file(writer),
+            true,
+        );
+        let mut queued = QueuedSink::with_capacity(sink, 1024 * 1024).expect("writer thread");
+        for line in numbered_lines(2000, 100) {
+            queued.write(&line);
+        }
+        assert_eq!(queued.lost(), 0, "200 KB fit the queue");
+        queued.finish(Duration::from_millis(200));
+        // The pipe holds at most 64 KiB: the rest was not written.
+        assert!(queued.lost() >= 2000 - 656, "{}", queued.lost());
+        drop(reader);
+    }
+
+    /// A reopen (SIGHUP) comes after the lines queued before it: they stay
+    /// in the renamed file, the later ones go to the new one.
+    #[test]
+    fn a_queued_reopen_keeps_the_order_of_lines() {
+        let path = temp_path("queued-reopen");
+        let rotated = temp_path("queued-reopen-rotated");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::new(
+            "log",
+            "the test log".to_string(),
+            LineOutput::append_to(&path).expect("opening the log"),
+            false,
+        );
+        let mut queued = QueuedSink::start(sink).expect("writer thread");
+        queued.write("one\n");
+        assert!(queued.flush(Duration::from_secs(60)));
+        std::fs::rename(&path, &rotated).expect("rotating the log");
+        queued.write("two\n");
+        queued.reopen(&path);
+        queued.write("three\n");
+        queued.finish(Duration::from_secs(60));
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("reading");
+        assert_eq!(read(&rotated), "one\ntwo\n");
+        assert_eq!(read(&path), "three\n");
+        assert_eq!(queued.lost(), 0);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&rotated);
     }
 
     #[test]
