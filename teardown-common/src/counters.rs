@@ -319,7 +319,15 @@ pub fn tally(parsed: &Parsed) -> Tally {
         Payload::Ip(ip) => {
             let transport = match &ip.transport {
                 Transport::Tcp(segment) => {
-                    let has_payload = (segment.payload_len != 0) as u16;
+                    // Read here and only here: for BPF the compiler would
+                    // otherwise load it ahead of the match, on every
+                    // path, where no segment was written and the stack
+                    // slot may hold half a spilled pointer, which the
+                    // verifier refuses to read ("invalid size of register
+                    // fill"). A volatile read is not moved.
+                    // SAFETY: a reference to an initialised field.
+                    let payload_len = unsafe { core::ptr::read_volatile(&segment.payload_len) };
+                    let has_payload = (payload_len != 0) as u16;
                     tcp_slot = segment.flags as u16 | (has_payload << 8);
                     if segment.header_complete {
                         class::TCP_COMPLETE
@@ -365,9 +373,6 @@ pub const fn other_ip_tally(v6: bool) -> Tally {
         tcp_slot: NO_TCP_SLOT,
     }
 }
-
-/// The tally of the common overlay frame's outer headers (IPv4, UDP).
-pub const OVERLAY_OUTER_TALLY: Tally = other_ip_tally(false);
 
 /// What the same frame adds to [`Tallies::encap`], as [`encap_tally_of`]
 /// of what the decapsulator makes of it: one layer of `kind`, a whole TCP

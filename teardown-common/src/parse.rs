@@ -710,8 +710,20 @@ pub fn parse_common_at<P: PacketBytes + ?Sized>(
     link: usize,
     limit: usize,
 ) -> Option<CommonTcp> {
-    let ip_offset = link + ETH_HLEN;
     let ethertype = be16(pkt.load::<2>(link + 12)?);
+    parse_common_ip(pkt, ethertype, link + ETH_HLEN, limit)
+}
+
+/// [`parse_common_at`] of the IP header of `ethertype` (IPv4 or IPv6) at
+/// `ip_offset`: the common frame inside a tunnel that carries IP itself
+/// (GRE, IP-in-IP), its datagram inside `limit`.
+#[inline(always)]
+pub fn parse_common_ip<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ethertype: u16,
+    ip_offset: usize,
+    limit: usize,
+) -> Option<CommonTcp> {
     let (version, tcp_offset, ip_end) = if ethertype == ethertype::IPV4 {
         // Version 4, IHL 5; protocol; no fragment (neither MF nor an offset).
         let ip = pkt.load::<IPV4_MIN_HLEN>(ip_offset)?;

@@ -22,7 +22,7 @@ use crate::addr::Addr16;
 use crate::parse::{
     CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
     PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
-    parse_common_at, parse_network, walk_link,
+    parse_common_at, parse_common_ip, parse_network, walk_link,
 };
 
 /// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
@@ -653,11 +653,24 @@ pub fn may_carry_tunnel<P: PacketBytes + ?Sized>(
         | ethertype::PBB
         | ethertype::FABRICPATH => true,
         ethertype::IPV4 | ethertype::IPV6 => match &parsed.payload {
-            Payload::Ip(ip) => match ip.protocol {
-                ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
-                ip_proto::UDP => ports.udp_to_tunnel(pkt, ip.l4_offset as usize),
-                _ => false,
-            },
+            // Read here and only here, as `crate::counters::tally` reads
+            // a segment's length: loaded ahead of the match, on a path
+            // where the parse wrote no IP packet, the stack slot may hold
+            // half a spilled pointer, which the verifier refuses.
+            Payload::Ip(ip) => {
+                // SAFETY: references to initialised fields.
+                let (protocol, l4_offset) = unsafe {
+                    (
+                        core::ptr::read_volatile(&ip.protocol),
+                        core::ptr::read_volatile(&ip.l4_offset),
+                    )
+                };
+                match protocol {
+                    ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
+                    ip_proto::UDP => ports.udp_to_tunnel(pkt, l4_offset as usize),
+                    _ => false,
+                }
+            }
             _ => false,
         },
         _ => false,
@@ -1026,27 +1039,26 @@ fn udp<P: PacketBytes + ?Sized>(pkt: &P, offset: usize, limit: usize, ports: &Tu
     Step::layer(kind, vni, start, udp_end)
 }
 
-/// The frame an overlay network's traffic nearly always is, read by
-/// [`parse_common_overlay`]: the tunnel, and the common TCP frame inside.
+/// The tunnelled frame nearly every tunnel carries, read by
+/// [`read_common_other`]: one layer (VXLAN, Geneve without options, GRE,
+/// IP-in-IP) right after an untagged outer IPv4 or IPv6 header, with the
+/// common TCP frame inside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommonOverlay {
-    /// As [`decapsulate`] reports it: one VXLAN or Geneve layer, its VNI,
-    /// the outer IPv4 endpoints.
+    /// As [`decapsulate`] reports it: the one layer, its id (VNI, GRE
+    /// key), the outer endpoints and their family.
     pub tunnel: Tunnel,
     /// The inner segment, its offsets from the start of the outer frame.
     pub inner: CommonTcp,
-}
-
-impl CommonOverlay {
-    /// The inner IP header's offset: outer Ethernet, IPv4 without options,
-    /// UDP, the 8-byte VXLAN or Geneve header, inner Ethernet.
-    pub const INNER_IP_OFFSET: usize = ETH_HLEN + IPV4_MIN_HLEN + 8 + 8 + ETH_HLEN;
+    /// The inner IP header's offset.
+    pub ip_offset: usize,
 }
 
 /// What [`read_common_other`] makes of a frame with no TCP of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommonOther {
-    /// The common overlay frame, and the TCP segment inside it.
+    /// The common tunnelled frame, and the TCP segment inside it. Its own
+    /// tally is `crate::counters::other_ip_tally` of its outer family.
     Overlay(CommonOverlay),
     /// An untagged, whole datagram, IPv4 without options or IPv6 with UDP
     /// right after its header, whose transport is not TCP: its tally is
@@ -1058,36 +1070,69 @@ pub enum CommonOther {
 /// Reads the common frame without TCP of its own (UDP, ICMP, ... over
 /// untagged IPv4 without options, UDP over IPv6) without the general
 /// parser: a few wide loads and compares, as [`crate::parse::parse_common`]
-/// reads plain TCP. A datagram to a VXLAN port (the I flag set) or a
-/// Geneve port (version 0, no options, Ethernet inside) whose inner frame
-/// is the common TCP frame ([`parse_common_at`]), within the UDP datagram,
-/// is the common overlay frame: its tunnel and segment. `None` for any
-/// other frame, which the general parser then reads. Where it answers, it
-/// answers as the general parser and [`decapsulate`] do: the same tally,
-/// the same answer to [`may_carry_tunnel`], the same tunnel and inner
-/// segment (host tests hold it to that, over every single-byte mutation
-/// of tunnelled frames, and the `decapsulate` fuzz target over any bytes).
+/// reads plain TCP. A frame whose one tunnel layer follows its untagged
+/// IPv4 (without options, not a fragment) or IPv6 header (no extension
+/// header), and holds the common TCP frame ([`parse_common_at`],
+/// [`parse_common_ip`]) inside what carries it, is the common tunnelled
+/// frame: its tunnel and segment. The layer is VXLAN or Geneve (no
+/// options, Ethernet inside) to a configured port, GRE version 0 (any of
+/// checksum, key and sequence number; IP or Ethernet inside) or IP-in-IP.
+/// `None` for any other frame, which the general parser then reads.
+/// Where it answers, it answers as the general parser and [`decapsulate`]
+/// do: the same tally, the same answer to [`may_carry_tunnel`], the same
+/// tunnel and inner segment (host tests hold it to that, over every
+/// single-byte mutation of tunnelled frames, and the `decapsulate` fuzz
+/// target over any bytes).
 #[inline(always)]
 pub fn read_common_other<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
 ) -> Option<CommonOther> {
     const OUTER_IP: usize = ETH_HLEN;
-    const UDP: usize = OUTER_IP + IPV4_MIN_HLEN;
-    const INNER_LINK: usize = UDP + 8 + 8;
-    const UDP_V6: usize = OUTER_IP + IPV6_HLEN;
+    const L4_V4: usize = OUTER_IP + IPV4_MIN_HLEN;
+    const L4_V6: usize = OUTER_IP + IPV6_HLEN;
     let ethertype = be16(pkt.load::<2>(12)?);
     if ethertype == ethertype::IPV6 {
-        // The whole fixed header in the frame, version 6, UDP next.
+        // The whole fixed header in the frame, version 6.
         let ip = pkt.load::<IPV6_HLEN>(OUTER_IP)?;
-        if ip[0] >> 4 != 6 || ip[6] != ip_proto::UDP {
+        if ip[0] >> 4 != 6 {
             return None;
         }
-        let may_tunnel = ports.enabled != 0 && ports.udp_to_tunnel(pkt, UDP_V6);
-        return Some(CommonOther::Plain {
-            v6: true,
-            may_tunnel,
-        });
+        let protocol = ip[6];
+        let plain = match protocol {
+            ip_proto::UDP => Some(CommonOther::Plain {
+                v6: true,
+                may_tunnel: ports.enabled != 0 && ports.udp_to_tunnel(pkt, L4_V6),
+            }),
+            // Left to the general parser unless read as a tunnel below.
+            ip_proto::GRE | ip_proto::IPIP | ip_proto::IPV6 => None,
+            _ => return None,
+        };
+        let payload_len = be16([ip[4], ip[5]]) as usize;
+        // A payload length of 0 (a jumbogram, or TSO) bounds nothing.
+        if ports.enabled == 0 || payload_len == 0 {
+            return plain;
+        }
+        let Some((kind, id, inner, ip_offset)) =
+            common_tunnel(pkt, ports, protocol, L4_V6, L4_V6 + payload_len)
+        else {
+            return plain;
+        };
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        dst.copy_from_slice(&ip[24..40]);
+        return Some(CommonOther::Overlay(CommonOverlay {
+            tunnel: Tunnel {
+                outer_src: Addr16(src).halves(),
+                outer_dst: Addr16(dst).halves(),
+                id,
+                layers: [kind, 0, 0],
+                outer_family: 6,
+            },
+            inner,
+            ip_offset,
+        }));
     }
     if ethertype != ethertype::IPV4 {
         return None;
@@ -1112,48 +1157,207 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     if ports.enabled == 0 {
         return plain(false);
     }
-    match ip[9] {
-        ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => return plain(true),
-        ip_proto::UDP => {}
-        _ => return plain(false),
-    }
-    // The UDP header and the tunnel's, read at once; a datagram too short
-    // for both is no overlay frame, but its ports may still say tunnel.
-    let Some(head) = pkt.load::<16>(UDP) else {
-        return plain(ports.udp_to_tunnel(pkt, UDP));
+    let protocol = ip[9];
+    let may_tunnel = match protocol {
+        ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
+        ip_proto::UDP => ports.udp_to_tunnel(pkt, L4_V4),
+        _ => false,
     };
-    let kind = ports.kind_of(be16([head[2], head[3]]));
-    if kind == 0 {
-        return plain(false);
-    }
     // From here on a tunnel: the tunnel program opens whatever the
-    // shortcut does not read.
-    let udp_end = UDP + be16([head[4], head[5]]) as usize;
-    let tunnel_fits = total_len != 0 && udp_end >= INNER_LINK && udp_end <= OUTER_IP + total_len;
-    let header_read = if kind == encap::VXLAN {
-        head[8] & 0x08 != 0
-    } else {
-        head[8] == 0 && be16([head[10], head[11]]) == ethertype::TEB
-    };
-    if !tunnel_fits || !header_read {
-        return plain(true);
+    // shortcut does not read. A total length of 0 bounds nothing.
+    if !may_tunnel || total_len == 0 {
+        return plain(may_tunnel);
     }
-    let Some(inner) = parse_common_at(pkt, INNER_LINK, udp_end) else {
+    let Some((kind, id, inner, ip_offset)) =
+        common_tunnel(pkt, ports, protocol, L4_V4, OUTER_IP + total_len)
+    else {
         return plain(true);
     };
     Some(CommonOther::Overlay(CommonOverlay {
         tunnel: Tunnel {
             outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
             outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
-            id: u32::from_be_bytes([0, head[12], head[13], head[14]]),
+            id,
             layers: [kind, 0, 0],
             outer_family: 4,
         },
         inner,
+        ip_offset,
     }))
 }
 
-/// The overlay frame [`read_common_other`] reads, if the frame is one.
+/// A layer right after the Ethernet header, read by [`common_link_tunnel`]:
+/// its kind, id, and the common TCP frame inside, whose IP header is at
+/// `ip_offset`. It has no outer endpoints (`Tunnel::outer_family` 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkTunnel {
+    pub kind: u8,
+    pub id: u32,
+    pub inner: CommonTcp,
+    pub ip_offset: usize,
+}
+
+impl LinkTunnel {
+    /// Its tunnel as [`decapsulate`] reports it.
+    pub fn tunnel(&self) -> Tunnel {
+        Tunnel {
+            id: self.id,
+            layers: [self.kind, 0, 0],
+            ..Tunnel::default()
+        }
+    }
+}
+
+/// The common frame of a carrier's access or core: right after the
+/// untagged Ethernet header (of `ethertype`, at offset 12), an MPLS stack
+/// of one or two labels (a transport label and a service label, as an
+/// L3VPN or 6PE core sends them; deeper stacks go the general way) or a
+/// PPPoE session, carrying
+/// IPv4 or IPv6 with the common TCP frame inside ([`parse_common_ip`]).
+/// `None` where the general way must look; where it answers, it answers
+/// as [`decapsulate`] does (its checks are those of `mpls` and `pppoe`,
+/// or narrower ones; host tests and the `decapsulate` fuzz target hold it
+/// to that). The kernel's tunnel program asks it before opening layers
+/// one by one; it is not in [`read_common_other`], where the main
+/// programs' verification could not take it.
+#[inline(always)]
+pub fn common_link_tunnel<P: PacketBytes + ?Sized>(pkt: &P, ethertype: u16) -> Option<LinkTunnel> {
+    let (kind, id, ip_ethertype, ip_offset, limit) = match ethertype {
+        ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => {
+            // Up to the entry with the bottom-of-stack bit, then IPv4 or
+            // IPv6 by the first nibble (a pseudowire's control word, 0,
+            // goes the general way). Nothing bounds the datagram but the
+            // frame: the stack has no length.
+            let first = pkt.load::<4>(ETH_HLEN)?;
+            let (entry, at) = if first[2] & 0x01 != 0 {
+                (first, ETH_HLEN + 4)
+            } else {
+                let second = pkt.load::<4>(ETH_HLEN + 4)?;
+                if second[2] & 0x01 == 0 {
+                    return None;
+                }
+                (second, ETH_HLEN + 8)
+            };
+            let [version, _] = pkt.load::<2>(at)?;
+            let ip_ethertype = match version >> 4 {
+                4 => ethertype::IPV4,
+                6 => ethertype::IPV6,
+                _ => return None,
+            };
+            let label = u32::from_be_bytes(entry) >> 12;
+            (encap::MPLS, label, ip_ethertype, at, usize::MAX)
+        }
+        ethertype::PPPOE_SESSION => {
+            // Version and type 0x11, code 0, the session, the length (of
+            // the PPP protocol and what follows), the PPP protocol.
+            let head = pkt.load::<8>(ETH_HLEN)?;
+            let length = be16([head[4], head[5]]) as usize;
+            if head[0] != 0x11 || head[1] != 0 || length < 2 {
+                return None;
+            }
+            let ip_ethertype = match be16([head[6], head[7]]) {
+                0x0021 => ethertype::IPV4,
+                0x0057 => ethertype::IPV6,
+                _ => return None,
+            };
+            let session = be16([head[2], head[3]]) as u32;
+            let end = ETH_HLEN + 6 + length;
+            (encap::PPPOE, session, ip_ethertype, ETH_HLEN + 8, end)
+        }
+        _ => return None,
+    };
+    let inner = parse_common_ip(pkt, ip_ethertype, ip_offset, limit)?;
+    // No `Tunnel` here: its zeroed addresses would be a call to `memset`
+    // in the kernel, which has none; the kernel clears its own.
+    Some(LinkTunnel {
+        kind,
+        id,
+        inner,
+        ip_offset,
+    })
+}
+
+/// The one tunnel layer [`read_common_other`] reads, at the outer
+/// transport header `l4` of `protocol`, in an outer datagram that ends at
+/// `limit`: its kind, id, the common TCP frame inside and that frame's IP
+/// header offset. `None` where the general parser must look (another
+/// protocol or port, options, a header cut short or inconsistent, an
+/// inner frame that is not the common one): each check is the general
+/// parser's (`udp`, `gre`, `step`), or a narrower one.
+#[inline(always)]
+fn common_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    protocol: u8,
+    l4: usize,
+    limit: usize,
+) -> Option<(u8, u32, CommonTcp, usize)> {
+    match protocol {
+        ip_proto::UDP => {
+            // The UDP header and the tunnel's, read at once.
+            let head = pkt.load::<16>(l4)?;
+            let kind = ports.kind_of(be16([head[2], head[3]]));
+            let udp_end = l4 + be16([head[4], head[5]]) as usize;
+            let link = l4 + 16;
+            let header_read = if kind == encap::VXLAN {
+                head[8] & 0x08 != 0
+            } else {
+                kind == encap::GENEVE
+                    && head[8] == 0
+                    && be16([head[10], head[11]]) == ethertype::TEB
+            };
+            if !header_read || udp_end < link || udp_end > limit {
+                return None;
+            }
+            let inner = parse_common_at(pkt, link, udp_end)?;
+            let vni = u32::from_be_bytes([0, head[12], head[13], head[14]]);
+            Some((kind, vni, inner, link + ETH_HLEN))
+        }
+        ip_proto::GRE => {
+            let head = pkt.load::<4>(l4)?;
+            let flags = be16([head[0], head[1]]);
+            // Version 0, no routing: what `gre` follows.
+            if flags & 0x4007 != 0 {
+                return None;
+            }
+            let has_checksum = (flags >> 15) as usize;
+            let has_key = (flags >> 13) as usize & 1;
+            let has_sequence = (flags >> 12) as usize & 1;
+            let id = if has_key != 0 {
+                u32::from_be_bytes(pkt.load::<4>(l4 + 4 + 4 * has_checksum)?)
+            } else {
+                0
+            };
+            let at = l4 + 4 + 4 * (has_checksum + has_key + has_sequence);
+            if at > limit {
+                return None;
+            }
+            let protocol = be16([head[2], head[3]]);
+            let (inner, ip_offset) = if protocol == ethertype::TEB {
+                (parse_common_at(pkt, at, limit)?, at + ETH_HLEN)
+            } else {
+                (parse_common_ip(pkt, protocol, at, limit)?, at)
+            };
+            Some((encap::GRE, id, inner, ip_offset))
+        }
+        ip_proto::IPIP => Some((
+            encap::IPIP,
+            0,
+            parse_common_ip(pkt, ethertype::IPV4, l4, limit)?,
+            l4,
+        )),
+        ip_proto::IPV6 => Some((
+            encap::IPIP,
+            0,
+            parse_common_ip(pkt, ethertype::IPV6, l4, limit)?,
+            l4,
+        )),
+        _ => None,
+    }
+}
+
+/// The common tunnelled frame [`read_common_other`] reads, if the frame is
+/// one.
 #[inline(always)]
 pub fn parse_common_overlay<P: PacketBytes + ?Sized>(
     pkt: &P,

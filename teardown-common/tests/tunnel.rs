@@ -32,8 +32,8 @@
 
 use teardown_common::addr::Addr16;
 use teardown_common::counters::{
-    OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, other_ip_tally,
-    overlay_encap_tally, tally, tally_common,
+    class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally,
+    tally_common,
 };
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
@@ -42,8 +42,8 @@ use teardown_common::parse::{
     TcpSegment, VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
 };
 use teardown_common::tunnel::{
-    self, CommonOther, CommonOverlay, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS,
-    Tunnel, TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome,
+    self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
+    TunnelPorts, common_link_tunnel, decapsulate, encap, inner_class, may_carry_tunnel, outcome,
     parse_common_overlay, read_common_other,
 };
 
@@ -439,6 +439,7 @@ fn catalogue() -> Vec<Built> {
         all.push(ipip(&tcp, true));
         // MPLS: one label, a full stack, in a VLAN, in QinQ; a pseudowire.
         all.push(mpls(&tcp, &[16], &[]));
+        all.push(mpls(&tcp, &[1000, 2000], &[]));
         all.push(mpls(&tcp, EIGHT_LABELS, &[]));
         all.push(mpls(&tcp, &[1000, 2000], VLAN));
         all.push(mpls(&tcp, &[1000], QINQ));
@@ -693,17 +694,67 @@ fn check_invariants(
             (
                 overlay.tunnel,
                 inner_class::TCP,
-                CommonOverlay::INNER_IP_OFFSET,
+                overlay.ip_offset,
                 overlay.inner.version == IpVersion::V6,
                 overlay.inner.segment
             ),
             "{}: overlay shortcut",
             context()
         );
-        assert_eq!(tally(&parsed), OVERLAY_OUTER_TALLY, "{}", context());
+        assert_eq!(
+            tally(&parsed),
+            other_ip_tally(overlay.tunnel.outer_family == 6),
+            "{}",
+            context()
+        );
         assert_eq!(
             encap_tally(decap),
             Some(overlay_encap_tally(overlay.tunnel.layers[0])),
+            "{}",
+            context()
+        );
+    }
+
+    // The carrier's common frame, which the tunnel program reads before
+    // opening layers one by one: where its shortcut answers, the main
+    // program hands the frame over, and the decapsulator finds the same
+    // tunnel and segment, counted the same.
+    if ports.enabled != 0
+        && frame.len() >= 14
+        && let Some(link) = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+    {
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "{}: link shortcut read {link:?}, but the frame is not handed over",
+            context()
+        );
+        let Decap::Inner { tunnel, inner } = decap else {
+            panic!(
+                "{}: link shortcut read {link:?}, decapsulator {decap:?}",
+                context()
+            );
+        };
+        assert_eq!(
+            (
+                *tunnel,
+                inner.class,
+                inner.ip_offset as usize,
+                inner.is_v6 != 0,
+                inner.segment
+            ),
+            (
+                link.tunnel(),
+                inner_class::TCP,
+                link.ip_offset,
+                link.inner.version == IpVersion::V6,
+                link.inner.segment
+            ),
+            "{}: link shortcut",
+            context()
+        );
+        assert_eq!(
+            encap_tally(decap),
+            Some(overlay_encap_tally(link.kind)),
             "{}",
             context()
         );
@@ -1018,36 +1069,58 @@ fn every_encapsulation_is_read_exactly() {
 /// are; before that no TCP, and either no encapsulation (before the
 /// outermost layer is recognisable) or a malformed one, whose layers are a
 /// prefix of the whole frame's and only grow with the cut.
-/// The overlay shortcut answers for the frames it is for (VXLAN, and
-/// Geneve without options carrying Ethernet, over untagged IPv4, the
-/// common TCP frame inside), and for no other crafted frame: the kernel's fast way
-/// for overlays is taken where it should be, and `check_invariants` holds
-/// it to the decapsulator's answer there.
+/// The tunnel shortcut answers for the frames it is for (one VXLAN layer,
+/// Geneve without options carrying Ethernet, GRE carrying IP or Ethernet
+/// with any of its optional fields, or IP-in-IP, over untagged IPv4 or
+/// IPv6, the common TCP frame inside), and for no other crafted frame: the
+/// kernel's fast way for tunnels is taken where it should be, and
+/// `check_invariants` holds it to the decapsulator's answer there.
 #[test]
-fn the_overlay_shortcut_answers_for_common_overlay_frames_only() {
+fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
     let mut answered = Vec::new();
     for built in catalogue() {
-        let overlay = parse_common_overlay(built.frame.as_slice(), &DEFAULT);
-        // Untagged outside (the inner IP header where the shortcut reads
-        // it), no Geneve options.
+        let frame = built.frame.as_slice();
+        let overlay = parse_common_overlay(frame, &DEFAULT);
+        // Every one-layer frame of the catalogue is untagged outside.
+        let l4 = 14 + if built.outer_family == 6 { 40 } else { 20 };
         let expected = built.layers.len() == 1
-            && built.outer_family == 4
-            && (built.layers[0] == encap::VXLAN || built.layers[0] == encap::GENEVE)
-            && built.ip_offset == CommonOverlay::INNER_IP_OFFSET;
+            && match built.layers[0] {
+                // No options, an untagged Ethernet frame inside.
+                encap::VXLAN | encap::GENEVE => built.ip_offset == l4 + 16 + 14,
+                // IP, or an untagged Ethernet frame, right after the header.
+                encap::GRE => {
+                    let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+                    let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
+                    built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
+                }
+                encap::IPIP => true,
+                _ => false,
+            };
         assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
         if let Some(overlay) = overlay {
             assert_eq!(
-                (overlay.inner.segment.offset as usize, overlay.tunnel.id),
-                (built.tcp_offset, built.id),
+                (
+                    overlay.inner.segment.offset as usize,
+                    overlay.ip_offset,
+                    overlay.tunnel.id,
+                    overlay.tunnel.outer_family
+                ),
+                (
+                    built.tcp_offset,
+                    built.ip_offset,
+                    built.id,
+                    built.outer_family
+                ),
                 "{}",
                 built.name
             );
             answered.push(built.name);
         }
     }
-    // VXLAN on both default ports and Geneve without options, each
-    // around IPv4 and IPv6.
-    assert_eq!(answered.len(), 6, "{answered:?}");
+    // Around IPv4 and IPv6 each, over IPv4 and IPv6 each: VXLAN on both
+    // default ports, Geneve without options, GRE with every combination
+    // of its 3 optional fields carrying IP and Ethernet, IP-in-IP.
+    assert_eq!(answered.len(), 2 * 2 * (2 + 1 + 8 * 2 + 1), "{answered:?}");
     // Tunnels off, or the port not configured: no answer.
     let vxlan = vxlan4();
     assert!(parse_common_overlay(vxlan.frame.as_slice(), &DEFAULT).is_some());
@@ -1063,6 +1136,44 @@ fn the_overlay_shortcut_answers_for_common_overlay_frames_only() {
         parse_common_overlay(vxlan.frame.as_slice(), &elsewhere),
         None
     );
+}
+
+/// The carrier's shortcut answers for untagged MPLS of one or two labels
+/// and PPPoE, IP and the common TCP frame inside, and for no other crafted
+/// frame (`check_invariants` holds it to the decapsulator's answer).
+#[test]
+fn the_link_shortcut_answers_for_untagged_mpls_and_pppoe_only() {
+    let mut answered = Vec::new();
+    for built in catalogue() {
+        let frame = built.frame.as_slice();
+        let link = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]));
+        let expected = built.layers.len() == 1
+            && match built.layers[0] {
+                encap::MPLS => {
+                    frame[12..14] == [0x88, 0x47]
+                        && (built.ip_offset == 14 + 4 || built.ip_offset == 14 + 8)
+                }
+                encap::PPPOE => frame[12..14] == [0x88, 0x64],
+                _ => false,
+            };
+        assert_eq!(link.is_some(), expected, "{}: {link:?}", built.name);
+        if let Some(link) = link {
+            assert_eq!(
+                (
+                    link.inner.segment.offset as usize,
+                    link.ip_offset,
+                    link.id,
+                    link.kind
+                ),
+                (built.tcp_offset, built.ip_offset, built.id, built.layers[0]),
+                "{}",
+                built.name
+            );
+            answered.push(built.name);
+        }
+    }
+    // Around IPv4 and IPv6 each: one label, two, PPPoE.
+    assert_eq!(answered.len(), 2 * 3, "{answered:?}");
 }
 
 /// Plain UDP, the frame most non-TCP traffic is (DNS, QUIC), is read by

@@ -53,13 +53,13 @@ use aya_ebpf::{
 };
 use teardown_common::{
     counters::{
-        OVERLAY_OUTER_TALLY, Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally,
-        tally, tally_common,
+        Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally, tally_common,
     },
-    parse::{CommonTcp, IpVersion, TcpSegment, parse, parse_common},
+    parse::{CommonTcp, IpVersion, PacketBytes, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOther, CommonOverlay, DecapState, decapsulate_in_place, encap, enter_layer,
-        inner_class, may_carry_tunnel, outcome as tunnel_outcome, read_common_other, step_layer,
+        CommonOther, CommonOverlay, DecapState, clear, common_link_tunnel, decapsulate_in_place,
+        encap, enter_layer, inner_class, may_carry_tunnel, outcome as tunnel_outcome,
+        read_common_other, step_layer,
     },
 };
 
@@ -74,20 +74,22 @@ use teardown_common::names::tunnel_slot;
 
 /// What [`read_frame`] says follows a frame's tally and segment: nothing,
 /// or (no TCP segment of its own) that it may carry one in a tunnel; or,
-/// for a segment read by the overlay shortcut, the [`encap`] kind of its
-/// one layer (VXLAN or Geneve, both above these two).
+/// for a segment read by the tunnel shortcut, [`next::SHORTCUT`] with the
+/// [`encap`] kind of its one layer in the low bits.
 mod next {
     pub const NOTHING: u8 = 0;
     pub const MAY_TUNNEL: u8 = 1;
+    pub const SHORTCUT: u8 = 0x80;
 }
 
-const _: () = assert!(encap::VXLAN > next::MAY_TUNNEL && encap::GENEVE > next::MAY_TUNNEL);
+const _: () = assert!(encap::COUNT < next::SHORTCUT as usize);
 
 /// What the programs read of a frame: its tally, its TCP segment with the
 /// IP header's offset and version, and what follows ([`next`]). The
 /// common frame's shortcut first ([`parse_common`]); then the common
-/// overlay frame's ([`parse_common_overlay`]: VXLAN or Geneve over IPv4,
-/// the common frame inside), its tunnel left in this CPU's
+/// tunnelled frame's ([`read_common_other`]: one VXLAN, Geneve, GRE or
+/// IP-in-IP layer over untagged IPv4 or IPv6, the common frame inside),
+/// its tunnel left in this CPU's
 /// [`DECAP_STATE`] for a record it starts; the general parser for the
 /// rest, and for a frame with no TCP segment of its own, whether it may
 /// carry one in a tunnel ([`may_carry_tunnel`]: only such frames are
@@ -107,21 +109,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
     }
     let ports = tunnel_ports();
     match read_common_other(frame, ports) {
-        Some(CommonOther::Overlay(overlay)) => {
-            if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot, used by one program run at a time.
-                unsafe { (*state).tunnel = overlay.tunnel };
-            }
-            return (
-                OVERLAY_OUTER_TALLY,
-                Some((
-                    CommonOverlay::INNER_IP_OFFSET,
-                    overlay.inner.version == IpVersion::V6,
-                    overlay.inner.segment,
-                )),
-                overlay.tunnel.layers[0],
-            );
-        }
+        Some(CommonOther::Overlay(overlay)) => return shortcut_read(overlay),
         Some(CommonOther::Plain { v6, may_tunnel }) => {
             let next = if may_tunnel {
                 next::MAY_TUNNEL
@@ -142,6 +130,25 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
         next::NOTHING
     };
     (tally(&parsed), segment, next)
+}
+
+/// [`read_frame`]'s answer for the common tunnelled frame: its tunnel left
+/// in this CPU's [`DECAP_STATE`] for a record it starts.
+#[inline(always)]
+fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
+    if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        unsafe { (*state).tunnel = overlay.tunnel };
+    }
+    (
+        other_ip_tally(overlay.tunnel.outer_family == 6),
+        Some((
+            overlay.ip_offset,
+            overlay.inner.version == IpVersion::V6,
+            overlay.inner.segment,
+        )),
+        next::SHORTCUT | overlay.tunnel.layers[0],
+    )
 }
 
 /// Counts a segment the overlay shortcut read in [`Tallies::encap`], as
@@ -355,6 +362,76 @@ fn with_state(start: usize, end: usize, work: impl FnOnce(&Frame, &mut DecapStat
     work(&Frame { start, end }, unsafe { &mut *state }) as u32
 }
 
+/// The carrier's common frame ([`common_link_tunnel`]: MPLS of one or two
+/// labels, or PPPoE, right after an untagged Ethernet header, the common
+/// TCP frame inside) in an XDP program: its segment tracked and the layer
+/// counted, as the general way would, without opening layers one by one.
+/// 1 if it was that frame, 0 for the general way. `replay` and `now` as
+/// for [`track_inner_xdp`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
+pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return 0;
+    };
+    let frame = Frame {
+        start: md.data as usize,
+        end: md.data_end as usize,
+    };
+    if replay != 0 {
+        track_link(&frame, &ReplayClock { now }, &TALLIES)
+    } else {
+        track_link(&frame, &LiveClock, &TALLIES)
+    }
+}
+
+/// [`track_link_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
+)]
+pub extern "C" fn track_link_tc(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(buff) = (unsafe { skb.as_ref() }) else {
+        return 0;
+    };
+    let frame = Frame {
+        start: buff.data as usize,
+        end: buff.data_end as usize,
+    };
+    track_link(&frame, &LiveClock, &EGRESS_TALLIES)
+}
+
+#[inline(always)]
+fn track_link(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
+    let Some(ethertype) = frame.load::<2>(12) else {
+        return 0;
+    };
+    let Some(link) = common_link_tunnel(frame, u16::from_be_bytes(ethertype)) else {
+        return 0;
+    };
+    if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by one program run at a time. A
+        // layer without outer endpoints: the rest stays zero.
+        let tunnel = unsafe { &mut (*state).tunnel };
+        clear(tunnel);
+        tunnel.id = link.id;
+        tunnel.layers[0] = link.kind;
+    }
+    let is_v6 = link.inner.version == IpVersion::V6;
+    // The offset opaque to the optimiser, as in `track_inner`.
+    track::<true, true>(frame, &link.inner.segment, link.ip_offset, is_v6, clock);
+    record_overlay(tallies, link.kind);
+    1
+}
+
 /// Tracks the TCP segment an XDP program's frame carries inside its
 /// tunnel ([`DECAP_STATE`] says where), as a connection of its own, on the
 /// host's clock or, with `replay` 1, at capture time `now`.
@@ -434,11 +511,11 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
     // would all have to be saved across the tallies' lookup (the BPF calling
     // convention leaves four registers that survive a call).
     if let Some((ip_offset, is_v6, tcp)) = segment {
-        if next > next::MAY_TUNNEL {
+        if next & next::SHORTCUT != 0 {
             // Inside a tunnel: a record it starts records the tunnel.
             track::<false, true>(frame, &tcp, ip_offset, is_v6, clock);
             record_tally(&TALLIES, &counted);
-            record_overlay(&TALLIES, next);
+            record_overlay(&TALLIES, next & !next::SHORTCUT);
             return false;
         }
         track::<false, false>(frame, &tcp, ip_offset, is_v6, clock);
@@ -499,15 +576,16 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 }
 
 /// Frames whose own headers carry no TCP but may carry a tunnel, handed
-/// on by [`teardown`] with a tail call: their layers opened and counted
-/// ([`open_tunnel_xdp`]), the TCP segment inside tracked as a connection
-/// of its own, with its tunnel ([`track_inner_xdp`]). A program of its own,
+/// on by [`teardown`] with a tail call: the carrier's common frame read
+/// at fixed offsets ([`track_link_xdp`]), any other's layers opened and
+/// counted ([`open_tunnel_xdp`]), the TCP segment inside tracked as a
+/// connection of its own, with its tunnel ([`track_inner_xdp`]). A program of its own,
 /// entered by tail call, so that its chain of calls starts afresh: called
 /// from [`teardown`], its frames and the flow table's functions' under
 /// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    if open_tunnel_xdp(ctx.ctx) != 0 {
+    if track_link_xdp(ctx.ctx, 0, 0) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 0, 0);
     }
     xdp_action::XDP_PASS
@@ -517,7 +595,7 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
     let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
-    if open_tunnel_xdp(ctx.ctx) != 0 {
+    if track_link_xdp(ctx.ctx, 1, now) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 1, now);
     }
     xdp_action::XDP_PASS
@@ -526,7 +604,7 @@ pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
 /// [`teardown_tunnel`] for [`teardown_egress`].
 #[classifier]
 pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
-    if open_tunnel_tc(ctx.skb.skb) != 0 {
+    if track_link_tc(ctx.skb.skb) == 0 && open_tunnel_tc(ctx.skb.skb) != 0 {
         track_inner_tc(ctx.skb.skb);
     }
     TC_ACT_UNSPEC
@@ -569,10 +647,10 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
     };
     let (counted, segment, next) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
-        if next > next::MAY_TUNNEL {
+        if next & next::SHORTCUT != 0 {
             track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
             record_tally(&EGRESS_TALLIES, &counted);
-            record_overlay(&EGRESS_TALLIES, next);
+            record_overlay(&EGRESS_TALLIES, next & !next::SHORTCUT);
             return false;
         }
         track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock);

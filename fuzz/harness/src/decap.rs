@@ -4,18 +4,17 @@
 
 use teardown_common::{
     counters::{
-        OVERLAY_OUTER_TALLY, class, encap_slot, encap_tally, encap_tally_of, other_ip_tally,
-        overlay_encap_tally, tally,
+        class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally,
     },
     flow::addresses_at,
     parse::{
-        Fragment, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN, parse,
-        parse_common,
+        Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN,
+        parse, parse_common,
     },
     tunnel::{
-        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, decapsulate,
-        decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel, outcome,
-        parse_common_overlay, read_common_other, step_layer,
+        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, common_link_tunnel,
+        decapsulate, decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
+        outcome, parse_common_overlay, read_common_other, step_layer,
     },
 };
 
@@ -89,15 +88,60 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         };
         assert_eq!(tunnel, overlay.tunnel, "overlay shortcut's tunnel");
         assert_eq!(
-            (inner.class, inner.segment),
-            (inner_class::TCP, overlay.inner.segment),
+            (
+                inner.class,
+                inner.segment,
+                inner.ip_offset as usize,
+                inner.is_v6 != 0
+            ),
+            (
+                inner_class::TCP,
+                overlay.inner.segment,
+                overlay.ip_offset,
+                overlay.inner.version == IpVersion::V6
+            ),
             "overlay shortcut's segment"
         );
-        assert_eq!(tally(&parsed), OVERLAY_OUTER_TALLY);
+        assert_eq!(
+            tally(&parsed),
+            other_ip_tally(overlay.tunnel.outer_family == 6)
+        );
         assert_eq!(
             encap_tally(&decap),
             Some(overlay_encap_tally(overlay.tunnel.layers[0]))
         );
+    }
+
+    // The tunnel program's shortcut for the carrier's common frame.
+    if ports.enabled != 0
+        && frame.len() >= 14
+        && let Some(link) = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+    {
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "link shortcut, not handed over"
+        );
+        let Decap::Inner { tunnel, inner } = decap else {
+            panic!("link shortcut read {link:?}, decapsulator {decap:?}");
+        };
+        assert_eq!(
+            (
+                tunnel,
+                inner.class,
+                inner.segment,
+                inner.ip_offset as usize,
+                inner.is_v6 != 0
+            ),
+            (
+                link.tunnel(),
+                inner_class::TCP,
+                link.inner.segment,
+                link.ip_offset,
+                link.inner.version == IpVersion::V6
+            ),
+            "link shortcut"
+        );
+        assert_eq!(encap_tally(&decap), Some(overlay_encap_tally(link.kind)));
     }
 
     // The kernel's path.

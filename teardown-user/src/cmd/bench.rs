@@ -84,12 +84,38 @@ fn on_port(mut spec: Spec<'static>, port: u16, seq: u32, ack: u32) -> Spec<'stat
 
 /// `frame` in VXLAN over IPv4 to port 4789, VNI 4242.
 fn in_vxlan(frame: &craft::Frame) -> craft::Frame {
+    in_vxlan_over(frame, false)
+}
+
+/// `frame` in VXLAN to port 4789, VNI 4242, over IPv6 when `outer_v6`.
+fn in_vxlan_over(frame: &craft::Frame, outer_v6: bool) -> craft::Frame {
+    let vxlan = craft::Encap::Vxlan {
+        vni: 4242,
+        port: 4789,
+        outer_v6,
+    };
+    craft::wrap(frame.as_bytes(), &vxlan, &[])
+}
+
+/// `frame` in VXLAN over IPv4 in VLAN 100.
+fn in_tagged_vxlan(frame: &craft::Frame) -> craft::Frame {
     let vxlan = craft::Encap::Vxlan {
         vni: 4242,
         port: 4789,
         outer_v6: false,
     };
-    craft::wrap(frame.as_bytes(), &vxlan, &[])
+    craft::wrap(frame.as_bytes(), &vxlan, &[(ethertype::VLAN, 100)])
+}
+
+/// `frame` under two MPLS labels, as a carrier's core carries it.
+fn in_mpls(frame: &craft::Frame) -> craft::Frame {
+    craft::wrap(
+        frame.as_bytes(),
+        &craft::Encap::Mpls {
+            labels: &[1000, 2000],
+        },
+        &[],
+    )
 }
 
 /// `frame` in GRE over IPv4 with a key, IP inside.
@@ -227,9 +253,9 @@ pub(super) fn cases() -> Vec<Case> {
             goal: None,
         },
         // est_ack's segment inside VXLAN (UDP 4789, VNI 4242), its
-        // handshake through the same tunnel: the common overlay frame, read
-        // by the main program's shortcut. Issue 13 asks for at most twice
-        // est_ack's cost.
+        // handshake through the same tunnel: the common tunnelled frame,
+        // read by the main program's shortcut. Issue 13 asks for at most
+        // twice est_ack's cost.
         Case {
             name: "vxlan_ack",
             setup: handshake(false, 40109).iter().map(in_vxlan).collect(),
@@ -242,15 +268,60 @@ pub(super) fn cases() -> Vec<Case> {
             change: Change::None,
             goal: None,
         },
-        // The same inside GRE with a key: the general way, by tail call to
-        // the tunnel program, which opens the layers one by one, as every
-        // encapsulation but the common overlay frame goes.
+        // The same over an IPv6 underlay: the shortcut too.
+        Case {
+            name: "vxlan6_ack",
+            setup: handshake(false, 40111)
+                .iter()
+                .map(|frame| in_vxlan_over(frame, true))
+                .collect(),
+            frame: in_vxlan_over(
+                &craft::build(&on_port(Spec::tcp_v4(ACK, 0), 40111, 1001, 5001)),
+                true,
+            ),
+            change: Change::None,
+            goal: None,
+        },
+        // The same inside GRE with a key: the shortcut too.
         Case {
             name: "gre_ack",
             setup: handshake(false, 40110).iter().map(in_gre).collect(),
             frame: in_gre(&craft::build(&on_port(
                 Spec::tcp_v4(ACK, 0),
                 40110,
+                1001,
+                5001,
+            ))),
+            change: Change::None,
+            goal: None,
+        },
+        // The same under two MPLS labels: by tail call to the tunnel
+        // program, whose shortcut reads it (as PPPoE).
+        Case {
+            name: "mpls_ack",
+            setup: handshake(false, 40112).iter().map(in_mpls).collect(),
+            frame: in_mpls(&craft::build(&on_port(
+                Spec::tcp_v4(ACK, 0),
+                40112,
+                1001,
+                5001,
+            ))),
+            change: Change::None,
+            goal: None,
+        },
+        // VXLAN on a VLAN-tagged underlay: the general way, by tail call
+        // to the tunnel program, which opens the layers one by one, as
+        // every encapsulation no shortcut reads goes (outer VLAN tags,
+        // link-layer shims, nesting, Geneve options, deeper MPLS stacks).
+        Case {
+            name: "vlan_vxlan_ack",
+            setup: handshake(false, 40113)
+                .iter()
+                .map(in_tagged_vxlan)
+                .collect(),
+            frame: in_tagged_vxlan(&craft::build(&on_port(
+                Spec::tcp_v4(ACK, 0),
+                40113,
                 1001,
                 5001,
             ))),
