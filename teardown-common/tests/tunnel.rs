@@ -673,43 +673,15 @@ fn check_invariants(
         }
     }
 
-    // The common overlay frame's shortcut: where it answers, the
+    // The main programs' tunnel shortcut: where it answers, the
     // decapsulator finds the same tunnel and the same inner segment, and
     // the tallies are the same.
     if let Some(overlay) = parse_common_overlay(frame, ports) {
-        let Decap::Inner { tunnel, inner } = decap else {
-            panic!(
-                "{}: overlay shortcut read {overlay:?}, decapsulator {decap:?}",
-                context()
-            );
-        };
-        assert_eq!(
-            (
-                *tunnel,
-                inner.class,
-                inner.ip_offset as usize,
-                inner.is_v6 != 0,
-                inner.segment
-            ),
-            (
-                overlay.tunnel,
-                inner_class::TCP,
-                overlay.ip_offset,
-                overlay.inner.version == IpVersion::V6,
-                overlay.inner.segment
-            ),
-            "{}: overlay shortcut",
-            context()
-        );
+        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
+        assert_shortcut_agrees("overlay", read, decap, context);
         assert_eq!(
             tally(&parsed),
             other_ip_tally(overlay.tunnel.outer_family == 6),
-            "{}",
-            context()
-        );
-        assert_eq!(
-            encap_tally(decap),
-            Some(overlay_encap_tally(overlay.tunnel.layers[0])),
             "{}",
             context()
         );
@@ -717,8 +689,7 @@ fn check_invariants(
 
     // The carrier's common frame, which the tunnel program reads before
     // opening layers one by one: where its shortcut answers, the main
-    // program hands the frame over, and the decapsulator finds the same
-    // tunnel and segment, counted the same.
+    // program hands the frame over, and the decapsulator finds the same.
     if ports.enabled != 0
         && frame.len() >= 14
         && let Some(link) = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
@@ -728,35 +699,11 @@ fn check_invariants(
             "{}: link shortcut read {link:?}, but the frame is not handed over",
             context()
         );
-        let Decap::Inner { tunnel, inner } = decap else {
-            panic!(
-                "{}: link shortcut read {link:?}, decapsulator {decap:?}",
-                context()
-            );
-        };
-        assert_eq!(
-            (
-                *tunnel,
-                inner.class,
-                inner.ip_offset as usize,
-                inner.is_v6 != 0,
-                inner.segment
-            ),
-            (
-                link.tunnel(),
-                inner_class::TCP,
-                link.ip_offset,
-                link.inner.version == IpVersion::V6,
-                link.inner.segment
-            ),
-            "{}: link shortcut",
-            context()
-        );
-        assert_eq!(
-            encap_tally(decap),
-            Some(overlay_encap_tally(link.kind)),
-            "{}",
-            context()
+        assert_shortcut_agrees(
+            "link",
+            (link.tunnel(), link.ip_offset, link.inner),
+            decap,
+            context,
         );
     }
 
@@ -1061,6 +1008,51 @@ fn every_encapsulation_is_read_exactly() {
     assert!(
         all.iter()
             .any(|built| built.layers.len() == MAX_ENCAP_DEPTH)
+    );
+}
+
+/// What a tunnel shortcut read (its tunnel, the inner IP header's offset,
+/// the inner segment) is what the decapsulator found, and counts as it
+/// does: one layer of the tunnel's kind, a whole TCP segment inside.
+fn assert_shortcut_agrees(
+    which: &str,
+    (tunnel, ip_offset, inner_tcp): (Tunnel, usize, CommonTcp),
+    decap: &Decap,
+    context: &dyn Fn() -> String,
+) {
+    let Decap::Inner {
+        tunnel: found,
+        inner,
+    } = decap
+    else {
+        panic!(
+            "{}: {which} shortcut read {tunnel:?}, decapsulator {decap:?}",
+            context()
+        );
+    };
+    assert_eq!(
+        (
+            *found,
+            inner.class,
+            inner.ip_offset as usize,
+            inner.is_v6 != 0,
+            inner.segment
+        ),
+        (
+            tunnel,
+            inner_class::TCP,
+            ip_offset,
+            inner_tcp.version == IpVersion::V6,
+            inner_tcp.segment
+        ),
+        "{}: {which} shortcut",
+        context()
+    );
+    assert_eq!(
+        encap_tally(decap),
+        Some(overlay_encap_tally(tunnel.layers[0])),
+        "{}: {which} shortcut's tally",
+        context()
     );
 }
 

@@ -362,6 +362,30 @@ fn with_state(start: usize, end: usize, work: impl FnOnce(&Frame, &mut DecapStat
     work(&Frame { start, end }, unsafe { &mut *state }) as u32
 }
 
+/// The frame of an XDP program's context, for a global function (given
+/// the context as a pointer, whose type the verifier checks): `None` if
+/// the pointer is null.
+#[inline(always)]
+fn xdp_frame(ctx: *mut xdp_md) -> Option<Frame> {
+    // SAFETY: null-checked; the program's own context.
+    let md = unsafe { ctx.as_ref() }?;
+    Some(Frame {
+        start: md.data as usize,
+        end: md.data_end as usize,
+    })
+}
+
+/// [`xdp_frame`] for a TC program's context.
+#[inline(always)]
+fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
+    // SAFETY: null-checked; the program's own context.
+    let buff = unsafe { skb.as_ref() }?;
+    Some(Frame {
+        start: buff.data as usize,
+        end: buff.data_end as usize,
+    })
+}
+
 /// The carrier's common frame ([`common_link_tunnel`]: MPLS of one or two
 /// labels, or PPPoE, right after an untagged Ethernet header, the common
 /// TCP frame inside) in an XDP program: its segment tracked and the layer
@@ -375,13 +399,8 @@ fn with_state(start: usize, end: usize, work: impl FnOnce(&Frame, &mut DecapStat
     reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
 )]
 pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
-    // SAFETY: null-checked; the program's own context.
-    let Some(md) = (unsafe { ctx.as_ref() }) else {
+    let Some(frame) = xdp_frame(ctx) else {
         return 0;
-    };
-    let frame = Frame {
-        start: md.data as usize,
-        end: md.data_end as usize,
     };
     if replay != 0 {
         track_link(&frame, &ReplayClock { now }, &TALLIES)
@@ -398,13 +417,8 @@ pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32
     reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
 )]
 pub extern "C" fn track_link_tc(skb: *mut __sk_buff) -> i32 {
-    // SAFETY: null-checked; the program's own context.
-    let Some(buff) = (unsafe { skb.as_ref() }) else {
+    let Some(frame) = tc_frame(skb) else {
         return 0;
-    };
-    let frame = Frame {
-        start: buff.data as usize,
-        end: buff.data_end as usize,
     };
     track_link(&frame, &LiveClock, &EGRESS_TALLIES)
 }
@@ -442,13 +456,8 @@ fn track_link(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Talli
     reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
 )]
 pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
-    // SAFETY: null-checked; the program's own context.
-    let Some(md) = (unsafe { ctx.as_ref() }) else {
+    let Some(frame) = xdp_frame(ctx) else {
         return 0;
-    };
-    let frame = Frame {
-        start: md.data as usize,
-        end: md.data_end as usize,
     };
     if replay != 0 {
         track_inner(&frame, &ReplayClock { now });
@@ -466,13 +475,8 @@ pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i3
     reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
 )]
 pub extern "C" fn track_inner_tc(skb: *mut __sk_buff) -> i32 {
-    // SAFETY: null-checked; the program's own context.
-    let Some(buff) = (unsafe { skb.as_ref() }) else {
+    let Some(frame) = tc_frame(skb) else {
         return 0;
-    };
-    let frame = Frame {
-        start: buff.data as usize,
-        end: buff.data_end as usize,
     };
     track_inner(&frame, &LiveClock);
     0
