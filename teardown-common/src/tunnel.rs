@@ -21,7 +21,7 @@
 use crate::addr::Addr16;
 use crate::parse::{
     CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
-    PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
+    PacketBytes, Parsed, Payload, TcpSegment, Transport, VLAN_HLEN, ethertype, ip_proto, link,
     parse_common_at, parse_common_ip, parse_network, walk_link,
 };
 
@@ -1114,7 +1114,7 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
             return plain;
         }
         let Some((kind, id, inner, ip_offset)) =
-            common_tunnel(pkt, ports, protocol, L4_V6, L4_V6 + payload_len)
+            common_tunnel::<P, false>(pkt, ports, protocol, L4_V6, L4_V6 + payload_len)
         else {
             return plain;
         };
@@ -1169,7 +1169,7 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
         return plain(may_tunnel);
     }
     let Some((kind, id, inner, ip_offset)) =
-        common_tunnel(pkt, ports, protocol, L4_V4, OUTER_IP + total_len)
+        common_tunnel::<P, false>(pkt, ports, protocol, L4_V4, OUTER_IP + total_len)
     else {
         return plain(true);
     };
@@ -1184,6 +1184,79 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
         inner,
         ip_offset,
     }))
+}
+
+/// The common tunnelled frame as the tunnel program reads it: what
+/// [`read_common_other`] reads, also behind one 802.1Q tag (a tunnelled
+/// underlay on a tagged link: a server's VLAN uplink, a router's
+/// subinterface), and also Geneve with options (OVN always sends one).
+/// The tag moves every offset by four bytes, and the options by their
+/// length: the main programs' verification could not take those paths as
+/// well, so the tunnel program asks this (the main program's general
+/// parser has read and counted the outer headers by then). `None` for
+/// any other frame; where it answers, it answers as [`decapsulate`] does
+/// (host tests and the `decapsulate` fuzz target hold it to that).
+#[inline(always)]
+pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+) -> Option<CommonOverlay> {
+    if ports.enabled == 0 {
+        return None;
+    }
+    let (outer_ip, ethertype) = match be16(pkt.load::<2>(12)?) {
+        ethertype::VLAN => (ETH_HLEN + VLAN_HLEN, be16(pkt.load::<2>(16)?)),
+        ethertype => (ETH_HLEN, ethertype),
+    };
+    if ethertype == ethertype::IPV6 {
+        // Version 6; a payload length, which bounds the tunnel.
+        let ip = pkt.load::<IPV6_HLEN>(outer_ip)?;
+        let payload_len = be16([ip[4], ip[5]]) as usize;
+        if ip[0] >> 4 != 6 || payload_len == 0 {
+            return None;
+        }
+        let l4 = outer_ip + IPV6_HLEN;
+        let (kind, id, inner, ip_offset) =
+            common_tunnel::<P, true>(pkt, ports, ip[6], l4, l4 + payload_len)?;
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        dst.copy_from_slice(&ip[24..40]);
+        return Some(CommonOverlay {
+            tunnel: Tunnel {
+                outer_src: Addr16(src).halves(),
+                outer_dst: Addr16(dst).halves(),
+                id,
+                layers: [kind, 0, 0],
+                outer_family: 6,
+            },
+            inner,
+            ip_offset,
+        });
+    }
+    if ethertype != ethertype::IPV4 {
+        return None;
+    }
+    // IHL 5, whole, a total length that holds the header.
+    let ip = pkt.load::<IPV4_MIN_HLEN>(outer_ip)?;
+    let total_len = be16([ip[2], ip[3]]) as usize;
+    if ip[0] != 0x45 || be16([ip[6], ip[7]]) & 0x3fff != 0 || total_len < IPV4_MIN_HLEN {
+        return None;
+    }
+    let l4 = outer_ip + IPV4_MIN_HLEN;
+    let (kind, id, inner, ip_offset) =
+        common_tunnel::<P, true>(pkt, ports, ip[9], l4, outer_ip + total_len)?;
+    Some(CommonOverlay {
+        tunnel: Tunnel {
+            outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
+            outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
+            id,
+            layers: [kind, 0, 0],
+            outer_family: 4,
+        },
+        inner,
+        ip_offset,
+    })
 }
 
 /// A layer right after the Ethernet header, read by [`common_link_tunnel`]:
@@ -1283,9 +1356,12 @@ pub fn common_link_tunnel<P: PacketBytes + ?Sized>(pkt: &P, ethertype: u16) -> O
 /// header offset. `None` where the general parser must look (another
 /// protocol or port, options, a header cut short or inconsistent, an
 /// inner frame that is not the common one): each check is the general
-/// parser's (`udp`, `gre`, `step`), or a narrower one.
+/// parser's (`udp`, `gre`, `step`), or a narrower one. With
+/// `GENEVE_OPTIONS`, Geneve's options are stepped over by their length
+/// (the tunnel program's shortcut); without, a Geneve header with options
+/// is left to the general parser (the main programs').
 #[inline(always)]
-fn common_tunnel<P: PacketBytes + ?Sized>(
+fn common_tunnel<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
     pkt: &P,
     ports: &TunnelPorts,
     protocol: u8,
@@ -1298,14 +1374,27 @@ fn common_tunnel<P: PacketBytes + ?Sized>(
             let head = pkt.load::<16>(l4)?;
             let kind = ports.kind_of(be16([head[2], head[3]]));
             let udp_end = l4 + be16([head[4], head[5]]) as usize;
-            let link = l4 + 16;
-            let header_read = if kind == encap::VXLAN {
-                head[8] & 0x08 != 0
+            let (header_read, options) = if kind == encap::VXLAN {
+                (head[8] & 0x08 != 0, 0)
+            } else if GENEVE_OPTIONS {
+                // Version 0; the options' length in 4-byte words.
+                (
+                    kind == encap::GENEVE
+                        && head[8] >> 6 == 0
+                        && be16([head[10], head[11]]) == ethertype::TEB,
+                    (head[8] & 0x3f) as usize * 4,
+                )
             } else {
-                kind == encap::GENEVE
-                    && head[8] == 0
-                    && be16([head[10], head[11]]) == ethertype::TEB
+                (
+                    kind == encap::GENEVE
+                        && head[8] == 0
+                        && be16([head[10], head[11]]) == ethertype::TEB,
+                    0,
+                )
             };
+            let link = l4 + 16 + options;
+            // Both headers in the datagram (as `udp` wants), and Geneve's
+            // options too.
             if !header_read || udp_end < link || udp_end > limit {
                 return None;
             }

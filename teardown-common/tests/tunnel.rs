@@ -43,8 +43,8 @@ use teardown_common::parse::{
 };
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
-    TunnelPorts, common_link_tunnel, decapsulate, encap, inner_class, may_carry_tunnel, outcome,
-    parse_common_overlay, read_common_other,
+    TunnelPorts, common_ip_tunnel, common_link_tunnel, decapsulate, encap, inner_class,
+    may_carry_tunnel, outcome, parse_common_overlay, read_common_other,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -440,6 +440,25 @@ fn catalogue() -> Vec<Built> {
         // MPLS: one label, a full stack, in a VLAN, in QinQ; a pseudowire.
         all.push(mpls(&tcp, &[16], &[]));
         all.push(mpls(&tcp, &[1000, 2000], &[]));
+        // Tunnels on a tagged underlay.
+        for outer_v6 in [false, true] {
+            let vxlan = Encap::Vxlan {
+                vni: 77,
+                port: 4789,
+                outer_v6,
+            };
+            all.push(wrap(&tcp, vxlan, VLAN));
+            let gre = Encap::Gre {
+                key: Some(5),
+                checksum: false,
+                sequence: false,
+                ethernet: false,
+                outer_v6,
+            };
+            all.push(wrap(&tcp, gre, VLAN));
+            all.push(wrap(&tcp, Encap::IpIp { outer_v6 }, VLAN));
+            all.push(wrap(&tcp, vxlan, QINQ));
+        }
         all.push(mpls(&tcp, EIGHT_LABELS, &[]));
         all.push(mpls(&tcp, &[1000, 2000], VLAN));
         all.push(mpls(&tcp, &[1000], QINQ));
@@ -685,6 +704,17 @@ fn check_invariants(
             "{}",
             context()
         );
+    }
+
+    // The tagged underlay's, which the tunnel program reads too.
+    if let Some(overlay) = common_ip_tunnel(frame, ports) {
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "{}: tagged shortcut read {overlay:?}, but the frame is not handed over",
+            context()
+        );
+        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
+        assert_shortcut_agrees("tagged", read, decap, context);
     }
 
     // The carrier's common frame, which the tunnel program reads before
@@ -1073,7 +1103,8 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
     for built in catalogue() {
         let frame = built.frame.as_slice();
         let overlay = parse_common_overlay(frame, &DEFAULT);
-        // Every one-layer frame of the catalogue is untagged outside.
+        // Where the outer IP header would end untagged: a tagged frame's
+        // offsets lie 4 bytes further, and match none below.
         let l4 = 14 + if built.outer_family == 6 { 40 } else { 20 };
         let expected = built.layers.len() == 1
             && match built.layers[0] {
@@ -1085,7 +1116,7 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
                     let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
                     built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
                 }
-                encap::IPIP => true,
+                encap::IPIP => built.ip_offset == l4,
                 _ => false,
             };
         assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
@@ -1166,6 +1197,65 @@ fn the_link_shortcut_answers_for_untagged_mpls_and_pppoe_only() {
     }
     // Around IPv4 and IPv6 each: one label, two, PPPoE.
     assert_eq!(answered.len(), 2 * 3, "{answered:?}");
+}
+
+/// The tunnel program's IP shortcut answers for the main programs' frames,
+/// also behind one 802.1Q tag and also Geneve with options (carrying
+/// Ethernet), and for no other crafted frame: not behind QinQ, not nested.
+#[test]
+fn the_tunnel_programs_ip_shortcut_answers_for_its_frames_only() {
+    let mut answered = Vec::new();
+    for built in catalogue() {
+        let frame = built.frame.as_slice();
+        let overlay = common_ip_tunnel(frame, &DEFAULT);
+        let tagged = frame[12..14] == [0x81, 0x00];
+        let l4 = if tagged { 18 } else { 14 } + if built.outer_family == 6 { 40 } else { 20 };
+        let untagged_ip = |at: usize| matches!(frame[at - 2..at], [0x08, 0x00] | [0x86, 0xdd]);
+        let expected = built.layers.len() == 1
+            && untagged_ip(if tagged { 18 } else { 14 })
+            && match built.layers[0] {
+                encap::VXLAN => built.ip_offset == l4 + 30,
+                encap::GENEVE => {
+                    let options = (frame[l4 + 8] & 0x3f) as usize * 4;
+                    built.ip_offset == l4 + 30 + options
+                }
+                encap::GRE => {
+                    let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+                    let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
+                    built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
+                }
+                encap::IPIP => built.ip_offset == l4,
+                _ => false,
+            };
+        assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
+        if let Some(overlay) = overlay {
+            assert_eq!(
+                (
+                    overlay.inner.segment.offset as usize,
+                    overlay.ip_offset,
+                    overlay.tunnel.id,
+                    overlay.tunnel.outer_family
+                ),
+                (
+                    built.tcp_offset,
+                    built.ip_offset,
+                    built.id,
+                    built.outer_family
+                ),
+                "{}",
+                built.name
+            );
+            answered.push(built.name);
+        }
+    }
+    // The main programs' 80, the same 12 behind a tag (VXLAN, GRE, IP-in-IP
+    // around IPv4 and IPv6 over IPv4 and IPv6), and Geneve with 4, 8 and
+    // 252 bytes of options carrying Ethernet (around and over both).
+    assert_eq!(answered.len(), 80 + 12 + 3 * 2 * 2, "{answered:?}");
+    assert_eq!(
+        common_ip_tunnel(catalogue()[0].frame.as_slice(), &TunnelPorts::OFF),
+        None
+    );
 }
 
 /// Plain UDP, the frame most non-TCP traffic is (DNS, QUIC), is read by

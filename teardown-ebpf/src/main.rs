@@ -57,9 +57,9 @@ use teardown_common::{
     },
     parse::{CommonTcp, IpVersion, PacketBytes, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOther, CommonOverlay, DecapState, clear, common_link_tunnel, decapsulate_in_place,
-        encap, enter_layer, inner_class, may_carry_tunnel, outcome as tunnel_outcome,
-        read_common_other, step_layer,
+        CommonOther, CommonOverlay, DecapState, clear, common_ip_tunnel, common_link_tunnel,
+        decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
+        outcome as tunnel_outcome, read_common_other, step_layer,
     },
 };
 
@@ -71,6 +71,7 @@ use maps::{
     tunnel_ports,
 };
 use teardown_common::names::tunnel_slot;
+use teardown_common::parse::ethertype as ether;
 
 /// What [`read_frame`] says follows a frame's tally and segment: nothing,
 /// or (no TCP segment of its own) that it may carry one in a tunnel; or,
@@ -388,8 +389,11 @@ fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
 
 /// The carrier's common frame ([`common_link_tunnel`]: MPLS of one or two
 /// labels, or PPPoE, right after an untagged Ethernet header, the common
-/// TCP frame inside) in an XDP program: its segment tracked and the layer
-/// counted, as the general way would, without opening layers one by one.
+/// TCP frame inside), or the main programs' common tunnelled frame behind
+/// one 802.1Q tag or with Geneve options ([`common_ip_tunnel`]), in an
+/// XDP program: its
+/// segment tracked and the layer counted, as the general way would,
+/// without opening layers one by one.
 /// 1 if it was that frame, 0 for the general way. `replay` and `now` as
 /// for [`track_inner_xdp`].
 #[unsafe(no_mangle)]
@@ -428,7 +432,28 @@ fn track_link(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Talli
     let Some(ethertype) = frame.load::<2>(12) else {
         return 0;
     };
-    let Some(link) = common_link_tunnel(frame, u16::from_be_bytes(ethertype)) else {
+    let ethertype = u16::from_be_bytes(ethertype);
+    if matches!(ethertype, ether::VLAN | ether::IPV4 | ether::IPV6) {
+        // A tunnel on a tagged underlay, or Geneve with options.
+        let Some(overlay) = common_ip_tunnel(frame, tunnel_ports()) else {
+            return 0;
+        };
+        if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used by one program run at a time.
+            unsafe { (*state).tunnel = overlay.tunnel };
+        }
+        let is_v6 = overlay.inner.version == IpVersion::V6;
+        track::<true, true>(
+            frame,
+            &overlay.inner.segment,
+            overlay.ip_offset,
+            is_v6,
+            clock,
+        );
+        record_overlay(tallies, overlay.tunnel.layers[0]);
+        return 1;
+    }
+    let Some(link) = common_link_tunnel(frame, ethertype) else {
         return 0;
     };
     if let Some(state) = DECAP_STATE.get_ptr_mut(0) {

@@ -141,6 +141,20 @@ fn cases() -> Vec<Case> {
             tunnel: json!({"layers": ["pppoe"], "id": 0x1234}),
         },
         Case {
+            name: "gre over IPv6 on a vlan-tagged underlay",
+            wrap: |inner| {
+                let gre = Encap::Gre {
+                    key: Some(77),
+                    checksum: true,
+                    sequence: false,
+                    ethernet: false,
+                    outer_v6: true,
+                };
+                craft::wrap(inner, &gre, &[(0x8100, 30)])
+            },
+            tunnel: json!({"layers": ["gre"], "id": 77, "outer_src": a6, "outer_dst": b6}),
+        },
+        Case {
             name: "vn-tag",
             wrap: |inner| craft::wrap(inner, &Encap::VnTag { vif: 55 }, &[]),
             tunnel: json!({"layers": ["vntag"], "id": 55}),

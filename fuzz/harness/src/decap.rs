@@ -13,8 +13,8 @@ use teardown_common::{
     },
     tunnel::{
         CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, common_link_tunnel,
-        decapsulate, decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
-        outcome, parse_common_overlay, read_common_other, step_layer,
+        common_ip_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
+        may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer,
     },
 };
 
@@ -105,6 +105,38 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         assert_eq!(
             tally(&parsed),
             other_ip_tally(overlay.tunnel.outer_family == 6)
+        );
+        assert_eq!(
+            encap_tally(&decap),
+            Some(overlay_encap_tally(overlay.tunnel.layers[0]))
+        );
+    }
+
+    // The tunnel program's IP shortcut (a tagged underlay, Geneve options).
+    if let Some(overlay) = common_ip_tunnel(frame, ports) {
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "IP shortcut, not handed over"
+        );
+        let Decap::Inner { tunnel, inner } = decap else {
+            panic!("IP shortcut read {overlay:?}, decapsulator {decap:?}");
+        };
+        assert_eq!(
+            (
+                tunnel,
+                inner.class,
+                inner.segment,
+                inner.ip_offset as usize,
+                inner.is_v6 != 0
+            ),
+            (
+                overlay.tunnel,
+                inner_class::TCP,
+                overlay.inner.segment,
+                overlay.ip_offset,
+                overlay.inner.version == IpVersion::V6
+            ),
+            "IP shortcut"
         );
         assert_eq!(
             encap_tally(&decap),

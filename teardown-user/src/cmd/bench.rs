@@ -97,14 +97,28 @@ fn in_vxlan_over(frame: &craft::Frame, outer_v6: bool) -> craft::Frame {
     craft::wrap(frame.as_bytes(), &vxlan, &[])
 }
 
-/// `frame` in VXLAN over IPv4 in VLAN 100.
-fn in_tagged_vxlan(frame: &craft::Frame) -> craft::Frame {
+const VLAN_100: &[(u16, u16)] = &[(ethertype::VLAN, 100)];
+const QINQ: &[(u16, u16)] = &[(ethertype::QINQ, 10), (ethertype::VLAN, 20)];
+
+/// `frame` in VXLAN over IPv4 behind the outer tags `vlans`.
+fn in_tagged_vxlan(frame: &craft::Frame, vlans: &[(u16, u16)]) -> craft::Frame {
     let vxlan = craft::Encap::Vxlan {
         vni: 4242,
         port: 4789,
         outer_v6: false,
     };
-    craft::wrap(frame.as_bytes(), &vxlan, &[(ethertype::VLAN, 100)])
+    craft::wrap(frame.as_bytes(), &vxlan, vlans)
+}
+
+/// `frame` in Geneve over IPv4 with 8 bytes of options, Ethernet inside.
+fn in_geneve_option(frame: &craft::Frame) -> craft::Frame {
+    let geneve = craft::Encap::Geneve {
+        vni: 4242,
+        options_len: 8,
+        ethernet: true,
+        outer_v6: false,
+    };
+    craft::wrap(frame.as_bytes(), &geneve, &[])
 }
 
 /// `frame` under two MPLS labels, as a carrier's core carries it.
@@ -309,22 +323,51 @@ pub(super) fn cases() -> Vec<Case> {
             change: Change::None,
             goal: None,
         },
-        // VXLAN on a VLAN-tagged underlay: the general way, by tail call
-        // to the tunnel program, which opens the layers one by one, as
-        // every encapsulation no shortcut reads goes (outer VLAN tags,
-        // link-layer shims, nesting, Geneve options, deeper MPLS stacks).
+        // VXLAN on a VLAN-tagged underlay, and Geneve with an 8-byte
+        // option (as OVN sends it): by tail call to the tunnel program,
+        // whose shortcut reads them.
         Case {
             name: "vlan_vxlan_ack",
             setup: handshake(false, 40113)
                 .iter()
-                .map(in_tagged_vxlan)
+                .map(|frame| in_tagged_vxlan(frame, VLAN_100))
                 .collect(),
-            frame: in_tagged_vxlan(&craft::build(&on_port(
+            frame: in_tagged_vxlan(
+                &craft::build(&on_port(Spec::tcp_v4(ACK, 0), 40113, 1001, 5001)),
+                VLAN_100,
+            ),
+            change: Change::None,
+            goal: None,
+        },
+        Case {
+            name: "geneve_opt_ack",
+            setup: handshake(false, 40114)
+                .iter()
+                .map(in_geneve_option)
+                .collect(),
+            frame: in_geneve_option(&craft::build(&on_port(
                 Spec::tcp_v4(ACK, 0),
-                40113,
+                40114,
                 1001,
                 5001,
             ))),
+            change: Change::None,
+            goal: None,
+        },
+        // VXLAN on a QinQ-tagged underlay: the general way, by tail call
+        // to the tunnel program, which opens the layers one by one, as
+        // every encapsulation no shortcut reads goes (QinQ, nesting,
+        // link-layer shims, deeper MPLS stacks, pseudowires).
+        Case {
+            name: "qinq_vxlan_ack",
+            setup: handshake(false, 40115)
+                .iter()
+                .map(|frame| in_tagged_vxlan(frame, QINQ))
+                .collect(),
+            frame: in_tagged_vxlan(
+                &craft::build(&on_port(Spec::tcp_v4(ACK, 0), 40115, 1001, 5001)),
+                QINQ,
+            ),
             change: Change::None,
             goal: None,
         },
