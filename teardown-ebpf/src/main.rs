@@ -398,10 +398,6 @@ fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
 /// for [`track_inner_xdp`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[expect(
-    clippy::not_unsafe_ptr_arg_deref,
-    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
-)]
 pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
@@ -416,10 +412,6 @@ pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32
 /// [`track_link_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[expect(
-    clippy::not_unsafe_ptr_arg_deref,
-    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
-)]
 pub extern "C" fn track_link_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
         return 0;
@@ -476,10 +468,6 @@ fn track_link(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Talli
 /// host's clock or, with `replay` 1, at capture time `now`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[expect(
-    clippy::not_unsafe_ptr_arg_deref,
-    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
-)]
 pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
@@ -495,10 +483,6 @@ pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i3
 /// [`track_inner_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
-#[expect(
-    clippy::not_unsafe_ptr_arg_deref,
-    reason = "a global function: the verifier checks its context pointer's type, and it is null-checked"
-)]
 pub extern "C" fn track_inner_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
         return 0;
