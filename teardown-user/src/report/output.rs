@@ -534,7 +534,9 @@ impl QueuedSink {
             return;
         }
         // The writer is blocked in a write: it is left to the process's
-        // exit, and what it still holds is lost.
+        // exit (its handle dropped, so nothing waits for it again), and
+        // what it still holds is lost.
+        self.writer = None;
         let queue = self.shared.lock();
         let unwritten: u64 = if queue.busy { queue.busy_lines } else { 0 }
             + queue
@@ -556,12 +558,23 @@ impl QueuedSink {
     }
 }
 
+/// How long a [`QueuedSink`] dropped without [`QueuedSink::finish`] (the
+/// run ended by an error) waits for its lines to be written.
+const DROP_PATIENCE: Duration = Duration::from_secs(1);
+
 impl Drop for QueuedSink {
     fn drop(&mut self) {
-        // The writer ends on its own once the queue is written (or with
-        // the process); nothing here waits for it.
+        // The writer ends once the queue is written. Without `finish`,
+        // the run is ending on an error: the lines queued before it (the
+        // records just printed) get a moment to go out, not more, as the
+        // error must still be said.
         self.shared.lock().ending = true;
         self.shared.work.notify_one();
+        if let Some(writer) = self.writer.take()
+            && self.flush(DROP_PATIENCE)
+        {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -920,6 +933,29 @@ mod tests {
         // The pipe holds at most 64 KiB: the rest was not written.
         assert!(queued.lost() >= 2000 - 656, "{}", queued.lost());
         drop(reader);
+    }
+
+    /// Dropped without `finish` (a run ending on an error, just before the
+    /// process exits), a sink has written what it queued by the time the
+    /// drop returns.
+    #[test]
+    fn a_dropped_queued_sink_has_written_what_it_queued() {
+        let path = temp_path("dropped");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::new(
+            "log",
+            "the test log".to_string(),
+            LineOutput::append_to(&path).expect("opening the log"),
+            false,
+        );
+        let mut queued = QueuedSink::start(sink).expect("writer thread");
+        for line in numbered_lines(2000, 100) {
+            queued.write(&line);
+        }
+        drop(queued);
+        let text = std::fs::read_to_string(&path).expect("reading");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text.lines().count(), 2000);
     }
 
     /// A reopen (SIGHUP) comes after the lines queued before it: they stay
