@@ -12,8 +12,8 @@ use teardown_common::{
         parse, parse_common,
     },
     tunnel::{
-        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, common_link_tunnel,
-        common_ip_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
+        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, common_ip_tunnel,
+        common_link_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
         may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer,
     },
 };
