@@ -1118,18 +1118,8 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
         else {
             return plain;
         };
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
         return Some(CommonOther::Overlay(CommonOverlay {
-            tunnel: Tunnel {
-                outer_src: Addr16(src).halves(),
-                outer_dst: Addr16(dst).halves(),
-                id,
-                layers: [kind, 0, 0],
-                outer_family: 6,
-            },
+            tunnel: tunnel_in_v6(&ip, kind, id),
             inner,
             ip_offset,
         }));
@@ -1174,13 +1164,7 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
         return plain(true);
     };
     Some(CommonOther::Overlay(CommonOverlay {
-        tunnel: Tunnel {
-            outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
-            outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
-            id,
-            layers: [kind, 0, 0],
-            outer_family: 4,
-        },
+        tunnel: tunnel_in_v4(&ip, kind, id),
         inner,
         ip_offset,
     }))
@@ -1218,18 +1202,8 @@ pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
         let l4 = outer_ip + IPV6_HLEN;
         let (kind, id, inner, ip_offset) =
             common_tunnel::<P, true>(pkt, ports, ip[6], l4, l4 + payload_len)?;
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
         return Some(CommonOverlay {
-            tunnel: Tunnel {
-                outer_src: Addr16(src).halves(),
-                outer_dst: Addr16(dst).halves(),
-                id,
-                layers: [kind, 0, 0],
-                outer_family: 6,
-            },
+            tunnel: tunnel_in_v6(&ip, kind, id),
             inner,
             ip_offset,
         });
@@ -1247,13 +1221,7 @@ pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
     let (kind, id, inner, ip_offset) =
         common_tunnel::<P, true>(pkt, ports, ip[9], l4, outer_ip + total_len)?;
     Some(CommonOverlay {
-        tunnel: Tunnel {
-            outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
-            outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
-            id,
-            layers: [kind, 0, 0],
-            outer_family: 4,
-        },
+        tunnel: tunnel_in_v4(&ip, kind, id),
         inner,
         ip_offset,
     })
@@ -1348,6 +1316,34 @@ pub fn common_link_tunnel<P: PacketBytes + ?Sized>(pkt: &P, ethertype: u16) -> O
         inner,
         ip_offset,
     })
+}
+
+/// The one layer of `kind` and `id` carried by the IPv4 header `ip`.
+#[inline(always)]
+fn tunnel_in_v4(ip: &[u8; IPV4_MIN_HLEN], kind: u8, id: u32) -> Tunnel {
+    Tunnel {
+        outer_src: Addr16::v4_mapped_halves([ip[12], ip[13], ip[14], ip[15]]),
+        outer_dst: Addr16::v4_mapped_halves([ip[16], ip[17], ip[18], ip[19]]),
+        id,
+        layers: [kind, 0, 0],
+        outer_family: 4,
+    }
+}
+
+/// The one layer of `kind` and `id` carried by the IPv6 header `ip`.
+#[inline(always)]
+fn tunnel_in_v6(ip: &[u8; IPV6_HLEN], kind: u8, id: u32) -> Tunnel {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
+    Tunnel {
+        outer_src: Addr16(src).halves(),
+        outer_dst: Addr16(dst).halves(),
+        id,
+        layers: [kind, 0, 0],
+        outer_family: 6,
+    }
 }
 
 /// The one tunnel layer [`read_common_other`] reads, at the outer

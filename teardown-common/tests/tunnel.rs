@@ -1091,47 +1091,38 @@ fn assert_shortcut_agrees(
 /// are; before that no TCP, and either no encapsulation (before the
 /// outermost layer is recognisable) or a malformed one, whose layers are a
 /// prefix of the whole frame's and only grow with the cut.
-/// The tunnel shortcut answers for the frames it is for (one VXLAN layer,
-/// Geneve without options carrying Ethernet, GRE carrying IP or Ethernet
-/// with any of its optional fields, or IP-in-IP, over untagged IPv4 or
-/// IPv6, the common TCP frame inside), and for no other crafted frame: the
-/// kernel's fast way for tunnels is taken where it should be, and
-/// `check_invariants` holds it to the decapsulator's answer there.
-#[test]
-fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
+/// Runs a shortcut over the catalogue: it must answer exactly for the
+/// frames `expected` picks, and then read what was built (the inner TCP
+/// header's and IP header's offsets, the id, the innermost kind). Returns
+/// the names of the frames it answered for.
+fn shortcut_answers(
+    read: impl Fn(&[u8]) -> Option<(Tunnel, usize, CommonTcp)>,
+    expected: impl Fn(&Built, &[u8]) -> bool,
+) -> Vec<String> {
     let mut answered = Vec::new();
     for built in catalogue() {
         let frame = built.frame.as_slice();
-        let overlay = parse_common_overlay(frame, &DEFAULT);
-        // Where the outer IP header would end untagged: a tagged frame's
-        // offsets lie 4 bytes further, and match none below.
-        let l4 = 14 + if built.outer_family == 6 { 40 } else { 20 };
-        let expected = built.layers.len() == 1
-            && match built.layers[0] {
-                // No options, an untagged Ethernet frame inside.
-                encap::VXLAN | encap::GENEVE => built.ip_offset == l4 + 16 + 14,
-                // IP, or an untagged Ethernet frame, right after the header.
-                encap::GRE => {
-                    let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
-                    let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
-                    built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
-                }
-                encap::IPIP => built.ip_offset == l4,
-                _ => false,
-            };
-        assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
-        if let Some(overlay) = overlay {
+        let read = read(frame);
+        assert_eq!(
+            read.is_some(),
+            expected(&built, frame),
+            "{}: {read:?}",
+            built.name
+        );
+        if let Some((tunnel, ip_offset, inner)) = read {
             assert_eq!(
                 (
-                    overlay.inner.segment.offset as usize,
-                    overlay.ip_offset,
-                    overlay.tunnel.id,
-                    overlay.tunnel.outer_family
+                    inner.segment.offset as usize,
+                    ip_offset,
+                    tunnel.id,
+                    tunnel.innermost(),
+                    tunnel.outer_family
                 ),
                 (
                     built.tcp_offset,
                     built.ip_offset,
                     built.id,
+                    built.layers[0],
                     built.outer_family
                 ),
                 "{}",
@@ -1140,6 +1131,41 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
             answered.push(built.name);
         }
     }
+    answered
+}
+
+/// The tunnel shortcut answers for the frames it is for (one VXLAN layer,
+/// Geneve without options carrying Ethernet, GRE carrying IP or Ethernet
+/// with any of its optional fields, or IP-in-IP, over untagged IPv4 or
+/// IPv6, the common TCP frame inside), and for no other crafted frame: the
+/// kernel's fast way for tunnels is taken where it should be, and
+/// `check_invariants` holds it to the decapsulator's answer there.
+#[test]
+fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
+    let answered = shortcut_answers(
+        |frame| {
+            parse_common_overlay(frame, &DEFAULT)
+                .map(|overlay| (overlay.tunnel, overlay.ip_offset, overlay.inner))
+        },
+        |built, frame| {
+            // Where the outer IP header would end untagged: a tagged
+            // frame's offsets lie 4 bytes further, and match none below.
+            let l4 = 14 + if built.outer_family == 6 { 40 } else { 20 };
+            built.layers.len() == 1
+                && match built.layers[0] {
+                    // No options, an untagged Ethernet frame inside.
+                    encap::VXLAN | encap::GENEVE => built.ip_offset == l4 + 16 + 14,
+                    // IP, or an untagged Ethernet frame, right after the header.
+                    encap::GRE => {
+                        let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+                        let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
+                        built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
+                    }
+                    encap::IPIP => built.ip_offset == l4,
+                    _ => false,
+                }
+        },
+    );
     // Around IPv4 and IPv6 each, over IPv4 and IPv6 each: VXLAN on both
     // default ports, Geneve without options, GRE with every combination
     // of its 3 optional fields carrying IP and Ethernet, IP-in-IP.
@@ -1166,35 +1192,23 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
 /// frame (`check_invariants` holds it to the decapsulator's answer).
 #[test]
 fn the_link_shortcut_answers_for_untagged_mpls_and_pppoe_only() {
-    let mut answered = Vec::new();
-    for built in catalogue() {
-        let frame = built.frame.as_slice();
-        let link = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]));
-        let expected = built.layers.len() == 1
-            && match built.layers[0] {
-                encap::MPLS => {
-                    frame[12..14] == [0x88, 0x47]
-                        && (built.ip_offset == 14 + 4 || built.ip_offset == 14 + 8)
+    let answered = shortcut_answers(
+        |frame| {
+            common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+                .map(|link| (link.tunnel(), link.ip_offset, link.inner))
+        },
+        |built, frame| {
+            built.layers.len() == 1
+                && match built.layers[0] {
+                    encap::MPLS => {
+                        frame[12..14] == [0x88, 0x47]
+                            && (built.ip_offset == 14 + 4 || built.ip_offset == 14 + 8)
+                    }
+                    encap::PPPOE => frame[12..14] == [0x88, 0x64],
+                    _ => false,
                 }
-                encap::PPPOE => frame[12..14] == [0x88, 0x64],
-                _ => false,
-            };
-        assert_eq!(link.is_some(), expected, "{}: {link:?}", built.name);
-        if let Some(link) = link {
-            assert_eq!(
-                (
-                    link.inner.segment.offset as usize,
-                    link.ip_offset,
-                    link.id,
-                    link.kind
-                ),
-                (built.tcp_offset, built.ip_offset, built.id, built.layers[0]),
-                "{}",
-                built.name
-            );
-            answered.push(built.name);
-        }
-    }
+        },
+    );
     // Around IPv4 and IPv6 each: one label, two, PPPoE.
     assert_eq!(answered.len(), 2 * 3, "{answered:?}");
 }
@@ -1204,50 +1218,33 @@ fn the_link_shortcut_answers_for_untagged_mpls_and_pppoe_only() {
 /// Ethernet), and for no other crafted frame: not behind QinQ, not nested.
 #[test]
 fn the_tunnel_programs_ip_shortcut_answers_for_its_frames_only() {
-    let mut answered = Vec::new();
-    for built in catalogue() {
-        let frame = built.frame.as_slice();
-        let overlay = common_ip_tunnel(frame, &DEFAULT);
-        let tagged = frame[12..14] == [0x81, 0x00];
-        let l4 = if tagged { 18 } else { 14 } + if built.outer_family == 6 { 40 } else { 20 };
-        let untagged_ip = |at: usize| matches!(frame[at - 2..at], [0x08, 0x00] | [0x86, 0xdd]);
-        let expected = built.layers.len() == 1
-            && untagged_ip(if tagged { 18 } else { 14 })
-            && match built.layers[0] {
-                encap::VXLAN => built.ip_offset == l4 + 30,
-                encap::GENEVE => {
-                    let options = (frame[l4 + 8] & 0x3f) as usize * 4;
-                    built.ip_offset == l4 + 30 + options
+    let answered = shortcut_answers(
+        |frame| {
+            common_ip_tunnel(frame, &DEFAULT)
+                .map(|overlay| (overlay.tunnel, overlay.ip_offset, overlay.inner))
+        },
+        |built, frame| {
+            let tagged = frame[12..14] == [0x81, 0x00];
+            let outer_ip = if tagged { 18 } else { 14 };
+            let l4 = outer_ip + if built.outer_family == 6 { 40 } else { 20 };
+            built.layers.len() == 1
+                && matches!(frame[outer_ip - 2..outer_ip], [0x08, 0x00] | [0x86, 0xdd])
+                && match built.layers[0] {
+                    encap::VXLAN => built.ip_offset == l4 + 30,
+                    encap::GENEVE => {
+                        let options = (frame[l4 + 8] & 0x3f) as usize * 4;
+                        built.ip_offset == l4 + 30 + options
+                    }
+                    encap::GRE => {
+                        let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+                        let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
+                        built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
+                    }
+                    encap::IPIP => built.ip_offset == l4,
+                    _ => false,
                 }
-                encap::GRE => {
-                    let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
-                    let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
-                    built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
-                }
-                encap::IPIP => built.ip_offset == l4,
-                _ => false,
-            };
-        assert_eq!(overlay.is_some(), expected, "{}: {overlay:?}", built.name);
-        if let Some(overlay) = overlay {
-            assert_eq!(
-                (
-                    overlay.inner.segment.offset as usize,
-                    overlay.ip_offset,
-                    overlay.tunnel.id,
-                    overlay.tunnel.outer_family
-                ),
-                (
-                    built.tcp_offset,
-                    built.ip_offset,
-                    built.id,
-                    built.outer_family
-                ),
-                "{}",
-                built.name
-            );
-            answered.push(built.name);
-        }
-    }
+        },
+    );
     // The main programs' 80, the same 12 behind a tag (VXLAN, GRE, IP-in-IP
     // around IPv4 and IPv6 over IPv4 and IPv6), and Geneve with 4, 8 and
     // 252 bytes of options carrying Ethernet (around and over both).

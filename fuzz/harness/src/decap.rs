@@ -8,11 +8,11 @@ use teardown_common::{
     },
     flow::addresses_at,
     parse::{
-        Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN, VLAN_HLEN,
-        parse, parse_common,
+        CommonTcp, Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN,
+        VLAN_HLEN, parse, parse_common,
     },
     tunnel::{
-        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, TunnelPorts, common_ip_tunnel,
+        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, common_ip_tunnel,
         common_link_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
         may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer,
     },
@@ -83,32 +83,11 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         }
     }
     if let Some(overlay) = parse_common_overlay(frame, ports) {
-        let Decap::Inner { tunnel, inner } = decap else {
-            panic!("overlay shortcut read {overlay:?}, decapsulator {decap:?}");
-        };
-        assert_eq!(tunnel, overlay.tunnel, "overlay shortcut's tunnel");
-        assert_eq!(
-            (
-                inner.class,
-                inner.segment,
-                inner.ip_offset as usize,
-                inner.is_v6 != 0
-            ),
-            (
-                inner_class::TCP,
-                overlay.inner.segment,
-                overlay.ip_offset,
-                overlay.inner.version == IpVersion::V6
-            ),
-            "overlay shortcut's segment"
-        );
+        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
+        assert_shortcut_agrees("overlay", read, &decap);
         assert_eq!(
             tally(&parsed),
             other_ip_tally(overlay.tunnel.outer_family == 6)
-        );
-        assert_eq!(
-            encap_tally(&decap),
-            Some(overlay_encap_tally(overlay.tunnel.layers[0]))
         );
     }
 
@@ -118,30 +97,8 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
             may_carry_tunnel(frame, &parsed, ports),
             "IP shortcut, not handed over"
         );
-        let Decap::Inner { tunnel, inner } = decap else {
-            panic!("IP shortcut read {overlay:?}, decapsulator {decap:?}");
-        };
-        assert_eq!(
-            (
-                tunnel,
-                inner.class,
-                inner.segment,
-                inner.ip_offset as usize,
-                inner.is_v6 != 0
-            ),
-            (
-                overlay.tunnel,
-                inner_class::TCP,
-                overlay.inner.segment,
-                overlay.ip_offset,
-                overlay.inner.version == IpVersion::V6
-            ),
-            "IP shortcut"
-        );
-        assert_eq!(
-            encap_tally(&decap),
-            Some(overlay_encap_tally(overlay.tunnel.layers[0]))
-        );
+        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
+        assert_shortcut_agrees("IP", read, &decap);
     }
 
     // The tunnel program's shortcut for the carrier's common frame.
@@ -153,27 +110,7 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
             may_carry_tunnel(frame, &parsed, ports),
             "link shortcut, not handed over"
         );
-        let Decap::Inner { tunnel, inner } = decap else {
-            panic!("link shortcut read {link:?}, decapsulator {decap:?}");
-        };
-        assert_eq!(
-            (
-                tunnel,
-                inner.class,
-                inner.segment,
-                inner.ip_offset as usize,
-                inner.is_v6 != 0
-            ),
-            (
-                link.tunnel(),
-                inner_class::TCP,
-                link.inner.segment,
-                link.ip_offset,
-                link.inner.version == IpVersion::V6
-            ),
-            "link shortcut"
-        );
-        assert_eq!(encap_tally(&decap), Some(overlay_encap_tally(link.kind)));
+        assert_shortcut_agrees("link", (link.tunnel(), link.ip_offset, link.inner), &decap);
     }
 
     // The kernel's path.
@@ -309,6 +246,45 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         state.inner.reparse(frame),
         Some(segment),
         "kernel path, read again: {decap:?}"
+    );
+}
+
+/// What a tunnel shortcut read (its tunnel, the inner IP header's offset,
+/// the inner segment) is what the decapsulator found, and counts as it
+/// does (the host tests' check of the same name).
+fn assert_shortcut_agrees(
+    which: &str,
+    (tunnel, ip_offset, inner_tcp): (Tunnel, usize, CommonTcp),
+    decap: &Decap,
+) {
+    let Decap::Inner {
+        tunnel: found,
+        inner,
+    } = decap
+    else {
+        panic!("{which} shortcut read {tunnel:?}, decapsulator {decap:?}");
+    };
+    assert_eq!(
+        (
+            *found,
+            inner.class,
+            inner.segment,
+            inner.ip_offset as usize,
+            inner.is_v6 != 0
+        ),
+        (
+            tunnel,
+            inner_class::TCP,
+            inner_tcp.segment,
+            ip_offset,
+            inner_tcp.version == IpVersion::V6
+        ),
+        "{which} shortcut"
+    );
+    assert_eq!(
+        encap_tally(decap),
+        Some(overlay_encap_tally(tunnel.layers[0])),
+        "{which} shortcut's tally"
     );
 }
 
