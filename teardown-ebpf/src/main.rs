@@ -387,40 +387,40 @@ fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
     })
 }
 
-/// The carrier's common frame ([`common_link_tunnel`]: MPLS of one or two
-/// labels, or PPPoE, right after an untagged Ethernet header, the common
-/// TCP frame inside), or the main programs' common tunnelled frame behind
-/// one 802.1Q tag or with Geneve options ([`common_ip_tunnel`]), in an
-/// XDP program: its
-/// segment tracked and the layer counted, as the general way would,
-/// without opening layers one by one.
-/// 1 if it was that frame, 0 for the general way. `replay` and `now` as
+/// The tunnel program's shortcuts, in an XDP program: the main programs'
+/// common tunnelled frame, also behind one 802.1Q tag or with Geneve
+/// options ([`common_ip_tunnel`]), or the carrier's common frame (MPLS of
+/// one or two labels, or PPPoE, right after an untagged Ethernet header:
+/// [`common_link_tunnel`]), the common TCP frame inside. Its segment is
+/// tracked and the layer counted, as the general way would, without
+/// opening layers one by one. 1 if it was such a frame, 0 for the
+/// general way. `replay` and `now` as
 /// for [`track_inner_xdp`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn track_link_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
     if replay != 0 {
-        track_link(&frame, &ReplayClock { now }, &TALLIES)
+        track_shortcut(&frame, &ReplayClock { now }, &TALLIES)
     } else {
-        track_link(&frame, &LiveClock, &TALLIES)
+        track_shortcut(&frame, &LiveClock, &TALLIES)
     }
 }
 
-/// [`track_link_xdp`] for the TC program.
+/// [`track_shortcut_xdp`] for the TC program.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn track_link_tc(skb: *mut __sk_buff) -> i32 {
+pub extern "C" fn track_shortcut_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
         return 0;
     };
-    track_link(&frame, &LiveClock, &EGRESS_TALLIES)
+    track_shortcut(&frame, &LiveClock, &EGRESS_TALLIES)
 }
 
 #[inline(always)]
-fn track_link(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
+fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
     let Some(ethertype) = frame.load::<2>(12) else {
         return 0;
     };
@@ -590,7 +590,7 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 
 /// Frames whose own headers carry no TCP but may carry a tunnel, handed
 /// on by [`teardown`] with a tail call: the carrier's common frame read
-/// at fixed offsets ([`track_link_xdp`]), any other's layers opened and
+/// at fixed offsets ([`track_shortcut_xdp`]), any other's layers opened and
 /// counted ([`open_tunnel_xdp`]), the TCP segment inside tracked as a
 /// connection of its own, with its tunnel ([`track_inner_xdp`]). A program of its own,
 /// entered by tail call, so that its chain of calls starts afresh: called
@@ -598,7 +598,7 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 /// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    if track_link_xdp(ctx.ctx, 0, 0) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
+    if track_shortcut_xdp(ctx.ctx, 0, 0) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 0, 0);
     }
     xdp_action::XDP_PASS
@@ -608,7 +608,7 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
     let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
-    if track_link_xdp(ctx.ctx, 1, now) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
+    if track_shortcut_xdp(ctx.ctx, 1, now) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 1, now);
     }
     xdp_action::XDP_PASS
@@ -617,7 +617,7 @@ pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
 /// [`teardown_tunnel`] for [`teardown_egress`].
 #[classifier]
 pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
-    if track_link_tc(ctx.skb.skb) == 0 && open_tunnel_tc(ctx.skb.skb) != 0 {
+    if track_shortcut_tc(ctx.skb.skb) == 0 && open_tunnel_tc(ctx.skb.skb) != 0 {
         track_inner_tc(ctx.skb.skb);
     }
     TC_ACT_UNSPEC
