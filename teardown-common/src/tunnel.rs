@@ -21,7 +21,7 @@
 use crate::addr::Addr16;
 use crate::parse::{
     CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
-    PacketBytes, Parsed, Payload, TcpSegment, Transport, VLAN_HLEN, ethertype, ip_proto, link,
+    PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
     parse_common_at, parse_common_ip, parse_network, walk_link,
 };
 
@@ -1170,29 +1170,52 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     }))
 }
 
+/// Where a frame's own link layer ends, for the tunnel program's
+/// shortcuts: the EtherType after at most [`crate::parse::MAX_VLAN_TAGS`]
+/// 802.1Q or 802.1ad tags, and the offset of the header it names. The
+/// general parser's own walk ([`walk_link`]): `None` where it finds the
+/// tags cut short or too many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub ethertype: u16,
+    pub offset: usize,
+}
+
+/// The frame's [`Underlay`], if its tags are whole and not too many.
+#[inline(always)]
+pub fn underlay<P: PacketBytes + ?Sized>(pkt: &P) -> Option<Underlay> {
+    let walked = walk_link(pkt, ETH_HLEN - 2);
+    if walked.status != link::OK {
+        return None;
+    }
+    Some(Underlay {
+        ethertype: walked.ethertype,
+        offset: walked.offset,
+    })
+}
+
 /// The common tunnelled frame as the tunnel program reads it: what
-/// [`read_common_other`] reads, also behind one 802.1Q tag (a tunnelled
-/// underlay on a tagged link: a server's VLAN uplink, a router's
-/// subinterface), and also Geneve with options (OVN always sends one).
-/// The tag moves every offset by four bytes, and the options by their
-/// length: the main programs' verification could not take those paths as
-/// well, so the tunnel program asks this (the main program's general
-/// parser has read and counted the outer headers by then). `None` for
-/// any other frame; where it answers, it answers as [`decapsulate`] does
-/// (host tests and the `decapsulate` fuzz target hold it to that).
+/// [`read_common_other`] reads, also behind one or two VLAN tags (a
+/// tunnelled underlay on a tagged link: a server's VLAN uplink, a
+/// router's subinterface, a provider's QinQ), and also Geneve with options
+/// (OVN always sends one), the outer IP header where `underlay` says.
+/// The tags move every offset, and the options do by their length: the
+/// main programs' verification could not take those paths as well, so
+/// the tunnel program asks this (the main program's general parser has
+/// read and counted the outer headers by then). `None` for any other
+/// frame; where it answers, it answers as [`decapsulate`] does (host tests
+/// and the `decapsulate` fuzz target hold it to that).
 #[inline(always)]
 pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
+    underlay: &Underlay,
 ) -> Option<CommonOverlay> {
     if ports.enabled == 0 {
         return None;
     }
-    let (outer_ip, ethertype) = match be16(pkt.load::<2>(12)?) {
-        ethertype::VLAN => (ETH_HLEN + VLAN_HLEN, be16(pkt.load::<2>(16)?)),
-        ethertype => (ETH_HLEN, ethertype),
-    };
-    if ethertype == ethertype::IPV6 {
+    let outer_ip = underlay.offset;
+    if underlay.ethertype == ethertype::IPV6 {
         // Version 6; a payload length, which bounds the tunnel.
         let ip = pkt.load::<IPV6_HLEN>(outer_ip)?;
         let payload_len = be16([ip[4], ip[5]]) as usize;
@@ -1208,7 +1231,7 @@ pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
             ip_offset,
         });
     }
-    if ethertype != ethertype::IPV4 {
+    if underlay.ethertype != ethertype::IPV4 {
         return None;
     }
     // IHL 5, whole, a total length that holds the header.
@@ -1249,63 +1272,99 @@ impl LinkTunnel {
     }
 }
 
-/// The common frame of a carrier's access or core: right after the
-/// untagged Ethernet header (of `ethertype`, at offset 12), an MPLS stack
-/// of one or two labels (a transport label and a service label, as an
-/// L3VPN or 6PE core sends them; deeper stacks go the general way) or a
-/// PPPoE session, carrying
-/// IPv4 or IPv6 with the common TCP frame inside ([`parse_common_ip`]).
+/// MPLS label stacks the carrier's shortcut reads, at most: a transport
+/// label, a service label (L3VPN, 6PE) and one more (traffic
+/// engineering's, or an entropy label's indicator). Deeper stacks go the
+/// general way.
+pub const SHORTCUT_MPLS_LABELS: usize = 3;
+
+/// The common frame of a carrier's access or core, or of a fabric: where
+/// `underlay` says (after at most two VLAN tags), one link-layer layer,
+/// the common TCP frame inside ([`parse_common_ip`]):
+/// - an MPLS stack of up to [`SHORTCUT_MPLS_LABELS`] labels carrying IPv4
+///   or IPv6, or a pseudowire's control word and an untagged Ethernet
+///   frame (EoMPLS, VPLS);
+/// - a PPPoE session carrying IPv4 or IPv6;
+/// - a VN-Tag, an 802.1ah I-TAG or a FabricPath header, an untagged
+///   Ethernet frame after it.
+///
 /// `None` where the general way must look; where it answers, it answers
-/// as [`decapsulate`] does (its checks are those of `mpls` and `pppoe`,
-/// or narrower ones; host tests and the `decapsulate` fuzz target hold it
-/// to that). The kernel's tunnel program asks it before opening layers
-/// one by one; it is not in [`read_common_other`], where the main
+/// as [`decapsulate`] does (its checks are those of `step`, `mpls` and
+/// `pppoe`, or narrower ones; host tests and the `decapsulate` fuzz target
+/// hold it to that). The kernel's tunnel program asks it before opening
+/// layers one by one; it is not in [`read_common_other`], where the main
 /// programs' verification could not take it.
 #[inline(always)]
-pub fn common_link_tunnel<P: PacketBytes + ?Sized>(pkt: &P, ethertype: u16) -> Option<LinkTunnel> {
-    let (kind, id, ip_ethertype, ip_offset, limit) = match ethertype {
+pub fn common_link_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    underlay: &Underlay,
+) -> Option<LinkTunnel> {
+    let start = underlay.offset;
+    // The layer, what it carries (an EtherType, or `LINK`: an Ethernet
+    // frame), and where: the IP header, or the carried frame's EtherType
+    // field.
+    let (kind, id, carried, type_offset, limit) = match underlay.ethertype {
         ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => {
             // Up to the entry with the bottom-of-stack bit, then IPv4 or
-            // IPv6 by the first nibble (a pseudowire's control word, 0,
-            // goes the general way). Nothing bounds the datagram but the
-            // frame: the stack has no length.
-            let first = pkt.load::<4>(ETH_HLEN)?;
-            let (entry, at) = if first[2] & 0x01 != 0 {
-                (first, ETH_HLEN + 4)
-            } else {
-                let second = pkt.load::<4>(ETH_HLEN + 4)?;
-                if second[2] & 0x01 == 0 {
-                    return None;
+            // IPv6 by the first nibble, or (0) a pseudowire's control
+            // word and the Ethernet frame. Nothing bounds the datagram
+            // but the frame: the stack has no length.
+            let mut at = start;
+            let mut bottom = None;
+            let mut labels = 0;
+            while labels < SHORTCUT_MPLS_LABELS {
+                let entry = pkt.load::<4>(at)?;
+                at += 4;
+                labels += 1;
+                if entry[2] & 0x01 != 0 {
+                    bottom = Some(entry);
+                    break;
                 }
-                (second, ETH_HLEN + 8)
-            };
+            }
+            let label = u32::from_be_bytes(bottom?) >> 12;
             let [version, _] = pkt.load::<2>(at)?;
-            let ip_ethertype = match version >> 4 {
-                4 => ethertype::IPV4,
-                6 => ethertype::IPV6,
+            let (carried, type_offset) = match version >> 4 {
+                4 => (ethertype::IPV4, at),
+                6 => (ethertype::IPV6, at),
+                0 => (LINK, at + 4 + 12),
                 _ => return None,
             };
-            let label = u32::from_be_bytes(entry) >> 12;
-            (encap::MPLS, label, ip_ethertype, at, usize::MAX)
+            (encap::MPLS, label, carried, type_offset, usize::MAX)
         }
         ethertype::PPPOE_SESSION => {
             // Version and type 0x11, code 0, the session, the length (of
             // the PPP protocol and what follows), the PPP protocol.
-            let head = pkt.load::<8>(ETH_HLEN)?;
+            let head = pkt.load::<8>(start)?;
             let length = be16([head[4], head[5]]) as usize;
             if head[0] != 0x11 || head[1] != 0 || length < 2 {
                 return None;
             }
-            let ip_ethertype = match be16([head[6], head[7]]) {
+            let carried = match be16([head[6], head[7]]) {
                 0x0021 => ethertype::IPV4,
                 0x0057 => ethertype::IPV6,
                 _ => return None,
             };
             let session = be16([head[2], head[3]]) as u32;
-            let end = ETH_HLEN + 6 + length;
-            (encap::PPPOE, session, ip_ethertype, ETH_HLEN + 8, end)
+            let end = start + 6 + length;
+            (encap::PPPOE, session, carried, start + 8, end)
         }
+        ethertype::VNTAG => {
+            let tag = pkt.load::<4>(start)?;
+            let vif = (be16([tag[0], tag[1]]) & 0x3fff) as u32;
+            (encap::VNTAG, vif, LINK, start + 4, usize::MAX)
+        }
+        ethertype::PBB => {
+            let tag = pkt.load::<4>(start)?;
+            let isid = u32::from_be_bytes([0, tag[1], tag[2], tag[3]]);
+            (encap::PBB, isid, LINK, start + 4 + 12, usize::MAX)
+        }
+        ethertype::FABRICPATH => (encap::FABRICPATH, 0, LINK, start + 2 + 12, usize::MAX),
         _ => return None,
+    };
+    let (ip_ethertype, ip_offset) = if carried == LINK {
+        (be16(pkt.load::<2>(type_offset)?), type_offset + 2)
+    } else {
+        (carried, type_offset)
     };
     let inner = parse_common_ip(pkt, ip_ethertype, ip_offset, limit)?;
     // No `Tunnel` here: its zeroed addresses would be a call to `memset`

@@ -44,7 +44,7 @@ use teardown_common::parse::{
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
     TunnelPorts, common_ip_tunnel, common_link_tunnel, decapsulate, encap, inner_class,
-    may_carry_tunnel, outcome, parse_common_overlay, read_common_other,
+    may_carry_tunnel, outcome, parse_common_overlay, read_common_other, underlay,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -440,6 +440,8 @@ fn catalogue() -> Vec<Built> {
         // MPLS: one label, a full stack, in a VLAN, in QinQ; a pseudowire.
         all.push(mpls(&tcp, &[16], &[]));
         all.push(mpls(&tcp, &[1000, 2000], &[]));
+        // Traffic engineering's, the transport's and the service's.
+        all.push(mpls(&tcp, &[24001, 1000, 2000], &[]));
         // Tunnels on a tagged underlay.
         for outer_v6 in [false, true] {
             let vxlan = Encap::Vxlan {
@@ -458,6 +460,8 @@ fn catalogue() -> Vec<Built> {
             all.push(wrap(&tcp, gre, VLAN));
             all.push(wrap(&tcp, Encap::IpIp { outer_v6 }, VLAN));
             all.push(wrap(&tcp, vxlan, QINQ));
+            all.push(wrap(&tcp, gre, QINQ));
+            all.push(wrap(&tcp, Encap::IpIp { outer_v6 }, QINQ));
         }
         all.push(mpls(&tcp, EIGHT_LABELS, &[]));
         all.push(mpls(&tcp, &[1000, 2000], VLAN));
@@ -707,7 +711,8 @@ fn check_invariants(
     }
 
     // The tagged underlay's, which the tunnel program reads too.
-    if let Some(overlay) = common_ip_tunnel(frame, ports) {
+    if let Some(overlay) = underlay(frame).and_then(|under| common_ip_tunnel(frame, ports, &under))
+    {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
             "{}: tagged shortcut read {overlay:?}, but the frame is not handed over",
@@ -721,8 +726,7 @@ fn check_invariants(
     // opening layers one by one: where its shortcut answers, the main
     // program hands the frame over, and the decapsulator finds the same.
     if ports.enabled != 0
-        && frame.len() >= 14
-        && let Some(link) = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+        && let Some(link) = underlay(frame).and_then(|under| common_link_tunnel(frame, &under))
     {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
@@ -1187,45 +1191,76 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
     );
 }
 
-/// The carrier's shortcut answers for untagged MPLS of one or two labels
-/// and PPPoE, IP and the common TCP frame inside, and for no other crafted
-/// frame (`check_invariants` holds it to the decapsulator's answer).
+/// The outer frame's tags (at most two) and the offset after them.
+fn tags_of(frame: &[u8]) -> usize {
+    let mut at = 12;
+    while matches!(frame[at..at + 2], [0x81, 0x00] | [0x88, 0xa8]) {
+        at += 4;
+    }
+    at + 2
+}
+
+/// The carrier's shortcut answers for one link-layer layer after at most
+/// two tags: MPLS of one to three labels (IP inside, or a pseudowire's
+/// Ethernet frame), PPPoE, VN-Tag, 802.1ah, FabricPath; the common TCP
+/// frame inside. For no other crafted frame (`check_invariants` holds it
+/// to the decapsulator's answer).
 #[test]
-fn the_link_shortcut_answers_for_untagged_mpls_and_pppoe_only() {
+fn the_link_shortcut_answers_for_one_link_layer_only() {
     let answered = shortcut_answers(
         |frame| {
-            common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+            underlay(frame)
+                .and_then(|under| common_link_tunnel(frame, &under))
                 .map(|link| (link.tunnel(), link.ip_offset, link.inner))
         },
         |built, frame| {
+            let start = tags_of(frame);
+            // What a shim carries must be the common frame: untagged.
+            let carried_untagged = |type_offset: usize| {
+                matches!(
+                    frame[type_offset..type_offset + 2],
+                    [0x08, 0x00] | [0x86, 0xdd]
+                )
+            };
             built.layers.len() == 1
                 && match built.layers[0] {
                     encap::MPLS => {
-                        frame[12..14] == [0x88, 0x47]
-                            && (built.ip_offset == 14 + 4 || built.ip_offset == 14 + 8)
+                        frame[start - 2..start] == [0x88, 0x47]
+                            && (1..=3).any(|labels| {
+                                let at = start + 4 * labels;
+                                built.ip_offset == at
+                                    || (built.ip_offset == at + 4 + 14
+                                        && carried_untagged(at + 4 + 12))
+                            })
                     }
-                    encap::PPPOE => frame[12..14] == [0x88, 0x64],
+                    encap::PPPOE => frame[start - 2..start] == [0x88, 0x64],
+                    encap::VNTAG | encap::PBB | encap::FABRICPATH => {
+                        carried_untagged(built.ip_offset - 2)
+                    }
                     _ => false,
                 }
         },
     );
-    // Around IPv4 and IPv6 each: one label, two, PPPoE.
-    assert_eq!(answered.len(), 2 * 3, "{answered:?}");
+    // Around IPv4 and IPv6 each: MPLS of one label, two, three, two in a
+    // VLAN, one in QinQ; pseudowires of one label, and of three in a VLAN;
+    // PPPoE untagged, in a VLAN, in QinQ; VN-Tag untagged and in a VLAN;
+    // 802.1ah untagged and behind its B-TAG; FabricPath.
+    assert_eq!(answered.len(), 2 * 15, "{answered:?}");
 }
 
 /// The tunnel program's IP shortcut answers for the main programs' frames,
-/// also behind one 802.1Q tag and also Geneve with options (carrying
-/// Ethernet), and for no other crafted frame: not behind QinQ, not nested.
+/// also behind one or two tags and also Geneve with options (carrying
+/// Ethernet), and for no other crafted frame: not nested.
 #[test]
 fn the_tunnel_programs_ip_shortcut_answers_for_its_frames_only() {
     let answered = shortcut_answers(
         |frame| {
-            common_ip_tunnel(frame, &DEFAULT)
+            underlay(frame)
+                .and_then(|under| common_ip_tunnel(frame, &DEFAULT, &under))
                 .map(|overlay| (overlay.tunnel, overlay.ip_offset, overlay.inner))
         },
         |built, frame| {
-            let tagged = frame[12..14] == [0x81, 0x00];
-            let outer_ip = if tagged { 18 } else { 14 };
+            let outer_ip = tags_of(frame);
             let l4 = outer_ip + if built.outer_family == 6 { 40 } else { 20 };
             built.layers.len() == 1
                 && matches!(frame[outer_ip - 2..outer_ip], [0x08, 0x00] | [0x86, 0xdd])
@@ -1245,12 +1280,17 @@ fn the_tunnel_programs_ip_shortcut_answers_for_its_frames_only() {
                 }
         },
     );
-    // The main programs' 80, the same 12 behind a tag (VXLAN, GRE, IP-in-IP
-    // around IPv4 and IPv6 over IPv4 and IPv6), and Geneve with 4, 8 and
-    // 252 bytes of options carrying Ethernet (around and over both).
-    assert_eq!(answered.len(), 80 + 12 + 3 * 2 * 2, "{answered:?}");
+    // The main programs' 80; VXLAN, GRE and IP-in-IP behind a tag and
+    // behind QinQ (around IPv4 and IPv6 over IPv4 and IPv6: 24); Geneve
+    // with 4, 8 and 252 bytes of options carrying Ethernet (around and
+    // over both: 12).
+    assert_eq!(answered.len(), 80 + 24 + 3 * 2 * 2, "{answered:?}");
     assert_eq!(
-        common_ip_tunnel(catalogue()[0].frame.as_slice(), &TunnelPorts::OFF),
+        common_ip_tunnel(
+            catalogue()[0].frame.as_slice(),
+            &TunnelPorts::OFF,
+            &underlay(catalogue()[0].frame.as_slice()).unwrap()
+        ),
         None
     );
 }

@@ -59,7 +59,7 @@ use teardown_common::{
     tunnel::{
         CommonOther, CommonOverlay, DecapState, clear, common_ip_tunnel, common_link_tunnel,
         decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
-        outcome as tunnel_outcome, read_common_other, step_layer,
+        outcome as tunnel_outcome, read_common_other, step_layer, underlay,
     },
 };
 
@@ -388,9 +388,9 @@ fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
 }
 
 /// The tunnel program's shortcuts, in an XDP program: the main programs'
-/// common tunnelled frame, also behind one 802.1Q tag or with Geneve
-/// options ([`common_ip_tunnel`]), or the carrier's common frame (MPLS of
-/// one or two labels, or PPPoE, right after an untagged Ethernet header:
+/// common tunnelled frame, also behind one or two VLAN tags or with
+/// Geneve options ([`common_ip_tunnel`]), or the carrier's common frame
+/// (MPLS of up to three labels, or PPPoE, after at most two VLAN tags:
 /// [`common_link_tunnel`]), the common TCP frame inside. Its segment is
 /// tracked and the layer counted, as the general way would, without
 /// opening layers one by one. 1 if it was such a frame, 0 for the
@@ -421,13 +421,12 @@ pub extern "C" fn track_shortcut_tc(skb: *mut __sk_buff) -> i32 {
 
 #[inline(always)]
 fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
-    let Some(ethertype) = frame.load::<2>(12) else {
+    let Some(underlay) = underlay(frame) else {
         return 0;
     };
-    let ethertype = u16::from_be_bytes(ethertype);
-    if matches!(ethertype, ether::VLAN | ether::IPV4 | ether::IPV6) {
+    if matches!(underlay.ethertype, ether::IPV4 | ether::IPV6) {
         // A tunnel on a tagged underlay, or Geneve with options.
-        let Some(overlay) = common_ip_tunnel(frame, tunnel_ports()) else {
+        let Some(overlay) = common_ip_tunnel(frame, tunnel_ports(), &underlay) else {
             return 0;
         };
         if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
@@ -445,7 +444,7 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
         record_overlay(tallies, overlay.tunnel.layers[0]);
         return 1;
     }
-    let Some(link) = common_link_tunnel(frame, ethertype) else {
+    let Some(link) = common_link_tunnel(frame, &underlay) else {
         return 0;
     };
     if let Some(state) = DECAP_STATE.get_ptr_mut(0) {

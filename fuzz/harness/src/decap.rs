@@ -14,7 +14,7 @@ use teardown_common::{
     tunnel::{
         CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, common_ip_tunnel,
         common_link_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
-        may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer,
+        may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer, underlay,
     },
 };
 
@@ -92,7 +92,8 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
     }
 
     // The tunnel program's IP shortcut (a tagged underlay, Geneve options).
-    if let Some(overlay) = common_ip_tunnel(frame, ports) {
+    if let Some(overlay) = underlay(frame).and_then(|under| common_ip_tunnel(frame, ports, &under))
+    {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
             "IP shortcut, not handed over"
@@ -103,8 +104,7 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
 
     // The tunnel program's shortcut for the carrier's common frame.
     if ports.enabled != 0
-        && frame.len() >= 14
-        && let Some(link) = common_link_tunnel(frame, u16::from_be_bytes([frame[12], frame[13]]))
+        && let Some(link) = underlay(frame).and_then(|under| common_link_tunnel(frame, &under))
     {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
