@@ -374,13 +374,13 @@ pub const fn other_ip_tally(v6: bool) -> Tally {
     }
 }
 
-/// What the same frame adds to [`Tallies::encap`], as [`encap_tally_of`]
-/// of what the decapsulator makes of it: one layer of `kind`, a whole TCP
-/// segment inside.
+/// What a frame a tunnel shortcut read adds to [`Tallies::encap`], as
+/// [`encap_tally_of`] of what the decapsulator makes of it: its `layers`
+/// (kinds, outermost first, 0 after the last), a whole TCP segment inside.
 #[inline(always)]
-pub fn overlay_encap_tally(kind: u8) -> EncapTally {
+pub fn overlay_encap_tally(layers: [u8; 3]) -> EncapTally {
     EncapTally {
-        layers: [kind, 0, 0],
+        layers,
         outcome: encap_slot::TCP as u8,
         incomplete_tcp: 0,
     }

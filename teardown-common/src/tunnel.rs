@@ -22,7 +22,7 @@ use crate::addr::Addr16;
 use crate::parse::{
     CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
     PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
-    parse_common_at, parse_common_ip, parse_network, walk_link,
+    parse_common_ip, parse_network, walk_link,
 };
 
 /// Encapsulation kinds, as [`Tunnel::layers`] stores them (0: no layer).
@@ -1072,7 +1072,7 @@ pub enum CommonOther {
 /// parser: a few wide loads and compares, as [`crate::parse::parse_common`]
 /// reads plain TCP. A frame whose one tunnel layer follows its untagged
 /// IPv4 (without options, not a fragment) or IPv6 header (no extension
-/// header), and holds the common TCP frame ([`parse_common_at`],
+/// header), and holds the common TCP frame ([`crate::parse::parse_common_at`],
 /// [`parse_common_ip`]) inside what carries it, is the common tunnelled
 /// frame: its tunnel and segment. The layer is VXLAN or Geneve (no
 /// options, Ethernet inside) to a configured port, GRE version 0 (any of
@@ -1170,173 +1170,162 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     }))
 }
 
-/// Where a frame's own link layer ends, for the tunnel program's
-/// shortcuts: the EtherType after at most [`crate::parse::MAX_VLAN_TAGS`]
-/// 802.1Q or 802.1ad tags, and the offset of the header it names. The
-/// general parser's own walk ([`walk_link`]): `None` where it finds the
-/// tags cut short or too many.
+/// Where a layer of encapsulation may start, for the tunnel program's
+/// shortcuts: the header of `ethertype` at `offset`, in a datagram that
+/// must end by `limit` (`usize::MAX`: the frame's own headers, bounded
+/// only by the frame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Underlay {
+pub struct LayerStart {
     pub ethertype: u16,
     pub offset: usize,
+    pub limit: usize,
 }
 
-/// The frame's [`Underlay`], if its tags are whole and not too many.
+/// Where a frame's own link layer ends: after at most
+/// [`crate::parse::MAX_VLAN_TAGS`] 802.1Q or 802.1ad tags, by the general
+/// parser's own walk ([`walk_link`]). `None` where it finds the tags cut
+/// short or too many.
 #[inline(always)]
-pub fn underlay<P: PacketBytes + ?Sized>(pkt: &P) -> Option<Underlay> {
+pub fn underlay<P: PacketBytes + ?Sized>(pkt: &P) -> Option<LayerStart> {
     let walked = walk_link(pkt, ETH_HLEN - 2);
     if walked.status != link::OK {
         return None;
     }
-    Some(Underlay {
+    Some(LayerStart {
         ethertype: walked.ethertype,
         offset: walked.offset,
+        limit: usize::MAX,
     })
 }
 
-/// The common tunnelled frame as the tunnel program reads it: what
-/// [`read_common_other`] reads, also behind one or two VLAN tags (a
-/// tunnelled underlay on a tagged link: a server's VLAN uplink, a
-/// router's subinterface, a provider's QinQ), and also Geneve with options
-/// (OVN always sends one), the outer IP header where `underlay` says.
-/// The tags move every offset, and the options do by their length: the
-/// main programs' verification could not take those paths as well, so
-/// the tunnel program asks this (the main program's general parser has
-/// read and counted the outer headers by then). `None` for any other
-/// frame; where it answers, it answers as [`decapsulate`] does (host tests
-/// and the `decapsulate` fuzz target hold it to that).
+/// One layer of encapsulation read by [`read_layer`]: its [`encap`] kind
+/// and id, the IP header that carries it if it is an IP tunnel (whose
+/// endpoints are the tunnel's), and what it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub kind: u8,
+    pub id: u32,
+    /// The offset of the IP header carrying an IP tunnel; 0 for a
+    /// link-layer layer, which has no endpoints.
+    pub outer_ip: usize,
+    pub outer_v6: bool,
+    /// What the layer carries: an IP datagram or another layer, never an
+    /// Ethernet frame (the shortcuts step over its untagged header).
+    pub carried: LayerStart,
+}
+
+/// MPLS label stacks the shortcuts read, at most: a transport label, a
+/// service label (L3VPN, 6PE) and one more (traffic engineering's, or an
+/// entropy label's indicator). Deeper stacks go the general way.
+pub const SHORTCUT_MPLS_LABELS: usize = 3;
+
+/// The bottom entry of an MPLS stack of at most [`SHORTCUT_MPLS_LABELS`]
+/// labels at `at` (the one with the bottom-of-stack bit), and where what
+/// follows the stack starts. Written out, not a loop: LLVM strength-reduces
+/// such a loop into a packet pointer biased past the entry it loads, at a
+/// negative offset the verifier will not take a bounds check from, when
+/// `at` is not a constant (a second layer's).
 #[inline(always)]
-pub fn common_ip_tunnel<P: PacketBytes + ?Sized>(
+fn bottom_of_short_stack<P: PacketBytes + ?Sized>(pkt: &P, at: usize) -> Option<([u8; 4], usize)> {
+    const _: () = assert!(SHORTCUT_MPLS_LABELS == 3);
+    let first = pkt.load::<4>(at)?;
+    if first[2] & 0x01 != 0 {
+        return Some((first, at + 4));
+    }
+    let second = pkt.load::<4>(at + 4)?;
+    if second[2] & 0x01 != 0 {
+        return Some((second, at + 8));
+    }
+    let third = pkt.load::<4>(at + 8)?;
+    if third[2] & 0x01 != 0 {
+        return Some((third, at + 12));
+    }
+    None
+}
+
+/// The layer of encapsulation at `start`, as the tunnel program's
+/// shortcuts read it, at fixed offsets (or offsets moved by one length):
+/// - over IPv4 (IHL 5, whole) or IPv6 (no extension header): VXLAN,
+///   Geneve (its options stepped over by their length), GRE version 0
+///   (any of checksum, key and sequence) or IP-in-IP;
+/// - an MPLS stack of up to [`SHORTCUT_MPLS_LABELS`] labels carrying IP
+///   or a pseudowire's control word and an Ethernet frame (EoMPLS, VPLS);
+///   a PPPoE session carrying IP; a VN-Tag, an 802.1ah I-TAG or a
+///   FabricPath header, an Ethernet frame after it.
+///
+/// A carried Ethernet frame must be untagged. `None` for anything else,
+/// which the general way opens; where it answers, it answers as
+/// [`decapsulate`] does (its checks are those of `step`, `mpls`, `pppoe`,
+/// `gre`, `udp` and the parser's, or narrower ones; host tests and the
+/// `decapsulate` fuzz target hold it to that).
+#[inline(always)]
+pub fn read_layer<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
-    underlay: &Underlay,
-) -> Option<CommonOverlay> {
+    start: &LayerStart,
+) -> Option<Layer> {
     if ports.enabled == 0 {
         return None;
     }
-    let outer_ip = underlay.offset;
-    if underlay.ethertype == ethertype::IPV6 {
-        // Version 6; a payload length, which bounds the tunnel.
-        let ip = pkt.load::<IPV6_HLEN>(outer_ip)?;
-        let payload_len = be16([ip[4], ip[5]]) as usize;
-        if ip[0] >> 4 != 6 || payload_len == 0 {
-            return None;
+    let at = start.offset;
+    let limit = start.limit;
+    // The layer, and where what it carries starts: a header of an
+    // EtherType, or (`LINK`) an Ethernet frame whose EtherType field is
+    // at the offset. The offset is what the general way's `step` calls
+    // the start.
+    let (kind, id, outer_ip, outer_v6, carried) = match start.ethertype {
+        ethertype::IPV4 | ethertype::IPV6 => {
+            let (protocol, l4, ip_end, v6) = if start.ethertype == ethertype::IPV6 {
+                // Version 6; a payload length, which bounds the tunnel.
+                let head = pkt.load::<8>(at)?;
+                let payload_len = be16([head[4], head[5]]) as usize;
+                if head[0] >> 4 != 6 || payload_len == 0 {
+                    return None;
+                }
+                let l4 = at + IPV6_HLEN;
+                (head[6], l4, l4 + payload_len, true)
+            } else {
+                // IHL 5, whole, a total length that holds the header.
+                let head = pkt.load::<10>(at)?;
+                let total_len = be16([head[2], head[3]]) as usize;
+                if head[0] != 0x45
+                    || be16([head[6], head[7]]) & 0x3fff != 0
+                    || total_len < IPV4_MIN_HLEN
+                {
+                    return None;
+                }
+                (head[9], at + IPV4_MIN_HLEN, at + total_len, false)
+            };
+            // The addresses in the frame (the tunnel's endpoints), and the
+            // datagram inside what carries it.
+            if pkt.load::<1>(l4 - 1).is_none() || ip_end > limit {
+                return None;
+            }
+            let (kind, id, carried, carried_limit) =
+                tunnel_header::<P, true>(pkt, ports, protocol, l4, ip_end)?;
+            return finish_layer(pkt, kind, id, at, v6, carried, carried_limit);
         }
-        let l4 = outer_ip + IPV6_HLEN;
-        let (kind, id, inner, ip_offset) =
-            common_tunnel::<P, true>(pkt, ports, ip[6], l4, l4 + payload_len)?;
-        return Some(CommonOverlay {
-            tunnel: tunnel_in_v6(&ip, kind, id),
-            inner,
-            ip_offset,
-        });
-    }
-    if underlay.ethertype != ethertype::IPV4 {
-        return None;
-    }
-    // IHL 5, whole, a total length that holds the header.
-    let ip = pkt.load::<IPV4_MIN_HLEN>(outer_ip)?;
-    let total_len = be16([ip[2], ip[3]]) as usize;
-    if ip[0] != 0x45 || be16([ip[6], ip[7]]) & 0x3fff != 0 || total_len < IPV4_MIN_HLEN {
-        return None;
-    }
-    let l4 = outer_ip + IPV4_MIN_HLEN;
-    let (kind, id, inner, ip_offset) =
-        common_tunnel::<P, true>(pkt, ports, ip[9], l4, outer_ip + total_len)?;
-    Some(CommonOverlay {
-        tunnel: tunnel_in_v4(&ip, kind, id),
-        inner,
-        ip_offset,
-    })
-}
-
-/// A layer right after the Ethernet header, read by [`common_link_tunnel`]:
-/// its kind, id, and the common TCP frame inside, whose IP header is at
-/// `ip_offset`. It has no outer endpoints (`Tunnel::outer_family` 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkTunnel {
-    pub kind: u8,
-    pub id: u32,
-    pub inner: CommonTcp,
-    pub ip_offset: usize,
-}
-
-impl LinkTunnel {
-    /// Its tunnel as [`decapsulate`] reports it.
-    pub fn tunnel(&self) -> Tunnel {
-        Tunnel {
-            id: self.id,
-            layers: [self.kind, 0, 0],
-            ..Tunnel::default()
-        }
-    }
-}
-
-/// MPLS label stacks the carrier's shortcut reads, at most: a transport
-/// label, a service label (L3VPN, 6PE) and one more (traffic
-/// engineering's, or an entropy label's indicator). Deeper stacks go the
-/// general way.
-pub const SHORTCUT_MPLS_LABELS: usize = 3;
-
-/// The common frame of a carrier's access or core, or of a fabric: where
-/// `underlay` says (after at most two VLAN tags), one link-layer layer,
-/// the common TCP frame inside ([`parse_common_ip`]):
-/// - an MPLS stack of up to [`SHORTCUT_MPLS_LABELS`] labels carrying IPv4
-///   or IPv6, or a pseudowire's control word and an untagged Ethernet
-///   frame (EoMPLS, VPLS);
-/// - a PPPoE session carrying IPv4 or IPv6;
-/// - a VN-Tag, an 802.1ah I-TAG or a FabricPath header, an untagged
-///   Ethernet frame after it.
-///
-/// `None` where the general way must look; where it answers, it answers
-/// as [`decapsulate`] does (its checks are those of `step`, `mpls` and
-/// `pppoe`, or narrower ones; host tests and the `decapsulate` fuzz target
-/// hold it to that). The kernel's tunnel program asks it before opening
-/// layers one by one; it is not in [`read_common_other`], where the main
-/// programs' verification could not take it.
-#[inline(always)]
-pub fn common_link_tunnel<P: PacketBytes + ?Sized>(
-    pkt: &P,
-    underlay: &Underlay,
-) -> Option<LinkTunnel> {
-    let start = underlay.offset;
-    // The layer, what it carries (an EtherType, or `LINK`: an Ethernet
-    // frame), and where: the IP header, or the carried frame's EtherType
-    // field.
-    let (kind, id, carried, type_offset, limit) = match underlay.ethertype {
         ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => {
             // Up to the entry with the bottom-of-stack bit, then IPv4 or
             // IPv6 by the first nibble, or (0) a pseudowire's control
-            // word and the Ethernet frame. Nothing bounds the datagram
-            // but the frame: the stack has no length.
-            let mut at = start;
-            let mut bottom = None;
-            let mut labels = 0;
-            while labels < SHORTCUT_MPLS_LABELS {
-                let entry = pkt.load::<4>(at)?;
-                at += 4;
-                labels += 1;
-                if entry[2] & 0x01 != 0 {
-                    bottom = Some(entry);
-                    break;
-                }
-            }
-            let label = u32::from_be_bytes(bottom?) >> 12;
-            let [version, _] = pkt.load::<2>(at)?;
-            let (carried, type_offset) = match version >> 4 {
-                4 => (ethertype::IPV4, at),
-                6 => (ethertype::IPV6, at),
-                0 => (LINK, at + 4 + 12),
+            // word and the Ethernet frame.
+            let (bottom, cursor) = bottom_of_short_stack(pkt, at)?;
+            let label = u32::from_be_bytes(bottom) >> 12;
+            let [version, _] = pkt.load::<2>(cursor)?;
+            let carried = match version >> 4 {
+                4 => (ethertype::IPV4, cursor),
+                6 => (ethertype::IPV6, cursor),
+                0 => (LINK, cursor + 4 + 12),
                 _ => return None,
             };
-            (encap::MPLS, label, carried, type_offset, usize::MAX)
+            (encap::MPLS, label, 0, false, carried)
         }
         ethertype::PPPOE_SESSION => {
             // Version and type 0x11, code 0, the session, the length (of
             // the PPP protocol and what follows), the PPP protocol.
-            let head = pkt.load::<8>(start)?;
+            let head = pkt.load::<8>(at)?;
             let length = be16([head[4], head[5]]) as usize;
-            if head[0] != 0x11 || head[1] != 0 || length < 2 {
+            if head[0] != 0x11 || head[1] != 0 || length < 2 || at + 6 + length > limit {
                 return None;
             }
             let carried = match be16([head[6], head[7]]) {
@@ -1345,36 +1334,164 @@ pub fn common_link_tunnel<P: PacketBytes + ?Sized>(
                 _ => return None,
             };
             let session = be16([head[2], head[3]]) as u32;
-            let end = start + 6 + length;
-            (encap::PPPOE, session, carried, start + 8, end)
+            return finish_layer(
+                pkt,
+                encap::PPPOE,
+                session,
+                0,
+                false,
+                (carried, at + 8),
+                at + 6 + length,
+            );
         }
         ethertype::VNTAG => {
-            let tag = pkt.load::<4>(start)?;
+            let tag = pkt.load::<4>(at)?;
             let vif = (be16([tag[0], tag[1]]) & 0x3fff) as u32;
-            (encap::VNTAG, vif, LINK, start + 4, usize::MAX)
+            (encap::VNTAG, vif, 0, false, (LINK, at + 4))
         }
         ethertype::PBB => {
-            let tag = pkt.load::<4>(start)?;
+            let tag = pkt.load::<4>(at)?;
             let isid = u32::from_be_bytes([0, tag[1], tag[2], tag[3]]);
-            (encap::PBB, isid, LINK, start + 4 + 12, usize::MAX)
+            (encap::PBB, isid, 0, false, (LINK, at + 4 + 12))
         }
-        ethertype::FABRICPATH => (encap::FABRICPATH, 0, LINK, start + 2 + 12, usize::MAX),
+        ethertype::FABRICPATH => (encap::FABRICPATH, 0, 0, false, (LINK, at + 2 + 12)),
         _ => return None,
     };
-    let (ip_ethertype, ip_offset) = if carried == LINK {
-        (be16(pkt.load::<2>(type_offset)?), type_offset + 2)
+    // A layer without lengths of its own is bounded by what carries it.
+    finish_layer(pkt, kind, id, outer_ip, outer_v6, carried, limit)
+}
+
+/// A [`Layer`] whose carried frame starts at `carried` (an EtherType and
+/// the offset of its header, or `LINK` and the offset of an Ethernet
+/// frame's EtherType field), bounded by `limit`: the general way's start
+/// must be within [`MAX_INNER_START`], and a carried Ethernet frame is
+/// stepped over (untagged only).
+#[inline(always)]
+fn finish_layer<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    kind: u8,
+    id: u32,
+    outer_ip: usize,
+    outer_v6: bool,
+    carried: (u16, usize),
+    limit: usize,
+) -> Option<Layer> {
+    let (ethertype, offset) = carried;
+    if offset > MAX_INNER_START {
+        return None;
+    }
+    let carried = if ethertype == LINK {
+        let ethertype = be16(pkt.load::<2>(offset)?);
+        if ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
+            return None;
+        }
+        LayerStart {
+            ethertype,
+            offset: offset + 2,
+            limit,
+        }
     } else {
-        (carried, type_offset)
+        LayerStart {
+            ethertype,
+            offset,
+            limit,
+        }
     };
-    let inner = parse_common_ip(pkt, ip_ethertype, ip_offset, limit)?;
-    // No `Tunnel` here: its zeroed addresses would be a call to `memset`
-    // in the kernel, which has none; the kernel clears its own.
-    Some(LinkTunnel {
+    Some(Layer {
         kind,
         id,
-        inner,
-        ip_offset,
+        outer_ip,
+        outer_v6,
+        carried,
     })
+}
+
+/// The common TCP frame a [`Layer`] carries, if it does
+/// ([`parse_common_ip`]).
+#[inline(always)]
+pub fn carried_tcp<P: PacketBytes + ?Sized>(pkt: &P, layer: &Layer) -> Option<CommonTcp> {
+    let carried = &layer.carried;
+    parse_common_ip(pkt, carried.ethertype, carried.offset, carried.limit)
+}
+
+/// The endpoints of the IP header carrying `layer`, an IP tunnel, and
+/// their family; `None` for a link-layer layer.
+#[inline(always)]
+fn endpoints_of<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    layer: &Layer,
+) -> Option<([u64; 2], [u64; 2], u8)> {
+    if layer.outer_ip == 0 {
+        return None;
+    }
+    let at = layer.outer_ip;
+    if layer.outer_v6 {
+        let (src, dst) = (pkt.load::<16>(at + 8)?, pkt.load::<16>(at + 24)?);
+        Some((Addr16(src).halves(), Addr16(dst).halves(), 6))
+    } else {
+        let pair = pkt.load::<8>(at + 12)?;
+        Some((
+            Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]),
+            Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]),
+            4,
+        ))
+    }
+}
+
+/// Makes `tunnel` the one `layer`, the outermost, as the general way's
+/// `step_layer` records it: its kind and id, and for an IP tunnel the
+/// endpoints of the IP header that carries it (zero otherwise). Every
+/// field written once, word by word, rather than cleared first.
+#[inline(always)]
+pub fn start_tunnel<P: PacketBytes + ?Sized>(pkt: &P, tunnel: &mut Tunnel, layer: &Layer) {
+    let (src, dst, family) = endpoints_of(pkt, layer).unwrap_or(([0; 2], [0; 2], 0));
+    tunnel.outer_src = src;
+    tunnel.outer_dst = dst;
+    tunnel.id = layer.id;
+    tunnel.layers = [layer.kind, 0, 0];
+    tunnel.outer_family = family;
+}
+
+/// Adds `layer`, found inside the tunnel's outermost one, as the general
+/// way's `step_layer` does: its kind second, its id as the innermost one's,
+/// and for an IP tunnel, the endpoints of the IP header that carries it.
+#[inline(always)]
+pub fn add_inner_layer<P: PacketBytes + ?Sized>(pkt: &P, tunnel: &mut Tunnel, layer: &Layer) {
+    tunnel.layers[1] = layer.kind;
+    tunnel.id = layer.id;
+    if let Some((src, dst, family)) = endpoints_of(pkt, layer) {
+        tunnel.outer_src = src;
+        tunnel.outer_dst = dst;
+        tunnel.outer_family = family;
+    }
+}
+
+/// The tunnel program's shortcuts on the host, as the kernel composes
+/// them: one layer at the frame's [`underlay`] with the common TCP frame
+/// inside, or two, the second read where the first's carried frame
+/// starts. The tunnel, the inner IP header's offset and the segment;
+/// `None` where the general way must look.
+pub fn shortcut_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+) -> Option<(Tunnel, usize, CommonTcp)> {
+    // Not zeroed: `start_tunnel` writes every field.
+    let mut tunnel = Tunnel {
+        outer_src: [u64::MAX; 2],
+        outer_dst: [u64::MAX; 2],
+        id: u32::MAX,
+        layers: [u8::MAX; MAX_ENCAP_DEPTH],
+        outer_family: u8::MAX,
+    };
+    let first = read_layer(pkt, ports, &underlay(pkt)?)?;
+    start_tunnel(pkt, &mut tunnel, &first);
+    if let Some(inner) = carried_tcp(pkt, &first) {
+        return Some((tunnel, first.carried.offset, inner));
+    }
+    let second = read_layer(pkt, ports, &first.carried)?;
+    add_inner_layer(pkt, &mut tunnel, &second);
+    let inner = carried_tcp(pkt, &second)?;
+    Some((tunnel, second.carried.offset, inner))
 }
 
 /// The one layer of `kind` and `id` carried by the IPv4 header `ip`.
@@ -1410,11 +1527,7 @@ fn tunnel_in_v6(ip: &[u8; IPV6_HLEN], kind: u8, id: u32) -> Tunnel {
 /// `limit`: its kind, id, the common TCP frame inside and that frame's IP
 /// header offset. `None` where the general parser must look (another
 /// protocol or port, options, a header cut short or inconsistent, an
-/// inner frame that is not the common one): each check is the general
-/// parser's (`udp`, `gre`, `step`), or a narrower one. With
-/// `GENEVE_OPTIONS`, Geneve's options are stepped over by their length
-/// (the tunnel program's shortcut); without, a Geneve header with options
-/// is left to the general parser (the main programs').
+/// inner frame that is not the common one).
 #[inline(always)]
 fn common_tunnel<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
     pkt: &P,
@@ -1423,6 +1536,35 @@ fn common_tunnel<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
     l4: usize,
     limit: usize,
 ) -> Option<(u8, u32, CommonTcp, usize)> {
+    let (kind, id, (ethertype, offset), limit) =
+        tunnel_header::<P, GENEVE_OPTIONS>(pkt, ports, protocol, l4, limit)?;
+    let (ethertype, ip_offset) = if ethertype == LINK {
+        (be16(pkt.load::<2>(offset)?), offset + 2)
+    } else {
+        (ethertype, offset)
+    };
+    let inner = parse_common_ip(pkt, ethertype, ip_offset, limit)?;
+    Some((kind, id, inner, ip_offset))
+}
+
+/// The tunnel header at the outer transport header `l4` of `protocol`, in
+/// an outer datagram that ends at `limit`: its kind, id, where what it
+/// carries starts (an EtherType and its header's offset, or `LINK` and the
+/// offset of a carried Ethernet frame's EtherType field) and where that
+/// must end (a UDP tunnel's datagram, or `limit`). `None` where the
+/// general way must look: each check is the general parser's (`udp`,
+/// `gre`, `step`), or a narrower one. With `GENEVE_OPTIONS`, Geneve's
+/// options are stepped over by their length (the tunnel program's
+/// shortcuts); without, a Geneve header with options is left to the
+/// general way (the main programs').
+#[inline(always)]
+fn tunnel_header<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    protocol: u8,
+    l4: usize,
+    limit: usize,
+) -> Option<(u8, u32, (u16, usize), usize)> {
     match protocol {
         ip_proto::UDP => {
             // The UDP header and the tunnel's, read at once.
@@ -1453,9 +1595,8 @@ fn common_tunnel<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
             if !header_read || udp_end < link || udp_end > limit {
                 return None;
             }
-            let inner = parse_common_at(pkt, link, udp_end)?;
             let vni = u32::from_be_bytes([0, head[12], head[13], head[14]]);
-            Some((kind, vni, inner, link + ETH_HLEN))
+            Some((kind, vni, (LINK, link + 12), udp_end))
         }
         ip_proto::GRE => {
             let head = pkt.load::<4>(l4)?;
@@ -1477,25 +1618,15 @@ fn common_tunnel<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
                 return None;
             }
             let protocol = be16([head[2], head[3]]);
-            let (inner, ip_offset) = if protocol == ethertype::TEB {
-                (parse_common_at(pkt, at, limit)?, at + ETH_HLEN)
+            let carried = if protocol == ethertype::TEB {
+                (LINK, at + 12)
             } else {
-                (parse_common_ip(pkt, protocol, at, limit)?, at)
+                (protocol, at)
             };
-            Some((encap::GRE, id, inner, ip_offset))
+            Some((encap::GRE, id, carried, limit))
         }
-        ip_proto::IPIP => Some((
-            encap::IPIP,
-            0,
-            parse_common_ip(pkt, ethertype::IPV4, l4, limit)?,
-            l4,
-        )),
-        ip_proto::IPV6 => Some((
-            encap::IPIP,
-            0,
-            parse_common_ip(pkt, ethertype::IPV6, l4, limit)?,
-            l4,
-        )),
+        ip_proto::IPIP => Some((encap::IPIP, 0, (ethertype::IPV4, l4), limit)),
+        ip_proto::IPV6 => Some((encap::IPIP, 0, (ethertype::IPV6, l4), limit)),
         _ => None,
     }
 }

@@ -43,8 +43,8 @@ use teardown_common::parse::{
 };
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
-    TunnelPorts, common_ip_tunnel, common_link_tunnel, decapsulate, encap, inner_class,
-    may_carry_tunnel, outcome, parse_common_overlay, read_common_other, underlay,
+    TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome, parse_common_overlay,
+    read_common_other, shortcut_tunnel,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -710,35 +710,16 @@ fn check_invariants(
         );
     }
 
-    // The tagged underlay's, which the tunnel program reads too.
-    if let Some(overlay) = underlay(frame).and_then(|under| common_ip_tunnel(frame, ports, &under))
-    {
+    // The tunnel program's shortcuts (one layer, or two), as the kernel
+    // composes them: where they answer, the main program hands the frame
+    // over, and the decapsulator finds the same.
+    if let Some(read) = shortcut_tunnel(frame, ports) {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
-            "{}: tagged shortcut read {overlay:?}, but the frame is not handed over",
+            "{}: the tunnel program's shortcut read {read:?}, but the frame is not handed over",
             context()
         );
-        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
-        assert_shortcut_agrees("tagged", read, decap, context);
-    }
-
-    // The carrier's common frame, which the tunnel program reads before
-    // opening layers one by one: where its shortcut answers, the main
-    // program hands the frame over, and the decapsulator finds the same.
-    if ports.enabled != 0
-        && let Some(link) = underlay(frame).and_then(|under| common_link_tunnel(frame, &under))
-    {
-        assert!(
-            may_carry_tunnel(frame, &parsed, ports),
-            "{}: link shortcut read {link:?}, but the frame is not handed over",
-            context()
-        );
-        assert_shortcut_agrees(
-            "link",
-            (link.tunnel(), link.ip_offset, link.inner),
-            decap,
-            context,
-        );
+        assert_shortcut_agrees("tunnel program's", read, decap, context);
     }
 
     // The kernel and the host go the same way.
@@ -1084,7 +1065,7 @@ fn assert_shortcut_agrees(
     );
     assert_eq!(
         encap_tally(decap),
-        Some(overlay_encap_tally(tunnel.layers[0])),
+        Some(overlay_encap_tally(tunnel.layers)),
         "{}: {which} shortcut's tally",
         context()
     );
@@ -1191,106 +1172,82 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
     );
 }
 
-/// The outer frame's tags (at most two) and the offset after them.
-fn tags_of(frame: &[u8]) -> usize {
-    let mut at = 12;
-    while matches!(frame[at..at + 2], [0x81, 0x00] | [0x88, 0xa8]) {
-        at += 4;
+/// The tunnel program's shortcuts answer, as the kernel composes them
+/// (`shortcut_tunnel`: one layer, or a second inside the first), for
+/// exactly the crafted frames they are for: one or two layers of the kinds
+/// they read, every carried Ethernet frame untagged, the common TCP frame
+/// inside (`check_invariants` holds each answer to the decapsulator's).
+#[test]
+fn the_tunnel_programs_shortcuts_answer_for_one_or_two_layers_only() {
+    let mut by_depth = [0; MAX_ENCAP_DEPTH + 1];
+    let mut declined: Vec<String> = Vec::new();
+    for built in catalogue() {
+        let read = shortcut_tunnel(built.frame.as_slice(), &DEFAULT);
+        let Some((tunnel, ip_offset, inner)) = read else {
+            declined.push(built.name.clone());
+            continue;
+        };
+        assert_eq!(
+            (
+                inner.segment.offset as usize,
+                ip_offset,
+                tunnel.id,
+                tunnel.layers[..built.layers.len()].to_vec(),
+                tunnel.outer_family
+            ),
+            (
+                built.tcp_offset,
+                built.ip_offset,
+                built.id,
+                built.layers.clone(),
+                built.outer_family
+            ),
+            "{}",
+            built.name
+        );
+        by_depth[tunnel.depth()] += 1;
     }
-    at + 2
-}
-
-/// The carrier's shortcut answers for one link-layer layer after at most
-/// two tags: MPLS of one to three labels (IP inside, or a pseudowire's
-/// Ethernet frame), PPPoE, VN-Tag, 802.1ah, FabricPath; the common TCP
-/// frame inside. For no other crafted frame (`check_invariants` holds it
-/// to the decapsulator's answer).
-#[test]
-fn the_link_shortcut_answers_for_one_link_layer_only() {
-    let answered = shortcut_answers(
-        |frame| {
-            underlay(frame)
-                .and_then(|under| common_link_tunnel(frame, &under))
-                .map(|link| (link.tunnel(), link.ip_offset, link.inner))
-        },
-        |built, frame| {
-            let start = tags_of(frame);
-            // What a shim carries must be the common frame: untagged.
-            let carried_untagged = |type_offset: usize| {
-                matches!(
-                    frame[type_offset..type_offset + 2],
-                    [0x08, 0x00] | [0x86, 0xdd]
-                )
-            };
-            built.layers.len() == 1
-                && match built.layers[0] {
-                    encap::MPLS => {
-                        frame[start - 2..start] == [0x88, 0x47]
-                            && (1..=3).any(|labels| {
-                                let at = start + 4 * labels;
-                                built.ip_offset == at
-                                    || (built.ip_offset == at + 4 + 14
-                                        && carried_untagged(at + 4 + 12))
-                            })
-                    }
-                    encap::PPPOE => frame[start - 2..start] == [0x88, 0x64],
-                    encap::VNTAG | encap::PBB | encap::FABRICPATH => {
-                        carried_untagged(built.ip_offset - 2)
-                    }
-                    _ => false,
-                }
-        },
-    );
-    // Around IPv4 and IPv6 each: MPLS of one label, two, three, two in a
-    // VLAN, one in QinQ; pseudowires of one label, and of three in a VLAN;
-    // PPPoE untagged, in a VLAN, in QinQ; VN-Tag untagged and in a VLAN;
-    // 802.1ah untagged and behind its B-TAG; FabricPath.
-    assert_eq!(answered.len(), 2 * 15, "{answered:?}");
-}
-
-/// The tunnel program's IP shortcut answers for the main programs' frames,
-/// also behind one or two tags and also Geneve with options (carrying
-/// Ethernet), and for no other crafted frame: not nested.
-#[test]
-fn the_tunnel_programs_ip_shortcut_answers_for_its_frames_only() {
-    let answered = shortcut_answers(
-        |frame| {
-            underlay(frame)
-                .and_then(|under| common_ip_tunnel(frame, &DEFAULT, &under))
-                .map(|overlay| (overlay.tunnel, overlay.ip_offset, overlay.inner))
-        },
-        |built, frame| {
-            let outer_ip = tags_of(frame);
-            let l4 = outer_ip + if built.outer_family == 6 { 40 } else { 20 };
-            built.layers.len() == 1
-                && matches!(frame[outer_ip - 2..outer_ip], [0x08, 0x00] | [0x86, 0xdd])
-                && match built.layers[0] {
-                    encap::VXLAN => built.ip_offset == l4 + 30,
-                    encap::GENEVE => {
-                        let options = (frame[l4 + 8] & 0x3f) as usize * 4;
-                        built.ip_offset == l4 + 30 + options
-                    }
-                    encap::GRE => {
-                        let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
-                        let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
-                        built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
-                    }
-                    encap::IPIP => built.ip_offset == l4,
-                    _ => false,
-                }
-        },
-    );
-    // The main programs' 80; VXLAN, GRE and IP-in-IP behind a tag and
-    // behind QinQ (around IPv4 and IPv6 over IPv4 and IPv6: 24); Geneve
-    // with 4, 8 and 252 bytes of options carrying Ethernet (around and
-    // over both: 12).
-    assert_eq!(answered.len(), 80 + 24 + 3 * 2 * 2, "{answered:?}");
+    // One layer, around IPv4 and IPv6 each: the main programs' 40; VXLAN,
+    // GRE and IP-in-IP behind a tag and behind QinQ (12); Geneve with 4, 8
+    // and 252 bytes of options carrying Ethernet (6); MPLS of one to three
+    // labels, two in a VLAN, one in QinQ, pseudowires of one label and of
+    // three in a VLAN, PPPoE untagged, in a VLAN and in QinQ, VN-Tag
+    // untagged and in a VLAN, 802.1ah untagged and behind its B-TAG,
+    // FabricPath (15).
+    assert_eq!(by_depth[1], 2 * (40 + 12 + 6 + 15));
+    // Two layers, around IPv4 and IPv6 each: GRE carrying MPLS (16: every
+    // flag combination over both outer families), and MPLS in VXLAN, a
+    // pseudowire in Geneve, VXLAN in GRE, GRE in IP-in-IP, VXLAN in VXLAN,
+    // VN-Tag in VXLAN, FabricPath in Geneve, IP-in-IP in GRE (8).
+    assert_eq!(by_depth[2], 2 * (16 + 8));
+    assert_eq!(by_depth[3], 0);
+    // The rest go the general way, around IPv4 and IPv6 each: a carried
+    // Ethernet frame with tags (in VXLAN, in GRE, PPPoE's QinQ in VXLAN and
+    // in GRE), eight MPLS labels, Geneve carrying IP rather than Ethernet
+    // (8), and three layers (3).
+    declined.sort();
+    let mut expected: Vec<String> = Vec::new();
+    for family in ["tcp4", "tcp6"] {
+        for name in [
+            "vxlan",
+            "gre",
+            "vxlan/pppoe",
+            "gre/pppoe",
+            "mpls",
+            "gre/vxlan/mpls",
+            "vntag/vxlan/pbb",
+            "vxlan/geneve/vxlan",
+        ] {
+            expected.push(format!("{name}/{family}"));
+        }
+        for _ in 0..8 {
+            expected.push(format!("geneve/{family}"));
+        }
+    }
+    expected.sort();
+    assert_eq!(declined, expected);
     assert_eq!(
-        common_ip_tunnel(
-            catalogue()[0].frame.as_slice(),
-            &TunnelPorts::OFF,
-            &underlay(catalogue()[0].frame.as_slice()).unwrap()
-        ),
+        shortcut_tunnel(catalogue()[0].frame.as_slice(), &TunnelPorts::OFF),
         None
     );
 }

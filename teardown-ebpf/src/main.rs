@@ -55,11 +55,12 @@ use teardown_common::{
     counters::{
         Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally, tally_common,
     },
-    parse::{CommonTcp, IpVersion, PacketBytes, TcpSegment, parse, parse_common},
+    parse::{CommonTcp, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOther, CommonOverlay, DecapState, clear, common_ip_tunnel, common_link_tunnel,
+        CommonOther, CommonOverlay, DecapState, LayerStart, Pending, add_inner_layer, carried_tcp,
         decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
-        outcome as tunnel_outcome, read_common_other, step_layer, underlay,
+        outcome as tunnel_outcome, read_common_other, read_layer, start_tunnel, step_layer,
+        underlay,
     },
 };
 
@@ -71,7 +72,6 @@ use maps::{
     tunnel_ports,
 };
 use teardown_common::names::tunnel_slot;
-use teardown_common::parse::ethertype as ether;
 
 /// What [`read_frame`] says follows a frame's tally and segment: nothing,
 /// or (no TCP segment of its own) that it may carry one in a tunnel; or,
@@ -152,14 +152,14 @@ fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegm
     )
 }
 
-/// Counts a segment the overlay shortcut read in [`Tallies::encap`], as
-/// the tunnel program would have: one layer of `kind`, TCP inside.
+/// Counts a segment a tunnel shortcut read in [`Tallies::encap`], as the
+/// general way would have: its `layers`, TCP inside.
 #[inline(always)]
-fn record_overlay(tallies: &PerCpuArray<Tallies>, kind: u8) {
+fn record_overlay(tallies: &PerCpuArray<Tallies>, layers: [u8; 3]) {
     if let Some(tallies) = tallies.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, one
         // program at a time.
-        unsafe { (*tallies).record_encap(&overlay_encap_tally(kind)) };
+        unsafe { (*tallies).record_encap(&overlay_encap_tally(layers)) };
     }
 }
 
@@ -387,20 +387,31 @@ fn tc_frame(skb: *mut __sk_buff) -> Option<Frame> {
     })
 }
 
-/// The tunnel program's shortcuts, in an XDP program: the main programs'
-/// common tunnelled frame, also behind one or two VLAN tags or with
-/// Geneve options ([`common_ip_tunnel`]), or the carrier's common frame
-/// (MPLS of up to three labels, or PPPoE, after at most two VLAN tags:
-/// [`common_link_tunnel`]), the common TCP frame inside. Its segment is
-/// tracked and the layer counted, as the general way would, without
-/// opening layers one by one. 1 if it was such a frame, 0 for the
-/// general way. `replay` and `now` as
-/// for [`track_inner_xdp`].
+/// What [`track_shortcut_xdp`] did with a frame.
+mod shortcut {
+    /// Nothing: the general way opens it.
+    pub const DECLINED: i32 = 0;
+    /// Its segment tracked, one layer in.
+    pub const TRACKED: i32 = 1;
+    /// Its first layer read, another inside: [`super::track_nested_xdp`]'s.
+    pub const NESTED: i32 = 2;
+}
+
+/// The tunnel program's shortcuts, in an XDP program: one layer of any
+/// kind ([`read_layer`]: an IP tunnel, also behind one or two VLAN tags
+/// and Geneve with options; MPLS of up to three labels, a pseudowire,
+/// PPPoE, VN-Tag, 802.1ah, FabricPath), read at fixed offsets, with the
+/// common TCP frame inside: its segment tracked and the layer counted, as
+/// the general way would, without opening layers one by one
+/// ([`shortcut::TRACKED`]). A frame whose first layer carries another is
+/// left to [`track_nested_xdp`] ([`shortcut::NESTED`]); any other to the
+/// general way ([`shortcut::DECLINED`]). `replay` and `now` as for
+/// [`track_inner_xdp`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
-        return 0;
+        return shortcut::DECLINED;
     };
     if replay != 0 {
         track_shortcut(&frame, &ReplayClock { now }, &TALLIES)
@@ -414,51 +425,106 @@ pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md, replay: u64, now: u64) ->
 #[inline(never)]
 pub extern "C" fn track_shortcut_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
-        return 0;
+        return shortcut::DECLINED;
     };
     track_shortcut(&frame, &LiveClock, &EGRESS_TALLIES)
 }
 
 #[inline(always)]
 fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
-    let Some(underlay) = underlay(frame) else {
-        return 0;
+    let Some(start) = underlay(frame) else {
+        return shortcut::DECLINED;
     };
-    if matches!(underlay.ethertype, ether::IPV4 | ether::IPV6) {
-        // A tunnel on a tagged underlay, or Geneve with options.
-        let Some(overlay) = common_ip_tunnel(frame, tunnel_ports(), &underlay) else {
-            return 0;
+    let Some(layer) = read_layer(frame, tunnel_ports(), &start) else {
+        return shortcut::DECLINED;
+    };
+    let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
+        return shortcut::DECLINED;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time; no other
+    // reference to it is held here.
+    let state = unsafe { &mut *state };
+    start_tunnel(frame, &mut state.tunnel, &layer);
+    let Some(inner) = carried_tcp(frame, &layer) else {
+        // Where the layer inside starts, for `track_nested_xdp`, which
+        // reads it at an offset the verifier takes as any (a global
+        // function's argument), so its paths do not multiply by this
+        // function's.
+        state.pending = Pending {
+            ethertype: layer.carried.ethertype,
+            offset: layer.carried.offset as u16,
+            limit: layer.carried.limit.min(u32::MAX as usize) as u32,
         };
-        if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot, used by one program run at a time.
-            unsafe { (*state).tunnel = overlay.tunnel };
-        }
-        let is_v6 = overlay.inner.version == IpVersion::V6;
-        track::<true, true>(
-            frame,
-            &overlay.inner.segment,
-            overlay.ip_offset,
-            is_v6,
-            clock,
-        );
-        record_overlay(tallies, overlay.tunnel.layers[0]);
-        return 1;
-    }
-    let Some(link) = common_link_tunnel(frame, &underlay) else {
+        return shortcut::NESTED;
+    };
+    // The offset opaque to the optimiser, as in `track_inner`.
+    let is_v6 = inner.version == IpVersion::V6;
+    track::<true, true>(frame, &inner.segment, layer.carried.offset, is_v6, clock);
+    record_overlay(tallies, [layer.kind, 0, 0]);
+    shortcut::TRACKED
+}
+
+/// The second layer of a frame [`track_shortcut_xdp`] read the first of
+/// ([`shortcut::NESTED`]), where this CPU's [`DECAP_STATE`] says it
+/// starts, read the same way ([`read_layer`]), with the common TCP frame
+/// inside: its segment tracked, both layers in its tunnel and counted. 1
+/// if so, 0 for the general way.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_nested_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+    let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
-    if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, used by one program run at a time. A
-        // layer without outer endpoints: the rest stays zero.
-        let tunnel = unsafe { &mut (*state).tunnel };
-        clear(tunnel);
-        tunnel.id = link.id;
-        tunnel.layers[0] = link.kind;
+    if replay != 0 {
+        track_nested(&frame, &ReplayClock { now }, &TALLIES)
+    } else {
+        track_nested(&frame, &LiveClock, &TALLIES)
     }
-    let is_v6 = link.inner.version == IpVersion::V6;
-    // The offset opaque to the optimiser, as in `track_inner`.
-    track::<true, true>(frame, &link.inner.segment, link.ip_offset, is_v6, clock);
-    record_overlay(tallies, link.kind);
+}
+
+/// [`track_nested_xdp`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_nested_tc(skb: *mut __sk_buff) -> i32 {
+    let Some(frame) = tc_frame(skb) else {
+        return 0;
+    };
+    track_nested(&frame, &LiveClock, &EGRESS_TALLIES)
+}
+
+#[inline(always)]
+fn track_nested(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
+    let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time; no other
+    // reference to it is held here.
+    let state = unsafe { &mut *state };
+    let pending = state.pending;
+    // Bounded again: the value made a round trip through memory.
+    if pending.offset as usize > MAX_INNER_START + 2 {
+        return 0;
+    }
+    let start = LayerStart {
+        ethertype: pending.ethertype,
+        offset: pending.offset as usize,
+        limit: if pending.limit == u32::MAX {
+            usize::MAX
+        } else {
+            pending.limit as usize
+        },
+    };
+    let Some(layer) = read_layer(frame, tunnel_ports(), &start) else {
+        return 0;
+    };
+    let Some(inner) = carried_tcp(frame, &layer) else {
+        return 0;
+    };
+    add_inner_layer(frame, &mut state.tunnel, &layer);
+    let outermost = state.tunnel.layers[0];
+    let is_v6 = inner.version == IpVersion::V6;
+    track::<true, true>(frame, &inner.segment, layer.carried.offset, is_v6, clock);
+    record_overlay(tallies, [outermost, layer.kind, 0]);
     1
 }
 
@@ -527,7 +593,7 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
             // Inside a tunnel: a record it starts records the tunnel.
             track::<false, true>(frame, &tcp, ip_offset, is_v6, clock);
             record_tally(&TALLIES, &counted);
-            record_overlay(&TALLIES, next & !next::SHORTCUT);
+            record_overlay(&TALLIES, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
         track::<false, false>(frame, &tcp, ip_offset, is_v6, clock);
@@ -597,7 +663,11 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 /// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    if track_shortcut_xdp(ctx.ctx, 0, 0) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
+    let read = match track_shortcut_xdp(ctx.ctx, 0, 0) {
+        shortcut::NESTED => track_nested_xdp(ctx.ctx, 0, 0) != 0,
+        done => done == shortcut::TRACKED,
+    };
+    if !read && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 0, 0);
     }
     xdp_action::XDP_PASS
@@ -607,7 +677,11 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
     let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
-    if track_shortcut_xdp(ctx.ctx, 1, now) == 0 && open_tunnel_xdp(ctx.ctx) != 0 {
+    let read = match track_shortcut_xdp(ctx.ctx, 1, now) {
+        shortcut::NESTED => track_nested_xdp(ctx.ctx, 1, now) != 0,
+        done => done == shortcut::TRACKED,
+    };
+    if !read && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx, 1, now);
     }
     xdp_action::XDP_PASS
@@ -616,7 +690,11 @@ pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
 /// [`teardown_tunnel`] for [`teardown_egress`].
 #[classifier]
 pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
-    if track_shortcut_tc(ctx.skb.skb) == 0 && open_tunnel_tc(ctx.skb.skb) != 0 {
+    let read = match track_shortcut_tc(ctx.skb.skb) {
+        shortcut::NESTED => track_nested_tc(ctx.skb.skb) != 0,
+        done => done == shortcut::TRACKED,
+    };
+    if !read && open_tunnel_tc(ctx.skb.skb) != 0 {
         track_inner_tc(ctx.skb.skb);
     }
     TC_ACT_UNSPEC
@@ -662,7 +740,7 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
         if next & next::SHORTCUT != 0 {
             track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
             record_tally(&EGRESS_TALLIES, &counted);
-            record_overlay(&EGRESS_TALLIES, next & !next::SHORTCUT);
+            record_overlay(&EGRESS_TALLIES, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
         track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock);

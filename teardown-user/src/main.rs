@@ -143,6 +143,12 @@ enum Command {
         /// changing the programs).
         #[arg(long, conflicts_with_all = ["contention", "peers"])]
         verifier: bool,
+        /// Only this case of the per-packet table, repeated for more (with
+        /// `est_ack`, which the tunnelled cases' goal is measured against);
+        /// no verifier or contention figures. For anyone working on one
+        /// path.
+        #[arg(long = "case", value_name = "NAME", conflicts_with_all = ["contention", "peers"])]
+        cases: Vec<String>,
         /// Instead of the per-packet table, the side-by-side one: the same
         /// frames through teardown, xdp-filter and the bench's conntrack
         /// (`cargo xtask bench --peers` builds and passes the objects).
@@ -461,6 +467,7 @@ fn main() -> ExitCode {
             peers,
             peer_objects,
             xdp_filter_object,
+            cases,
             ..
         } => match (peers, peer_objects) {
             (true, Some(dir)) => {
@@ -480,6 +487,7 @@ fn main() -> ExitCode {
                 rounds,
                 json_out,
                 contention_only: contention,
+                only_cases: cases,
             }),
         },
         Command::Manual(ManualCommand::Completions { shell }) => {

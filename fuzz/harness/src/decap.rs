@@ -12,9 +12,9 @@ use teardown_common::{
         VLAN_HLEN, parse, parse_common,
     },
     tunnel::{
-        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, common_ip_tunnel,
-        common_link_tunnel, decapsulate, decapsulate_in_place, encap, enter_layer, inner_class,
-        may_carry_tunnel, outcome, parse_common_overlay, read_common_other, step_layer, underlay,
+        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, decapsulate,
+        decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel, outcome,
+        parse_common_overlay, read_common_other, shortcut_tunnel, step_layer,
     },
 };
 
@@ -91,26 +91,13 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         );
     }
 
-    // The tunnel program's IP shortcut (a tagged underlay, Geneve options).
-    if let Some(overlay) = underlay(frame).and_then(|under| common_ip_tunnel(frame, ports, &under))
-    {
+    // The tunnel program's shortcuts (one layer, or two).
+    if let Some(read) = shortcut_tunnel(frame, ports) {
         assert!(
             may_carry_tunnel(frame, &parsed, ports),
-            "IP shortcut, not handed over"
+            "tunnel program's shortcut, not handed over"
         );
-        let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
-        assert_shortcut_agrees("IP", read, &decap);
-    }
-
-    // The tunnel program's shortcut for the carrier's common frame.
-    if ports.enabled != 0
-        && let Some(link) = underlay(frame).and_then(|under| common_link_tunnel(frame, &under))
-    {
-        assert!(
-            may_carry_tunnel(frame, &parsed, ports),
-            "link shortcut, not handed over"
-        );
-        assert_shortcut_agrees("link", (link.tunnel(), link.ip_offset, link.inner), &decap);
+        assert_shortcut_agrees("tunnel program's", read, &decap);
     }
 
     // The kernel's path.
@@ -283,7 +270,7 @@ fn assert_shortcut_agrees(
     );
     assert_eq!(
         encap_tally(decap),
-        Some(overlay_encap_tally(tunnel.layers[0])),
+        Some(overlay_encap_tally(tunnel.layers)),
         "{which} shortcut's tally"
     );
 }
