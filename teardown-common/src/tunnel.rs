@@ -1246,7 +1246,8 @@ fn bottom_of_short_stack<P: PacketBytes + ?Sized>(pkt: &P, at: usize) -> Option<
 /// The layer of encapsulation at `start`, as the tunnel program's
 /// shortcuts read it, at fixed offsets (or offsets moved by one length):
 /// - over IPv4 (IHL 5, whole) or IPv6 (no extension header): VXLAN,
-///   Geneve (its options stepped over by their length), GRE version 0
+///   Geneve (its options stepped over by their length; Ethernet or IP
+///   inside), GRE version 0
 ///   (any of checksum, key and sequence) or IP-in-IP;
 /// - an MPLS stack of up to [`SHORTCUT_MPLS_LABELS`] labels carrying IP
 ///   or a pseudowire's control word and an Ethernet frame (EoMPLS, VPLS);
@@ -1571,6 +1572,8 @@ fn tunnel_header<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
             let head = pkt.load::<16>(l4)?;
             let kind = ports.kind_of(be16([head[2], head[3]]));
             let udp_end = l4 + be16([head[4], head[5]]) as usize;
+            // Geneve's protocol: Ethernet, or (the tunnel program's) IP.
+            let protocol = be16([head[10], head[11]]);
             let (header_read, options) = if kind == encap::VXLAN {
                 (head[8] & 0x08 != 0, 0)
             } else if GENEVE_OPTIONS {
@@ -1578,14 +1581,12 @@ fn tunnel_header<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
                 (
                     kind == encap::GENEVE
                         && head[8] >> 6 == 0
-                        && be16([head[10], head[11]]) == ethertype::TEB,
+                        && matches!(protocol, ethertype::TEB | ethertype::IPV4 | ethertype::IPV6),
                     (head[8] & 0x3f) as usize * 4,
                 )
             } else {
                 (
-                    kind == encap::GENEVE
-                        && head[8] == 0
-                        && be16([head[10], head[11]]) == ethertype::TEB,
+                    kind == encap::GENEVE && head[8] == 0 && protocol == ethertype::TEB,
                     0,
                 )
             };
@@ -1596,7 +1597,12 @@ fn tunnel_header<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
                 return None;
             }
             let vni = u32::from_be_bytes([0, head[12], head[13], head[14]]);
-            Some((kind, vni, (LINK, link + 12), udp_end))
+            let carried = if kind == encap::GENEVE && protocol != ethertype::TEB {
+                (protocol, link)
+            } else {
+                (LINK, link + 12)
+            };
+            Some((kind, vni, carried, udp_end))
         }
         ip_proto::GRE => {
             let head = pkt.load::<4>(l4)?;
