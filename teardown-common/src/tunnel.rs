@@ -1637,6 +1637,27 @@ fn tunnel_header<P: PacketBytes + ?Sized, const GENEVE_OPTIONS: bool>(
     }
 }
 
+/// Whether the main programs hand `pkt` to their tunnel program: what
+/// their `read_frame` answers, on the host. A frame with a TCP segment of
+/// its own, or one the main shortcut reads inside its tunnel, stays; one
+/// without TCP stays unless it may carry a tunnel ([`read_common_other`],
+/// then [`may_carry_tunnel`] of the general parse). `teardown replay`
+/// loads the replay program's tunnel program at the first frame this says
+/// yes for: a capture without tunnels never pays for its verification.
+pub fn hands_to_tunnel_program<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelPorts) -> bool {
+    if crate::parse::parse_common(pkt).is_some() {
+        return false;
+    }
+    match read_common_other(pkt, ports) {
+        Some(CommonOther::Overlay(_)) => false,
+        Some(CommonOther::Plain { may_tunnel, .. }) => may_tunnel,
+        None => {
+            let parsed = crate::parse::parse(pkt);
+            parsed.tcp().is_none() && may_carry_tunnel(pkt, &parsed, ports)
+        }
+    }
+}
+
 /// The common tunnelled frame [`read_common_other`] reads, if the frame is
 /// one.
 #[inline(always)]

@@ -43,8 +43,8 @@ use teardown_common::parse::{
 };
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
-    TunnelPorts, decapsulate, encap, inner_class, may_carry_tunnel, outcome, parse_common_overlay,
-    read_common_other, shortcut_tunnel,
+    TunnelPorts, decapsulate, encap, hands_to_tunnel_program, inner_class, may_carry_tunnel,
+    outcome, parse_common_overlay, read_common_other, shortcut_tunnel,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -1247,6 +1247,30 @@ fn the_tunnel_programs_shortcuts_answer_for_one_or_two_layers_only() {
         shortcut_tunnel(catalogue()[0].frame.as_slice(), &TunnelPorts::OFF),
         None
     );
+}
+
+/// The main programs hand every crafted tunnelled frame to the tunnel
+/// program except those their own shortcut reads; plain TCP and UDP stay.
+/// `teardown replay` loads the tunnel program by this answer, so a frame
+/// it got wrong would lose its connection.
+#[test]
+fn the_frames_handed_to_the_tunnel_program_are_known_on_the_host() {
+    for built in catalogue() {
+        let frame = built.frame.as_slice();
+        assert_eq!(
+            hands_to_tunnel_program(frame, &DEFAULT),
+            parse_common_overlay(frame, &DEFAULT).is_none(),
+            "{}",
+            built.name
+        );
+        assert!(!hands_to_tunnel_program(frame, &TunnelPorts::OFF));
+    }
+    for v6 in [false, true] {
+        assert!(!hands_to_tunnel_program(
+            plain(v6).frame.as_slice(),
+            &DEFAULT
+        ));
+    }
 }
 
 /// Plain UDP, the frame most non-TCP traffic is (DNS, QUIC), is read by

@@ -8,6 +8,7 @@ use teardown_common::{
     counters::{Counter, Counters, Tallies, tally},
     names,
     parse::{ETH_HLEN, parse},
+    tunnel::hands_to_tunnel_program,
 };
 
 use crate::{
@@ -282,6 +283,9 @@ pub fn connections_of(
         clock = clock.max(record.timestamp_ns);
         tracker.expire(clock, &table, &mut ended);
         let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
+        if hands_to_tunnel_program(fed, kernel.tunnel_ports()) {
+            kernel.install_replay_tunnels()?;
+        }
         kernel
             .test_run_at(names::XDP_REPLAY_PROGRAM, fed, clock, &mut buffer)
             .with_context(|| format!("{}: frame {frames}", path.display()))?;

@@ -247,6 +247,7 @@ impl Kernel {
             ebpf,
             slots,
             tunnels: options.tunnels,
+            replay_tunnels_installed: false,
             xdp_link: None,
             egress_link: None,
         };
@@ -365,9 +366,35 @@ impl Kernel {
                     return Err(err).with_context(|| format!("loading XDP program {name}"));
                 }
             }
-            self.install_tunnel_program(name)?;
+            // The replay program's tunnel program waits for the first frame
+            // that needs it (`install_replay_tunnels`).
+            if name != names::XDP_REPLAY_PROGRAM {
+                self.install_tunnel_program(name)?;
+            }
         }
         xdp_program(&mut self.ebpf, name)
+    }
+
+    /// Loads the replay program's tunnel program and puts it where the
+    /// replay program's tail call finds it, once: `teardown replay
+    /// --connections` asks at the first frame the replay program would hand
+    /// over ([`hands_to_tunnel_program`]), so a capture without tunnels
+    /// never pays for its verification (about 0.4 s here). Until then the
+    /// tail call finds no program, as with tunnels off.
+    ///
+    /// [`hands_to_tunnel_program`]: teardown_common::tunnel::hands_to_tunnel_program
+    pub fn install_replay_tunnels(&mut self) -> anyhow::Result<()> {
+        if self.replay_tunnels_installed {
+            return Ok(());
+        }
+        self.install_tunnel_program(names::XDP_REPLAY_PROGRAM)?;
+        self.replay_tunnels_installed = true;
+        Ok(())
+    }
+
+    /// The tunnel ports the programs were loaded with.
+    pub fn tunnel_ports(&self) -> &TunnelPorts {
+        &self.tunnels
     }
 
     /// Loads the tunnel program the program `name` hands frames that may

@@ -73,6 +73,9 @@ pub struct Kernel {
     slots: u32,
     /// What the tunnel programs open (`TunnelPorts::OFF`: they are not loaded).
     tunnels: teardown_common::tunnel::TunnelPorts,
+    /// Whether the replay program's tunnel program is in its slot
+    /// ([`Kernel::install_replay_tunnels`]).
+    replay_tunnels_installed: bool,
     /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
     /// them too).
     xdp_link: Option<XdpLinkId>,
