@@ -751,17 +751,12 @@ pub fn step_layer<P: PacketBytes + ?Sized>(
     tunnel.id = step.id;
     if encap::is_ip_tunnel(step.kind) {
         // The endpoints of the IP header that carries this layer.
-        let at = cursor.ip_offset as usize;
-        if cursor.is_v6 != 0 {
-            if let (Some(src), Some(dst)) = (pkt.load::<16>(at + 8), pkt.load::<16>(at + 24)) {
-                tunnel.outer_src = Addr16(src).halves();
-                tunnel.outer_dst = Addr16(dst).halves();
-                tunnel.outer_family = 6;
-            }
-        } else if let Some(pair) = pkt.load::<8>(at + 12) {
-            tunnel.outer_src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
-            tunnel.outer_dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
-            tunnel.outer_family = 4;
+        if let Some((src, dst, family)) =
+            endpoints_at(pkt, cursor.ip_offset as usize, cursor.is_v6 != 0)
+        {
+            tunnel.outer_src = src;
+            tunnel.outer_dst = dst;
+            tunnel.outer_family = family;
         }
     }
     if step.start.offset > MAX_INNER_START {
@@ -1425,8 +1420,19 @@ fn endpoints_of<P: PacketBytes + ?Sized>(
     if layer.outer_ip == 0 {
         return None;
     }
-    let at = layer.outer_ip;
-    if layer.outer_v6 {
+    endpoints_at(pkt, layer.outer_ip, layer.outer_v6)
+}
+
+/// The source and destination of the IPv4 (or, with `v6`, IPv6) header at
+/// `at`, as [`Tunnel`] keeps them, and their family: a tunnel's outer
+/// endpoints, for the general way and the shortcuts alike.
+#[inline(always)]
+fn endpoints_at<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    at: usize,
+    v6: bool,
+) -> Option<([u64; 2], [u64; 2], u8)> {
+    if v6 {
         let (src, dst) = (pkt.load::<16>(at + 8)?, pkt.load::<16>(at + 24)?);
         Some((Addr16(src).halves(), Addr16(dst).halves(), 6))
     } else {
