@@ -283,7 +283,8 @@ pub fn connections_of(
         clock = clock.max(record.timestamp_ns);
         tracker.expire(clock, &table, &mut ended);
         let fed = &frame[..frame.len().min(MAX_TEST_RUN_FRAME)];
-        if hands_to_tunnel_program(fed, kernel.tunnel_ports()) {
+        // Asked only until the tunnel program is in (never with tunnels off).
+        if kernel.replay_tunnels_wanted() && hands_to_tunnel_program(fed, kernel.tunnel_ports()) {
             kernel.install_replay_tunnels()?;
         }
         kernel

@@ -392,6 +392,12 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether a frame may still need [`Kernel::install_replay_tunnels`]:
+    /// tunnels on, and the tunnel program not yet in.
+    pub fn replay_tunnels_wanted(&self) -> bool {
+        self.tunnels.enabled != 0 && !self.replay_tunnels_installed
+    }
+
     /// The tunnel ports the programs were loaded with.
     pub fn tunnel_ports(&self) -> &TunnelPorts {
         &self.tunnels
