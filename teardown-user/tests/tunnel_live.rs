@@ -499,7 +499,14 @@ fn serve(listeners: &[(TcpListener, Kind)], stop: &AtomicBool) -> Vec<String> {
                     .push(format!("accept: {err}")),
             }
         }
-        serving.retain(|thread: &thread::JoinHandle<()>| !thread.is_finished());
+        // Joined as they finish, so a panic in one fails the test.
+        let (finished, running): (Vec<_>, Vec<_>) = serving
+            .into_iter()
+            .partition(|thread: &thread::JoinHandle<()>| thread.is_finished());
+        for thread in finished {
+            thread.join().expect("a serving thread panicked");
+        }
+        serving = running;
         if idle {
             thread::sleep(Duration::from_millis(2));
         }
