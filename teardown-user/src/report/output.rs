@@ -856,6 +856,17 @@ mod tests {
     }
 
     /// Lines numbered 0.., `width` bytes each with the newline.
+    /// A queued sink appending to the test log at `path`.
+    fn queued_log(path: &std::path::Path) -> QueuedSink {
+        let sink = Sink::new(
+            "log",
+            "the test log".to_string(),
+            LineOutput::append_to(path).expect("opening the log"),
+            false,
+        );
+        QueuedSink::start(sink).expect("writer thread")
+    }
+
     fn numbered_lines(count: usize, width: usize) -> Vec<String> {
         (0..count)
             .map(|n| format!("{n:0>w$}\n", w = width - 1))
@@ -942,13 +953,7 @@ mod tests {
     fn a_dropped_queued_sink_has_written_what_it_queued() {
         let path = temp_path("dropped");
         let _ = std::fs::remove_file(&path);
-        let sink = Sink::new(
-            "log",
-            "the test log".to_string(),
-            LineOutput::append_to(&path).expect("opening the log"),
-            false,
-        );
-        let mut queued = QueuedSink::start(sink).expect("writer thread");
+        let mut queued = queued_log(&path);
         for line in numbered_lines(2000, 100) {
             queued.write(&line);
         }
@@ -965,13 +970,7 @@ mod tests {
         let path = temp_path("queued-reopen");
         let rotated = temp_path("queued-reopen-rotated");
         let _ = std::fs::remove_file(&path);
-        let sink = Sink::new(
-            "log",
-            "the test log".to_string(),
-            LineOutput::append_to(&path).expect("opening the log"),
-            false,
-        );
-        let mut queued = QueuedSink::start(sink).expect("writer thread");
+        let mut queued = queued_log(&path);
         queued.write("one\n");
         assert!(queued.flush(Duration::from_secs(60)));
         std::fs::rename(&path, &rotated).expect("rotating the log");
