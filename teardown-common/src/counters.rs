@@ -363,9 +363,22 @@ pub fn tally_common(common: &crate::parse::CommonTcp) -> Tally {
     }
 }
 
-/// What a frame [`crate::tunnel::read_common_other`] read adds to the
-/// tallies, as [`tally`] of what [`crate::parse::parse`] makes of it:
-/// untagged, IPv4 (`v6` false) or IPv6, whole, a transport other than TCP.
+/// What a frame [`crate::tunnel::read_common_other`] read as the common
+/// TCP frame under VLAN tags adds to the tallies, as [`tally`] of what
+/// [`crate::parse::parse`] makes of it: [`tally_common`]'s, tagged.
+#[inline(always)]
+pub fn tally_tagged(common: &crate::parse::CommonTcp) -> Tally {
+    let untagged = tally_common(common);
+    Tally {
+        frame_class: untagged.frame_class + 1,
+        tcp_slot: untagged.tcp_slot,
+    }
+}
+
+/// What a frame [`crate::tunnel::read_common_other`] read without TCP of
+/// its own adds to the tallies, as [`tally`] of what [`crate::parse::parse`]
+/// makes of it: untagged, IPv4 (`v6` false) or IPv6, whole, a transport
+/// other than TCP.
 #[inline(always)]
 pub const fn other_ip_tally(v6: bool) -> Tally {
     Tally {

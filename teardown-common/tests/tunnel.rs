@@ -33,7 +33,7 @@
 use teardown_common::addr::Addr16;
 use teardown_common::counters::{
     class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally,
-    tally_common,
+    tally_common, tally_tagged,
 };
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
@@ -677,7 +677,25 @@ fn check_invariants(
     // general parser finds no TCP, tallies it the same, and the kernel's
     // cheap test says the same of it; a frame it says carries no tunnel
     // has none.
-    if let Some(CommonOther::Plain { v6, may_tunnel }) = read_common_other(frame, ports) {
+    let other = read_common_other(frame, ports);
+    if let Some(CommonOther::TaggedTcp { ip_offset, inner }) = other {
+        let Some((ip, segment)) = parsed.tcp() else {
+            panic!(
+                "{}: tagged TCP read {inner:?}, parser {parsed:?}",
+                context()
+            );
+        };
+        assert_ne!(parsed.vlan_tags, 0, "{}: tagged TCP untagged", context());
+        assert_eq!(
+            (ip.version, ip.offset as usize, ip.fragment, *segment),
+            (inner.version, ip_offset, Fragment::Whole, inner.segment),
+            "{}: tagged TCP",
+            context()
+        );
+        assert_eq!(tally(&parsed), tally_tagged(&inner), "{}", context());
+        assert_eq!(*decap, Decap::None, "{}: tagged TCP opened", context());
+    }
+    if let Some(CommonOther::Plain { v6, may_tunnel }) = other {
         assert!(parsed.tcp().is_none(), "{}: plain, but TCP", context());
         assert_eq!(
             tally(&parsed),
@@ -1119,11 +1137,12 @@ fn shortcut_answers(
     answered
 }
 
-/// The tunnel shortcut answers for the frames it is for (one VXLAN layer,
-/// Geneve without options carrying Ethernet, GRE carrying IP or Ethernet
-/// with any of its optional fields, or IP-in-IP, over untagged IPv4 or
-/// IPv6, the common TCP frame inside), and for no other crafted frame: the
-/// kernel's fast way for tunnels is taken where it should be, and
+/// The main programs' tunnel shortcut answers for the frames it is for
+/// (one VXLAN, Geneve, GRE or IP-in-IP layer over untagged IPv4 or IPv6,
+/// the common TCP frame inside, untagged if it is an Ethernet frame): the
+/// untagged one-layer IP tunnels the tunnel program's shortcut reads too,
+/// and no other crafted frame. The kernel's
+/// fast way for tunnels is taken where it should be, and
 /// `check_invariants` holds it to the decapsulator's answer there.
 #[test]
 fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
@@ -1133,28 +1152,25 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
                 .map(|overlay| (overlay.tunnel, overlay.ip_offset, overlay.inner))
         },
         |built, frame| {
-            // Where the outer IP header would end untagged: a tagged
-            // frame's offsets lie 4 bytes further, and match none below.
-            let l4 = 14 + if built.outer_family == 6 { 40 } else { 20 };
+            let tagged = matches!(
+                u16::from_be_bytes([frame[12], frame[13]]),
+                ethertype::VLAN | ethertype::QINQ
+            );
             built.layers.len() == 1
-                && match built.layers[0] {
-                    // No options, an untagged Ethernet frame inside.
-                    encap::VXLAN | encap::GENEVE => built.ip_offset == l4 + 16 + 14,
-                    // IP, or an untagged Ethernet frame, right after the header.
-                    encap::GRE => {
-                        let flags = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
-                        let len = 4 + 4 * (flags & 0xb000).count_ones() as usize;
-                        built.ip_offset == l4 + len || built.ip_offset == l4 + len + 14
-                    }
-                    encap::IPIP => built.ip_offset == l4,
-                    _ => false,
-                }
+                && !tagged
+                && matches!(
+                    built.layers[0],
+                    encap::VXLAN | encap::GENEVE | encap::GRE | encap::IPIP
+                )
+                && shortcut_tunnel(frame, &DEFAULT).is_some()
         },
     );
     // Around IPv4 and IPv6 each, over IPv4 and IPv6 each: VXLAN on both
     // default ports, Geneve without options, GRE with every combination
-    // of its 3 optional fields carrying IP and Ethernet, IP-in-IP.
-    assert_eq!(answered.len(), 2 * 2 * (2 + 1 + 8 * 2 + 1), "{answered:?}");
+    // of its 3 optional fields carrying IP and Ethernet, IP-in-IP (40);
+    // Geneve with 4, 8 and 252 bytes of options carrying Ethernet (6),
+    // and with 0, 4, 8 and 252 carrying IP (8).
+    assert_eq!(answered.len(), 2 * (40 + 6 + 8), "{answered:?}");
     // Tunnels off, or the port not configured: no answer.
     let vxlan = vxlan4();
     assert!(parse_common_overlay(vxlan.frame.as_slice(), &DEFAULT).is_some());
@@ -1320,6 +1336,76 @@ fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
                     check_invariants(&mutated, &decap, &DEFAULT, &|| {
                         format!("{name} byte {at} = {value:#x}")
                     });
+                }
+            }
+        }
+    }
+}
+
+/// The common TCP frame under one or two VLAN tags (802.1Q, QinQ), over
+/// IPv4 and IPv6, is read by the shortcut too, and its every single-byte
+/// mutation and cut holds to the general parser; three tags (too deep),
+/// and tagged frames without TCP, are the general parser's.
+#[test]
+fn tagged_frames_are_read_by_the_shortcut_as_the_parser_reads_them() {
+    let one: &[(u16, u16)] = &[(ethertype::VLAN, 100)];
+    let two: &[(u16, u16)] = &[(ethertype::QINQ, 10), (ethertype::VLAN, 100)];
+    let three: &[(u16, u16)] = &[
+        (ethertype::QINQ, 10),
+        (ethertype::VLAN, 100),
+        (ethertype::VLAN, 7),
+    ];
+    for v6 in [false, true] {
+        for udp in [false, true] {
+            for vlans in [one, two, three] {
+                let mut spec = if v6 {
+                    Spec::tcp_v6(tcp_flags::ACK, 40)
+                } else {
+                    Spec::tcp_v4(tcp_flags::ACK, 40)
+                };
+                spec.vlans = vlans;
+                if udp {
+                    spec.transport = CraftTransport::Udp {
+                        src_port: 40_000,
+                        dst_port: 53,
+                    };
+                }
+                let frame = craft::build(&spec).to_vec();
+                let ip_offset = 14 + VLAN_HLEN * vlans.len();
+                let read = read_common_other(frame.as_slice(), &DEFAULT);
+                let name = format!("{} tags, UDP {udp}, IPv6 {v6}", vlans.len());
+                match read {
+                    _ if udp || vlans.len() > MAX_VLAN_TAGS => {
+                        assert_eq!(read, None, "{name}")
+                    }
+                    Some(CommonOther::TaggedTcp {
+                        ip_offset: read_offset,
+                        inner,
+                    }) => {
+                        assert_eq!(read_offset, ip_offset, "{name}");
+                        assert_eq!(
+                            inner.segment.offset as usize,
+                            ip_offset + if v6 { 40 } else { 20 }
+                        );
+                    }
+                    _ => panic!("{name}: {read:?}"),
+                }
+                for cut in 0..=frame.len() {
+                    let short = &frame[..cut];
+                    let decap = decapsulate(short, &DEFAULT);
+                    check_invariants(short, &decap, &DEFAULT, &|| format!("{name} cut at {cut}"));
+                }
+                for at in 0..frame.len() {
+                    for value in [
+                        0x00, 0x01, 0x06, 0x11, 0x2f, 0x45, 0x81, 0x86, 0x88, 0xa8, 0xdd, 0xff,
+                    ] {
+                        let mut mutated = frame.clone();
+                        mutated[at] = value;
+                        let decap = decapsulate(mutated.as_slice(), &DEFAULT);
+                        check_invariants(&mutated, &decap, &DEFAULT, &|| {
+                            format!("{name} byte {at} = {value:#x}")
+                        });
+                    }
                 }
             }
         }

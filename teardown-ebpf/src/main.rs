@@ -54,6 +54,7 @@ use aya_ebpf::{
 use teardown_common::{
     counters::{
         Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally, tally_common,
+        tally_tagged,
     },
     parse::{CommonTcp, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
     tunnel::{
@@ -87,10 +88,11 @@ const _: () = assert!(encap::COUNT < next::SHORTCUT as usize);
 
 /// What the programs read of a frame: its tally, its TCP segment with the
 /// IP header's offset and version, and what follows ([`next`]). The
-/// common frame's shortcut first ([`parse_common`]); then the common
-/// tunnelled frame's ([`read_common_other`]: one VXLAN, Geneve, GRE or
-/// IP-in-IP layer over untagged IPv4 or IPv6, the common frame inside),
-/// its tunnel left in this CPU's
+/// common frame's shortcut first ([`parse_common`]); then the one for the
+/// rest of the common frames ([`read_common_other`]: the common frame
+/// under VLAN tags; one VXLAN, Geneve, GRE or IP-in-IP layer over IPv4 or
+/// IPv6, tagged or not, the common frame inside, the tunnelled frame's
+/// tunnel left in this CPU's
 /// [`DECAP_STATE`] for a record it starts; the general parser for the
 /// rest, and for a frame with no TCP segment of its own, whether it may
 /// carry one in a tunnel ([`may_carry_tunnel`]: only such frames are
@@ -110,6 +112,13 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
     }
     let ports = tunnel_ports();
     match read_common_other(frame, ports) {
+        Some(CommonOther::TaggedTcp { ip_offset, inner }) => {
+            return (
+                tally_tagged(&inner),
+                Some((ip_offset, inner.version == IpVersion::V6, inner.segment)),
+                next::NOTHING,
+            );
+        }
         Some(CommonOther::Overlay(overlay)) => return shortcut_read(overlay),
         Some(CommonOther::Plain { v6, may_tunnel }) => {
             let next = if may_tunnel {

@@ -5,6 +5,7 @@
 use teardown_common::{
     counters::{
         class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally,
+        tally_tagged,
     },
     flow::addresses_at,
     parse::{
@@ -70,7 +71,21 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         assert_eq!(decap, Decap::None, "the shortcut's frame opened");
     }
 
-    if let Some(CommonOther::Plain { v6, may_tunnel }) = read_common_other(frame, ports) {
+    let other = read_common_other(frame, ports);
+    if let Some(CommonOther::TaggedTcp { ip_offset, inner }) = other {
+        let Some((ip, segment)) = parsed.tcp() else {
+            panic!("tagged TCP read, parser found none");
+        };
+        assert_ne!(parsed.vlan_tags, 0, "tagged TCP untagged");
+        assert_eq!(
+            (ip.version, ip.offset as usize, ip.fragment, *segment),
+            (inner.version, ip_offset, Fragment::Whole, inner.segment),
+            "tagged TCP"
+        );
+        assert_eq!(tally(&parsed), tally_tagged(&inner), "tagged TCP tally");
+        assert_eq!(decap, Decap::None, "tagged TCP opened");
+    }
+    if let Some(CommonOther::Plain { v6, may_tunnel }) = other {
         assert!(parsed.tcp().is_none(), "plain, but TCP");
         assert_eq!(tally(&parsed), other_ip_tally(v6), "plain tally");
         assert_eq!(

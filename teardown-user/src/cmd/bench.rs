@@ -360,9 +360,9 @@ pub(super) fn cases() -> Vec<Case> {
             change: Change::None,
             goal: Some(TUNNEL_GOAL),
         },
-        // VXLAN on a VLAN-tagged underlay, and Geneve with an 8-byte
-        // option (as OVN sends it): by tail call to the tunnel program,
-        // whose shortcut reads them.
+        // VXLAN on a VLAN-tagged underlay (by tail call to the tunnel
+        // program, whose shortcut reads it), and Geneve with an 8-byte
+        // option (as OVN sends it; the main program's shortcut).
         Case {
             name: "vlan_vxlan_ack",
             setup: handshake(false, 40113)
