@@ -377,12 +377,12 @@ pub fn tally_tagged(common: &crate::parse::CommonTcp) -> Tally {
 
 /// What a frame [`crate::tunnel::read_common_other`] read without TCP of
 /// its own adds to the tallies, as [`tally`] of what [`crate::parse::parse`]
-/// makes of it: untagged, IPv4 (`v6` false) or IPv6, whole, a transport
-/// other than TCP.
+/// makes of it: IPv4 (`v6` false) or IPv6, whole, a transport other than
+/// TCP, with or without VLAN tags.
 #[inline(always)]
-pub const fn other_ip_tally(v6: bool) -> Tally {
+pub const fn other_ip_tally(v6: bool, tagged: bool) -> Tally {
     Tally {
-        frame_class: (class::IP_BASE + v6 as u8 * 10 + class::OTHER_TRANSPORT) * 2,
+        frame_class: (class::IP_BASE + v6 as u8 * 10 + class::OTHER_TRANSPORT) * 2 + tagged as u8,
         tcp_slot: NO_TCP_SLOT,
     }
 }

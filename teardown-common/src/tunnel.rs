@@ -1059,21 +1059,25 @@ pub enum CommonOther {
     /// The common tunnelled frame, and the TCP segment inside it. Its own
     /// tally is `crate::counters::other_ip_tally` of its outer family.
     Overlay(CommonOverlay),
-    /// An untagged, whole datagram, IPv4 without options or IPv6 with UDP
-    /// right after its header, whose transport is not TCP: its tally is
-    /// `crate::counters::other_ip_tally(v6)`, and it may carry a tunnel
-    /// exactly when [`may_carry_tunnel`] says so of it.
-    Plain { v6: bool, may_tunnel: bool },
+    /// A whole datagram under at most two VLAN tags, IPv4 without options
+    /// or IPv6 with UDP right after its header, whose transport is not TCP:
+    /// its tally is `crate::counters::other_ip_tally(v6, tagged)`, and it
+    /// may carry a tunnel exactly when [`may_carry_tunnel`] says so of it.
+    Plain {
+        v6: bool,
+        tagged: bool,
+        may_tunnel: bool,
+    },
 }
 
 /// Reads the common frame that [`crate::parse::parse_common`] does not,
 /// without the general parser: a few wide loads and compares, as
 /// `parse_common` reads plain TCP. The frame may have one or two VLAN
-/// tags (802.1Q or 802.1ad, as the general parser's walk reads them),
-/// whose common TCP frame is read here. A frame without TCP of its own
-/// (UDP, ICMP, ... over IPv4 without options, not a fragment; UDP over
-/// IPv6) is plain, unless its one tunnel layer follows the IPv4 or IPv6
-/// header (no extension header) and holds the common TCP frame
+/// tags (802.1Q or 802.1ad, as the general parser's walk reads them).
+/// A frame without TCP of its own (UDP, ICMP, ... over IPv4 without
+/// options, not a fragment; UDP over IPv6) is plain, unless, untagged,
+/// its one tunnel layer follows the IPv4 or IPv6 header (no extension
+/// header) and holds the common TCP frame
 /// ([`crate::parse::parse_common_at`], [`parse_common_ip`]) inside what
 /// carries it: the common tunnelled frame, its tunnel and segment. The
 /// layer is VXLAN, Geneve (any options; Ethernet or IP inside) to a
@@ -1106,16 +1110,63 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
             return None;
         }
     }
-    // Tagged, only the common TCP frame: tagged tunnels are the tunnel
-    // program's to read. Here, each number of tags would verify the rest
-    // of the shortcut and the tracking after it again (the verifier knows
-    // each offset as a constant, and a copy for an unknown offset
-    // explores far more), which took the replay program's verification
-    // from 0.6M to 0.96M instructions of its 1M.
-    let inner = parse_common_ip(pkt, ethertype, outer_ip, usize::MAX)?;
-    Some(CommonOther::TaggedTcp {
-        ip_offset: outer_ip,
-        inner,
+    if let Some(inner) = parse_common_ip(pkt, ethertype, outer_ip, usize::MAX) {
+        return Some(CommonOther::TaggedTcp {
+            ip_offset: outer_ip,
+            inner,
+        });
+    }
+    // Tagged without TCP: plain, or a tunnel for the tunnel program to
+    // read. Reading tagged tunnels here verified the rest of the shortcut
+    // and the tracking after it once per number of tags (the verifier
+    // knows each offset as a constant; one copy for an unknown offset
+    // explores more still), and took the replay program from 0.6M to
+    // 0.96M instructions of its 1M.
+    tagged_plain(pkt, ports, ethertype, outer_ip)
+}
+
+/// A tagged frame without TCP of its own whose IP header of `ethertype`
+/// starts at `outer_ip`, as [`read_untagged_other`] calls an untagged one
+/// plain: IPv4 without options, not a fragment, or UDP right after an
+/// IPv6 header. `None` for anything else.
+#[inline(always)]
+fn tagged_plain<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    ethertype: u16,
+    outer_ip: usize,
+) -> Option<CommonOther> {
+    let (v6, may_tunnel) = if ethertype == ethertype::IPV6 {
+        // The whole fixed header in the frame, version 6, UDP.
+        let ip = pkt.load::<IPV6_HLEN>(outer_ip)?;
+        if ip[0] >> 4 != 6 || ip[6] != ip_proto::UDP {
+            return None;
+        }
+        (true, ports.udp_to_tunnel(pkt, outer_ip + IPV6_HLEN))
+    } else if ethertype == ethertype::IPV4 {
+        let ip = pkt.load::<IPV4_MIN_HLEN>(outer_ip)?;
+        let total_len = be16([ip[2], ip[3]]) as usize;
+        // As read_untagged_other's.
+        if ip[0] != 0x45
+            || ip[9] == ip_proto::TCP
+            || be16([ip[6], ip[7]]) & 0x3fff != 0
+            || (total_len != 0 && total_len < IPV4_MIN_HLEN)
+        {
+            return None;
+        }
+        let may_tunnel = match ip[9] {
+            ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
+            ip_proto::UDP => ports.udp_to_tunnel(pkt, outer_ip + IPV4_MIN_HLEN),
+            _ => false,
+        };
+        (false, may_tunnel)
+    } else {
+        return None;
+    };
+    Some(CommonOther::Plain {
+        v6,
+        tagged: true,
+        may_tunnel: ports.enabled != 0 && may_tunnel,
     })
 }
 
@@ -1140,6 +1191,7 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
         let plain = match protocol {
             ip_proto::UDP => Some(CommonOther::Plain {
                 v6: true,
+                tagged: false,
                 may_tunnel: ports.enabled != 0 && ports.udp_to_tunnel(pkt, L4_V6),
             }),
             // Left to the general parser unless read as a tunnel below.
@@ -1179,6 +1231,7 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
     let plain = |may_tunnel| {
         Some(CommonOther::Plain {
             v6: false,
+            tagged: false,
             may_tunnel,
         })
     };

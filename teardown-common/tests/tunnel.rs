@@ -695,11 +695,16 @@ fn check_invariants(
         assert_eq!(tally(&parsed), tally_tagged(&inner), "{}", context());
         assert_eq!(*decap, Decap::None, "{}: tagged TCP opened", context());
     }
-    if let Some(CommonOther::Plain { v6, may_tunnel }) = other {
+    if let Some(CommonOther::Plain {
+        v6,
+        tagged,
+        may_tunnel,
+    }) = other
+    {
         assert!(parsed.tcp().is_none(), "{}: plain, but TCP", context());
         assert_eq!(
             tally(&parsed),
-            other_ip_tally(v6),
+            other_ip_tally(v6, tagged),
             "{}: plain tally",
             context()
         );
@@ -722,7 +727,7 @@ fn check_invariants(
         assert_shortcut_agrees("overlay", read, decap, context);
         assert_eq!(
             tally(&parsed),
-            other_ip_tally(overlay.tunnel.outer_family == 6),
+            other_ip_tally(overlay.tunnel.outer_family == 6, false),
             "{}",
             context()
         );
@@ -1311,6 +1316,7 @@ fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
                 read,
                 Some(CommonOther::Plain {
                     v6,
+                    tagged: false,
                     may_tunnel: tunnel_port
                 }),
                 "UDP to {dst_port}, IPv6 {v6}"
@@ -1319,6 +1325,7 @@ fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
                 read_common_other(frame.as_slice(), &TunnelPorts::OFF),
                 Some(CommonOther::Plain {
                     v6,
+                    tagged: false,
                     may_tunnel: false
                 })
             );
@@ -1342,10 +1349,10 @@ fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
     }
 }
 
-/// The common TCP frame under one or two VLAN tags (802.1Q, QinQ), over
-/// IPv4 and IPv6, is read by the shortcut too, and its every single-byte
-/// mutation and cut holds to the general parser; three tags (too deep),
-/// and tagged frames without TCP, are the general parser's.
+/// The common frame under one or two VLAN tags (802.1Q, QinQ), TCP or
+/// UDP, over IPv4 and IPv6, is read by the shortcut too, and its every
+/// single-byte mutation and cut holds to the general parser; three tags
+/// are the general parser's (too deep).
 #[test]
 fn tagged_frames_are_read_by_the_shortcut_as_the_parser_reads_them() {
     let one: &[(u16, u16)] = &[(ethertype::VLAN, 100)];
@@ -1375,13 +1382,16 @@ fn tagged_frames_are_read_by_the_shortcut_as_the_parser_reads_them() {
                 let read = read_common_other(frame.as_slice(), &DEFAULT);
                 let name = format!("{} tags, UDP {udp}, IPv6 {v6}", vlans.len());
                 match read {
-                    _ if udp || vlans.len() > MAX_VLAN_TAGS => {
-                        assert_eq!(read, None, "{name}")
-                    }
+                    _ if vlans.len() > MAX_VLAN_TAGS => assert_eq!(read, None, "{name}"),
+                    Some(CommonOther::Plain {
+                        v6: read_v6,
+                        tagged: true,
+                        may_tunnel: false,
+                    }) if udp => assert_eq!(read_v6, v6, "{name}"),
                     Some(CommonOther::TaggedTcp {
                         ip_offset: read_offset,
                         inner,
-                    }) => {
+                    }) if !udp => {
                         assert_eq!(read_offset, ip_offset, "{name}");
                         assert_eq!(
                             inner.segment.offset as usize,

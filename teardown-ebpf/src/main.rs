@@ -120,13 +120,17 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
             );
         }
         Some(CommonOther::Overlay(overlay)) => return shortcut_read(overlay),
-        Some(CommonOther::Plain { v6, may_tunnel }) => {
+        Some(CommonOther::Plain {
+            v6,
+            tagged,
+            may_tunnel,
+        }) => {
             let next = if may_tunnel {
                 next::MAY_TUNNEL
             } else {
                 next::NOTHING
             };
-            return (other_ip_tally(v6), None, next);
+            return (other_ip_tally(v6, tagged), None, next);
         }
         None => {}
     }
@@ -151,7 +155,7 @@ fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegm
         unsafe { (*state).tunnel = overlay.tunnel };
     }
     (
-        other_ip_tally(overlay.tunnel.outer_family == 6),
+        other_ip_tally(overlay.tunnel.outer_family == 6, false),
         Some((
             overlay.ip_offset,
             overlay.inner.version == IpVersion::V6,

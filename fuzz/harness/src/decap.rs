@@ -85,9 +85,14 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         assert_eq!(tally(&parsed), tally_tagged(&inner), "tagged TCP tally");
         assert_eq!(decap, Decap::None, "tagged TCP opened");
     }
-    if let Some(CommonOther::Plain { v6, may_tunnel }) = other {
+    if let Some(CommonOther::Plain {
+        v6,
+        tagged,
+        may_tunnel,
+    }) = other
+    {
         assert!(parsed.tcp().is_none(), "plain, but TCP");
-        assert_eq!(tally(&parsed), other_ip_tally(v6), "plain tally");
+        assert_eq!(tally(&parsed), other_ip_tally(v6, tagged), "plain tally");
         assert_eq!(
             may_tunnel,
             may_carry_tunnel(frame, &parsed, ports),
@@ -102,7 +107,7 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         assert_shortcut_agrees("overlay", read, &decap);
         assert_eq!(
             tally(&parsed),
-            other_ip_tally(overlay.tunnel.outer_family == 6)
+            other_ip_tally(overlay.tunnel.outer_family == 6, false)
         );
     }
 
