@@ -92,6 +92,10 @@ pub mod names {
     /// Global: new half-open records per CPU per window under pressure
     /// ([`crate::events::half_open_budget`], [`crate::events::Admission`]).
     pub const HALF_OPEN_BUDGET_GLOBAL: &str = "HALF_OPEN_BUDGET";
+    /// Global: 1 where a plain store lets go of a flow-table slot's lock
+    /// with release order (x86-64's BPF JIT; see the eBPF crate's `lock`),
+    /// 0 for a fetching add everywhere else.
+    pub const UNLOCK_BY_STORE_GLOBAL: &str = "UNLOCK_BY_STORE";
     /// Per-CPU array of [`crate::dest::DEST_SLOTS`]
     /// [`crate::dest::DestSlot`]s: SYNs, completions and half-open records
     /// per destination.

@@ -30,6 +30,10 @@
 // (slow_path.rs).
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core_intrinsics, for the atomics above")]
+// An empty asm! is the compiler barrier in front of the plain-store unlock
+// (lock.rs): LLVM's BPF backend has no fence, nor a release store below
+// ISA v4.
+#![feature(asm_experimental_arch)]
 
 mod bench;
 mod clock;

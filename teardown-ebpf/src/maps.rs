@@ -195,6 +195,11 @@ pub(crate) static NS_PER_TICK: u64 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static HALF_OPEN_BUDGET: u64 = 1 << 20;
 
+/// 1 if [`unlock`](crate::lock::unlock) may let go of a slot with a plain
+/// store, 0 for a fetching add; set at load for the host's architecture.
+#[unsafe(no_mangle)]
+pub(crate) static UNLOCK_BY_STORE: u32 = 0;
+
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.
 macro_rules! setting {

@@ -27,6 +27,12 @@ use super::{Kernel, SetupError, is_permission_error};
 /// at build time (empty when built with `AYA_BUILD_SKIP`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TEARDOWN_EMBEDDED_OBJECT"));
 
+/// Whether the kernel programs let go of a flow-table slot's lock with a
+/// plain store (1) rather than a fetching add (0): only on x86-64, whose
+/// BPF JIT makes the store one `mov`, a release under x86's ordering (the
+/// argument is at the eBPF crate's `lock::unlock`).
+const UNLOCK_BY_STORE: u32 = cfg!(target_arch = "x86_64") as u32;
+
 /// The verifier's limit on the instructions it processes per program
 /// (`BPF_COMPLEXITY_LIMIT_INSNS`).
 pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
@@ -215,6 +221,7 @@ impl Kernel {
             .override_global(names::SET_SHIFT_GLOBAL, &set_shift(slots), true)
             .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
             .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
+            .override_global(names::UNLOCK_BY_STORE_GLOBAL, &UNLOCK_BY_STORE, true)
             .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
             .map_max_entries(
