@@ -41,13 +41,17 @@ pub struct FlowSlot {
     pub reported: u32,
     /// The slot's sequence lock: odd while a CPU writes the slot.
     pub lock: u32,
-    pub _reserved: u32,
+    /// CPUs waiting for the lock in the kernel's slow path; while any
+    /// wait, the fast path leaves the slot alone (see the eBPF crate's
+    /// `lock`). User space neither reads nor writes it.
+    pub waiters: u32,
     pub conn: Conn,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 40 + 16 + core::mem::size_of::<Conn>());
 const _: () = assert!(core::mem::offset_of!(FlowSlot, reported) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, lock) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, waiters) % 4 == 0);
 
 /// Slots for a table of at least `max_flows` connections: a power of two, so
 /// a set is found by masking, and at least one set.
@@ -529,7 +533,7 @@ mod tests {
                 generation: 1,
                 reported: 0,
                 lock: 0,
-                _reserved: 0,
+                waiters: 0,
                 conn: Conn::zeroed(),
             };
             // Packets of this connection both ways, and near misses.
@@ -594,7 +598,7 @@ mod tests {
             generation: 1,
             reported: 0,
             lock: 0,
-            _reserved: 0,
+            waiters: 0,
             conn: Conn::zeroed(),
         };
         assert!(slot.holds(&key) && !slot.is_free());

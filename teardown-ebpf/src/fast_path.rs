@@ -21,7 +21,7 @@ use crate::{
     clock::FlowClock,
     flood::{admits_syn, count_syn},
     frame::Frame,
-    lock::{try_lock, unlock},
+    lock::{try_lock_fast, unlock},
     maps::{FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
     slow_path::track_segment,
 };
@@ -239,7 +239,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
             let slot = unsafe { &mut *slot };
             let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
             if found != matched::NONE {
-                if tcp.header_complete && try_lock(slot) {
+                if tcp.header_complete && try_lock_fast(slot) {
                     // The record may have changed hands between the compare
                     // and the lock: compare again, under the lock.
                     let segment = Segment {
