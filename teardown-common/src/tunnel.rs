@@ -1125,6 +1125,27 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     tagged_plain(pkt, ports, ethertype, outer_ip)
 }
 
+/// The IPv4 header at `at` of a frame [`read_common_other`] calls plain
+/// (or reads a tunnel in), and its total length: IHL 5, not TCP, whole; a
+/// total length of 0 (TSO) or one that holds the header, as the general
+/// parser wants. `None` for any other.
+#[inline(always)]
+fn other_ipv4_header<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    at: usize,
+) -> Option<([u8; IPV4_MIN_HLEN], usize)> {
+    let ip = pkt.load::<IPV4_MIN_HLEN>(at)?;
+    let total_len = be16([ip[2], ip[3]]) as usize;
+    if ip[0] != 0x45
+        || ip[9] == ip_proto::TCP
+        || be16([ip[6], ip[7]]) & 0x3fff != 0
+        || (total_len != 0 && total_len < IPV4_MIN_HLEN)
+    {
+        return None;
+    }
+    Some((ip, total_len))
+}
+
 /// A tagged frame without TCP of its own whose IP header of `ethertype`
 /// starts at `outer_ip`, as [`read_untagged_other`] calls an untagged one
 /// plain: IPv4 without options, not a fragment, or UDP right after an
@@ -1144,16 +1165,7 @@ fn tagged_plain<P: PacketBytes + ?Sized>(
         }
         (true, ports.udp_to_tunnel(pkt, outer_ip + IPV6_HLEN))
     } else if ethertype == ethertype::IPV4 {
-        let ip = pkt.load::<IPV4_MIN_HLEN>(outer_ip)?;
-        let total_len = be16([ip[2], ip[3]]) as usize;
-        // As read_untagged_other's.
-        if ip[0] != 0x45
-            || ip[9] == ip_proto::TCP
-            || be16([ip[6], ip[7]]) & 0x3fff != 0
-            || (total_len != 0 && total_len < IPV4_MIN_HLEN)
-        {
-            return None;
-        }
+        let (ip, _) = other_ipv4_header(pkt, outer_ip)?;
         let may_tunnel = match ip[9] {
             ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
             ip_proto::UDP => ports.udp_to_tunnel(pkt, outer_ip + IPV4_MIN_HLEN),
@@ -1217,17 +1229,7 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
     if ethertype != ethertype::IPV4 {
         return None;
     }
-    let ip = pkt.load::<IPV4_MIN_HLEN>(OUTER_IP)?;
-    let total_len = be16([ip[2], ip[3]]) as usize;
-    // IHL 5, not TCP, whole; a total length of 0 (TSO) or one that holds
-    // the header, as the general parser wants.
-    if ip[0] != 0x45
-        || ip[9] == ip_proto::TCP
-        || be16([ip[6], ip[7]]) & 0x3fff != 0
-        || (total_len != 0 && total_len < IPV4_MIN_HLEN)
-    {
-        return None;
-    }
+    let (ip, total_len) = other_ipv4_header(pkt, OUTER_IP)?;
     let plain = |may_tunnel| {
         Some(CommonOther::Plain {
             v6: false,
