@@ -94,9 +94,9 @@ const _: () = assert!(encap::COUNT < next::SHORTCUT as usize);
 /// IP header's offset and version, and what follows ([`next`]). The
 /// common frame's shortcut first ([`parse_common`]); then the one for the
 /// rest of the common frames ([`read_common_other`]: the common frame
-/// under VLAN tags; one VXLAN, Geneve, GRE or IP-in-IP layer over IPv4 or
-/// IPv6, tagged or not, the common frame inside, the tunnelled frame's
-/// tunnel left in this CPU's
+/// under VLAN tags; one VXLAN, Geneve, GRE or IP-in-IP layer over untagged
+/// IPv4 or IPv6, the common frame inside, the tunnelled frame's tunnel left
+/// in this CPU's
 /// [`DECAP_STATE`] for a record it starts; the general parser for the
 /// rest, and for a frame with no TCP segment of its own, whether it may
 /// carry one in a tunnel ([`may_carry_tunnel`]: only such frames are
