@@ -1719,11 +1719,18 @@ fn tunnel_header<P: PacketBytes + ?Sized>(
             if at > limit {
                 return None;
             }
-            let protocol = be16([head[2], head[3]]);
-            let carried = if protocol == ethertype::TEB {
-                (LINK, at + 12)
-            } else {
-                (protocol, at)
+            // What `gre` opens, and nothing else: an unknown protocol
+            // would be read as what it says it is, and 0 as `LINK`, an
+            // Ethernet frame (the fuzzer found a GRE header with protocol 0
+            // followed by an EtherType read so, where the general way
+            // calls it unsupported).
+            let carried = match be16([head[2], head[3]]) {
+                ethertype::TEB => (LINK, at + 12),
+                protocol @ (ethertype::IPV4
+                | ethertype::IPV6
+                | ethertype::MPLS_UNICAST
+                | ethertype::MPLS_MULTICAST) => (protocol, at),
+                _ => return None,
             };
             Some((encap::GRE, id, carried, limit))
         }

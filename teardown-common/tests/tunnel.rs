@@ -1349,6 +1349,43 @@ fn plain_udp_is_read_by_the_shortcut_as_the_parser_reads_it() {
     }
 }
 
+/// `decapsulate` fuzz target: a GRE header whose protocol field is 0
+/// (no EtherType), followed by the bytes of an EtherType and an IPv4 TCP
+/// segment. The shortcuts took protocol 0 for their own marker of a
+/// carried Ethernet frame and tracked the segment inside; the general way
+/// calls the layer unsupported. Now every shortcut declines a GRE
+/// protocol the general way does not open, and all agree.
+#[test]
+fn a_gre_protocol_of_zero_is_not_an_ethernet_frame() {
+    let frame: &[u8] = &[
+        0xe3, 0x00, 0x00, 0x00, 0x00, 0x12, 0x02, 0x00, 0x00, 0x00, 0x00, 0x11, 0x08, 0x00, 0x45,
+        0x00, 0x00, 0x44, 0x43, 0x21, 0x00, 0x00, 0x40, 0x2f, 0xe2, 0xff, 0xae, 0xc6, 0x31, 0x64,
+        0x01, 0xc6, 0x33, 0x64, 0x02, 0x00, 0x00, 0x00, 0x08, 0x00, 0x45, 0x00, 0x00, 0x28, 0x12,
+        0x34, 0x00, 0x00, 0x40, 0x06, 0x3b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xe4, 0x98,
+        0xc0, 0x00, 0x02, 0x01, 0xc0, 0x00, 0x02, 0x02, 0xe9, 0x9c, 0x40, 0x00, 0x52, 0x00, 0xb9,
+        0xb9, 0x46, 0xb9, 0x40, 0x30, 0x64, 0x02, 0x00, 0x00, 0x00, 0x08, 0x00, 0x45, 0x00, 0x00,
+        0x28, 0x12, 0x00, 0x04, 0x50, 0x02, 0xfa, 0xf0, 0x00,
+    ];
+    let decap = decapsulate(frame, &DEFAULT);
+    assert!(matches!(decap, Decap::Unsupported { .. }), "{decap:?}");
+    assert_eq!(parse_common_overlay(frame, &DEFAULT), None);
+    assert_eq!(shortcut_tunnel(frame, &DEFAULT), None);
+    check_invariants(frame, &decap, &DEFAULT, &|| "GRE protocol 0".to_string());
+    // The same frame with each protocol the general way does not open.
+    for protocol in [0x0000u16, 0x0001, 0x8864, 0x88a8, 0x8100, 0xffff] {
+        let mut mutated = frame.to_vec();
+        mutated[36..38].copy_from_slice(&protocol.to_be_bytes());
+        let decap = decapsulate(mutated.as_slice(), &DEFAULT);
+        assert!(
+            matches!(decap, Decap::Unsupported { .. }),
+            "{protocol:#06x}: {decap:?}"
+        );
+        check_invariants(&mutated, &decap, &DEFAULT, &|| {
+            format!("GRE protocol {protocol:#06x}")
+        });
+    }
+}
+
 /// The common frame under one or two VLAN tags (802.1Q, QinQ), TCP or
 /// UDP, over IPv4 and IPv6, is read by the shortcut too, and its every
 /// single-byte mutation and cut holds to the general parser; three tags
