@@ -21,7 +21,7 @@
 use crate::addr::Addr16;
 use crate::parse::{
     CommonTcp, ETH_HLEN, Fragment, IPV4_MIN_HLEN, IPV6_HLEN, IpPacket, IpVersion, MAX_INNER_START,
-    PacketBytes, Parsed, Payload, TcpSegment, Transport, VLAN_HLEN, ethertype, ip_proto, link,
+    PacketBytes, Parsed, Payload, TcpSegment, Transport, ethertype, ip_proto, link,
     parse_common_ip, parse_network, walk_link,
 };
 
@@ -1094,21 +1094,15 @@ pub fn read_common_other<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
 ) -> Option<CommonOther> {
-    let is_tag = |ethertype| ethertype == ethertype::VLAN || ethertype == ethertype::QINQ;
-    let ethertype = be16(pkt.load::<2>(12)?);
-    if !is_tag(ethertype) {
+    // At most two tags, by the general parser's own walk; tags cut short
+    // or too many are the general parser's to count.
+    let LayerStart {
+        ethertype,
+        offset: outer_ip,
+        ..
+    } = underlay(pkt)?;
+    if outer_ip == ETH_HLEN {
         return read_untagged_other(pkt, ports, ethertype);
-    }
-    // At most two tags, each its TCI and then the EtherType of what
-    // follows; a third is too deep, the general parser's to count.
-    let mut ethertype = be16(pkt.load::<2>(ETH_HLEN + 2)?);
-    let mut outer_ip = ETH_HLEN + VLAN_HLEN;
-    if is_tag(ethertype) {
-        ethertype = be16(pkt.load::<2>(outer_ip + 2)?);
-        outer_ip += VLAN_HLEN;
-        if is_tag(ethertype) {
-            return None;
-        }
     }
     if let Some(inner) = parse_common_ip(pkt, ethertype, outer_ip, usize::MAX) {
         return Some(CommonOther::TaggedTcp {
