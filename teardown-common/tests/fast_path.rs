@@ -26,8 +26,24 @@ impl Rng {
     }
 }
 
+/// How an exchange starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    /// Mostly with a handshake.
+    Handshake,
+    /// Mid-stream: a connection already open when teardown started.
+    Midstream,
+    /// Mid-stream, and only one side is ever seen (asymmetric routing).
+    OneSided,
+}
+
 /// One random segment from `side`, mostly plausible, sometimes not.
-fn segment(rng: &mut Rng, next: &mut [u32; 2], side: usize, step: usize) -> Segment {
+fn segment(rng: &mut Rng, next: &mut [u32; 2], side: usize, step: usize, start: Start) -> Segment {
+    let step = if start == Start::Handshake {
+        step
+    } else {
+        3 + step
+    };
     let flags = match (step, rng.below(1000)) {
         // Mostly a proper handshake first, so the connection gets established.
         (0, 0..=899) => SYN,
@@ -83,9 +99,11 @@ fn segment(rng: &mut Rng, next: &mut [u32; 2], side: usize, step: usize) -> Segm
 #[test]
 fn fast_path_leaves_every_record_as_the_state_machine_would() {
     let timeouts = Timeouts::ZEEK;
-    let mut taken = 0u64;
+    // Segments the fast path took, by how their exchange started.
+    let mut taken = [0u64; 3];
     for seed in 1..=3_000u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let start = [Start::Handshake, Start::Midstream, Start::OneSided][(seed % 3) as usize];
         // Start near the wrap point sometimes, so wraps are exercised.
         let mut next = if rng.chance(30) {
             [u32::MAX - rng.below(50_000) as u32, u32::MAX - 10_000]
@@ -96,12 +114,14 @@ fn fast_path_leaves_every_record_as_the_state_machine_would() {
         let mut slow: Option<Conn> = None;
         let mut both: Option<Conn> = None;
         for step in 0..200 {
-            let side = if step < 3 && rng.chance(90) {
+            let side = if start == Start::OneSided {
+                0
+            } else if step < 3 && rng.chance(90) {
                 step % 2
             } else {
                 rng.below(2) as usize
             };
-            let seg = segment(&mut rng, &mut next, side, step);
+            let seg = segment(&mut rng, &mut next, side, step, start);
             now += match rng.below(100) {
                 0 if rng.chance(30) => timeouts.idle_ns + rng.below(10) * 1_000_000_000,
                 1..=3 => rng.below(10) * 1_000_000_000,
@@ -119,7 +139,7 @@ fn fast_path_leaves_every_record_as_the_state_machine_would() {
             let before = *candidate;
             let fast = candidate.update_established(from_a, &seg, now, timeouts.idle_ns);
             if fast {
-                taken += 1;
+                taken[start as usize] += 1;
             } else {
                 assert_eq!(
                     *candidate, before,
@@ -134,7 +154,16 @@ fn fast_path_leaves_every_record_as_the_state_machine_would() {
             );
         }
     }
-    // The exchanges must actually exercise the fast path, or this proves nothing.
-    println!("fast path taken for {taken} of {} segments", 3_000 * 199);
-    assert!(taken > 100_000, "fast path taken only {taken} times");
+    // The exchanges must actually exercise the fast path, each way they
+    // start, or this proves nothing.
+    println!(
+        "fast path taken for {taken:?} of {} segments each (handshake, midstream, one-sided)",
+        1_000 * 199
+    );
+    for (start, count) in ["handshake", "midstream", "one-sided"].iter().zip(taken) {
+        assert!(
+            count > 30_000,
+            "fast path taken only {count} times ({start})"
+        );
+    }
 }

@@ -509,7 +509,8 @@ impl Conn {
     /// The common case of [`Conn::update`], cheap enough to run inline for
     /// every packet of an established connection: an in-order ACK or data
     /// segment (no SYN, FIN or RST, non-zero window) while both sides are
-    /// established and the record is not yet idle. Applies it and returns
+    /// open (established, or seen only mid-stream, or for the receiver not
+    /// seen yet) and the record is not yet idle. Applies it and returns
     /// true, leaving the record exactly as `update` would; returns false,
     /// changing nothing, for anything else, which then takes `update`.
     ///
@@ -542,7 +543,19 @@ impl Conn {
         let (me, peer) = if is_orig { (ORIG, RESP) } else { (RESP, ORIG) };
         let sender = &self.ep[me & 1];
         let receiver = &self.ep[peer & 1];
-        if !sender.open_established() || !receiver.open_established() {
+        // Both sides open, the sender established or first seen mid-stream
+        // (PARTIAL: a connection already open when teardown started, whose
+        // every packet would otherwise take the slow path), the receiver
+        // too or not seen yet (INACTIVE: a one-sided flow, as asymmetric
+        // routing shows a router). For such a segment `update` changes no
+        // state either way.
+        let sender_state = sender.open_state();
+        if sender_state != ESTABLISHED && sender_state != PARTIAL {
+            return false;
+        }
+        let receiver_state = receiver.open_state();
+        if receiver_state != ESTABLISHED && receiver_state != PARTIAL && receiver_state != INACTIVE
+        {
             return false;
         }
         let letter = if segment.len > 0 {
@@ -573,7 +586,18 @@ impl Conn {
             self.last_pkt_ns = now;
             self.last_ns = now;
         }
-        self.update_ack_seq(peer, segment.ack);
+        if receiver_state == INACTIVE {
+            // Zeek's init_peer, as `record_segment` does it: the peer's
+            // bytes numbered as if its SYN was seen, at every ACK until it
+            // sends.
+            let start = segment.ack.wrapping_sub(1);
+            let peer_ep = &mut self.ep[peer & 1];
+            peer_ep.start_seq = start;
+            peer_ep.ack_seq = start;
+            peer_ep.last_seq = start;
+        } else {
+            self.update_ack_seq(peer, segment.ack);
+        }
         let sender = &mut self.ep[me & 1];
         if advance {
             if seq_end < sender.last_seq {

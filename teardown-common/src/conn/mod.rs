@@ -163,7 +163,7 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 88);
-// `open_established` reads these four bytes as one aligned word.
+// `open_state` reads these four bytes as one aligned word.
 const _: () = assert!(
     core::mem::offset_of!(Endpoint, state).is_multiple_of(4)
         && core::mem::offset_of!(Endpoint, prev_state)
@@ -173,16 +173,24 @@ const _: () = assert!(
 );
 
 impl Endpoint {
-    /// `state == ESTABLISHED && did_close == 0`, from one load of the four
-    /// state bytes.
+    /// The side's state if it has not closed (`did_close == 0`), else
+    /// [`Endpoint::CLOSING`]: from one load of the four state bytes, for
+    /// the fast path.
     #[inline(always)]
-    fn open_established(&self) -> bool {
+    pub(crate) fn open_state(&self) -> u8 {
         // SAFETY: state, prev_state, did_close and fin_cnt are four
         // consecutive bytes at a 4-aligned offset of an 8-aligned struct
         // (asserted above).
         let word = unsafe { (&self.state as *const u8 as *const u32).read() };
-        word & u32::from_ne_bytes([0xff, 0, 0xff, 0]) == u32::from_ne_bytes([ESTABLISHED, 0, 0, 0])
+        if word & u32::from_ne_bytes([0, 0, 0xff, 0]) != 0 {
+            return Self::CLOSING;
+        }
+        word.to_ne_bytes()[0]
     }
+
+    /// [`Endpoint::open_state`]'s answer for a side that has closed: no
+    /// state's value.
+    pub(crate) const CLOSING: u8 = u8::MAX;
 }
 const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
 const _: () =
