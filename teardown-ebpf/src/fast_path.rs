@@ -21,7 +21,7 @@ use crate::{
     clock::FlowClock,
     flood::{admits_syn, count_syn},
     frame::Frame,
-    lock::{try_lock_fast, unlock},
+    lock::{try_lock_fast, unlock, unlock_slot},
     maps::{FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
     slow_path::track_segment,
 };
@@ -51,7 +51,8 @@ pub struct TrackInput {
     /// which this CPU's [`DECAP_STATE`](crate::maps::DECAP_STATE) describes.
     pub family: u64,
     /// First slot of the connection's set, and the way holding its live
-    /// record ([`WAYS`] if none does).
+    /// record ([`WAYS`] if none does), with [`HELD`] if the fast path hands
+    /// that slot over held.
     pub set: u64,
     pub way: u64,
     /// Source and destination addresses as [`Addr16::halves`] (IPv4 mapped).
@@ -67,6 +68,12 @@ const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
 
 /// Set in [`TrackInput::family`] for a segment found inside a tunnel.
 pub const TUNNELLED: u64 = 0x100;
+
+/// Set in [`TrackInput::way`] (and the `way` of [`look_up`]) when the fast
+/// path hands the slow path the record's slot held: it found the record
+/// under the lock, and declined the segment. Only with a way below
+/// [`WAYS`].
+pub const HELD: u32 = 0x100;
 
 /// The per-packet work: find the connection's slot and, for the common
 /// case, update it right here ([`Conn::update_established`]); anything else
@@ -232,6 +239,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
         .wrapping_add(tcp.header_len as u32)
         .wrapping_add(tcp.payload_len);
     let mut way = WAYS;
+    let mut held = 0;
     let mut candidate = 0;
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
@@ -252,18 +260,25 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
                         src_port: tcp.src_port,
                         dst_port: tcp.dst_port,
                     };
-                    let done =
-                        slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family)
-                            == found
-                            && slot.conn.update_established(
-                                found == matched::FROM_A,
-                                &segment,
-                                clock.coarse(),
-                                timeouts().idle_ns,
-                            );
-                    unlock(slot);
-                    if done {
+                    if slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family)
+                        != found
+                    {
+                        unlock(slot);
+                    } else if slot.conn.update_established(
+                        found == matched::FROM_A,
+                        &segment,
+                        clock.coarse(),
+                        timeouts().idle_ns,
+                    ) {
+                        unlock(slot);
                         return;
+                    } else {
+                        // Declined (a FIN, a RST, a retransmission, ...):
+                        // the slot stays held, and the slow path applies
+                        // the segment under this same hold. Letting go
+                        // here would cost the slow path a second atomic to
+                        // take it again, and a second compare of the key.
+                        held = HELD;
                     }
                 }
                 way = candidate;
@@ -287,12 +302,23 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     } else {
         clock.precise()
     };
-    to_slow_path(tcp, ip_len, src, dst, family, set, way, TUNNELLED, now);
+    to_slow_path(
+        tcp,
+        ip_len,
+        src,
+        dst,
+        family,
+        set,
+        way | held,
+        TUNNELLED,
+        now,
+    );
 }
 
 /// Hands a segment to the slow path ([`track_segment`]) through this
 /// CPU's [`TRACK_INPUT`]: `way` is the way of its set holding its record,
-/// or [`WAYS`] if none was found.
+/// or [`WAYS`] if none was found, with [`HELD`] if this CPU holds that
+/// slot (let go of here if the segment cannot be handed over).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -310,6 +336,9 @@ fn to_slow_path(
     now: u64,
 ) {
     let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {
+        if way & HELD != 0 {
+            unlock_slot(set + (way & !HELD));
+        }
         return;
     };
     // SAFETY: this CPU's slot, used by one program run at a time.

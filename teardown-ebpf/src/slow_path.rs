@@ -28,7 +28,7 @@ use teardown_common::{
 };
 
 use crate::{
-    fast_path::{TUNNELLED, TrackInput},
+    fast_path::{HELD, TUNNELLED, TrackInput},
     flood::{count_for_responder, count_half_open, note_eviction, responder_change},
     lock::{lock_slot, unlock_slot},
     maps::{
@@ -58,13 +58,17 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     input.key = key;
     input.from_a = (direction == Direction::AToB) as u64;
     let set = input.set as u32;
-    if input.way < WAYS as u64 {
-        let index = set + input.way as u32;
-        if lock_slot(index) == 0 {
+    // Handed over held, the slot holds the connection's record: the fast
+    // path compared its key under this very hold.
+    let held = input.way & HELD as u64 != 0;
+    let way = input.way & !(HELD as u64);
+    if way < WAYS as u64 {
+        let index = set + way as u32;
+        if !held && lock_slot(index) == 0 {
             return 0;
         }
         // Still the connection's? Another CPU may have ended it meanwhile.
-        if slot_holds(index, &input.key) {
+        if held || slot_holds(index, &input.key) {
             close_out_if_due(index, input);
             apply(index, input);
             unlock_slot(index);
