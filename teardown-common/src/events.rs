@@ -21,6 +21,29 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 /// cost a SYN flood's every packet as much as the parse.
 pub const SLOTS_PER_CHANGE_WORD: u32 = 64;
 
+/// Room in [`ChangedWords::words`]: more than one packet marks (a record
+/// closed out and a new one begun, or an evicted one replaced, in one set).
+pub const CHANGED_WORDS_CAPACITY: usize = 7;
+
+/// For a replay only (`teardown replay`, which takes the changes after
+/// every packet, one test run at a time on one thread): which words of the
+/// changed-slot bitmap the kernel marked since user space last set `count`
+/// to 0, so that it swaps those words, not all of them (with the default
+/// table, 2,048 words per packet were a third of a large replay's time).
+/// A `count` above [`CHANGED_WORDS_CAPACITY`] says some were not listed:
+/// user space then takes every word. Live, the kernel never writes it (the
+/// `NOTE_CHANGED_WORDS` global is 0, and the verifier drops the code).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangedWords {
+    /// Words marked; the first [`CHANGED_WORDS_CAPACITY`] are listed.
+    pub count: u64,
+    /// Indexes into the bitmap.
+    pub words: [u64; CHANGED_WORDS_CAPACITY],
+}
+
+const _: () = assert!(core::mem::size_of::<ChangedWords>() == 64);
+
 /// [`EventHeader::kind`] values.
 pub mod kind {
     /// The kernel closed a record out itself (a new SYN reused the ports, a

@@ -63,6 +63,12 @@ pub mod names {
     /// Mmapable array of u64 words: the changed-slot bitmap
     /// ([`crate::events::SLOTS_PER_CHANGE_WORD`]).
     pub const FLOW_CHANGES_MAP: &str = "FLOW_CHANGES";
+    /// Mmapable array of one [`crate::events::ChangedWords`]: the bitmap's
+    /// words marked during a replay's test run.
+    pub const CHANGED_WORDS_MAP: &str = "CHANGED_WORDS";
+    /// u32 global: 1 if the kernel lists the words it marks in
+    /// [`CHANGED_WORDS_MAP`] (a replay), 0 if not (live).
+    pub const NOTE_CHANGED_WORDS_GLOBAL: &str = "NOTE_CHANGED_WORDS";
     /// Array of two u64: [`CLOCK_PROBE_PROGRAM`] writes the precise clock
     /// (`bpf_ktime_get_ns`, or the capture clock in a replay) at 0 and the
     /// coarse clock before its offset (`jiffies * tick`) at 1.

@@ -14,7 +14,7 @@ use teardown_common::{
     counters::Tallies,
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
     events::{
-        Admission, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD,
+        Admission, ChangedWords, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD,
         SYN_STAMP_BUCKETS,
     },
     table::{FlowSlot, set_shift},
@@ -41,6 +41,11 @@ pub(crate) static FLOW_TABLE: Array<FlowSlot> =
 #[map]
 pub(crate) static FLOW_CHANGES: Array<u64> =
     Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_CHANGE_WORD, BPF_F_MMAPABLE);
+
+/// The bitmap's words marked during a replay's test run (see
+/// [`ChangedWords`]); written only where [`NOTE_CHANGED_WORDS`] says so.
+#[map]
+pub(crate) static CHANGED_WORDS: Array<ChangedWords> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// A per-CPU place for the segment handed to
 /// [`track_segment`](crate::slow_path::track_segment).
@@ -199,6 +204,13 @@ pub(crate) static HALF_OPEN_BUDGET: u64 = 1 << 20;
 /// store, 0 for a fetching add; set at load for the host's architecture.
 #[unsafe(no_mangle)]
 pub(crate) static UNLOCK_BY_STORE: u32 = 0;
+
+/// 1 if the slow path lists the change words it marks in
+/// [`CHANGED_WORDS`]: set by `teardown replay` alone, which runs one
+/// packet at a time on one thread, so the plain (not atomic) update of the
+/// list has one writer and no reader meanwhile.
+#[unsafe(no_mangle)]
+pub(crate) static NOTE_CHANGED_WORDS: u32 = 0;
 
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.

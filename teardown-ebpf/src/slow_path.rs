@@ -21,7 +21,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use teardown_common::{
     addr::Addr16,
     conn::{Conn, Segment, end_reason, flip_at_creation},
-    events::{EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
+    events::{CHANGED_WORDS_CAPACITY, EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey},
     table::{FlowSlot, WAYS},
     tunnel::{TUNNEL_CAPACITY, TunnelRef},
@@ -32,8 +32,8 @@ use crate::{
     flood::{count_for_responder, count_half_open, note_eviction, responder_change},
     lock::{lock_slot, unlock_slot},
     maps::{
-        DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, TUNNEL_IDS, TUNNEL_NEXT, TUNNELS,
-        is_likely_server, setting, stats, timeouts,
+        CHANGED_WORDS, DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, NOTE_CHANGED_WORDS,
+        TUNNEL_IDS, TUNNEL_NEXT, TUNNELS, is_likely_server, setting, stats, timeouts,
     },
 };
 
@@ -545,7 +545,8 @@ fn emit_ended(slot: &FlowSlot, index: u32, reason: u8, now: u64) {
 /// Flags the slot for user space to (re)schedule its deadline.
 #[inline(always)]
 fn mark_changed(slot: u32) {
-    if let Some(word) = FLOW_CHANGES.get_ptr_mut(slot / SLOTS_PER_CHANGE_WORD) {
+    let word_index = slot / SLOTS_PER_CHANGE_WORD;
+    if let Some(word) = FLOW_CHANGES.get_ptr_mut(word_index) {
         // SAFETY: an 8-aligned word of map memory; user space swaps it
         // atomically too.
         unsafe {
@@ -554,5 +555,23 @@ fn mark_changed(slot: u32) {
                 1 << (slot % SLOTS_PER_CHANGE_WORD),
             )
         };
+    }
+    if setting!(NOTE_CHANGED_WORDS) != 0 {
+        note_changed_word(word_index);
+    }
+}
+
+/// Lists a marked word in [`CHANGED_WORDS`] (a replay only: see
+/// [`NOTE_CHANGED_WORDS`] for why plain stores are safe there).
+#[inline(always)]
+fn note_changed_word(word_index: u32) {
+    if let Some(noted) = CHANGED_WORDS.get_ptr_mut(0) {
+        // SAFETY: the map's one value; one writer, no reader meanwhile.
+        let noted = unsafe { &mut *noted };
+        let count = noted.count;
+        if count < CHANGED_WORDS_CAPACITY as u64 {
+            noted.words[count as usize] = word_index as u64;
+        }
+        noted.count = count.wrapping_add(1);
     }
 }

@@ -254,8 +254,13 @@ pub fn connections_of(
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = CaptureReader::new(BufReader::new(file))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    // A fresh table per capture: connections never span files.
-    let mut kernel = Kernel::load(options)?;
+    // A fresh table per capture: connections never span files. One packet
+    // at a time, the changes taken after each: the kernel lists the words
+    // it marks, so only those are looked at.
+    let mut kernel = Kernel::load(&LoadOptions {
+        note_changed_words: true,
+        ..*options
+    })?;
     let mut events = kernel.take_events()?;
     let table = kernel.flow_table()?;
     let mut tracker = Tracker::new(options.timeouts);

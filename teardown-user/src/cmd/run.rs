@@ -612,6 +612,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         max_flows: options.max_flows,
         clock: options.clock,
         tunnels: options.tunnels,
+        // Many CPUs mark changes at once, live.
+        note_changed_words: false,
     };
     let mut watched = names
         .iter()

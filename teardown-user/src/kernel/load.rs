@@ -135,6 +135,15 @@ pub struct LoadOptions {
     /// ([`TunnelPorts::OFF`]: none; the tunnel programs are then not even
     /// loaded).
     pub tunnels: TunnelPorts,
+    /// The kernel lists the changed-slot bitmap's words it marks
+    /// ([`ChangedWords`]), so that [`FlowTable::take_changes`] swaps those
+    /// alone. Only for a caller that runs one packet at a time on one
+    /// thread and takes the changes after each (`replay --connections`):
+    /// the list is updated without atomics.
+    ///
+    /// [`ChangedWords`]: teardown_common::events::ChangedWords
+    /// [`FlowTable::take_changes`]: super::FlowTable::take_changes
+    pub note_changed_words: bool,
 }
 
 /// Which clock stamps the flow table's records.
@@ -176,6 +185,7 @@ impl Default for LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
             clock: ClockMode::Coarse,
             tunnels: TunnelPorts::DEFAULT,
+            note_changed_words: false,
         }
     }
 }
@@ -222,6 +232,11 @@ impl Kernel {
             .override_global(names::NS_PER_TICK_GLOBAL, &tick, true)
             .override_global(names::HALF_OPEN_BUDGET_GLOBAL, &budget, true)
             .override_global(names::UNLOCK_BY_STORE_GLOBAL, &UNLOCK_BY_STORE, true)
+            .override_global(
+                names::NOTE_CHANGED_WORDS_GLOBAL,
+                &(options.note_changed_words as u32),
+                true,
+            )
             .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
             .map_max_entries(
@@ -255,6 +270,7 @@ impl Kernel {
             slots,
             tunnels: options.tunnels,
             replay_tunnels_installed: false,
+            note_changed_words: options.note_changed_words,
             xdp_link: None,
             egress_link: None,
         };

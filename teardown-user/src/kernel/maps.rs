@@ -17,7 +17,7 @@ use aya::{
 use teardown_common::{
     counters::Tallies,
     dest::{DEST_SLOTS, DestSlot, DetectControl, SampleRing},
-    events::{FlowStats, SLOTS_PER_CHANGE_WORD},
+    events::{CHANGED_WORDS_CAPACITY, ChangedWords, FlowStats, SLOTS_PER_CHANGE_WORD},
     names,
     table::FlowSlot,
     tunnel::{TUNNEL_CAPACITY, Tunnel, TunnelRef},
@@ -66,7 +66,10 @@ pub struct FlowTable {
     words: usize,
     /// The kernel's table of tunnels (`TUNNELS`), which records refer to.
     tunnels: NonNull<Tunnel>,
-    mappings: [(NonNull<u8>, usize); 3],
+    /// The bitmap's words the kernel marked, where it lists them
+    /// ([`ChangedWords`]; a replay).
+    noted: Option<NonNull<ChangedWords>>,
+    mappings: [(NonNull<u8>, usize); 4],
 }
 
 impl FlowTable {
@@ -149,24 +152,58 @@ impl FlowTable {
     /// Calls `each` for every slot flagged since the last call, clearing
     /// the flags.
     pub fn take_changes(&self, mut each: impl FnMut(u32)) {
+        if let Some(noted) = self.noted {
+            // SAFETY: the mapped ChangedWords; the kernel writes it only
+            // during a test run, which has returned (see ChangedWords).
+            let listed = unsafe { std::ptr::read_volatile(noted.as_ptr()) };
+            if listed.count as usize <= CHANGED_WORDS_CAPACITY {
+                for &word_index in &listed.words[..listed.count as usize] {
+                    self.take_word(word_index as usize, &mut each);
+                }
+                // SAFETY: as above.
+                unsafe { std::ptr::write_volatile(noted.as_ptr(), ChangedWords::default()) };
+                // Every marked word was listed: none is left anywhere.
+                debug_assert!(
+                    (0..self.words).all(|word_index| {
+                        // SAFETY: in bounds of the mapping, as below.
+                        unsafe { AtomicU64::from_ptr(self.changes.as_ptr().add(word_index)) }
+                            .load(Ordering::Relaxed)
+                            == 0
+                    }),
+                    "a change word was marked but not listed"
+                );
+                return;
+            }
+            // More were marked than listed: take them all, below.
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(noted.as_ptr(), ChangedWords::default()) };
+        }
         for word_index in 0..self.words {
-            // SAFETY: in bounds of the mapping; the kernel ORs bits in
-            // atomically, and swapping the word takes them all exactly once.
-            let word = unsafe { AtomicU64::from_ptr(self.changes.as_ptr().add(word_index)) };
-            // Nearly every word is 0 between two calls: a plain load first,
-            // as a swap writes the cache line even when there is nothing to
-            // take. A bit set just after the load is taken next time, as one
-            // set just after a swap would be. (The replay takes changes after
-            // every packet: swapping every word was a quarter of its time.)
-            if word.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = word.swap(0, std::sync::atomic::Ordering::AcqRel);
-            while bits != 0 {
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                each(word_index as u32 * SLOTS_PER_CHANGE_WORD + bit);
-            }
+            self.take_word(word_index, &mut each);
+        }
+    }
+
+    /// Takes the flags of one word of the bitmap.
+    fn take_word(&self, word_index: usize, each: &mut impl FnMut(u32)) {
+        if word_index >= self.words {
+            return;
+        }
+        // SAFETY: in bounds of the mapping; the kernel ORs bits in
+        // atomically, and swapping the word takes them all exactly once.
+        let word = unsafe { AtomicU64::from_ptr(self.changes.as_ptr().add(word_index)) };
+        // Nearly every word is 0 between two calls: a plain load first,
+        // as a swap writes the cache line even when there is nothing to
+        // take. A bit set just after the load is taken next time, as one
+        // set just after a swap would be. (The replay takes changes after
+        // every packet: swapping every word was a quarter of its time.)
+        if word.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut bits = word.swap(0, std::sync::atomic::Ordering::AcqRel);
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            each(word_index as u32 * SLOTS_PER_CHANGE_WORD + bit);
         }
     }
 }
@@ -196,16 +233,20 @@ impl Kernel {
         )?;
         let tunnels_len = TUNNEL_CAPACITY as usize * size_of::<Tunnel>();
         let tunnels = mmap_map(&self.ebpf, names::TUNNELS_MAP, tunnels_len)?;
+        let noted_len = size_of::<ChangedWords>();
+        let noted = mmap_map(&self.ebpf, names::CHANGED_WORDS_MAP, noted_len)?;
         Ok(FlowTable {
             slots: table.cast(),
             len: slots,
             changes: changes.cast(),
             words: slots.div_ceil(SLOTS_PER_CHANGE_WORD as usize),
             tunnels: tunnels.cast(),
+            noted: self.note_changed_words.then_some(noted.cast()),
             mappings: [
                 (table, slots * size_of::<FlowSlot>()),
                 (changes, slots.div_ceil(64) * 8),
                 (tunnels, tunnels_len),
+                (noted, noted_len),
             ],
         })
     }

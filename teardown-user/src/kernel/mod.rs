@@ -76,6 +76,9 @@ pub struct Kernel {
     /// Whether the replay program's tunnel program is in its slot
     /// ([`Kernel::install_replay_tunnels`]).
     replay_tunnels_installed: bool,
+    /// Whether the kernel lists the change words it marks
+    /// ([`LoadOptions::note_changed_words`]).
+    note_changed_words: bool,
     /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
     /// them too).
     xdp_link: Option<XdpLinkId>,
