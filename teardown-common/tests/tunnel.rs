@@ -44,7 +44,8 @@ use teardown_common::parse::{
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
     TunnelPorts, decapsulate, encap, hands_to_tunnel_program, inner_class, may_carry_tunnel,
-    outcome, parse_common_overlay, read_common_other, shortcut_tunnel,
+    outcome, parse_common_overlay, read_common_other, read_tagged_overlay, shortcut_tunnel,
+    underlay,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -1237,6 +1238,18 @@ fn the_tunnel_programs_shortcuts_answer_for_one_or_two_layers_only() {
     // untagged and in a VLAN, 802.1ah untagged and behind its B-TAG,
     // FabricPath (15).
     assert_eq!(by_depth[1], 2 * (40 + 12 + 6 + 8 + 15));
+    // Of those, VXLAN, GRE and IP-in-IP behind a tag and behind QinQ (12)
+    // by the tagged overlay's fixed offsets, the first shortcut.
+    let tagged_overlays = catalogue()
+        .iter()
+        .filter(|built| {
+            let frame = built.frame.as_slice();
+            underlay(frame)
+                .and_then(|start| read_tagged_overlay(frame, &DEFAULT, &start))
+                .is_some()
+        })
+        .count();
+    assert_eq!(tagged_overlays, 2 * 12);
     // Two layers, around IPv4 and IPv6 each: GRE carrying MPLS (16: every
     // flag combination over both outer families), and MPLS in VXLAN, a
     // pseudowire in Geneve, VXLAN in GRE, GRE in IP-in-IP, VXLAN in VXLAN,

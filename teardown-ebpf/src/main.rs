@@ -62,10 +62,10 @@ use teardown_common::{
     },
     parse::{CommonTcp, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOther, CommonOverlay, DecapState, LayerStart, Pending, add_inner_layer, carried_tcp,
-        decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
-        outcome as tunnel_outcome, read_common_other, read_layer, start_tunnel, step_layer,
-        underlay,
+        CommonOther, CommonOverlay, DecapState, LayerStart, Pending, Tunnel, add_inner_layer,
+        carried_tcp, decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
+        outcome as tunnel_outcome, read_common_other, read_layer, read_tagged_overlay,
+        start_tunnel, step_layer, underlay,
     },
 };
 
@@ -154,10 +154,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
 /// in this CPU's [`DECAP_STATE`] for a record it starts.
 #[inline(always)]
 fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
-    if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, used by one program run at a time.
-        unsafe { (*state).tunnel = overlay.tunnel };
-    }
+    leave_tunnel(&overlay.tunnel);
     (
         other_ip_tally(overlay.tunnel.outer_family == 6, false),
         Some((
@@ -167,6 +164,16 @@ fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegm
         )),
         next::SHORTCUT | overlay.tunnel.layers[0],
     )
+}
+
+/// Leaves a shortcut's tunnel in this CPU's [`DECAP_STATE`], for a record
+/// the segment starts.
+#[inline(always)]
+fn leave_tunnel(tunnel: &Tunnel) {
+    if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        unsafe { (*state).tunnel = *tunnel };
+    }
 }
 
 /// Counts a segment a tunnel shortcut read in [`Tallies::encap`], as the
@@ -452,6 +459,22 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
     let Some(start) = underlay(frame) else {
         return shortcut::DECLINED;
     };
+    // VXLAN, Geneve, GRE or IP-in-IP behind one or two tags, the common
+    // TCP frame inside: at fixed offsets, as the main program's shortcut
+    // reads them untagged.
+    if let Some(overlay) = read_tagged_overlay(frame, tunnel_ports(), &start) {
+        leave_tunnel(&overlay.tunnel);
+        let is_v6 = overlay.inner.version == IpVersion::V6;
+        track::<true, true>(
+            frame,
+            &overlay.inner.segment,
+            overlay.ip_offset,
+            is_v6,
+            clock,
+        );
+        record_overlay(tallies, [overlay.tunnel.layers[0], 0, 0]);
+        return shortcut::TRACKED;
+    }
     let Some(layer) = read_layer(frame, tunnel_ports(), &start) else {
         return shortcut::DECLINED;
     };
