@@ -60,15 +60,23 @@ fn round_trip(stream: &mut TcpStream, len: usize) {
     stream.read_exact(&mut echoed).expect("the echo");
 }
 
-/// Per client port: (client to server, server to client) frames and sums
-/// of `ip.len`, as tshark reads the capture.
-fn wire_counts(capture: &std::path::Path) -> BTreeMap<u16, ((u64, u64), (u64, u64))> {
+/// One connection as tshark reads the capture: (client to server, server
+/// to client).
+#[derive(Clone, Copy, Debug, Default)]
+struct Wire {
+    frames: (u64, u64),
+    /// Sums of `ip.len`.
+    ip_bytes: (u64, u64),
+}
+
+/// The capture's connections by client port.
+fn wire_counts(capture: &std::path::Path) -> BTreeMap<u16, Wire> {
     let output = run(Command::new("tshark")
         .args(["-n", "-r"])
         .arg(capture)
         .args(["-T", "fields", "-e", "tcp.srcport", "-e", "tcp.dstport"])
         .args(["-e", "ip.len"]));
-    let mut counts: BTreeMap<u16, ((u64, u64), (u64, u64))> = BTreeMap::new();
+    let mut counts: BTreeMap<u16, Wire> = BTreeMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let fields: Vec<&str> = line.split('\t').collect();
         let [src, dst, ip_len] = fields[..] else {
@@ -77,13 +85,13 @@ fn wire_counts(capture: &std::path::Path) -> BTreeMap<u16, ((u64, u64), (u64, u6
         let (src, dst): (u16, u16) = (src.parse().expect("port"), dst.parse().expect("port"));
         let ip_len: u64 = ip_len.parse().expect("ip.len");
         if dst == SERVER_PORT {
-            let entry = counts.entry(src).or_default();
-            entry.0.0 += 1;
-            entry.1.0 += ip_len;
+            let wire = counts.entry(src).or_default();
+            wire.frames.0 += 1;
+            wire.ip_bytes.0 += ip_len;
         } else {
-            let entry = counts.entry(dst).or_default();
-            entry.0.1 += 1;
-            entry.1.1 += ip_len;
+            let wire = counts.entry(dst).or_default();
+            wire.frames.1 += 1;
+            wire.ip_bytes.1 += ip_len;
         }
     }
     counts
@@ -185,7 +193,10 @@ fn connections_open_before_teardown_starts_are_counted_exactly() {
             .iter()
             .filter(|record| record["id.orig_p"] == *port)
             .collect();
-        let Some(&((to_server, to_client), (bytes_to_server, bytes_to_client))) = wire.get(port)
+        let Some(&Wire {
+            frames: (to_server, to_client),
+            ip_bytes: (bytes_to_server, bytes_to_client),
+        }) = wire.get(port)
         else {
             wrong.push(format!("client port {port}: tshark saw nothing"));
             continue;
