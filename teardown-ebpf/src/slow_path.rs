@@ -333,7 +333,6 @@ fn apply(index: u32, input: &TrackInput) {
         }
         return;
     }
-    conn_count_gap(&mut slot.conn, input);
     let outcome = conn_update(&mut slot.conn, input);
     let (before, after) = (
         outcome & outcome::HALF_OPEN_BEFORE != 0,
@@ -373,13 +372,13 @@ mod outcome {
     pub const COMPLETED: u32 = 8;
 }
 
-/// Applies the segment to the record ([`Conn::update_segment`]: [`apply`]
-/// runs [`conn_count_gap`] first, and the two make [`Conn::update`]).
-/// Returns [`outcome`] bits.
+/// Applies the segment to the record ([`Conn::update`]: [`Conn::count_gap`],
+/// then [`Conn::update_segment`]'s phases). Returns [`outcome`] bits.
 ///
-/// Each phase of [`Conn::update_segment`] is a global function of its own,
-/// called in the same order: the verifier checks each once, where in one
-/// function their branches multiplied (about 614,000 instructions processed
+/// The phases are three global functions, called in the same order (the
+/// two small ones at each end share a function with their neighbour: a
+/// call fewer each, per slow-path segment): the verifier checks each once,
+/// where in one function their branches multiplied (about 614,000 instructions processed
 /// for this function alone in every program, of the 1,000,000 a program may
 /// take; the late flip's history shift alone doubled every path after it).
 /// No reference to the record is held across the calls: each phase writes
@@ -395,10 +394,9 @@ fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
     let before = record.half_open();
     let completed_before = record.handshake_completed();
     let schedule_before = (record.delete_at_ns, record.expire_chain_ns);
-    conn_settle_roles(conn, input);
+    conn_count_gap_settle_roles(conn, input);
     conn_record_segment(conn, input);
-    let do_close = conn_advance_state(conn, input);
-    conn_finish_segment(conn, input, do_close);
+    conn_advance_state_finish(conn, input);
     // SAFETY: as above; the phases are done with it.
     let Some(record) = (unsafe { conn.as_ref() }) else {
         return 0;
@@ -419,15 +417,20 @@ fn conn_update(conn: *mut Conn, input: *const TrackInput) -> u32 {
     bits
 }
 
-/// Phase 1 of [`conn_update`]: [`Conn::settle_roles`].
+/// Phase 1 of [`conn_update`]: [`Conn::count_gap`] (the part of
+/// [`Conn::update`] before [`Conn::update_segment`]), then
+/// [`Conn::settle_roles`]. Two small steps in one function: a call fewer
+/// per slow-path segment.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn conn_settle_roles(conn: *mut Conn, input: *const TrackInput) -> i32 {
+pub extern "C" fn conn_count_gap_settle_roles(conn: *mut Conn, input: *const TrackInput) -> i32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
         return 0;
     };
-    conn.settle_roles(&segment_of(input));
+    let segment = segment_of(input);
+    conn.count_gap(input.from_a != 0, &segment);
+    conn.settle_roles(&segment);
     0
 }
 
@@ -443,49 +446,20 @@ pub extern "C" fn conn_record_segment(conn: *mut Conn, input: *const TrackInput)
     0
 }
 
-/// Phase 3 of [`conn_update`]: [`Conn::advance_state`]; 1 if the sender's
-/// side closes.
+/// Phases 3 and 4 of [`conn_update`]: [`Conn::advance_state`], then
+/// [`Conn::finish_segment`] (the sender's counts, and its side closed if
+/// the first said so). One function: a call fewer per slow-path segment.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn conn_advance_state(conn: *mut Conn, input: *const TrackInput) -> u32 {
+pub extern "C" fn conn_advance_state_finish(conn: *mut Conn, input: *const TrackInput) -> i32 {
     // SAFETY: null-checked; a flow-table record and this CPU's input slot.
     let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
         return 0;
     };
-    conn.advance_state(input.from_a != 0, &segment_of(input), input.now, timeouts()) as u32
-}
-
-/// Phase 4 of [`conn_update`]: [`Conn::finish_segment`].
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn conn_finish_segment(
-    conn: *mut Conn,
-    input: *const TrackInput,
-    do_close: u32,
-) -> i32 {
-    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
-    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
-        return 0;
-    };
-    conn.finish_segment(
-        input.from_a != 0,
-        &segment_of(input),
-        do_close != 0,
-        timeouts(),
-    );
-    0
-}
-
-/// [`Conn::count_gap`], the part of [`Conn::update`] that [`conn_update`]
-/// leaves out.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn conn_count_gap(conn: *mut Conn, input: *const TrackInput) -> i32 {
-    // SAFETY: null-checked; a flow-table record and this CPU's input slot.
-    let (Some(conn), Some(input)) = (unsafe { conn.as_mut() }, unsafe { input.as_ref() }) else {
-        return 0;
-    };
-    conn.count_gap(input.from_a != 0, &segment_of(input));
+    let from_a = input.from_a != 0;
+    let segment = segment_of(input);
+    let do_close = conn.advance_state(from_a, &segment, input.now, timeouts());
+    conn.finish_segment(from_a, &segment, do_close, timeouts());
     0
 }
 
