@@ -137,6 +137,18 @@ impl TunnelPorts {
         pkt.load::<4>(offset)
             .is_some_and(|head| self.kind_of(be16([head[2], head[3]])) != 0)
     }
+
+    /// Whether an IP datagram of `protocol`, its transport header at
+    /// `l4`, may carry a tunnel: IP-in-IP, IPv6 in IP, GRE, or UDP to a
+    /// tunnel's port. (Whether tunnels are opened at all is the caller's.)
+    #[inline(always)]
+    fn ip_may_tunnel<P: PacketBytes + ?Sized>(&self, pkt: &P, protocol: u8, l4: usize) -> bool {
+        match protocol {
+            ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
+            ip_proto::UDP => self.udp_to_tunnel(pkt, l4),
+            _ => false,
+        }
+    }
 }
 
 impl Default for TunnelPorts {
@@ -665,11 +677,7 @@ pub fn may_carry_tunnel<P: PacketBytes + ?Sized>(
                         core::ptr::read_volatile(&ip.l4_offset),
                     )
                 };
-                match protocol {
-                    ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
-                    ip_proto::UDP => ports.udp_to_tunnel(pkt, l4_offset as usize),
-                    _ => false,
-                }
+                ports.ip_may_tunnel(pkt, protocol, l4_offset as usize)
             }
             _ => false,
         },
@@ -1160,12 +1168,10 @@ fn tagged_plain<P: PacketBytes + ?Sized>(
         (true, ports.udp_to_tunnel(pkt, outer_ip + IPV6_HLEN))
     } else if ethertype == ethertype::IPV4 {
         let (ip, _) = other_ipv4_header(pkt, outer_ip)?;
-        let may_tunnel = match ip[9] {
-            ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
-            ip_proto::UDP => ports.udp_to_tunnel(pkt, outer_ip + IPV4_MIN_HLEN),
-            _ => false,
-        };
-        (false, may_tunnel)
+        (
+            false,
+            ports.ip_may_tunnel(pkt, ip[9], outer_ip + IPV4_MIN_HLEN),
+        )
     } else {
         return None;
     };
@@ -1235,11 +1241,7 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
         return plain(false);
     }
     let protocol = ip[9];
-    let may_tunnel = match protocol {
-        ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE => true,
-        ip_proto::UDP => ports.udp_to_tunnel(pkt, L4_V4),
-        _ => false,
-    };
+    let may_tunnel = ports.ip_may_tunnel(pkt, protocol, L4_V4);
     // From here on a tunnel: the tunnel program opens whatever the
     // shortcut does not read. A total length of 0 bounds nothing.
     if !may_tunnel || total_len == 0 {
