@@ -278,16 +278,22 @@ fn a_log_that_cannot_be_written_costs_records_not_the_watch() {
         ],
         None,
     );
-    let metrics_addr = teardown
-        .stderr()
-        .iter()
-        .find_map(|line| {
+    // Said after the "watching" line and the kernel's notes, so it may not
+    // be there yet when `start` returns.
+    let metrics_line = || {
+        teardown.stderr().iter().find_map(|line| {
             line.split("http://")
                 .nth(1)
                 .and_then(|rest| rest.strip_suffix("/metrics"))
                 .map(str::to_string)
         })
-        .expect("teardown says where its metrics are");
+    };
+    assert!(
+        wait_until(RECORD_PATIENCE, || metrics_line().is_some()),
+        "teardown did not say where its metrics are: {:?}",
+        teardown.stderr()
+    );
+    let metrics_addr = metrics_line().expect("teardown says where its metrics are");
     refused_connects(&lab, 7001..7004);
     assert!(
         wait_until(RECORD_PATIENCE, || teardown.records_to(7001..7004) == 3
