@@ -109,18 +109,27 @@ fn prometheus_scrapes_the_syn_counter() {
         .expect("starting teardown run");
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
     let teardown = ChildGuard::new(child);
+    // The start, then (after any notes on the kernel's reset reasons) where
+    // the metrics are.
+    let mut said = Vec::new();
     for expected in [
         "watching".to_string(),
         format!("metrics at http://127.0.0.1:{METRICS_PORT}/metrics"),
     ] {
-        let mut line = String::new();
-        stderr
-            .read_line(&mut line)
-            .expect("reading teardown's stderr");
-        assert!(
-            line.contains(&expected),
-            "teardown did not say {expected:?}: {line:?}"
-        );
+        loop {
+            let mut line = String::new();
+            stderr
+                .read_line(&mut line)
+                .expect("reading teardown's stderr");
+            said.push(line.clone());
+            if line.contains(&expected) {
+                break;
+            }
+            assert!(
+                !line.is_empty() && line.starts_with("teardown: ") && said.len() > 1,
+                "teardown did not say {expected:?}: {said:?}"
+            );
+        }
     }
     // Answering already, with the SYN counter at 0.
     let (status, exposition) = http_get(&lab.server_ns, METRICS_PORT, "/metrics")
