@@ -146,7 +146,7 @@ fn admit(
         &Addr16::words_of_halves(dest),
         tcp.dst_port,
     );
-    // Admission works in 100 ms windows: the coarse clock is plenty, and
+    // Admission works in windows of about 134 ms: the coarse clock is plenty, and
     // the SYNs of a flood it refuses never pay for the precise one.
     if !admits_syn(clock.coarse()) {
         // A SYN flood: not even looked up, which would cost a cache miss
