@@ -610,6 +610,17 @@ pub(super) fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// The pause before a case's handshake is fed. A connection is set up
+/// before any flood: new_syn leaves the CPU under pressure, which lasts
+/// until a window passes without its signs and would refuse the
+/// handshake's SYN. Two windows are enough for that, but not for the
+/// machine: with two, `est_ack` right after new_syn read +41 to +46 ns in
+/// 5 of 14 runs (the empty program 10.5 ns where it reads 7.5), though its
+/// handshake was tracked each time; with six, +21 to +24 in 6 of 6.
+pub(super) const SETTLE_BEFORE_SETUP: std::time::Duration = std::time::Duration::from_millis(
+    6 * teardown_common::events::HALF_OPEN_WINDOW_NS / 1_000_000 + 50,
+);
+
 /// One clock's table: every case against the empty program. Returns the
 /// JSON rows and how many cases missed their goal.
 fn run_clock(
@@ -660,12 +671,7 @@ fn run_clock(
         }
         stats.still_off()?;
         if !case.setup.is_empty() {
-            // A connection set up before any flood: new_syn leaves this
-            // CPU under pressure, which lasts until a window passes
-            // without its signs, and would refuse the handshake's SYN.
-            std::thread::sleep(std::time::Duration::from_millis(
-                2 * teardown_common::events::HALF_OPEN_WINDOW_NS / 1_000_000 + 50,
-            ));
+            std::thread::sleep(SETTLE_BEFORE_SETUP);
         }
         kernel.set_bench(0, 0, 0)?;
         // Through the program as attached: the wrapper makes no tail call,

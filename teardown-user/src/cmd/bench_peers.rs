@@ -341,10 +341,9 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
         stats.still_off()?;
         let frame: &[u8] = &case.frame;
         if !case.setup.is_empty() {
-            // As `teardown bench`: a window without flood pressure first.
-            std::thread::sleep(std::time::Duration::from_millis(
-                2 * teardown_common::events::HALF_OPEN_WINDOW_NS / 1_000_000 + 50,
-            ));
+            // As `teardown bench`: no flood pressure left, and a settled
+            // machine.
+            std::thread::sleep(super::bench::SETTLE_BEFORE_SETUP);
         }
         kernel.set_bench(0, 0, 0)?;
         for setup in &case.setup {
