@@ -9,15 +9,14 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, Read, Write},
-    net::TcpStream,
+    io::BufRead,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use support::{Lab, TempDir, in_netns, start_teardown, wait_until};
+use support::{Lab, TempDir, scrape_metrics, start_teardown, wait_until};
 
 fn dist(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -160,26 +159,12 @@ fn every_metric_the_dashboard_and_the_rules_name_is_served() {
         }
     }
     let addr = addr.expect("teardown said where its metrics are");
-    let scrape = || {
-        let addr = addr.clone();
-        in_netns(&lab.server_ns, move || {
-            let mut stream = TcpStream::connect(addr.as_str()).expect("connecting to /metrics");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-                .expect("the request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("the response");
-            response
-        })
-        .join()
-        .expect("the scrape")
-    };
     // Until the run loop's first publication the endpoint serves zeros,
     // without the families of the kernel's figures (the host's SYN cookies
     // among them): scraped until they are there.
     let mut body = String::new();
     wait_until(Duration::from_secs(10), || {
-        body = scrape();
+        body = scrape_metrics(&lab.server_ns, &addr);
         body.contains("teardown_host_syncookies_sent_total")
     });
     drop(teardown);

@@ -302,20 +302,6 @@ fn sample(scrape: &str, series: &str) -> Option<u64> {
     })
 }
 
-fn scrape(ns: &str, addr: String) -> String {
-    in_netns(ns, move || {
-        let mut stream = TcpStream::connect(addr.as_str()).expect("connecting to /metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("the request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("the response");
-        response
-    })
-    .join()
-    .expect("the scrape")
-}
-
 #[test]
 fn several_interfaces_in_one_run_each_counted_and_attributed() {
     let topology = Topology::new();
@@ -411,9 +397,9 @@ fn several_interfaces_in_one_run_each_counted_and_attributed() {
 
     // Prometheus: each interface's counters under its label.
     thread::sleep(Duration::from_millis(300));
-    let metrics = scrape(
+    let metrics = scrape_metrics(
         &topology.server_ns,
-        metrics_addr.expect("the metrics address"),
+        &metrics_addr.expect("the metrics address"),
     );
     for (link, plan) in topology.links.iter().zip(PLANS) {
         let iface = &link.server_if;

@@ -16,7 +16,6 @@ mod support;
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     process::{Command, ExitStatus, Stdio},
@@ -204,23 +203,6 @@ impl Running {
     }
 }
 
-/// `/metrics` from inside `ns`, where teardown serves it on `addr`.
-fn scrape(ns: &str, addr: String) -> String {
-    in_netns(ns, move || {
-        let mut stream = TcpStream::connect(addr.as_str()).expect("connecting to /metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("sending the request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("reading the response");
-        response
-    })
-    .join()
-    .expect("scrape thread")
-}
-
 /// The last `n` lines, for failure messages (stats lines are long).
 fn tail(lines: &[String], n: usize) -> &[String] {
     &lines[lines.len().saturating_sub(n)..]
@@ -337,7 +319,7 @@ fn a_log_that_cannot_be_written_costs_records_not_the_watch() {
     let mut metrics = String::new();
     assert!(
         wait_until(RECORD_PATIENCE, || {
-            metrics = scrape(&lab.server_ns, metrics_addr.clone());
+            metrics = scrape_metrics(&lab.server_ns, &metrics_addr);
             lost_in_log(&metrics).is_some_and(|lost| lost >= 4)
         }),
         "{metrics}"

@@ -221,6 +221,27 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// `/metrics` as teardown serves it on `addr` inside namespace `ns`: the
+/// whole HTTP response, headers and all.
+pub fn scrape_metrics(ns: &str, addr: &str) -> String {
+    use std::io::Read as _;
+    let addr = addr.to_string();
+    in_netns(ns, move || {
+        let mut stream =
+            std::net::TcpStream::connect(addr.as_str()).expect("connecting to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("sending the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("reading the response");
+        response
+    })
+    .join()
+    .expect("the scrape thread")
+}
+
 /// A TCP listener on `addr` inside namespace `ns` (the socket keeps the
 /// namespace it was opened in).
 pub fn listen_in(ns: &str, addr: SocketAddr) -> std::net::TcpListener {
