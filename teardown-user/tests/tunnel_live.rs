@@ -813,23 +813,6 @@ fn counter(totals: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {totals}"))
 }
 
-/// `/metrics` from inside `ns` (teardown's default address, 127.0.0.1:9464).
-fn scrape(ns: &str) -> String {
-    in_netns(ns, move || {
-        let mut stream = TcpStream::connect("127.0.0.1:9464").expect("connecting to /metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("sending the request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("reading the response");
-        response
-    })
-    .join()
-    .expect("scrape thread")
-}
-
 /// The value of the sample `series` (name and labels exactly as exposed).
 fn sample(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|line| {
@@ -921,7 +904,8 @@ fn overlay_connections(per_kind: usize, threads: usize, link_options: &[&str]) {
     );
     // The metrics while it runs (stats every 100 ms: all traffic ended
     // seconds ago).
-    let metrics = scrape(&lab.server_ns);
+    // teardown's default address.
+    let metrics = scrape_metrics(&lab.server_ns, "127.0.0.1:9464");
     let (lines, _output, teardown_stderr) = watched.finish(teardown);
     // tcpdump flushes every packet (-U); give it a moment for the last.
     thread::sleep(Duration::from_millis(300));
