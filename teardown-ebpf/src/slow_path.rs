@@ -47,21 +47,17 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     let Some(input) = (unsafe { input.as_mut() }) else {
         return 0;
     };
-    // The canonical key, built only here: the fast path needs none.
-    let (key, direction) = FlowKey::from_words(
-        Addr16::words_of_halves(&input.src),
-        input.src_port as u16,
-        Addr16::words_of_halves(&input.dst),
-        input.dst_port as u16,
-        (input.family & 0xff) as u8,
-    );
-    input.key = key;
-    input.from_a = (direction == Direction::AToB) as u64;
     let set = input.set as u32;
     // Handed over held, the slot holds the connection's record: the fast
-    // path compared its key under this very hold.
+    // path compared its key under this very hold. Nothing here needs the
+    // key then, only which way the segment goes.
     let held = input.way & HELD as u64 != 0;
     let way = input.way & !(HELD as u64);
+    if held {
+        input.from_a = sent_from_a(set + way as u32, input) as u64;
+    } else {
+        key_of_segment(input);
+    }
     if way < WAYS as u64 {
         let index = set + way as u32;
         if !held && lock_slot(index) == 0 {
@@ -90,6 +86,40 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     unlock_slot(set);
     unlock_slot(set + 1);
     0
+}
+
+/// Fills in the segment's canonical key and direction, built only here:
+/// the fast path needs none. Out of line, so the key's temporaries are not
+/// in [`track_segment`]'s frame while it calls [`claim_slot`]: inline
+/// (behind the held test) they grew that frame from 104 bytes to 120,
+/// which took the tunnel programs' deepest chain of calls past the 512
+/// bytes of stack they share; out of line it is 56.
+#[inline(never)]
+fn key_of_segment(input: &mut TrackInput) {
+    let (key, direction) = FlowKey::from_words(
+        Addr16::words_of_halves(&input.src),
+        input.src_port as u16,
+        Addr16::words_of_halves(&input.dst),
+        input.dst_port as u16,
+        (input.family & 0xff) as u8,
+    );
+    input.key = key;
+    input.from_a = (direction == Direction::AToB) as u64;
+}
+
+/// Whether the segment travels from endpoint `a` of the key in slot
+/// `index`, which holds its connection (the fast path compared it, in
+/// one order or the other): the source is `a` if its address and port
+/// are. For a connection from an endpoint to itself both orders match,
+/// and the canonical key says `a` too.
+#[inline(always)]
+fn sent_from_a(index: u32, input: &TrackInput) -> bool {
+    let Some(slot) = FLOW_TABLE.get_ptr(index) else {
+        return true;
+    };
+    // SAFETY: a flow-table slot this CPU holds.
+    let key = unsafe { &(*slot).key };
+    key.port_a == input.src_port as u16 && key.addr_a.halves() == input.src
 }
 
 /// Set in [`claim_slot`]'s answer when the record was there after all.
@@ -128,6 +158,7 @@ pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 
         None => return 0,
     };
     emit_ended(slot, index, reason, input.now);
+    // The slot holds the connection's key: the new record keeps it.
     begin_record(slot, index, input);
     1
 }
@@ -242,11 +273,13 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         note_eviction(input.now);
     }
     let index = set + chosen as u32;
+    ways[chosen & 1].set_key(&input.key);
     begin_record(ways[chosen & 1], index, input);
     index
 }
 
-/// Starts a new record in `slot` for the segment's connection.
+/// Starts a new record in `slot` for the segment's connection, whose key
+/// the slot holds (set by the caller if it did not already).
 #[inline(always)]
 fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     let segment = segment_of(input);
@@ -254,7 +287,6 @@ fn begin_record(slot: &mut FlowSlot, index: u32, input: &TrackInput) {
     // `apply`), not even for who is the client: Zeek too keeps such a
     // connection as the packet's sender to its receiver.
     let flip = input.header_complete != 0 && flip_at_creation(&segment, is_likely_server);
-    slot.set_key(&input.key);
     slot.generation = slot.generation.wrapping_add(1);
     slot.conn.init(input.from_a != 0, &segment, flip, input.now);
     if input.family & TUNNELLED != 0 {
