@@ -547,6 +547,16 @@ fn reset_cost() {
         .filter(|line| line["event"] == "conn" && line["rst_reason"] == "NO_SOCKET")
         .count();
     println!("resets: {claimed} records carry NO_SOCKET");
+    // When the refused connects come fast enough to raise the SYN-rate
+    // alert, the ones after it are the flood's debris: counted into
+    // flood_debris summaries, not written in full (`--flood-records`).
+    let summarised = flows["records_summarised"].as_u64().unwrap_or(0);
+    if summarised > 0 {
+        println!(
+            "resets: {summarised} more ended records came after a SYN-rate alert, as a flood's debris: counted into {} flood_debris summaries instead of written in full",
+            flows["debris_summaries"]
+        );
+    }
     // TEARDOWN_BENCH_DUMP=FILE keeps teardown's output for a closer look.
     if let Some(dump) = std::env::var_os("TEARDOWN_BENCH_DUMP") {
         std::fs::write(dump, stdout.as_bytes()).expect("writing TEARDOWN_BENCH_DUMP");
