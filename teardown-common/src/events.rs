@@ -125,6 +125,14 @@ pub struct FlowStats {
     /// ([`Admission`]): not tracked. The connection, if it is real, is
     /// tracked from its next segment on.
     pub synack_untracked: u64,
+    /// Segments of connections with no record, other than pure SYNs and
+    /// SYN-ACKs (an ACK, data, a FIN or a RST of a connection whose
+    /// handshake was not seen), that found this CPU over its budget of new
+    /// mid-stream records ([`Admission::admit_midstream`]): not tracked.
+    /// Under an ACK flood (random sources) each would otherwise start a
+    /// one-sided record and push another out. A real connection is tracked
+    /// from a later segment, once the budget allows.
+    pub midstream_untracked: u64,
     /// Connections seen through a tunnel when the kernel's table of
     /// tunnels was full ([`crate::tunnel::TUNNEL_CAPACITY`]): their records
     /// name the tunnel's kind only.
@@ -188,6 +196,16 @@ pub const PRESSURE_THRESHOLD: u64 = 64;
 /// next segment on (a midstream record). Without pressure every such
 /// SYN-ACK is tracked, as before.
 ///
+/// Segments that are neither, of connections with no record (an ACK, data,
+/// a FIN or a RST whose handshake was not seen: every connection already
+/// open when teardown starts, and an ACK flood's every packet), would
+/// start a one-sided record each. Under pressure they get a budget of
+/// their own, of the same size ([`Admission::admit_midstream`]): an ACK
+/// flood then costs a probe per packet, not a record and an eviction
+/// (about 400 ns), and a SYN flood that spends the SYNs' budget leaves the
+/// real connections' next segments theirs. Without pressure each is
+/// tracked, as before.
+///
 /// Decided per CPU on the packets' own clock, so a replay of a capture
 /// admits what the live run did. But the table is one, whichever CPU a
 /// flood's packets arrive on: a window under pressure on any CPU is
@@ -208,9 +226,11 @@ pub struct Admission {
     pub pressure: u64,
     /// 1 if the budget applies in this window.
     pub limited: u64,
+    /// Mid-stream starts admitted or refused in this window.
+    pub midstream: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Admission>() == 4 * 8);
+const _: () = assert!(core::mem::size_of::<Admission>() == 5 * 8);
 
 impl Admission {
     #[inline(always)]
@@ -228,8 +248,15 @@ impl Admission {
             let shared = table_pressure >= window;
             self.limited = (own || shared) as u64;
             self.window = window;
-            self.syns = 0;
-            self.pressure = 0;
+            // Volatile: neighbouring zero stores become a `memset` call in
+            // the BPF build (an inlined copy of this for each admission),
+            // which the kernel refuses.
+            // SAFETY: plain fields of `self`.
+            unsafe {
+                core::ptr::write_volatile(&mut self.syns, 0);
+                core::ptr::write_volatile(&mut self.pressure, 0);
+                core::ptr::write_volatile(&mut self.midstream, 0);
+            }
         }
     }
 
@@ -253,6 +280,21 @@ impl Admission {
         self.roll(now, *table_pressure);
         self.syns += 1;
         if self.limited != 0 && self.syns > budget {
+            self.press(table_pressure);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a segment of a connection with no record, other than a pure
+    /// SYN or SYN-ACK, may start a (mid-stream) record at `now`: the same
+    /// policy as [`Admission::admit`], from a budget of its own, and its
+    /// refusals are signs of pressure too.
+    #[inline(always)]
+    pub fn admit_midstream(&mut self, now: u64, budget: u64, table_pressure: &mut u64) -> bool {
+        self.roll(now, *table_pressure);
+        self.midstream += 1;
+        if self.limited != 0 && self.midstream > budget {
             self.press(table_pressure);
             return false;
         }
@@ -297,7 +339,7 @@ pub const fn syn_recent(stamp: u8, now: u64) -> bool {
     syn_stamp(now).wrapping_sub(stamp).wrapping_add(1) <= 2
 }
 
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 14 * 8);
 
 impl FlowStats {
     pub fn add(&mut self, other: &FlowStats) {
@@ -313,6 +355,7 @@ impl FlowStats {
         self.dest_collisions += other.dest_collisions;
         self.lock_contended += other.lock_contended;
         self.synack_untracked += other.synack_untracked;
+        self.midstream_untracked += other.midstream_untracked;
         self.tunnels_unrecorded += other.tunnels_unrecorded;
     }
 }
@@ -452,6 +495,61 @@ mod tests {
             .filter(|i| admission.admit(next - 1 + (i % 2), budget, &mut shared))
             .count();
         assert_eq!(admitted, budget as usize);
+    }
+
+    #[test]
+    fn midstream_starts_have_a_budget_of_their_own_under_pressure_only() {
+        let mut admission = Admission::default();
+        let mut shared = 0;
+        let budget = 100;
+        let t = 1_000 * WINDOW;
+        // No pressure: every mid-stream start, however many.
+        assert!((0..10_000).all(|i| admission.admit_midstream(t + i, budget, &mut shared)));
+        // An ACK flood's records push others out: the next window is
+        // limited, for mid-stream starts and SYNs alike, each from its own
+        // budget: the flood's ACKs leave the SYNs theirs.
+        for i in 0..1_000 {
+            admission.note_eviction(t + 10_000 + i, &mut shared);
+        }
+        let next = t + WINDOW;
+        let acks = (0..1_000)
+            .filter(|i| admission.admit_midstream(next + i, budget, &mut shared))
+            .count();
+        let syns = (0..1_000)
+            .filter(|i| admission.admit(next + 1_000 + i, budget, &mut shared))
+            .count();
+        assert_eq!((acks, syns), (budget as usize, budget as usize));
+        // A SYN flood spends the SYNs' budget; a real connection's next
+        // segment still finds the mid-stream one.
+        let later = t + 2 * WINDOW;
+        assert_eq!(
+            (0..1_000)
+                .filter(|i| admission.admit(later + i, budget, &mut shared))
+                .count(),
+            budget as usize
+        );
+        assert!(admission.admit_midstream(later + 1_000, budget, &mut shared));
+        // Refused mid-stream starts alone keep the pressure on.
+        let third = t + 3 * WINDOW;
+        assert_eq!(
+            (0..1_000)
+                .filter(|i| admission.admit_midstream(third + i, budget, &mut shared))
+                .count(),
+            budget as usize
+        );
+        let fourth = t + 4 * WINDOW;
+        assert_eq!(
+            (0..1_000)
+                .filter(|i| admission.admit_midstream(fourth + i, budget, &mut shared))
+                .count(),
+            budget as usize
+        );
+        // Once they stop, free again a window later.
+        assert!((0..1_000).all(|i| admission.admit_midstream(
+            t + 6 * WINDOW + i,
+            budget,
+            &mut shared
+        )));
     }
 
     #[test]

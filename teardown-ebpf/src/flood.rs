@@ -56,6 +56,23 @@ pub(crate) fn admits_syn(now: u64) -> bool {
     unsafe { (*admission).admit(now, budget, &mut *table_pressure) }
 }
 
+/// Whether this CPU admits a new mid-stream record now
+/// ([`Admission::admit_midstream`]): for a segment of a connection with no
+/// record that is neither a pure SYN nor a pure SYN-ACK.
+///
+/// [`Admission::admit_midstream`]: teardown_common::events::Admission::admit_midstream
+#[inline(always)]
+pub(crate) fn admits_midstream(now: u64) -> bool {
+    let (Some(admission), Some(table_pressure)) =
+        (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
+    else {
+        return true;
+    };
+    let budget: u64 = setting!(HALF_OPEN_BUDGET);
+    // SAFETY: as in `admits_syn`.
+    unsafe { (*admission).admit_midstream(now, budget, &mut *table_pressure) }
+}
+
 /// A record pushed out of the table: a sign of pressure for [`Admission`].
 ///
 /// [`Admission`]: teardown_common::events::Admission
