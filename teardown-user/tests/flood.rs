@@ -472,6 +472,169 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     );
 }
 
+/// The ACK flood's destination port: a listener's, so the server answers
+/// each spoofed ACK with a RST, which the egress program sees too.
+const ACK_FLOOD_PORT: u16 = 9102;
+
+/// A random-source ACK flood: no handshake, so no SYN admission; each
+/// packet, and each RST the server answers it with, would start a
+/// one-sided record and push another out. Once the table is under
+/// pressure, those starts get a budget of their own and the rest are only
+/// counted (`midstream_untracked`), while a real connection opened during
+/// the flood is tracked whole, from its SYN: the ACKs do not spend the
+/// SYNs' budget.
+#[test]
+fn a_random_source_ack_flood_is_held_to_the_midstream_budget() {
+    let _turn = one_at_a_time();
+    let lab = Lab::new();
+    // The server's RSTs to the spoofed sources go out through the client,
+    // which drops them.
+    lab.route_server_replies_via(CLIENT_V4)
+        .expect("routing the server's replies through the client");
+    let server = socket_addr(SERVER_V4, ACK_FLOOD_PORT);
+    let listener = listen_in(&lab.server_ns, server);
+    let max_flows = MAX_FLOWS.to_string();
+    let (mut teardown, stderr) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", "native", "--max-flows", &max_flows],
+    );
+    let watched = JsonLines::watch(&mut teardown, stderr);
+
+    let port = ACK_FLOOD_PORT.to_string();
+    let mut hping = ChildGuard::new(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "hping3", "-A", "--flood"])
+            .args(["--rand-source", "-p", &port, SERVER_V4])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting hping3 (Debian package hping3)"),
+    );
+    // A real connection in the middle of the flood, closed by the client.
+    thread::sleep(Duration::from_millis(1500));
+    let mut client = in_netns(&lab.client_ns, move || {
+        TcpStream::connect(server).expect("connect during the ACK flood")
+    })
+    .join()
+    .expect("the client thread panicked");
+    let (mut server_end, _) = listener.accept().expect("accept during the ACK flood");
+    for end in [&client, &server_end] {
+        end.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+    }
+    let real = client.local_addr().expect("client address");
+    exchange(
+        &mut client,
+        &mut server_end,
+        b"through an ACK flood",
+        b"made it",
+    );
+    client.shutdown(Shutdown::Write).expect("close");
+    let mut rest = Vec::new();
+    server_end.read_to_end(&mut rest).expect("EOF");
+    drop(server_end);
+    client.read_to_end(&mut rest).expect("the server's FIN");
+    drop(client);
+    thread::sleep(Duration::from_millis(1500));
+    let hping_child = hping.child.take().expect("hping3 running");
+    // SAFETY: kill() on a pid we own and have not reaped.
+    unsafe { libc::kill(hping_child.id() as i32, libc::SIGINT) };
+    let hping_output = hping_child.wait_with_output().expect("waiting for hping3");
+    let hping_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&hping_output.stdout),
+        String::from_utf8_lossy(&hping_output.stderr)
+    );
+    let sent: u64 = hping_text
+        .lines()
+        .find_map(|line| {
+            line.split(" packets transmitted")
+                .next()
+                .filter(|_| line.contains("packets transmitted"))
+        })
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in hping3's output: {hping_text}"));
+
+    // The real connection's record comes after the close delay.
+    let is_real = |value: &Value| {
+        value["event"] == "conn"
+            && value["id.orig_h"] == real.ip().to_string()
+            && value["id.orig_p"] == real.port()
+    };
+    watched.wait_for(Duration::from_secs(15), is_real);
+    let (lines, _output, stderr) = watched.finish(teardown);
+    drop(listener);
+
+    assert!(
+        sent > 20_000,
+        "hping3 sent only {sent} ACKs in 3 s: {hping_text}"
+    );
+    let flows = final_flows(&lines, &stderr);
+    eprintln!("ack flood: hping3 sent {sent} ACKs; final flows {flows}");
+    let created = flows["created"].as_u64().expect("created");
+    let untracked = flows["midstream_untracked"]
+        .as_u64()
+        .expect("midstream_untracked");
+    // The flood's ACKs and the server's RSTs, each without a record, were
+    // either admitted (a record, most of them evicted again) or refused.
+    // Without the budget every one would have been a record.
+    assert!(
+        untracked > 0 && untracked * 10 >= (created + untracked) * 8,
+        "the ACK flood must be held to the mid-stream budget: {untracked} refused, {created} records created, for {sent} ACKs: {flows}"
+    );
+    let tracked = flows["tracked"].as_u64().expect("tracked");
+    assert!(tracked <= MAX_FLOWS, "{flows}");
+    // Every record made is accounted for: written (ended), evicted, or its
+    // event lost, counted. Before the budget applies (the flood's first
+    // admission window) records come by the thousand, most of them closed
+    // at once by the server's RST and handed over to make room; the test's
+    // unoptimised build of teardown may fall behind on them.
+    let ended: u64 = flows["ended_by_conn_state"]
+        .as_object()
+        .expect("ended_by_conn_state")
+        .values()
+        .map(|count| count.as_u64().expect("a count"))
+        .sum();
+    let evicted = flows["evicted"].as_u64().expect("evicted");
+    let lost = flows["events_lost"].as_u64().expect("events_lost");
+    assert_eq!(
+        created,
+        ended + evicted + lost + tracked,
+        "records created against ended {ended} + evicted {evicted} + lost {lost} + tracked {tracked}: {flows}"
+    );
+
+    // The real connection: tracked from its SYN, whole.
+    let records: Vec<&Value> = lines.iter().filter(|value| is_real(value)).collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "one record for the connection {real}: {records:#?}"
+    );
+    let record = records[0];
+    assert_eq!(
+        (
+            record["conn_state"].as_str(),
+            record["close"].as_str(),
+            record["closed_by"].as_str(),
+            &record["orig_guessed"],
+        ),
+        (
+            Some("SF"),
+            Some("graceful"),
+            Some("orig"),
+            &Value::Bool(false)
+        ),
+        "the connection made during the ACK flood: {record}"
+    );
+    assert!(
+        record["history"]
+            .as_str()
+            .is_some_and(|history| history.starts_with("ShA")),
+        "its handshake seen: {record}"
+    );
+}
+
 /// Connections a burst opens, and the client threads that open them.
 const BURST: usize = 4000;
 const BURST_THREADS: usize = 8;

@@ -292,6 +292,9 @@ pub struct FlowFigures {
     pub syn_untracked: u64,
     /// SYN-ACKs with no record over the half-open budget, not tracked.
     pub synack_untracked: u64,
+    /// Other segments of connections with no record (an ACK flood's) over
+    /// the mid-stream budget, not tracked.
+    pub midstream_untracked: u64,
     /// Segments given up on after a bounded wait for a held flow-table slot.
     pub lock_contended: u64,
     /// SYNs not counted per destination (their slot belonged to another).
@@ -330,6 +333,7 @@ impl FlowFigures {
             events_lost: flow.events_lost,
             syn_untracked: flow.syn_untracked,
             synack_untracked: flow.synack_untracked,
+            midstream_untracked: flow.midstream_untracked,
             lock_contended: flow.lock_contended,
             dest_collisions: flow.dest_collisions,
             truncated_segments: flow.truncated_segments,
@@ -362,6 +366,7 @@ impl FlowFigures {
             sum.events_lost += flows.events_lost;
             sum.syn_untracked += flows.syn_untracked;
             sum.synack_untracked += flows.synack_untracked;
+            sum.midstream_untracked += flows.midstream_untracked;
             sum.lock_contended += flows.lock_contended;
             sum.dest_collisions += flows.dest_collisions;
             sum.truncated_segments += flows.truncated_segments;
@@ -989,6 +994,7 @@ pub mod tests {
                 "half_open_timeouts_by_port",
                 "insert_failed",
                 "lock_contended",
+                "midstream_untracked",
                 "records_summarised",
                 "syn_untracked",
                 "synack_untracked",

@@ -80,7 +80,7 @@ pub fn half_open_ports_words(ports: &PortFigures, n: usize) -> Vec<String> {
 fn flow_line(flows: &FlowFigures) -> String {
     let ports = half_open_ports_words(&flows.half_open_timeouts, 3);
     format!(
-        "flows: {} tracked, {} half-open, {} ended{}; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}{}",
+        "flows: {} tracked, {} half-open, {} ended{}; lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}, lock contended {}{}{}{}",
         flows.tracked,
         flows.half_open,
         flows.ended(),
@@ -98,6 +98,15 @@ fn flow_line(flows: &FlowFigures) -> String {
         flows.insert_failed,
         flows.evicted,
         flows.syn_untracked,
+        // Only under an ACK flood, as the summaries above.
+        if flows.midstream_untracked > 0 {
+            format!(
+                ", mid-stream segments untracked {}",
+                flows.midstream_untracked
+            )
+        } else {
+            String::new()
+        },
         flows.lock_contended,
         if flows.dest_collisions > 0 {
             format!(
@@ -271,6 +280,16 @@ mod tests {
         assert_eq!(
             lines[3],
             "flows: 3 tracked, 1 half-open, 9 ended; lost events 4, failed inserts 0, evicted 0, SYNs untracked 0, lock contended 5; half-open timeouts by port 8080:12 443:3 other:40; lines lost stdout 0, log 12"
+        );
+        // An ACK flood's untracked segments appear once there are any.
+        let mut flooded = figures.clone();
+        flooded.flows.midstream_untracked = 589_869;
+        assert!(
+            report(&flooded, 0).contains(
+                "SYNs untracked 0, mid-stream segments untracked 589869, lock contended 5"
+            ),
+            "{}",
+            report(&flooded, 0)
         );
         // No header between the twentieth rows, no sent row when ingress only.
         let mut ingress = figures.clone();

@@ -388,6 +388,13 @@ pub fn render(figures: &Figures) -> String {
     );
     e.per_interface(
         interfaces,
+        "teardown_midstream_untracked_total",
+        "counter",
+        "Segments of connections with no record, other than pure SYNs and SYN-ACKs, not tracked because the per-CPU budget of new mid-stream records was spent while the table was under pressure (an ACK flood).",
+        |one| one.flows.midstream_untracked,
+    );
+    e.per_interface(
+        interfaces,
         "teardown_tunnels_unrecorded_total",
         "counter",
         "Connections inside a tunnel first seen while the kernel's table of tunnels was full: their records name the tunnel's kind, not its id or endpoints.",

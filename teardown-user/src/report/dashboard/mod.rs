@@ -86,6 +86,8 @@ pub struct FlowFigures {
     pub insert_failed: u64,
     pub evicted: u64,
     pub syn_untracked: u64,
+    /// Segments of connections with no record over the mid-stream budget.
+    pub midstream_untracked: u64,
     pub lock_contended: u64,
     /// Records `--log` could not write (a full disk), when there is a log.
     pub log_lines_lost: Option<u64>,
@@ -311,6 +313,7 @@ fn flow_figures(figures: &Figures) -> FlowFigures {
         ipfix_records_lost: figures.lines_lost.of("ipfix"),
         alert_hooks_failed: figures.lines_lost.of("alert_hook"),
         syn_untracked: flows.syn_untracked,
+        midstream_untracked: flows.midstream_untracked,
         lock_contended: flows.lock_contended,
         half_open_timeouts_by_port: ports,
         half_open_timeouts_other: other_ports,
@@ -455,11 +458,20 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
         format!("closes    {}", counts(&flows.ended_by_close)),
         format!("states    {}", counts(&flows.ended_by_conn_state)),
         format!(
-            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}, lock contended {}{}{}{}",
+            "trouble   lost events {}, failed inserts {}, evicted {}, SYNs untracked {}{}, lock contended {}{}{}{}",
             flows.events_lost,
             flows.insert_failed,
             flows.evicted,
             flows.syn_untracked,
+            // Only under an ACK flood: the line stays as it was otherwise.
+            if flows.midstream_untracked > 0 {
+                format!(
+                    ", mid-stream segments untracked {}",
+                    flows.midstream_untracked
+                )
+            } else {
+                String::new()
+            },
             flows.lock_contended,
             flows
                 .log_lines_lost
