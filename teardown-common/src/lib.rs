@@ -69,6 +69,10 @@ pub mod names {
     /// u32 global: 1 if the kernel lists the words it marks in
     /// [`CHANGED_WORDS_MAP`] (a replay), 0 if not (live).
     pub const NOTE_CHANGED_WORDS_GLOBAL: &str = "NOTE_CHANGED_WORDS";
+    /// u32 global: 1 if, while the flow table is under pressure, the reset
+    /// program sends no event for a reset of a connection without a record
+    /// (`teardown run` on one interface), 0 if it sends every one.
+    pub const SKIP_UNTRACKED_RESETS_GLOBAL: &str = "SKIP_UNTRACKED_RESETS";
     /// Array of two u64: [`CLOCK_PROBE_PROGRAM`] writes the precise clock
     /// (`bpf_ktime_get_ns`, or the capture clock in a replay) at 0 and the
     /// coarse clock before its offset (`jiffies * tick`) at 1.

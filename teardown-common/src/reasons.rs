@@ -136,6 +136,11 @@ pub struct ResetCounts {
     /// Events the ring buffer had no room for (the counts above still hold
     /// them).
     pub events_lost: u64,
+    /// Events not sent because no record could claim them: resets of
+    /// connections the flow table does not hold, while it is under pressure
+    /// (a flood: the host's resets to an ACK flood's spoofed sources, or to
+    /// SYNs for a closed port). The counts above still hold them.
+    pub events_skipped: u64,
 }
 
 impl Default for ResetCounts {
@@ -143,11 +148,12 @@ impl Default for ResetCounts {
         ResetCounts {
             by_reason: [0; RESET_REASON_SLOTS as usize],
             events_lost: 0,
+            events_skipped: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ResetCounts>() == 8 * (RESET_REASON_SLOTS as usize + 1));
+const _: () = assert!(core::mem::size_of::<ResetCounts>() == 8 * (RESET_REASON_SLOTS as usize + 2));
 
 impl ResetCounts {
     /// The slot counting reason number `reason`.
@@ -166,6 +172,7 @@ impl ResetCounts {
             *sum += count;
         }
         self.events_lost += other.events_lost;
+        self.events_skipped += other.events_skipped;
     }
 }
 
@@ -178,22 +185,43 @@ const AF_INET6: u16 = 10;
 /// [`crate::flow::FlowKey`] keeps it) and the port. `None` for any
 /// other family (the kernel leaves the bytes zero when it had no address).
 pub fn endpoint(sockaddr: &[u8; SOCKADDR_BYTES]) -> Option<(u8, Addr16, u16)> {
+    let (family, halves, port) = endpoint_halves(sockaddr)?;
+    Some((
+        family,
+        Addr16::from_words(Addr16::words_of_halves(&halves)),
+        port,
+    ))
+}
+
+/// [`endpoint`] with the address as [`Addr16::halves`], read word by word:
+/// for the reset program's probe of the flow table, where a copy into a
+/// local byte array would become a `memcpy` call.
+#[inline(always)]
+pub fn endpoint_halves(sockaddr: &[u8; SOCKADDR_BYTES]) -> Option<(u8, [u64; 2], u16)> {
     // The family is host-endian (x86 and BPF alike little-endian here); the
     // port and address are network order.
     let family = u16::from_le_bytes([sockaddr[0], sockaddr[1]]);
     let port = u16::from_be_bytes([sockaddr[2], sockaddr[3]]);
+    let half = |at: usize| {
+        u64::from_ne_bytes([
+            sockaddr[at],
+            sockaddr[at + 1],
+            sockaddr[at + 2],
+            sockaddr[at + 3],
+            sockaddr[at + 4],
+            sockaddr[at + 5],
+            sockaddr[at + 6],
+            sockaddr[at + 7],
+        ])
+    };
     match family {
         AF_INET => Some((
             4,
-            Addr16::v4_mapped([sockaddr[4], sockaddr[5], sockaddr[6], sockaddr[7]]),
+            Addr16::v4_mapped_halves([sockaddr[4], sockaddr[5], sockaddr[6], sockaddr[7]]),
             port,
         )),
-        AF_INET6 => {
-            // sin6_flowinfo (4 bytes) comes first.
-            let mut address = [0u8; 16];
-            address.copy_from_slice(&sockaddr[8..24]);
-            Some((6, Addr16(address), port))
-        }
+        // sin6_flowinfo (4 bytes) comes first.
+        AF_INET6 => Some((6, [half(8), half(16)], port)),
         _ => None,
     }
 }
@@ -232,6 +260,11 @@ mod tests {
         bytes[..8].copy_from_slice(&[10, 0, 0, 80, 0xff, 0xff, 0xff, 0xff]);
         bytes[8..].copy_from_slice(&address);
         assert_eq!(endpoint(&sockaddr(&bytes)), Some((6, Addr16(address), 80)));
+        // The kernel's form: the halves the flow table's keys compare.
+        assert_eq!(
+            endpoint_halves(&sockaddr(&bytes)),
+            Some((6, Addr16(address).halves(), 80))
+        );
     }
 
     #[test]

@@ -212,6 +212,14 @@ pub(crate) static UNLOCK_BY_STORE: u32 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static NOTE_CHANGED_WORDS: u32 = 0;
 
+/// 1 if the reset program, while [`TABLE_PRESSURE`] says the table is
+/// under pressure, sends no event for a reset of a connection
+/// [`FLOW_TABLE`] holds no record of (counted all the same). Set by `teardown
+/// run` when it watches one interface: with several, each has a table of
+/// its own, and the one reset program sees only the first's.
+#[unsafe(no_mangle)]
+pub(crate) static SKIP_UNTRACKED_RESETS: u32 = 0;
+
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.
 macro_rules! setting {

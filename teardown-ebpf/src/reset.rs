@@ -14,8 +14,18 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use teardown_common::reasons::{
-    RESET_EVENTS_BYTES, ResetCounts, ResetEvent, ResetLayout, SOCKADDR_BYTES, reset_flag, tcp_state,
+use teardown_common::{
+    events::half_open_window,
+    reasons::{
+        RESET_EVENTS_BYTES, ResetCounts, ResetEvent, ResetLayout, SOCKADDR_BYTES, endpoint_halves,
+        reset_flag, tcp_state,
+    },
+    table::{WAYS, flow_hash, fold_address, matched, set_of},
+};
+
+use crate::{
+    clock::{FlowClock, LiveClock},
+    maps::{FLOW_TABLE, SET_SHIFT, SKIP_UNTRACKED_RESETS, TABLE_PRESSURE, setting},
 };
 
 /// Where the tracepoint record's fields are; see [`ResetLayout`].
@@ -106,6 +116,54 @@ fn in_watched_netns(layout: &ResetLayout, sk: u64, skb: u64) -> bool {
     matches!(unsafe { bpf_probe_read_kernel(inum) }, Ok(found) if found == layout.netns)
 }
 
+/// Whether the flow table is under pressure now (a window under pressure
+/// on any CPU limits the next: see `TABLE_PRESSURE`), on the clock the
+/// admission's windows run on.
+#[inline(always)]
+fn table_under_pressure() -> bool {
+    let now = LiveClock.coarse();
+    TABLE_PRESSURE
+        .get(0)
+        .is_some_and(|stamp| *stamp >= half_open_window(now))
+}
+
+/// Whether the flow table holds a record of the connection between `local`
+/// and `remote`: the fast path's probe of its set, without the lock. A
+/// filter only: a record changing hands meanwhile may be misread either
+/// way, which costs one event sent for nothing or one reason missing from
+/// a flood's debris.
+#[inline(always)]
+fn has_record(local: &[u8; SOCKADDR_BYTES], remote: &[u8; SOCKADDR_BYTES]) -> bool {
+    let (Some((family, local, local_port)), Some((_, remote, remote_port))) =
+        (endpoint_halves(local), endpoint_halves(remote))
+    else {
+        // Not an address the table keys: let user space decide.
+        return true;
+    };
+    let hash = flow_hash(
+        fold_address(&local),
+        local_port,
+        fold_address(&remote),
+        remote_port,
+    );
+    let set = set_of(hash, setting!(SET_SHIFT));
+    let mut way = 0;
+    while way < WAYS {
+        if let Some(slot) = FLOW_TABLE.get(set + way) {
+            let found = if family == 6 {
+                slot.direction_of::<true>(&local, local_port, &remote, remote_port, family)
+            } else {
+                slot.direction_of::<false>(&local, local_port, &remote, remote_port, family)
+            };
+            if found != matched::NONE {
+                return true;
+            }
+        }
+        way += 1;
+    }
+    false
+}
+
 /// Zeroes an event's command name with two stores (volatile, or the
 /// compiler would call `memset` for them).
 ///
@@ -151,18 +209,57 @@ pub(crate) fn on_send_reset(ctx: &TracePointContext) {
     if let Some(count) = counts.by_reason.get_mut(slot) {
         *count += 1;
     }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let record = ctx.as_ptr().cast::<u8>();
+    // Under a flood the host may send a reset per packet (to an ACK
+    // flood's spoofed sources, to SYNs for a closed port), each an event
+    // user space reads and keeps for a record that will never claim it:
+    // most of teardown's own CPU under an ACK flood. While the table is
+    // under pressure, a reset of a connection it holds no record of is
+    // counted here (and by reason above), and sent no further.
+    if setting!(SKIP_UNTRACKED_RESETS) != 0 && table_under_pressure() {
+        // Not zeroed first (a memset call): the helper writes every byte
+        // read, zeros where it cannot read. Whole words, so the stack
+        // buffers are 8-aligned: the compiler merges the byte reads below
+        // into word loads, which the verifier refuses at an odd offset.
+        let mut local = core::mem::MaybeUninit::<[u64; 4]>::uninit();
+        let mut remote = core::mem::MaybeUninit::<[u64; 4]>::uninit();
+        // SAFETY: two 32-byte stack buffers, of which the helper fills the
+        // first 28 (the record's fields at offsets its format gave, through
+        // the checked helper); only those are read, as byte arrays.
+        let (local, remote) = unsafe {
+            copy_kernel(
+                local.as_mut_ptr().cast(),
+                SOCKADDR_BYTES as u32,
+                record.add(layout.local as usize),
+            );
+            copy_kernel(
+                remote.as_mut_ptr().cast(),
+                SOCKADDR_BYTES as u32,
+                record.add(layout.remote as usize),
+            );
+            (
+                &*local.as_ptr().cast::<[u8; SOCKADDR_BYTES]>(),
+                &*remote.as_ptr().cast::<[u8; SOCKADDR_BYTES]>(),
+            )
+        };
+        if !has_record(local, remote) {
+            counts.events_skipped += 1;
+            return;
+        }
+    }
     let Some(mut entry) = RESET_EVENTS.reserve::<ResetEvent>(0) else {
         counts.events_lost += 1;
         return;
     };
     let state: u32 = field::<i32>(ctx, layout.state).unwrap_or(0) as u32;
-    let record = ctx.as_ptr().cast::<u8>();
     let event = entry.as_mut_ptr();
     // SAFETY: `event` is the reserved entry, ResetEvent-sized and aligned;
     // every field is written below before it is submitted. The record's
     // fields are read at offsets its format gave, through the checked helper.
     unsafe {
-        (*event).time_ns = bpf_ktime_get_ns();
+        (*event).time_ns = now;
         (*event).reason = reason;
         (*event).state = state;
         let local = core::ptr::addr_of_mut!((*event).local).cast::<u8>();

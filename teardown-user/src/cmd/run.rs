@@ -614,6 +614,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tunnels: options.tunnels,
         // Many CPUs mark changes at once, live.
         note_changed_words: false,
+        // The reset program sees the first interface's table only.
+        skip_untracked_resets: names.len() == 1,
     };
     let mut watched = names
         .iter()

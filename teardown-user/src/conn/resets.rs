@@ -217,6 +217,7 @@ impl KernelReasons {
             resets_sent,
             resets_by_port: ResetPorts { listed, other },
             reset_events_lost: counts.events_lost,
+            reset_events_skipped: counts.events_skipped,
             resets_unclaimed: self.book.stats.unclaimed + self.book.stats.unaddressed,
             reason_names,
             handshakes,

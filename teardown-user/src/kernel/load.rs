@@ -144,6 +144,14 @@ pub struct LoadOptions {
     /// [`ChangedWords`]: teardown_common::events::ChangedWords
     /// [`FlowTable::take_changes`]: super::FlowTable::take_changes
     pub note_changed_words: bool,
+    /// While the flow table is under pressure (a flood), the reset program
+    /// sends no event for a reset of a connection the table holds no record
+    /// of: no record could claim it, and under an ACK flood (a reset per
+    /// spoofed ACK) reading them was most of teardown's own CPU. They are
+    /// still counted, by reason, and in `reset_events_skipped`. Only where
+    /// the reset program shares the one flow table watched (`teardown run`
+    /// on one interface).
+    pub skip_untracked_resets: bool,
 }
 
 /// Which clock stamps the flow table's records.
@@ -186,6 +194,7 @@ impl Default for LoadOptions {
             clock: ClockMode::Coarse,
             tunnels: TunnelPorts::DEFAULT,
             note_changed_words: false,
+            skip_untracked_resets: false,
         }
     }
 }
@@ -235,6 +244,11 @@ impl Kernel {
             .override_global(
                 names::NOTE_CHANGED_WORDS_GLOBAL,
                 &(options.note_changed_words as u32),
+                true,
+            )
+            .override_global(
+                names::SKIP_UNTRACKED_RESETS_GLOBAL,
+                &(options.skip_untracked_resets as u32),
                 true,
             )
             .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)

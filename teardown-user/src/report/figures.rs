@@ -462,6 +462,10 @@ pub struct ReasonFigures {
     /// Reset events the ring buffer had no room for (still counted above,
     /// but no record got their reason).
     pub reset_events_lost: u64,
+    /// Reset events not sent because no record could claim them: resets of
+    /// connections the flow table held no record of while it was under
+    /// pressure (a flood). Counted above, and not by port.
+    pub reset_events_skipped: u64,
     /// Resets no record claimed: their connection never crossed the watched
     /// interface, or was not tracked, or the host reset it again.
     pub resets_unclaimed: u64,
@@ -897,6 +901,7 @@ pub mod tests {
                 other: 0,
             },
             reset_events_lost: 0,
+            reset_events_skipped: 5,
             resets_unclaimed: 1,
             reason_names: vec!["NO_SOCKET", "TCP_STATE"],
             handshakes: None,
@@ -917,6 +922,7 @@ pub mod tests {
                     "other": 0
                 },
                 "reset_events_lost": 0,
+                "reset_events_skipped": 5,
                 "resets_unclaimed": 1,
                 "listen_drops_by_port": {"9207": 28, "other": 0}
             })

@@ -155,10 +155,20 @@ fn reasons_line(reasons: &ReasonFigures) -> Option<String> {
             .map(|(reason, count)| format!("{reason} {count}"))
             .collect();
         parts.push(format!(
-            "resets sent: {} (unclaimed {}, events lost {})",
+            "resets sent: {} (unclaimed {}, events lost {}{})",
             by_reason.join(", "),
             reasons.resets_unclaimed,
-            reasons.reset_events_lost
+            reasons.reset_events_lost,
+            // Only once a flood made some: the line stays as it was
+            // otherwise.
+            if reasons.reset_events_skipped > 0 {
+                format!(
+                    ", events of untracked connections skipped {}",
+                    reasons.reset_events_skipped
+                )
+            } else {
+                String::new()
+            }
         ));
     }
     if let Some(handshakes) = &reasons.handshakes

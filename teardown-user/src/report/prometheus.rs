@@ -469,6 +469,12 @@ pub fn render(figures: &Figures) -> String {
             reasons.reset_events_lost,
         );
         e.single(
+            "teardown_reset_events_skipped_total",
+            "counter",
+            "Reset events not sent because no record could claim them: resets of connections the flow table held no record of while it was under pressure (a flood). Counted in teardown_resets_sent_total, not by port.",
+            reasons.reset_events_skipped,
+        );
+        e.single(
             "teardown_resets_unclaimed_total",
             "counter",
             "Resets no connection record claimed: the connection never crossed the watched interface or was not tracked, or the host reset it more than once.",
