@@ -295,7 +295,9 @@ pub(super) fn cases() -> Vec<Case> {
             goal: None,
         },
         // The first segment of such a flow, a new one every run (a new
-        // source address): its record created.
+        // source address): its record created, until the table fills and
+        // comes under pressure; from then on most are refused by the
+        // mid-stream budget (an ACK flood's path).
         Case {
             name: "midstream_new",
             setup: vec![],
