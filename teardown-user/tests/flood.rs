@@ -121,6 +121,81 @@ fn exchange(writer: &mut TcpStream, reader: &mut TcpStream, message: &[u8], repl
     assert_eq!(got, reply, "the canary's reply arrived changed");
 }
 
+/// A real connection from the client's namespace to `server`, accepted on
+/// `listener`: (client end, server end, the client's address), each end
+/// with a read timeout.
+fn connect_real(
+    lab: &Lab,
+    listener: &TcpListener,
+    server: std::net::SocketAddr,
+) -> (TcpStream, TcpStream, std::net::SocketAddr) {
+    let client = in_netns(&lab.client_ns, move || {
+        TcpStream::connect(server).expect("connect from the client's namespace")
+    })
+    .join()
+    .expect("the client thread panicked");
+    let (server_end, _) = listener.accept().expect("accept");
+    for end in [&client, &server_end] {
+        end.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+    }
+    let address = client.local_addr().expect("client address");
+    (client, server_end, address)
+}
+
+/// Closes a connection from `connect_real` gracefully, the client first,
+/// and waits for both FINs.
+fn close_from_client(mut client: TcpStream, mut server_end: TcpStream) {
+    client.shutdown(Shutdown::Write).expect("close");
+    let mut rest = Vec::new();
+    server_end
+        .read_to_end(&mut rest)
+        .expect("EOF at the server");
+    assert!(rest.is_empty(), "{rest:?}");
+    drop(server_end);
+    client.read_to_end(&mut rest).expect("the server's FIN");
+}
+
+/// hping3 flooding `SERVER_V4:port` from the client's namespace with
+/// random sources, TCP flag option `flag` (`-S`, `-A`).
+fn start_hping_flood(lab: &Lab, flag: &str, port: u16) -> ChildGuard {
+    let port = port.to_string();
+    ChildGuard::new(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "hping3", flag, "--flood"])
+            .args(["--rand-source", "-p", &port, SERVER_V4])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting hping3 (Debian package hping3)"),
+    )
+}
+
+/// Stops hping3 and returns the packets it says it sent, with its output.
+fn stop_hping(mut hping: ChildGuard) -> (u64, String) {
+    let hping_child = hping.child.take().expect("hping3 running");
+    // SIGINT: hping3 prints its statistics and exits. (`ip netns exec`
+    // execs it, so the pid is hping3's.)
+    // SAFETY: kill() on a pid we own and have not reaped.
+    unsafe { libc::kill(hping_child.id() as i32, libc::SIGINT) };
+    let hping_output = hping_child.wait_with_output().expect("waiting for hping3");
+    let hping_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&hping_output.stdout),
+        String::from_utf8_lossy(&hping_output.stderr)
+    );
+    let sent = hping_text
+        .lines()
+        .find_map(|line| {
+            line.split(" packets transmitted")
+                .next()
+                .filter(|_| line.contains("packets transmitted"))
+        })
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in hping3's output: {hping_text}"));
+    (sent, hping_text)
+}
+
 /// A random-source SYN flood against a real listener, with an established
 /// connection (the canary) to the same listener open through it.
 #[test]
@@ -177,17 +252,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     let watched = JsonLines::watch(&mut teardown, stderr);
 
     // The canary: set up and used before the flood.
-    let mut client = in_netns(&lab.client_ns, move || {
-        TcpStream::connect(server).expect("canary connect")
-    })
-    .join()
-    .expect("the canary thread panicked");
-    let (mut server_end, _) = listener.accept().expect("canary accept");
-    for end in [&client, &server_end] {
-        end.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-    }
-    let canary = client.local_addr().expect("canary address");
+    let (mut client, mut server_end, canary) = connect_real(&lab, &listener, server);
     exchange(
         &mut client,
         &mut server_end,
@@ -197,41 +262,13 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     thread::sleep(Duration::from_millis(300));
 
     // The flood, from the client's namespace, for four seconds.
-    let port = FLOOD_PORT.to_string();
-    let mut hping = ChildGuard::new(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.client_ns, "hping3", "-S", "--flood"])
-            .args(["--rand-source", "-p", &port, SERVER_V4])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting hping3 (Debian package hping3)"),
-    );
+    let hping = start_hping_flood(&lab, "-S", FLOOD_PORT);
     thread::sleep(Duration::from_secs(4));
-    let hping_child = hping.child.take().expect("hping3 running");
-    // SIGINT: hping3 prints its statistics and exits. (`ip netns exec`
-    // execs it, so the pid is hping3's.)
-    // SAFETY: kill() on a pid we own and have not reaped.
-    unsafe { libc::kill(hping_child.id() as i32, libc::SIGINT) };
-    let hping_output = hping_child.wait_with_output().expect("waiting for hping3");
+    let (sent, hping_text) = stop_hping(hping);
     let flood_stopped = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time after 1970")
         .as_secs_f64();
-    let hping_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&hping_output.stdout),
-        String::from_utf8_lossy(&hping_output.stderr)
-    );
-    let sent: u64 = hping_text
-        .lines()
-        .find_map(|line| {
-            line.split(" packets transmitted")
-                .next()
-                .filter(|_| line.contains("packets transmitted"))
-        })
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in hping3's output: {hping_text}"));
 
     // The canary, after the flood: still works, then closes gracefully
     // (client first). A pause first, so tcpdump has caught up.
@@ -242,13 +279,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         b"canary after the flood",
         b"survived",
     );
-    client.shutdown(Shutdown::Write).expect("canary close");
-    let mut rest = Vec::new();
-    server_end.read_to_end(&mut rest).expect("canary EOF");
-    assert!(rest.is_empty(), "{rest:?}");
-    drop(server_end);
-    client.read_to_end(&mut rest).expect("canary server's FIN");
-    drop(client);
+    close_from_client(client, server_end);
     // Nothing from the client's side reaches the server from here on: the
     // server's SYN queue still retransmits SYN-ACKs for up to half a
     // minute, and the resets they draw could land after teardown stops
@@ -502,60 +533,19 @@ fn a_random_source_ack_flood_is_held_to_the_midstream_budget() {
     );
     let watched = JsonLines::watch(&mut teardown, stderr);
 
-    let port = ACK_FLOOD_PORT.to_string();
-    let mut hping = ChildGuard::new(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.client_ns, "hping3", "-A", "--flood"])
-            .args(["--rand-source", "-p", &port, SERVER_V4])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting hping3 (Debian package hping3)"),
-    );
+    let hping = start_hping_flood(&lab, "-A", ACK_FLOOD_PORT);
     // A real connection in the middle of the flood, closed by the client.
     thread::sleep(Duration::from_millis(1500));
-    let mut client = in_netns(&lab.client_ns, move || {
-        TcpStream::connect(server).expect("connect during the ACK flood")
-    })
-    .join()
-    .expect("the client thread panicked");
-    let (mut server_end, _) = listener.accept().expect("accept during the ACK flood");
-    for end in [&client, &server_end] {
-        end.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-    }
-    let real = client.local_addr().expect("client address");
+    let (mut client, mut server_end, real) = connect_real(&lab, &listener, server);
     exchange(
         &mut client,
         &mut server_end,
         b"through an ACK flood",
         b"made it",
     );
-    client.shutdown(Shutdown::Write).expect("close");
-    let mut rest = Vec::new();
-    server_end.read_to_end(&mut rest).expect("EOF");
-    drop(server_end);
-    client.read_to_end(&mut rest).expect("the server's FIN");
-    drop(client);
+    close_from_client(client, server_end);
     thread::sleep(Duration::from_millis(1500));
-    let hping_child = hping.child.take().expect("hping3 running");
-    // SAFETY: kill() on a pid we own and have not reaped.
-    unsafe { libc::kill(hping_child.id() as i32, libc::SIGINT) };
-    let hping_output = hping_child.wait_with_output().expect("waiting for hping3");
-    let hping_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&hping_output.stdout),
-        String::from_utf8_lossy(&hping_output.stderr)
-    );
-    let sent: u64 = hping_text
-        .lines()
-        .find_map(|line| {
-            line.split(" packets transmitted")
-                .next()
-                .filter(|_| line.contains("packets transmitted"))
-        })
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in hping3's output: {hping_text}"));
+    let (sent, hping_text) = stop_hping(hping);
 
     // The real connection's record comes after the close delay.
     let is_real = |value: &Value| {

@@ -319,6 +319,17 @@ pub struct FlowFigures {
     pub debris_summaries: u64,
 }
 
+/// The plain line's and the dashboard's words for `midstream_untracked`:
+/// nothing until there are any (an ACK flood), so the line stays as it was
+/// otherwise.
+pub fn midstream_untracked_words(count: u64) -> String {
+    if count > 0 {
+        format!(", mid-stream segments untracked {count}")
+    } else {
+        String::new()
+    }
+}
+
 impl FlowFigures {
     /// The kernel's flow statistics with the tracker's.
     pub fn new(flow: &FlowStats, tracker: &Tracker) -> FlowFigures {

@@ -8,6 +8,7 @@ use teardown_common::counters::{Counter, Counters};
 use crate::{
     report::figures::{
         Figures, FlowFigures, InterfaceFigures, LinesLost, PortFigures, ReasonFigures, Traffic,
+        midstream_untracked_words,
     },
     report::output::{self, push_line, short_count},
 };
@@ -98,15 +99,7 @@ fn flow_line(flows: &FlowFigures) -> String {
         flows.insert_failed,
         flows.evicted,
         flows.syn_untracked,
-        // Only under an ACK flood, as the summaries above.
-        if flows.midstream_untracked > 0 {
-            format!(
-                ", mid-stream segments untracked {}",
-                flows.midstream_untracked
-            )
-        } else {
-            String::new()
-        },
+        midstream_untracked_words(flows.midstream_untracked),
         flows.lock_contended,
         if flows.dest_collisions > 0 {
             format!(

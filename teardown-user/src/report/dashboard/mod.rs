@@ -41,7 +41,7 @@ use crate::{
     conn::tracker::Ended,
     flood::DebrisSummary,
     kernel::netstat::HandshakeDrops,
-    report::figures::{Figures, Traffic},
+    report::figures::{Figures, Traffic, midstream_untracked_words},
     report::output::short_count,
     report::plain::ROW_COUNTERS,
 };
@@ -463,15 +463,7 @@ fn flow_lines(flows: &FlowFigures) -> Vec<String> {
             flows.insert_failed,
             flows.evicted,
             flows.syn_untracked,
-            // Only under an ACK flood: the line stays as it was otherwise.
-            if flows.midstream_untracked > 0 {
-                format!(
-                    ", mid-stream segments untracked {}",
-                    flows.midstream_untracked
-                )
-            } else {
-                String::new()
-            },
+            midstream_untracked_words(flows.midstream_untracked),
             flows.lock_contended,
             flows
                 .log_lines_lost
