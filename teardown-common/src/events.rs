@@ -277,13 +277,7 @@ impl Admission {
     /// `table_pressure` is the stamp all CPUs share.
     #[inline(always)]
     pub fn admit(&mut self, now: u64, budget: u64, table_pressure: &mut u64) -> bool {
-        self.roll(now, *table_pressure);
-        self.syns += 1;
-        if self.limited != 0 && self.syns > budget {
-            self.press(table_pressure);
-            return false;
-        }
-        true
+        self.spend(now, budget, table_pressure, |admission| &mut admission.syns)
     }
 
     /// Whether a segment of a connection with no record, other than a pure
@@ -292,9 +286,27 @@ impl Admission {
     /// refusals are signs of pressure too.
     #[inline(always)]
     pub fn admit_midstream(&mut self, now: u64, budget: u64, table_pressure: &mut u64) -> bool {
+        self.spend(now, budget, table_pressure, |admission| {
+            &mut admission.midstream
+        })
+    }
+
+    /// The policy both admissions share: one more from the window's
+    /// `spent` count, refused (a sign of pressure) past `budget` while the
+    /// budget applies.
+    #[inline(always)]
+    fn spend(
+        &mut self,
+        now: u64,
+        budget: u64,
+        table_pressure: &mut u64,
+        spent: impl FnOnce(&mut Self) -> &mut u64,
+    ) -> bool {
         self.roll(now, *table_pressure);
-        self.midstream += 1;
-        if self.limited != 0 && self.midstream > budget {
+        let count = spent(self);
+        *count += 1;
+        let over = *count > budget;
+        if self.limited != 0 && over {
             self.press(table_pressure);
             return false;
         }

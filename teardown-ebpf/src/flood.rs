@@ -7,7 +7,7 @@
 //! ([`count_for_responder`]) and in the flow statistics
 //! ([`count_half_open`]).
 
-use teardown_common::{dest::dest_index, sketch::hash_addr, table::FlowSlot};
+use teardown_common::{dest::dest_index, events::Admission, sketch::hash_addr, table::FlowSlot};
 
 use crate::maps::{
     ADMISSION, DESTINATIONS, DETECT_CONTROL, HALF_OPEN_BUDGET, SOURCE_SAMPLES, TABLE_PRESSURE,
@@ -45,15 +45,7 @@ pub(crate) fn count_syn(source: &[u32; 4], dest: &[u32; 4], dest_port: u16) {
 /// [`Admission`]: teardown_common::events::Admission
 #[inline(always)]
 pub(crate) fn admits_syn(now: u64) -> bool {
-    let (Some(admission), Some(table_pressure)) =
-        (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
-    else {
-        return true;
-    };
-    let budget: u64 = setting!(HALF_OPEN_BUDGET);
-    // SAFETY: this CPU's slot, one program run at a time; the shared stamp
-    // is one u64, read and written whole (see TABLE_PRESSURE).
-    unsafe { (*admission).admit(now, budget, &mut *table_pressure) }
+    ask_admission(|admission, budget, table_pressure| admission.admit(now, budget, table_pressure))
 }
 
 /// Whether this CPU admits a new mid-stream record now
@@ -63,14 +55,26 @@ pub(crate) fn admits_syn(now: u64) -> bool {
 /// [`Admission::admit_midstream`]: teardown_common::events::Admission::admit_midstream
 #[inline(always)]
 pub(crate) fn admits_midstream(now: u64) -> bool {
+    ask_admission(|admission, budget, table_pressure| {
+        admission.admit_midstream(now, budget, table_pressure)
+    })
+}
+
+/// Asks this CPU's [`Admission`] with the budget both admissions share;
+/// admitted if its maps cannot be read (fails open).
+///
+/// [`Admission`]: teardown_common::events::Admission
+#[inline(always)]
+fn ask_admission(ask: impl FnOnce(&mut Admission, u64, &mut u64) -> bool) -> bool {
     let (Some(admission), Some(table_pressure)) =
         (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
     else {
         return true;
     };
     let budget: u64 = setting!(HALF_OPEN_BUDGET);
-    // SAFETY: as in `admits_syn`.
-    unsafe { (*admission).admit_midstream(now, budget, &mut *table_pressure) }
+    // SAFETY: this CPU's slot, one program run at a time; the shared stamp
+    // is one u64, read and written whole (see TABLE_PRESSURE).
+    unsafe { ask(&mut *admission, budget, &mut *table_pressure) }
 }
 
 /// A record pushed out of the table: a sign of pressure for [`Admission`].
@@ -81,7 +85,7 @@ pub(crate) fn note_eviction(now: u64) {
     if let (Some(admission), Some(table_pressure)) =
         (ADMISSION.get_ptr_mut(0), TABLE_PRESSURE.get_ptr_mut(0))
     {
-        // SAFETY: as in `admits_syn`.
+        // SAFETY: as in `ask_admission`.
         unsafe { (*admission).note_eviction(now, &mut *table_pressure) };
     }
 }
