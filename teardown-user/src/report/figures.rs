@@ -319,15 +319,22 @@ pub struct FlowFigures {
     pub debris_summaries: u64,
 }
 
-/// The plain line's and the dashboard's words for `midstream_untracked`:
-/// nothing until there are any (an ACK flood), so the line stays as it was
+/// `, {label} {count}` once `count` is not 0, else nothing: the words for
+/// a count the plain line and the dashboard only mention once there is
+/// something to say (a flood's), so their lines stay as they were
 /// otherwise.
-pub fn midstream_untracked_words(count: u64) -> String {
+pub fn phrase_if_any(label: &str, count: u64) -> String {
     if count > 0 {
-        format!(", mid-stream segments untracked {count}")
+        format!(", {label} {count}")
     } else {
         String::new()
     }
+}
+
+/// The plain line's and the dashboard's words for `midstream_untracked`
+/// ([`phrase_if_any`]).
+pub fn midstream_untracked_words(count: u64) -> String {
+    phrase_if_any("mid-stream segments untracked", count)
 }
 
 impl FlowFigures {

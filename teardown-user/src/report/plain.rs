@@ -8,7 +8,7 @@ use teardown_common::counters::{Counter, Counters};
 use crate::{
     report::figures::{
         Figures, FlowFigures, InterfaceFigures, LinesLost, PortFigures, ReasonFigures, Traffic,
-        midstream_untracked_words,
+        midstream_untracked_words, phrase_if_any,
     },
     report::output::{self, push_line, short_count},
 };
@@ -101,22 +101,11 @@ fn flow_line(flows: &FlowFigures) -> String {
         flows.syn_untracked,
         midstream_untracked_words(flows.midstream_untracked),
         flows.lock_contended,
-        if flows.dest_collisions > 0 {
-            format!(
-                ", SYNs not counted per destination {}",
-                flows.dest_collisions
-            )
-        } else {
-            String::new()
-        },
-        if flows.tunnels_unrecorded > 0 {
-            format!(
-                ", tunnels not recorded (table full) {}",
-                flows.tunnels_unrecorded
-            )
-        } else {
-            String::new()
-        },
+        phrase_if_any("SYNs not counted per destination", flows.dest_collisions),
+        phrase_if_any(
+            "tunnels not recorded (table full)",
+            flows.tunnels_unrecorded
+        ),
         if ports.is_empty() {
             String::new()
         } else {
@@ -152,16 +141,10 @@ fn reasons_line(reasons: &ReasonFigures) -> Option<String> {
             by_reason.join(", "),
             reasons.resets_unclaimed,
             reasons.reset_events_lost,
-            // Only once a flood made some: the line stays as it was
-            // otherwise.
-            if reasons.reset_events_skipped > 0 {
-                format!(
-                    ", events of untracked connections skipped {}",
-                    reasons.reset_events_skipped
-                )
-            } else {
-                String::new()
-            }
+            phrase_if_any(
+                "events of untracked connections skipped",
+                reasons.reset_events_skipped
+            )
         ));
     }
     if let Some(handshakes) = &reasons.handshakes
