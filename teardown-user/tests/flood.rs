@@ -303,6 +303,10 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         value["event"] == "syn_flood" && value["target"] == target && value["phase"] == "end"
     });
     watched.wait_for(Duration::from_secs(10), is_canary);
+    // The server's count just before teardown stops and just after: a
+    // packet arriving in between (a late retransmission) is in the second
+    // and maybe in teardown's, never in the first.
+    let datagrams_while_watched = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
     let (lines, _output, stderr) = watched.finish(teardown);
     let datagrams_received = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
     // The namespace is new: its count is the test's.
@@ -337,11 +341,12 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         "teardown counted {syns} SYNs; hping3 sent {sent} (and the canary 1)"
     );
     // Exact under the flood: teardown's IPv4 count is what the server's IP
-    // layer received.
-    assert_eq!(
-        totals["ipv4"].as_u64(),
-        Some(datagrams_received),
-        "teardown's IPv4 frames against the server's Ip InReceives: {totals}"
+    // layer received while teardown watched (up to the few that arrived as
+    // it stopped).
+    let ipv4 = totals["ipv4"].as_u64().expect("ipv4 total");
+    assert!(
+        (datagrams_while_watched..=datagrams_received).contains(&ipv4),
+        "teardown's IPv4 frames {ipv4} against the server's Ip InReceives: {datagrams_while_watched} before teardown stopped, {datagrams_received} after: {totals}"
     );
     let first_flood_packet = *flood_times
         .first()
