@@ -29,7 +29,7 @@ use teardown_common::{
 };
 
 use crate::{
-    fast_path::{HELD, TUNNELLED, TrackInput},
+    fast_path::{HELD, TUNNELLED, TrackInput, midstream_untracked},
     flood::{
         admits_midstream, count_for_responder, count_half_open, note_eviction, responder_change,
     },
@@ -56,6 +56,23 @@ pub extern "C" fn track_segment(input: *mut TrackInput) -> i32 {
     // key then, only which way the segment goes.
     let held = input.way & HELD as u64 != 0;
     let way = input.way & !(HELD as u64);
+    // A tunnelled segment of a connection the fast path found no record
+    // of, other than a pure SYN or SYN-ACK (which asked admission in the
+    // fast path), would start a mid-stream record: under an ACK flood one
+    // per packet, each pushing another out. It asks its budget here, first
+    // thing, before the canonical key and the set's two locks. An
+    // untunnelled one asked in the fast path (see `look_up`, and why not
+    // the tunnelled ones there). The record may have appeared since the
+    // probe (another CPU started it): then a refusal costs it one segment,
+    // only while the budget is spent.
+    if way == WAYS as u64
+        && input.family & TUNNELLED != 0
+        && !is_admitted_start(input.flags as u8)
+        && !admits_midstream(input.now)
+    {
+        midstream_untracked();
+        return 0;
+    }
     if held {
         input.from_a = sent_from_a(set + way as u32, input) as u64;
     } else {
@@ -201,21 +218,6 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
             return (set + found) | FOUND_UNDER_LOCK;
         }
         found += 1;
-    }
-    // A new record. A pure SYN or SYN-ACK asked admission in the fast
-    // path; anything else starts a mid-stream record, under an ACK flood
-    // one per packet, each pushing another out, and asks a budget of its
-    // own here, where it is sure to be new. Here, not in the fast path: in
-    // each of its copies the check took the tunnel programs from 892,000
-    // instructions of the verifier's 1,000,000 to 975,000 (925,000 as a
-    // call); here, to 898,000.
-    if !is_admitted_start(input.flags as u8) && !admits_midstream(input.now) {
-        if let Some(stats) = stats() {
-            stats.midstream_untracked += 1;
-        }
-        unlock_slot(set);
-        unlock_slot(set + 1);
-        return u32::MAX;
     }
     let (Some(first), Some(second)) =
         (FLOW_TABLE.get_ptr_mut(set), FLOW_TABLE.get_ptr_mut(set + 1))
