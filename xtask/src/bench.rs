@@ -1,6 +1,6 @@
 //! `cargo xtask bench --peers` and `--live` (issue 14): teardown beside
 //! its peers, kernel-timed per frame, and live in namespaces under iperf3
-//! and an hping3 SYN flood.
+//! and hping3 SYN and ACK floods.
 
 use std::{
     ffi::OsString,
@@ -163,10 +163,22 @@ impl LiveLab {
         self.lab.exec(ns, program)
     }
 
-    /// The server interface's transmitted packets (SYN-ACKs under a flood).
+    /// The server interface's transmitted packets (SYN-ACKs under a SYN
+    /// flood, resets under an ACK flood).
     fn server_tx_packets(&self) -> anyhow::Result<u64> {
+        self.server_packets("tx_packets")
+    }
+
+    /// The server interface's received packets (the flood's, as many as
+    /// the sender got through: a veth delivers in the sender's context, so
+    /// the XDP program's cost slows the sender).
+    fn server_rx_packets(&self) -> anyhow::Result<u64> {
+        self.server_packets("rx_packets")
+    }
+
+    fn server_packets(&self, counter: &str) -> anyhow::Result<u64> {
         let text = command_output(self.exec(true, "cat").arg(format!(
-            "/sys/class/net/{}/statistics/tx_packets",
+            "/sys/class/net/{}/statistics/{counter}",
             self.lab.server_if
         )))?;
         Ok(text.trim().parse()?)
@@ -365,11 +377,14 @@ impl<'a> Attached<'a> {
             Setup::Teardown(mode) => {
                 let log =
                     std::fs::File::create(workspace_root().join("target/bench/live-teardown.log"))?;
+                // Its JSON lines: the flow statistics under the ACK flood
+                // ([`Attached::teardown_figures`]).
+                let lines = std::fs::File::create(teardown_lines_path())?;
                 let mut command = lab.exec(true, &binary.display().to_string());
                 command
                     .args(["run", "--iface", &lab.lab.server_if, "--mode", mode])
                     .args(["--json", "--metrics-addr", "off"])
-                    .stdout(Stdio::null())
+                    .stdout(lines)
                     .stderr(log);
                 let child = Background::spawn(&mut command, "teardown run")?;
                 let pid = child.pid();
@@ -420,6 +435,26 @@ impl<'a> Attached<'a> {
             .collect()
     }
 
+    /// teardown's own figures as of its last `stats` line (one a second),
+    /// if it runs here.
+    fn teardown_figures(&self) -> Option<TeardownFigures> {
+        self.teardown.as_ref()?;
+        let text = std::fs::read_to_string(teardown_lines_path()).ok()?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|line| line.contains(r#""event":"stats""#))?;
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        let count = |section: &str, name: &str| value[section][name].as_u64().unwrap_or(0);
+        Some(TeardownFigures {
+            created: count("flows", "created"),
+            starts_refused: count("flows", "midstream_untracked"),
+            resets_skipped: count("kernel_reasons", "reset_events_skipped"),
+            events_lost: count("flows", "events_lost")
+                + count("kernel_reasons", "reset_events_lost"),
+        })
+    }
+
     /// teardown's CPU time so far (user + system), in clock ticks.
     fn teardown_ticks(&self) -> Option<u64> {
         let pid = self.teardown.as_ref()?.pid();
@@ -452,6 +487,38 @@ impl Drop for Attached<'_> {
                     "off",
                 ])
                 .status();
+        }
+    }
+}
+
+/// Where `teardown run` writes its JSON lines in the live bench.
+fn teardown_lines_path() -> PathBuf {
+    workspace_root().join("target/bench/live-teardown.jsonl")
+}
+
+/// teardown's cumulative flow figures that matter under an ACK flood, from
+/// its JSON `stats` line.
+#[derive(Clone, Copy, Default)]
+struct TeardownFigures {
+    /// Records created (`flows.created`).
+    created: u64,
+    /// Mid-stream record starts refused by the budget
+    /// (`flows.midstream_untracked`).
+    starts_refused: u64,
+    /// Reset events the reset program did not send, for connections
+    /// without a record (`kernel_reasons.reset_events_skipped`).
+    resets_skipped: u64,
+    /// Flow and reset events lost in their rings.
+    events_lost: u64,
+}
+
+impl TeardownFigures {
+    fn since(self, before: TeardownFigures) -> TeardownFigures {
+        TeardownFigures {
+            created: self.created.saturating_sub(before.created),
+            starts_refused: self.starts_refused.saturating_sub(before.starts_refused),
+            resets_skipped: self.resets_skipped.saturating_sub(before.resets_skipped),
+            events_lost: self.events_lost.saturating_sub(before.events_lost),
         }
     }
 }
@@ -507,6 +574,19 @@ struct Measured {
     bulk_progs: ProgRuns,
     flood_progs: ProgRuns,
     cpu_percent: Option<f64>,
+    ack_flood: AckFlood,
+}
+
+/// One configuration's figures under the random-source ACK flood.
+struct AckFlood {
+    /// The flood's packets the server received per second.
+    received_per_s: f64,
+    /// Packets the server sent per second: its resets.
+    resets_per_s: f64,
+    progs: ProgRuns,
+    cpu_percent: Option<f64>,
+    /// teardown's, between its last stats lines before and after.
+    figures: Option<TeardownFigures>,
 }
 
 fn measure(
@@ -543,19 +623,75 @@ fn measure(
     let after_flood = attached.stats();
     let ticks_after = attached.teardown_ticks();
     flood.stop();
-    // Let the half-open connections' SYN-ACK retransmissions die down.
-    thread::sleep(Duration::from_secs(1));
+    // Let the half-open connections' SYN-ACK retransmissions die down,
+    // and teardown write a stats line after the flood.
+    thread::sleep(Duration::from_millis(1_200));
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_percent = |before: Option<u64>, after: Option<u64>, elapsed: f64| {
+        before
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / hz / elapsed * 100.0)
+    };
+    let ack_flood = measure_ack_flood(lab, &attached, seconds, &cpu_percent)?;
     Ok(Measured {
         setup,
         gbits,
         synacks_per_s: (tx_after - tx_before) as f64 / elapsed,
         bulk_progs: per_run(&before, &after_bulk),
         flood_progs: per_run(&after_bulk, &after_flood),
-        cpu_percent: ticks_before
-            .zip(ticks_after)
-            .map(|(b, a)| (a - b) as f64 / hz / elapsed * 100.0),
+        cpu_percent: cpu_percent(ticks_before, ticks_after, elapsed),
+        ack_flood,
+    })
+}
+
+/// A random-source ACK flood (`hping3 --flood --rand-source -A`) at the
+/// listener for `seconds`: every packet a segment of a connection nobody
+/// has, which the server answers with a reset, and which teardown would
+/// track as a mid-stream record but for its budget under pressure.
+fn measure_ack_flood(
+    lab: &LiveLab,
+    attached: &Attached,
+    seconds: u64,
+    cpu_percent: &dyn Fn(Option<u64>, Option<u64>, f64) -> Option<f64>,
+) -> anyhow::Result<AckFlood> {
+    let figures_before = attached.teardown_figures();
+    let before = attached.stats();
+    let ticks_before = attached.teardown_ticks();
+    let (rx_before, tx_before) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
+    let started = Instant::now();
+    let mut flood = Background::spawn(
+        lab.exec(false, "hping3")
+            .args([
+                "--flood",
+                "--rand-source",
+                "-A",
+                "-p",
+                FLOOD_PORT,
+                SERVER_ADDR,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "hping3 -A",
+    )?;
+    thread::sleep(Duration::from_secs(seconds));
+    let (rx_after, tx_after) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = attached.stats();
+    let ticks_after = attached.teardown_ticks();
+    flood.stop();
+    // A stats line written after the flood.
+    thread::sleep(Duration::from_millis(1_200));
+    let figures = attached
+        .teardown_figures()
+        .zip(figures_before)
+        .map(|(after, before)| after.since(before));
+    Ok(AckFlood {
+        received_per_s: rx_after.saturating_sub(rx_before) as f64 / elapsed,
+        resets_per_s: tx_after.saturating_sub(tx_before) as f64 / elapsed,
+        progs: per_run(&before, &after),
+        cpu_percent: cpu_percent(ticks_before, ticks_after, elapsed),
+        figures,
     })
 }
 
@@ -581,10 +717,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The live mode: in two namespaces joined by a veth, bulk TCP (iperf3)
-/// and a random-source SYN flood (hping3) with nothing, an empty XDP
-/// program, and teardown attached (native and generic XDP), interleaved
-/// over rounds; each attached program's ns per run from the kernel's BPF
-/// statistics, throughput ratios to the empty program and to none.
+/// and random-source SYN and ACK floods (hping3) with nothing, an empty
+/// XDP program, and teardown attached (native and generic XDP),
+/// interleaved over rounds; each attached program's ns per run from the
+/// kernel's BPF statistics, throughput ratios to the empty program and to
+/// none, and under the ACK flood teardown's own figures.
 pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
@@ -636,7 +773,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
         }
     }
     println!(
-        "live: {rounds} rounds x ({seconds} s iperf3 bulk + {seconds} s hping3 --flood --rand-source -S) per configuration, interleaved; kernel.bpf_stats_enabled=1 for the run (was {}), which adds its own ~15-30 ns to every program run; 2 shared cores: noisy",
+        "live: {rounds} rounds x ({seconds} s iperf3 bulk + {seconds} s hping3 --flood --rand-source -S + {seconds} s of the same with -A) per configuration, interleaved; kernel.bpf_stats_enabled=1 for the run (was {}), which adds its own ~15-30 ns to every program run; 2 shared cores: noisy",
         stats.previous
     );
     let setups = [
@@ -660,6 +797,23 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
                 progs_text(&m.flood_progs),
                 m.cpu_percent
                     .map(|cpu| format!("  teardown CPU {cpu:.1} %"))
+                    .unwrap_or_default()
+            );
+            let ack = &m.ack_flood;
+            println!(
+                "round {round} {:<18} ACK flood {:>8.0} received/s, {:>8.0} RST/s [{}]{}{}",
+                setup.label(),
+                ack.received_per_s,
+                ack.resets_per_s,
+                progs_text(&ack.progs),
+                ack.cpu_percent
+                    .map(|cpu| format!("  teardown CPU {cpu:.1} %"))
+                    .unwrap_or_default(),
+                ack.figures
+                    .map(|f| format!(
+                        "; records created {}, starts refused {}, resets skipped {}, events lost {}",
+                        f.created, f.starts_refused, f.resets_skipped, f.events_lost
+                    ))
                     .unwrap_or_default()
             );
             all.push(m);
@@ -692,23 +846,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         let ns_of = |pick: &dyn Fn(&Measured) -> &ProgRuns| {
-            let kinds = ["xdp", "sched_cls"];
-            kinds
-                .iter()
-                .map(|kind| {
-                    let values: Vec<f64> = all
-                        .iter()
-                        .filter(|m| m.setup == setup)
-                        .filter_map(|m| pick(m).iter().find(|p| p.1 == *kind).map(|p| p.3))
-                        .collect();
-                    if values.is_empty() {
-                        "-".to_string()
-                    } else {
-                        format!("{:.0}", median(values))
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
+            ns_per_run(&all, setup, pick, &["xdp", "sched_cls"])
         };
         let cpu: Vec<f64> = all
             .iter()
@@ -724,14 +862,112 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
             vs_empty(flood, &|m| m.synacks_per_s),
             ns_of(&|m| &m.bulk_progs),
             ns_of(&|m| &m.flood_progs),
-            if cpu.is_empty() {
-                "-".into()
-            } else {
-                format!("{:.1}", median(cpu))
-            }
+            median_text(cpu, 1)
         );
     }
+    ack_flood_table(&all, &setups, rounds);
     drop(lab);
     drop(stats);
     Ok(())
+}
+
+/// The medians of `values` with `decimals`, or `-` if there are none.
+fn median_text(values: Vec<f64>, decimals: usize) -> String {
+    if values.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.decimals$}", median(values))
+    }
+}
+
+/// The median ns per run of each kind of program in `kinds` over the
+/// rounds of `setup`, `;`-separated (`-` for a kind that did not run).
+fn ns_per_run(
+    all: &[Measured],
+    setup: Setup,
+    pick: &dyn Fn(&Measured) -> &ProgRuns,
+    kinds: &[&str],
+) -> String {
+    kinds
+        .iter()
+        .map(|kind| {
+            let values: Vec<f64> = all
+                .iter()
+                .filter(|m| m.setup == setup)
+                .filter_map(|m| pick(m).iter().find(|p| p.1 == *kind).map(|p| p.3))
+                .collect();
+            median_text(values, 0)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The medians under the ACK flood: packets received (the rate the sender
+/// got through) and resets sent, against no program and the empty one;
+/// each program's ns per run (the reset program's too); teardown's CPU
+/// and its figures (records created, starts refused, reset events skipped,
+/// events lost).
+fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
+    let med = |setup: Setup, f: &dyn Fn(&AckFlood) -> f64| {
+        median(
+            all.iter()
+                .filter(|m| m.setup == setup)
+                .map(|m| f(&m.ack_flood))
+                .collect(),
+        )
+    };
+    let none = med(Setup::Nothing, &|ack| ack.received_per_s);
+    println!(
+        "\nunder hping3 --flood --rand-source -A, medians over {rounds} rounds\n{:<18} {:>11} {:>8} {:>9} {:>9}  {:<24} {:>7} {:>9} {:>10} {:>10} {:>8}",
+        "configuration",
+        "received/s",
+        "vs none",
+        "vs empty",
+        "RST/s",
+        "ns/run (XDP; TC; reset)",
+        "CPU %",
+        "records",
+        "refused",
+        "skipped",
+        "lost"
+    );
+    for &setup in setups {
+        let received = med(setup, &|ack| ack.received_per_s);
+        let vs_empty = match setup.mode().map(Setup::Empty) {
+            Some(empty) if empty != setup => {
+                format!("{:.2}x", received / med(empty, &|ack| ack.received_per_s))
+            }
+            _ => "-".into(),
+        };
+        let ours: Vec<&AckFlood> = all
+            .iter()
+            .filter(|m| m.setup == setup)
+            .map(|m| &m.ack_flood)
+            .collect();
+        let figure = |f: &dyn Fn(&TeardownFigures) -> u64| {
+            median_text(
+                ours.iter()
+                    .filter_map(|ack| ack.figures.as_ref().map(|figures| f(figures) as f64))
+                    .collect(),
+                0,
+            )
+        };
+        println!(
+            "{:<18} {received:>11.0} {:>8} {vs_empty:>9} {:>9.0}  {:<24} {:>7} {:>9} {:>10} {:>10} {:>8}",
+            setup.label(),
+            format!("{:.2}x", received / none),
+            med(setup, &|ack| ack.resets_per_s),
+            ns_per_run(
+                all,
+                setup,
+                &|m| &m.ack_flood.progs,
+                &["xdp", "sched_cls", "tracepoint"]
+            ),
+            median_text(ours.iter().filter_map(|ack| ack.cpu_percent).collect(), 1),
+            figure(&|f| f.created),
+            figure(&|f| f.starts_refused),
+            figure(&|f| f.resets_skipped),
+            figure(&|f| f.events_lost),
+        );
+    }
 }

@@ -100,7 +100,7 @@ enum Task {
         #[arg(long)]
         peers: bool,
         /// Instead of the per-packet table, live in two namespaces: bulk TCP
-        /// (iperf3) and a random-source SYN flood (hping3) with no program,
+        /// (iperf3) and random-source SYN and ACK floods (hping3) with no program,
         /// an empty XDP program and teardown (native and generic XDP);
         /// ns per run of each attached program from the kernel's BPF
         /// statistics, throughput ratios. As root.
