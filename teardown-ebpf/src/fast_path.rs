@@ -311,11 +311,14 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // verifier's 1,000,000 to 975,000 (925,000 as a call), so for a
     // tunnelled segment the slow path asks, first thing
     // ([`track_segment`]).
-    if !TUNNELLED && way == WAYS && synack == SYNACK_NOT && syn_time == 0 {
-        if !admits_midstream(clock.coarse()) {
-            midstream_untracked();
-            return;
-        }
+    if !TUNNELLED
+        && way == WAYS
+        && synack == SYNACK_NOT
+        && syn_time == 0
+        && !admits_midstream(clock.coarse())
+    {
+        midstream_untracked();
+        return;
     }
 
     // The slow path runs on the precise clock: a record's first and last
