@@ -794,6 +794,9 @@ fn run_clock(
     let (row, over) = synack_without_record(&mut kernel, options, clock)?;
     results.push(row);
     over_goal += over;
+    let (rows, over) = egress_established(&mut kernel, options, clock)?;
+    results.extend(rows);
+    over_goal += over;
     // The concurrency safety's share of the fast path: the slot lock alone.
     // The program does not read the frame; any will do.
     let frame = &craft::build(&Spec::tcp_v4(tcp_flags::ACK, 0));
@@ -887,6 +890,87 @@ fn synack_without_record(
         }),
         usize::from(!within),
     ))
+}
+
+/// Issue 14's budgets for the TC egress program, as for XDP: an
+/// established connection's ACK at most +8 ns, a FIN at most +15 ns.
+const EGRESS_ESTABLISHED_GOAL_NS: f64 = 8.0;
+const EGRESS_CLOSE_GOAL_NS: f64 = 15.0;
+
+/// The TC egress program as attached, on the host's own segments of an
+/// established connection (its handshake fed through the XDP program
+/// first, into the same flow table): the server's pure ACK, and its FIN
+/// (after the first run a retransmission, which takes the full state
+/// machine, as `fin`). Against an empty TC program, goals in added ns.
+/// Returns the JSON rows and how many are over their goal.
+fn egress_established(
+    kernel: &mut Kernel,
+    options: &BenchOptions,
+    clock: ClockMode,
+) -> anyhow::Result<(Vec<serde_json::Value>, usize)> {
+    use crate::cmd::contention::test_run_fd;
+    use tcp_flags::{ACK, FIN};
+    let mut rows = Vec::new();
+    let mut over = 0;
+    for (name, port, flags, goal_ns) in [
+        ("est_ack_egress", 40150, ACK, EGRESS_ESTABLISHED_GOAL_NS),
+        ("fin_egress", 40151, FIN | ACK, EGRESS_CLOSE_GOAL_NS),
+    ] {
+        std::thread::sleep(SETTLE_BEFORE_SETUP);
+        kernel.set_bench(0, 0, 0)?;
+        for frame in handshake(false, port) {
+            kernel.test_run(names::XDP_PROGRAM, &frame)?;
+        }
+        // The server's segment: its next sequence number after the
+        // SYN-ACK, acknowledging the client's.
+        let frame = craft::build(&on_port(
+            Spec::tcp_v4(flags, 0).reversed(),
+            port,
+            5001,
+            1001,
+        ));
+        let baseline = kernel.program_fd(names::TC_BASELINE_PROGRAM)?;
+        let program = kernel.program_fd(names::TC_EGRESS_PROGRAM)?;
+        for fd in [baseline, program] {
+            test_run_fd(fd, &frame, 1000)?;
+        }
+        let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
+        for _ in 0..options.rounds {
+            let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
+            let (verdict, prog_ns) = test_run_fd(program, &frame, options.repeat)?;
+            // TC_ACT_UNSPEC
+            if verdict != u32::MAX {
+                bail!(
+                    "teardown's egress program returned {verdict} for the {name} frame, not TC_ACT_UNSPEC"
+                );
+            }
+            base_runs.push(base_ns as f64 + 0.5);
+            prog_runs.push(prog_ns as f64 + 0.5);
+        }
+        let base = median(&mut base_runs);
+        let prog = median(&mut prog_runs);
+        let added = prog - base;
+        let within = added <= goal_ns;
+        outln!(
+            "{name:<14} {base:>11.2} {prog:>12.2} {added:>+9.2} {:>6.2}x {:>6}  {} (TC egress, against an empty TC program; goal in added ns)",
+            prog / base,
+            format!("+{goal_ns}"),
+            if within { "ok" } else { "over" }
+        );
+        over += usize::from(!within);
+        rows.push(json!({
+            "clock": format!("{clock:?}").to_lowercase(),
+            "case": name,
+            "program": "tc egress",
+            "baseline_ns": (base * 100.0).round() / 100.0,
+            "program_ns": (prog * 100.0).round() / 100.0,
+            "added_ns": (added * 100.0).round() / 100.0,
+            "ratio": (prog / base * 1000.0).round() / 1000.0,
+            "goal_added_ns": goal_ns,
+            "within_goal": within,
+        }));
+    }
+    Ok((rows, over))
 }
 
 /// Runs the benchmark; false if the contention case lost updates (after
