@@ -603,20 +603,7 @@ fn measure(
     let ticks_before = attached.teardown_ticks();
     let tx_before = lab.server_tx_packets()?;
     let started = Instant::now();
-    let mut flood = Background::spawn(
-        lab.exec(false, "hping3")
-            .args([
-                "--flood",
-                "--rand-source",
-                "-S",
-                "-p",
-                FLOOD_PORT,
-                SERVER_ADDR,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        "hping3",
-    )?;
+    let mut flood = start_flood(lab, "-S")?;
     thread::sleep(Duration::from_secs(seconds));
     let tx_after = lab.server_tx_packets()?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -645,6 +632,25 @@ fn measure(
     })
 }
 
+/// hping3 flooding the listener from random sources with segments of
+/// `flag` (`-S` SYNs, `-A` ACKs), until stopped.
+fn start_flood(lab: &LiveLab, flag: &str) -> anyhow::Result<Background> {
+    Background::spawn(
+        lab.exec(false, "hping3")
+            .args([
+                "--flood",
+                "--rand-source",
+                flag,
+                "-p",
+                FLOOD_PORT,
+                SERVER_ADDR,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        &format!("hping3 {flag}"),
+    )
+}
+
 /// A random-source ACK flood (`hping3 --flood --rand-source -A`) at the
 /// listener for `seconds`: every packet a segment of a connection nobody
 /// has, which the server answers with a reset, and which teardown would
@@ -660,20 +666,7 @@ fn measure_ack_flood(
     let ticks_before = attached.teardown_ticks();
     let (rx_before, tx_before) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
     let started = Instant::now();
-    let mut flood = Background::spawn(
-        lab.exec(false, "hping3")
-            .args([
-                "--flood",
-                "--rand-source",
-                "-A",
-                "-p",
-                FLOOD_PORT,
-                SERVER_ADDR,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        "hping3 -A",
-    )?;
+    let mut flood = start_flood(lab, "-A")?;
     thread::sleep(Duration::from_secs(seconds));
     let (rx_after, tx_after) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
     let elapsed = started.elapsed().as_secs_f64();
