@@ -256,6 +256,24 @@ impl Wrapper {
     }
 }
 
+/// Runs teardown's `new_syn` wrapper, untimed, for two and a half
+/// admission windows: long enough for the first window's evictions to put
+/// the next under the budget, and for that window's refusals to keep the
+/// one after it there. Without it the peers' runs between teardown's (the
+/// conntrack's million SYNs alone take about 0.44 s, three windows) leave
+/// no sign of pressure, and each of teardown's measurements would start in
+/// a window without the budget: a flood's start, where the per-packet table
+/// (teardown back to back with the empty program) measures a sustained
+/// flood.
+fn sustain_flood(teardown_fd: RawFd, frame: &[u8]) -> anyhow::Result<()> {
+    let window = std::time::Duration::from_nanos(teardown_common::events::HALF_OPEN_WINDOW_NS);
+    let started = std::time::Instant::now();
+    while started.elapsed() < window * 5 / 2 {
+        test_run_fd(teardown_fd, frame, 100_000)?;
+    }
+    Ok(())
+}
+
 fn timed(fd: RawFd, frame: &[u8], repeat: u32, who: &str, case: &str) -> anyhow::Result<f64> {
     let (verdict, ns) = test_run_fd(fd, frame, repeat)?;
     if verdict != 2 {
@@ -322,7 +340,7 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
         options.conntrack.display()
     );
     outln!(
-        "new_syn: a new IPv4 source every run; teardown through its bench wrapper, the peers through a tail-call wrapper, each wrapper's own cost measured alone and subtracted"
+        "new_syn: a new IPv4 source every run, a sustained flood (teardown's admission budget in force: 2.5 admission windows of it, untimed, before each of its measurements, as the per-packet table's back-to-back runs keep it); teardown through its bench wrapper, the peers through a tail-call wrapper, each wrapper's own cost measured alone and subtracted"
     );
     let mut header = format!("\n{:<11} {:>8} ", "case", "empty ns");
     for name in &names {
@@ -395,6 +413,9 @@ pub fn run(options: PeersOptions) -> anyhow::Result<bool> {
                 case_name,
             )?;
             base_runs.push(base);
+            if mutates {
+                sustain_flood(teardown_fd, frame)?;
+            }
             let teardown = timed(teardown_fd, frame, options.repeat, "teardown", case_name)?;
             let change = match teardown_mutate_fd {
                 Some(fd) => {
