@@ -440,11 +440,13 @@ impl<'a> Attached<'a> {
     fn teardown_figures(&self) -> Option<TeardownFigures> {
         self.teardown.as_ref()?;
         let text = std::fs::read_to_string(teardown_lines_path()).ok()?;
-        let line = text
+        // The last whole stats line: the writer may be midway through the
+        // file's last line.
+        let value = text
             .lines()
             .rev()
-            .find(|line| line.contains(r#""event":"stats""#))?;
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            .filter(|line| line.contains(r#""event":"stats""#))
+            .find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())?;
         let count = |section: &str, name: &str| value[section][name].as_u64().unwrap_or(0);
         Some(TeardownFigures {
             created: count("flows", "created"),
@@ -613,14 +615,7 @@ fn measure(
     // Let the half-open connections' SYN-ACK retransmissions die down,
     // and teardown write a stats line after the flood.
     thread::sleep(Duration::from_millis(1_200));
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu_percent = |before: Option<u64>, after: Option<u64>, elapsed: f64| {
-        before
-            .zip(after)
-            .map(|(b, a)| a.saturating_sub(b) as f64 / hz / elapsed * 100.0)
-    };
-    let ack_flood = measure_ack_flood(lab, &attached, seconds, &cpu_percent)?;
+    let ack_flood = measure_ack_flood(lab, &attached, seconds)?;
     Ok(Measured {
         setup,
         gbits,
@@ -630,6 +625,22 @@ fn measure(
         cpu_percent: cpu_percent(ticks_before, ticks_after, elapsed),
         ack_flood,
     })
+}
+
+/// teardown's share of a core between two readings of its CPU time (clock
+/// ticks) `elapsed` seconds apart, in percent.
+fn cpu_percent(before: Option<u64>, after: Option<u64>, elapsed: f64) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    before
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(b) as f64 / hz / elapsed * 100.0)
+}
+
+/// `  teardown CPU x %` for a round's line, or nothing without teardown.
+fn cpu_words(cpu: Option<f64>) -> String {
+    cpu.map(|cpu| format!("  teardown CPU {cpu:.1} %"))
+        .unwrap_or_default()
 }
 
 /// hping3 flooding the listener from random sources with segments of
@@ -655,12 +666,7 @@ fn start_flood(lab: &LiveLab, flag: &str) -> anyhow::Result<Background> {
 /// listener for `seconds`: every packet a segment of a connection nobody
 /// has, which the server answers with a reset, and which teardown would
 /// track as a mid-stream record but for its budget under pressure.
-fn measure_ack_flood(
-    lab: &LiveLab,
-    attached: &Attached,
-    seconds: u64,
-    cpu_percent: &dyn Fn(Option<u64>, Option<u64>, f64) -> Option<f64>,
-) -> anyhow::Result<AckFlood> {
+fn measure_ack_flood(lab: &LiveLab, attached: &Attached, seconds: u64) -> anyhow::Result<AckFlood> {
     let figures_before = attached.teardown_figures();
     let before = attached.stats();
     let ticks_before = attached.teardown_ticks();
@@ -788,9 +794,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
                 progs_text(&m.bulk_progs),
                 m.synacks_per_s,
                 progs_text(&m.flood_progs),
-                m.cpu_percent
-                    .map(|cpu| format!("  teardown CPU {cpu:.1} %"))
-                    .unwrap_or_default()
+                cpu_words(m.cpu_percent)
             );
             let ack = &m.ack_flood;
             println!(
@@ -799,9 +803,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
                 ack.received_per_s,
                 ack.resets_per_s,
                 progs_text(&ack.progs),
-                ack.cpu_percent
-                    .map(|cpu| format!("  teardown CPU {cpu:.1} %"))
-                    .unwrap_or_default(),
+                cpu_words(ack.cpu_percent),
                 ack.figures
                     .map(|f| format!(
                         "; records created {}, starts refused {}, resets skipped {}, events lost {}",
