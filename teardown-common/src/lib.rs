@@ -60,6 +60,9 @@ pub mod names {
     pub const TC_EGRESS_PROGRAM: &str = "teardown_egress";
     /// Mmapable array of [`crate::table::FlowSlot`]: the flow table.
     pub const FLOW_TABLE_MAP: &str = "FLOW_TABLE";
+    /// Array of [`crate::table::PrintLine`]: the flow table's fingerprints,
+    /// sized with it ([`crate::table::print_lines_for`]).
+    pub const FLOW_PRINTS_MAP: &str = "FLOW_PRINTS";
     /// Mmapable array of u64 words: the changed-slot bitmap
     /// ([`crate::events::SLOTS_PER_CHANGE_WORD`]).
     pub const FLOW_CHANGES_MAP: &str = "FLOW_CHANGES";

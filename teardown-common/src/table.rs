@@ -141,6 +141,66 @@ fn key_tail(port_a: u16, port_b: u16, family: u8) -> u64 {
     }
 }
 
+/// The flow table's fingerprints: a 16-bit print of each slot's key
+/// ([`print_of`]), kept beside the table (the kernel's `FLOW_PRINTS` map)
+/// so that under an ACK flood, whose every packet belongs to no record,
+/// the fast path can tell that a set holds no record of the packet's
+/// connection from one small word, not the set's two 344-byte slots in a
+/// table of tens of megabytes: the probe's cache miss was nearly all of
+/// such a packet's cost. 2 bytes a slot; a value of the map ([`PrintLine`])
+/// holds the prints of [`SLOTS_PER_PRINT_LINE`] slots, one cache line.
+///
+/// A print is written whenever a slot takes a key, by the CPU holding the
+/// set's two locks, before the key; it is never cleared (a slot whose
+/// record was freed keeps its key too). A set whose prints both differ
+/// from the packet's holds no record of its connection, except one another
+/// CPU is starting at that moment; prints that match only mean the slots
+/// must be probed, as without prints.
+pub type PrintLine = [u32; 16];
+
+/// Slots whose prints one [`PrintLine`] holds: 16 sets of [`WAYS`] slots,
+/// a `u32` per set (way 0 in the low half, way 1 in the high half).
+pub const SLOTS_PER_PRINT_LINE: u32 = 32;
+
+const _: () = assert!(core::mem::size_of::<PrintLine>() as u32 == SLOTS_PER_PRINT_LINE * 2);
+const _: () = assert!(WAYS == 2);
+
+/// Lines of prints for a table of `slots` slots.
+pub const fn print_lines_for(slots: u32) -> u32 {
+    slots.div_ceil(SLOTS_PER_PRINT_LINE)
+}
+
+/// The print of a connection whose [`flow_hash`] is `hash`: its low 16
+/// bits, which [`set_of`] does not use for a table of up to 2^17 slots
+/// (the default); from 2^18 on, [`set_of`] takes some of them too, and a
+/// print tells a set's keys apart on its lower bits only (9 of them at the
+/// largest table). Never 0, so a slot never given a key matches nothing.
+#[inline(always)]
+pub fn print_of(hash: u32) -> u32 {
+    (hash & 0xffff) | 1
+}
+
+/// Where the prints of `set` (a set's first slot) are: the line's index
+/// in the map, and the set's word in the line.
+#[inline(always)]
+pub fn print_place(set: u32) -> (u32, usize) {
+    (set / SLOTS_PER_PRINT_LINE, ((set / WAYS) % 16) as usize)
+}
+
+/// Whether a set whose prints are `word` may hold a record of the
+/// connection whose print is `print`.
+#[inline(always)]
+pub fn prints_may_hold(word: u32, print: u32) -> bool {
+    word & 0xffff == print || word >> 16 == print
+}
+
+/// `word` with way `way`'s print replaced by `print`.
+#[inline(always)]
+pub fn with_print(word: u32, way: u32, print: u32) -> u32 {
+    let shift = (way & 1) * 16;
+    (word & !(0xffff << shift)) | (print & 0xffff) << shift
+}
+
 /// What [`FlowSlot::direction_of`] found.
 pub mod matched {
     /// The slot holds another connection, or none.
@@ -282,6 +342,73 @@ unsafe impl aya::Pod for FlowSlot {}
 mod tests {
     use super::*;
     use crate::addr::Addr16;
+
+    #[test]
+    fn a_set_s_prints_say_whether_it_may_hold_a_connection() {
+        // Two connections of one set: each slot's print, written as the
+        // kernel writes it, is found again from a packet of the
+        // connection, in either direction, and a third print is not.
+        let packet_hash = |src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16| {
+            flow_hash(
+                fold_address(&Addr16::v4_mapped_halves(src)),
+                sport,
+                fold_address(&Addr16::v4_mapped_halves(dst)),
+                dport,
+            )
+        };
+        let one = packet_hash([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80);
+        let reply = packet_hash([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+        assert_eq!(print_of(one), print_of(reply));
+        let other = (0u16..)
+            .map(|port| packet_hash([10, 0, 0, 3], port, [10, 0, 0, 1], 80))
+            .find(|hash| print_of(*hash) != print_of(one))
+            .unwrap();
+        let third = (0u16..)
+            .map(|port| packet_hash([10, 0, 0, 4], port, [10, 0, 0, 1], 80))
+            .find(|hash| print_of(*hash) != print_of(one) && print_of(*hash) != print_of(other))
+            .unwrap();
+        let word = with_print(with_print(0, 0, print_of(one)), 1, print_of(other));
+        assert!(prints_may_hold(word, print_of(reply)));
+        assert!(prints_may_hold(word, print_of(other)));
+        assert!(!prints_may_hold(word, print_of(third)));
+        // A set never given a key holds nothing.
+        assert!(!prints_may_hold(0, print_of(one)));
+        assert!(
+            (0..=u32::MAX)
+                .step_by(65_521)
+                .all(|hash| print_of(hash) != 0)
+        );
+        // Replacing one way's print leaves the other's.
+        let replaced = with_print(word, 0, print_of(third));
+        assert!(prints_may_hold(replaced, print_of(third)));
+        assert!(prints_may_hold(replaced, print_of(other)));
+        assert!(!prints_may_hold(replaced, print_of(one)));
+    }
+
+    #[test]
+    fn every_set_has_its_own_word_of_prints() {
+        // The default table's sets, and the largest table's first and last
+        // lines: each set one word, no two sets the same one, every line
+        // within the map's size.
+        for slots in [WAYS, 64, 131_072, MAX_SLOTS] {
+            let lines = print_lines_for(slots);
+            let mut seen = std::collections::HashSet::new();
+            let sets = (0..slots / WAYS).map(|set| set * WAYS);
+            let sets: std::vec::Vec<u32> = if slots > 1 << 20 {
+                sets.clone()
+                    .take(4096)
+                    .chain(sets.skip((slots / WAYS - 4096) as usize))
+                    .collect()
+            } else {
+                sets.collect()
+            };
+            for set in sets {
+                let (line, word) = print_place(set);
+                assert!(line < lines && word < 16, "set {set} of {slots} slots");
+                assert!(seen.insert((line, word)), "set {set} shares its word");
+            }
+        }
+    }
 
     #[test]
     fn halves_and_words_are_the_same_bytes() {

@@ -14,15 +14,17 @@ use teardown_common::{
         PacketBytes, TcpSegment,
         tcp_flags::{ACK, FIN, RST, SYN},
     },
-    table::{WAYS, flow_hash, fold_address, matched, set_of},
+    table::{
+        WAYS, flow_hash, fold_address, matched, print_of, print_place, prints_may_hold, set_of,
+    },
 };
 
 use crate::{
     clock::FlowClock,
-    flood::{admits_midstream, admits_syn, count_syn},
+    flood::{admits_midstream, admits_syn, count_syn, table_limited},
     frame::Frame,
     lock::{try_lock_fast, unlock, unlock_slot},
-    maps::{FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
+    maps::{FLOW_PRINTS, FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
     slow_path::track_segment,
 };
 
@@ -183,6 +185,22 @@ pub(crate) fn midstream_untracked() {
     }
 }
 
+/// Whether `set` may hold a record of the connection whose print is
+/// `print`, by the set's prints ([`FLOW_PRINTS`], read without a lock:
+/// the argument is there); true if they cannot be read.
+#[inline(always)]
+pub(crate) fn set_may_hold(set: u32, print: u32) -> bool {
+    let (line, word) = print_place(set);
+    match FLOW_PRINTS.get_ptr(line) {
+        // SAFETY: an aligned u32 of map memory, written whole.
+        Some(line) => prints_may_hold(
+            unsafe { core::ptr::read_volatile(&(*line)[word & 15]) },
+            print,
+        ),
+        None => true,
+    }
+}
+
 /// Probes the two slots of the connection's set, comparing the packet's
 /// endpoints against each slot's key in both orders
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
@@ -250,6 +268,29 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     let mut way = WAYS;
     let mut held = 0;
     let mut candidate = 0;
+    // Under pressure, as under an ACK flood (every packet a segment of a
+    // connection with no record), the set's prints first ([`FLOW_PRINTS`]):
+    // if neither slot's print is the connection's, neither slot holds its
+    // record, and the probe is skipped. The probe's first key load is a
+    // cache miss in a table of tens of megabytes, nearly all of such a
+    // packet's cost; the prints of a table are a 64th of its size. Only
+    // under pressure (otherwise nearly every packet finds its record, and
+    // would pay for the extra load), and only for a segment that would
+    // start a mid-stream record (a pure SYN or SYN-ACK has its own
+    // admission above). A record another CPU is starting at this moment
+    // may not have its print yet: the segment is then taken for one
+    // without a record, as a probe just before the key was written would
+    // take it (asked the mid-stream budget below, and if admitted, found
+    // under the set's locks by the slow path). Not in the tunnel programs'
+    // copies, for their verifier budget (as the budget's check below).
+    if !TUNNELLED
+        && syn_time == 0
+        && synack == SYNACK_NOT
+        && table_limited()
+        && !set_may_hold(set, print_of(hash))
+    {
+        candidate = WAYS;
+    }
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
             // SAFETY: a flow-table slot; written only under its lock.

@@ -77,6 +77,21 @@ fn ask_admission(ask: impl FnOnce(&mut Admission, u64, &mut u64) -> bool) -> boo
     unsafe { ask(&mut *admission, budget, &mut *table_pressure) }
 }
 
+/// Whether this CPU's budget applied in the admission window it last
+/// rolled into ([`Admission::limited`]): the table under pressure, as
+/// under a flood. It may lag a window behind (it rolls when admission is
+/// asked); its readers only choose a cheaper way to the same answer by it.
+///
+/// [`Admission::limited`]: teardown_common::events::Admission::limited
+#[inline(always)]
+pub(crate) fn table_limited() -> bool {
+    match ADMISSION.get_ptr(0) {
+        // SAFETY: this CPU's slot, one program run at a time.
+        Some(admission) => unsafe { (*admission).limited != 0 },
+        None => false,
+    }
+}
+
 /// A record pushed out of the table: a sign of pressure for [`Admission`].
 ///
 /// [`Admission`]: teardown_common::events::Admission

@@ -17,7 +17,7 @@ use teardown_common::{
         Admission, ChangedWords, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowStats, SLOTS_PER_CHANGE_WORD,
         SYN_STAMP_BUCKETS,
     },
-    table::{FlowSlot, set_shift},
+    table::{FlowSlot, PrintLine, SLOTS_PER_PRINT_LINE, set_shift},
     tunnel::{DecapState, TUNNEL_CAPACITY, Tunnel, TunnelPorts},
 };
 
@@ -36,6 +36,20 @@ pub(crate) static EGRESS_TALLIES: PerCpuArray<Tallies> = PerCpuArray::with_max_e
 #[map]
 pub(crate) static FLOW_TABLE: Array<FlowSlot> =
     Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
+
+/// The slots' fingerprints (`teardown_common::table::PrintLine`), sized
+/// with [`FLOW_TABLE`] at load. Why it is safe to read them without a
+/// lock: each set's word has one writer at a time, the CPU holding both of
+/// the set's slot locks to give one of them a key (`claim_slot`), and it
+/// writes the word whole (an aligned u32 store is never torn) before the
+/// key. A reader sees the old print or the new one: the old one of a slot
+/// taking a new key only ever answers "no record of yours here" for a
+/// connection whose record is being started at that moment, which the
+/// fast path treats as it treats a probe that ran just before the key
+/// was written (see `fast_path::look_up`).
+#[map]
+pub(crate) static FLOW_PRINTS: Array<PrintLine> =
+    Array::with_max_entries(DEFAULT_MAX_FLOWS / SLOTS_PER_PRINT_LINE, 0);
 
 /// One bit per slot: a new record, or a deadline moved earlier.
 #[map]

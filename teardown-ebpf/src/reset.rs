@@ -20,11 +20,12 @@ use teardown_common::{
         RESET_EVENTS_BYTES, ResetCounts, ResetEvent, ResetLayout, SOCKADDR_BYTES, endpoint_halves,
         reset_flag, tcp_state,
     },
-    table::{WAYS, flow_hash, fold_address, matched, set_of},
+    table::{WAYS, flow_hash, fold_address, matched, print_of, set_of},
 };
 
 use crate::{
     clock::{FlowClock, LiveClock},
+    fast_path::set_may_hold,
     maps::{FLOW_TABLE, SET_SHIFT, SKIP_UNTRACKED_RESETS, TABLE_PRESSURE, setting},
 };
 
@@ -147,6 +148,12 @@ fn has_record(local: &[u8; SOCKADDR_BYTES], remote: &[u8; SOCKADDR_BYTES]) -> bo
         remote_port,
     );
     let set = set_of(hash, setting!(SET_SHIFT));
+    // The set's prints first: under the pressure that calls this, most
+    // resets are an ACK flood's, of connections with no record, and the
+    // probe's cache miss was most of their cost.
+    if !set_may_hold(set, print_of(hash)) {
+        return false;
+    }
     let mut way = 0;
     while way < WAYS {
         if let Some(slot) = FLOW_TABLE.get(set + way) {

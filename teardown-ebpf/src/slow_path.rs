@@ -24,7 +24,7 @@ use teardown_common::{
     events::{CHANGED_WORDS_CAPACITY, EndedEvent, EventHeader, SLOTS_PER_CHANGE_WORD, kind},
     flow::{Direction, FlowKey},
     parse::tcp_flags::{ACK, FIN, RST, SYN},
-    table::{FlowSlot, WAYS},
+    table::{FlowSlot, WAYS, flow_hash, fold_address, print_of, print_place, with_print},
     tunnel::{TUNNEL_CAPACITY, TunnelRef},
 };
 
@@ -35,8 +35,9 @@ use crate::{
     },
     lock::{lock_slot, unlock_slot},
     maps::{
-        CHANGED_WORDS, DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_TABLE, GRACE_NS, NOTE_CHANGED_WORDS,
-        TUNNEL_IDS, TUNNEL_NEXT, TUNNELS, is_likely_server, setting, stats, timeouts,
+        CHANGED_WORDS, DECAP_STATE, EVENTS, FLOW_CHANGES, FLOW_PRINTS, FLOW_TABLE, GRACE_NS,
+        NOTE_CHANGED_WORDS, TUNNEL_IDS, TUNNEL_NEXT, TUNNELS, is_likely_server, setting, stats,
+        timeouts,
     },
 };
 
@@ -293,9 +294,37 @@ pub extern "C" fn claim_slot(input: *const TrackInput) -> u32 {
         note_eviction(input.now);
     }
     let index = set + chosen as u32;
+    // The print before the key (see FLOW_PRINTS).
+    note_print(input, chosen as u32);
     ways[chosen & 1].set_key(&input.key);
     begin_record(ways[chosen & 1], index, input);
     index
+}
+
+/// Gives way `way` of the segment's set the print of its connection
+/// ([`FLOW_PRINTS`]), for the fast path under pressure. Called holding
+/// both of the set's locks, which makes this CPU the word's one writer,
+/// before the slot takes the key.
+#[inline(always)]
+fn note_print(input: &TrackInput, way: u32) {
+    let (line, word) = print_place(input.set as u32);
+    let Some(line) = FLOW_PRINTS.get_ptr_mut(line) else {
+        return;
+    };
+    // The packet's hash, as the fast path took it: symmetric, so the
+    // same from either endpoint.
+    let print = print_of(flow_hash(
+        fold_address(&input.src),
+        input.src_port as u16,
+        fold_address(&input.dst),
+        input.dst_port as u16,
+    ));
+    // SAFETY: an aligned u32 of map memory only this CPU writes now; one
+    // whole store, never torn, for the lock-free readers.
+    unsafe {
+        let word = &mut (*line)[word & 15];
+        core::ptr::write_volatile(word, with_print(core::ptr::read_volatile(word), way, print));
+    }
 }
 
 /// Whether a segment that starts a record asked admission in the fast

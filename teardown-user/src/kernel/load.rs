@@ -17,7 +17,7 @@ use teardown_common::{
     conn::{Timeouts, likely_server_port_set},
     events::{DEFAULT_MAX_FLOWS, SLOTS_PER_CHANGE_WORD, half_open_budget},
     names,
-    table::{FlowSlot, set_shift, slots_for},
+    table::{FlowSlot, PrintLine, SLOTS_PER_PRINT_LINE, print_lines_for, set_shift, slots_for},
     tunnel::TunnelPorts,
 };
 
@@ -37,10 +37,16 @@ const UNLOCK_BY_STORE: u32 = cfg!(target_arch = "x86_64") as u32;
 /// (`BPF_COMPLEXITY_LIMIT_INSNS`).
 pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
 
-/// Kernel memory a flow table of `slots` slots takes: the slots and the
-/// changed-slot bitmap.
+/// Kernel memory a flow table of `slots` slots takes: the slots, their
+/// prints and the changed-slot bitmap.
 pub fn table_bytes(slots: u32) -> u64 {
-    slots as u64 * std::mem::size_of::<FlowSlot>() as u64 + (slots as u64).div_ceil(8)
+    slots as u64 * slot_bytes() as u64 + (slots as u64).div_ceil(8)
+}
+
+/// Kernel memory per slot of a flow table: the slot and its print.
+pub fn slot_bytes() -> usize {
+    std::mem::size_of::<FlowSlot>()
+        + std::mem::size_of::<PrintLine>() / SLOTS_PER_PRINT_LINE as usize
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
@@ -81,7 +87,7 @@ fn table_fits(
             max_flows,
             tables,
             needed_mib: needed.div_ceil(1 << 20),
-            slot_bytes: std::mem::size_of::<FlowSlot>(),
+            slot_bytes: slot_bytes(),
             available_mib: available >> 20,
         }),
         _ => Ok(()),
@@ -95,24 +101,26 @@ mod table_size_tests {
     #[test]
     fn a_table_over_half_the_available_memory_is_refused_with_its_cost() {
         const GIB: u64 = 1 << 30;
-        // The default table: 131072 slots of 344 bytes, 43 MiB, plus the bitmap.
-        assert_eq!(table_bytes(131_072), 131_072 * 344 + 131_072 / 8);
+        // The default table: 131072 slots of 344 bytes and their 2-byte
+        // prints, 43 MiB, plus the bitmap.
+        assert_eq!(slot_bytes(), 346);
+        assert_eq!(table_bytes(131_072), 131_072 * 346 + 131_072 / 8);
         assert!(table_fits(131_072, 131_072, 1, Some(GIB)).is_ok());
         assert!(table_fits(131_072, 131_072, 1, None).is_ok());
         // The largest: 16M slots, 5.4 GiB: refused with 8 GiB available.
         let refused = table_fits(16_777_216, 16_777_216, 1, Some(8 * GIB)).unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "--max-flows 16777216 needs 5506 MiB of kernel memory for the flow table (344 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
+            "--max-flows 16777216 needs 5538 MiB of kernel memory for the flow table (346 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
         );
         assert!(table_fits(16_777_216, 16_777_216, 1, Some(12 * GIB)).is_ok());
-        // One table per interface: three of 2M slots (688 MiB each) do
+        // One table per interface: three of 2M slots (693 MiB each) do
         // not fit in 4 GiB, where one does.
         assert!(table_fits(2_097_152, 2_097_152, 1, Some(4 * GIB)).is_ok());
         let refused = table_fits(2_097_152, 2_097_152, 3, Some(4 * GIB)).unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "--max-flows 2097152 needs 2065 MiB of kernel memory for 3 flow tables, one per interface (344 bytes a connection), more than half of the 4096 MiB available: choose a smaller --max-flows or fewer interfaces"
+            "--max-flows 2097152 needs 2077 MiB of kernel memory for 3 flow tables, one per interface (346 bytes a connection), more than half of the 4096 MiB available: choose a smaller --max-flows or fewer interfaces"
         );
     }
 
@@ -253,6 +261,7 @@ impl Kernel {
             )
             .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
+            .map_max_entries(names::FLOW_PRINTS_MAP, print_lines_for(slots))
             .map_max_entries(
                 names::FLOW_CHANGES_MAP,
                 slots.div_ceil(SLOTS_PER_CHANGE_WORD),
