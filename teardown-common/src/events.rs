@@ -201,8 +201,9 @@ pub const PRESSURE_THRESHOLD: u64 = 64;
 /// open when teardown starts, and an ACK flood's every packet), would
 /// start a one-sided record each. Under pressure they get a budget of
 /// their own, of the same size ([`Admission::admit_midstream`]): an ACK
-/// flood then costs a probe per packet, not a record and an eviction
-/// (about 400 ns), and a SYN flood that spends the SYNs' budget leaves the
+/// flood then costs a look at the set's prints per packet (see
+/// `table::PrintLine`), not a record and an eviction (about 400 ns), and a
+/// SYN flood that spends the SYNs' budget leaves the
 /// real connections' next segments theirs. Without pressure each is
 /// tracked, as before.
 ///

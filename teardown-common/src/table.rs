@@ -171,10 +171,12 @@ pub const fn print_lines_for(slots: u32) -> u32 {
 }
 
 /// The print of a connection whose [`flow_hash`] is `hash`: its low 16
-/// bits, which [`set_of`] does not use for a table of up to 2^17 slots
-/// (the default); from 2^18 on, [`set_of`] takes some of them too, and a
-/// print tells a set's keys apart on its lower bits only (9 of them at the
-/// largest table). Never 0, so a slot never given a key matches nothing.
+/// bits with the lowest set, so never 0 (a slot never given a key matches
+/// nothing). [`set_of`] does not use those bits for a table of up to 2^17
+/// slots (the default), so 15 bits tell a set's keys apart; from 2^18 on,
+/// [`set_of`] takes some of them too, down to 8 bits at the largest
+/// table (a print then matches another connection of its set one time in
+/// 256, which only costs that packet the probe).
 #[inline(always)]
 pub fn print_of(hash: u32) -> u32 {
     (hash & 0xffff) | 1

@@ -273,7 +273,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // if neither slot's print is the connection's, neither slot holds its
     // record, and the probe is skipped. The probe's first key load is a
     // cache miss in a table of tens of megabytes, nearly all of such a
-    // packet's cost; the prints of a table are a 64th of its size. Only
+    // packet's cost; the prints take 2 bytes of a slot's 346. Only
     // under pressure (otherwise nearly every packet finds its record, and
     // would pay for the extra load), and only for a segment that would
     // start a mid-stream record (a pure SYN or SYN-ACK has its own
@@ -286,7 +286,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     if !TUNNELLED
         && syn_time == 0
         && synack == SYNACK_NOT
-        && table_limited()
+        && table_limited(clock)
         && !set_may_hold(set, print_of(hash))
     {
         candidate = WAYS;
