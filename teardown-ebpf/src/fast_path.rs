@@ -273,7 +273,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // if neither slot's print is the connection's, neither slot holds its
     // record, and the probe is skipped. The probe's first key load is a
     // cache miss in a table of tens of megabytes, nearly all of such a
-    // packet's cost; the prints take 2 bytes of a slot's 346. Only
+    // packet's cost; a print is 2 bytes beside each 344-byte slot. Only
     // under pressure (otherwise nearly every packet finds its record, and
     // would pay for the extra load), and only for a segment that would
     // start a mid-stream record (a pure SYN or SYN-ACK has its own
