@@ -314,6 +314,18 @@ impl Admission {
         true
     }
 
+    /// Whether the budget applies at `now`, as far as this CPU knows
+    /// without asking: [`Admission::limited`] is set when the CPU rolls
+    /// into a window, which it does only when it asks admission or notes
+    /// an eviction, so a CPU that stops asking after a flood would keep it
+    /// set for good. It counts only if that window is `now`'s or the one
+    /// before. Read by the fast path to choose a cheaper way to the same
+    /// answer (the flow table's prints), never to refuse anything.
+    #[inline(always)]
+    pub fn limited_at(&self, now: u64) -> bool {
+        self.limited != 0 && half_open_window(now) <= self.window.wrapping_add(1)
+    }
+
     /// A half-open or one-sided record pushed out of the table at `now`.
     #[inline(always)]
     pub fn note_eviction(&mut self, now: u64, table_pressure: &mut u64) {
@@ -427,6 +439,26 @@ mod tests {
             admission.admit(t + 3 * WINDOW + i, budget, &mut shared);
         }
         assert!((0..1_000).all(|i| admission.admit(t + 4 * WINDOW + i, budget, &mut shared)));
+    }
+
+    #[test]
+    fn the_budget_is_said_to_apply_only_while_the_flag_is_fresh() {
+        let mut admission = Admission::default();
+        let mut shared = 0;
+        let t = 1_000 * WINDOW;
+        assert!(!admission.limited_at(t));
+        // A flood in window 0 limits window 1, as soon as the CPU rolls
+        // into it.
+        for i in 0..1_000 {
+            admission.note_eviction(t + i, &mut shared);
+        }
+        assert!(!admission.limited_at(t + 10));
+        assert!(!admission.admit_midstream(t + WINDOW, 0, &mut shared));
+        assert!(admission.limited_at(t + WINDOW));
+        assert!(admission.limited_at(t + 2 * WINDOW + WINDOW - 1));
+        // The CPU asks nothing more: two windows on, the flag is stale.
+        assert!(!admission.limited_at(t + 3 * WINDOW));
+        assert!(!admission.limited_at(t + 100 * WINDOW));
     }
 
     #[test]

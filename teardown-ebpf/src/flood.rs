@@ -7,12 +7,7 @@
 //! ([`count_for_responder`]) and in the flow statistics
 //! ([`count_half_open`]).
 
-use teardown_common::{
-    dest::dest_index,
-    events::{Admission, half_open_window},
-    sketch::hash_addr,
-    table::FlowSlot,
-};
+use teardown_common::{dest::dest_index, events::Admission, sketch::hash_addr, table::FlowSlot};
 
 use crate::clock::FlowClock;
 use crate::maps::{
@@ -83,24 +78,19 @@ fn ask_admission(ask: impl FnOnce(&mut Admission, u64, &mut u64) -> bool) -> boo
     unsafe { ask(&mut *admission, budget, &mut *table_pressure) }
 }
 
-/// Whether this CPU's budget applies now ([`Admission::limited`]): the
-/// table under pressure, as under a flood. The flag is set when the CPU
-/// rolls into a window, which it does only when it asks admission or
-/// notes an eviction; a CPU that stops asking after a flood (no new
-/// connections come its way) would keep it set for good, so it counts
-/// only if that window is this one or the one before. Its readers only
-/// choose a cheaper way to the same answer by it. The clock is read only
+/// Whether this CPU's budget applies now ([`Admission::limited_at`]):
+/// the table under pressure, as under a flood. The clock is read only
 /// when the flag is set: without pressure this is one load.
 ///
-/// [`Admission::limited`]: teardown_common::events::Admission::limited
+/// [`Admission::limited_at`]: teardown_common::events::Admission::limited_at
 #[inline(always)]
 pub(crate) fn table_limited(clock: &impl FlowClock) -> bool {
     let Some(admission) = ADMISSION.get_ptr(0) else {
         return false;
     };
     // SAFETY: this CPU's slot, one program run at a time.
-    let (limited, window) = unsafe { ((*admission).limited, (*admission).window) };
-    limited != 0 && half_open_window(clock.coarse()) <= window.wrapping_add(1)
+    let admission = unsafe { &*admission };
+    admission.limited != 0 && admission.limited_at(clock.coarse())
 }
 
 /// A record pushed out of the table: a sign of pressure for [`Admission`].
