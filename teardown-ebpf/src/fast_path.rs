@@ -268,6 +268,12 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     let mut way = WAYS;
     let mut held = 0;
     let mut candidate = 0;
+    // A segment that would start a mid-stream record if it has none (not
+    // a pure SYN or SYN-ACK, which have their admission above), in a copy
+    // of the fast path that asks the mid-stream budget itself: the
+    // untunnelled ones (why, below). The prints and the budget are both
+    // for it.
+    let midstream_here = !TUNNELLED && syn_time == 0 && synack == SYNACK_NOT;
     // Under pressure, as under an ACK flood (every packet a segment of a
     // connection with no record), the set's prints first ([`FLOW_PRINTS`]):
     // if neither slot's print is the connection's, neither slot holds its
@@ -283,12 +289,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // take it (asked the mid-stream budget below, and if admitted, found
     // under the set's locks by the slow path). Not in the tunnel programs'
     // copies, for their verifier budget (as the budget's check below).
-    if !TUNNELLED
-        && syn_time == 0
-        && synack == SYNACK_NOT
-        && table_limited(clock)
-        && !set_may_hold(set, print_of(hash))
-    {
+    if midstream_here && table_limited(clock) && !set_may_hold(set, print_of(hash)) {
         candidate = WAYS;
     }
     while candidate < WAYS {
@@ -352,12 +353,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // verifier's 1,000,000 to 975,000 (925,000 as a call), so for a
     // tunnelled segment the slow path asks, first thing
     // ([`track_segment`]).
-    if !TUNNELLED
-        && way == WAYS
-        && synack == SYNACK_NOT
-        && syn_time == 0
-        && !admits_midstream(clock.coarse())
-    {
+    if midstream_here && way == WAYS && !admits_midstream(clock.coarse()) {
         midstream_untracked();
         return;
     }
