@@ -429,19 +429,28 @@ mod shortcut {
 /// the general way would, without opening layers one by one
 /// ([`shortcut::TRACKED`]). A frame whose first layer carries another is
 /// left to [`track_nested_xdp`] ([`shortcut::NESTED`]); any other to the
-/// general way ([`shortcut::DECLINED`]). `replay` and `now` as for
-/// [`track_inner_xdp`].
+/// general way ([`shortcut::DECLINED`]). On the host's clock.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return shortcut::DECLINED;
     };
-    if replay != 0 {
-        track_shortcut(&frame, &ReplayClock { now }, &TALLIES)
-    } else {
-        track_shortcut(&frame, &LiveClock, &TALLIES)
-    }
+    track_shortcut(&frame, &LiveClock, &TALLIES)
+}
+
+/// [`track_shortcut_xdp`] at capture time `now`, for the replay's tunnel
+/// program. A function of its own per clock (so too for the nested and
+/// the general way): one function taking the clock as an argument held
+/// both copies of the fast path, and each program had the verifier check
+/// both, nearly doubling its work.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_shortcut_xdp_replay(ctx: *mut xdp_md, now: u64) -> i32 {
+    let Some(frame) = xdp_frame(ctx) else {
+        return shortcut::DECLINED;
+    };
+    track_shortcut(&frame, &ReplayClock { now }, &TALLIES)
 }
 
 /// [`track_shortcut_xdp`] for the TC program.
@@ -511,15 +520,21 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
 /// if so, 0 for the general way.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn track_nested_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+pub extern "C" fn track_nested_xdp(ctx: *mut xdp_md) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
-    if replay != 0 {
-        track_nested(&frame, &ReplayClock { now }, &TALLIES)
-    } else {
-        track_nested(&frame, &LiveClock, &TALLIES)
-    }
+    track_nested(&frame, &LiveClock, &TALLIES)
+}
+
+/// [`track_nested_xdp`] at capture time `now`, for the replay.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_nested_xdp_replay(ctx: *mut xdp_md, now: u64) -> i32 {
+    let Some(frame) = xdp_frame(ctx) else {
+        return 0;
+    };
+    track_nested(&frame, &ReplayClock { now }, &TALLIES)
 }
 
 /// [`track_nested_xdp`] for the TC program.
@@ -570,18 +585,25 @@ fn track_nested(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tal
 
 /// Tracks the TCP segment an XDP program's frame carries inside its
 /// tunnel ([`DECAP_STATE`] says where), as a connection of its own, on the
-/// host's clock or, with `replay` 1, at capture time `now`.
+/// host's clock.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md, replay: u64, now: u64) -> i32 {
+pub extern "C" fn track_inner_xdp(ctx: *mut xdp_md) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
-    if replay != 0 {
-        track_inner(&frame, &ReplayClock { now });
-    } else {
-        track_inner(&frame, &LiveClock);
-    }
+    track_inner(&frame, &LiveClock);
+    0
+}
+
+/// [`track_inner_xdp`] at capture time `now`, for the replay.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_inner_xdp_replay(ctx: *mut xdp_md, now: u64) -> i32 {
+    let Some(frame) = xdp_frame(ctx) else {
+        return 0;
+    };
+    track_inner(&frame, &ReplayClock { now });
     0
 }
 
@@ -703,12 +725,12 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 /// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    let read = match track_shortcut_xdp(ctx.ctx, 0, 0) {
-        shortcut::NESTED => track_nested_xdp(ctx.ctx, 0, 0) != 0,
+    let read = match track_shortcut_xdp(ctx.ctx) {
+        shortcut::NESTED => track_nested_xdp(ctx.ctx) != 0,
         done => done == shortcut::TRACKED,
     };
     if !read && open_tunnel_xdp(ctx.ctx) != 0 {
-        track_inner_xdp(ctx.ctx, 0, 0);
+        track_inner_xdp(ctx.ctx);
     }
     xdp_action::XDP_PASS
 }
@@ -717,12 +739,12 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
     let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
-    let read = match track_shortcut_xdp(ctx.ctx, 1, now) {
-        shortcut::NESTED => track_nested_xdp(ctx.ctx, 1, now) != 0,
+    let read = match track_shortcut_xdp_replay(ctx.ctx, now) {
+        shortcut::NESTED => track_nested_xdp_replay(ctx.ctx, now) != 0,
         done => done == shortcut::TRACKED,
     };
     if !read && open_tunnel_xdp(ctx.ctx) != 0 {
-        track_inner_xdp(ctx.ctx, 1, now);
+        track_inner_xdp_replay(ctx.ctx, now);
     }
     xdp_action::XDP_PASS
 }
