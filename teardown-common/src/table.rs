@@ -12,15 +12,23 @@
 //! [`FlowSlot::generation`]. In the kernel, several CPUs may write one slot
 //! at once: a server's ingress (XDP, on the receive queue's CPU) and egress
 //! (TC, on the sending socket's CPU) update one record, and two new
-//! connections may claim one slot. So every write to a slot's key,
-//! generation or record happens under the slot's [`FlowSlot::lock`], a
-//! sequence lock (see `teardown-ebpf`'s `lock.rs`): odd while a CPU is
+//! connections may claim one slot. So every write to a slot happens under
+//! its locks: one sequence lock per direction, in each of the record's
+//! [`Lane`]s (see `teardown-ebpf`'s `lock.rs`), odd while a CPU is
 //! writing, bumped by one when it takes it and once more when it lets go.
-//! Readers that must not wait (user space, which reads records through the
-//! mmapped table) copy the slot and keep the copy only if the lock word was
-//! even and unchanged around the copy.
+//! A segment's fast path takes its own direction's lane and writes only
+//! that lane; everything else (a new key, the slow path's updates) holds
+//! both. Readers that must not wait (user space, which reads records
+//! through the mmapped table) copy the slot and keep the copy only if both
+//! lock words were even and unchanged around the copy.
+//!
+//! A slot is 384 bytes, six whole cache lines of the page-aligned
+//! (mmappable) table: the key and the fields beside it on the first, each
+//! lane on one of its own, the rest of the record on the last three. The
+//! two directions of a connection, updated by two CPUs at once, so never
+//! write a line the other reads.
 
-use crate::conn::{Conn, ORIG, RESP, state};
+use crate::conn::{Conn, Lane, ORIG, RESP, state};
 use crate::flow::FlowKey;
 
 /// Slots per set.
@@ -39,19 +47,22 @@ pub struct FlowSlot {
     /// Written by user space: the generation it has reported and closed.
     /// When it equals `generation` the slot is free.
     pub reported: u32,
-    /// The slot's sequence lock: odd while a CPU writes the slot.
-    pub lock: u32,
-    /// CPUs waiting for the lock in the kernel's slow path; while any
-    /// wait, the fast path leaves the slot alone (see the eBPF crate's
+    /// CPUs waiting for the slot's locks in the kernel's slow path; while
+    /// any wait, the fast path leaves the slot alone (see the eBPF crate's
     /// `lock`). User space neither reads nor writes it.
     pub waiters: u32,
+    /// Fills the key's line: the record starts on a line of its own.
+    pub reserved: [u32; 3],
+    /// The record; its two [`Lane`]s hold the slot's locks.
     pub conn: Conn,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 40 + 16 + core::mem::size_of::<Conn>());
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 6 * 64);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, conn) == 64);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, reported) % 4 == 0);
-const _: () = assert!(core::mem::offset_of!(FlowSlot, lock) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, waiters) % 4 == 0);
+const _: () =
+    assert!(core::mem::offset_of!(Conn, lanes) == 0 && core::mem::size_of::<Lane>() == 64);
 
 /// Slots for a table of at least `max_flows` connections: a power of two, so
 /// a set is found by masking, and at least one set.
@@ -145,7 +156,7 @@ fn key_tail(port_a: u16, port_b: u16, family: u8) -> u64 {
 /// ([`print_of`]), kept beside the table (the kernel's `FLOW_PRINTS` map)
 /// so that under an ACK flood, whose every packet belongs to no record,
 /// the fast path can tell that a set holds no record of the packet's
-/// connection from one small word, not the set's two 344-byte slots in a
+/// connection from one small word, not the set's two 384-byte slots in a
 /// table of tens of megabytes: the probe's cache miss was nearly all of
 /// such a packet's cost. 2 bytes a slot; a value of the map ([`PrintLine`])
 /// holds the prints of [`SLOTS_PER_PRINT_LINE`] slots, one cache line.
@@ -661,8 +672,8 @@ mod tests {
                 key: stored,
                 generation: 1,
                 reported: 0,
-                lock: 0,
                 waiters: 0,
+                reserved: [0; 3],
                 conn: Conn::zeroed(),
             };
             // Packets of this connection both ways, and near misses.
@@ -726,8 +737,8 @@ mod tests {
             key,
             generation: 1,
             reported: 0,
-            lock: 0,
             waiters: 0,
+            reserved: [0; 3],
             conn: Conn::zeroed(),
         };
         assert!(slot.holds(&key) && !slot.is_free());

@@ -163,7 +163,7 @@ impl Verdict {
                 .closed_by
                 .map(|side| if side == ORIG { "orig" } else { "resp" }),
             rst_cause: close.rst_cause,
-            pkts: (conn.ep[ORIG].pkts, conn.ep[RESP].pkts),
+            pkts: (conn.lane(ORIG).pkts, conn.lane(RESP).pkts),
         }
     }
 }
@@ -222,7 +222,7 @@ fn syn_after_the_syn_timeout_starts_a_new_connection() {
     assert_eq!(sim.ended.len(), 1);
     assert_eq!(sim.ended[0].1, end_reason::SYN_TIMEOUT);
     assert_eq!(sim.ended[0].0.conn_state(), "S0");
-    assert_eq!(sim.conn().ep[ORIG].pkts, 1);
+    assert_eq!(sim.conn().lane(ORIG).pkts, 1);
 }
 
 #[test]
@@ -971,7 +971,7 @@ fn a_syn_ack_with_a_new_isn_after_a_close_starts_a_new_record() {
     assert_eq!(sim.ended[0].0.conn_state(), "SF");
     assert_eq!(sim.ended[0].0.history(), b"ShADaFf");
     // The new record starts at the SYN-ACK and learns who the client is.
-    assert_eq!(sim.conn().ep[ORIG].pkts + sim.conn().ep[RESP].pkts, 2);
+    assert_eq!(sim.conn().lane(ORIG).pkts + sim.conn().lane(RESP).pkts, 2);
 }
 
 /// After an abort too; but a retransmitted SYN-ACK (the old ISN) is not a
@@ -1019,11 +1019,11 @@ fn gaps_are_missed_bytes_and_ip_bytes_count_whole_datagrams() {
     let seq = sim.next[0] - 50;
     sim.send_at(0, ACK | PSH, 50, seq);
     let conn = sim.conn();
-    assert_eq!(conn.ep[ORIG].missed_bytes, 300);
-    assert_eq!(conn.ep[RESP].missed_bytes, 0);
+    assert_eq!(conn.lane(ORIG).missed_bytes, 300);
+    assert_eq!(conn.lane(RESP).missed_bytes, 0);
     // Client: SYN, ACK, 100, 50, 50 bytes of payload, 40 bytes of headers each.
-    assert_eq!(conn.ep[ORIG].ip_bytes, 5 * 40 + 200);
-    assert_eq!(conn.ep[RESP].ip_bytes, 2 * 40);
+    assert_eq!(conn.lane(ORIG).ip_bytes, 5 * 40 + 200);
+    assert_eq!(conn.lane(RESP).ip_bytes, 2 * 40);
     // Zeek's size counts the sequence space, gap included.
     assert_eq!(conn.size(ORIG), 450);
 }

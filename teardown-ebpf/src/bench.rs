@@ -87,7 +87,7 @@ pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// A slot's lock taken and let go, uncontended, as the fast path does for
+/// A lane's lock of a slot taken and let go, uncontended, as the fast path does for
 /// every packet it updates: what the safety on two CPUs costs it (the
 /// fast path also compares the key again under the lock, not counted here).
 #[xdp]
@@ -95,8 +95,8 @@ pub fn teardown_bench_lock(_ctx: XdpContext) -> u32 {
     if let Some(slot) = FLOW_TABLE.get_ptr(0) {
         // SAFETY: a flow-table slot, written only under its lock.
         let slot = unsafe { &*slot };
-        if try_lock(slot) {
-            unlock(slot);
+        if try_lock(slot, 0) {
+            unlock(slot, 0);
         }
     }
     xdp_action::XDP_PASS

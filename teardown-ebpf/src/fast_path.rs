@@ -23,7 +23,7 @@ use crate::{
     clock::FlowClock,
     flood::{admits_midstream, admits_syn, count_syn, table_limited},
     frame::Frame,
-    lock::{try_lock_fast, unlock, unlock_slot},
+    lock::{try_lock, try_lock_fast, unlock, unlock_slot},
     maps::{FLOW_PRINTS, FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
     slow_path::track_segment,
 };
@@ -279,7 +279,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // if neither slot's print is the connection's, neither slot holds its
     // record, and the probe is skipped. The probe's first key load is a
     // cache miss in a table of tens of megabytes, nearly all of such a
-    // packet's cost; a print is 2 bytes beside each 344-byte slot. Only
+    // packet's cost; a print is 2 bytes beside each 384-byte slot. Only
     // under pressure (otherwise nearly every packet finds its record, and
     // would pay for the extra load), and only for a segment that would
     // start a mid-stream record (a pure SYN or SYN-ACK has its own
@@ -294,11 +294,14 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     }
     while candidate < WAYS {
         if let Some(slot) = FLOW_TABLE.get_ptr_mut(set + candidate) {
-            // SAFETY: a flow-table slot; written only under its lock.
+            // SAFETY: a flow-table slot; written only under its locks.
             let slot = unsafe { &mut *slot };
             let found = slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family);
             if found != matched::NONE {
-                if tcp.header_complete && try_lock_fast(slot) {
+                // The segment's own direction's lane (0 for the key's
+                // endpoint `a`): its lock, and all the fast path writes.
+                let lane = (found != matched::FROM_A) as usize;
+                if tcp.header_complete && try_lock_fast(slot, lane) {
                     // The record may have changed hands between the compare
                     // and the lock: compare again, under the lock.
                     let segment = Segment {
@@ -314,22 +317,30 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
                     if slot.direction_of::<V6>(src, tcp.src_port, dst, tcp.dst_port, family)
                         != found
                     {
-                        unlock(slot);
+                        unlock(slot, lane);
                     } else if slot.conn.update_established(
                         found == matched::FROM_A,
                         &segment,
                         clock.coarse(),
                         timeouts().idle_ns,
                     ) {
-                        unlock(slot);
+                        unlock(slot, lane);
                         return;
-                    } else {
-                        // Declined (a FIN, a RST, a retransmission, ...):
-                        // the slot stays held, and the slow path applies
-                        // the segment under this same hold. Letting go
-                        // here would cost the slow path a second atomic to
-                        // take it again, and a second compare of the key.
+                    } else if try_lock(slot, lane ^ 1) {
+                        // Declined (a FIN, a RST, a retransmission, ...),
+                        // and the other lane free at the first try: the
+                        // slot stays held, both lanes, and the slow path
+                        // applies the segment under this same hold.
+                        // Letting go here would cost the slow path two
+                        // more atomics to take it again, and a second
+                        // compare of the key. The other lane is only
+                        // tried, never waited for: a CPU holding lane 1
+                        // must not wait for lane 0 (see `try_lock`). The
+                        // slow path takes the lanes into the record
+                        // (`close_out_if_due`), as `lock_slot` would.
                         held = HELD;
+                    } else {
+                        unlock(slot, lane);
                     }
                 }
                 way = candidate;

@@ -1,13 +1,20 @@
-//! The flow table's slot locks: a sequence lock per slot
-//! (`FlowSlot::lock`), odd while a CPU holds it. The fast path takes it in
-//! one try ([`try_lock_fast`]) and leaves a held slot, or one another CPU
-//! waits for, to the slow path, which waits for it a bounded number of
-//! tries ([`lock_slot`]). Why this makes one table safe to share between
+//! The flow table's slot locks: a sequence lock per direction, in each of
+//! the record's two lanes (`Lane::lock`), odd while a CPU holds it. A
+//! segment's fast path takes its own direction's lane in one try
+//! ([`try_lock_fast`]) and leaves a held lane, or a slot another CPU waits
+//! for, to the slow path, which takes both lanes, waiting a bounded number
+//! of tries ([`lock_slot`]). Why this makes one table safe to share between
 //! CPUs is argued at [`try_lock`].
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use teardown_common::table::FlowSlot;
+
+/// The lock word of lane `lane` (0 for the key's endpoint `a`) of a slot.
+#[inline(always)]
+fn lane_lock(slot: &FlowSlot, lane: usize) -> *mut u32 {
+    core::ptr::addr_of!(slot.conn.lanes[lane & 1].lock) as *mut u32
+}
 
 use crate::maps::{FLOW_TABLE, UNLOCK_BY_STORE, setting, stats};
 
@@ -17,26 +24,37 @@ use crate::maps::{FLOW_TABLE, UNLOCK_BY_STORE, setting, stats};
 /// maybe a compare-and-swap: thousands of tries outlast any hold.
 pub(crate) const LOCK_TRIES: u32 = 4096;
 
-/// Takes the slot's sequence lock if it is free, in one try.
+/// Takes lane `lane`'s sequence lock if it is free, in one try.
 ///
-/// Why this is safe to share between CPUs: every write to a slot's key,
-/// generation or record happens between a successful [`try_lock`] (an even
-/// lock word swapped for the next odd one, atomically) and [`unlock`]
-/// (the word bumped back to even), so no two CPUs ever write one slot at
-/// once. The compare-and-swap is fully ordered (the BPF memory model
+/// Why this is safe to share between CPUs. A slot has two locks, one in
+/// each lane of its record (lane 0 for segments sent by the key's
+/// endpoint `a`, lane 1 for `b`'s). Every write to a slot happens between
+/// a successful [`try_lock`] (an even lock word swapped for the next odd
+/// one, atomically) and [`unlock`] (the word bumped back to even):
+/// - the fast path ([`Conn::update_established`]) holds its own
+///   direction's lane and writes only that lane (and, for a peer not seen
+///   yet, the peer's numbering, which the peer's own fast path never
+///   writes at the same time: argued there);
+/// - everything else (a new key, the generation, the slow path's updates)
+///   holds both lanes ([`lock_slot`]), so it excludes every other writer.
+///
+/// So no two CPUs ever write one field at once, and what a fast path reads
+/// outside its lane is written only under both locks, one of which it
+/// holds. The compare-and-swap is fully ordered (the BPF memory model
 /// orders atomics that return a value), so the holder sees everything the
-/// previous holder wrote before it let go. The lock cannot deadlock: a
-/// program that holds a slot never waits for another slot, except
-/// `claim_slot`, which takes a set's two ways in order (way 0, then way
-/// 1); and nothing that takes slot locks can interrupt a holder on its own
-/// CPU (XDP runs in softirq, TC egress with bottom halves off, and neither
-/// nests in the other). The fast path, finding a slot held, leaves the
-/// segment to the slow path, which waits for it, boundedly
-/// ([`LOCK_TRIES`]). User space takes no lock: it keeps a copy of a slot
-/// only if the lock word was even and unchanged around the copy.
+/// previous holder wrote before it let go. The locks cannot deadlock: a
+/// CPU that waits for a lock ([`lock_slot`]) takes a slot's lane 0 before
+/// its lane 1, and `claim_slot` a set's way 0 before its way 1; a fast
+/// path never waits (it holds one lane and may try the other once); and
+/// nothing that takes slot locks can interrupt a holder on its own CPU
+/// (XDP runs in softirq, TC egress with bottom halves off, and neither
+/// nests in the other). User space takes no lock: it keeps a copy of a
+/// slot only if both lock words were even and unchanged around the copy.
+///
+/// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
 #[inline(always)]
-pub(crate) fn try_lock(slot: &FlowSlot) -> bool {
-    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+pub(crate) fn try_lock(slot: &FlowSlot, lane: usize) -> bool {
+    let word = lane_lock(slot, lane);
     // SAFETY: an aligned u32 of map memory; other CPUs only touch it atomically.
     let seen = unsafe { core::ptr::read_volatile(word) };
     if seen & 1 != 0 {
@@ -53,7 +71,7 @@ pub(crate) fn try_lock(slot: &FlowSlot) -> bool {
     swapped
 }
 
-/// Lets go of a slot taken with [`try_lock`], with release order: every
+/// Lets go of lane `lane` of a slot, taken with [`try_lock`], with release order: every
 /// write made under the lock is visible before the word is even again (the
 /// next holder's, and user space's check of a copy, rely on it).
 ///
@@ -70,8 +88,8 @@ pub(crate) fn try_lock(slot: &FlowSlot) -> bool {
 /// setting is a constant the verifier reads at load: the branch not taken
 /// is dropped before the program is compiled, and costs nothing.
 #[inline(always)]
-pub(crate) fn unlock(slot: &FlowSlot) {
-    let word = core::ptr::addr_of!(slot.lock) as *mut u32;
+pub(crate) fn unlock(slot: &FlowSlot, lane: usize) {
+    let word = lane_lock(slot, lane);
     if setting!(UNLOCK_BY_STORE) != 0 {
         // SAFETY: an aligned u32 of map memory, held by this CPU: no other
         // CPU changes it (their compare-and-swaps fail on an odd word).
@@ -89,47 +107,75 @@ pub(crate) fn unlock(slot: &FlowSlot) {
     core::hint::black_box(before);
 }
 
-/// Takes a slot's lock on the fast path, in one try, unless a CPU waits
-/// for it in [`lock_slot`]: then the segment goes to the slow path, which
-/// waits its turn.
+/// Takes lane `lane` of a slot on the fast path, in one try, unless a CPU
+/// waits for the slot in [`lock_slot`]: then the segment goes to the slow
+/// path, which waits its turn.
 ///
 /// Why: a CPU updating one record back to back (a fast flow's ACKs) lets
 /// go and takes the lock again before a CPU waiting on another core even
 /// sees it free, as its cache holds the line; measured with `teardown
 /// bench --contention`, the waiter gave up hundreds to thousands of
 /// segments per million. A waiter announces itself in
-/// [`FlowSlot::waiters`], on the lock's cache line (one more load here).
+/// [`FlowSlot::waiters`], on the key's line (one more load here).
 #[inline(always)]
-pub(crate) fn try_lock_fast(slot: &FlowSlot) -> bool {
+pub(crate) fn try_lock_fast(slot: &FlowSlot, lane: usize) -> bool {
     // SAFETY: an aligned u32 of map memory; other CPUs only touch it atomically.
     let waiters = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.waiters)) };
-    waiters == 0 && try_lock(slot)
+    waiters == 0 && try_lock(slot, lane)
 }
 
-/// Takes slot `index`'s lock, waiting for another CPU to let go of it for
-/// at most [`LOCK_TRIES`] tries: 1 if it has the lock, 0 (and counted in
-/// `lock_contended`) if it gave up. While it waits it is counted in the
-/// slot's [`FlowSlot::waiters`], which keeps the fast path off the slot
-/// ([`try_lock_fast`]).
+/// Takes both lanes of slot `index`, lane 0 first, waiting for other CPUs
+/// to let go for at most [`LOCK_TRIES`] tries each: 1 if it holds them,
+/// 0 (nothing held, and counted in `lock_contended`) if it gave up. While
+/// it waits it is counted in the slot's [`FlowSlot::waiters`], which keeps
+/// the fast path off the slot ([`try_lock_fast`]). Holding both, it takes
+/// what the fast path counted in the lanes into the record
+/// ([`Conn::fold_lanes`]), so the slow path reads the record whole.
+///
+/// [`Conn::fold_lanes`]: teardown_common::conn::Conn::fold_lanes
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn lock_slot(index: u32) -> i32 {
+    let Some(slot) = FLOW_TABLE.get_ptr_mut(index) else {
+        return 0;
+    };
+    // SAFETY: a flow-table slot; written below only once both lanes are held.
+    let slot = unsafe { &mut *slot };
+    if !(try_lock(slot, 0) || wait_for_lane(index, 0) != 0) {
+        return 0;
+    }
+    if !(try_lock(slot, 1) || wait_for_lane(index, 1) != 0) {
+        unlock(slot, 0);
+        return 0;
+    }
+    slot.conn.fold_lanes();
+    1
+}
+
+/// Waits for lane `lane` of slot `index`, after the caller's one try,
+/// counted in its waiters, at most [`LOCK_TRIES`] tries in all: 1 if it took the lane, 0 (counted in
+/// `lock_contended`) if it gave up. A function the verifier checks once,
+/// on its own: [`lock_slot`]'s two waits inline made too long a chain of
+/// jumps for it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn wait_for_lane(index: u32, lane: u32) -> i32 {
     let Some(slot) = FLOW_TABLE.get_ptr(index) else {
         return 0;
     };
     // SAFETY: a flow-table slot.
     let slot = unsafe { &*slot };
-    if try_lock(slot) {
-        return 1;
-    }
+    let lane = (lane & 1) as usize;
     let waiters = core::ptr::addr_of!(slot.waiters) as *mut u32;
     // SAFETY: an aligned u32 of map memory, only changed atomically.
     let before = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(waiters, 1) };
     core::hint::black_box(before);
     let mut taken = 0;
+    // The caller's own try was the first: LOCK_TRIES in all. (4,096 here
+    // would be a chain of 8,193 jumps, past the verifier's 8,192.)
     let mut tries = 1;
     while tries < LOCK_TRIES {
-        if try_lock(slot) {
+        if try_lock(slot, lane) {
             taken = 1;
             break;
         }
@@ -147,11 +193,13 @@ pub extern "C" fn lock_slot(index: u32) -> i32 {
     taken
 }
 
-/// Lets go of slot `index`.
+/// Lets go of both lanes of slot `index`.
 #[inline(always)]
 pub(crate) fn unlock_slot(index: u32) {
     if let Some(slot) = FLOW_TABLE.get_ptr(index) {
         // SAFETY: a flow-table slot this CPU holds.
-        unlock(unsafe { &*slot });
+        let slot = unsafe { &*slot };
+        unlock(slot, 1);
+        unlock(slot, 0);
     }
 }

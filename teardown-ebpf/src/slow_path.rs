@@ -172,6 +172,10 @@ pub extern "C" fn close_out_if_due(index: u32, input: *const TrackInput) -> i32 
     };
     // SAFETY: a flow-table slot.
     let slot = unsafe { &mut *slot };
+    // Held since `lock_slot`, which took the lanes into the record, or
+    // handed over held by the fast path, which did not: here, out of the
+    // fast path's copies (and so verified once, not once per program).
+    slot.conn.fold_lanes();
     let grace: u64 = setting!(GRACE_NS);
     let reason = match slot.conn.due(input.now.saturating_sub(grace), timeouts()) {
         Some(reason) => reason,

@@ -70,7 +70,7 @@ enum Command {
         #[command(flatten)]
         tunnels: TunnelArgs,
         /// Connections the flow table holds (rounded up to a power of two),
-        /// at 346 bytes of kernel memory each (the default: 43 MiB), per
+        /// at 386 bytes of kernel memory each (the default: 48 MiB), per
         /// interface: each --iface has a table of this size. When a
         /// connection's two slots are taken, a one-sided record (half-open
         /// SYN, lone segment) is evicted for it, never a two-sided

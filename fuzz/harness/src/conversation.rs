@@ -305,6 +305,9 @@ pub fn check(input: &[u8]) {
             let before = current.conn;
             let mut fast = before;
             if fast.update_established(from_a, segment, now, timeouts.idle_ns) {
+                // As the kernel's slow path does when it next holds the
+                // record, and user space with each copy it reads.
+                fast.fold_lanes();
                 assert_eq!(
                     before.due(now, &timeouts),
                     None,
@@ -385,9 +388,11 @@ fn check_record(slot: &Slot, before: &Conn, now: u64, timeouts: &Timeouts) {
     assert!(conn.orig_is_a <= 1, "orig_is_a {}", conn.orig_is_a);
     for (who, a) in [(0, true), (1, false)] {
         let (old, new) = (side(before, a), side(conn, a));
+        // Lanes are kept by the key's endpoint: lane 0 is a's.
+        let (old_lane, new_lane) = (&before.lanes[who], &conn.lanes[who]);
         let name = if a { "a" } else { "b" };
         assert_eq!(
-            (new.pkts, new.payload_bytes, new.ip_bytes),
+            (new_lane.pkts, new_lane.payload_bytes, new_lane.ip_bytes),
             (
                 slot.applied.pkts[who],
                 slot.applied.payload[who],
@@ -396,7 +401,7 @@ fn check_record(slot: &Slot, before: &Conn, now: u64, timeouts: &Timeouts) {
             "endpoint {name}'s packets, payload and IP bytes are not what it sent"
         );
         for (what, old, new) in [
-            ("missed bytes", old.missed_bytes, new.missed_bytes),
+            ("missed bytes", old_lane.missed_bytes, new_lane.missed_bytes),
             (
                 "retransmissions",
                 old.retransmits as u64,
@@ -438,7 +443,7 @@ fn check_record(slot: &Slot, before: &Conn, now: u64, timeouts: &Timeouts) {
         assert!(new.did_close <= 1);
     }
     assert_eq!(
-        conn.ep[ORIG].pkts + conn.ep[RESP].pkts,
+        conn.lanes[0].pkts + conn.lanes[1].pkts,
         conn.packets as u64,
         "the record's packet count is not the sum of its sides'"
     );
@@ -505,7 +510,7 @@ fn summarise(conn: &Conn, reason: u8) {
     let sizes = [conn.size(ORIG), conn.size(RESP)];
     let total = sizes
         .iter()
-        .chain([&conn.ep[ORIG].payload_bytes, &conn.ep[RESP].payload_bytes])
+        .chain([&conn.lanes[0].payload_bytes, &conn.lanes[1].payload_bytes])
         .try_fold(0u64, |sum, &n| sum.checked_add(n));
     assert!(total.is_some(), "sizes {sizes:?} overflow");
     let _ = rstos0_history(conn.history());

@@ -73,15 +73,23 @@ impl Conn {
         // Zero in place, word by word: a `Conn::zeroed()` temporary would not
         // fit the BPF stack, and a memset would become a call the BPF target
         // cannot make. Volatile keeps LLVM from turning the loop into one.
+        // Each lane's first word holds its lock, which the caller holds:
+        // only the count beside it is zeroed.
         const WORDS: usize = core::mem::size_of::<Conn>() / 8;
+        const LANE_WORDS: usize = core::mem::size_of::<Lane>() / 8;
         let words = self as *mut Conn as *mut u64;
         let mut i = 0;
         while i < WORDS {
-            // SAFETY: Conn is 8-aligned, a whole number of words, and all-zero
-            // bytes are a valid Conn (integers and byte arrays only).
-            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+            if i != 0 && i != LANE_WORDS {
+                // SAFETY: Conn is 8-aligned, a whole number of words, and
+                // all-zero bytes are a valid Conn (integers and byte arrays
+                // only).
+                unsafe { core::ptr::write_volatile(words.add(i), 0) };
+            }
             i += 1;
         }
+        self.lanes[0].fast_packets = 0;
+        self.lanes[1].fast_packets = 0;
         self.orig_is_a = (from_a != flip) as u8;
         self.start_ns = now;
         self.last_ns = now;
@@ -99,15 +107,7 @@ impl Conn {
 
     pub const fn zeroed() -> Conn {
         const EMPTY: Endpoint = Endpoint {
-            pkts: 0,
-            payload_bytes: 0,
-            ip_bytes: 0,
-            missed_bytes: 0,
             start_seq: 0,
-            last_seq: 0,
-            ack_seq: 0,
-            seq_wraps: 0,
-            ack_wraps: 0,
             fin_end_seq: 0,
             hist_last_syn: 0,
             hist_last_fin: 0,
@@ -122,6 +122,7 @@ impl Conn {
             fin_cnt: 0,
         };
         Conn {
+            lanes: [Lane::ZERO; 2],
             ep: [EMPTY; 2],
             start_ns: 0,
             last_ns: 0,
@@ -174,6 +175,50 @@ impl Conn {
     #[inline(always)]
     pub fn from_orig(&self, from_a: bool) -> bool {
         from_a == (self.orig_is_a != 0)
+    }
+
+    /// The lane of side `side` ([`ORIG`] or [`RESP`]): lanes are kept by
+    /// endpoint of the flow key, roles by [`Conn::orig_is_a`].
+    #[inline(always)]
+    pub fn lane(&self, side: usize) -> &Lane {
+        &self.lanes[Self::lane_index(side, self.orig_is_a)]
+    }
+
+    /// [`Conn::lane`], to write.
+    #[inline(always)]
+    pub fn lane_mut(&mut self, side: usize) -> &mut Lane {
+        &mut self.lanes[Self::lane_index(side, self.orig_is_a)]
+    }
+
+    #[inline(always)]
+    const fn lane_index(side: usize, orig_is_a: u8) -> usize {
+        (side ^ orig_is_a as usize ^ 1) & 1
+    }
+
+    /// Takes what the fast path counted in the lanes (segments, the latest
+    /// time) into the record's own [`Conn::packets`], [`Conn::last_ns`] and
+    /// [`Conn::last_pkt_ns`]. The kernel does it whenever it holds both
+    /// lanes (before the slow path reads the record), user space on each
+    /// copy it reads, [`Conn::update`] first thing. Idempotent.
+    #[inline(always)]
+    pub fn fold_lanes(&mut self) {
+        let mut lane = 0;
+        while lane < 2 {
+            let (count, last) = {
+                let l = &self.lanes[lane & 1];
+                (l.fast_packets, l.fast_last_ns)
+            };
+            if count != 0 {
+                self.packets = self.packets.wrapping_add(count);
+                self.lanes[lane & 1].fast_packets = 0;
+            }
+            if last != 0 {
+                self.last_ns = self.last_ns.max(last);
+                self.last_pkt_ns = self.last_pkt_ns.max(last);
+                self.lanes[lane & 1].fast_last_ns = 0;
+            }
+            lane += 1;
+        }
     }
 
     /// The history string (Zeek's letters).
@@ -260,15 +305,17 @@ impl Conn {
         true
     }
 
-    /// Exchanges the two endpoints word by word, without a 72-byte temporary
-    /// on the (512-byte) BPF stack.
+    /// Exchanges the two endpoints word by word, without a 40-byte temporary
+    /// on the (512-byte) BPF stack. The lanes stay: they belong to the
+    /// flow key's endpoints, and [`Conn::orig_is_a`] maps roles to them.
     #[inline(always)]
     fn swap_endpoints(&mut self) {
         const WORDS: usize = core::mem::size_of::<Endpoint>() / 8;
         let words = self.ep.as_mut_ptr() as *mut u64;
         let mut i = 0;
         while i < WORDS {
-            // SAFETY: `ep` is two 8-aligned Endpoints of WORDS u64 each.
+            // SAFETY: `ep` is two Endpoints of WORDS u64 each, at an 8-aligned
+            // offset of an 8-aligned Conn (asserted in mod.rs).
             unsafe {
                 let orig = words.add(i);
                 let resp = words.add(WORDS + i);
@@ -321,6 +368,7 @@ impl Conn {
         now: u64,
         timeouts: &Timeouts,
     ) -> Update {
+        self.fold_lanes();
         self.count_gap(from_a, segment);
         self.update_segment(from_a, segment, now, timeouts)
     }
@@ -442,12 +490,11 @@ impl Conn {
             if self.ep[peer & 1].state == INACTIVE {
                 // Zeek's init_peer: number the peer's bytes as if its SYN was seen.
                 let start = segment.ack.wrapping_sub(1);
-                let p = &mut self.ep[peer & 1];
-                p.start_seq = start;
-                p.ack_seq = start;
-                p.last_seq = start;
+                self.ep[peer & 1].start_seq = start;
+                self.lane_mut(me).acked_seq = start;
+                self.lane_mut(peer).last_seq = start;
             } else if !has(flags, RST) {
-                self.update_ack_seq(peer, segment.ack);
+                self.lane_mut(me).note_ack(segment.ack);
             }
         }
 
@@ -496,10 +543,10 @@ impl Conn {
             (RESP, ORIG)
         };
 
-        let ep = &mut self.ep[me & 1];
-        ep.pkts += 1;
-        ep.payload_bytes += len as u64;
-        ep.ip_bytes += segment.ip_len as u64;
+        let lane = self.lane_mut(me);
+        lane.pkts += 1;
+        lane.payload_bytes += len as u64;
+        lane.ip_bytes += segment.ip_len as u64;
 
         if do_close {
             self.connection_closed(me, peer, timeouts);
@@ -567,47 +614,59 @@ impl Conn {
         if self.hist_seen & letter == 0 {
             return false;
         }
-        if seq_delta(segment.seq, sender.last_seq) > 0 {
+        // The sender's lane, by the key's endpoint: the one whose lock the
+        // caller holds. Nothing below writes outside it but the INACTIVE
+        // receiver's numbering (why that is safe: there).
+        let lane = &self.lanes[(!from_a) as usize];
+        if seq_delta(segment.seq, lane.last_seq) > 0 {
             // It starts past what was seen of this side: a gap, which
             // `update` counts as missed bytes.
             return false;
         }
         let seq_end = segment.seq.wrapping_add(segment.len);
-        let advance = seq_delta(seq_end, sender.last_seq) > 0;
+        let advance = seq_delta(seq_end, lane.last_seq) > 0;
         if !advance && segment.len > 0 {
             // A retransmission: counted, and maybe a 'T', by `update`.
             return false;
         }
-
-        self.packets = self.packets.wrapping_add(1);
         // The slow path may have stamped the record with the precise clock,
         // a little ahead of this (coarse) reading: never move time back.
-        if now > self.last_ns {
-            self.last_pkt_ns = now;
-            self.last_ns = now;
+        // Written at once, so that no flag stays live across the branches
+        // below (each would double the verifier's paths through them).
+        let newest = if lane.fast_last_ns > self.last_ns {
+            lane.fast_last_ns
+        } else {
+            self.last_ns
+        };
+        let lane = &mut self.lanes[(!from_a) as usize];
+        lane.fast_packets = lane.fast_packets.wrapping_add(1);
+        if now > newest {
+            lane.fast_last_ns = now;
         }
+        if advance {
+            if seq_end < lane.last_seq {
+                lane.seq_wraps += 1;
+            }
+            lane.last_seq = seq_end;
+        }
+        lane.pkts += 1;
+        lane.payload_bytes += segment.len as u64;
+        lane.ip_bytes += segment.ip_len as u64;
         if receiver_state == INACTIVE {
             // Zeek's init_peer, as `record_segment` does it: the peer's
             // bytes numbered as if its SYN was seen, at every ACK until it
-            // sends.
+            // sends. The peer's start and lane are written under this lane's
+            // lock alone, yet never by two CPUs at once: the peer's own
+            // fast path runs only while its state is ESTABLISHED or PARTIAL,
+            // this branch only while it is INACTIVE, and states change only
+            // in the slow path, holding both lanes.
             let start = segment.ack.wrapping_sub(1);
-            let peer_ep = &mut self.ep[peer & 1];
-            peer_ep.start_seq = start;
-            peer_ep.ack_seq = start;
-            peer_ep.last_seq = start;
+            lane.acked_seq = start;
+            self.lanes[from_a as usize].last_seq = start;
+            self.ep[peer & 1].start_seq = start;
         } else {
-            self.update_ack_seq(peer, segment.ack);
+            lane.note_ack(segment.ack);
         }
-        let sender = &mut self.ep[me & 1];
-        if advance {
-            if seq_end < sender.last_seq {
-                sender.seq_wraps += 1;
-            }
-            sender.last_seq = seq_end;
-        }
-        sender.pkts += 1;
-        sender.payload_bytes += segment.len as u64;
-        sender.ip_bytes += segment.ip_len as u64;
         true
     }
 
@@ -619,13 +678,14 @@ impl Conn {
     #[inline(always)]
     pub fn count_gap(&mut self, from_a: bool, segment: &Segment) {
         let me = if self.from_orig(from_a) { ORIG } else { RESP };
-        let ep = &mut self.ep[me & 1];
-        if has(segment.flags, SYN) || has(segment.flags, RST) || ep.last_seq == ep.start_seq {
+        let start_seq = self.ep[me & 1].start_seq;
+        let lane = self.lane_mut(me);
+        if has(segment.flags, SYN) || has(segment.flags, RST) || lane.last_seq == start_seq {
             return;
         }
-        let gap = seq_delta(segment.seq, ep.last_seq);
+        let gap = seq_delta(segment.seq, lane.last_seq);
         if gap > 0 {
-            ep.missed_bytes += gap as u64;
+            lane.missed_bytes += gap as u64;
         }
     }
 
@@ -651,30 +711,27 @@ impl Conn {
     fn init_endpoint(&mut self, me: usize, flags: u8, base_seq: u32, seq_end: u32) {
         let ep = &mut self.ep[me & 1];
         let syn = has(flags, SYN);
-        let rebase = match ep.state {
-            INACTIVE => {
-                if syn {
-                    ep.start_seq = base_seq;
-                    ep.ack_seq = base_seq;
-                    ep.last_seq = seq_end;
-                } else {
-                    // A partial connection: number bytes as if a SYN came just
-                    // before, and don't call the first packet a retransmission.
-                    ep.start_seq = base_seq.wrapping_sub(1);
-                    ep.ack_seq = base_seq.wrapping_sub(1);
-                    ep.last_seq = base_seq;
-                }
-                false
+        // (start, the peer's acknowledgement of it, last) if re-based.
+        let numbers = match ep.state {
+            // A partial connection: number bytes as if a SYN came just
+            // before, and don't call the first packet a retransmission.
+            INACTIVE if !syn => {
+                Some((base_seq.wrapping_sub(1), base_seq.wrapping_sub(1), base_seq))
             }
-            SYN_SENT | SYN_ACK_SENT => syn && base_seq != ep.start_seq,
-            ESTABLISHED | PARTIAL => syn,
-            RESET => syn && ep.prev_state == INACTIVE,
-            _ => false,
+            INACTIVE => Some((base_seq, base_seq, seq_end)),
+            SYN_SENT | SYN_ACK_SENT if syn && base_seq != ep.start_seq => {
+                Some((base_seq, base_seq, seq_end))
+            }
+            ESTABLISHED | PARTIAL if syn => Some((base_seq, base_seq, seq_end)),
+            RESET if syn && ep.prev_state == INACTIVE => Some((base_seq, base_seq, seq_end)),
+            _ => None,
         };
-        if rebase {
-            ep.start_seq = base_seq;
-            ep.ack_seq = base_seq;
-            ep.last_seq = seq_end;
+        if let Some((start, acked, last)) = numbers {
+            ep.start_seq = start;
+            // Zeek's `ack_seq` of this side: in the peer's lane, whose
+            // segments acknowledge it.
+            self.lane_mut(me ^ 1).acked_seq = acked;
+            self.lane_mut(me).last_seq = last;
         }
     }
 
@@ -721,38 +778,27 @@ impl Conn {
         }
     }
 
-    /// Zeek's `update_ack_seq`: the peer's data acknowledged so far.
-    #[inline(always)]
-    fn update_ack_seq(&mut self, peer: usize, ack: u32) {
-        let ep = &mut self.ep[peer & 1];
-        let delta = seq_delta(ack, ep.ack_seq);
-        // An ACK of 0 far ahead is more likely broken than a huge connection
-        // landing on 0. Written as one condition, with the wrap counted by an
-        // add rather than a branch: fewer instructions on the fast path.
-        if delta > 0 && (ack != 0 || delta <= TOO_LARGE_SEQ_DELTA) {
-            ep.ack_wraps += (ack < ep.ack_seq) as u32;
-            ep.ack_seq = ack;
-        }
-    }
-
     /// Zeek's `update_last_seq`: advances the highest sequence seen, or
     /// counts a retransmission ('T').
     #[inline(always)]
     fn update_last_seq(&mut self, is_orig: bool, me: usize, seq_end: u32, flags: u8, len: u32) {
-        let ep = &mut self.ep[me & 1];
-        let delta = seq_delta(seq_end, ep.last_seq);
+        let ep = &self.ep[me & 1];
+        let (start_seq, state) = (ep.start_seq, ep.state);
+        let last_seq = self.lane(me).last_seq;
+        let delta = seq_delta(seq_end, last_seq);
         let advance = if (has(flags, SYN) || has(flags, RST))
             && !(-TOO_LARGE_SEQ_DELTA..=TOO_LARGE_SEQ_DELTA).contains(&delta)
         {
             false
-        } else if has(flags, FIN) && ep.last_seq == ep.start_seq.wrapping_add(1) {
+        } else if has(flags, FIN) && last_seq == start_seq.wrapping_add(1) {
             true
-        } else if ep.state == RESET {
+        } else if state == RESET {
             false
         } else if delta > 0 {
             true
         } else {
             if len > 0 {
+                let ep = &mut self.ep[me & 1];
                 ep.retransmits = ep.retransmits.saturating_add(1);
                 if is_power_of_ten(ep.retransmits) {
                     self.add_history(is_orig, b'T');
@@ -761,11 +807,11 @@ impl Conn {
             false
         };
         if advance {
-            let ep = &mut self.ep[me & 1];
-            if seq_end < ep.last_seq {
-                ep.seq_wraps += 1;
+            let lane = self.lane_mut(me);
+            if seq_end < lane.last_seq {
+                lane.seq_wraps += 1;
             }
-            ep.last_seq = seq_end;
+            lane.last_seq = seq_end;
         }
     }
 
@@ -988,5 +1034,21 @@ fn next_firing(phase: u64, period: u64, after: u64) -> u64 {
         phase
     } else {
         (after - (after - phase) % period).saturating_add(period)
+    }
+}
+
+impl Lane {
+    /// Zeek's `update_ack_seq`: the peer's data this side acknowledged so
+    /// far.
+    #[inline(always)]
+    pub(crate) fn note_ack(&mut self, ack: u32) {
+        let delta = seq_delta(ack, self.acked_seq);
+        // An ACK of 0 far ahead is more likely broken than a huge connection
+        // landing on 0. Written as one condition, with the wrap counted by an
+        // add rather than a branch: fewer instructions on the fast path.
+        if delta > 0 && (ack != 0 || delta <= TOO_LARGE_SEQ_DELTA) {
+            self.acked_wraps += (ack < self.acked_seq) as u32;
+            self.acked_seq = ack;
+        }
     }
 }

@@ -122,28 +122,13 @@ mod hist {
 /// `TOO_LARGE_SEQ_DELTA`).
 const TOO_LARGE_SEQ_DELTA: i32 = 1_048_576;
 
-/// One side of a connection.
+/// One side of a connection: what only the slow path (holding both of the
+/// slot's lane locks) writes. What the side's own segments write on the
+/// fast path is in its [`Lane`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Segments sent by this side (every one whose header was complete).
-    pub pkts: u64,
-    /// Payload bytes by IP length, retransmissions included.
-    pub payload_bytes: u64,
-    /// IP datagram bytes (headers included), Zeek's `orig_ip_bytes` /
-    /// `resp_ip_bytes`.
-    pub ip_bytes: u64,
-    /// Sequence space this side's segments skipped over: bytes sent that
-    /// the monitor never saw (Zeek's `missed_bytes`, from gaps alone; a
-    /// segment reordered ahead of its predecessor counts as a gap too).
-    pub missed_bytes: u64,
     pub start_seq: u32,
-    /// Highest sequence number seen, one past the segment.
-    pub last_seq: u32,
-    /// Highest acknowledgement of this side's data sent by the peer.
-    pub ack_seq: u32,
-    pub seq_wraps: u32,
-    pub ack_wraps: u32,
     /// Absolute sequence number just past this side's first FIN.
     pub fin_end_seq: u32,
     pub hist_last_syn: u32,
@@ -162,7 +147,76 @@ pub struct Endpoint {
     pub fin_cnt: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 88);
+/// One direction's lane of a record: everything a segment sent by one
+/// endpoint of the flow key writes on the fast path, with the lock that
+/// guards it, on a 64-byte cache line of its own.
+///
+/// Why: a connection's two directions are often handled on two CPUs at
+/// once (a server's ingress in XDP on the receiving CPU, its egress in TC
+/// on the sending one). With one lock and the counters of both sides
+/// mixed on the record's lines, every segment took the line the other
+/// CPU had just written: `teardown bench --contention` read 24 ns per
+/// segment alone and 430 both at once, and gave up on hundreds of held
+/// slots per million. A segment's fast path now takes its own lane's lock
+/// and writes its own lane alone; it reads the rest of the record, which
+/// only the slow path writes, holding both lanes' locks.
+///
+/// Lanes are indexed by endpoint of the flow key (0 for `a`), not by role:
+/// a role swap moves the [`Endpoint`]s, never a lane, so a lane's lock
+/// always guards the same direction's segments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lane {
+    /// The lane's sequence lock, odd while a CPU holds it (the eBPF crate's
+    /// `lock`). The state machine never touches it, and [`Conn::init`]
+    /// leaves it as it is.
+    pub lock: u32,
+    /// Segments the fast path applied since the slow path last took them
+    /// into [`Conn::packets`] ([`Conn::fold_lanes`]).
+    pub fast_packets: u32,
+    /// The fast path's latest time for this direction; taken into
+    /// [`Conn::last_ns`] and [`Conn::last_pkt_ns`] by [`Conn::fold_lanes`].
+    pub fast_last_ns: u64,
+    /// Segments sent by this side (every one whose header was complete).
+    pub pkts: u64,
+    /// Payload bytes by IP length, retransmissions included.
+    pub payload_bytes: u64,
+    /// IP datagram bytes (headers included), Zeek's `orig_ip_bytes` /
+    /// `resp_ip_bytes`.
+    pub ip_bytes: u64,
+    /// Sequence space this side's segments skipped over: bytes sent that
+    /// the monitor never saw (Zeek's `missed_bytes`, from gaps alone; a
+    /// segment reordered ahead of its predecessor counts as a gap too).
+    pub missed_bytes: u64,
+    /// Highest sequence number this side sent, one past the segment.
+    pub last_seq: u32,
+    pub seq_wraps: u32,
+    /// Highest acknowledgement of the peer's data this side sent (Zeek
+    /// keeps it as the peer's `ack_seq`): this side's segments write it.
+    pub acked_seq: u32,
+    pub acked_wraps: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Lane>() == 64);
+const _: () = assert!(core::mem::offset_of!(Lane, lock) == 0);
+
+impl Lane {
+    pub const ZERO: Lane = Lane {
+        lock: 0,
+        fast_packets: 0,
+        fast_last_ns: 0,
+        pkts: 0,
+        payload_bytes: 0,
+        ip_bytes: 0,
+        missed_bytes: 0,
+        last_seq: 0,
+        seq_wraps: 0,
+        acked_seq: 0,
+        acked_wraps: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 40);
 // `open_state` reads these four bytes as one aligned word.
 const _: () = assert!(
     core::mem::offset_of!(Endpoint, state).is_multiple_of(4)
@@ -192,7 +246,9 @@ impl Endpoint {
     /// state's value.
     pub(crate) const CLOSING: u8 = u8::MAX;
 }
-const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
+const _: () = assert!(core::mem::align_of::<Endpoint>() == 4);
+// `swap_endpoints` exchanges them as u64 words.
+const _: () = assert!(core::mem::offset_of!(Conn, ep).is_multiple_of(8));
 const _: () =
     assert!(core::mem::size_of::<Conn>().is_multiple_of(8) && core::mem::align_of::<Conn>() == 8);
 
@@ -200,13 +256,19 @@ const _: () =
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
+    /// `[a, b]`, by endpoint of the flow key: each on its own cache line
+    /// (the record is 64-aligned in the flow table). Reach them by role with
+    /// [`Conn::lane`].
+    pub lanes: [Lane; 2],
     /// `[originator, responder]`.
     pub ep: [Endpoint; 2],
     /// Time of the packet that created the record.
     pub start_ns: u64,
     /// Zeek's `last_time`: the last packet before both sides had closed.
+    /// The fast path's latest times are in the lanes until
+    /// [`Conn::fold_lanes`].
     pub last_ns: u64,
-    /// The last packet of any kind.
+    /// The last packet of any kind (as `last_ns`, with the lanes').
     pub last_pkt_ns: u64,
     /// The first FIN or RST.
     pub first_close_ns: u64,
@@ -216,7 +278,8 @@ pub struct Conn {
     pub expire_chain_ns: u64,
     /// When a completely closed connection is removed (0: not closed).
     pub delete_at_ns: u64,
-    /// Segments seen in either direction; gives each its ordinal.
+    /// Segments seen in either direction; gives each its ordinal. The fast
+    /// path's are counted in the lanes until [`Conn::fold_lanes`].
     pub packets: u32,
     /// Zeek's `hist_seen` mask: originator bits low, responder bits high.
     pub hist_seen: u32,
@@ -233,7 +296,9 @@ pub struct Conn {
     pub history: [u8; HISTORY_CAP],
 }
 
-const _: () = assert!(core::mem::size_of::<Conn>() == 2 * 88 + 7 * 8 + 16 + HISTORY_CAP);
+const _: () = assert!(core::mem::size_of::<Conn>() == 2 * 64 + 2 * 40 + 7 * 8 + 16 + HISTORY_CAP);
+// Three 64-byte lines after the lanes: the record fills whole lines.
+const _: () = assert!(core::mem::size_of::<Conn>() == 5 * 64);
 
 /// The parts of a TCP segment the state machine looks at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,8 +9,11 @@ impl Conn {
     pub fn size(&self, which: usize) -> u64 {
         let ep = &self.ep[which & 1];
         let peer = &self.ep[(which & 1) ^ 1];
-        let no_data_acked =
-            ep.ack_seq == ep.start_seq || ep.ack_seq == ep.start_seq.wrapping_add(1);
+        let lane = self.lane(which);
+        // Zeek's `ack_seq` of this side, kept in the peer's lane.
+        let peer_lane = self.lane(which ^ 1);
+        let ack_seq = peer_lane.acked_seq;
+        let no_data_acked = ack_seq == ep.start_seq || ack_seq == ep.start_seq.wrapping_add(1);
         if ep.prev_state == SYN_SENT
             && ep.state == RESET
             && peer.state == INACTIVE
@@ -18,8 +21,8 @@ impl Conn {
         {
             return 0;
         }
-        let last = ((ep.seq_wraps as u64) << 32) | ep.last_seq as u64;
-        let acked = ((ep.ack_wraps as u64) << 32) | ep.ack_seq as u64;
+        let last = ((lane.seq_wraps as u64) << 32) | lane.last_seq as u64;
+        let acked = ((peer_lane.acked_wraps as u64) << 32) | ack_seq as u64;
         // One sequence number is the SYN (real or assumed).
         let mut size = last
             .max(acked)

@@ -15,6 +15,7 @@
 use std::{
     os::fd::RawFd,
     sync::{Arc, Barrier},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -32,6 +33,8 @@ use crate::report::output::outln;
 /// One thread's frames: a program, by file descriptor, and its frame.
 struct Hammer {
     label: &'static str,
+    /// The sender: 0 the client (the originator), 1 the server.
+    side: usize,
     program: &'static str,
     fd: RawFd,
     frame: Vec<u8>,
@@ -165,6 +168,10 @@ struct Round {
     /// Segments the kernel gave up on after its bounded wait for the slot
     /// (`lock_contended`): dropped, but counted as such.
     contended: u64,
+    /// How much of the shorter thread's run the other ran alongside, 0 to
+    /// 1 (1 for the one-at-a-time round): a thread that starts late (or a
+    /// CPU taken away) leaves "both at once" measuring each alone.
+    overlap: f64,
 }
 
 impl Round {
@@ -195,6 +202,7 @@ impl Round {
             "server_pkts_expected": self.expected[1],
             "server_pkts_counted": self.counted[1],
             "lock_contended": self.contended,
+            "overlap": self.overlap,
             "lost_packets": self.lost_packets(),
             "lost_pkts": self.lost_pkts(),
             "exact": self.exact(),
@@ -212,30 +220,34 @@ fn round(
 ) -> anyhow::Result<Round> {
     let before = the_record(kernel)?;
     let contended_before = kernel.flow_stats()?.lock_contended;
-    let ns = if together {
+    let mut ns = Vec::new();
+    let mut overlap = 1.0;
+    if together {
         let barrier = Arc::new(Barrier::new(hammers.len()));
         let handles: Vec<_> = hammers
             .iter()
             .map(|hammer| {
                 let (fd, frame, cpu) = (hammer.fd, hammer.frame.clone(), hammer.cpu);
                 let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || -> anyhow::Result<(u32, u32)> {
+                std::thread::spawn(move || -> anyhow::Result<(u32, Instant, Instant)> {
                     pin_to(cpu)?;
                     barrier.wait();
-                    test_run_fd(fd, &frame, repeat)
+                    let started = Instant::now();
+                    let (_, duration) = test_run_fd(fd, &frame, repeat)?;
+                    Ok((duration, started, Instant::now()))
                 })
             })
             .collect();
-        let mut ns = Vec::new();
+        let mut spans = Vec::new();
         for handle in handles {
-            let (_, duration) = handle
+            let (duration, started, ended) = handle
                 .join()
                 .map_err(|_| anyhow::anyhow!("a hammer thread panicked"))??;
             ns.push(duration);
+            spans.push((started, ended));
         }
-        ns
+        overlap = overlap_of(&spans);
     } else {
-        let mut ns = Vec::new();
         for hammer in hammers {
             let (fd, frame, cpu) = (hammer.fd, hammer.frame.clone(), hammer.cpu);
             let (_, duration) = std::thread::spawn(move || {
@@ -246,8 +258,7 @@ fn round(
             .map_err(|_| anyhow::anyhow!("a hammer thread panicked"))??;
             ns.push(duration);
         }
-        ns
-    };
+    }
     let after = the_record(kernel)?;
     let contended = kernel.flow_stats()?.lock_contended - contended_before;
     // The client is the originator (it sent the SYN).
@@ -258,16 +269,62 @@ fn round(
     let runs = repeat as u64;
     Ok(Round {
         ns,
-        expected: [runs, runs],
+        expected: [0, 1]
+            .map(|side| runs * hammers.iter().filter(|hammer| hammer.side == side).count() as u64),
         counted: [
-            after.conn.ep[orig].pkts - before.conn.ep[orig].pkts,
-            after.conn.ep[resp].pkts - before.conn.ep[resp].pkts,
+            after.conn.lane(orig).pkts - before.conn.lane(orig).pkts,
+            after.conn.lane(resp).pkts - before.conn.lane(resp).pkts,
         ],
-        packets_expected: 2 * runs,
+        packets_expected: runs * hammers.len() as u64,
         packets_counted: after.conn.packets.wrapping_sub(before.conn.packets) as u64,
         contended,
+        overlap,
     })
 }
+
+/// The time all the spans ran at once, as a fraction of the shortest.
+fn overlap_of(spans: &[(Instant, Instant)]) -> f64 {
+    let (Some(latest_start), Some(earliest_end)) = (
+        spans.iter().map(|span| span.0).max(),
+        spans.iter().map(|span| span.1).min(),
+    ) else {
+        return 0.0;
+    };
+    let shortest = spans
+        .iter()
+        .map(|(start, end)| end.duration_since(*start))
+        .min()
+        .unwrap_or_default();
+    if shortest.is_zero() {
+        return 0.0;
+    }
+    earliest_end
+        .saturating_duration_since(latest_start)
+        .as_secs_f64()
+        / shortest.as_secs_f64()
+}
+
+/// The both-at-once round: threads that did not run at once measured
+/// nothing of the contention, so it is tried again, keeping the round
+/// that overlapped most.
+fn together_round(kernel: &mut Kernel, hammers: &[Hammer], repeat: u32) -> anyhow::Result<Round> {
+    let mut best = round(kernel, hammers, repeat, true)?;
+    for _ in 1..TOGETHER_TRIES {
+        if best.overlap >= ENOUGH_OVERLAP {
+            break;
+        }
+        let again = round(kernel, hammers, repeat, true)?;
+        if again.overlap > best.overlap {
+            best = again;
+        }
+    }
+    Ok(best)
+}
+
+/// Tries of the both-at-once round, for one whose threads ran alongside
+/// each other for at least [`ENOUGH_OVERLAP`] of the shorter run.
+const TOGETHER_TRIES: usize = 5;
+const ENOUGH_OVERLAP: f64 = 0.9;
 
 /// Runs the contention case; prints its table and returns its JSON and
 /// whether every update was counted.
@@ -287,6 +344,7 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
         ..LoadOptions::default()
     })?;
     let (handshake, client_ack, server_ack) = frames(40200);
+    let xdp_fd = kernel.program_fd(names::XDP_PROGRAM)?;
     for frame in &handshake {
         kernel.test_run(names::XDP_PROGRAM, frame)?;
     }
@@ -294,26 +352,34 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
     // ACK, after which both take the fast path.
     kernel.test_run(names::XDP_PROGRAM, &client_ack)?;
     kernel.test_run(names::XDP_PROGRAM, &server_ack)?;
+    let client = |cpu| Hammer {
+        label: "client ACK, XDP ingress",
+        side: 0,
+        program: names::XDP_PROGRAM,
+        fd: xdp_fd,
+        frame: client_ack.as_bytes().to_vec(),
+        cpu,
+    };
     let hammers = [
-        Hammer {
-            label: "client ACK, XDP ingress",
-            program: names::XDP_PROGRAM,
-            fd: kernel.program_fd(names::XDP_PROGRAM)?,
-            frame: client_ack.as_bytes().to_vec(),
-            cpu: first_cpu,
-        },
+        client(first_cpu),
         Hammer {
             label: "server ACK, TC egress",
+            side: 1,
             program: names::TC_EGRESS_PROGRAM,
             fd: kernel.program_fd(names::TC_EGRESS_PROGRAM)?,
             frame: server_ack.as_bytes().to_vec(),
             cpu: second_cpu,
         },
     ];
+    // The client's ACKs on both CPUs at once: one direction, so one lane's
+    // lock, taken by both (as when two receive queues, or a sending thread
+    // and a softirq, carry one direction of a flow).
+    let one_direction_hammers = [client(first_cpu), client(second_cpu)];
     // Warm the JIT images and caches.
     round(&mut kernel, &hammers, 10_000, false)?;
     let alone = round(&mut kernel, &hammers, repeat, false)?;
-    let together = round(&mut kernel, &hammers, repeat, true)?;
+    let together = together_round(&mut kernel, &hammers, repeat)?;
+    let one_direction = together_round(&mut kernel, &one_direction_hammers, repeat)?;
     outln!(
         "\ncontention: one connection's record, {repeat} pure ACKs each way, CPU {first_cpu} (XDP) and CPU {second_cpu} (TC egress)"
     );
@@ -335,12 +401,19 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
             both / solo
         );
     }
+    outln!(
+        "{:<26} {:>10} {:>10.1}  (both CPUs at once, one direction: one lane's lock)",
+        "client ACK, XDP, twice",
+        "",
+        one_direction.ns.iter().sum::<u32>() as f64 / one_direction.ns.len().max(1) as f64 + 0.5,
+    );
     for (name, result) in [
         ("one CPU at a time", &alone),
         ("both CPUs at once", &together),
+        ("both CPUs, one direction", &one_direction),
     ] {
         outln!(
-            "{name}: packets {} of {}, client pkts {} of {}, server pkts {} of {}; {} given up on a held slot (lock_contended); lost updates: {} packets, {} pkts",
+            "{name}: packets {} of {}, client pkts {} of {}, server pkts {} of {}; {} given up on a held slot (lock_contended); lost updates: {} packets, {} pkts; ran alongside for {:.0} % of the shorter run",
             result.packets_counted,
             result.packets_expected,
             result.counted[0],
@@ -350,15 +423,17 @@ pub fn run(repeat: u32) -> anyhow::Result<(Value, bool)> {
             result.contended,
             result.lost_packets(),
             result.lost_pkts(),
+            100.0 * result.overlap,
         );
     }
-    let exact = alone.exact() && together.exact();
+    let exact = alone.exact() && together.exact() && one_direction.exact();
     let report = json!({
         "repeat": repeat,
         "cpus": [first_cpu, second_cpu],
         "programs": hammers.iter().map(|hammer| hammer.program).collect::<Vec<_>>(),
         "alone": alone.json(),
         "together": together.json(),
+        "one_direction": one_direction.json(),
         "exact": exact,
     });
     Ok((report, exact))

@@ -162,7 +162,8 @@ impl Ended {
     /// record is debris in both or in neither.
     pub fn is_conversation(&self) -> bool {
         let conn = &self.conn;
-        let two_sided_talk = conn.ep[ORIG].payload_bytes > 0 && conn.ep[1 - ORIG].payload_bytes > 0;
+        let two_sided_talk =
+            conn.lane(ORIG).payload_bytes > 0 && conn.lane(1 - ORIG).payload_bytes > 0;
         conn.handshake_completed() || two_sided_talk
     }
 
@@ -211,7 +212,7 @@ impl Ended {
         let ((orig_h, orig_p), (resp_h, resp_p)) = self.endpoints();
         let close = conn.close(self.reason);
         let duration_ns = conn.last_ns.saturating_sub(conn.start_ns);
-        let (orig, resp) = (&conn.ep[ORIG], &conn.ep[1 - ORIG]);
+        let (orig, resp) = (conn.lane(ORIG), conn.lane(1 - ORIG));
         let mut record = json!({
             "event": "conn",
             "ts": clock.unix_seconds(conn.start_ns),
@@ -338,8 +339,8 @@ impl Ended {
             conn.conn_state(),
             close.kind.name(),
             conn.last_ns.saturating_sub(conn.start_ns) as f64 / 1e9,
-            conn.ep[ORIG].pkts,
-            conn.ep[1 - ORIG].pkts,
+            conn.lane(ORIG).pkts,
+            conn.lane(1 - ORIG).pkts,
             if history.is_empty() { "-" } else { &history },
             self.uid(),
             self.tunnel_words(),

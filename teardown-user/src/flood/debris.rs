@@ -271,7 +271,7 @@ impl Pile {
             .by_close
             .entry(conn.close(record.reason).kind.name())
             .or_default() += 1;
-        for (side, ep) in [(0, &conn.ep[ORIG]), (1, &conn.ep[1 - ORIG])] {
+        for (side, ep) in [(0, conn.lane(ORIG)), (1, conn.lane(1 - ORIG))] {
             self.packets[side] = self.packets[side].saturating_add(ep.pkts);
             self.octets[side] = self.octets[side].saturating_add(ep.ip_bytes);
         }

@@ -101,26 +101,26 @@ mod table_size_tests {
     #[test]
     fn a_table_over_half_the_available_memory_is_refused_with_its_cost() {
         const GIB: u64 = 1 << 30;
-        // The default table: 131072 slots of 344 bytes and their 2-byte
-        // prints, 43 MiB, plus the bitmap.
-        assert_eq!(slot_bytes(), 346);
-        assert_eq!(table_bytes(131_072), 131_072 * 346 + 131_072 / 8);
+        // The default table: 131072 slots of 384 bytes and their 2-byte
+        // prints, 48 MiB, plus the bitmap.
+        assert_eq!(slot_bytes(), 386);
+        assert_eq!(table_bytes(131_072), 131_072 * 386 + 131_072 / 8);
         assert!(table_fits(131_072, 131_072, 1, Some(GIB)).is_ok());
         assert!(table_fits(131_072, 131_072, 1, None).is_ok());
-        // The largest: 16M slots, 5.4 GiB: refused with 8 GiB available.
+        // The largest: 16M slots, 6.0 GiB: refused with 8 GiB available.
         let refused = table_fits(16_777_216, 16_777_216, 1, Some(8 * GIB)).unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "--max-flows 16777216 needs 5538 MiB of kernel memory for the flow table (346 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
+            "--max-flows 16777216 needs 6178 MiB of kernel memory for the flow table (386 bytes a connection), more than half of the 8192 MiB available: choose a smaller --max-flows"
         );
-        assert!(table_fits(16_777_216, 16_777_216, 1, Some(12 * GIB)).is_ok());
-        // One table per interface: three of 2M slots (693 MiB each) do
+        assert!(table_fits(16_777_216, 16_777_216, 1, Some(13 * GIB)).is_ok());
+        // One table per interface: three of 2M slots (772 MiB each) do
         // not fit in 4 GiB, where one does.
         assert!(table_fits(2_097_152, 2_097_152, 1, Some(4 * GIB)).is_ok());
         let refused = table_fits(2_097_152, 2_097_152, 3, Some(4 * GIB)).unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "--max-flows 2097152 needs 2077 MiB of kernel memory for 3 flow tables, one per interface (346 bytes a connection), more than half of the 4096 MiB available: choose a smaller --max-flows or fewer interfaces"
+            "--max-flows 2097152 needs 2317 MiB of kernel memory for 3 flow tables, one per interface (386 bytes a connection), more than half of the 4096 MiB available: choose a smaller --max-flows or fewer interfaces"
         );
     }
 

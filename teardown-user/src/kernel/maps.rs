@@ -101,36 +101,48 @@ impl FlowTable {
         }
     }
 
-    /// A consistent copy of slot `index`. The kernel may be writing it
-    /// meanwhile: the copy is kept only if the slot's sequence lock
-    /// ([`FlowSlot::lock`]) was even, and unchanged, around it; otherwise it
-    /// is taken again. A kernel writer holds a slot for a few microseconds
-    /// at most, so the retries end long before their bound; should they
-    /// not, the last copy is returned all the same.
+    /// A consistent copy of slot `index`, its lanes taken into the record
+    /// ([`Conn::fold_lanes`](teardown_common::conn::Conn::fold_lanes)).
+    /// The kernel may be writing it meanwhile: the copy is kept only if
+    /// both of the slot's sequence locks (one in each of the record's
+    /// lanes) were even, and unchanged, around it; otherwise it is taken
+    /// again. A kernel writer holds a lane for a few microseconds at most,
+    /// so the retries end long before their bound; should they not, the
+    /// last copy is returned all the same.
     pub fn read(&self, index: u32) -> Option<FlowSlot> {
         if index as usize >= self.len {
             return None;
         }
         // SAFETY: in bounds of the mapping; FlowSlot is plain data, any
-        // bytes are valid; `lock` is a 4-aligned u32 the kernel changes
-        // only atomically.
-        unsafe {
+        // bytes are valid; each lane's `lock` is a 4-aligned u32 the kernel
+        // changes only atomically.
+        let mut copy = unsafe {
             let slot = self.slots.as_ptr().add(index as usize);
-            let lock = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*slot).lock));
+            let locks = [
+                AtomicU32::from_ptr(std::ptr::addr_of_mut!((*slot).conn.lanes[0].lock)),
+                AtomicU32::from_ptr(std::ptr::addr_of_mut!((*slot).conn.lanes[1].lock)),
+            ];
             let mut copy = std::ptr::read_volatile(slot);
             for _ in 0..SLOT_READ_TRIES {
-                let before = lock.load(Ordering::Acquire);
-                if before & 1 == 0 {
+                let before = [
+                    locks[0].load(Ordering::Acquire),
+                    locks[1].load(Ordering::Acquire),
+                ];
+                if (before[0] | before[1]) & 1 == 0 {
                     copy = std::ptr::read_volatile(slot);
                     fence(Ordering::Acquire);
-                    if lock.load(Ordering::Relaxed) == before {
+                    if locks[0].load(Ordering::Relaxed) == before[0]
+                        && locks[1].load(Ordering::Relaxed) == before[1]
+                    {
                         break;
                     }
                 }
                 std::hint::spin_loop();
             }
-            Some(copy)
-        }
+            copy
+        };
+        copy.conn.fold_lanes();
+        Some(copy)
     }
 
     /// Marks `generation` of slot `index` reported: the kernel may reuse the

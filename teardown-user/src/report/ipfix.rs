@@ -258,7 +258,7 @@ impl FlowRecord {
         let conn = &record.conn;
         let (source, destination) = record.endpoints();
         let close = conn.close(record.reason);
-        let (orig, resp) = (&conn.ep[ORIG], &conn.ep[1 - ORIG]);
+        let (orig, resp) = (conn.lane(ORIG), conn.lane(1 - ORIG));
         let end_ns = conn.last_ns.max(conn.last_pkt_ns).max(conn.start_ns);
         FlowRecord {
             start_ms: clock.unix_millis(conn.start_ns),
