@@ -834,7 +834,7 @@ fn run_clock(
     }
     let lock_ns = median(&mut added);
     outln!(
-        "{:<14} {:>+34.2} ns: the slot lock taken and let go, uncontended (every fast-path update pays it)",
+        "{:<14} {:>+34.2} ns: a lane's lock taken and let go, uncontended (every fast-path update pays it)",
         "slot_lock",
         lock_ns
     );
