@@ -38,7 +38,7 @@ pub mod names {
     pub const XDP_BENCH_PROGRAM: &str = "teardown_bench";
     /// The per-run frame change alone, whose cost the benchmark subtracts.
     pub const XDP_BENCH_MUTATE_PROGRAM: &str = "teardown_bench_mutate";
-    /// A flow-table slot's lock taken and let go, alone: what the
+    /// A flow-table slot's lane lock taken and let go, alone: what the
     /// concurrency safety adds to the fast path.
     pub const XDP_BENCH_LOCK_PROGRAM: &str = "teardown_bench_lock";
     /// Array of 4 u64: the benchmark wrappers' settings.
@@ -105,7 +105,7 @@ pub mod names {
     /// Global: new half-open records per CPU per window under pressure
     /// ([`crate::events::half_open_budget`], [`crate::events::Admission`]).
     pub const HALF_OPEN_BUDGET_GLOBAL: &str = "HALF_OPEN_BUDGET";
-    /// Global: 1 where a plain store lets go of a flow-table slot's lock
+    /// Global: 1 where a plain store lets go of a flow-table lane's lock
     /// with release order (x86-64's BPF JIT; see the eBPF crate's `lock`),
     /// 0 for a fetching add everywhere else.
     pub const UNLOCK_BY_STORE_GLOBAL: &str = "UNLOCK_BY_STORE";

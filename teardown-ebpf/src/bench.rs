@@ -93,7 +93,7 @@ pub fn teardown_bench_mutate(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn teardown_bench_lock(_ctx: XdpContext) -> u32 {
     if let Some(slot) = FLOW_TABLE.get_ptr(0) {
-        // SAFETY: a flow-table slot, written only under its lock.
+        // SAFETY: a flow-table slot, written only under its locks.
         let slot = unsafe { &*slot };
         if try_lock(slot, 0) {
             unlock(slot, 0);

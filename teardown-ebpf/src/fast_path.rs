@@ -1,7 +1,7 @@
 //! The per-packet path: admission of SYNs, then a probe of the
 //! connection's set in the flow table, and for the common case (an
 //! established connection's ordinary segment) the update right there, under
-//! the slot's lock taken in one try. Everything else is written to
+//! its direction's lane lock taken in one try. Everything else is written to
 //! [`TRACK_INPUT`] and handed to the slow path
 //! ([`track_segment`]).
 
@@ -72,9 +72,9 @@ const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
 pub const TUNNELLED: u64 = 0x100;
 
 /// Set in [`TrackInput::way`] (and the `way` of [`look_up`]) when the fast
-/// path hands the slow path the record's slot held: it found the record
-/// under the lock, and declined the segment. Only with a way below
-/// [`WAYS`].
+/// path hands the slow path the record's slot held (both lanes): it found
+/// the record under its lane's lock, declined the segment, and took the
+/// other lane at the first try. Only with a way below [`WAYS`].
 pub const HELD: u32 = 0x100;
 
 /// The per-packet work: find the connection's slot and, for the common
@@ -205,8 +205,9 @@ pub(crate) fn set_may_hold(set: u32, print: u32) -> bool {
 /// endpoints against each slot's key in both orders
 /// ([`FlowSlot::direction_of`]): no canonical key is built, and for IPv4
 /// only the words that tell IPv4 keys apart are compared. The fast path
-/// updates the record under the slot's lock, taken in one try; a slot that
-/// is held, or a segment the fast path declines, goes to the slow path.
+/// updates the record under its direction's lane lock, taken in one try; a
+/// lane that is held, or a segment the fast path declines, goes to the
+/// slow path.
 ///
 /// [`FlowSlot::direction_of`]: teardown_common::table::FlowSlot::direction_of
 #[inline(always)]

@@ -18,7 +18,7 @@ fn lane_lock(slot: &FlowSlot, lane: usize) -> *mut u32 {
 
 use crate::maps::{FLOW_TABLE, UNLOCK_BY_STORE, setting, stats};
 
-/// How many times a CPU tries a slot's lock before it gives up on the
+/// How many times a CPU tries a lane's lock before it gives up on the
 /// segment (counted in `lock_contended`). The longest hold is one slow-path
 /// update, a few thousand instructions at most, while one try is a load and
 /// maybe a compare-and-swap: thousands of tries outlast any hold.

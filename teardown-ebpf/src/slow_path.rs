@@ -1,7 +1,7 @@
 //! The slow path: every segment the fast path declines (a SYN, FIN or RST,
 //! a connection's first segment, a held slot, anything out of the
-//! ordinary), applied to its connection's record under the slot's lock,
-//! creating, closing out or evicting records as need be.
+//! ordinary), applied to its connection's record under both of the slot's
+//! lane locks, creating, closing out or evicting records as need be.
 //!
 //! It is split into global BPF functions (`extern "C"`, `no_mangle`,
 //! `inline(never)`). The verifier checks each global function once, on its
