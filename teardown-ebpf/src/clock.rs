@@ -1,7 +1,7 @@
 //! The clocks records are stamped with: the host's, live, and a capture's,
 //! in replay.
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::maps::{CLOCK_OFFSET, NS_PER_TICK, REPLAY_CLOCK, setting};
 
@@ -15,6 +15,10 @@ pub(crate) trait FlowClock {
     fn coarse(&self) -> u64;
     /// Everything else's: the clock's own reading.
     fn precise(&self) -> u64;
+    /// A reading good to a kernel tick, whichever clock records are
+    /// stamped with: for a decision that needs no more (which admission
+    /// window it is), so that it never costs a precise read.
+    fn tick(&self) -> u64;
 }
 
 /// The host's clock (CLOCK_MONOTONIC).
@@ -38,6 +42,20 @@ impl FlowClock for LiveClock {
     fn precise(&self) -> u64 {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
+    }
+
+    /// [`LiveClock::coarse`], or with `--clock precise` (no tick set) the
+    /// kernel's coarse clock: CLOCK_MONOTONIC as of the last tick, the
+    /// precise clock's base, without its read of the hardware counter
+    /// (about 25 ns on this project's test machine).
+    #[inline(always)]
+    fn tick(&self) -> u64 {
+        let tick: u64 = setting!(NS_PER_TICK);
+        if tick == 0 {
+            // SAFETY: a helper without arguments.
+            return unsafe { bpf_ktime_get_coarse_ns() };
+        }
+        self.coarse()
     }
 }
 
@@ -74,5 +92,10 @@ impl FlowClock for ReplayClock {
     #[inline(always)]
     fn precise(&self) -> u64 {
         self.coarse()
+    }
+
+    #[inline(always)]
+    fn tick(&self) -> u64 {
+        self.now
     }
 }

@@ -148,9 +148,10 @@ fn admit(
         &Addr16::words_of_halves(dest),
         tcp.dst_port,
     );
-    // Admission works in windows of about 134 ms: the coarse clock is plenty, and
-    // the SYNs of a flood it refuses never pay for the precise one.
-    if !admits_syn(clock.coarse()) {
+    // Admission works in windows of about 134 ms: a reading to the tick is
+    // plenty (even with `--clock precise`, [`FlowClock::tick`]), and the
+    // SYNs of a flood it refuses never pay for the precise one.
+    if !admits_syn(clock.tick()) {
         // A SYN flood: not even looked up, which would cost a cache miss
         // or two per packet in a table this size.
         if let Some(stats) = stats() {
@@ -251,7 +252,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     } else if tcp.flags & (SYN | ACK | FIN | RST) == SYN | ACK {
         synack = SYNACK_ASK;
         if let Some(stamps) = SYN_STAMPS.get_ptr(0) {
-            let now = clock.coarse();
+            let now = clock.tick();
             // SAFETY: as above, a load.
             if !syn_recent(unsafe { (*stamps)[syn_bucket(set)] }, now) {
                 if !admits_syn(now) {
@@ -352,20 +353,20 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     }
     // A pure SYN-ACK the probe did not find (a bucket's stamp said it
     // might have a record) asks admission now, unless it already did.
-    if way == WAYS && synack == SYNACK_ASK && !admits_syn(clock.coarse()) {
+    if way == WAYS && synack == SYNACK_ASK && !admits_syn(clock.tick()) {
         synack_untracked();
         return;
     }
     // Anything else the probe did not find would start a mid-stream
     // record: under an ACK flood, every packet. It asks its own budget
-    // ([`admits_midstream`]) here, on the coarse clock, before the
+    // ([`admits_midstream`]) here, on a reading to the tick, before the
     // hand-over and the precise clock's read, which the refused never
     // need. Only in the copies for untunnelled segments: in the tunnel
     // programs' copies it took them from 892,000 instructions of the
     // verifier's 1,000,000 to 975,000 (925,000 as a call), so for a
     // tunnelled segment the slow path asks, first thing
     // ([`track_segment`]).
-    if midstream_here && way == WAYS && !admits_midstream(clock.coarse()) {
+    if midstream_here && way == WAYS && !admits_midstream(clock.tick()) {
         midstream_untracked();
         return;
     }
