@@ -1,7 +1,10 @@
 //! The clocks records are stamped with: the host's, live, and a capture's,
 //! in replay.
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 
 use crate::maps::{CLOCK_OFFSET, NS_PER_TICK, REPLAY_CLOCK, setting};
 
@@ -71,15 +74,10 @@ impl ReplayClock {
     /// call per packet instead of a map update and a test run), else, from
     /// a caller that passes none, [`REPLAY_CLOCK`]'s.
     #[inline(always)]
-    pub(crate) fn of(meta: usize, data: usize) -> Self {
-        let now = if meta + 8 <= data {
-            // SAFETY: the 8 bytes of metadata, bounds-checked against the
-            // frame's start just above.
-            unsafe { (meta as *const u64).read_unaligned() }
-        } else {
-            REPLAY_CLOCK.get(0).copied().unwrap_or(0)
-        };
-        ReplayClock { now }
+    pub(crate) fn of(ctx: *mut xdp_md) -> Self {
+        ReplayClock {
+            now: replay_time(ctx),
+        }
     }
 }
 
@@ -97,5 +95,26 @@ impl FlowClock for ReplayClock {
     #[inline(always)]
     fn tick(&self) -> u64 {
         self.now
+    }
+}
+
+/// [`ReplayClock::of`]'s reading, out of line: a global function, so the
+/// verifier takes its answer as any number and checks the program once
+/// after it, where inline its ways to the time (the metadata, the map,
+/// none) were states that did not prune one another.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn replay_time(ctx: *mut xdp_md) -> u64 {
+    // SAFETY: null-checked; the program's own context.
+    let Some(md) = (unsafe { ctx.as_ref() }) else {
+        return 0;
+    };
+    let (meta, data) = (md.data_meta as usize, md.data as usize);
+    if meta + 8 <= data {
+        // SAFETY: the 8 bytes of metadata, bounds-checked against the
+        // frame's start just above.
+        unsafe { (meta as *const u64).read_unaligned() }
+    } else {
+        REPLAY_CLOCK.get(0).copied().unwrap_or(0)
     }
 }

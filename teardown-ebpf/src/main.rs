@@ -708,7 +708,7 @@ pub fn teardown(ctx: XdpContext) -> u32 {
 // tracking gets wrong ("verifier bug: stack slot").
 #[inline(always)]
 pub fn teardown_replay(ctx: XdpContext) -> u32 {
-    if count_and_track(&ctx, &ReplayClock::of(ctx.metadata(), ctx.data())) {
+    if count_and_track(&ctx, &ReplayClock::of(ctx.ctx)) {
         // SAFETY: as in `teardown`.
         unsafe { TUNNEL_XDP.tail_call(&ctx, tunnel_slot::REPLAY) };
     }
@@ -738,7 +738,7 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 /// [`teardown_tunnel`] on the capture's time, for [`teardown_replay`].
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
-    let now = ReplayClock::of(ctx.metadata(), ctx.data()).now;
+    let now = ReplayClock::of(ctx.ctx).now;
     let read = match track_shortcut_xdp_replay(ctx.ctx, now) {
         shortcut::NESTED => track_nested_xdp_replay(ctx.ctx, now) != 0,
         done => done == shortcut::TRACKED,
