@@ -7,7 +7,7 @@
 
 use teardown_common::{
     addr::Addr16,
-    conn::Segment,
+    conn::{Lane, Segment},
     events::{syn_bucket, syn_recent, syn_stamp},
     flow::FlowKey,
     parse::{
@@ -302,7 +302,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
             if found != matched::NONE {
                 // The segment's own direction's lane (0 for the key's
                 // endpoint `a`): its lock, and all the fast path writes.
-                let lane = (found != matched::FROM_A) as usize;
+                let lane = Lane::of_sender(found == matched::FROM_A);
                 if tcp.header_complete && try_lock_fast(slot, lane) {
                     // The record may have changed hands between the compare
                     // and the lock: compare again, under the lock.

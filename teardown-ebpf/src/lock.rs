@@ -153,8 +153,8 @@ pub extern "C" fn lock_slot(index: u32) -> i32 {
 }
 
 /// Waits for lane `lane` of slot `index`, after the caller's one try,
-/// counted in its waiters, at most [`LOCK_TRIES`] tries in all: 1 if it took the lane, 0 (counted in
-/// `lock_contended`) if it gave up. A function the verifier checks once,
+/// counted in its waiters, at most [`LOCK_TRIES`] tries in all: 1 if it
+/// took the lane, 0 (counted in `lock_contended`) if it gave up. A function the verifier checks once,
 /// on its own: [`lock_slot`]'s two waits inline made too long a chain of
 /// jumps for it.
 #[unsafe(no_mangle)]

@@ -190,6 +190,8 @@ impl Conn {
         &mut self.lanes[Self::lane_index(side, self.orig_is_a)]
     }
 
+    /// [`Lane::of_sender`] of side `side`'s endpoint, without a branch:
+    /// the originator is `a` if `orig_is_a`.
     #[inline(always)]
     const fn lane_index(side: usize, orig_is_a: u8) -> usize {
         (side ^ orig_is_a as usize ^ 1) & 1
@@ -617,7 +619,7 @@ impl Conn {
         // The sender's lane, by the key's endpoint: the one whose lock the
         // caller holds. Nothing below writes outside it but the INACTIVE
         // receiver's numbering (why that is safe: there).
-        let lane = &self.lanes[(!from_a) as usize];
+        let lane = &self.lanes[Lane::of_sender(from_a)];
         if seq_delta(segment.seq, lane.last_seq) > 0 {
             // It starts past what was seen of this side: a gap, which
             // `update` counts as missed bytes.
@@ -638,7 +640,7 @@ impl Conn {
         } else {
             self.last_ns
         };
-        let lane = &mut self.lanes[(!from_a) as usize];
+        let lane = &mut self.lanes[Lane::of_sender(from_a)];
         lane.fast_packets = lane.fast_packets.wrapping_add(1);
         if now > newest {
             lane.fast_last_ns = now;
@@ -662,7 +664,7 @@ impl Conn {
             // in the slow path, holding both lanes.
             let start = segment.ack.wrapping_sub(1);
             lane.acked_seq = start;
-            self.lanes[from_a as usize].last_seq = start;
+            self.lanes[Lane::of_sender(!from_a)].last_seq = start;
             self.ep[peer & 1].start_seq = start;
         } else {
             lane.note_ack(segment.ack);

@@ -201,6 +201,13 @@ const _: () = assert!(core::mem::size_of::<Lane>() == 64);
 const _: () = assert!(core::mem::offset_of!(Lane, lock) == 0);
 
 impl Lane {
+    /// The lane of the segments sent by the flow key's endpoint `a` (if
+    /// `from_a`) or `b`: the one whose lock their fast path takes.
+    #[inline(always)]
+    pub const fn of_sender(from_a: bool) -> usize {
+        (!from_a) as usize
+    }
+
     pub const ZERO: Lane = Lane {
         lock: 0,
         fast_packets: 0,
