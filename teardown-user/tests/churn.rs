@@ -1136,8 +1136,9 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
         percent(agree, planned)
     );
     summary += &format!(
-        "churn: live final flows: insert_failed {}, evicted {}, syn_untracked {}, events_lost {}, created {}, ended_in_kernel {}; drained {drained}\n",
+        "churn: live final flows: insert_failed {}, lock_contended {}, evicted {}, syn_untracked {}, events_lost {}, created {}, ended_in_kernel {}; drained {drained}\n",
         flow("insert_failed"),
+        flow("lock_contended"),
         flow("evicted"),
         flow("syn_untracked"),
         flow("events_lost"),
