@@ -115,9 +115,10 @@ pub struct FlowStats {
     /// this CPU's table ([`crate::dest`]) belonged to another, active one.
     pub dest_collisions: u64,
     /// Segments not applied to their record because another CPU held the
-    /// record's slot for longer than a bounded wait (see the flow table's
-    /// sequence lock). Expected to stay 0: the wait covers the longest
-    /// update many times over.
+    /// record's slot for longer than the wait for it, a millisecond (see
+    /// the flow table's sequence lock). Expected to stay 0: an update holds
+    /// it for well under a microsecond; only a holder stopped for longer
+    /// (on a VM, its virtual CPU taken away) outlasts the wait.
     pub lock_contended: u64,
     /// Pure SYN-ACKs of connections with no record (their SYN was not
     /// tracked: under a SYN flood, the host's SYN-cookie replies to spoofed
