@@ -38,14 +38,14 @@ use teardown_common::counters::{
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
 use teardown_common::parse::{
-    CommonTcp, Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload, TCP_READABLE_LEN,
-    TcpSegment, VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
+    CommonTcp, ETH_HLEN, Fragment, IpVersion, MAX_INNER_START, MAX_VLAN_TAGS, Payload,
+    TCP_READABLE_LEN, TcpSegment, VLAN_HLEN, ethertype, ip_proto, parse, parse_common, tcp_flags,
 };
 use teardown_common::tunnel::{
     self, CommonOther, Decap, DecapState, Inner, MAX_ENCAP_DEPTH, MAX_MPLS_LABELS, Tunnel,
-    TunnelPorts, decapsulate, encap, hands_to_tunnel_program, inner_class, may_carry_tunnel,
-    outcome, parse_common_overlay, read_common_other, read_tagged_overlay, shortcut_tunnel,
-    underlay,
+    TunnelPorts, decapsulate, describe_layers, encap, hands_to_tunnel_program, inner_class,
+    may_carry_tunnel, outcome, parse_common_overlay, read_common_other, read_tagged_overlay,
+    shortcut_tunnel, underlay,
 };
 
 // The inner segment every crafted frame carries: values no header around
@@ -726,6 +726,16 @@ fn check_invariants(
     if let Some(overlay) = parse_common_overlay(frame, ports) {
         let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
         assert_shortcut_agrees("overlay", read, decap, context);
+        // The kernel keeps the layer as a word, and describes the tunnel
+        // from it only on the way to its slow path: the same tunnel.
+        let mut described = Tunnel::default();
+        describe_layers(frame, &mut described, overlay.layer_word(ETH_HLEN), 0);
+        assert_eq!(
+            described,
+            overlay.tunnel,
+            "{}: the overlay described from its word",
+            context()
+        );
         assert_eq!(
             tally(&parsed),
             other_ip_tally(overlay.tunnel.outer_family == 6, false),

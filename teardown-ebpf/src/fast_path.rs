@@ -81,6 +81,11 @@ pub const HELD: u32 = 0x100;
 /// case, update it right here ([`Conn::update_established`]); anything else
 /// goes to [`track_segment`]. Inlined into each program.
 ///
+/// A segment found inside a tunnel (`TUNNELLED`) has its tunnel described
+/// in this CPU's [`DECAP_STATE`](crate::maps::DECAP_STATE) by `describe`,
+/// called only on the way to the slow path, the one place a record (which
+/// keeps its tunnel) may start.
+///
 /// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
 #[inline(always)]
 pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
@@ -89,6 +94,7 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
     ip_offset: usize,
     is_v6: bool,
     clock: &impl FlowClock,
+    describe: impl Fn(),
 ) {
     // In the TC program, the offset is made opaque to the optimiser, so it
     // keeps the bounds checks of the address loads below: it can prove them
@@ -110,14 +116,14 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
         ) {
             let (src, dst) = (Addr16(src).halves(), Addr16(dst).halves());
             if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-                look_up::<true, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time);
+                look_up::<true, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time, describe);
             }
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
         let src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
         let dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
         if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-            look_up::<false, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time);
+            look_up::<false, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time, describe);
         }
     }
 }
@@ -219,6 +225,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     dst: &[u64; 2],
     clock: &impl FlowClock,
     syn_time: u64,
+    describe: impl Fn(),
 ) {
     let family = if V6 { 6 } else { 4 };
     let hash = flow_hash(
@@ -379,6 +386,9 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     } else {
         clock.precise()
     };
+    if TUNNELLED {
+        describe();
+    }
     to_slow_path(
         tcp,
         ip_len,

@@ -60,12 +60,12 @@ use teardown_common::{
         Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally, tally_common,
         tally_tagged,
     },
-    parse::{CommonTcp, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
+    parse::{CommonTcp, ETH_HLEN, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
     tunnel::{
-        CommonOther, CommonOverlay, DecapState, LayerStart, Pending, Tunnel, add_inner_layer,
-        carried_tcp, decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel,
-        outcome as tunnel_outcome, read_common_other, read_layer, read_tagged_overlay,
-        start_tunnel, step_layer, underlay,
+        CommonOther, CommonOverlay, DecapState, LayerStart, Pending, carried_tcp,
+        decapsulate_in_place, describe_layers, encap, enter_layer, inner_class, layer_of_word,
+        layer_word, may_carry_tunnel, outcome as tunnel_outcome, read_common_other, read_layer,
+        read_tagged_overlay, step_layer, underlay,
     },
 };
 
@@ -95,14 +95,13 @@ const _: () = assert!(encap::COUNT < next::SHORTCUT as usize);
 /// common frame's shortcut first ([`parse_common`]); then the one for the
 /// rest of the common frames ([`read_common_other`]: the common frame
 /// under VLAN tags; one VXLAN, Geneve, GRE or IP-in-IP layer over untagged
-/// IPv4 or IPv6, the common frame inside, the tunnelled frame's tunnel left
-/// in this CPU's
-/// [`DECAP_STATE`] for a record it starts; the general parser for the
-/// rest, and for a frame with no TCP segment of its own, whether it may
-/// carry one in a tunnel ([`may_carry_tunnel`]: only such frames are
-/// handed to the tunnel program).
+/// IPv4 or IPv6, the common frame inside, with the tunnel's layer as a
+/// [`layer_word`], for [`describe_tunnel_xdp`] if a record may start); the
+/// general parser for the rest, and for a frame with no TCP segment of its
+/// own, whether it may carry one in a tunnel ([`may_carry_tunnel`]: only
+/// such frames are handed to the tunnel program).
 #[inline(always)]
-fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
+fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8, u64) {
     if let Some(common) = parse_common(frame) {
         return (
             tally_common(&common),
@@ -112,6 +111,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
                 common.segment,
             )),
             next::NOTHING,
+            0,
         );
     }
     let ports = tunnel_ports();
@@ -121,6 +121,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
                 tally_tagged(&inner),
                 Some((ip_offset, inner.version == IpVersion::V6, inner.segment)),
                 next::NOTHING,
+                0,
             );
         }
         Some(CommonOther::Overlay(overlay)) => return shortcut_read(overlay),
@@ -134,7 +135,7 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
             } else {
                 next::NOTHING
             };
-            return (other_ip_tally(v6, tagged), None, next);
+            return (other_ip_tally(v6, tagged), None, next, 0);
         }
         None => {}
     }
@@ -147,32 +148,57 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
     } else {
         next::NOTHING
     };
-    (tally(&parsed), segment, next)
+    (tally(&parsed), segment, next, 0)
 }
 
-/// [`read_frame`]'s answer for the common tunnelled frame: its tunnel left
-/// in this CPU's [`DECAP_STATE`] for a record it starts.
+/// [`read_frame`]'s answer for the common tunnelled frame, with its layer
+/// as a [`layer_word`]: [`read_common_other`] reads overlays of untagged
+/// frames, so the outer IP header is right after the Ethernet header.
 #[inline(always)]
-fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegment)>, u8) {
-    leave_tunnel(&overlay.tunnel);
+fn shortcut_read(overlay: CommonOverlay) -> (Tally, Option<(usize, bool, TcpSegment)>, u8, u64) {
+    let outer_v6 = overlay.tunnel.outer_family == 6;
     (
-        other_ip_tally(overlay.tunnel.outer_family == 6, false),
+        other_ip_tally(outer_v6, false),
         Some((
             overlay.ip_offset,
             overlay.inner.version == IpVersion::V6,
             overlay.inner.segment,
         )),
         next::SHORTCUT | overlay.tunnel.layers[0],
+        overlay.layer_word(ETH_HLEN),
     )
 }
 
-/// Leaves a shortcut's tunnel in this CPU's [`DECAP_STATE`], for a record
-/// the segment starts.
+/// Describes a shortcut's tunnel in this CPU's [`DECAP_STATE`], for a
+/// record the segment may start: the layer of word `outer`
+/// ([`layer_word`]) and, unless `inner` is 0, the one inside it
+/// ([`describe_layers`]). A function of its own, verified once: a segment
+/// comes here only on its way to the slow path ([`track`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn describe_tunnel_xdp(ctx: *mut xdp_md, outer: u64, inner: u64) -> i32 {
+    if let Some(frame) = xdp_frame(ctx) {
+        describe_tunnel(&frame, outer, inner);
+    }
+    0
+}
+
+/// [`describe_tunnel_xdp`] for the TC programs.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn describe_tunnel_tc(skb: *mut __sk_buff, outer: u64, inner: u64) -> i32 {
+    if let Some(frame) = tc_frame(skb) {
+        describe_tunnel(&frame, outer, inner);
+    }
+    0
+}
+
 #[inline(always)]
-fn leave_tunnel(tunnel: &Tunnel) {
+fn describe_tunnel(frame: &Frame, outer: u64, inner: u64) {
     if let Some(state) = DECAP_STATE.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, used by one program run at a time.
-        unsafe { (*state).tunnel = *tunnel };
+        // SAFETY: this CPU's slot, used by one program run at a time; the
+        // caller holds no reference to it now.
+        describe_layers(frame, unsafe { &mut (*state).tunnel }, outer, inner);
     }
 }
 
@@ -436,7 +462,9 @@ pub extern "C" fn track_shortcut_xdp(ctx: *mut xdp_md) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return shortcut::DECLINED;
     };
-    track_shortcut(&frame, &LiveClock, &TALLIES)
+    track_shortcut(&frame, &LiveClock, &TALLIES, |outer, inner| {
+        describe_tunnel_xdp(ctx, outer, inner);
+    })
 }
 
 /// [`track_shortcut_xdp`] at capture time `now`, for the replay's tunnel
@@ -450,7 +478,9 @@ pub extern "C" fn track_shortcut_xdp_replay(ctx: *mut xdp_md, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return shortcut::DECLINED;
     };
-    track_shortcut(&frame, &ReplayClock { now }, &TALLIES)
+    track_shortcut(&frame, &ReplayClock { now }, &TALLIES, |outer, inner| {
+        describe_tunnel_xdp(ctx, outer, inner);
+    })
 }
 
 /// [`track_shortcut_xdp`] for the TC program.
@@ -460,11 +490,20 @@ pub extern "C" fn track_shortcut_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
         return shortcut::DECLINED;
     };
-    track_shortcut(&frame, &LiveClock, &EGRESS_TALLIES)
+    track_shortcut(&frame, &LiveClock, &EGRESS_TALLIES, |outer, inner| {
+        describe_tunnel_tc(skb, outer, inner);
+    })
 }
 
+/// `describe` describes the tunnel from its layers' words, on the way to
+/// the slow path ([`track`]).
 #[inline(always)]
-fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
+fn track_shortcut(
+    frame: &Frame,
+    clock: &impl FlowClock,
+    tallies: &PerCpuArray<Tallies>,
+    describe: impl Fn(u64, u64),
+) -> i32 {
     let Some(start) = underlay(frame) else {
         return shortcut::DECLINED;
     };
@@ -472,7 +511,7 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
     // TCP frame inside: at fixed offsets, as the main program's shortcut
     // reads them untagged.
     if let Some(overlay) = read_tagged_overlay(frame, tunnel_ports(), &start) {
-        leave_tunnel(&overlay.tunnel);
+        let word = overlay.layer_word(start.offset);
         let is_v6 = overlay.inner.version == IpVersion::V6;
         track::<true, true>(
             frame,
@@ -480,6 +519,7 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
             overlay.ip_offset,
             is_v6,
             clock,
+            || describe(word, 0),
         );
         record_overlay(tallies, [overlay.tunnel.layers[0], 0, 0]);
         return shortcut::TRACKED;
@@ -493,22 +533,30 @@ fn track_shortcut(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<T
     // SAFETY: this CPU's slot, used by one program run at a time; no other
     // reference to it is held here.
     let state = unsafe { &mut *state };
-    start_tunnel(frame, &mut state.tunnel, &layer);
+    let word = layer_word(&layer);
     let Some(inner) = carried_tcp(frame, &layer) else {
         // Where the layer inside starts, for `track_nested_xdp`, which
         // reads it at an offset the verifier takes as any (a global
         // function's argument), so its paths do not multiply by this
-        // function's.
+        // function's; and this layer, for the tunnel's description.
         state.pending = Pending {
             ethertype: layer.carried.ethertype,
             offset: layer.carried.offset as u16,
             limit: layer.carried.limit.min(u32::MAX as usize) as u32,
+            outer_layer: word,
         };
         return shortcut::NESTED;
     };
     // The offset opaque to the optimiser, as in `track_inner`.
     let is_v6 = inner.version == IpVersion::V6;
-    track::<true, true>(frame, &inner.segment, layer.carried.offset, is_v6, clock);
+    track::<true, true>(
+        frame,
+        &inner.segment,
+        layer.carried.offset,
+        is_v6,
+        clock,
+        || describe(word, 0),
+    );
     record_overlay(tallies, [layer.kind, 0, 0]);
     shortcut::TRACKED
 }
@@ -524,7 +572,9 @@ pub extern "C" fn track_nested_xdp(ctx: *mut xdp_md) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
-    track_nested(&frame, &LiveClock, &TALLIES)
+    track_nested(&frame, &LiveClock, &TALLIES, |outer, inner| {
+        describe_tunnel_xdp(ctx, outer, inner);
+    })
 }
 
 /// [`track_nested_xdp`] at capture time `now`, for the replay.
@@ -534,7 +584,9 @@ pub extern "C" fn track_nested_xdp_replay(ctx: *mut xdp_md, now: u64) -> i32 {
     let Some(frame) = xdp_frame(ctx) else {
         return 0;
     };
-    track_nested(&frame, &ReplayClock { now }, &TALLIES)
+    track_nested(&frame, &ReplayClock { now }, &TALLIES, |outer, inner| {
+        describe_tunnel_xdp(ctx, outer, inner);
+    })
 }
 
 /// [`track_nested_xdp`] for the TC program.
@@ -544,11 +596,18 @@ pub extern "C" fn track_nested_tc(skb: *mut __sk_buff) -> i32 {
     let Some(frame) = tc_frame(skb) else {
         return 0;
     };
-    track_nested(&frame, &LiveClock, &EGRESS_TALLIES)
+    track_nested(&frame, &LiveClock, &EGRESS_TALLIES, |outer, inner| {
+        describe_tunnel_tc(skb, outer, inner);
+    })
 }
 
 #[inline(always)]
-fn track_nested(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tallies>) -> i32 {
+fn track_nested(
+    frame: &Frame,
+    clock: &impl FlowClock,
+    tallies: &PerCpuArray<Tallies>,
+    describe: impl Fn(u64, u64),
+) -> i32 {
     let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
         return 0;
     };
@@ -575,10 +634,18 @@ fn track_nested(frame: &Frame, clock: &impl FlowClock, tallies: &PerCpuArray<Tal
     let Some(inner) = carried_tcp(frame, &layer) else {
         return 0;
     };
-    add_inner_layer(frame, &mut state.tunnel, &layer);
-    let outermost = state.tunnel.layers[0];
+    let outer = pending.outer_layer;
+    let outermost = layer_of_word(outer).kind;
+    let word = layer_word(&layer);
     let is_v6 = inner.version == IpVersion::V6;
-    track::<true, true>(frame, &inner.segment, layer.carried.offset, is_v6, clock);
+    track::<true, true>(
+        frame,
+        &inner.segment,
+        layer.carried.offset,
+        is_v6,
+        clock,
+        || describe(outer, word),
+    );
     record_overlay(tallies, [outermost, layer.kind, 0]);
     1
 }
@@ -632,7 +699,8 @@ fn track_inner(frame: &Frame, clock: &impl FlowClock) {
         // reasoning the verifier does not follow); a record it starts
         // records its tunnel.
         let ip_offset = inner.ip_offset as usize;
-        track::<true, true>(frame, &segment, ip_offset, inner.is_v6 != 0, clock);
+        // The general way described the tunnel as it opened it.
+        track::<true, true>(frame, &segment, ip_offset, inner.is_v6 != 0, clock, || {});
     }
 }
 
@@ -645,7 +713,7 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment, next) = read_frame(frame);
+    let (counted, segment, next, overlay) = read_frame(frame);
     // The flow table first, the tallies after: the tally is two small
     // numbers to keep across the table's lookups, where the segment's fields
     // would all have to be saved across the tallies' lookup (the BPF calling
@@ -653,12 +721,14 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
     if let Some((ip_offset, is_v6, tcp)) = segment {
         if next & next::SHORTCUT != 0 {
             // Inside a tunnel: a record it starts records the tunnel.
-            track::<false, true>(frame, &tcp, ip_offset, is_v6, clock);
+            track::<false, true>(frame, &tcp, ip_offset, is_v6, clock, || {
+                describe_tunnel_xdp(ctx.ctx, overlay, 0);
+            });
             record_tally(&TALLIES, &counted);
             record_overlay(&TALLIES, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
-        track::<false, false>(frame, &tcp, ip_offset, is_v6, clock);
+        track::<false, false>(frame, &tcp, ip_offset, is_v6, clock, || {});
         record_tally(&TALLIES, &counted);
         return false;
     }
@@ -797,15 +867,17 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (counted, segment, next) = read_frame(&frame);
+    let (counted, segment, next, overlay) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
         if next & next::SHORTCUT != 0 {
-            track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+            track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {
+                describe_tunnel_tc(ctx.skb.skb, overlay, 0);
+            });
             record_tally(&EGRESS_TALLIES, &counted);
             record_overlay(&EGRESS_TALLIES, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
-        track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock);
+        track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {});
         record_tally(&EGRESS_TALLIES, &counted);
         return false;
     }
