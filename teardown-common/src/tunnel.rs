@@ -1100,6 +1100,18 @@ pub enum CommonOther {
         tagged: bool,
         may_tunnel: bool,
     },
+    /// An untagged datagram whose one tunnel layer the shortcut read, and
+    /// found no common TCP frame in (most often it carries another layer,
+    /// as VXLAN inside GRE): the layer as [`read_layer`] reads it, as its
+    /// [`layer_word`] and what it carries, which the kernel hands to its
+    /// tunnel program, so that it goes on from there. Its tally is
+    /// `crate::counters::other_ip_tally` of the outer family (the word's),
+    /// untagged, and it may carry a tunnel ([`may_carry_tunnel`]).
+    ///
+    /// A word, not a [`Layer`]: on the kernel's stack LLVM merged the
+    /// layer's narrow fields into loads at odd offsets, which the verifier
+    /// refuses for the stack.
+    Layer { word: u64, carried: LayerStart },
 }
 
 /// Reads the common frame that [`crate::parse::parse_common`] does not,
@@ -1239,16 +1251,16 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
         if ports.enabled == 0 || payload_len == 0 {
             return plain;
         }
-        let Some((kind, id, inner, ip_offset)) =
-            common_tunnel(pkt, ports, protocol, L4_V6, L4_V6 + payload_len)
-        else {
-            return plain;
-        };
-        return Some(CommonOther::Overlay(CommonOverlay {
-            tunnel: tunnel_in_v6(&ip, kind, id),
-            inner,
-            ip_offset,
-        }));
+        let read = untagged_tunnel(
+            pkt,
+            ports,
+            protocol,
+            L4_V6,
+            L4_V6 + payload_len,
+            true,
+            |kind, id| tunnel_in_v6(&ip, kind, id),
+        );
+        return read.or(plain);
     }
     if ethertype != ethertype::IPV4 {
         return None;
@@ -1271,16 +1283,55 @@ fn read_untagged_other<P: PacketBytes + ?Sized>(
     if !may_tunnel || total_len == 0 {
         return plain(may_tunnel);
     }
-    let Some((kind, id, inner, ip_offset)) =
-        common_tunnel(pkt, ports, protocol, L4_V4, OUTER_IP + total_len)
-    else {
-        return plain(true);
+    let read = untagged_tunnel(
+        pkt,
+        ports,
+        protocol,
+        L4_V4,
+        OUTER_IP + total_len,
+        false,
+        |kind, id| tunnel_in_v4(&ip, kind, id),
+    );
+    read.or(plain(true))
+}
+
+/// The one tunnel layer of an untagged frame, whose outer IP header is
+/// right after the Ethernet header, as [`common_tunnel`] reads it: the
+/// common tunnelled frame ([`CommonOther::Overlay`], its tunnel by
+/// `tunnel_of` from the layer's kind and id), or, where the layer carries
+/// no common TCP frame (most often another layer), the layer as
+/// [`read_layer`] reads it at the frame's [`underlay`] (the same header,
+/// its same checks: [`CommonOther::Layer`]), for the tunnel program to go
+/// on from instead of reading it again. `None` where neither reads it.
+#[inline(always)]
+fn untagged_tunnel<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    protocol: u8,
+    l4: usize,
+    limit: usize,
+    outer_v6: bool,
+    tunnel_of: impl FnOnce(u8, u32) -> Tunnel,
+) -> Option<CommonOther> {
+    let (kind, id, carried, limit) = tunnel_header(pkt, ports, protocol, l4, limit)?;
+    let (ethertype, offset) = carried;
+    let (ethertype, ip_offset) = if ethertype == LINK {
+        (be16(pkt.load::<2>(offset)?), offset + 2)
+    } else {
+        (ethertype, offset)
     };
-    Some(CommonOther::Overlay(CommonOverlay {
-        tunnel: tunnel_in_v4(&ip, kind, id),
-        inner,
-        ip_offset,
-    }))
+    if let Some(inner) = parse_common_ip(pkt, ethertype, ip_offset, limit) {
+        return Some(CommonOther::Overlay(CommonOverlay {
+            tunnel: tunnel_of(kind, id),
+            inner,
+            ip_offset,
+        }));
+    }
+    let layer = finish_layer(pkt, kind, id, ETH_HLEN, outer_v6, carried, limit)?;
+    Some(CommonOther::Layer {
+        word: layer_word(&layer),
+        carried: layer.carried,
+    })
 }
 
 /// The common tunnelled frame ([`CommonOverlay`]) under one or two VLAN
@@ -1905,6 +1956,7 @@ pub fn hands_to_tunnel_program<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelP
     match read_common_other(pkt, ports) {
         Some(CommonOther::TaggedTcp { .. } | CommonOther::Overlay(_)) => false,
         Some(CommonOther::Plain { may_tunnel, .. }) => may_tunnel,
+        Some(CommonOther::Layer { .. }) => true,
         None => {
             let parsed = crate::parse::parse(pkt);
             parsed.tcp().is_none() && may_carry_tunnel(pkt, &parsed, ports)

@@ -720,6 +720,38 @@ fn check_invariants(
         }
     }
 
+    // An untagged tunnel layer the main shortcut read with no common TCP
+    // frame inside: the kernel hands its carried frame to the tunnel
+    // program, which reads it straight away (`track_nested`), where its own
+    // shortcut would first read the same layer (`read_layer` at the frame's
+    // underlay) and find no common TCP frame in it.
+    if let Some(CommonOther::Layer { word, carried }) = other {
+        assert!(parsed.tcp().is_none(), "{}: a layer, but TCP", context());
+        assert_eq!(
+            tally(&parsed),
+            other_ip_tally(tunnel::layer_of_word(word).outer_v6, false),
+            "{}: a layer's tally",
+            context()
+        );
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "{}: a layer read, but not handed over",
+            context()
+        );
+        let first = underlay(frame).and_then(|start| tunnel::read_layer(frame, ports, &start));
+        assert_eq!(
+            first.map(|layer| (tunnel::layer_word(&layer), layer.carried)),
+            Some((word, carried)),
+            "{}: the main shortcut's layer against the tunnel program's",
+            context()
+        );
+        assert!(
+            first.is_some_and(|layer| tunnel::carried_tcp(frame, &layer).is_none()),
+            "{}: a layer handed over with the common TCP frame inside",
+            context()
+        );
+    }
+
     // The main programs' tunnel shortcut: where it answers, the
     // decapsulator finds the same tunnel and the same inner segment, and
     // the tallies are the same.
@@ -1202,6 +1234,54 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
         parse_common_overlay(vxlan.frame.as_slice(), &elsewhere),
         None
     );
+}
+
+/// An IP tunnel right after the Ethernet header whose carried frame is
+/// not the common TCP frame: the main shortcut reads that layer and hands
+/// it over (`CommonOther::Layer`), so the tunnel program reads only what
+/// it carries, exactly where its own shortcut would have read the layer
+/// and found no common TCP frame in it. (`check_invariants` holds each
+/// handed layer to the tunnel program's own reading.)
+#[test]
+fn the_main_shortcut_hands_an_untagged_outer_layer_over() {
+    let mut handed = Vec::new();
+    for built in catalogue() {
+        let frame = built.frame.as_slice();
+        let Some(start) = underlay(frame).filter(|start| {
+            start.offset == ETH_HLEN && matches!(start.ethertype, ethertype::IPV4 | ethertype::IPV6)
+        }) else {
+            continue;
+        };
+        let tunnel_program_reads = tunnel::read_layer(frame, &DEFAULT, &start)
+            .is_some_and(|layer| tunnel::carried_tcp(frame, &layer).is_none());
+        let read = read_common_other(frame, &DEFAULT);
+        if let Some(CommonOther::Layer { word, .. }) = read {
+            assert_eq!(
+                tunnel::layer_of_word(word).kind,
+                built.layers[0],
+                "{}",
+                built.name
+            );
+            handed.push(built.name.clone());
+        }
+        assert_eq!(
+            matches!(read, Some(CommonOther::Layer { .. })),
+            tunnel_program_reads,
+            "{}: {read:?}",
+            built.name
+        );
+    }
+    for name in [
+        "gre/vxlan/tcp4",
+        "gre/vxlan/tcp6",
+        "ipip/gre/tcp4",
+        "vxlan/vxlan/tcp6",
+    ] {
+        assert!(
+            handed.iter().any(|handed| handed == name),
+            "{name}: not handed over"
+        );
+    }
 }
 
 /// The tunnel program's shortcuts answer, as the kernel composes them

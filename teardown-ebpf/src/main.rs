@@ -131,11 +131,17 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8, u
             may_tunnel,
         }) => {
             let next = if may_tunnel {
+                hand_layer(None);
                 next::MAY_TUNNEL
             } else {
                 next::NOTHING
             };
             return (other_ip_tally(v6, tagged), None, next, 0);
+        }
+        Some(CommonOther::Layer { word, carried }) => {
+            hand_layer(Some((word, &carried)));
+            let v6 = layer_of_word(word).outer_v6;
+            return (other_ip_tally(v6, false), None, next::MAY_TUNNEL, 0);
         }
         None => {}
     }
@@ -144,11 +150,51 @@ fn read_frame(frame: &Frame) -> (Tally, Option<(usize, bool, TcpSegment)>, u8, u
         .tcp()
         .map(|(ip, tcp)| (ip.offset as usize, ip.version == IpVersion::V6, *tcp));
     let next = if segment.is_none() && may_carry_tunnel(frame, &parsed, ports) {
+        hand_layer(None);
         next::MAY_TUNNEL
     } else {
         next::NOTHING
     };
     (tally(&parsed), segment, next, 0)
+}
+
+/// Leaves in this CPU's [`DECAP_STATE`], for the tunnel program a frame is
+/// about to be handed to, the one layer the shortcut read of it (`Some`:
+/// a layer with no common TCP frame inside, whose carried frame the tunnel
+/// program reads straight away, [`handed_layer`]), or that it read none.
+/// Written for every frame handed over, so the tunnel program never reads
+/// one left by an earlier frame.
+#[inline(always)]
+fn hand_layer(layer: Option<(u64, &LayerStart)>) {
+    let Some(state) = DECAP_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time (the
+    // tunnel program this one tail-calls runs after it, on this CPU).
+    let pending = unsafe { &mut (*state).pending };
+    match layer {
+        Some((word, carried)) => {
+            *pending = Pending {
+                ethertype: carried.ethertype,
+                offset: carried.offset as u16,
+                limit: carried.limit.min(u32::MAX as usize) as u32,
+                outer_layer: word,
+            }
+        }
+        None => pending.outer_layer = 0,
+    }
+}
+
+/// Whether the main program handed this frame over with its first layer
+/// read ([`hand_layer`]): then the tunnel program reads the second
+/// ([`track_nested_xdp`]) without reading the first again.
+#[inline(always)]
+fn handed_layer() -> bool {
+    match DECAP_STATE.get_ptr(0) {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        Some(state) => unsafe { (*state).pending.outer_layer != 0 },
+        None => false,
+    }
 }
 
 /// [`read_frame`]'s answer for the common tunnelled frame, with its layer
@@ -795,9 +841,13 @@ pub fn teardown_replay(ctx: XdpContext) -> u32 {
 /// [`teardown`]'s own passed the 512 bytes of stack the kernel allows.
 #[xdp(frags)]
 pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
-    let read = match track_shortcut_xdp(ctx.ctx) {
-        shortcut::NESTED => track_nested_xdp(ctx.ctx) != 0,
-        done => done == shortcut::TRACKED,
+    let read = if handed_layer() {
+        track_nested_xdp(ctx.ctx) != 0
+    } else {
+        match track_shortcut_xdp(ctx.ctx) {
+            shortcut::NESTED => track_nested_xdp(ctx.ctx) != 0,
+            done => done == shortcut::TRACKED,
+        }
     };
     if !read && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp(ctx.ctx);
@@ -809,9 +859,13 @@ pub fn teardown_tunnel(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
     let now = ReplayClock::of(ctx.ctx).now;
-    let read = match track_shortcut_xdp_replay(ctx.ctx, now) {
-        shortcut::NESTED => track_nested_xdp_replay(ctx.ctx, now) != 0,
-        done => done == shortcut::TRACKED,
+    let read = if handed_layer() {
+        track_nested_xdp_replay(ctx.ctx, now) != 0
+    } else {
+        match track_shortcut_xdp_replay(ctx.ctx, now) {
+            shortcut::NESTED => track_nested_xdp_replay(ctx.ctx, now) != 0,
+            done => done == shortcut::TRACKED,
+        }
     };
     if !read && open_tunnel_xdp(ctx.ctx) != 0 {
         track_inner_xdp_replay(ctx.ctx, now);
@@ -822,9 +876,13 @@ pub fn teardown_tunnel_replay(ctx: XdpContext) -> u32 {
 /// [`teardown_tunnel`] for [`teardown_egress`].
 #[classifier]
 pub fn teardown_tunnel_egress(ctx: TcContext) -> i32 {
-    let read = match track_shortcut_tc(ctx.skb.skb) {
-        shortcut::NESTED => track_nested_tc(ctx.skb.skb) != 0,
-        done => done == shortcut::TRACKED,
+    let read = if handed_layer() {
+        track_nested_tc(ctx.skb.skb) != 0
+    } else {
+        match track_shortcut_tc(ctx.skb.skb) {
+            shortcut::NESTED => track_nested_tc(ctx.skb.skb) != 0,
+            done => done == shortcut::TRACKED,
+        }
     };
     if !read && open_tunnel_tc(ctx.skb.skb) != 0 {
         track_inner_tc(ctx.skb.skb);

@@ -13,7 +13,7 @@ use teardown_common::{
         VLAN_HLEN, parse, parse_common,
     },
     tunnel::{
-        CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, decapsulate,
+        self, CommonOther, Decap, DecapState, MAX_ENCAP_DEPTH, Tunnel, TunnelPorts, decapsulate,
         decapsulate_in_place, encap, enter_layer, inner_class, may_carry_tunnel, outcome,
         parse_common_overlay, read_common_other, shortcut_tunnel, step_layer,
     },
@@ -101,6 +101,31 @@ fn check_with(frame: &[u8], ports: &TunnelPorts) {
         if !may_tunnel {
             assert_eq!(decap, Decap::None, "plain frame opened");
         }
+    }
+    // A layer the main shortcut hands over is the one the tunnel
+    // program's own shortcut reads first, with no common TCP frame inside.
+    if let Some(CommonOther::Layer { word, carried }) = other {
+        assert!(parsed.tcp().is_none(), "a layer, but TCP");
+        assert_eq!(
+            tally(&parsed),
+            other_ip_tally(tunnel::layer_of_word(word).outer_v6, false),
+            "a layer's tally"
+        );
+        assert!(
+            may_carry_tunnel(frame, &parsed, ports),
+            "a layer not handed over"
+        );
+        let first =
+            tunnel::underlay(frame).and_then(|start| tunnel::read_layer(frame, ports, &start));
+        assert_eq!(
+            first.map(|layer| (tunnel::layer_word(&layer), layer.carried)),
+            Some((word, carried)),
+            "the main shortcut's layer against the tunnel program's"
+        );
+        assert!(
+            first.is_some_and(|layer| tunnel::carried_tcp(frame, &layer).is_none()),
+            "a layer handed over with the common TCP frame inside"
+        );
     }
     if let Some(overlay) = parse_common_overlay(frame, ports) {
         let read = (overlay.tunnel, overlay.ip_offset, overlay.inner);
