@@ -432,6 +432,23 @@ impl Tallies {
         }
     }
 
+    /// Adds the tally of a TCP segment a shortcut read inside the tunnel
+    /// of `layers`: what [`Tallies::record_encap`] adds for
+    /// [`overlay_encap_tally`], with the two slots every such segment
+    /// counts (tunnelled, TCP inside) at constant indices, which need no
+    /// mask: two stack round trips fewer on every tunnelled segment.
+    #[inline(always)]
+    pub fn record_overlay(&mut self, layers: [u8; 3]) {
+        self.encap[encap_slot::TUNNELLED] += 1;
+        self.encap[encap_slot::TCP] += 1;
+        for &kind in &layers {
+            if kind != 0 && (kind as usize) < encap::COUNT {
+                // Masked as in `record_encap`.
+                self.encap[core::hint::black_box(kind as usize) & (encap_slot::COUNT - 1)] += 1;
+            }
+        }
+    }
+
     /// Element-wise sum, e.g. of the per-CPU copies.
     pub fn add(&mut self, other: &Tallies) {
         for (mine, theirs) in self.frames.iter_mut().zip(other.frames.iter()) {

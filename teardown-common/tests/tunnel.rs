@@ -32,8 +32,8 @@
 
 use teardown_common::addr::Addr16;
 use teardown_common::counters::{
-    class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally,
-    tally_common, tally_tagged,
+    Tallies, class, encap_slot, encap_tally, encap_tally_of, other_ip_tally, overlay_encap_tally,
+    tally, tally_common, tally_tagged,
 };
 use teardown_common::craft::{self, Encap, Network, Spec, Transport as CraftTransport};
 use teardown_common::flow::addresses_at;
@@ -1234,6 +1234,27 @@ fn the_tunnel_shortcut_answers_for_common_tunnelled_frames_only() {
         parse_common_overlay(vxlan.frame.as_slice(), &elsewhere),
         None
     );
+}
+
+/// The kernel's shortcuts count a tunnelled segment with
+/// `Tallies::record_overlay`, which adds what the general way's
+/// `record_encap` adds for the same layers, for any layers (out-of-range
+/// kinds included).
+#[test]
+fn a_shortcut_counts_a_tunnelled_segment_as_the_general_way() {
+    let kinds = (0..=encap::COUNT as u8 + 1).chain([u8::MAX]);
+    for first in kinds.clone() {
+        for second in kinds.clone() {
+            for third in [0, encap::MPLS, encap::VXLAN, encap::COUNT as u8, u8::MAX] {
+                let layers = [first, second, third];
+                let mut quick = Tallies::default();
+                quick.record_overlay(layers);
+                let mut general = Tallies::default();
+                general.record_encap(&overlay_encap_tally(layers));
+                assert_eq!(quick, general, "{layers:?}");
+            }
+        }
+    }
 }
 
 /// An IP tunnel right after the Ethernet header whose carried frame is

@@ -56,10 +56,7 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use teardown_common::{
-    counters::{
-        Tallies, Tally, encap_tally_of, other_ip_tally, overlay_encap_tally, tally, tally_common,
-        tally_tagged,
-    },
+    counters::{Tallies, Tally, encap_tally_of, other_ip_tally, tally, tally_common, tally_tagged},
     parse::{CommonTcp, ETH_HLEN, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
     tunnel::{
         CommonOther, CommonOverlay, DecapState, LayerStart, Pending, carried_tcp,
@@ -255,7 +252,7 @@ fn record_overlay(tallies: &PerCpuArray<Tallies>, layers: [u8; 3]) {
     if let Some(tallies) = tallies.get_ptr_mut(0) {
         // SAFETY: the per-CPU slot is only touched by this CPU, one
         // program at a time.
-        unsafe { (*tallies).record_encap(&overlay_encap_tally(layers)) };
+        unsafe { (*tallies).record_overlay(layers) };
     }
 }
 
