@@ -136,18 +136,32 @@ pub mod names {
     /// Program array of the XDP tunnel programs, at [`tunnel_slot`]s: the
     /// XDP programs tail-call them with frames that may carry a tunnel.
     pub const TUNNEL_XDP_MAP: &str = "TUNNEL_XDP";
-    /// Program array with the TC tunnel program at 0.
+    /// Program array of the TC tunnel programs, at [`tc_tunnel_slot`]s.
     pub const TUNNEL_TC_MAP: &str = "TUNNEL_TC";
     /// The live XDP tunnel program (slot [`tunnel_slot::LIVE`]).
     pub const XDP_TUNNEL_PROGRAM: &str = "teardown_tunnel";
     /// The replay's XDP tunnel program (slot [`tunnel_slot::REPLAY`]).
     pub const XDP_TUNNEL_REPLAY_PROGRAM: &str = "teardown_tunnel_replay";
-    /// The TC tunnel program.
+    /// The TC egress program's tunnel program (slot
+    /// [`tc_tunnel_slot::EGRESS`]).
     pub const TC_TUNNEL_PROGRAM: &str = "teardown_tunnel_egress";
+    /// The TC ingress program: what [`XDP_PROGRAM`] does, at TC ingress
+    /// (`--mode tc`, and `auto` on a veth), where it costs a software
+    /// device's received packets no copy.
+    pub const TC_INGRESS_PROGRAM: &str = "teardown_ingress";
+    /// The TC ingress program's tunnel program (slot
+    /// [`tc_tunnel_slot::INGRESS`]).
+    pub const TC_TUNNEL_INGRESS_PROGRAM: &str = "teardown_tunnel_ingress";
 
     /// Slots of [`TUNNEL_XDP_MAP`].
     pub mod tunnel_slot {
         pub const LIVE: u32 = 0;
         pub const REPLAY: u32 = 1;
+    }
+
+    /// Slots of [`TUNNEL_TC_MAP`].
+    pub mod tc_tunnel_slot {
+        pub const EGRESS: u32 = 0;
+        pub const INGRESS: u32 = 1;
     }
 }

@@ -149,9 +149,10 @@ pub(crate) static DETECT_CONTROL: Array<DetectControl> = Array::with_max_entries
 #[map]
 pub(crate) static TUNNEL_XDP: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
-/// The TC tunnel program, at 0.
+/// The TC tunnel programs the TC programs hand tunnelled packets to
+/// (`teardown_common::names::tc_tunnel_slot`); user space fills it.
 #[map]
-pub(crate) static TUNNEL_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub(crate) static TUNNEL_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// The tunnels records refer to, by the index
 /// [`TunnelRef`](teardown_common::tunnel::TunnelRef) holds; user space

@@ -34,12 +34,16 @@ impl From<FloodRecordsArg> for FloodRecords {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
     /// Native (driver) XDP if the interface supports it, generic otherwise;
-    /// generic on a veth, where native XDP turns the peer's TSO off.
+    /// TC on a veth, where native XDP turns the peer's TSO off and generic
+    /// XDP copies every TSO segment.
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,
     /// Generic XDP, in the kernel's network stack: works everywhere, slower.
     Skb,
+    /// TC ingress instead of XDP: the same work on the kernel's own packet,
+    /// after GRO; the cheapest on veths and other software devices.
+    Tc,
 }
 
 impl From<ModeArg> for AttachMode {
@@ -48,6 +52,7 @@ impl From<ModeArg> for AttachMode {
             ModeArg::Auto => AttachMode::Auto,
             ModeArg::Native => AttachMode::Native,
             ModeArg::Skb => AttachMode::Skb,
+            ModeArg::Tc => AttachMode::Tc,
         }
     }
 }
@@ -55,10 +60,10 @@ impl From<ModeArg> for AttachMode {
 /// `--direction`: which way packets are watched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DirectionArg {
-    /// XDP on ingress and TC on egress: the host's own SYN-ACKs, FINs and
-    /// RSTs are seen too.
+    /// XDP (or TC) on ingress and TC on egress: the host's own SYN-ACKs,
+    /// FINs and RSTs are seen too.
     Both,
-    /// XDP only: for a mirror port that carries both directions.
+    /// Ingress only: for a mirror port that carries both directions.
     Ingress,
 }
 

@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, short, required = true, value_name = "IFACE",
               value_parser = cli::parse_iface)]
         iface: Vec<String>,
-        /// XDP attach mode.
+        /// How the ingress program is attached: XDP (native or generic) or TC.
         #[arg(long, short, value_enum, default_value = "auto")]
         mode: cli::ModeArg,
         /// Reporting interval: 1s, 500ms, 2m, 1m30s, or plain seconds.

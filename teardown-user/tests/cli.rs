@@ -316,7 +316,9 @@ fn interface_with_an_xdp_program_already_attached_is_left_alone() {
     let before = lab.link_details(&lab.server_ns, &lab.server_if);
     assert!(before.contains("prog/xdp"), "{before}");
 
-    for mode in ["auto", "native", "skb"] {
+    // Not `auto`: on a veth it attaches at TC ingress, beside any XDP
+    // program (below).
+    for mode in ["native", "skb"] {
         let output = Command::new("ip")
             .args([
                 "netns",
@@ -343,6 +345,16 @@ fn interface_with_an_xdp_program_already_attached_is_left_alone() {
         );
     }
 
+    // At TC ingress (`auto` on a veth, or `tc`), beside the XDP program,
+    // which stays as it was.
+    let (beside, _beside_err) = start_teardown(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--mode", "auto", "--metrics-addr", "off"],
+    );
+    assert_eq!(lab.link_details(&lab.server_ns, &lab.server_if), before);
+    drop(beside.terminate());
+
     // ...and still counting.
     in_netns(&lab.client_ns, || {
         let _ = std::net::TcpStream::connect_timeout(
@@ -364,8 +376,9 @@ fn metrics_address_in_use_fails_before_attaching() {
     // loopback, at the default 127.0.0.1:9464.
     let (first, _first_err) = start_teardown(&lab.server_ns, &lab.server_if, &["--mode", "native"]);
     let before = lab.link_details(&lab.server_ns, &lab.server_if);
-    // A second one on the same interface: had it attached before binding, it
-    // would have failed on the XDP program already there.
+    // A second one on the same interface: it must fail on the port before
+    // it attaches anything (on a veth `auto` would attach at TC ingress,
+    // beside the first).
     let output = Command::new("ip")
         .args(["netns", "exec", &lab.server_ns, teardown_bin(), "run"])
         .args(["--iface", &lab.server_if])

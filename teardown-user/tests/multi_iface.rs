@@ -350,7 +350,7 @@ fn several_interfaces_in_one_run_each_counted_and_attributed() {
     assert_eq!(
         said[0].trim(),
         format!(
-            "teardown: watching {}, {} (generic XDP + TC egress), every 100ms; Ctrl-C to stop",
+            "teardown: watching {}, {} (TC ingress + TC egress), every 100ms; Ctrl-C to stop",
             a.server_if, b.server_if
         ),
         "{said:?}"
@@ -554,11 +554,15 @@ fn a_failed_attach_on_the_second_interface_leaves_the_first_untouched() {
     let held = topology.attachments(&b.server_if);
     assert!(!held.is_empty(), "the first teardown attached nothing");
 
+    // Native XDP asked, as the holder's: `auto` would attach at TC
+    // ingress on a veth, where programs do not exclude each other.
     let output = topology.teardown(&[
         "-i",
         &a.server_if,
         "-i",
         &b.server_if,
+        "--mode",
+        "native",
         "--metrics-addr",
         "off",
     ]);

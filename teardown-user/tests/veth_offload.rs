@@ -1,17 +1,19 @@
 //! XDP on a veth and the peer's offloads (issue 14): the program declares
 //! multi-buffer support (`xdp.frags`), so native XDP on a veth accepts the
-//! peer's large MTUs; what each attach mode does to the peer's TSO, and
-//! bulk TCP throughput with teardown attached against none, measured with
-//! iperf3 when it is installed and printed, never asserted on.
+//! peer's large MTUs; what each attach mode does to the peer's TSO (auto
+//! attaches at TC ingress on a veth, no XDP at all), and bulk TCP
+//! throughput with teardown attached against none, measured with iperf3
+//! when it is installed and printed, never asserted on.
 //!
 //! Run with `--nocapture` to see the figures. As root.
 
 mod support;
 
+use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Lab, SERVER_V4, run, start_teardown, wait_until};
+use support::{Lab, SERVER_V4, run, teardown_bin, teardown_command, wait_until};
 
 /// `ethtool -k` of `iface` in `ns`: is TCP segmentation offload on?
 fn tso_on(ns: &str, iface: &str) -> bool {
@@ -70,13 +72,33 @@ fn iperf3_gbits(lab: &Lab, seconds: u32) -> Option<f64> {
         .map(|bits| bits / 1e9)
 }
 
-/// teardown attached in `mode`, and the kind of XDP attachment `ip link` shows.
-fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String) {
-    let (guard, _stderr) = start_teardown(
+/// teardown attached in `mode`, the kind of XDP attachment `ip link`
+/// shows, and how teardown says it attached (its first line's parentheses:
+/// "TC ingress + TC egress").
+fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String, String) {
+    let mut child = teardown_command(
+        teardown_bin(),
         &lab.server_ns,
         &lab.server_if,
         &["--mode", mode, "--metrics-addr", "off"],
-    );
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("starting teardown run");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let guard = support::ChildGuard::new(child);
+    let mut line = String::new();
+    stderr
+        .read_line(&mut line)
+        .expect("reading teardown's stderr");
+    let said = line
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside.to_string())
+        .unwrap_or_else(|| panic!("teardown did not say how it attached: {line:?}"));
+    // Drained, so teardown never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let details = lab.link_details(&lab.server_ns, &lab.server_if);
     let kind = if details.contains("xdpgeneric") {
         "generic"
@@ -85,7 +107,7 @@ fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String) {
     } else {
         "none"
     };
-    (guard, kind.to_string())
+    (guard, kind.to_string(), said)
 }
 
 #[test]
@@ -98,21 +120,25 @@ fn xdp_on_a_veth_and_the_peers_offloads() {
     );
     let none = iperf3_gbits(&lab, SECONDS);
 
-    // auto on a veth: generic, though the driver supports native, which
-    // would cost the peer its TSO (below).
-    let (auto, kind) = attached_mode(&lab, "auto");
-    assert_eq!(kind, "generic", "--mode auto on a veth");
+    // auto on a veth: TC ingress, no XDP, though the driver supports
+    // native, which would cost the peer its TSO (below), and generic,
+    // which copies every TSO segment for the program.
+    let (auto, kind, said) = attached_mode(&lab, "auto");
+    assert_eq!(kind, "none", "--mode auto on a veth attaches no XDP");
+    assert_eq!(said, "TC ingress + TC egress", "--mode auto on a veth");
     assert!(
         tso_on(&lab.client_ns, &lab.client_if),
         "--mode auto on a veth must leave the peer's TSO on"
     );
+    let tc_gbits = iperf3_gbits(&lab, SECONDS);
     drop(auto.terminate());
 
     // Native: the program declares multi-buffer support, so the kernel
     // lets the peer keep MTUs above a page (a program without it caps the
     // peer at about 3.5 kB).
-    let (native, kind) = attached_mode(&lab, "native");
+    let (native, kind, said) = attached_mode(&lab, "native");
     assert_eq!(kind, "native");
+    assert_eq!(said, "native XDP + TC egress");
     let native_max_mtu = max_mtu(&lab, &lab.client_ns, &lab.client_if);
     assert!(
         native_max_mtu > 16_384,
@@ -133,8 +159,9 @@ fn xdp_on_a_veth_and_the_peers_offloads() {
     );
 
     // Generic XDP leaves the peer's offloads alone.
-    let (skb, kind) = attached_mode(&lab, "skb");
+    let (skb, kind, said) = attached_mode(&lab, "skb");
     assert_eq!(kind, "generic");
+    assert_eq!(said, "generic XDP + TC egress");
     assert!(
         tso_on(&lab.client_ns, &lab.client_if),
         "generic XDP must leave the peer's TSO on"
@@ -148,7 +175,9 @@ fn xdp_on_a_veth_and_the_peers_offloads() {
     );
     match (none, native_gbits, skb_gbits) {
         (Some(none), Some(native), Some(skb)) => println!(
-            "bulk TCP over the veth, {SECONDS} s each (iperf3; noisy on a shared machine): no program {none:.2} Gbit/s, native {native:.2} ({:.2}x), generic {skb:.2} ({:.2}x)",
+            "bulk TCP over the veth, {SECONDS} s each (iperf3; noisy on a shared machine): no program {none:.2} Gbit/s, TC (auto) {:.2} ({:.2}x), native {native:.2} ({:.2}x), generic {skb:.2} ({:.2}x)",
+            tc_gbits.unwrap_or(0.0),
+            tc_gbits.unwrap_or(0.0) / none,
             native / none,
             skb / none
         ),

@@ -30,7 +30,7 @@ mod lab;
 const PEER_PACKAGES: &[&str] = &["xdp-tools", "clang", "libbpf-dev", "linux-libc-dev"];
 
 /// The bench's C programs, in `bench/peers/`, built to `target/bench/peers/NAME.bpf.o`.
-const PEER_SOURCES: &[&str] = &["conntrack", "peer_wrap", "empty"];
+const PEER_SOURCES: &[&str] = &["conntrack", "peer_wrap", "empty", "empty_tc"];
 
 /// The target's Debian multiarch name (for `/usr/include/<multiarch>/asm`).
 fn multiarch() -> String {
@@ -262,6 +262,7 @@ impl Setup {
     fn label(self) -> String {
         match self {
             Setup::Nothing => "no program".into(),
+            Setup::Empty("tc") => "empty TC ingress".into(),
             Setup::Empty(mode) => format!("empty XDP, {mode}"),
             Setup::Teardown(mode) => format!("teardown, {mode}"),
         }
@@ -323,6 +324,25 @@ fn program_ids_of(pid: u32) -> Vec<u32> {
     ids
 }
 
+/// The id of the program `tc filter show ... ingress` shows.
+fn attached_tc_id(filters: &str) -> Option<u32> {
+    let mut words = filters.split_whitespace();
+    words.find(|word| *word == "id")?;
+    words.next()?.parse().ok()
+}
+
+/// What a program does in a configuration, for the tables' ns/run
+/// columns: `ingress` (the XDP program, or a TC one at ingress), `egress`
+/// (teardown's TC egress program), `reset` (its tracepoint program).
+fn role(name: &str, kind: &str) -> &'static str {
+    match kind {
+        "xdp" => "ingress",
+        "tracepoint" => "reset",
+        _ if name.starts_with("teardown_egress") => "egress",
+        _ => "ingress",
+    }
+}
+
 /// The XDP program id `ip -d link` shows on the server's interface.
 fn attached_xdp_id(link: &str) -> Option<u32> {
     let mut words = link
@@ -342,7 +362,8 @@ struct Attached<'a> {
 }
 
 impl<'a> Attached<'a> {
-    fn new(lab: &'a LiveLab, setup: Setup, binary: &Path, empty: &Path) -> anyhow::Result<Self> {
+    fn new(lab: &'a LiveLab, setup: Setup, binary: &Path, objects: &Path) -> anyhow::Result<Self> {
+        let empty = objects.join("empty.bpf.o");
         let mut attached = Attached {
             lab,
             setup,
@@ -358,6 +379,32 @@ impl<'a> Attached<'a> {
         };
         match setup {
             Setup::Nothing => {}
+            Setup::Empty("tc") => {
+                let tc = |args: &[&str]| {
+                    let mut command = Command::new("tc");
+                    command.args(["-n", &lab.lab.server_ns]).args(args);
+                    command
+                };
+                let iface = lab.lab.server_if.as_str();
+                run_command(&mut tc(&["qdisc", "add", "dev", iface, "clsact"]))?;
+                let object = objects.join("empty_tc.bpf.o").display().to_string();
+                run_command(&mut tc(&[
+                    "filter",
+                    "add",
+                    "dev",
+                    iface,
+                    "ingress",
+                    "bpf",
+                    "direct-action",
+                    "obj",
+                    &object,
+                    "sec",
+                    "tc",
+                ]))?;
+                let filters =
+                    command_output(&mut tc(&["filter", "show", "dev", iface, "ingress"]))?;
+                attached.ids = attached_tc_id(&filters).into_iter().collect();
+            }
             Setup::Empty(mode) => {
                 run_command(Command::new("ip").args([
                     "-n",
@@ -389,24 +436,25 @@ impl<'a> Attached<'a> {
                 let child = Background::spawn(&mut command, "teardown run")?;
                 let pid = child.pid();
                 attached.teardown = Some(child);
-                // Attached, and both its programs loaded: the XDP one and
-                // the TC egress one, which loads (verifies) a second or
-                // two after the first.
+                // Attached, and both its programs loaded: the XDP one (or
+                // at TC ingress, the TC one) and the TC egress one, which
+                // loads (verifies) a second or two after the first.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
-                    let kinds: Vec<String> = program_ids_of(pid)
+                    let names: Vec<String> = program_ids_of(pid)
                         .into_iter()
                         .filter_map(|id| prog_stats(id).ok())
-                        .map(|stats| stats.kind)
+                        .map(|stats| stats.name)
                         .collect();
-                    if lab.server_link()?.contains("prog/xdp")
-                        && kinds.iter().any(|kind| kind == "sched_cls")
+                    let held = |prefix: &str| names.iter().any(|name| name.starts_with(prefix));
+                    if (lab.server_link()?.contains("prog/xdp") || held("teardown_ingres"))
+                        && held("teardown_egress")
                     {
                         break;
                     }
                     if Instant::now() > deadline {
                         bail!(
-                            "teardown did not attach its XDP and TC programs within 30 s (see target/bench/live-teardown.log)"
+                            "teardown did not attach its ingress and TC egress programs within 30 s (see target/bench/live-teardown.log)"
                         );
                     }
                     thread::sleep(Duration::from_millis(100));
@@ -420,8 +468,14 @@ impl<'a> Attached<'a> {
         }
         if let Some(mode) = setup.mode().filter(|mode| *mode != "auto") {
             let link = lab.server_link()?;
-            let generic = link.contains("xdpgeneric");
-            if generic != (mode == "skb") {
+            let xdp = if link.contains("xdpgeneric") {
+                "skb"
+            } else if link.contains("prog/xdp") {
+                "native"
+            } else {
+                "tc"
+            };
+            if xdp != mode {
                 bail!("{} asked, but ip link shows: {link}", setup.label());
             }
         }
@@ -472,7 +526,12 @@ impl Drop for Attached<'_> {
         if let Some(mut teardown) = self.teardown.take() {
             teardown.stop();
         }
-        if let Setup::Empty(mode) = self.setup {
+        if let Setup::Empty("tc") = self.setup {
+            let _ = Command::new("tc")
+                .args(["-n", &self.lab.lab.server_ns, "qdisc", "del", "dev"])
+                .args([&self.lab.lab.server_if, "clsact"])
+                .status();
+        } else if let Setup::Empty(mode) = self.setup {
             let _ = Command::new("ip")
                 .args([
                     "-n",
@@ -595,10 +654,10 @@ fn measure(
     lab: &LiveLab,
     setup: Setup,
     binary: &Path,
-    empty: &Path,
+    objects: &Path,
     seconds: u64,
 ) -> anyhow::Result<Measured> {
-    let attached = Attached::new(lab, setup, binary, empty)?;
+    let attached = Attached::new(lab, setup, binary, objects)?;
     let before = attached.stats();
     let gbits = iperf3_gbits(lab, seconds)?;
     let after_bulk = attached.stats();
@@ -717,7 +776,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The live mode: in two namespaces joined by a veth, bulk TCP (iperf3)
 /// and random-source SYN and ACK floods (hping3) with nothing, an empty
-/// XDP program, and teardown attached (native and generic XDP),
+/// XDP or TC program, and teardown attached (native XDP, generic XDP, TC),
 /// interleaved over rounds; each attached program's ns per run from the
 /// kernel's BPF statistics, throughput ratios to the empty program and to
 /// none, and under the ACK flood teardown's own figures.
@@ -732,7 +791,6 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
         "for the live bench (iperf3 bulk TCP, hping3 SYN flood, bpftool reads the programs' statistics)",
     )?;
     let objects = build_peer_objects()?;
-    let empty = objects.join("empty.bpf.o");
     remove_leftover_namespaces("tdp-", "bench");
     let stats = StatsOn::switch()?;
     let lab = LiveLab::create()?;
@@ -755,16 +813,18 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
     thread::sleep(Duration::from_millis(500));
     // Which mode `--mode auto` picks on a veth.
     {
-        let auto = Attached::new(&lab, Setup::Teardown("auto"), binary, &empty);
+        let auto = Attached::new(&lab, Setup::Teardown("auto"), binary, &objects);
         match auto {
             Ok(_) => {
                 let link = lab.server_link()?;
                 say(&format!(
                     "live: --mode auto on a veth attaches {}",
                     if link.contains("xdpgeneric") {
-                        "generic (skb)"
+                        "generic XDP (skb)"
+                    } else if link.contains("prog/xdp") {
+                        "native XDP"
                     } else {
-                        "native"
+                        "at TC ingress (tc)"
                     }
                 ));
             }
@@ -781,11 +841,13 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
         Setup::Teardown("native"),
         Setup::Empty("skb"),
         Setup::Teardown("skb"),
+        Setup::Empty("tc"),
+        Setup::Teardown("tc"),
     ];
     let mut all: Vec<Measured> = Vec::new();
     for round in 1..=rounds {
         for &setup in &setups {
-            let m = measure(&lab, setup, binary, &empty, seconds)
+            let m = measure(&lab, setup, binary, &objects, seconds)
                 .with_context(|| format!("round {round}, {}", setup.label()))?;
             println!(
                 "round {round} {:<18} bulk {:>6.2} Gbit/s [{}]  flood {:>8.0} SYN-ACK/s [{}]{}",
@@ -828,8 +890,8 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
         "flood SYNACK/s",
         "vs none",
         "vs empty",
-        "ns/run in bulk (XDP; TC)",
-        "ns/run in flood (XDP; TC)",
+        "ns/run in bulk (in; egress)",
+        "ns/run in flood (in; egress)",
         "CPU %"
     );
     for &setup in &setups {
@@ -841,7 +903,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         let ns_of = |pick: &dyn Fn(&Measured) -> &ProgRuns| {
-            ns_per_run(&all, setup, pick, &["xdp", "sched_cls"])
+            ns_per_run(&all, setup, pick, &["ingress", "egress"])
         };
         let cpu: Vec<f64> = all
             .iter()
@@ -875,21 +937,26 @@ fn median_text(values: Vec<f64>, decimals: usize) -> String {
     }
 }
 
-/// The median ns per run of each kind of program in `kinds` over the
-/// rounds of `setup`, `;`-separated (`-` for a kind that did not run).
+/// The median ns per run of the program of each [`role`] in `roles` over
+/// the rounds of `setup`, `;`-separated (`-` for a role that did not run).
 fn ns_per_run(
     all: &[Measured],
     setup: Setup,
     pick: &dyn Fn(&Measured) -> &ProgRuns,
-    kinds: &[&str],
+    roles: &[&str],
 ) -> String {
-    kinds
+    roles
         .iter()
-        .map(|kind| {
+        .map(|wanted| {
             let values: Vec<f64> = all
                 .iter()
                 .filter(|m| m.setup == setup)
-                .filter_map(|m| pick(m).iter().find(|p| p.1 == *kind).map(|p| p.3))
+                .filter_map(|m| {
+                    pick(m)
+                        .iter()
+                        .find(|p| role(&p.0, &p.1) == *wanted)
+                        .map(|p| p.3)
+                })
                 .collect();
             median_text(values, 0)
         })
@@ -919,7 +986,7 @@ fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
         "vs none",
         "vs empty",
         "RST/s",
-        "ns/run (XDP; TC; reset)",
+        "ns/run (in; egress; rst)",
         "CPU %",
         "records",
         "refused",
@@ -956,7 +1023,7 @@ fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
                 all,
                 setup,
                 &|m| &m.ack_flood.progs,
-                &["xdp", "sched_cls", "tracepoint"]
+                &["ingress", "egress", "reset"]
             ),
             median_text(ours.iter().filter_map(|ack| ack.cpu_percent).collect(), 1),
             figure(&|f| f.created),

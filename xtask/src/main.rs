@@ -101,7 +101,7 @@ enum Task {
         peers: bool,
         /// Instead of the per-packet table, live in two namespaces: bulk TCP
         /// (iperf3) and random-source SYN and ACK floods (hping3) with no program,
-        /// an empty XDP program and teardown (native and generic XDP);
+        /// an empty XDP program, an empty TC program and teardown (native XDP, generic XDP, TC ingress);
         /// ns per run of each attached program from the kernel's BPF
         /// statistics, throughput ratios. As root.
         #[arg(long)]

@@ -584,6 +584,8 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         names::XDP_TUNNEL_PROGRAM,
         names::TC_TUNNEL_PROGRAM,
         names::XDP_TUNNEL_REPLAY_PROGRAM,
+        names::TC_INGRESS_PROGRAM,
+        names::TC_TUNNEL_INGRESS_PROGRAM,
     ] {
         let verified = kernel.verified_insns(name)?;
         match verified {

@@ -474,20 +474,18 @@ impl Watched {
         (monotonic_now_ns() as i128 + self.kernel_offset).max(0) as u64
     }
 
-    /// Attaches XDP (and TC egress when `egress`) to the interface.
+    /// Attaches the ingress program (XDP, or TC) and TC egress when
+    /// `egress` to the interface.
     fn attach(&mut self, mode: AttachMode, egress: bool) -> anyhow::Result<()> {
         let mode = self.kernel.attach(self.iface, mode)?;
         if egress {
             self.kernel.attach_egress(self.iface)?;
         }
-        self.attachment = format!(
-            "{mode} XDP{}",
-            if egress {
-                " + TC egress"
-            } else {
-                ", ingress only"
-            }
-        );
+        self.attachment = match (egress, mode) {
+            (true, _) => format!("{mode} + TC egress"),
+            (false, "TC ingress") => "TC ingress only".to_string(),
+            (false, _) => format!("{mode}, ingress only"),
+        };
         Ok(())
     }
 

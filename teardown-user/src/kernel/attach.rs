@@ -1,5 +1,6 @@
-//! Attaching the programs: XDP on ingress in the mode asked for, TC on
-//! egress, and detaching both (dropping the [`Kernel`] detaches them too).
+//! Attaching the programs: on ingress XDP in the mode asked for (or TC),
+//! TC on egress, and detaching them (dropping the [`Kernel`] detaches them
+//! too).
 
 use anyhow::Context as _;
 use aya::programs::{TcAttachType, XdpMode};
@@ -7,16 +8,20 @@ use teardown_common::names;
 
 use super::{Kernel, SetupError, is_permission_error, os_error_of};
 
-/// How to attach the XDP program.
+/// How to attach the ingress program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// Native (driver) XDP if the interface supports it, generic otherwise;
-    /// generic on a veth, where native XDP turns the peer's TSO off.
+    /// TC on a veth, where native XDP turns the peer's TSO off and generic
+    /// XDP copies every TSO segment.
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,
     /// Generic XDP, in the kernel's network stack: works everywhere, slower.
     Skb,
+    /// TC ingress (TCX): the same work on the kernel's packet, no copy;
+    /// like generic XDP, after GRO.
+    Tc,
 }
 
 /// The index of interface `iface` in this network namespace; an error
@@ -49,26 +54,55 @@ impl Kernel {
         }
     }
 
-    /// Attaches the counting program to `iface`; returns the mode it runs in.
-    /// The attachment lasts as long as this `Kernel`.
+    /// Attaches the TC ingress program to `iface` (TCX), in XDP's place.
+    fn attach_ingress(&mut self, iface: &str) -> anyhow::Result<&'static str> {
+        match self
+            .classifier(names::TC_INGRESS_PROGRAM)?
+            .attach(iface, TcAttachType::Ingress)
+        {
+            Ok(link) => {
+                self.ingress_link = Some(link);
+                Ok("TC ingress")
+            }
+            Err(err) if is_permission_error(&err) => {
+                Err(SetupError::Permission("attaching the TC ingress program").into())
+            }
+            Err(err) => Err(err).with_context(|| {
+                format!(
+                    "attaching the TC ingress program to {iface} (use --mode skb for generic XDP)"
+                )
+            }),
+        }
+    }
+
+    /// Attaches the counting program to `iface`; returns how it runs
+    /// ("native XDP", "generic XDP", "TC ingress"). The attachment lasts
+    /// as long as this `Kernel`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
         interface_index(iface)?;
-        let program = self.xdp(names::XDP_PROGRAM)?;
         let attempts: &[(XdpMode, &'static str)] = match mode {
             // A veth is the exception: native XDP there costs the sender
             // its segmentation offloads (the veth driver turns the peer's
             // TSO/GSO off for any native XDP program, multi-buffer or not:
             // veth_fix_features, Linux 6.18), so bulk TCP into the host
-            // falls to about 0.4x of no program, where generic XDP keeps
-            // about 0.9x (`cargo xtask bench --live`, docs/performance.md).
-            // Containers sit behind veths: auto means generic there.
+            // falls to about 0.4x of no program; generic XDP copies each
+            // multi-page TSO segment into pages of its own for the program
+            // (skb_cow_data_for_xdp), about 0.85x even for an empty
+            // program. TC reads the packet where it lies, about 0.98x
+            // (docs/performance.md). Containers sit behind veths: auto
+            // means TC there.
             AttachMode::Auto if driver_of(iface).as_deref() == Some("veth") => {
-                &[(XdpMode::Skb, "generic")]
+                return self.attach_ingress(iface);
             }
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Skb => &[(XdpMode::Skb, "generic")],
+            AttachMode::Tc => return self.attach_ingress(iface),
+            AttachMode::Auto => &[
+                (XdpMode::Driver, "native XDP"),
+                (XdpMode::Skb, "generic XDP"),
+            ],
+            AttachMode::Native => &[(XdpMode::Driver, "native XDP")],
+            AttachMode::Skb => &[(XdpMode::Skb, "generic XDP")],
         };
+        let program = self.xdp(names::XDP_PROGRAM)?;
         let mut last_error = None;
         for &(xdp_mode, label) in attempts {
             match program.attach(iface, xdp_mode) {
@@ -91,8 +125,7 @@ impl Kernel {
                         });
                     }
                     _ => {
-                        return Err(err)
-                            .with_context(|| format!("attaching XDP ({label}) to {iface}"));
+                        return Err(err).with_context(|| format!("attaching {label} to {iface}"));
                     }
                 },
             }
@@ -109,6 +142,11 @@ impl Kernel {
             self.xdp(names::XDP_PROGRAM)?
                 .detach(link)
                 .context("detaching the XDP program")?;
+        }
+        if let Some(link) = self.ingress_link.take() {
+            self.classifier(names::TC_INGRESS_PROGRAM)?
+                .detach(link)
+                .context("detaching the TC ingress program")?;
         }
         if let Some(link) = self.egress_link.take() {
             self.egress()?

@@ -295,6 +295,7 @@ impl Kernel {
             replay_tunnels_installed: false,
             note_changed_words: options.note_changed_words,
             xdp_link: None,
+            ingress_link: None,
             egress_link: None,
         };
         kernel.set_clock_offset(tick)?;
@@ -353,9 +354,9 @@ impl Kernel {
         self.classifier(names::TC_EGRESS_PROGRAM)
     }
 
-    /// The TC program `name` (the egress program or a benchmark's), loaded
-    /// on first use.
-    fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+    /// The TC program `name` (the egress or ingress program, or a
+    /// benchmark's), loaded on first use.
+    pub(super) fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         let egress: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -366,7 +367,7 @@ impl Kernel {
             match egress.load() {
                 Ok(()) => {}
                 Err(err) if is_permission_error(&err) => {
-                    return Err(SetupError::Permission("loading the TC egress program").into());
+                    return Err(SetupError::Permission("loading a TC program").into());
                 }
                 Err(err) => return Err(err).with_context(|| format!("loading TC program {name}")),
             }
@@ -466,13 +467,22 @@ impl Kernel {
                 names::TUNNEL_XDP_MAP,
                 names::tunnel_slot::REPLAY,
             ),
-            names::TC_EGRESS_PROGRAM => (names::TC_TUNNEL_PROGRAM, names::TUNNEL_TC_MAP, 0),
+            names::TC_EGRESS_PROGRAM => (
+                names::TC_TUNNEL_PROGRAM,
+                names::TUNNEL_TC_MAP,
+                names::tc_tunnel_slot::EGRESS,
+            ),
+            names::TC_INGRESS_PROGRAM => (
+                names::TC_TUNNEL_INGRESS_PROGRAM,
+                names::TUNNEL_TC_MAP,
+                names::tc_tunnel_slot::INGRESS,
+            ),
             _ => return Ok(()),
         };
         if self.tunnels.enabled == 0 {
             return Ok(());
         }
-        let fd = if name == names::TC_EGRESS_PROGRAM {
+        let fd = if array == names::TUNNEL_TC_MAP {
             self.classifier(partner)?.fd()?.try_clone()
         } else {
             let program = xdp_program(&mut self.ebpf, partner)?;
@@ -502,6 +512,8 @@ impl Kernel {
         if [
             names::TC_EGRESS_PROGRAM,
             names::TC_TUNNEL_PROGRAM,
+            names::TC_INGRESS_PROGRAM,
+            names::TC_TUNNEL_INGRESS_PROGRAM,
             names::TC_BENCH_PROGRAM,
             names::TC_BENCH_MUTATE_PROGRAM,
             names::TC_BASELINE_PROGRAM,

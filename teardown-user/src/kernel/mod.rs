@@ -39,10 +39,12 @@ pub enum SetupError {
     )]
     SameInterface(String, String),
     #[error(
-        "interface {0} already has an XDP program attached, left in place; remove it first (`ip link set dev {0} xdp off`) if it is not needed"
+        "interface {0} already has an XDP program attached, left in place; remove it first (`ip link set dev {0} xdp off`) if it is not needed, or watch beside it at TC ingress with --mode tc"
     )]
     AlreadyAttached(String),
-    #[error("interface {iface} does not support {mode} XDP: try --mode skb (generic XDP)")]
+    #[error(
+        "interface {iface} does not support {mode} XDP: try --mode skb (generic XDP) or --mode tc (TC ingress)"
+    )]
     ModeUnsupported { iface: String, mode: &'static str },
     #[error(
         "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for {tables} ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows{fewer}",
@@ -82,6 +84,7 @@ pub struct Kernel {
     /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
     /// them too).
     xdp_link: Option<XdpLinkId>,
+    ingress_link: Option<SchedClassifierLinkId>,
     egress_link: Option<SchedClassifierLinkId>,
 }
 
