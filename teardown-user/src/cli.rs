@@ -33,9 +33,9 @@ impl From<FloodRecordsArg> for FloodRecords {
 /// `--mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
-    /// Native (driver) XDP if the interface supports it, generic otherwise;
-    /// TC on a veth, where native XDP turns the peer's TSO off and generic
-    /// XDP copies every TSO segment.
+    /// Native (driver) XDP if the interface supports it, TC ingress
+    /// otherwise, and on a veth, where native XDP turns the peer's TSO off
+    /// (generic XDP copies every TSO segment).
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,

@@ -76,10 +76,15 @@ fn iperf3_gbits(lab: &Lab, seconds: u32) -> Option<f64> {
 /// shows, and how teardown says it attached (its first line's parentheses:
 /// "TC ingress + TC egress").
 fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String, String) {
+    attached_mode_on(lab, &lab.server_if, mode)
+}
+
+/// [`attached_mode`] on interface `iface` of the server's namespace.
+fn attached_mode_on(lab: &Lab, iface: &str, mode: &str) -> (support::ChildGuard, String, String) {
     let mut child = teardown_command(
         teardown_bin(),
         &lab.server_ns,
-        &lab.server_if,
+        iface,
         &["--mode", mode, "--metrics-addr", "off"],
     )
     .stdout(Stdio::null())
@@ -99,7 +104,7 @@ fn attached_mode(lab: &Lab, mode: &str) -> (support::ChildGuard, String, String)
         .unwrap_or_else(|| panic!("teardown did not say how it attached: {line:?}"));
     // Drained, so teardown never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let details = lab.link_details(&lab.server_ns, &lab.server_if);
+    let details = lab.link_details(&lab.server_ns, iface);
     let kind = if details.contains("xdpgeneric") {
         "generic"
     } else if details.contains("xdp") {
@@ -183,4 +188,34 @@ fn xdp_on_a_veth_and_the_peers_offloads() {
         ),
         _ => println!("iperf3 not installed: throughput not measured"),
     }
+}
+
+/// `--mode auto` on an interface whose driver has no native XDP (a
+/// bridge) attaches at TC ingress, not generic XDP, which would copy
+/// every multi-page packet for the program.
+#[test]
+fn auto_without_native_xdp_attaches_at_tc_ingress() {
+    let lab = Lab::new();
+    let iface = "tdpbridge0";
+    run(Command::new("ip").args(["-n", &lab.server_ns, "link", "add", iface, "type", "bridge"]));
+    run(Command::new("ip").args(["-n", &lab.server_ns, "link", "set", iface, "up"]));
+    let (auto, kind, said) = attached_mode_on(&lab, iface, "auto");
+    assert_eq!(
+        kind, "none",
+        "--mode auto without native XDP attaches no XDP"
+    );
+    assert_eq!(said, "TC ingress + TC egress");
+    let output = auto.terminate();
+    assert!(output.status.success(), "{output:?}");
+    // Native asked for, the same interface says what to do instead.
+    let output = teardown_command(teardown_bin(), &lab.server_ns, iface, &["--mode", "native"])
+        .args(["--metrics-addr", "off"])
+        .output()
+        .expect("starting teardown");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not support native XDP") && stderr.contains("--mode tc"),
+        "{stderr}"
+    );
 }

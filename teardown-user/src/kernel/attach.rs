@@ -11,9 +11,8 @@ use super::{Kernel, SetupError, is_permission_error, os_error_of};
 /// How to attach the ingress program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
-    /// Native (driver) XDP if the interface supports it, generic otherwise;
-    /// TC on a veth, where native XDP turns the peer's TSO off and generic
-    /// XDP copies every TSO segment.
+    /// Native (driver) XDP if the interface supports it (but on a veth,
+    /// where it turns the peer's TSO off), TC ingress otherwise.
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,
@@ -80,59 +79,71 @@ impl Kernel {
     /// as long as this `Kernel`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
         interface_index(iface)?;
-        let attempts: &[(XdpMode, &'static str)] = match mode {
-            // A veth is the exception: native XDP there costs the sender
-            // its segmentation offloads (the veth driver turns the peer's
+        match mode {
+            // Native XDP runs in the driver, before the kernel builds its
+            // packet: nothing is cheaper where the driver has it. A veth
+            // is the exception: native XDP there costs the sender its
+            // segmentation offloads (the veth driver turns the peer's
             // TSO/GSO off for any native XDP program, multi-buffer or not:
             // veth_fix_features, Linux 6.18), so bulk TCP into the host
-            // falls to about 0.4x of no program; generic XDP copies each
-            // multi-page TSO segment into pages of its own for the program
-            // (skb_cow_data_for_xdp), about 0.85x even for an empty
-            // program. TC reads the packet where it lies, about 0.98x
-            // (docs/performance.md). Containers sit behind veths: auto
-            // means TC there.
+            // falls to about 0.4x of no program. Without native XDP, TC
+            // ingress: generic XDP copies each multi-page packet (a TSO
+            // segment) into pages of its own for the program
+            // (skb_cow_data_for_xdp), about 0.85x of no program even for
+            // an empty one on a veth, where TC reads the packet where it
+            // lies, about 0.98x (docs/performance.md). Containers sit
+            // behind veths.
             AttachMode::Auto if driver_of(iface).as_deref() == Some("veth") => {
-                return self.attach_ingress(iface);
+                self.attach_ingress(iface)
             }
-            AttachMode::Tc => return self.attach_ingress(iface),
-            AttachMode::Auto => &[
-                (XdpMode::Driver, "native XDP"),
-                (XdpMode::Skb, "generic XDP"),
-            ],
-            AttachMode::Native => &[(XdpMode::Driver, "native XDP")],
-            AttachMode::Skb => &[(XdpMode::Skb, "generic XDP")],
+            AttachMode::Auto => match self.attach_xdp(iface, XdpMode::Driver) {
+                Err(err)
+                    if matches!(
+                        err.downcast_ref::<SetupError>(),
+                        Some(SetupError::ModeUnsupported { .. })
+                    ) =>
+                {
+                    self.attach_ingress(iface)
+                }
+                attached => attached,
+            },
+            AttachMode::Tc => self.attach_ingress(iface),
+            AttachMode::Native => self.attach_xdp(iface, XdpMode::Driver),
+            AttachMode::Skb => self.attach_xdp(iface, XdpMode::Skb),
+        }
+    }
+
+    /// Attaches the XDP program to `iface` in `xdp_mode`.
+    fn attach_xdp(&mut self, iface: &str, xdp_mode: XdpMode) -> anyhow::Result<&'static str> {
+        let label = if xdp_mode == XdpMode::Driver {
+            "native XDP"
+        } else {
+            "generic XDP"
         };
         let program = self.xdp(names::XDP_PROGRAM)?;
-        let mut last_error = None;
-        for &(xdp_mode, label) in attempts {
-            match program.attach(iface, xdp_mode) {
-                Ok(link) => {
-                    self.xdp_link = Some(link);
-                    return Ok(label);
-                }
-                Err(err) => match os_error_of(&err) {
-                    // Something is attached already, in this mode or the other.
-                    Some(libc::EBUSY) | Some(libc::EEXIST) => {
-                        return Err(SetupError::AlreadyAttached(iface.to_string()).into());
-                    }
-                    Some(libc::EPERM) | Some(libc::EACCES) => {
-                        return Err(SetupError::Permission("attaching XDP").into());
-                    }
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if xdp_mode == XdpMode::Driver => {
-                        last_error = Some(SetupError::ModeUnsupported {
-                            iface: iface.to_string(),
-                            mode: "native",
-                        });
-                    }
-                    _ => {
-                        return Err(err).with_context(|| format!("attaching {label} to {iface}"));
-                    }
-                },
+        match program.attach(iface, xdp_mode) {
+            Ok(link) => {
+                self.xdp_link = Some(link);
+                Ok(label)
             }
+            Err(err) => match os_error_of(&err) {
+                // Something is attached already, in this mode or the other.
+                Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                    Err(SetupError::AlreadyAttached(iface.to_string()).into())
+                }
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    Err(SetupError::Permission("attaching XDP").into())
+                }
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if xdp_mode == XdpMode::Driver => {
+                    Err(SetupError::ModeUnsupported {
+                        iface: iface.to_string(),
+                        mode: "native",
+                    }
+                    .into())
+                }
+                _ => Err(err).with_context(|| format!("attaching {label} to {iface}")),
+            },
         }
-        Err(last_error
-            .map(anyhow::Error::from)
-            .unwrap_or_else(|| anyhow::anyhow!("attaching XDP to {iface} failed")))
     }
 
     /// Detaches the programs from the interface, keeping the maps: after it
