@@ -42,7 +42,9 @@
 //!   falls behind, losing events, when the load keeps both CPUs saturated
 //!   for long: see `RATE`);
 //! * `TEARDOWN_CHURN_DUMP=DIR`: keep the truth, the records, teardown's
-//!   other lines and the capture there.
+//!   other lines and the capture there;
+//! * `TEARDOWN_CHURN_MODE` (the benchmark's; default `native`): teardown's
+//!   `--mode`, e.g. `tc`. The test runs both native XDP and TC ingress.
 //!
 //! The ignored test `churn_rate` is the benchmark (`cargo xtask bench
 //! --churn`): it keeps the load up, as fast as it goes unless
@@ -805,9 +807,10 @@ impl Report {
     }
 }
 
-/// Runs the churn: `limit` connections or `load` time, whichever ends
-/// first; prints and returns what it measured.
-fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
+/// Runs the churn with teardown attached in `mode` (`--mode`): `limit`
+/// connections or `load` time, whichever ends first; prints and returns
+/// what it measured.
+fn churn(limit: usize, load: Duration, rate: Option<f64>, mode: &str) -> Report {
     let syn_timeout = std::env::var("TEARDOWN_CHURN_SYN_TIMEOUT")
         .ok()
         .filter(|text| !text.is_empty());
@@ -839,7 +842,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
     // records would otherwise come as flood summaries (issue 16).
     let mut run_args = vec![
         "--mode",
-        "native",
+        mode,
         "--metrics-addr",
         "off",
         "--flood-records",
@@ -1091,7 +1094,7 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
     let flow = |key: &str| final_flows[key].clone();
     let mut summary = String::new();
     summary += &format!(
-        "churn: {connections} connections in {seconds:.2} s: {:.0} new connections/s ({} client threads on {cpus} CPUs, {} client ports; load phase {:.2} s; busy {})\n",
+        "churn (--mode {mode}): {connections} connections in {seconds:.2} s: {:.0} new connections/s ({} client threads on {cpus} CPUs, {} client ports; load phase {:.2} s; busy {})\n",
         connections as f64 / seconds,
         CLIENT_THREADS,
         CLIENT_THREADS * PORTS_PER_THREAD as usize,
@@ -1187,7 +1190,31 @@ fn churn(limit: usize, load: Duration, rate: Option<f64>) -> Report {
 
 #[test]
 fn every_connection_is_reported_right_under_churn() {
-    let report = churn(CONNECTIONS, MAX_LOAD, rate_setting().unwrap_or(Some(RATE)));
+    judge_churn("native");
+}
+
+/// The same at TC ingress, what `--mode auto` attaches on a veth (and so
+/// on a container's interface): the same flow table, fed by the TC
+/// programs on both sides, each on the CPU that sent the packet.
+#[test]
+fn every_connection_is_reported_right_under_churn_at_tc_ingress() {
+    judge_churn("tc");
+}
+
+/// Runs the churn in `mode` at the test's rate, and holds it to
+/// [`REQUIRED`]. One churn at a time: two at once would each measure the
+/// other's load.
+fn judge_churn(mode: &str) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let report = churn(
+        CONNECTIONS,
+        MAX_LOAD,
+        rate_setting().unwrap_or(Some(RATE)),
+        mode,
+    );
     // The premises: a real churn, a complete capture, a client that knows
     // how each connection ended.
     assert_eq!(
@@ -1242,13 +1269,15 @@ fn churn_rate() {
                 .unwrap_or_else(|_| panic!("TEARDOWN_CHURN_SECONDS={text:?}: want whole seconds"))
         })
         .unwrap_or(10);
+    let mode = std::env::var("TEARDOWN_CHURN_MODE").unwrap_or_else(|_| "native".to_string());
     let report = churn(
         usize::MAX,
         Duration::from_secs(seconds),
         rate_setting().unwrap_or(None),
+        &mode,
     );
     println!(
-        "churn rate: {:.0} new connections/s sustained over {:.1} s; records right per second: live {:.0} ({:.2} %), replay {:.0} ({:.2} %); tcpdump dropped {}",
+        "churn rate (--mode {mode}): {:.0} new connections/s sustained over {:.1} s; records right per second: live {:.0} ({:.2} %), replay {:.0} ({:.2} %); tcpdump dropped {}",
         report.rate(),
         report.seconds,
         report.live_right as f64 / report.seconds,

@@ -828,7 +828,9 @@ fn bench_runs_to_its_end_when_its_reader_goes() {
             "teardown_replay",
             "teardown_tunnel",
             "teardown_tunnel_egress",
-            "teardown_tunnel_replay"
+            "teardown_tunnel_replay",
+            "teardown_ingress",
+            "teardown_tunnel_ingress"
         ]
     );
     for row in verifier {
