@@ -590,11 +590,11 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         let verified = kernel.verified_insns(name)?;
         match verified {
             Some(count) => outln!(
-                "{name:<22} {count:>9} ({:.1} % of the limit, {} to spare)",
+                "{name:<23} {count:>9} ({:.1} % of the limit, {} to spare)",
                 100.0 * count as f64 / VERIFIER_INSN_LIMIT as f64,
                 VERIFIER_INSN_LIMIT.saturating_sub(count)
             ),
-            None => outln!("{name:<22} (the kernel does not report it)"),
+            None => outln!("{name:<23} (the kernel does not report it)"),
         }
         rows.push(json!({
             "program": name,
