@@ -146,8 +146,8 @@ pub mod names {
     /// [`tc_tunnel_slot::EGRESS`]).
     pub const TC_TUNNEL_PROGRAM: &str = "teardown_tunnel_egress";
     /// The TC ingress program: what [`XDP_PROGRAM`] does, at TC ingress
-    /// (`--mode tc`, and `auto` on a veth), where it costs a software
-    /// device's received packets no copy.
+    /// (`--mode tc`, and `auto` on a veth or without native XDP), where it
+    /// costs a software device's received packets no copy.
     pub const TC_INGRESS_PROGRAM: &str = "teardown_ingress";
     /// The TC ingress program's tunnel program (slot
     /// [`tc_tunnel_slot::INGRESS`]).

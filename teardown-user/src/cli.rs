@@ -30,7 +30,7 @@ impl From<FloodRecordsArg> for FloodRecords {
     }
 }
 
-/// `--mode`: how to attach the XDP program.
+/// `--mode`: how to attach the ingress program (XDP, or TC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
     /// Native (driver) XDP if the interface supports it, TC ingress
