@@ -896,6 +896,7 @@ fn synack_without_record(
     }
     Ok(egress_row(
         name,
+        "TC egress",
         clock,
         &mut base_runs,
         &mut prog_runs,
@@ -903,10 +904,12 @@ fn synack_without_record(
     ))
 }
 
-/// A TC egress case's row from its rounds: printed, and as JSON, with 1 if
-/// over its goal of `goal_ns` added.
+/// A TC case's row from its rounds, the program at `hook` ("TC egress",
+/// "TC ingress"): printed, and as JSON, with 1 if over its goal of
+/// `goal_ns` added.
 fn egress_row(
     name: &str,
+    hook: &str,
     clock: ClockMode,
     base_runs: &mut [f64],
     prog_runs: &mut [f64],
@@ -917,7 +920,7 @@ fn egress_row(
     let added = prog - base;
     let within = added <= goal_ns;
     outln!(
-        "{name:<14} {base:>11.2} {prog:>12.2} {added:>+9.2} {:>6.2}x {:>6}  {} (TC egress, against an empty TC program; goal in added ns)",
+        "{name:<14} {base:>11.2} {prog:>12.2} {added:>+9.2} {:>6.2}x {:>6}  {} ({hook}, against an empty TC program; goal in added ns)",
         prog / base,
         format!("+{goal_ns}"),
         if within { "ok" } else { "over" }
@@ -926,7 +929,7 @@ fn egress_row(
         json!({
             "clock": format!("{clock:?}").to_lowercase(),
             "case": name,
-            "program": "tc egress",
+            "program": hook.to_lowercase(),
             "baseline_ns": (base * 100.0).round() / 100.0,
             "program_ns": (prog * 100.0).round() / 100.0,
             "added_ns": (added * 100.0).round() / 100.0,
@@ -947,8 +950,10 @@ const EGRESS_CLOSE_GOAL_NS: f64 = 15.0;
 /// established connection (its handshake fed through the XDP program
 /// first, into the same flow table): the server's pure ACK, and its FIN
 /// (after the first run a retransmission, which takes the full state
-/// machine, as `fin`). Against an empty TC program, goals in added ns.
-/// Returns the JSON rows and how many are over their goal.
+/// machine, as `fin`); and the TC ingress program (`--mode tc`, `auto` on
+/// a veth) on the client's pure ACK, as `est_ack` in XDP. Against an empty
+/// TC program, goals in added ns. Returns the JSON rows and how many are
+/// over their goal.
 fn egress_established(
     kernel: &mut Kernel,
     options: &BenchOptions,
@@ -958,9 +963,22 @@ fn egress_established(
     use tcp_flags::{ACK, FIN};
     let mut rows = Vec::new();
     let mut over = 0;
-    for (name, port, flags, goal_ns) in [
-        ("est_ack_egress", 40150, ACK, EGRESS_ESTABLISHED_GOAL_NS),
-        ("fin_egress", 40151, FIN | ACK, EGRESS_CLOSE_GOAL_NS),
+    for (name, port, flags, goal_ns, ingress) in [
+        (
+            "est_ack_egress",
+            40150,
+            ACK,
+            EGRESS_ESTABLISHED_GOAL_NS,
+            false,
+        ),
+        ("fin_egress", 40151, FIN | ACK, EGRESS_CLOSE_GOAL_NS, false),
+        (
+            "est_ack_tc_in",
+            40152,
+            ACK,
+            EGRESS_ESTABLISHED_GOAL_NS,
+            true,
+        ),
     ] {
         std::thread::sleep(SETTLE_BEFORE_SETUP);
         kernel.set_bench(0, 0, 0)?;
@@ -968,15 +986,25 @@ fn egress_established(
             kernel.test_run(names::XDP_PROGRAM, &frame)?;
         }
         // The server's segment: its next sequence number after the
-        // SYN-ACK, acknowledging the client's.
-        let frame = craft::build(&on_port(
-            Spec::tcp_v4(flags, 0).reversed(),
-            port,
-            5001,
-            1001,
-        ));
+        // SYN-ACK, acknowledging the client's; at ingress, the client's,
+        // as `est_ack`'s.
+        let frame = if ingress {
+            craft::build(&on_port(Spec::tcp_v4(flags, 0), port, 1001, 5001))
+        } else {
+            craft::build(&on_port(
+                Spec::tcp_v4(flags, 0).reversed(),
+                port,
+                5001,
+                1001,
+            ))
+        };
+        let (program_name, hook) = if ingress {
+            (names::TC_INGRESS_PROGRAM, "TC ingress")
+        } else {
+            (names::TC_EGRESS_PROGRAM, "TC egress")
+        };
         let baseline = kernel.program_fd(names::TC_BASELINE_PROGRAM)?;
-        let program = kernel.program_fd(names::TC_EGRESS_PROGRAM)?;
+        let program = kernel.program_fd(program_name)?;
         for fd in [baseline, program] {
             test_run_fd(fd, &frame, 1000)?;
         }
@@ -987,13 +1015,14 @@ fn egress_established(
             // TC_ACT_UNSPEC
             if verdict != u32::MAX {
                 bail!(
-                    "teardown's egress program returned {verdict} for the {name} frame, not TC_ACT_UNSPEC"
+                    "teardown's {hook} program returned {verdict} for the {name} frame, not TC_ACT_UNSPEC"
                 );
             }
             base_runs.push(base_ns as f64 + 0.5);
             prog_runs.push(prog_ns as f64 + 0.5);
         }
-        let (row, over_goal) = egress_row(name, clock, &mut base_runs, &mut prog_runs, goal_ns);
+        let (row, over_goal) =
+            egress_row(name, hook, clock, &mut base_runs, &mut prog_runs, goal_ns);
         over += over_goal;
         rows.push(row);
     }
