@@ -307,6 +307,27 @@ pub struct Tally {
     pub tcp_slot: u16,
 }
 
+impl Tally {
+    /// The tally of a frame whose outermost VLAN tag the kernel took out
+    /// before the program read it, as [`tally`] counts the frame with the
+    /// tag: every class the same, tagged.
+    ///
+    /// Why: before TC ingress runs, the receive path moves a frame's
+    /// outermost 802.1Q or 802.1ad tag into the packet's metadata
+    /// (`skb_vlan_untag`), and a VLAN device hands its packets to TC
+    /// egress of the device below with the tag in metadata too where that
+    /// device inserts tags itself. The TC programs read the frame as if
+    /// untagged (or with one tag fewer). XDP, tcpdump (which puts the tag
+    /// back) and the replay see it on the frame.
+    #[inline(always)]
+    pub const fn with_stripped_tag(self) -> Tally {
+        Tally {
+            frame_class: self.frame_class | 1,
+            tcp_slot: self.tcp_slot,
+        }
+    }
+}
+
 /// What one parsed frame adds to the tallies. Pure, so the kernel program and
 /// host-side accounting (frames too short for BPF_PROG_TEST_RUN) agree.
 #[inline(always)]
