@@ -109,6 +109,10 @@ pub mod names {
     /// with release order (x86-64's BPF JIT; see the eBPF crate's `lock`),
     /// 0 for a fetching add everywhere else.
     pub const UNLOCK_BY_STORE_GLOBAL: &str = "UNLOCK_BY_STORE";
+    /// Global: 1 where the interface's packets start with their IP header
+    /// (no Ethernet header: a tun or WireGuard device), read by the TC
+    /// programs from their first byte; 0 for Ethernet frames.
+    pub const IP_LINK_GLOBAL: &str = "IP_LINK";
     /// Per-CPU array of [`crate::dest::DEST_SLOTS`]
     /// [`crate::dest::DestSlot`]s: SYNs, completions and half-open records
     /// per destination.

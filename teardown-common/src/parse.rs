@@ -395,6 +395,18 @@ pub fn parse_link<P: PacketBytes + ?Sized>(pkt: &P, type_offset: usize, limit: u
     }
 }
 
+/// The EtherType of a packet that starts with its IP header, no link
+/// layer before it (a tun or WireGuard device's, a raw-IP capture's), by
+/// the version in its first byte; 0, which no EtherType is, unless 4 or 6.
+#[inline(always)]
+pub fn ip_version_type<P: PacketBytes + ?Sized>(pkt: &P) -> u16 {
+    match pkt.load::<1>(0) {
+        Some([first]) if first >> 4 == 4 => ethertype::IPV4,
+        Some([first]) if first >> 4 == 6 => ethertype::IPV6,
+        _ => 0,
+    }
+}
+
 /// Parses what an EtherType (or a tunnel's protocol field, in EtherType
 /// numbers) says starts at `offset`.
 #[inline(always)]

@@ -932,3 +932,63 @@ fn a_tag_the_kernel_stripped_is_counted_as_on_the_frame() {
     check(&craft::build(&two_tags)[..]);
     assert!(checked > 5_000, "{checked} frames checked");
 }
+
+/// A packet that starts with its IP header (a tun or WireGuard device's):
+/// its type by the version in its first byte, and read from offset 0 it
+/// counts and parses as the same packet behind an Ethernet header does,
+/// cut short anywhere, and its common TCP segment is read the same. The
+/// TC programs read such an interface's packets this way.
+#[test]
+fn a_packet_without_ethernet_header_reads_as_behind_one() {
+    use teardown_common::counters::{tally, tally_common};
+    use teardown_common::parse::{ip_version_type, parse_common, parse_common_ip, parse_network};
+    assert_eq!(ip_version_type(&[0x45u8][..]), ethertype::IPV4);
+    assert_eq!(ip_version_type(&[0x60u8, 0][..]), ethertype::IPV6);
+    assert_eq!(ip_version_type(&[0x50u8][..]), 0);
+    assert_eq!(ip_version_type(&[][..] as &[u8]), 0);
+    let mut udp = Spec::tcp_v6(0, 12);
+    udp.transport = CraftTransport::Udp {
+        src_port: 5353,
+        dst_port: 53,
+    };
+    let mut checked = 0;
+    for spec in [
+        Spec::tcp_v4(SYN, 0),
+        Spec::tcp_v4(tcp_flags::ACK | tcp_flags::PSH, 100),
+        Spec::tcp_v6(tcp_flags::FIN | tcp_flags::ACK, 0),
+        fragment_spec(8, false),
+        udp,
+    ] {
+        let frame = craft::build(&spec).to_vec();
+        for len in 15..=frame.len() {
+            let framed = &frame[..len];
+            let bare = &frame[14..len];
+            let network_type = ip_version_type(bare);
+            assert_eq!(network_type, u16::from_be_bytes([frame[12], frame[13]]));
+            let behind = parse(framed);
+            let payload = parse_network(bare, network_type, 0, usize::MAX);
+            let read = Parsed {
+                vlan_tags: 0,
+                payload,
+                network_type,
+                network_offset: 0,
+            };
+            assert_eq!(tally(&read), tally(&behind), "{bare:02x?}");
+            // The TCP segment the same, at offsets 14 bytes apart.
+            assert_eq!(
+                read.tcp()
+                    .map(|(ip, tcp)| (ip.offset + 14, tcp.flags, tcp.payload_len)),
+                behind
+                    .tcp()
+                    .map(|(ip, tcp)| (ip.offset, tcp.flags, tcp.payload_len)),
+            );
+            let common = parse_common_ip(bare, network_type, 0, usize::MAX);
+            assert_eq!(
+                common.map(|c| tally_common(&c)),
+                parse_common(framed).map(|c| tally_common(&c))
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "{checked}");
+}

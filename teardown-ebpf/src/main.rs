@@ -57,7 +57,10 @@ use aya_ebpf::{
 };
 use teardown_common::{
     counters::{Tallies, Tally, encap_tally_of, other_ip_tally, tally, tally_common, tally_tagged},
-    parse::{CommonTcp, ETH_HLEN, IpVersion, MAX_INNER_START, TcpSegment, parse, parse_common},
+    parse::{
+        CommonTcp, ETH_HLEN, IpVersion, MAX_INNER_START, Parsed, TcpSegment, ip_version_type,
+        parse, parse_common, parse_common_ip, parse_network,
+    },
     tunnel::{
         CommonOther, CommonOverlay, DecapState, LayerStart, Pending, carried_tcp,
         decapsulate_in_place, describe_layers, encap, enter_layer, inner_class, layer_of_word,
@@ -70,8 +73,8 @@ use clock::{FlowClock, LiveClock, ReplayClock};
 use fast_path::track;
 use frame::Frame;
 use maps::{
-    CLOCK_PROBE, DECAP_STATE, EGRESS_TALLIES, NS_PER_TICK, TALLIES, TUNNEL_TC, TUNNEL_XDP, setting,
-    tunnel_ports,
+    CLOCK_PROBE, DECAP_STATE, EGRESS_TALLIES, IP_LINK, NS_PER_TICK, TALLIES, TUNNEL_TC, TUNNEL_XDP,
+    setting, tunnel_ports,
 };
 use teardown_common::names::{tc_tunnel_slot, tunnel_slot};
 
@@ -1003,6 +1006,10 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
 /// packet may carry a tunnel, for the caller's tunnel program.
 #[inline(always)]
 fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
+    if setting!(IP_LINK) != 0 {
+        ip_link_work(ctx, tallies);
+        return false;
+    }
     // Read first, while the context pointer is as the program got it: a
     // load from it later, after calls, had LLVM keep the field's address
     // instead, which the verifier refuses ("dereference of modified ctx
@@ -1045,6 +1052,48 @@ fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     }
     record_tc_tally(tallies, counted, stripped_tag);
     next == next::MAY_TUNNEL
+}
+
+/// [`tc_work`] on an interface whose packets start with their IP header
+/// ([`IP_LINK`]: a tun or WireGuard device): the IP version in the first
+/// byte says which, the common TCP segment is read as the main shortcut
+/// reads it after an Ethernet header, anything else by the general
+/// parser from the IP header on, and counted as [`tally`] counts it with
+/// no Ethernet header before it. Tunnels inside such packets are counted
+/// as what carries them and not opened: the tunnel programs walk from an
+/// Ethernet header.
+#[inline(always)]
+fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) {
+    let linear = ctx.data_end() - ctx.data();
+    if (linear as u32) < TC_HEADER_BYTES && ctx.len() > linear as u32 {
+        // As in `tc_work`: headers may sit in paged data.
+        let _ = ctx.pull_data(ctx.len().min(TC_HEADER_BYTES));
+    }
+    let frame = Frame {
+        // Opaque: LLVM narrowed the first byte's bounds check (`start + 1
+        // > end`, both zero-extended 32-bit loads) to a 32-bit compare of
+        // the two pointers, from which the verifier learns no bounds.
+        start: core::hint::black_box(ctx.data()),
+        end: ctx.data_end(),
+    };
+    let network_type = ip_version_type(&frame);
+    if let Some(common) = parse_common_ip(&frame, network_type, 0, usize::MAX) {
+        let is_v6 = common.version == IpVersion::V6;
+        track::<true, false>(&frame, &common.segment, 0, is_v6, &LiveClock, || {});
+        record_tally(tallies, &tally_common(&common));
+        return;
+    }
+    let parsed = Parsed {
+        vlan_tags: 0,
+        payload: parse_network(&frame, network_type, 0, usize::MAX),
+        network_type,
+        network_offset: 0,
+    };
+    if let Some((ip, tcp)) = parsed.tcp() {
+        let is_v6 = ip.version == IpVersion::V6;
+        track::<true, false>(&frame, tcp, ip.offset as usize, is_v6, &LiveClock, || {});
+    }
+    record_tally(tallies, &tally(&parsed));
 }
 
 /// [`record_tally`] for a TC program's packet, whose outermost VLAN tag

@@ -235,6 +235,14 @@ pub(crate) static NOTE_CHANGED_WORDS: u32 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static SKIP_UNTRACKED_RESETS: u32 = 0;
 
+/// 1 if the interface's packets start with their IP header, no Ethernet
+/// header before it (a tun or WireGuard device: `ARPHRD_NONE`,
+/// `ARPHRD_RAWIP`): the TC programs then read each packet from its first
+/// byte ([`crate::tc_work`]). Set at load for the interface watched; the
+/// verifier reads it as a constant and drops the other way's code.
+#[unsafe(no_mangle)]
+pub(crate) static IP_LINK: u32 = 0;
+
 /// Reads a global user space may have set at load; volatile so the compiler
 /// does not fold in the default.
 macro_rules! setting {

@@ -14,8 +14,8 @@ use crate::{
     },
     flood::{AlertEvent, AlertWatch, DebrisSummariser, DebrisSummary, DetectConfig, FloodRecords},
     kernel::{
-        AttachMode, ClockMode, FlowTable, Kernel, LoadOptions, SetupError, check_tables_fit,
-        interface_index,
+        AttachMode, ClockMode, FlowTable, Kernel, LinkLayer, LoadOptions, SetupError,
+        check_tables_fit, interface_index, link_layer_of,
     },
     report::dashboard::{self, KeyOutcome, Live},
     report::figures::{
@@ -614,10 +614,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         note_changed_words: false,
         // The reset program sees the first interface's table only.
         skip_untracked_resets: names.len() == 1,
+        ip_link: false,
     };
     let mut watched = names
         .iter()
-        .map(|iface| Watched::load(iface, &load, &alerts, egress, options.timeouts))
+        .map(|iface| {
+            // Each interface's programs read its packets as they start.
+            let load = LoadOptions {
+                ip_link: link_layer_of(iface)? == LinkLayer::Ip,
+                ..load
+            };
+            Watched::load(iface, &load, &alerts, egress, options.timeouts)
+        })
         .collect::<anyhow::Result<Vec<Watched>>>()?;
     // The host's clock for what is not an interface's: the reset events,
     // the flood debris, the records' Unix times.

@@ -79,6 +79,23 @@ impl Kernel {
     /// as long as this `Kernel`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
         interface_index(iface)?;
+        if self.ip_link {
+            // Packets that start with their IP header are read at TC,
+            // where the programs were loaded to read them so: an XDP
+            // program reads from an Ethernet header.
+            return match mode {
+                AttachMode::Auto | AttachMode::Tc => self.attach_ingress(iface),
+                AttachMode::Native | AttachMode::Skb => Err(SetupError::IpLinkNeedsTc {
+                    iface: iface.to_string(),
+                    mode: if mode == AttachMode::Native {
+                        "native"
+                    } else {
+                        "skb"
+                    },
+                }
+                .into()),
+            };
+        }
         match mode {
             // Native XDP runs in the driver, before the kernel builds its
             // packet: nothing is cheaper where the driver has it. A veth
@@ -165,6 +182,63 @@ impl Kernel {
                 .context("detaching the TC egress program")?;
         }
         Ok(())
+    }
+}
+
+/// What an interface's packets start with, for the programs reading them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (Ethernet, veth, bridge, bond, VXLAN, loopback).
+    Ethernet,
+    /// The IP header, nothing before it: a tun or WireGuard device
+    /// (`ARPHRD_NONE`) or a raw-IP one (`ARPHRD_RAWIP`, e.g. a modem's).
+    /// Read at TC only ([`LoadOptions::ip_link`](super::LoadOptions)).
+    Ip,
+}
+
+/// What `iface`'s packets start with, by its hardware type
+/// (`/sys/class/net/IFACE/type`, asked through SIOCGIFHWADDR, which
+/// answers for this process's network namespace). An interface of any
+/// other type (IP-in-IP, GRE without Ethernet, PPP, InfiniBand, ...) is
+/// refused in one line: its packets would be read as Ethernet frames
+/// they are not, every one counted as malformed or not IP and no
+/// connection seen.
+pub fn link_layer_of(iface: &str) -> Result<LinkLayer, SetupError> {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_RAWIP: u16 = 519;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    const ARPHRD_NONE: u16 = 0xfffe;
+    let unknown = || SetupError::UnknownInterface(iface.to_string());
+    if iface.len() >= libc::IFNAMSIZ {
+        return Err(unknown());
+    }
+    // SAFETY: all-zero is a valid ifreq.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(iface.as_bytes()) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(unknown());
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name and writes the address into
+    // the request, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut request) };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(unknown());
+    }
+    // SAFETY: SIOCGIFHWADDR answered in the address member.
+    let hardware_type = unsafe { request.ifr_ifru.ifru_hwaddr.sa_family };
+    match hardware_type {
+        ARPHRD_ETHER | ARPHRD_LOOPBACK => Ok(LinkLayer::Ethernet),
+        ARPHRD_NONE | ARPHRD_RAWIP => Ok(LinkLayer::Ip),
+        other => Err(SetupError::UnsupportedLink {
+            iface: iface.to_string(),
+            hardware_type: other,
+        }),
     }
 }
 

@@ -160,6 +160,13 @@ pub struct LoadOptions {
     /// the reset program shares the one flow table watched (`teardown run`
     /// on one interface).
     pub skip_untracked_resets: bool,
+    /// The interface's packets start with their IP header, no Ethernet
+    /// header (a tun or WireGuard device: [`LinkLayer::Ip`]): the TC
+    /// programs read them from their first byte, and the XDP modes are
+    /// refused.
+    ///
+    /// [`LinkLayer::Ip`]: super::attach::LinkLayer::Ip
+    pub ip_link: bool,
 }
 
 /// Which clock stamps the flow table's records.
@@ -203,6 +210,7 @@ impl Default for LoadOptions {
             tunnels: TunnelPorts::DEFAULT,
             note_changed_words: false,
             skip_untracked_resets: false,
+            ip_link: false,
         }
     }
 }
@@ -260,6 +268,7 @@ impl Kernel {
                 true,
             )
             .override_global(names::TUNNEL_PORTS_GLOBAL, &options.tunnels, true)
+            .override_global(names::IP_LINK_GLOBAL, &(options.ip_link as u32), true)
             .map_max_entries(names::FLOW_TABLE_MAP, slots)
             .map_max_entries(names::FLOW_PRINTS_MAP, print_lines_for(slots))
             .map_max_entries(
@@ -294,6 +303,7 @@ impl Kernel {
             tunnels: options.tunnels,
             replay_tunnels_installed: false,
             note_changed_words: options.note_changed_words,
+            ip_link: options.ip_link,
             xdp_link: None,
             ingress_link: None,
             egress_link: None,

@@ -21,7 +21,7 @@ use aya::{
 };
 use thiserror::Error;
 
-pub use attach::{AttachMode, interface_index};
+pub use attach::{AttachMode, LinkLayer, interface_index, link_layer_of};
 pub use load::{ClockMode, LoadOptions, VERIFIER_INSN_LIMIT, check_tables_fit};
 pub use maps::FlowTable;
 
@@ -46,6 +46,14 @@ pub enum SetupError {
         "interface {iface} does not support {mode} XDP: try --mode skb (generic XDP) or --mode tc (TC ingress)"
     )]
     ModeUnsupported { iface: String, mode: &'static str },
+    #[error(
+        "interface {iface} carries IP packets with no Ethernet header (a tun or WireGuard device), which teardown reads at TC only: use --mode tc or --mode auto, not --mode {mode}"
+    )]
+    IpLinkNeedsTc { iface: String, mode: &'static str },
+    #[error(
+        "interface {iface} is neither Ethernet nor a bare-IP device (hardware type {hardware_type} in /usr/include/linux/if_arp.h), and teardown cannot read its packets: watch the Ethernet interface its traffic crosses instead"
+    )]
+    UnsupportedLink { iface: String, hardware_type: u16 },
     #[error(
         "--max-flows {max_flows} needs {needed_mib} MiB of kernel memory for {tables} ({slot_bytes} bytes a connection), more than half of the {available_mib} MiB available: choose a smaller --max-flows{fewer}",
         tables = tables_phrase(.tables),
@@ -81,6 +89,9 @@ pub struct Kernel {
     /// Whether the kernel lists the change words it marks
     /// ([`LoadOptions::note_changed_words`]).
     note_changed_words: bool,
+    /// Whether the programs read packets from their IP header
+    /// ([`LoadOptions::ip_link`]).
+    ip_link: bool,
     /// The attachments [`Kernel::detach`] undoes (dropping the object undoes
     /// them too).
     xdp_link: Option<XdpLinkId>,
