@@ -510,6 +510,17 @@ impl DecapState {
         self.cursor.stop != stop::END
     }
 
+    /// [`DecapState::begin`] for a packet that starts with its IP header,
+    /// no Ethernet header before it (a tun or WireGuard device's), its
+    /// version in the first byte ([`crate::parse::ip_version_type`]).
+    #[inline(always)]
+    pub fn begin_ip<P: PacketBytes + ?Sized>(&mut self, pkt: &P) -> bool {
+        clear(&mut self.tunnel);
+        let start = Start::network(crate::parse::ip_version_type(pkt), 0);
+        self.take_in::<P, false>(pkt, start, usize::MAX);
+        self.cursor.stop != stop::END
+    }
+
     /// Reads the frame that starts at `start`, its datagram bounded by
     /// `limit`, into the cursor and [`DecapState::inner`]: the same
     /// parser as [`crate::parse::parse`] ([`walk_link`], [`parse_network`]),
@@ -628,6 +639,26 @@ pub fn decapsulate<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelPorts) -> Dec
     if !state.begin(pkt) {
         return Decap::None;
     }
+    decapsulate_begun(pkt, ports, state)
+}
+
+/// [`decapsulate`] for a packet that starts with its IP header, no
+/// Ethernet header before it (a tun or WireGuard device's:
+/// [`DecapState::begin_ip`]). Offsets in the answer are the packet's own.
+pub fn decapsulate_ip<P: PacketBytes + ?Sized>(pkt: &P, ports: &TunnelPorts) -> Decap {
+    let mut state = DecapState::default();
+    if !state.begin_ip(pkt) {
+        return Decap::None;
+    }
+    decapsulate_begun(pkt, ports, state)
+}
+
+/// The layers of a frame `state` has begun.
+fn decapsulate_begun<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    mut state: DecapState,
+) -> Decap {
     let result = decapsulate_in_place(&mut state, ports, |state, depth| {
         open_layer::<P, true>(pkt, state, depth, ports)
     });

@@ -2369,3 +2369,54 @@ fn random_mutations_and_cuts_of_encapsulated_frames() {
         });
     }
 }
+
+/// A tunnel inside a packet that starts with its IP header (a tun or
+/// WireGuard device's, which the TC programs open with
+/// `DecapState::begin_ip`) opens as the same packet behind an Ethernet
+/// header does, its offsets 14 bytes less: every IP-carried frame of the
+/// catalogue, cut short at every length.
+#[test]
+fn a_tunnel_in_a_packet_without_ethernet_header_opens_as_behind_one() {
+    use teardown_common::tunnel::{Decap, Inner, decapsulate_ip};
+    let shifted = |inner: &Inner| {
+        // Offsets that were set (0: none read).
+        let mut moved = *inner;
+        if moved.ip_offset != 0 {
+            moved.ip_offset += 14;
+        }
+        if moved.limit != u32::MAX {
+            moved.limit += 14;
+        }
+        if moved.segment.offset != 0 {
+            moved.segment.offset += 14;
+        }
+        moved
+    };
+    let mut checked = 0;
+    let mut opened = 0;
+    for built in catalogue() {
+        let ethertype = u16::from_be_bytes([built.frame[12], built.frame[13]]);
+        if ethertype != 0x0800 && ethertype != 0x86dd {
+            continue;
+        }
+        for len in 15..=built.frame.len() {
+            let framed = &built.frame[..len];
+            let bare = &built.frame[14..len];
+            let as_ip = match decapsulate_ip(bare, &DEFAULT) {
+                Decap::Inner { tunnel, inner } => Decap::Inner {
+                    tunnel,
+                    inner: shifted(&inner),
+                },
+                other => other,
+            };
+            let behind = decapsulate(framed, &DEFAULT);
+            assert_eq!(as_ip, behind, "{} cut at {len}", built.name);
+            opened += matches!(behind, Decap::Inner { .. }) as u32;
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 1_000 && opened > 50,
+        "{checked} cuts, {opened} opened"
+    );
+}

@@ -385,6 +385,12 @@ fn begin_tunnel(start: usize, end: usize) -> u32 {
     };
     // SAFETY: this CPU's slot; the caller holds no reference to it now.
     let state = unsafe { &mut *state };
+    if setting!(IP_LINK) != 0 {
+        // The packet starts with its IP header ([`ip_link_work`]); the
+        // start opaque, as there, for the first byte's bounds check.
+        let start = core::hint::black_box(start);
+        return state.begin_ip(&Frame { start, end }) as u32;
+    }
     state.begin(&Frame { start, end }) as u32
 }
 
@@ -941,6 +947,15 @@ fn tunnel_tc(
     track_nested: extern "C" fn(*mut __sk_buff) -> i32,
     open_tunnel: extern "C" fn(*mut __sk_buff) -> i32,
 ) -> i32 {
+    if setting!(IP_LINK) != 0 {
+        // A packet that starts with its IP header ([`ip_link_work`]): the
+        // shortcuts read from an Ethernet header, the general way opens
+        // it from the first byte ([`begin_tunnel`]).
+        if open_tunnel(skb) != 0 {
+            track_inner_tc(skb);
+        }
+        return TC_ACT_UNSPEC;
+    }
     let read = if handed_layer() {
         track_nested(skb) != 0
     } else {
@@ -1007,8 +1022,7 @@ pub(crate) fn egress_work(ctx: &TcContext) -> bool {
 #[inline(always)]
 fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     if setting!(IP_LINK) != 0 {
-        ip_link_work(ctx, tallies);
-        return false;
+        return ip_link_work(ctx, tallies);
     }
     // Read first, while the context pointer is as the program got it: a
     // load from it later, after calls, had LLVM keep the field's address
@@ -1059,11 +1073,11 @@ fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
 /// byte says which, the common TCP segment is read as the main shortcut
 /// reads it after an Ethernet header, anything else by the general
 /// parser from the IP header on, and counted as [`tally`] counts it with
-/// no Ethernet header before it. Tunnels inside such packets are counted
-/// as what carries them and not opened: the tunnel programs walk from an
-/// Ethernet header.
+/// no Ethernet header before it. True if the packet may carry a tunnel,
+/// which the caller's tunnel program then opens the general way from the
+/// first byte ([`tunnel_tc`]).
 #[inline(always)]
-fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) {
+fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     let linear = ctx.data_end() - ctx.data();
     if (linear as u32) < TC_HEADER_BYTES && ctx.len() > linear as u32 {
         // As in `tc_work`: headers may sit in paged data.
@@ -1081,7 +1095,7 @@ fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) {
         let is_v6 = common.version == IpVersion::V6;
         track::<true, false>(&frame, &common.segment, 0, is_v6, &LiveClock, || {});
         record_tally(tallies, &tally_common(&common));
-        return;
+        return false;
     }
     let parsed = Parsed {
         vlan_tags: 0,
@@ -1092,8 +1106,11 @@ fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) {
     if let Some((ip, tcp)) = parsed.tcp() {
         let is_v6 = ip.version == IpVersion::V6;
         track::<true, false>(&frame, tcp, ip.offset as usize, is_v6, &LiveClock, || {});
+        record_tally(tallies, &tally(&parsed));
+        return false;
     }
     record_tally(tallies, &tally(&parsed));
+    may_carry_tunnel(&frame, &parsed, tunnel_ports())
 }
 
 /// [`record_tally`] for a TC program's packet, whose outermost VLAN tag

@@ -832,14 +832,16 @@ fn bench_runs_to_its_end_when_its_reader_goes() {
             "teardown_ingress",
             "teardown_tunnel_ingress",
             "teardown_ingress",
-            "teardown_egress"
+            "teardown_egress",
+            "teardown_tunnel_ingress",
+            "teardown_tunnel_egress"
         ]
     );
     let ip_link: Vec<bool> = verifier
         .iter()
         .map(|row| row["ip_link"].as_bool().expect("ip_link"))
         .collect();
-    assert_eq!(ip_link, [[false; 8].as_slice(), &[true; 2]].concat());
+    assert_eq!(ip_link, [[false; 8].as_slice(), &[true; 4]].concat());
     for row in verifier {
         let verified = row["verified_insns"]
             .as_u64()

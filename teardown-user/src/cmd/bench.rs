@@ -576,9 +576,10 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         "\nverifier: instructions processed to accept each program (limit {} per program)",
         VERIFIER_INSN_LIMIT
     );
-    // The TC programs as loaded for an interface whose packets start with
-    // their IP header (a tun or WireGuard device): the verifier walks the
-    // other way of reading them, the Ethernet one dropped as dead code.
+    // The TC programs (and their tunnel programs) as loaded for an
+    // interface whose packets start with their IP header (a tun or
+    // WireGuard device): the verifier walks the other way of reading
+    // them, the Ethernet one dropped as dead code.
     let mut ip_link_kernel = Kernel::load(&LoadOptions {
         ip_link: true,
         ..LoadOptions::default()
@@ -595,6 +596,8 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         (names::TC_TUNNEL_INGRESS_PROGRAM, false),
         (names::TC_INGRESS_PROGRAM, true),
         (names::TC_EGRESS_PROGRAM, true),
+        (names::TC_TUNNEL_INGRESS_PROGRAM, true),
+        (names::TC_TUNNEL_PROGRAM, true),
     ] {
         let (verified, label) = if ip_link {
             (
@@ -606,11 +609,11 @@ fn verifier_budget() -> anyhow::Result<serde_json::Value> {
         };
         match verified {
             Some(count) => outln!(
-                "{label:<27} {count:>9} ({:.1} % of the limit, {} to spare)",
+                "{label:<32} {count:>9} ({:.1} % of the limit, {} to spare)",
                 100.0 * count as f64 / VERIFIER_INSN_LIMIT as f64,
                 VERIFIER_INSN_LIMIT.saturating_sub(count)
             ),
-            None => outln!("{label:<27} (the kernel does not report it)"),
+            None => outln!("{label:<32} (the kernel does not report it)"),
         }
         rows.push(json!({
             "program": name,
