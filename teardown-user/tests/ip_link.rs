@@ -32,8 +32,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    JsonLines, TempDir, in_netns, run, set_linger_zero, start_tcpdump_with, start_teardown,
-    teardown_bin,
+    JsonLines, TempDir, conn_records, in_netns, run, set_linger_zero, start_tcpdump_with,
+    start_teardown, teardown_bin,
 };
 
 const CLIENT_V4: &str = "198.51.100.1";
@@ -229,15 +229,6 @@ fn client(servers: [&'static str; 2]) -> ClientRecord {
         refused.insert(server.to_string(), EACH);
     }
     (done, refused)
-}
-
-/// The `conn` records of JSON lines output.
-fn conn_records(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["event"] == "conn")
-        .collect()
 }
 
 /// tshark's packets per connection of `capture`: (server address, client

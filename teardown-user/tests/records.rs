@@ -203,15 +203,6 @@ fn wire_connections(capture: &Path, server_ports: &[u16]) -> BTreeMap<(u16, u16)
     by_ports
 }
 
-/// The `conn` objects among JSON lines.
-fn conn_records(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["event"] == "conn")
-        .collect()
-}
-
 /// `C` and 17 base62 digits.
 fn zeek_uid(uid: &str) -> bool {
     uid.len() == 18 && uid.starts_with('C') && uid[1..].chars().all(|c| c.is_ascii_alphanumeric())

@@ -224,14 +224,6 @@ fn wire_streams(capture: &Path, story: Story) -> Vec<Stream> {
     streams.into_iter().map(|(_, stream)| stream).collect()
 }
 
-fn conn_records(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["event"] == "conn")
-        .collect()
-}
-
 fn check(source: &str, story: Story, records: &[Value], streams: &[Stream]) {
     let mut mine: Vec<&Value> = records
         .iter()

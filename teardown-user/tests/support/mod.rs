@@ -327,6 +327,15 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// The `conn` objects among teardown's (or a replay's) JSON lines.
+pub fn conn_records(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["event"] == "conn")
+        .collect()
+}
+
 /// The last JSON object teardown printed with `"event": "final"`.
 pub fn final_totals(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
