@@ -204,10 +204,6 @@ pub enum LinkLayer {
 /// they are not, every one counted as malformed or not IP and no
 /// connection seen.
 pub fn link_layer_of(iface: &str) -> Result<LinkLayer, SetupError> {
-    const ARPHRD_ETHER: u16 = 1;
-    const ARPHRD_RAWIP: u16 = 519;
-    const ARPHRD_LOOPBACK: u16 = 772;
-    const ARPHRD_NONE: u16 = 0xfffe;
     let unknown = || SetupError::UnknownInterface(iface.to_string());
     if iface.len() >= libc::IFNAMSIZ {
         return Err(unknown());
@@ -232,6 +228,15 @@ pub fn link_layer_of(iface: &str) -> Result<LinkLayer, SetupError> {
     }
     // SAFETY: SIOCGIFHWADDR answered in the address member.
     let hardware_type = unsafe { request.ifr_ifru.ifru_hwaddr.sa_family };
+    link_layer_of_type(iface, hardware_type)
+}
+
+/// [`link_layer_of`] for an interface of `hardware_type` (`ARPHRD_*`).
+fn link_layer_of_type(iface: &str, hardware_type: u16) -> Result<LinkLayer, SetupError> {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_RAWIP: u16 = 519;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    const ARPHRD_NONE: u16 = 0xfffe;
     match hardware_type {
         ARPHRD_ETHER | ARPHRD_LOOPBACK => Ok(LinkLayer::Ethernet),
         ARPHRD_NONE | ARPHRD_RAWIP => Ok(LinkLayer::Ip),
@@ -299,6 +304,42 @@ pub fn driver_of(iface: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::{LinkLayer, link_layer_of, link_layer_of_type};
+
+    #[test]
+    fn loopback_reads_as_ethernet() {
+        // `lo`'s frames carry a zeroed Ethernet header (ARPHRD_LOOPBACK).
+        assert_eq!(link_layer_of("lo").ok(), Some(LinkLayer::Ethernet));
+    }
+
+    #[test]
+    fn hardware_types_map_to_how_packets_start() {
+        for (hardware_type, layer) in [
+            (1, Some(LinkLayer::Ethernet)),
+            (772, Some(LinkLayer::Ethernet)),
+            // tun and WireGuard; a raw-IP modem.
+            (0xfffe, Some(LinkLayer::Ip)),
+            (519, Some(LinkLayer::Ip)),
+            // IP-in-IP, SIT, GRE, PPP, InfiniBand, CAN: refused.
+            (768, None),
+            (776, None),
+            (778, None),
+            (512, None),
+            (32, None),
+            (280, None),
+        ] {
+            assert_eq!(
+                link_layer_of_type("x0", hardware_type).ok(),
+                layer,
+                "{hardware_type}"
+            );
+        }
+        assert_eq!(
+            link_layer_of_type("gre1", 778).unwrap_err().to_string(),
+            "interface gre1 is neither Ethernet nor a bare-IP device (hardware type 778 in /usr/include/linux/if_arp.h), and teardown cannot read its packets: watch the Ethernet interface its traffic crosses instead"
+        );
+    }
+
     #[test]
     fn loopback_has_no_veth_driver() {
         // `lo` answers GDRVINFO with an empty driver or not at all; never veth.
