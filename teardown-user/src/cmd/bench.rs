@@ -845,6 +845,9 @@ fn run_clock(
     let (rows, over) = egress_established(&mut kernel, options, clock)?;
     results.extend(rows);
     over_goal += over;
+    let (row, over) = ip_link_established(options, clock)?;
+    results.push(row);
+    over_goal += over;
     // The concurrency safety's share of the fast path: the slot lock alone.
     // The program does not read the frame; any will do.
     let frame = &craft::build(&Spec::tcp_v4(tcp_flags::ACK, 0));
@@ -1047,6 +1050,75 @@ fn egress_established(
         rows.push(row);
     }
     Ok((rows, over))
+}
+
+/// The TC ingress program as loaded for an interface whose packets start
+/// with their IP header (a tun or WireGuard device: `IP_LINK`), on the
+/// client's pure ACK of an established connection, as `est_ack_tc_in`
+/// with no Ethernet header: its handshake fed first through the same
+/// program and the egress one. Against the empty TC program. A test run
+/// of a TC program reads the first 14 bytes as an Ethernet header for the
+/// packet's protocol, and hands the program the data from byte 0: the
+/// bare IP packet, as the device gives it.
+fn ip_link_established(
+    options: &BenchOptions,
+    clock: ClockMode,
+) -> anyhow::Result<(serde_json::Value, usize)> {
+    use crate::cmd::contention::test_run_fd;
+    let mut kernel = Kernel::load(&LoadOptions {
+        clock,
+        ip_link: true,
+        ..LoadOptions::default()
+    })?;
+    let port = 40153;
+    let bare = |frame: &craft::Frame| frame.as_bytes()[14..].to_vec();
+    let ingress = kernel.program_fd(names::TC_INGRESS_PROGRAM)?;
+    let egress = kernel.program_fd(names::TC_EGRESS_PROGRAM)?;
+    let baseline = kernel.program_fd(names::TC_BASELINE_PROGRAM)?;
+    std::thread::sleep(SETTLE_BEFORE_SETUP);
+    let steps = handshake(false, port);
+    for (frame, fd) in steps.iter().zip([ingress, egress, ingress]) {
+        test_run_fd(fd, &bare(frame), 1)?;
+    }
+    let frame = bare(&craft::build(&on_port(
+        Spec::tcp_v4(tcp_flags::ACK, 0),
+        port,
+        1001,
+        5001,
+    )));
+    for fd in [baseline, ingress] {
+        test_run_fd(fd, &frame, 1000)?;
+    }
+    let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
+    for _ in 0..options.rounds {
+        let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
+        let (_, prog_ns) = test_run_fd(ingress, &frame, options.repeat)?;
+        base_runs.push(base_ns as f64 + 0.5);
+        prog_runs.push(prog_ns as f64 + 0.5);
+    }
+    let (row, over) = egress_row(
+        "est_ack_ip_link",
+        "TC ingress, IP link",
+        clock,
+        &mut base_runs,
+        &mut prog_runs,
+        EGRESS_ESTABLISHED_GOAL_NS,
+    );
+    // The record must hold the connection, established: else the row
+    // timed something other than the fast path.
+    let table = kernel.flow_table()?;
+    let tracked = (0..table.len() as u32)
+        .filter_map(|index| table.read(index))
+        .filter(|slot| {
+            use teardown_common::conn::state::ESTABLISHED;
+            slot.key.family != 0 && slot.conn.ep.iter().all(|side| side.state == ESTABLISHED)
+        })
+        .count();
+    anyhow::ensure!(
+        tracked == 1,
+        "est_ack_ip_link: the handshake through the IP-link programs left {tracked} established records, not 1"
+    );
+    Ok((row, over))
 }
 
 /// Runs the benchmark; false if the contention case lost updates (after
