@@ -34,12 +34,14 @@ impl From<FloodRecordsArg> for FloodRecords {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
     /// Native (driver) XDP if the interface supports it, TC ingress
-    /// otherwise, and on a veth, where native XDP turns the peer's TSO off
-    /// (generic XDP copies every TSO segment).
+    /// otherwise, on a veth, where native XDP turns the peer's TSO off
+    /// (generic XDP copies every TSO segment), and on a tun or WireGuard
+    /// device, whose packets have no Ethernet header.
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,
-    /// Generic XDP, in the kernel's network stack: works everywhere, slower.
+    /// Generic XDP, in the kernel's network stack: works on any Ethernet
+    /// interface, slower.
     Skb,
     /// TC ingress instead of XDP: the same work on the kernel's own packet,
     /// after GRO; the cheapest on veths and other software devices.

@@ -12,7 +12,8 @@ use super::{Kernel, SetupError, is_permission_error, os_error_of};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// Native (driver) XDP if the interface supports it (but on a veth,
-    /// where it turns the peer's TSO off), TC ingress otherwise.
+    /// where it turns the peer's TSO off), TC ingress otherwise, and on an
+    /// interface without Ethernet headers ([`LinkLayer::Ip`]).
     Auto,
     /// Native XDP, in the driver: fastest; fails if the driver lacks it.
     Native,
