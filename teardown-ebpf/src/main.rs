@@ -1078,18 +1078,25 @@ fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
 /// first byte ([`tunnel_tc`]).
 #[inline(always)]
 fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
-    let linear = ctx.data_end() - ctx.data();
-    if (linear as u32) < TC_HEADER_BYTES && ctx.len() > linear as u32 {
-        // As in `tc_work`: headers may sit in paged data.
-        let _ = ctx.pull_data(ctx.len().min(TC_HEADER_BYTES));
-    }
-    let frame = Frame {
-        // Opaque: LLVM narrowed the first byte's bounds check (`start + 1
-        // > end`, both zero-extended 32-bit loads) to a 32-bit compare of
-        // the two pointers, from which the verifier learns no bounds.
+    // The packet as it lies. Its start opaque: LLVM narrowed the first
+    // byte's bounds check (`start + 1 > end`, both zero-extended 32-bit
+    // loads) to a 32-bit compare of the two pointers, from which the
+    // verifier learns no bounds.
+    let packet = || Frame {
         start: core::hint::black_box(ctx.data()),
         end: ctx.data_end(),
     };
+    let linear = ctx.data_end() - ctx.data();
+    if (linear as u32) < TC_HEADER_BYTES && ctx.len() > linear as u32 && {
+        let frame = packet();
+        parse_common_ip(&frame, ip_version_type(&frame), 0, usize::MAX).is_none()
+    } {
+        // As in `tc_work`: headers may sit in paged data, and a common
+        // segment whose headers are all linear (a GSO packet's) is not
+        // pulled, a copy from its pages.
+        let _ = ctx.pull_data(ctx.len().min(TC_HEADER_BYTES));
+    }
+    let frame = packet();
     let network_type = ip_version_type(&frame);
     if let Some(common) = parse_common_ip(&frame, network_type, 0, usize::MAX) {
         let is_v6 = common.version == IpVersion::V6;
