@@ -1445,6 +1445,20 @@ pub struct LayerStart {
     pub limit: usize,
 }
 
+/// Where a packet that starts with its IP header, no Ethernet header
+/// before it (a tun or WireGuard device's), has its first layer: the IP
+/// header at offset 0, of the version its first byte says
+/// ([`crate::parse::ip_version_type`]). What [`underlay`] is for an
+/// Ethernet frame.
+#[inline(always)]
+pub fn ip_underlay<P: PacketBytes + ?Sized>(pkt: &P) -> LayerStart {
+    LayerStart {
+        ethertype: crate::parse::ip_version_type(pkt),
+        offset: 0,
+        limit: usize::MAX,
+    }
+}
+
 /// Where a frame's own link layer ends: after at most
 /// [`crate::parse::MAX_VLAN_TAGS`] 802.1Q or 802.1ad tags, by the general
 /// parser's own walk ([`walk_link`]). `None` where it finds the tags cut
@@ -1469,8 +1483,9 @@ pub fn underlay<P: PacketBytes + ?Sized>(pkt: &P) -> Option<LayerStart> {
 pub struct Layer {
     pub kind: u8,
     pub id: u32,
-    /// The offset of the IP header carrying an IP tunnel; 0 for a
-    /// link-layer layer, which has no endpoints.
+    /// The offset of the IP header carrying an IP tunnel
+    /// ([`encap::is_ip_tunnel`]); 0, and not read, for a link-layer layer,
+    /// which has no endpoints.
     pub outer_ip: usize,
     pub outer_v6: bool,
     /// What the layer carries: an IP datagram or another layer, never an
@@ -1680,13 +1695,16 @@ pub fn carried_tcp<P: PacketBytes + ?Sized>(pkt: &P, layer: &Layer) -> Option<Co
 }
 
 /// The endpoints of the IP header carrying `layer`, an IP tunnel, and
-/// their family; `None` for a link-layer layer.
+/// their family; `None` for a link-layer layer. Told by the layer's kind,
+/// as the general way tells it, not by its IP offset: in a packet with no
+/// Ethernet header before it (a tun or WireGuard device's) the outer IP
+/// header is at offset 0.
 #[inline(always)]
 fn endpoints_of<P: PacketBytes + ?Sized>(
     pkt: &P,
     layer: &Layer,
 ) -> Option<([u64; 2], [u64; 2], u8)> {
-    if layer.outer_ip == 0 {
+    if !encap::is_ip_tunnel(layer.kind) {
         return None;
     }
     endpoints_at(pkt, layer.outer_ip, layer.outer_v6)
@@ -1810,6 +1828,24 @@ pub fn shortcut_tunnel<P: PacketBytes + ?Sized>(
     pkt: &P,
     ports: &TunnelPorts,
 ) -> Option<(Tunnel, usize, CommonTcp)> {
+    shortcut_tunnel_from(pkt, ports, underlay(pkt)?, true)
+}
+
+/// [`shortcut_tunnel`] for a packet that starts with its IP header
+/// ([`ip_underlay`]): no tags, so no [`read_tagged_overlay`].
+pub fn shortcut_tunnel_ip<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+) -> Option<(Tunnel, usize, CommonTcp)> {
+    shortcut_tunnel_from(pkt, ports, ip_underlay(pkt), false)
+}
+
+fn shortcut_tunnel_from<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    ports: &TunnelPorts,
+    start: LayerStart,
+    ethernet: bool,
+) -> Option<(Tunnel, usize, CommonTcp)> {
     // Not zeroed: `start_tunnel` writes every field.
     let mut tunnel = Tunnel {
         outer_src: [u64::MAX; 2],
@@ -1820,8 +1856,7 @@ pub fn shortcut_tunnel<P: PacketBytes + ?Sized>(
     };
     // The tunnel described from the layers' words, as the kernel describes
     // it on the way to its slow path.
-    let start = underlay(pkt)?;
-    if let Some(overlay) = read_tagged_overlay(pkt, ports, &start) {
+    if ethernet && let Some(overlay) = read_tagged_overlay(pkt, ports, &start) {
         describe_layers(pkt, &mut tunnel, overlay.layer_word(start.offset), 0);
         return Some((tunnel, overlay.ip_offset, overlay.inner));
     }

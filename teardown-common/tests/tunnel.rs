@@ -2420,3 +2420,50 @@ fn a_tunnel_in_a_packet_without_ethernet_header_opens_as_behind_one() {
         "{checked} cuts, {opened} opened"
     );
 }
+
+/// The tunnel program's shortcuts from a packet's IP header (a tun or
+/// WireGuard device's: `ip_underlay`, no tags): where they answer, the
+/// general way from the same header (`decapsulate_ip`) finds the same
+/// tunnel, its outer endpoints at offset 0 included, and the same inner
+/// segment at the same place; every IP-carried frame of the catalogue,
+/// cut at every length.
+#[test]
+fn the_shortcuts_from_a_packets_ip_header_agree_with_the_general_way() {
+    use teardown_common::tunnel::{decapsulate_ip, shortcut_tunnel_ip};
+    let mut read = 0;
+    let mut cuts = 0;
+    for built in catalogue() {
+        let ethertype = u16::from_be_bytes([built.frame[12], built.frame[13]]);
+        if ethertype != 0x0800 && ethertype != 0x86dd {
+            continue;
+        }
+        for len in 15..=built.frame.len() {
+            let bare = &built.frame[14..len];
+            cuts += 1;
+            let Some((tunnel, ip_offset, inner)) = shortcut_tunnel_ip(bare, &DEFAULT) else {
+                continue;
+            };
+            read += 1;
+            match decapsulate_ip(bare, &DEFAULT) {
+                Decap::Inner {
+                    tunnel: general,
+                    inner: found,
+                } => {
+                    assert_eq!(tunnel, general, "{} cut at {len}", built.name);
+                    assert_ne!(tunnel.outer_family, 0, "{}: endpoints", built.name);
+                    assert_eq!(
+                        (ip_offset, inner.segment),
+                        (found.ip_offset as usize, found.segment),
+                        "{} cut at {len}",
+                        built.name
+                    );
+                }
+                other => panic!(
+                    "{} cut at {len}: shortcut read, general way {other:?}",
+                    built.name
+                ),
+            }
+        }
+    }
+    assert!(read > 30 && cuts > 1_000, "{read} read of {cuts} cuts");
+}

@@ -63,9 +63,9 @@ use teardown_common::{
     },
     tunnel::{
         CommonOther, CommonOverlay, DecapState, LayerStart, Pending, carried_tcp,
-        decapsulate_in_place, describe_layers, encap, enter_layer, inner_class, layer_of_word,
-        layer_word, may_carry_tunnel, outcome as tunnel_outcome, read_common_other, read_layer,
-        read_tagged_overlay, step_layer, underlay,
+        decapsulate_in_place, describe_layers, encap, enter_layer, inner_class, ip_underlay,
+        layer_of_word, layer_word, may_carry_tunnel, outcome as tunnel_outcome, read_common_other,
+        read_layer, read_tagged_overlay, step_layer, underlay,
     },
 };
 
@@ -582,13 +582,24 @@ fn track_shortcut(
     tallies: &PerCpuArray<Tallies>,
     describe: impl Fn(u64, u64),
 ) -> i32 {
-    let Some(start) = underlay(frame) else {
-        return shortcut::DECLINED;
+    let ip_link = setting!(IP_LINK) != 0;
+    let start = if ip_link {
+        // A packet that starts with its IP header ([`ip_link_work`]), its
+        // start opaque for the first byte's bounds check, as there.
+        ip_underlay(&Frame {
+            start: core::hint::black_box(frame.start),
+            end: frame.end,
+        })
+    } else {
+        let Some(start) = underlay(frame) else {
+            return shortcut::DECLINED;
+        };
+        start
     };
     // VXLAN, Geneve, GRE or IP-in-IP behind one or two tags, the common
     // TCP frame inside: at fixed offsets, as the main program's shortcut
     // reads them untagged.
-    if let Some(overlay) = read_tagged_overlay(frame, tunnel_ports(), &start) {
+    if !ip_link && let Some(overlay) = read_tagged_overlay(frame, tunnel_ports(), &start) {
         let word = overlay.layer_word(start.offset);
         let is_v6 = overlay.inner.version == IpVersion::V6;
         track::<true, true>(
@@ -947,15 +958,6 @@ fn tunnel_tc(
     track_nested: extern "C" fn(*mut __sk_buff) -> i32,
     open_tunnel: extern "C" fn(*mut __sk_buff) -> i32,
 ) -> i32 {
-    if setting!(IP_LINK) != 0 {
-        // A packet that starts with its IP header ([`ip_link_work`]): the
-        // shortcuts read from an Ethernet header, the general way opens
-        // it from the first byte ([`begin_tunnel`]).
-        if open_tunnel(skb) != 0 {
-            track_inner_tc(skb);
-        }
-        return TC_ACT_UNSPEC;
-    }
     let read = if handed_layer() {
         track_nested(skb) != 0
     } else {
@@ -1074,8 +1076,9 @@ fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
 /// reads it after an Ethernet header, anything else by the general
 /// parser from the IP header on, and counted as [`tally`] counts it with
 /// no Ethernet header before it. True if the packet may carry a tunnel,
-/// which the caller's tunnel program then opens the general way from the
-/// first byte ([`tunnel_tc`]).
+/// which the caller's tunnel program then reads from the first byte
+/// ([`track_shortcut`], [`ip_underlay`]; the general way from
+/// [`DecapState::begin_ip`]).
 #[inline(always)]
 fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     // The packet as it lies. Its start opaque: LLVM narrowed the first
@@ -1117,7 +1120,13 @@ fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
         return false;
     }
     record_tally(tallies, &tally(&parsed));
-    may_carry_tunnel(&frame, &parsed, tunnel_ports())
+    if may_carry_tunnel(&frame, &parsed, tunnel_ports()) {
+        // No layer read here: the tunnel program reads from the first
+        // byte ([`track_shortcut`], [`ip_underlay`]).
+        hand_layer(None);
+        return true;
+    }
+    false
 }
 
 /// [`record_tally`] for a TC program's packet, whose outermost VLAN tag

@@ -845,8 +845,8 @@ fn run_clock(
     let (rows, over) = egress_established(&mut kernel, options, clock)?;
     results.extend(rows);
     over_goal += over;
-    let (row, over) = ip_link_established(options, clock)?;
-    results.push(row);
+    let (rows, over) = ip_link_established(options, clock)?;
+    results.extend(rows);
     over_goal += over;
     // The concurrency safety's share of the fast path: the slot lock alone.
     // The program does not read the frame; any will do.
@@ -1059,53 +1059,78 @@ fn egress_established(
 /// program and the egress one. Against the empty TC program. A test run
 /// of a TC program reads the first 14 bytes as an Ethernet header for the
 /// packet's protocol, and hands the program the data from byte 0: the
-/// bare IP packet, as the device gives it.
+/// bare IP packet, as the device gives it. Then the same segment in
+/// VXLAN over the same kind of packet (VXLAN over WireGuard), read by the
+/// tunnel program's shortcut from the IP header, its goal twice the plain
+/// one's added ns.
 fn ip_link_established(
     options: &BenchOptions,
     clock: ClockMode,
-) -> anyhow::Result<(serde_json::Value, usize)> {
+) -> anyhow::Result<(Vec<serde_json::Value>, usize)> {
     use crate::cmd::contention::test_run_fd;
     let mut kernel = Kernel::load(&LoadOptions {
         clock,
         ip_link: true,
         ..LoadOptions::default()
     })?;
-    let port = 40153;
-    let bare = |frame: &craft::Frame| frame.as_bytes()[14..].to_vec();
     let ingress = kernel.program_fd(names::TC_INGRESS_PROGRAM)?;
     let egress = kernel.program_fd(names::TC_EGRESS_PROGRAM)?;
     let baseline = kernel.program_fd(names::TC_BASELINE_PROGRAM)?;
-    std::thread::sleep(SETTLE_BEFORE_SETUP);
-    let steps = handshake(false, port);
-    for (frame, fd) in steps.iter().zip([ingress, egress, ingress]) {
-        test_run_fd(fd, &bare(frame), 1)?;
+    // The device's packet: the frame without its Ethernet header.
+    let bare = |frame: &craft::Frame| frame.as_bytes()[14..].to_vec();
+    let mut rows = Vec::new();
+    let mut over = 0;
+    let mut plain_added = None;
+    for (name, port, vxlan) in [
+        ("est_ack_iplink", 40153, false),
+        ("vxlan_iplink", 40154, true),
+    ] {
+        let wrapped = |frame: craft::Frame| bare(&if vxlan { in_vxlan(&frame) } else { frame });
+        std::thread::sleep(SETTLE_BEFORE_SETUP);
+        for (frame, fd) in handshake(false, port)
+            .into_iter()
+            .zip([ingress, egress, ingress])
+        {
+            test_run_fd(fd, &wrapped(frame), 1)?;
+        }
+        let frame = wrapped(craft::build(&on_port(
+            Spec::tcp_v4(tcp_flags::ACK, 0),
+            port,
+            1001,
+            5001,
+        )));
+        for fd in [baseline, ingress] {
+            test_run_fd(fd, &frame, 1000)?;
+        }
+        let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
+        for _ in 0..options.rounds {
+            let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
+            let (_, prog_ns) = test_run_fd(ingress, &frame, options.repeat)?;
+            base_runs.push(base_ns as f64 + 0.5);
+            prog_runs.push(prog_ns as f64 + 0.5);
+        }
+        let added = median(&mut prog_runs.clone()) - median(&mut base_runs.clone());
+        // The tunnelled segment against the plain one, measured just
+        // before (issue 13's goal, 2x; not in the same rounds, as the
+        // XDP cases' ratios are).
+        let goal_ns = match plain_added {
+            Some(plain) if vxlan => 2.0 * plain,
+            _ => EGRESS_ESTABLISHED_GOAL_NS,
+        };
+        let (row, over_goal) = egress_row(
+            name,
+            "TC ingress, IP link",
+            clock,
+            &mut base_runs,
+            &mut prog_runs,
+            goal_ns,
+        );
+        plain_added.get_or_insert(added);
+        over += over_goal;
+        rows.push(row);
     }
-    let frame = bare(&craft::build(&on_port(
-        Spec::tcp_v4(tcp_flags::ACK, 0),
-        port,
-        1001,
-        5001,
-    )));
-    for fd in [baseline, ingress] {
-        test_run_fd(fd, &frame, 1000)?;
-    }
-    let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
-    for _ in 0..options.rounds {
-        let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
-        let (_, prog_ns) = test_run_fd(ingress, &frame, options.repeat)?;
-        base_runs.push(base_ns as f64 + 0.5);
-        prog_runs.push(prog_ns as f64 + 0.5);
-    }
-    let (row, over) = egress_row(
-        "est_ack_ip_link",
-        "TC ingress, IP link",
-        clock,
-        &mut base_runs,
-        &mut prog_runs,
-        EGRESS_ESTABLISHED_GOAL_NS,
-    );
-    // The record must hold the connection, established: else the row
-    // timed something other than the fast path.
+    // Both connections held, established: else the rows timed something
+    // other than the fast path.
     let table = kernel.flow_table()?;
     let tracked = (0..table.len() as u32)
         .filter_map(|index| table.read(index))
@@ -1115,10 +1140,10 @@ fn ip_link_established(
         })
         .count();
     anyhow::ensure!(
-        tracked == 1,
-        "est_ack_ip_link: the handshake through the IP-link programs left {tracked} established records, not 1"
+        tracked == 2,
+        "the handshakes through the IP-link programs left {tracked} established records, not 2"
     );
-    Ok((row, over))
+    Ok((rows, over))
 }
 
 /// Runs the benchmark; false if the contention case lost updates (after
