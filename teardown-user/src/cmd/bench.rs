@@ -982,7 +982,6 @@ fn egress_established(
     options: &BenchOptions,
     clock: ClockMode,
 ) -> anyhow::Result<(Vec<serde_json::Value>, usize)> {
-    use crate::cmd::contention::test_run_fd;
     use tcp_flags::{ACK, FIN};
     let mut rows = Vec::new();
     let mut over = 0;
@@ -1028,28 +1027,47 @@ fn egress_established(
         };
         let baseline = kernel.program_fd(names::TC_BASELINE_PROGRAM)?;
         let program = kernel.program_fd(program_name)?;
-        for fd in [baseline, program] {
-            test_run_fd(fd, &frame, 1000)?;
-        }
-        let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
-        for _ in 0..options.rounds {
-            let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
-            let (verdict, prog_ns) = test_run_fd(program, &frame, options.repeat)?;
-            // TC_ACT_UNSPEC
-            if verdict != u32::MAX {
-                bail!(
-                    "teardown's {hook} program returned {verdict} for the {name} frame, not TC_ACT_UNSPEC"
-                );
-            }
-            base_runs.push(base_ns as f64 + 0.5);
-            prog_runs.push(prog_ns as f64 + 0.5);
-        }
+        let (mut base_runs, mut prog_runs) =
+            time_tc_rounds(options, baseline, program, &frame, name, hook)?;
         let (row, over_goal) =
             egress_row(name, hook, clock, &mut base_runs, &mut prog_runs, goal_ns);
         over += over_goal;
         rows.push(row);
     }
     Ok((rows, over))
+}
+
+/// A TC case's rounds: the empty TC program (`baseline`) and `program`
+/// on `frame`, warmed up, then alternated `options.rounds` times, each
+/// the kernel's ns per run (rounded up by half a ns, as the XDP cases'
+/// are). Fails if `program` does not let the packet go on
+/// (`TC_ACT_UNSPEC`).
+fn time_tc_rounds(
+    options: &BenchOptions,
+    baseline: std::os::fd::RawFd,
+    program: std::os::fd::RawFd,
+    frame: &[u8],
+    name: &str,
+    hook: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use crate::cmd::contention::test_run_fd;
+    for fd in [baseline, program] {
+        test_run_fd(fd, frame, 1000)?;
+    }
+    let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
+    for _ in 0..options.rounds {
+        let (_, base_ns) = test_run_fd(baseline, frame, options.repeat)?;
+        let (verdict, prog_ns) = test_run_fd(program, frame, options.repeat)?;
+        // TC_ACT_UNSPEC
+        if verdict != u32::MAX {
+            bail!(
+                "teardown's {hook} program returned {verdict} for the {name} frame, not TC_ACT_UNSPEC"
+            );
+        }
+        base_runs.push(base_ns as f64 + 0.5);
+        prog_runs.push(prog_ns as f64 + 0.5);
+    }
+    Ok((base_runs, prog_runs))
 }
 
 /// The TC ingress program as loaded for an interface whose packets start
@@ -1099,16 +1117,14 @@ fn ip_link_established(
             1001,
             5001,
         )));
-        for fd in [baseline, ingress] {
-            test_run_fd(fd, &frame, 1000)?;
-        }
-        let (mut base_runs, mut prog_runs) = (Vec::new(), Vec::new());
-        for _ in 0..options.rounds {
-            let (_, base_ns) = test_run_fd(baseline, &frame, options.repeat)?;
-            let (_, prog_ns) = test_run_fd(ingress, &frame, options.repeat)?;
-            base_runs.push(base_ns as f64 + 0.5);
-            prog_runs.push(prog_ns as f64 + 0.5);
-        }
+        let (mut base_runs, mut prog_runs) = time_tc_rounds(
+            options,
+            baseline,
+            ingress,
+            &frame,
+            name,
+            "TC ingress, IP link",
+        )?;
         let added = median(&mut prog_runs.clone()) - median(&mut base_runs.clone());
         // The tunnelled segment against the plain one, measured just
         // before (issue 13's goal, 2x; not in the same rounds, as the
