@@ -95,24 +95,51 @@ const SERVER_ADDR: &str = "10.199.0.2";
 const FLOOD_PORT: &str = "8080";
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// `kernel.bpf_stats_enabled` at 1 for the live run (run_time_ns and
-/// run_cnt per program), put back when dropped.
-struct StatsOn {
+/// `kernel.bpf_stats_enabled` for the live run: 0 while throughput is
+/// measured, 1 only for the windows that read each program's
+/// `run_time_ns` and `run_cnt` ([`StatsWindow::on`]); put back when
+/// dropped (also on an error, not if the run is killed).
+///
+/// Why not on for the whole run: the statistics add 15 to 30 ns to every
+/// program run, the empty program's too, and teardown runs two or three
+/// programs a packet (XDP or TC ingress, TC egress, the reset program)
+/// where the empty configuration runs one, so its throughput ratios would
+/// carry the statistics' cost two or three times.
+struct StatsWindow {
     previous: String,
 }
 
-impl StatsOn {
-    fn switch() -> anyhow::Result<Self> {
+impl StatsWindow {
+    fn take() -> anyhow::Result<Self> {
         let previous = std::fs::read_to_string(STATS_SYSCTL)
             .with_context(|| format!("reading {STATS_SYSCTL}"))?
             .trim()
             .to_string();
-        std::fs::write(STATS_SYSCTL, "1").context("switching kernel.bpf_stats_enabled on")?;
-        Ok(StatsOn { previous })
+        let window = StatsWindow { previous };
+        window.set(false)?;
+        Ok(window)
+    }
+
+    fn set(&self, on: bool) -> anyhow::Result<()> {
+        std::fs::write(STATS_SYSCTL, if on { "1" } else { "0" }).with_context(|| {
+            format!(
+                "switching kernel.bpf_stats_enabled {}",
+                if on { "on" } else { "off" }
+            )
+        })
+    }
+
+    /// Runs `during` with the statistics on, and switches them off after
+    /// (also when it fails).
+    fn on<T>(&self, during: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.set(true)?;
+        let result = during();
+        self.set(false)?;
+        result
     }
 }
 
-impl Drop for StatsOn {
+impl Drop for StatsWindow {
     fn drop(&mut self) {
         if let Err(err) = std::fs::write(STATS_SYSCTL, &self.previous) {
             say(&format!(
@@ -121,6 +148,27 @@ impl Drop for StatsOn {
             ));
         }
     }
+}
+
+/// Seconds of each statistics window ([`StatsWindow::on`]), after the
+/// throughput window of the same traffic.
+const STATS_WINDOW_SECONDS: u64 = 2;
+
+/// Fails if a program ran between two snapshots taken with the statistics
+/// off: they were on all the same (another process holds them on through
+/// a `BPF_ENABLE_STATS` descriptor, which the setting does not override),
+/// and the throughput measured between the two paid for them.
+fn ensure_stats_were_off(
+    before: &[ProgStats],
+    after: &[ProgStats],
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some((name, _, runs, _)) = per_run(before, after).first() {
+        bail!(
+            "the BPF statistics counted {runs} runs of {name} during the {what} with kernel.bpf_stats_enabled at 0: another process holds them on (a BPF_ENABLE_STATS descriptor); stop it and run the live bench again"
+        );
+    }
+    Ok(())
 }
 
 /// The namespaces, deleted when dropped (also on an error).
@@ -646,8 +694,11 @@ struct AckFlood {
     resets_per_s: f64,
     progs: ProgRuns,
     cpu_percent: Option<f64>,
-    /// teardown's, between its last stats lines before and after.
+    /// teardown's, between its last stats lines before and after the
+    /// whole flood (its statistics window included).
     figures: Option<TeardownFigures>,
+    /// How long the whole flood lasted.
+    flooded_seconds: f64,
 }
 
 fn measure(
@@ -656,11 +707,20 @@ fn measure(
     binary: &Path,
     objects: &Path,
     seconds: u64,
+    stats: &StatsWindow,
 ) -> anyhow::Result<Measured> {
     let attached = Attached::new(lab, setup, binary, objects)?;
-    let before = attached.stats();
+    // Each kind of traffic: its throughput with the statistics off, then
+    // a window of the same with them on for the programs' ns per run.
+    let quiet = attached.stats();
     let gbits = iperf3_gbits(lab, seconds)?;
-    let after_bulk = attached.stats();
+    ensure_stats_were_off(&quiet, &attached.stats(), "bulk transfer")?;
+    let bulk_progs = stats.on(|| {
+        let before = attached.stats();
+        iperf3_gbits(lab, STATS_WINDOW_SECONDS)?;
+        Ok(per_run(&before, &attached.stats()))
+    })?;
+    let quiet = attached.stats();
     let ticks_before = attached.teardown_ticks();
     let tx_before = lab.server_tx_packets()?;
     let started = Instant::now();
@@ -668,22 +728,33 @@ fn measure(
     thread::sleep(Duration::from_secs(seconds));
     let tx_after = lab.server_tx_packets()?;
     let elapsed = started.elapsed().as_secs_f64();
-    let after_flood = attached.stats();
     let ticks_after = attached.teardown_ticks();
+    let quiet_after = attached.stats();
+    let flood_progs = stats.on(|| Ok(stats_window(&attached)));
     flood.stop();
+    ensure_stats_were_off(&quiet, &quiet_after, "SYN flood")?;
+    let flood_progs = flood_progs?;
     // Let the half-open connections' SYN-ACK retransmissions die down,
     // and teardown write a stats line after the flood.
     thread::sleep(Duration::from_millis(1_200));
-    let ack_flood = measure_ack_flood(lab, &attached, seconds)?;
+    let ack_flood = measure_ack_flood(lab, &attached, seconds, stats)?;
     Ok(Measured {
         setup,
         gbits,
         synacks_per_s: (tx_after - tx_before) as f64 / elapsed,
-        bulk_progs: per_run(&before, &after_bulk),
-        flood_progs: per_run(&after_bulk, &after_flood),
+        bulk_progs,
+        flood_progs,
         cpu_percent: cpu_percent(ticks_before, ticks_after, elapsed),
         ack_flood,
     })
+}
+
+/// Each attached program's runs over a [`STATS_WINDOW_SECONDS`] window of
+/// the traffic going on.
+fn stats_window(attached: &Attached) -> ProgRuns {
+    let before = attached.stats();
+    thread::sleep(Duration::from_secs(STATS_WINDOW_SECONDS));
+    per_run(&before, &attached.stats())
 }
 
 /// teardown's share of a core between two readings of its CPU time (clock
@@ -725,9 +796,14 @@ fn start_flood(lab: &LiveLab, flag: &str) -> anyhow::Result<Background> {
 /// listener for `seconds`: every packet a segment of a connection nobody
 /// has, which the server answers with a reset, and which teardown would
 /// track as a mid-stream record but for its budget under pressure.
-fn measure_ack_flood(lab: &LiveLab, attached: &Attached, seconds: u64) -> anyhow::Result<AckFlood> {
+fn measure_ack_flood(
+    lab: &LiveLab,
+    attached: &Attached,
+    seconds: u64,
+    stats: &StatsWindow,
+) -> anyhow::Result<AckFlood> {
     let figures_before = attached.teardown_figures();
-    let before = attached.stats();
+    let quiet = attached.stats();
     let ticks_before = attached.teardown_ticks();
     let (rx_before, tx_before) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
     let started = Instant::now();
@@ -735,9 +811,13 @@ fn measure_ack_flood(lab: &LiveLab, attached: &Attached, seconds: u64) -> anyhow
     thread::sleep(Duration::from_secs(seconds));
     let (rx_after, tx_after) = (lab.server_rx_packets()?, lab.server_tx_packets()?);
     let elapsed = started.elapsed().as_secs_f64();
-    let after = attached.stats();
     let ticks_after = attached.teardown_ticks();
+    let quiet_after = attached.stats();
+    let progs = stats.on(|| Ok(stats_window(attached)));
+    let flooded_seconds = started.elapsed().as_secs_f64();
     flood.stop();
+    ensure_stats_were_off(&quiet, &quiet_after, "ACK flood")?;
+    let progs = progs?;
     // A stats line written after the flood.
     thread::sleep(Duration::from_millis(1_200));
     let figures = attached
@@ -747,9 +827,10 @@ fn measure_ack_flood(lab: &LiveLab, attached: &Attached, seconds: u64) -> anyhow
     Ok(AckFlood {
         received_per_s: rx_after.saturating_sub(rx_before) as f64 / elapsed,
         resets_per_s: tx_after.saturating_sub(tx_before) as f64 / elapsed,
-        progs: per_run(&before, &after),
+        progs,
         cpu_percent: cpu_percent(ticks_before, ticks_after, elapsed),
         figures,
+        flooded_seconds,
     })
 }
 
@@ -792,7 +873,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
     )?;
     let objects = build_peer_objects()?;
     remove_leftover_namespaces("tdp-", "bench");
-    let stats = StatsOn::switch()?;
+    let stats = StatsWindow::take()?;
     let lab = LiveLab::create()?;
     let _iperf = Background::spawn(
         lab.exec(true, "iperf3")
@@ -832,7 +913,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
         }
     }
     println!(
-        "live: {rounds} rounds x ({seconds} s iperf3 bulk + {seconds} s hping3 --flood --rand-source -S + {seconds} s of the same with -A) per configuration, interleaved; kernel.bpf_stats_enabled=1 for the run (was {}), which adds its own ~15-30 ns to every program run; 2 shared cores: noisy",
+        "live: {rounds} rounds x ({seconds} s iperf3 bulk + {seconds} s hping3 --flood --rand-source -S + {seconds} s of the same with -A) per configuration, interleaved; throughput and CPU with kernel.bpf_stats_enabled=0 (was {}), ns per run from a further {STATS_WINDOW_SECONDS} s of each with it at 1 (which adds its own ~15-30 ns to every run); 2 shared cores: noisy",
         stats.previous
     );
     let setups = [
@@ -847,7 +928,7 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
     let mut all: Vec<Measured> = Vec::new();
     for round in 1..=rounds {
         for &setup in &setups {
-            let m = measure(&lab, setup, binary, &objects, seconds)
+            let m = measure(&lab, setup, binary, &objects, seconds, &stats)
                 .with_context(|| format!("round {round}, {}", setup.label()))?;
             println!(
                 "round {round} {:<18} bulk {:>6.2} Gbit/s [{}]  flood {:>8.0} SYN-ACK/s [{}]{}",
@@ -867,10 +948,16 @@ pub fn live(binary: &Path, seconds: u64, rounds: u32) -> anyhow::Result<()> {
                 progs_text(&ack.progs),
                 cpu_words(ack.cpu_percent),
                 ack.figures
-                    .map(|f| format!(
-                        "; records created {}, starts refused {}, resets skipped {}, events lost {}",
-                        f.created, f.starts_refused, f.resets_skipped, f.events_lost
-                    ))
+                    .map(|f| {
+                        let per_s = |count: u64| count as f64 / ack.flooded_seconds;
+                        format!(
+                            "; records created {:.0}/s, starts refused {:.0}/s, resets skipped {:.0}/s, events lost {}",
+                            per_s(f.created),
+                            per_s(f.starts_refused),
+                            per_s(f.resets_skipped),
+                            f.events_lost
+                        )
+                    })
                     .unwrap_or_default()
             );
             all.push(m);
@@ -967,8 +1054,8 @@ fn ns_per_run(
 /// The medians under the ACK flood: packets received (the rate the sender
 /// got through) and resets sent, against no program and the empty one;
 /// each program's ns per run (the reset program's too); teardown's CPU
-/// and its figures (records created, starts refused, reset events skipped,
-/// events lost).
+/// and its figures per second of flood (records created, starts refused,
+/// reset events skipped), and the events it lost.
 fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
     let med = |setup: Setup, f: &dyn Fn(&AckFlood) -> f64| {
         median(
@@ -988,9 +1075,9 @@ fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
         "RST/s",
         "ns/run (in; egress; rst)",
         "CPU %",
-        "records",
-        "refused",
-        "skipped",
+        "records/s",
+        "refused/s",
+        "skipped/s",
         "lost"
     );
     for &setup in setups {
@@ -1006,10 +1093,17 @@ fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
             .filter(|m| m.setup == setup)
             .map(|m| &m.ack_flood)
             .collect();
-        let figure = |f: &dyn Fn(&TeardownFigures) -> u64| {
+        // Per second of the whole flood, its statistics window included;
+        // events lost as counted.
+        let figure = |f: &dyn Fn(&TeardownFigures) -> u64, per_second: bool| {
             median_text(
                 ours.iter()
-                    .filter_map(|ack| ack.figures.as_ref().map(|figures| f(figures) as f64))
+                    .filter_map(|ack| {
+                        let seconds = if per_second { ack.flooded_seconds } else { 1.0 };
+                        ack.figures
+                            .as_ref()
+                            .map(|figures| f(figures) as f64 / seconds)
+                    })
                     .collect(),
                 0,
             )
@@ -1026,10 +1120,10 @@ fn ack_flood_table(all: &[Measured], setups: &[Setup], rounds: u32) {
                 &["ingress", "egress", "reset"]
             ),
             median_text(ours.iter().filter_map(|ack| ack.cpu_percent).collect(), 1),
-            figure(&|f| f.created),
-            figure(&|f| f.starts_refused),
-            figure(&|f| f.resets_skipped),
-            figure(&|f| f.events_lost),
+            figure(&|f| f.created, true),
+            figure(&|f| f.starts_refused, true),
+            figure(&|f| f.resets_skipped, true),
+            figure(&|f| f.events_lost, false),
         );
     }
 }

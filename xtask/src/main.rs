@@ -102,8 +102,9 @@ enum Task {
         /// Instead of the per-packet table, live in two namespaces: bulk TCP
         /// (iperf3) and random-source SYN and ACK floods (hping3) with no program,
         /// an empty XDP program, an empty TC program and teardown (native XDP, generic XDP, TC ingress);
-        /// ns per run of each attached program from the kernel's BPF
-        /// statistics, throughput ratios. As root.
+        /// throughput ratios with the kernel's BPF statistics off, then ns per
+        /// run of each attached program from them, switched on for a further
+        /// 2 s of the same traffic. As root.
         #[arg(long)]
         live: bool,
         /// With --live: seconds of each bulk transfer and of each flood.
