@@ -859,7 +859,7 @@ fn run_clock(
     }
     let lock_ns = median(&mut added);
     outln!(
-        "{:<14} {:>+34.2} ns: a lane's lock taken and let go, uncontended (every fast-path update pays it)",
+        "{:<14} {:>+34.2} ns: a lane's lock taken and let go, alone, uncontended (once per fast-path update, where its cost overlaps the probe's)",
         "slot_lock",
         lock_ns
     );
