@@ -13,6 +13,10 @@ use crate::maps::{CLOCK_OFFSET, NS_PER_TICK, REPLAY_CLOCK, setting};
 /// a connection), so that a record's start and end, and so its duration,
 /// are exact.
 pub(crate) trait FlowClock {
+    /// A capture's clock: the programs that run on it are a replay's,
+    /// which track a segment out of line
+    /// ([`track_replay_segment`](crate::fast_path::track_replay_segment)).
+    const REPLAY: bool = false;
     /// The fast path's clock: the precise clock's time as of the last
     /// kernel tick with the default coarse clock.
     fn coarse(&self) -> u64;
@@ -82,6 +86,8 @@ impl ReplayClock {
 }
 
 impl FlowClock for ReplayClock {
+    const REPLAY: bool = true;
+
     #[inline(always)]
     fn coarse(&self) -> u64 {
         self.now

@@ -20,11 +20,14 @@ use teardown_common::{
 };
 
 use crate::{
-    clock::FlowClock,
+    clock::{FlowClock, ReplayClock},
     flood::{admits_midstream, admits_syn, count_syn, table_limited},
     frame::Frame,
     lock::{try_lock, try_lock_fast, unlock, unlock_slot},
-    maps::{FLOW_PRINTS, FLOW_TABLE, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting, stats, timeouts},
+    maps::{
+        FLOW_PRINTS, FLOW_TABLE, REPLAY_SEGMENT, SET_SHIFT, SYN_STAMPS, TRACK_INPUT, setting,
+        stats, timeouts,
+    },
     slow_path::track_segment,
 };
 
@@ -68,6 +71,34 @@ pub struct TrackInput {
 
 const _: () = assert!(core::mem::size_of::<TrackInput>() == 14 * 8 + 32 + 40);
 
+/// A TCP segment a replay program tracks out of line, for
+/// [`track_replay_segment`]: the segment's fields, its IP header's offset,
+/// its addresses and the capture's time, in a per-CPU slot
+/// ([`REPLAY_SEGMENT`]). Whole u64s, as in [`TrackInput`].
+#[repr(C)]
+pub struct ReplaySegment {
+    pub now: u64,
+    /// What admission answered: the time of a pure SYN, 0 for the rest.
+    pub syn_time: u64,
+    pub seq: u64,
+    pub ack: u64,
+    pub payload_len: u64,
+    pub window: u64,
+    pub src_port: u64,
+    pub dst_port: u64,
+    pub flags: u64,
+    pub header_len: u64,
+    pub header_complete: u64,
+    /// The TCP header's offset in the frame.
+    pub tcp_offset: u64,
+    pub ip_offset: u64,
+    /// As [`TrackInput::src`] and [`TrackInput::dst`].
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<ReplaySegment>() == 13 * 8 + 32);
+
 /// Set in [`TrackInput::family`] for a segment found inside a tunnel.
 pub const TUNNELLED: u64 = 0x100;
 
@@ -88,12 +119,12 @@ pub const HELD: u32 = 0x100;
 ///
 /// [`Conn::update_established`]: teardown_common::conn::Conn::update_established
 #[inline(always)]
-pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
+pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool, C: FlowClock>(
     frame: &Frame,
     tcp: &TcpSegment,
     ip_offset: usize,
     is_v6: bool,
-    clock: &impl FlowClock,
+    clock: &C,
     describe: impl Fn(),
 ) {
     // In the TC program, the offset is made opaque to the optimiser, so it
@@ -115,17 +146,158 @@ pub(crate) fn track<const OPAQUE_OFFSET: bool, const TUNNELLED: bool>(
             frame.load::<16>(ip_offset + 24),
         ) {
             let (src, dst) = (Addr16(src).halves(), Addr16(dst).halves());
-            if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-                look_up::<true, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time, describe);
-            }
+            admit_and_look_up::<true, TUNNELLED, C>(tcp, ip_offset, &src, &dst, clock, describe);
         }
     } else if let Some(pair) = frame.load::<8>(ip_offset + 12) {
         let src = Addr16::v4_mapped_halves([pair[0], pair[1], pair[2], pair[3]]);
         let dst = Addr16::v4_mapped_halves([pair[4], pair[5], pair[6], pair[7]]);
-        if let Some(syn_time) = admit(tcp, &src, &dst, clock) {
-            look_up::<false, TUNNELLED>(tcp, ip_offset, &src, &dst, clock, syn_time, describe);
-        }
+        admit_and_look_up::<false, TUNNELLED, C>(tcp, ip_offset, &src, &dst, clock, describe);
     }
+}
+
+/// A segment's admission, then its probe ([`look_up`]): inline, on the
+/// host's clock; out of line on a capture's ([`track_replay_segment`] and its kin).
+///
+/// Why a replay tracks out of line: inline, every program carries a copy
+/// of the probe and the fast path for each way it reads a segment (the
+/// common frame, tagged, each tunnel shortcut, the general parser; IPv4
+/// and IPv6), and the verifier checks each copy on every path that leads
+/// to it: nearly all of the replay program's work at load, which is most
+/// of a short capture's replay. A global function is checked once. The
+/// live programs keep their copies: a call, and the segment's round trip
+/// through a map, would cost every packet, where a replay's per-packet
+/// cost is the system call's. The code run is the same either way.
+#[inline(always)]
+fn admit_and_look_up<const V6: bool, const TUNNELLED: bool, C: FlowClock>(
+    tcp: &TcpSegment,
+    ip_offset: usize,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    clock: &C,
+    describe: impl Fn(),
+) {
+    if C::REPLAY {
+        // Described now rather than only on the way to the slow path, as
+        // the live path does, for the call takes no closure: the
+        // description waits in this CPU's `DECAP_STATE` for a record the
+        // segment may start, and nothing else reads it.
+        if TUNNELLED {
+            describe();
+        }
+        // Admission here, where the live path asks it: its stack would
+        // add to the global function's, on top of the slow path's chain.
+        let Some(syn_time) = admit(tcp, src, dst, clock) else {
+            return;
+        };
+        let Some(input) = REPLAY_SEGMENT.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        let input = unsafe { &mut *input };
+        input.now = clock.precise();
+        input.syn_time = syn_time;
+        input.seq = tcp.seq as u64;
+        input.ack = tcp.ack as u64;
+        input.payload_len = tcp.payload_len as u64;
+        input.window = tcp.window as u64;
+        input.src_port = tcp.src_port as u64;
+        input.dst_port = tcp.dst_port as u64;
+        input.flags = tcp.flags as u64;
+        input.header_len = tcp.header_len as u64;
+        input.header_complete = tcp.header_complete as u64;
+        input.tcp_offset = tcp.offset as u64;
+        input.ip_offset = ip_offset as u64;
+        input.src = *src;
+        input.dst = *dst;
+        let handed = match (V6, TUNNELLED) {
+            (false, false) => track_replay_segment(),
+            (true, false) => track_replay_segment_v6(),
+            (false, true) => track_replay_tunnelled(),
+            (true, true) => track_replay_tunnelled_v6(),
+        };
+        // The slow path called from here, not from inside that function:
+        // the kernel's 512 bytes of stack hold the longest chain of calls,
+        // and this keeps the function's frame out of the slow path's.
+        if handed != 0
+            && let Some(input) = TRACK_INPUT.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's slot, filled by that function just now.
+            track_segment(unsafe { &mut *input });
+        }
+        return;
+    }
+    if let Some(syn_time) = admit(tcp, src, dst, clock) {
+        look_up::<V6, TUNNELLED, C>(tcp, ip_offset, src, dst, clock, syn_time, describe);
+    }
+}
+
+/// Tracks the segment a replay program left in this CPU's
+/// [`REPLAY_SEGMENT`] ([`admit_and_look_up`]), on the capture's time it
+/// carries, an IPv4 one not from a tunnel: a global function the verifier
+/// checks once. One function per family and tunnelling, each with one copy
+/// of the probe: one function holding all four took 216 bytes of stack,
+/// on top of the slow path's chain, past the kernel's 512.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_replay_segment() -> i32 {
+    replay_from_input::<false, false>() as i32
+}
+
+/// [`track_replay_segment`] for IPv6.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_replay_segment_v6() -> i32 {
+    replay_from_input::<true, false>() as i32
+}
+
+/// [`track_replay_segment`] for a segment from a tunnel (already
+/// described).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_replay_tunnelled() -> i32 {
+    replay_from_input::<false, true>() as i32
+}
+
+/// [`track_replay_tunnelled`] for IPv6.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn track_replay_tunnelled_v6() -> i32 {
+    replay_from_input::<true, true>() as i32
+}
+
+/// 1 if it left the segment in [`TRACK_INPUT`] for the slow path, which
+/// the caller then calls.
+#[inline(always)]
+fn replay_from_input<const V6: bool, const TUNNELLED: bool>() -> bool {
+    let Some(input) = REPLAY_SEGMENT.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, written by the caller just before.
+    let input = unsafe { &*input };
+    let tcp = TcpSegment {
+        flags: input.flags as u8,
+        header_len: input.header_len as u8,
+        header_complete: input.header_complete != 0,
+        offset: input.tcp_offset as u16,
+        src_port: input.src_port as u16,
+        dst_port: input.dst_port as u16,
+        window: input.window as u16,
+        seq: input.seq as u32,
+        ack: input.ack as u32,
+        payload_len: input.payload_len as u32,
+    };
+    let clock = ReplayClock { now: input.now };
+    // The addresses read where they are, in the map's value: this
+    // function's stack is on top of the slow path's chain of calls.
+    look_up::<V6, TUNNELLED, ReplayClock>(
+        &tcp,
+        input.ip_offset as usize,
+        &input.src,
+        &input.dst,
+        &clock,
+        input.syn_time,
+        || {},
+    )
 }
 
 /// A pure SYN is counted for its destination (flood detection), then asks
@@ -216,17 +388,21 @@ pub(crate) fn set_may_hold(set: u32, print: u32) -> bool {
 /// lane that is held, or a segment the fast path declines, goes to the
 /// slow path.
 ///
+/// True if it left the segment in [`TRACK_INPUT`] for the slow path
+/// without calling it: on a capture's clock, whose caller calls it
+/// ([`replay_from_input`]).
+///
 /// [`FlowSlot::direction_of`]: teardown_common::table::FlowSlot::direction_of
 #[inline(always)]
-fn look_up<const V6: bool, const TUNNELLED: bool>(
+fn look_up<const V6: bool, const TUNNELLED: bool, C: FlowClock>(
     tcp: &TcpSegment,
     ip_offset: usize,
     src: &[u64; 2],
     dst: &[u64; 2],
-    clock: &impl FlowClock,
+    clock: &C,
     syn_time: u64,
     describe: impl Fn(),
-) {
+) -> bool {
     let family = if V6 { 6 } else { 4 };
     let hash = flow_hash(
         fold_address(src),
@@ -264,7 +440,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
             if !syn_recent(unsafe { (*stamps)[syn_bucket(set)] }, now) {
                 if !admits_syn(now) {
                     synack_untracked();
-                    return;
+                    return false;
                 }
                 synack = SYNACK_ADMITTED;
             }
@@ -334,7 +510,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
                         timeouts().idle_ns,
                     ) {
                         unlock(slot, lane);
-                        return;
+                        return false;
                     } else if try_lock(slot, lane ^ 1) {
                         // Declined (a FIN, a RST, a retransmission, ...),
                         // and the other lane free at the first try: the
@@ -362,7 +538,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // might have a record) asks admission now, unless it already did.
     if way == WAYS && synack == SYNACK_ASK && !admits_syn(clock.tick()) {
         synack_untracked();
-        return;
+        return false;
     }
     // Anything else the probe did not find would start a mid-stream
     // record: under an ACK flood, every packet. It asks its own budget
@@ -375,7 +551,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     // ([`track_segment`]).
     if midstream_here && way == WAYS && !admits_midstream(clock.tick()) {
         midstream_untracked();
-        return;
+        return false;
     }
 
     // The slow path runs on the precise clock: a record's first and last
@@ -390,6 +566,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
         describe();
     }
     to_slow_path(
+        !C::REPLAY,
         tcp,
         ip_len,
         src,
@@ -399,7 +576,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
         way | held,
         TUNNELLED,
         now,
-    );
+    )
 }
 
 /// Hands a segment to the slow path ([`track_segment`]) through this
@@ -412,6 +589,7 @@ fn look_up<const V6: bool, const TUNNELLED: bool>(
     reason = "the segment's parts, kept in registers"
 )]
 fn to_slow_path(
+    call_now: bool,
     tcp: &TcpSegment,
     ip_len: u32,
     src: &[u64; 2],
@@ -421,12 +599,12 @@ fn to_slow_path(
     way: u32,
     tunnelled: bool,
     now: u64,
-) {
+) -> bool {
     let Some(input) = TRACK_INPUT.get_ptr_mut(0) else {
         if way & HELD != 0 {
             unlock_slot(set + (way & !HELD));
         }
-        return;
+        return false;
     };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let input = unsafe { &mut *input };
@@ -447,5 +625,9 @@ fn to_slow_path(
     input.way = way as u64;
     input.src = *src;
     input.dst = *dst;
-    track_segment(input);
+    if call_now {
+        track_segment(input);
+        return false;
+    }
+    true
 }

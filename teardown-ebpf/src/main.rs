@@ -602,7 +602,7 @@ fn track_shortcut(
     if !ip_link && let Some(overlay) = read_tagged_overlay(frame, tunnel_ports(), &start) {
         let word = overlay.layer_word(start.offset);
         let is_v6 = overlay.inner.version == IpVersion::V6;
-        track::<true, true>(
+        track::<true, true, _>(
             frame,
             &overlay.inner.segment,
             overlay.ip_offset,
@@ -638,7 +638,7 @@ fn track_shortcut(
     };
     // The offset opaque to the optimiser, as in `track_inner`.
     let is_v6 = inner.version == IpVersion::V6;
-    track::<true, true>(
+    track::<true, true, _>(
         frame,
         &inner.segment,
         layer.carried.offset,
@@ -739,7 +739,7 @@ fn track_nested(
     let outermost = layer_of_word(outer).kind;
     let word = layer_word(&layer);
     let is_v6 = inner.version == IpVersion::V6;
-    track::<true, true>(
+    track::<true, true, _>(
         frame,
         &inner.segment,
         layer.carried.offset,
@@ -801,7 +801,7 @@ fn track_inner(frame: &Frame, clock: &impl FlowClock) {
         // records its tunnel.
         let ip_offset = inner.ip_offset as usize;
         // The general way described the tunnel as it opened it.
-        track::<true, true>(frame, &segment, ip_offset, inner.is_v6 != 0, clock, || {});
+        track::<true, true, _>(frame, &segment, ip_offset, inner.is_v6 != 0, clock, || {});
     }
 }
 
@@ -822,14 +822,14 @@ pub(crate) fn count_and_track(ctx: &XdpContext, clock: &impl FlowClock) -> bool 
     if let Some((ip_offset, is_v6, tcp)) = segment {
         if next & next::SHORTCUT != 0 {
             // Inside a tunnel: a record it starts records the tunnel.
-            track::<false, true>(frame, &tcp, ip_offset, is_v6, clock, || {
+            track::<false, true, _>(frame, &tcp, ip_offset, is_v6, clock, || {
                 describe_tunnel_xdp(ctx.ctx, overlay, 0);
             });
             record_tally(&TALLIES, &counted);
             record_overlay(&TALLIES, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
-        track::<false, false>(frame, &tcp, ip_offset, is_v6, clock, || {});
+        track::<false, false, _>(frame, &tcp, ip_offset, is_v6, clock, || {});
         record_tally(&TALLIES, &counted);
         return false;
     }
@@ -1055,14 +1055,14 @@ fn tc_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     let (counted, segment, next, overlay) = read_frame(&frame);
     if let Some((ip_offset, is_v6, tcp)) = segment {
         if next & next::SHORTCUT != 0 {
-            track::<true, true>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {
+            track::<true, true, _>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {
                 describe_tunnel_tc(ctx.skb.skb, overlay, 0);
             });
             record_tc_tally(tallies, counted, stripped_tag);
             record_overlay(tallies, [next & !next::SHORTCUT, 0, 0]);
             return false;
         }
-        track::<true, false>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {});
+        track::<true, false, _>(&frame, &tcp, ip_offset, is_v6, &LiveClock, || {});
         record_tc_tally(tallies, counted, stripped_tag);
         return false;
     }
@@ -1103,7 +1103,7 @@ fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     let network_type = ip_version_type(&frame);
     if let Some(common) = parse_common_ip(&frame, network_type, 0, usize::MAX) {
         let is_v6 = common.version == IpVersion::V6;
-        track::<true, false>(&frame, &common.segment, 0, is_v6, &LiveClock, || {});
+        track::<true, false, _>(&frame, &common.segment, 0, is_v6, &LiveClock, || {});
         record_tally(tallies, &tally_common(&common));
         return false;
     }
@@ -1115,7 +1115,7 @@ fn ip_link_work(ctx: &TcContext, tallies: &PerCpuArray<Tallies>) -> bool {
     };
     if let Some((ip, tcp)) = parsed.tcp() {
         let is_v6 = ip.version == IpVersion::V6;
-        track::<true, false>(&frame, tcp, ip.offset as usize, is_v6, &LiveClock, || {});
+        track::<true, false, _>(&frame, tcp, ip.offset as usize, is_v6, &LiveClock, || {});
         record_tally(tallies, &tally(&parsed));
         return false;
     }

@@ -21,7 +21,7 @@ use teardown_common::{
     tunnel::{DecapState, TUNNEL_CAPACITY, Tunnel, TunnelPorts},
 };
 
-use crate::fast_path::TrackInput;
+use crate::fast_path::{ReplaySegment, TrackInput};
 
 /// One slot of tallies per CPU: no atomics and no contention. What arrives.
 #[map]
@@ -65,6 +65,11 @@ pub(crate) static CHANGED_WORDS: Array<ChangedWords> = Array::with_max_entries(1
 /// [`track_segment`](crate::slow_path::track_segment).
 #[map]
 pub(crate) static TRACK_INPUT: PerCpuArray<TrackInput> = PerCpuArray::with_max_entries(1, 0);
+
+/// A per-CPU place for the segment a replay program hands to
+/// [`track_replay_segment`](crate::fast_path::track_replay_segment).
+#[map]
+pub(crate) static REPLAY_SEGMENT: PerCpuArray<ReplaySegment> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records the kernel closed out itself.
 #[map]
