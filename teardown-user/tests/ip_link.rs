@@ -222,8 +222,21 @@ fn client(servers: [&'static str; 2]) -> ClientRecord {
             drop(stream);
             done.insert((server.to_string(), port), Kind::Reset);
         }
-        for _ in 0..EACH {
-            let err = TcpStream::connect(address(CLOSED_PORT)).expect_err("nobody listens");
+        let reset_ports: Vec<u16> = done
+            .iter()
+            .filter(|((to, _), kind)| to == server && **kind == Kind::Reset)
+            .map(|((_, port), _)| *port)
+            .collect();
+        for n in 0..EACH {
+            // The first few from a reset connection's port, free again at
+            // once (a reset leaves no TIME_WAIT), as the kernel may pick it
+            // itself: two connections with one client port, which must
+            // keep their own records and counts.
+            let result = match reset_ports.get(n).filter(|_| n < REUSED_PORTS) {
+                Some(&port) => refused_from(port, address(CLOSED_PORT)),
+                None => TcpStream::connect(address(CLOSED_PORT)).map(drop),
+            };
+            let err = result.expect_err("nobody listens");
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         }
         refused.insert(server.to_string(), EACH);
@@ -231,9 +244,87 @@ fn client(servers: [&'static str; 2]) -> ClientRecord {
     (done, refused)
 }
 
-/// tshark's packets per connection of `capture`: (server address, client
-/// port) to (client to server, server to client).
-fn tshark_packets(capture: &std::path::Path) -> BTreeMap<(String, u16), (u64, u64)> {
+/// A connection as tshark's counts know it: (server address, client port,
+/// server port). The server's port belongs in it: a refused connect to
+/// [`CLOSED_PORT`] may take a client port a closed connection to
+/// [`OPEN_PORT`] had (another 4-tuple, so the kernel may), and keyed
+/// without it the refused connect's SYN and RST were added to the other
+/// connection's counts: one packet each way more than its record.
+type WireKey = (String, u16, u16);
+
+/// Refused connects per server address made from a reset connection's
+/// client port.
+const REUSED_PORTS: usize = 5;
+
+/// Connects from local port `port` (bound first, as `connect` alone would
+/// choose its own) to `server`: the error, as nobody listens there.
+fn refused_from(port: u16, server: SocketAddr) -> std::io::Result<()> {
+    fn check(rc: libc::c_int) -> std::io::Result<()> {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+    let family = if server.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2); the descriptor is owned once returned.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd)?;
+    // SAFETY: a descriptor just returned, owned here alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let with_address =
+        |address: SocketAddr, call: &dyn Fn(*const libc::sockaddr, u32) -> i32| match address {
+            SocketAddr::V4(v4) => {
+                let raw = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                call(
+                    (&raw as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&raw) as u32,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let raw = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                call(
+                    (&raw as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of_val(&raw) as u32,
+                )
+            }
+        };
+    let any = if server.is_ipv4() {
+        SocketAddr::from(([0u8; 4], port))
+    } else {
+        SocketAddr::from(([0u16; 8], port))
+    };
+    // SAFETY: bind(2) on a descriptor owned here, with an address that
+    // outlives the call, and its size.
+    let bind = |raw, len| unsafe { libc::bind(socket.as_raw_fd(), raw, len) };
+    check(with_address(any, &bind))?;
+    // SAFETY: connect(2), likewise.
+    let connect = |raw, len| unsafe { libc::connect(socket.as_raw_fd(), raw, len) };
+    check(with_address(server, &connect))
+}
+
+/// tshark's packets per connection of `capture`, to (client to server,
+/// server to client).
+fn tshark_packets(capture: &std::path::Path) -> BTreeMap<WireKey, (u64, u64)> {
     let output = run(Command::new("tshark")
         .args(["-n", "-r"])
         .arg(capture)
@@ -255,9 +346,9 @@ fn tshark_packets(capture: &std::path::Path) -> BTreeMap<(String, u16), (u64, u6
             fields[5].parse().expect("tcp.dstport"),
         );
         if dst_port == OPEN_PORT || dst_port == CLOSED_PORT {
-            packets.entry((dst, src_port)).or_insert((0, 0)).0 += 1;
+            packets.entry((dst, src_port, dst_port)).or_insert((0, 0)).0 += 1;
         } else {
-            packets.entry((src, dst_port)).or_insert((0, 0)).1 += 1;
+            packets.entry((src, dst_port, src_port)).or_insert((0, 0)).1 += 1;
         }
     }
     packets
@@ -269,7 +360,7 @@ fn check(
     source: &str,
     records: &[Value],
     client: &ClientRecord,
-    wire: &BTreeMap<(String, u16), (u64, u64)>,
+    wire: &BTreeMap<WireKey, (u64, u64)>,
     tunnel: &Value,
 ) -> Vec<(String, u16, String, u64, u64, String)> {
     let (done, refused) = client;
@@ -278,12 +369,13 @@ fn check(
     for record in records {
         let server = record["id.resp_h"].as_str().expect("id.resp_h").to_string();
         let port = record["id.orig_p"].as_u64().expect("id.orig_p") as u16;
+        let server_port = record["id.resp_p"].as_u64().expect("id.resp_p") as u16;
         let state = record["conn_state"].as_str().expect("conn_state");
         let packets = (
             record["orig_pkts"].as_u64().expect("orig_pkts"),
             record["resp_pkts"].as_u64().expect("resp_pkts"),
         );
-        let kind = if record["id.resp_p"] == CLOSED_PORT {
+        let kind = if server_port == CLOSED_PORT {
             *refused_seen.entry(server.clone()).or_default() += 1;
             Kind::Refused
         } else {
@@ -295,7 +387,7 @@ fn check(
         assert_eq!(&record["tunnel"], tunnel, "{source} {kind:?}: {record}");
         assert_eq!(
             Some(&packets),
-            wire.get(&(server.clone(), port)),
+            wire.get(&(server.clone(), port, server_port)),
             "{source} {kind:?}: packets against tshark's: {record}"
         );
         seen.push((
