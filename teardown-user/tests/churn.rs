@@ -58,7 +58,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -239,17 +239,6 @@ fn online_cpus() -> usize {
     cpus.max(1) as usize
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 /// How a connect from a chosen port went.
 enum Connect {
     Made(TcpStream),
@@ -263,40 +252,17 @@ enum Connect {
 /// SO_REUSEADDR so that it can be used again while its previous connection
 /// is still in TIME_WAIT.
 fn connect_from(port: u16, server: SocketAddrV4) -> Connect {
-    let local = sockaddr(SocketAddrV4::new(CLIENT_V4.parse().expect("address"), port));
-    let remote = sockaddr(server);
-    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let one: libc::c_int = 1;
-    // SAFETY: plain socket calls on a descriptor this function owns, with
-    // values of the sizes given; the descriptor is handed to TcpStream,
-    // which closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "SO_REUSEADDR: {}", io::Error::last_os_error());
-        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, size) != 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::EADDRINUSE) => Connect::NotMade,
-                _ => panic!("bind to port {port}: {err}"),
-            };
-        }
-        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, size) != 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE) => Connect::NotMade,
-                _ => Connect::Failed(err),
-            };
-        }
-        Connect::Made(stream)
+    let local = SocketAddrV4::new(CLIENT_V4.parse().expect("address"), port);
+    let how = ConnectFrom {
+        reuse_address: true,
+        timeout: None,
+    };
+    match support::connect_from(local.into(), server.into(), how) {
+        Ok(stream) => Connect::Made(stream),
+        Err(err) => match err.raw_os_error() {
+            Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL) => Connect::NotMade,
+            _ => Connect::Failed(err),
+        },
     }
 }
 

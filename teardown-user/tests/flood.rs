@@ -669,47 +669,8 @@ const BURST_FIRST_CLIENT_PORT: u16 = 20_000;
 /// untracked (beyond the kernel's half-open budget) is then counted into
 /// the previous connection's record, still lingering after its close.
 fn connect_from(port: u16, server: std::net::SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let std::net::SocketAddr::V4(server) = server else {
-        panic!("IPv4 only: {server}");
-    };
-    let sockaddr = |addr: std::net::SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let local = sockaddr(std::net::SocketAddrV4::new(
-        CLIENT_V4.parse().expect("address"),
-        port,
-    ));
-    let remote = sockaddr(server);
-    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns, with
-    // sockaddr_in values of the size given; the descriptor is handed to
-    // TcpStream, which closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let rc = libc::bind(fd, &local as *const _ as *const libc::sockaddr, size);
-        assert_eq!(
-            rc,
-            0,
-            "bind to port {port}: {}",
-            std::io::Error::last_os_error()
-        );
-        let rc = libc::connect(fd, &remote as *const _ as *const libc::sockaddr, size);
-        assert_eq!(
-            rc,
-            0,
-            "connect from port {port}: {}",
-            std::io::Error::last_os_error()
-        );
-        stream
-    }
+    support::connect_from(socket_addr(CLIENT_V4, port), server, ConnectFrom::default())
+        .unwrap_or_else(|err| panic!("connect from port {port}: {err}"))
 }
 
 /// A legitimate burst: thousands of real connections, faster than the SYN

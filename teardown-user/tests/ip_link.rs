@@ -19,7 +19,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Command, Stdio},
     sync::{
@@ -32,8 +32,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    JsonLines, TempDir, conn_records, in_netns, run, set_linger_zero, start_tcpdump_with,
-    start_teardown, teardown_bin,
+    ConnectFrom, JsonLines, TempDir, conn_records, connect_from, in_netns, run, set_linger_zero,
+    start_tcpdump_with, start_teardown, teardown_bin, vxlan_device,
 };
 
 const CLIENT_V4: &str = "198.51.100.1";
@@ -233,7 +233,17 @@ fn client(servers: [&'static str; 2]) -> ClientRecord {
             // itself: two connections with one client port, which must
             // keep their own records and counts.
             let result = match reset_ports.get(n).filter(|_| n < REUSED_PORTS) {
-                Some(&port) => refused_from(port, address(CLOSED_PORT)),
+                Some(&port) => {
+                    let any = SocketAddr::new(
+                        if server.contains(':') {
+                            Ipv6Addr::UNSPECIFIED.into()
+                        } else {
+                            Ipv4Addr::UNSPECIFIED.into()
+                        },
+                        port,
+                    );
+                    connect_from(any, address(CLOSED_PORT), ConnectFrom::default()).map(drop)
+                }
                 None => TcpStream::connect(address(CLOSED_PORT)).map(drop),
             };
             let err = result.expect_err("nobody listens");
@@ -255,72 +265,6 @@ type WireKey = (String, u16, u16);
 /// Refused connects per server address made from a reset connection's
 /// client port.
 const REUSED_PORTS: usize = 5;
-
-/// Connects from local port `port` (bound first, as `connect` alone would
-/// choose its own) to `server`: the error, as nobody listens there.
-fn refused_from(port: u16, server: SocketAddr) -> std::io::Result<()> {
-    fn check(rc: libc::c_int) -> std::io::Result<()> {
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-    let family = if server.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2); the descriptor is owned once returned.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    check(fd)?;
-    // SAFETY: a descriptor just returned, owned here alone.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let with_address =
-        |address: SocketAddr, call: &dyn Fn(*const libc::sockaddr, u32) -> i32| match address {
-            SocketAddr::V4(v4) => {
-                let raw = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                call(
-                    (&raw as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&raw) as u32,
-                )
-            }
-            SocketAddr::V6(v6) => {
-                let raw = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: v6.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: v6.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                call(
-                    (&raw as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of_val(&raw) as u32,
-                )
-            }
-        };
-    let any = if server.is_ipv4() {
-        SocketAddr::from(([0u8; 4], port))
-    } else {
-        SocketAddr::from(([0u16; 8], port))
-    };
-    // SAFETY: bind(2) on a descriptor owned here, with an address that
-    // outlives the call, and its size.
-    let bind = |raw, len| unsafe { libc::bind(socket.as_raw_fd(), raw, len) };
-    check(with_address(any, &bind))?;
-    // SAFETY: connect(2), likewise.
-    let connect = |raw, len| unsafe { libc::connect(socket.as_raw_fd(), raw, len) };
-    check(with_address(server, &connect))
-}
 
 /// tshark's packets per connection of `capture`, to (client to server,
 /// server to client).
@@ -429,26 +373,6 @@ const OVERLAY_CLIENT_V6: &str = "2001:db8:8::1";
 const OVERLAY_SERVER_V6: &str = "2001:db8:8::2";
 const VNI: u32 = 77;
 
-/// A VXLAN device `name` in `ns` over the tun link, from `local` to
-/// `remote`, with the overlay addresses `v4` and `v6` (with prefixes).
-fn vxlan_device(ns: &str, name: &str, local: &str, remote: &str, v4: &str, v6: &str) {
-    let vni = VNI.to_string();
-    run(Command::new("ip")
-        .args(["-n", ns, "link", "add", name, "type", "vxlan", "id", &vni])
-        .args([
-            "dstport",
-            "4789",
-            "local",
-            local,
-            "remote",
-            remote,
-            "nolearning",
-        ]));
-    run(Command::new("ip").args(["-n", ns, "link", "set", name, "mtu", "1400", "up"]));
-    run(Command::new("ip").args(["-n", ns, "addr", "add", v4, "dev", name]));
-    run(Command::new("ip").args(["-n", ns, "addr", "add", v6, "dev", name, "nodad"]));
-}
-
 /// The tun link, connections over it (or, with `vxlan`, over VXLAN over
 /// it), and every record held to the client's record, tshark and the
 /// replay.
@@ -494,11 +418,12 @@ fn over_a_tun_link(vxlan: bool) {
             vxlan_device(
                 ns,
                 "tdvx0",
-                local,
-                remote,
-                &format!("{v4}/24"),
-                &format!("{v6}/64"),
-            );
+                VNI,
+                (local, remote),
+                1400,
+                &[format!("{v4}/24"), format!("{v6}/64")],
+            )
+            .unwrap_or_else(|err| panic!("the VXLAN device: {err}"));
         }
         // Every record starts at the client's SYN, sent from its end of
         // the tun link.

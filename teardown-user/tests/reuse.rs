@@ -10,8 +10,8 @@ mod support;
 
 use std::{
     io::{Read, Write},
-    net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     path::Path,
     process::Command,
     thread,
@@ -61,46 +61,14 @@ impl Story {
 /// A TCP connection from `CLIENT_V4:local_port` (SO_REUSEADDR, so a port in
 /// TIME_WAIT can be bound) to the server. Call from the client's namespace.
 fn connect_from(local_port: u16, server_port: u16) -> std::io::Result<TcpStream> {
-    let sockaddr = |address: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: address.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*address.ip()).to_be(),
+    support::connect_from(
+        socket_addr(CLIENT_V4, local_port),
+        socket_addr(SERVER_V4, server_port),
+        ConnectFrom {
+            reuse_address: true,
+            timeout: None,
         },
-        sin_zero: [0; 8],
-    };
-    let local = sockaddr(SocketAddrV4::new(CLIENT_V4.parse().unwrap(), local_port));
-    let remote = sockaddr(SocketAddrV4::new(SERVER_V4.parse().unwrap(), server_port));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor owned here; the addresses
-    // are valid sockaddr_in of the given length. The stream takes the fd.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let failed = |rc: libc::c_int| rc != 0;
-        if failed(libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )) || failed(libc::bind(
-            fd,
-            &local as *const libc::sockaddr_in as *const libc::sockaddr,
-            len,
-        )) || failed(libc::connect(
-            fd,
-            &remote as *const libc::sockaddr_in as *const libc::sockaddr,
-            len,
-        )) {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
+    )
 }
 
 /// A connected (client, server) pair for `story`, the client from its own

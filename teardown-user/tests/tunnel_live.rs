@@ -22,7 +22,7 @@ use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -34,11 +34,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{
-    ChildGuard, JsonLines, Lab,
-    lab::{LabPlan, ip},
-    *,
-};
+use support::{ChildGuard, JsonLines, Lab, lab::LabPlan, *};
 
 /// The underlay: the veth pair, IPv4 and IPv6.
 const CLIENT_UNDERLAY_V4: &str = "10.213.0.1";
@@ -82,7 +78,7 @@ const OVERLAYS: [Overlay; 2] = [
 
 /// The VXLAN devices' MTU: under the veth's 1500 less the 70 bytes VXLAN
 /// over IPv6 adds (50 over IPv4).
-const OVERLAY_MTU: &str = "1400";
+const OVERLAY_MTU: u16 = 1400;
 
 /// How a connection ends; each has a server port of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,52 +220,22 @@ fn vxlan_lab(link_options: &[&str]) -> Lab {
                 false,
             ),
         ] {
-            let vni = overlay.vni.to_string();
-            let steps: Vec<Vec<String>> = {
-                let mut steps = vec![
-                    [
-                        "link",
-                        "add",
-                        overlay.device,
-                        "type",
-                        "vxlan",
-                        "id",
-                        &vni,
-                        "dstport",
-                        "4789",
-                        "local",
-                        local,
-                        "remote",
-                        remote,
-                        "nolearning",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                    ["link", "set", overlay.device, "mtu", OVERLAY_MTU]
-                        .map(String::from)
-                        .to_vec(),
-                ];
-                for (client, server, prefix) in overlay.inner {
-                    let address = format!("{}/{prefix}", if client_side { client } else { server });
-                    let mut add = vec!["addr".into(), "add".into(), address];
-                    add.extend(["dev", overlay.device].map(String::from));
-                    if client.contains(':') {
-                        add.push("nodad".into());
-                    }
-                    steps.push(add);
-                }
-                steps.push(
-                    ["link", "set", overlay.device, "up"]
-                        .map(String::from)
-                        .to_vec(),
-                );
-                steps
-            };
-            for step in steps {
-                let mut args = vec!["-n", ns.as_str()];
-                args.extend(step.iter().map(String::as_str));
-                ip(&args).unwrap_or_else(|err| panic!("building overlay {}: {err}", overlay.vni));
-            }
+            let addresses: Vec<String> = overlay
+                .inner
+                .iter()
+                .map(|(client, server, prefix)| {
+                    format!("{}/{prefix}", if client_side { client } else { server })
+                })
+                .collect();
+            vxlan_device(
+                ns,
+                overlay.device,
+                overlay.vni,
+                (local, remote),
+                OVERLAY_MTU,
+                &addresses,
+            )
+            .unwrap_or_else(|err| panic!("building overlay {}: {err}", overlay.vni));
         }
     }
     lab
@@ -297,75 +263,16 @@ fn tools_present() -> bool {
     true
 }
 
-/// A TCP connection from `local` to `remote` (blocking, 5 s to connect, 10 s
-/// per read or write). Call from the client's namespace.
-fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
-    fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-        // SAFETY: all zeroes is a valid sockaddr_storage.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = match address {
-            SocketAddr::V4(v4) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*v4.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for
-                // sockaddr_in.
-                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(v6) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: v6.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: v6.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: as above, for sockaddr_in6.
-                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (storage, len as libc::socklen_t)
-    }
-    let family = if local.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let (local, local_len) = sockaddr(local);
-    let (remote, remote_len) = sockaddr(remote);
-    // SAFETY: plain socket calls on a descriptor the stream owns from its
-    // creation; the addresses are valid for their lengths.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        // SO_SNDTIMEO also bounds a blocking connect().
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, local_len) != 0
-            || libc::connect(fd, &remote as *const _ as *const libc::sockaddr, remote_len) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(stream)
-    }
-}
-
 /// The client's side of one connection; `Err` says what went wrong.
 fn client(conn: &Conn) -> Result<(), String> {
-    let connected = connect_from(conn.client, conn.server);
+    let connected = connect_from(
+        conn.client,
+        conn.server,
+        ConnectFrom {
+            reuse_address: false,
+            timeout: Some(Duration::from_secs(10)),
+        },
+    );
     let what = format!("{:?} {} -> {}", conn.kind, conn.client, conn.server);
     if conn.kind == Kind::Refused {
         return match connected {

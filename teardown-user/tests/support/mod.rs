@@ -311,6 +311,168 @@ pub fn set_linger_zero(fd: std::os::fd::RawFd) {
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
 
+/// How [`connect_from`] sets its socket up before it binds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectFrom {
+    /// SO_REUSEADDR: the local port may be bound while its previous
+    /// connection is in TIME_WAIT.
+    pub reuse_address: bool,
+    /// Bounds a blocking connect (SO_SNDTIMEO), then each read and write.
+    pub timeout: Option<Duration>,
+}
+
+/// A TCP connection from `local`, bound first (`connect` alone would choose
+/// its own port), to `remote`: for tests that choose the client's port, to
+/// reuse one or to keep connections apart. The error is that of the first
+/// call that failed. Call from the client's namespace.
+pub fn connect_from(
+    local: SocketAddr,
+    remote: SocketAddr,
+    how: ConnectFrom,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let family = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2); the stream owns the descriptor from here on and
+    // closes it.
+    let stream = unsafe {
+        let fd = check(libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        std::net::TcpStream::from_raw_fd(fd)
+    };
+    let fd = stream.as_raw_fd();
+    if how.reuse_address {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt(2) reads an int of the size given.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    if let Some(timeout) = how.timeout {
+        // SO_SNDTIMEO also bounds a blocking connect().
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+    }
+    let (local, local_len) = raw_sockaddr(local);
+    // SAFETY: bind(2) with an address valid for its length.
+    check(unsafe {
+        libc::bind(
+            fd,
+            (&local as *const libc::sockaddr_storage).cast(),
+            local_len,
+        )
+    })?;
+    let (remote, remote_len) = raw_sockaddr(remote);
+    // SAFETY: connect(2), likewise.
+    check(unsafe {
+        libc::connect(
+            fd,
+            (&remote as *const libc::sockaddr_storage).cast(),
+            remote_len,
+        )
+    })?;
+    Ok(stream)
+}
+
+/// `address` as the socket calls take it, and its length.
+fn raw_sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A VXLAN device `name` in `ns` with VNI `vni`, from underlay address
+/// `local` to `remote` (UDP port 4789, no learning: the one remote), MTU
+/// `mtu`, with `addresses` (with their prefix lengths; IPv6 ones without
+/// duplicate address detection, usable at once), up.
+pub fn vxlan_device(
+    ns: &str,
+    name: &str,
+    vni: u32,
+    (local, remote): (&str, &str),
+    mtu: u16,
+    addresses: &[String],
+) -> Result<(), String> {
+    let vni = vni.to_string();
+    let mtu = mtu.to_string();
+    lab::ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        name,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "dstport",
+        "4789",
+        "local",
+        local,
+        "remote",
+        remote,
+        "nolearning",
+    ])?;
+    lab::ip(&["-n", ns, "link", "set", name, "mtu", &mtu])?;
+    for address in addresses {
+        let mut add = vec!["-n", ns, "addr", "add", address.as_str(), "dev", name];
+        if address.contains(':') {
+            add.push("nodad");
+        }
+        lab::ip(&add)?;
+    }
+    lab::ip(&["-n", ns, "link", "set", name, "up"])
+}
+
 pub fn socket_addr(host: &str, port: u16) -> SocketAddr {
     SocketAddr::new(host.parse::<IpAddr>().expect("address"), port)
 }
