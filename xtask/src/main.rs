@@ -85,7 +85,8 @@ enum Task {
         /// Then the sustained rate of new connections: real connections
         /// through a veth, as fast as they go, with the records teardown
         /// (release) gets right per second, live and replayed; the churn
-        /// test's harness, for TEARDOWN_CHURN_SECONDS (default 10). As root.
+        /// test's harness, for TEARDOWN_CHURN_SECONDS (default 10), inside
+        /// a VXLAN overlay with TEARDOWN_CHURN_LINK=vxlan. As root.
         #[arg(long)]
         churn: bool,
         /// Then the reset program's cost per reset (tcp:tcp_send_reset), as
