@@ -46,6 +46,33 @@ fn counts(object: &Value) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
+/// The server's counters that say where a handshake went under the flood:
+/// cookies sent, taken and refused, accept-queue overflows, drops.
+fn listen_counters(ns: &str) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-asz"])
+        .args([
+            "TcpExtSyncookies*",
+            "TcpExtListen*",
+            "TcpExtTCPReqQFullDrop",
+        ])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(err) => format!("(nstat: {err})"),
+    }
+}
+
 /// Sends `message` from `writer` and reads it on `reader`.
 fn send(writer: &mut TcpStream, reader: &mut TcpStream, message: &[u8]) {
     writer.write_all(message).expect("canary write");
@@ -101,24 +128,29 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
     // The canary, during the alert: handshake, a line each way, a graceful
     // close by the client.
     // Its handshake crosses the flood: the host answers with a SYN cookie,
-    // and the client's last ACK can be lost among the flood's packets,
-    // leaving the client connected and nothing to accept. So the accept
-    // waits 5 s at most, and a canary whose handshake was lost is replaced
-    // (3 tries), rather than the test waiting for ever; a lost one that
-    // completes later (its data validates the cookie) is not taken for it.
+    // and the client's last ACK, sent once and never again, can be lost
+    // among the flood's packets (on a slower machine, often), leaving the
+    // client connected and nothing to accept. So the client writes its
+    // first line at once: TCP sends that segment again until it is
+    // acknowledged, and it carries the ACK that validates the cookie. The
+    // accept waits 20 s, which covers six retransmissions; a canary still
+    // not accepted is replaced (3 tries), with the server's counters
+    // printed to say where it went.
+    const FIRST_LINE: &[u8] = b"canary in the flood";
     listener
         .set_nonblocking(true)
         .expect("non-blocking listener");
     let (mut client, mut server_end) = 'tries: {
         for attempt in 1..=3 {
-            let client = in_netns(&lab.client_ns, move || {
+            let mut client = in_netns(&lab.client_ns, move || {
                 TcpStream::connect_timeout(&server, Duration::from_secs(10))
                     .expect("canary connect")
             })
             .join()
             .expect("the canary thread panicked");
+            client.write_all(FIRST_LINE).expect("canary write");
             let me = client.local_addr().expect("canary address");
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while std::time::Instant::now() < deadline {
                 match listener.accept() {
                     // An earlier try's, completed late: not this canary.
@@ -135,7 +167,11 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
                     Err(err) => panic!("canary accept: {err}"),
                 }
             }
-            eprintln!("flood_debris: canary try {attempt}: its handshake was lost in the flood");
+            eprintln!(
+                "flood_debris: canary try {attempt}: not accepted in 20 s; the server's \
+                 counters: {}",
+                listen_counters(&lab.server_ns)
+            );
             // Given up with a reset: its record (the server never saw the
             // handshake end) is the flood's debris, in a state a summary
             // may hold (RSTO), not a graceful close.
@@ -149,7 +185,11 @@ fn a_floods_debris_is_summarised_and_the_canary_keeps_its_record() {
             .expect("read timeout");
     }
     let canary = client.local_addr().expect("canary address");
-    send(&mut client, &mut server_end, b"canary in the flood");
+    let mut first_line = vec![0u8; FIRST_LINE.len()];
+    server_end
+        .read_exact(&mut first_line)
+        .expect("the canary's first line");
+    assert_eq!(first_line, FIRST_LINE);
     send(&mut server_end, &mut client, b"still here");
     client.shutdown(Shutdown::Write).expect("canary close");
     let mut rest = Vec::new();
