@@ -185,6 +185,30 @@ fn cases() -> Vec<Case> {
             // The outer endpoints are the innermost IP tunnel's: VXLAN's.
             tunnel: json!({"layers": ["gre", "vxlan"], "id": 31, "outer_src": TUNNEL_A_V4, "outer_dst": TUNNEL_B_V4}),
         },
+        Case {
+            // The main program reads the GRE layer and hands it over; the
+            // tunnel program's second reading finds another tunnel where
+            // it wants TCP, and its general way opens all three.
+            name: "vxlan inside vxlan inside gre (three layers)",
+            wrap: |inner| {
+                let vxlan = |vni| Encap::Vxlan {
+                    vni,
+                    port: 4789,
+                    outer_v6: false,
+                };
+                let inside = craft::wrap(inner, &vxlan(33), &[]);
+                let middle = craft::wrap(inside.as_bytes(), &vxlan(32), &[]);
+                let gre = Encap::Gre {
+                    key: Some(6),
+                    checksum: false,
+                    sequence: false,
+                    ethernet: true,
+                    outer_v6: false,
+                };
+                craft::wrap(middle.as_bytes(), &gre, &[])
+            },
+            tunnel: json!({"layers": ["gre", "vxlan", "vxlan"], "id": 33, "outer_src": TUNNEL_A_V4, "outer_dst": TUNNEL_B_V4}),
+        },
     ]
 }
 
