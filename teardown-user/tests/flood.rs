@@ -230,8 +230,10 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
         ),
     );
     let max_flows = MAX_FLOWS.to_string();
-    // Every IPv4 datagram the server receives while teardown runs, teardown
-    // must have counted (nothing arrives before it starts or after it stops).
+    // Every IPv4 datagram the server receives while teardown watches,
+    // teardown must have counted. The server's count is read before
+    // teardown starts and again once it says it is watching: a datagram
+    // arriving between the two may or may not have been counted.
     let datagrams_before = ipv4_datagrams_received(&lab.server_ns);
     let (mut teardown, stderr) = start_teardown(
         &lab.server_ns,
@@ -249,6 +251,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
             "1s",
         ],
     );
+    let datagrams_at_attach = ipv4_datagrams_received(&lab.server_ns);
     let watched = JsonLines::watch(&mut teardown, stderr);
 
     // The canary: set up and used before the flood.
@@ -306,7 +309,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     // The server's count just before teardown stops and just after: a
     // packet arriving in between (a late retransmission) is in the second
     // and maybe in teardown's, never in the first.
-    let datagrams_while_watched = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
+    let datagrams_while_watched = ipv4_datagrams_received(&lab.server_ns) - datagrams_at_attach;
     let (lines, _output, stderr) = watched.finish(teardown);
     let datagrams_received = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
     // The namespace is new: its count is the test's.
@@ -342,11 +345,12 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     );
     // Exact under the flood: teardown's IPv4 count is what the server's IP
     // layer received while teardown watched (up to the few that arrived as
-    // it stopped).
+    // it started or stopped).
     let ipv4 = totals["ipv4"].as_u64().expect("ipv4 total");
+    let while_starting = datagrams_at_attach - datagrams_before;
     assert!(
         (datagrams_while_watched..=datagrams_received).contains(&ipv4),
-        "teardown's IPv4 frames {ipv4} against the server's Ip InReceives: {datagrams_while_watched} before teardown stopped, {datagrams_received} after: {totals}"
+        "teardown's IPv4 frames {ipv4} against the server's Ip InReceives: {datagrams_while_watched} from its start to before it stopped, {datagrams_received} from before it started to after it stopped ({while_starting} while it started): {totals}"
     );
     let first_flood_packet = *flood_times
         .first()
