@@ -28,9 +28,11 @@
 //! before it. A connection is right when it has exactly one record, with
 //! its conn_state, a history that starts with the SYN (`S`) and repeats no
 //! letter, and an end before the next connection on the 4-tuple started
-//! (the last two catch records that merge connections). One conn_state
-//! the client cannot know: where tshark finds the server's own reset of
-//! a connection the client aborted, `RSTR` (see `server_resets`).
+//! (the last two catch records that merge connections). What the client
+//! cannot know, tshark tells from the capture: where the server's own
+//! stack reset a connection the client aborted, `RSTR`; and its resets
+//! at distinct sequence numbers, each of which Zeek's history writes
+//! (`r` as often; see `server_resets`).
 //! Live and replay must each be right for at least 99.9 % of the
 //! connections, and agree with each other on conn_state and history as
 //! often.
@@ -712,21 +714,36 @@ fn record_key(record: &Value, (client, server): (Ipv4Addr, Ipv4Addr)) -> Option<
 /// server's stack after its RST, and the stack answers it with a reset
 /// (the server's own tracepoint counts them, reason `TCP_FLAGS`). Zeek
 /// calls a connection the responder reset `RSTR`, and so does teardown.
-fn server_resets(capture: &std::path::Path) -> HashMap<u16, Vec<f64>> {
+/// Each reset with its sequence number: the stack also answers ACKs that
+/// reach it after a graceful close ended the socket, one reset per ACK,
+/// at the sequence number each acknowledges; Zeek writes the reset's
+/// letter again for one at another sequence number (`hist_last_RST`), so
+/// `ShADFadfrr` is one connection, not two ([`repeated_letter`]).
+fn server_resets(capture: &std::path::Path) -> HashMap<u16, Vec<(f64, u32)>> {
     let filter = format!("tcp.flags.reset == 1 && tcp.srcport == {SERVICE_PORT}");
     let output = run(Command::new("tshark")
         .args(["-n", "-r"])
         .arg(capture)
         .args(["-Y", &filter, "-T", "fields", "-E", "occurrence=l"])
-        .args(["-e", "frame.time_epoch", "-e", "tcp.dstport"]));
-    let mut resets: HashMap<u16, Vec<f64>> = HashMap::new();
+        .args([
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.seq_raw",
+        ]));
+    let mut resets: HashMap<u16, Vec<(f64, u32)>> = HashMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let mut fields = line.split('\t');
-        let (Some(time), Some(port)) = (fields.next(), fields.next()) else {
+        let (Some(time), Some(port), Some(seq)) = (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
-        if let (Ok(time), Ok(port)) = (time.parse::<f64>(), port.parse::<u16>()) {
-            resets.entry(port).or_default().push(time);
+        if let (Ok(time), Ok(port), Ok(seq)) =
+            (time.parse::<f64>(), port.parse::<u16>(), seq.parse::<u32>())
+        {
+            resets.entry(port).or_default().push((time, seq));
         }
     }
     resets
@@ -736,7 +753,7 @@ fn judge(
     truths: &[Truth],
     records: &[Value],
     addresses: (Ipv4Addr, Ipv4Addr),
-    server_resets: &HashMap<u16, Vec<f64>>,
+    server_resets: &HashMap<u16, Vec<(f64, u32)>>,
 ) -> Judgement {
     // Connections per 4-tuple, in order of start.
     let mut by_key: HashMap<(u16, u16), Vec<usize>> = HashMap::new();
@@ -768,19 +785,30 @@ fn judge(
             next_start[pair[0]] = truths[pair[1]].start;
         }
     }
-    // A connection the client aborted and the server's stack reset too, in
-    // the capture: `RSTR`, as Zeek says ([`server_resets`]).
-    let reset_by_server: Vec<bool> = truths
+    // The server's resets of each connection, at distinct sequence
+    // numbers, in the capture ([`server_resets`]).
+    let server_reset_seqs: Vec<usize> = truths
         .iter()
         .enumerate()
         .map(|(index, truth)| {
-            truth.scenario == Scenario::AbortByClient
-                && server_resets.get(&truth.client_port).is_some_and(|times| {
-                    times
-                        .iter()
-                        .any(|time| *time >= truth.start && *time < next_start[index])
-                })
+            let mut seqs: Vec<u32> = server_resets
+                .get(&truth.client_port)
+                .into_iter()
+                .flatten()
+                .filter(|(time, _)| *time >= truth.start && *time < next_start[index])
+                .map(|(_, seq)| *seq)
+                .collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            seqs.len()
         })
+        .collect();
+    // A connection the client aborted and the server's stack reset too:
+    // `RSTR`, as Zeek says.
+    let reset_by_server: Vec<bool> = truths
+        .iter()
+        .zip(&server_reset_seqs)
+        .map(|(truth, seqs)| truth.scenario == Scenario::AbortByClient && *seqs > 0)
         .collect();
     let verdicts = truths
         .iter()
@@ -811,7 +839,7 @@ fn judge(
                 "history without the SYN first".to_string()
             } else if end > next_start[index] + TOLERANCE {
                 "runs into the next connection".to_string()
-            } else if let Some(letter) = repeated_letter(history) {
+            } else if let Some(letter) = repeated_letter(history, server_reset_seqs[index]) {
                 format!("history repeats {letter:?}: more than one connection")
             } else {
                 return Verdict::Right(record.clone());
@@ -826,16 +854,43 @@ fn judge(
     }
 }
 
-/// A history letter that occurs twice. Zeek records each letter once per
-/// connection, except the counted ones (C, T, W, I, Q, G: repeated as
-/// their counts pass 1, 10, 100, ...). A record that saw a second
-/// handshake or close (e.g. `ShADadfFhFf`) spans two connections.
-fn repeated_letter(history: &str) -> Option<char> {
-    let mut seen = std::collections::HashSet::new();
+/// A history letter that occurs more often than one connection writes
+/// it. Zeek records each letter once per connection, except the counted
+/// ones (C, T, W, I, Q, G: repeated as their counts pass 1, 10, 100, ...)
+/// and the server's reset `r`, once per reset at another sequence number:
+/// at most `server_reset_seqs` times (tshark's count), or once. A record
+/// that saw a second handshake or close (e.g. `ShADadfFhFf`) spans two
+/// connections.
+fn repeated_letter(history: &str, server_reset_seqs: usize) -> Option<char> {
+    let mut seen: HashMap<char, usize> = HashMap::new();
     history
         .chars()
         .filter(|c| !"CTWIQGctwiqg".contains(*c))
-        .find(|c| !seen.insert(*c))
+        .find(|c| {
+            let times = seen.entry(*c).or_default();
+            *times += 1;
+            *times
+                > if *c == 'r' {
+                    server_reset_seqs.max(1)
+                } else {
+                    1
+                }
+        })
+}
+
+/// The judge's test for merged connections, on histories seen in runs:
+/// two server resets at distinct sequence numbers after a graceful close
+/// (`ShADFadfrr`, an ACK of the data and one of the FIN reaching the
+/// server's stack after the socket ended) are one connection; the same
+/// history with one reset in the capture, or a second handshake, is not.
+#[test]
+fn a_history_may_repeat_the_servers_reset_as_often_as_the_capture_shows() {
+    assert_eq!(repeated_letter("ShADFadfrr", 2), None);
+    assert_eq!(repeated_letter("ShADFadfrr", 1), Some('r'));
+    assert_eq!(repeated_letter("ShADFadfrr", 0), Some('r'));
+    assert_eq!(repeated_letter("ShADadfFhFf", 2), Some('h'));
+    assert_eq!(repeated_letter("ShADadRR", 2), Some('R'));
+    assert_eq!(repeated_letter("ShADaTdTtfF", 0), None);
 }
 
 /// The fields of a record that explain it, on one line.
