@@ -70,41 +70,20 @@ fn packet_times(capture: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
-/// The listener's port, and the connections' destination port in the burst.
-/// One counter of a /proc/net/snmp-style file in a namespace: `table` is
-/// the line prefix (`Ip:`, `TcpExt:`), whose first line names the columns
-/// and second holds the values.
-fn proc_net_counter(netns: &str, file: &str, table: &str, name: &str) -> u64 {
-    let output = Command::new("ip")
-        .args(["netns", "exec", netns, "cat", file])
-        .output()
-        .unwrap_or_else(|err| panic!("reading {file} in the namespace: {err}"));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut lines = text.lines().filter(|line| line.starts_with(table));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        panic!("no {table} lines in {file}: {text}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(column, _)| *column == name)
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {table} {name} in {file}: {text}"))
-}
-
 /// IPv4 datagrams the namespace's IP layer has received (`InReceives`),
 /// counted before any check: some of a random-source flood's sources are
 /// martians, which IP drops before TCP sees them.
 fn ipv4_datagrams_received(netns: &str) -> u64 {
-    proc_net_counter(netns, "/proc/net/snmp", "Ip:", "InReceives")
+    nstat(netns, "IpInReceives")
 }
 
 /// SYNs the namespace's listeners dropped (`ListenDrops`): handshakes the
 /// server itself failed, e.g. with a full accept queue.
 fn listen_drops(netns: &str) -> u64 {
-    proc_net_counter(netns, "/proc/net/netstat", "TcpExt:", "ListenDrops")
+    nstat(netns, "TcpExtListenDrops")
 }
 
+/// The listener's port, and the connections' destination port in the burst.
 const FLOOD_PORT: u16 = 9100;
 const BURST_PORT: u16 = 9101;
 const MAX_FLOWS: u64 = 4096;
@@ -313,12 +292,7 @@ fn a_random_source_syn_flood_alerts_within_a_second_and_spares_established_conne
     let (lines, _output, stderr) = watched.finish(teardown);
     let datagrams_received = ipv4_datagrams_received(&lab.server_ns) - datagrams_before;
     // The namespace is new: its count is the test's.
-    let cookies_sent = proc_net_counter(
-        &lab.server_ns,
-        "/proc/net/netstat",
-        "TcpExt:",
-        "SyncookiesSent",
-    );
+    let cookies_sent = nstat(&lab.server_ns, "TcpExtSyncookiesSent");
     let _ = canary_tcpdump.terminate();
     let _ = flood_tcpdump.terminate();
     drop(listener);

@@ -49,28 +49,16 @@ fn counts(object: &Value) -> BTreeMap<String, u64> {
 /// The server's counters that say where a handshake went under the flood:
 /// cookies sent, taken and refused, accept-queue overflows, drops.
 fn listen_counters(ns: &str) -> String {
-    let output = Command::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-asz"])
-        .args([
-            "TcpExtSyncookies*",
-            "TcpExtListen*",
-            "TcpExtTCPReqQFullDrop",
-        ])
-        .output();
-    match output {
-        Ok(output) => String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .map(|line| {
-                line.split_whitespace()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        Err(err) => format!("(nstat: {err})"),
-    }
+    [
+        "TcpExtSyncookiesSent",
+        "TcpExtSyncookiesRecv",
+        "TcpExtSyncookiesFailed",
+        "TcpExtListenOverflows",
+        "TcpExtListenDrops",
+        "TcpExtTCPReqQFullDrop",
+    ]
+    .map(|counter| format!("{counter} {}", nstat(ns, counter)))
+    .join(", ")
 }
 
 /// Sends `message` from `writer` and reads it on `reader`.

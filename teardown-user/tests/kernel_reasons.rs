@@ -83,19 +83,6 @@ fn serve(
     })
 }
 
-/// The namespace's own count of a TcpExt counter (`nstat`, absolute).
-fn nstat(ns: &str, counter: &str) -> u64 {
-    let output = run(std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-a", "-z", "-s", counter]));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some(counter)).then(|| words.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("nstat has no {counter}"))
-}
-
 #[test]
 fn every_reset_carries_the_kernels_reason_and_the_process_behind_it() {
     let lab = Lab::new();

@@ -252,6 +252,21 @@ pub fn listen_in(ns: &str, addr: SocketAddr) -> std::net::TcpListener {
     .expect("the listener thread panicked")
 }
 
+/// The namespace's own count of one of its network counters (`nstat`,
+/// absolute, its history file left alone): `IpInReceives`,
+/// `TcpExtListenDrops`, `TcpExtSyncookiesSent` and the like.
+pub fn nstat(ns: &str, counter: &str) -> u64 {
+    let output =
+        run(Command::new("ip").args(["netns", "exec", ns, "nstat", "-a", "-z", "-s", counter]));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(counter)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("nstat has no {counter}"))
+}
+
 /// Loads nftables rules into namespace `ns` (`nft -f -`). The rules belong to
 /// the namespace, so deleting it (Lab's `Drop`) removes them, even when a
 /// test fails.
